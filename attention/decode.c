@@ -1,0 +1,28 @@
+// One new query per head against the cached keys and values (the decode step). The scores and the output
+// are matrix-vector products, done with CBLAS sgemv on the strided cache views.
+#include "../layers/cpu_ops.h"
+
+#include <cblas.h>
+#include <math.h>
+
+void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc, int NH,
+                          int NKV, int HD) {
+    int KVC = NKV * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    for (int h = 0; h < NH; h++) {
+        const float *kg = kc + (h / rep) * HD, *vg = vc + (h / rep) * HD;
+        float *p = att + (size_t)h * Tc;
+        // scores (Tc) = scale * K (Tc, HD; stride KVC) @ q_h
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, HD, scale, kg, KVC, q + h * HD, 1, 0.0f, p, 1);
+        float mx = p[0];
+        for (int s = 1; s < Tc; s++) mx = p[s] > mx ? p[s] : mx;
+        float sum = 0.0f;
+        for (int s = 0; s < Tc; s++) {
+            p[s] = expf(p[s] - mx);
+            sum += p[s];
+        }
+        for (int s = 0; s < Tc; s++) p[s] /= sum;
+        // out_h (HD) = V^T (HD, Tc) @ p
+        cblas_sgemv(CblasRowMajor, CblasTrans, Tc, HD, 1.0f, vg, KVC, p, 1, 0.0f, out + h * HD, 1);
+    }
+}

@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Probes the machine and writes build.ninja for kvlab (in the manner of ninja's own configure.py).
+
+Sources are globbed when this script runs: after adding or removing a source file, run ./configure.py again.
+Editing configure.py itself needs no re-run: ninja regenerates the build file with the same options.
+
+Where the build file goes (paths in it are relative to the repository root; always run ninja from there):
+  default builddir 'build'  ->  ./build.ninja           run: ninja [target]
+  --builddir DIR            ->  DIR/build.ninja         run: ninja -f DIR/build.ninja [target]
+so several configurations (say build/ and build-asan/) can live side by side.
+
+Targets: all (default: the library and every program), test (build and run the Criterion tests),
+bench (build and run the benchmarks), plus any output path such as build/train.
+"""
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+LIB_DIRS = ['common', 'layers', 'attention', 'kv', 'data', 'checkpoints', 'train', 'infer']
+SANITIZE = '-fsanitize=address,undefined'
+ASAN_OPTIONS = 'detect_leaks=1:abort_on_error=1'
+UBSAN_OPTIONS = 'print_stacktrace=1:halt_on_error=1'
+LSAN_SUPP = 'tests/lsan.supp'
+
+
+# --- a ninja_syntax-style writer ------------------------------------------------------------------
+
+def escape(text):
+    """Escapes a value for a ninja variable or command ($ is ninja's only special character there)."""
+    return text.replace('$', '$$')
+
+
+def escape_path(path):
+    return path.replace('$ ', '$$ ').replace(' ', '$ ').replace(':', '$:')
+
+
+class Writer:
+    def __init__(self, out, width=100):
+        self.out, self.width = out, width
+
+    def newline(self):
+        self.out.write('\n')
+
+    def comment(self, text):
+        self.out.write('# ' + text + '\n' if text else '#\n')
+
+    def variable(self, key, value, indent=0):
+        if isinstance(value, (list, tuple)):
+            value = ' '.join(v for v in value if v)
+        self._line('%s = %s' % (key, value), indent)
+
+    def rule(self, name, command, **kwargs):
+        self._line('rule ' + name)
+        self.variable('command', command, 1)
+        for key in ('description', 'depfile', 'deps', 'pool'):
+            if kwargs.get(key):
+                self.variable(key, kwargs[key], 1)
+        if kwargs.get('generator'):
+            self.variable('generator', '1', 1)
+
+    def build(self, outputs, rule, inputs=(), implicit=(), order_only=(), variables=None):
+        parts = [escape_path(p) for p in outputs]
+        parts[-1] += ':'
+        parts.append(rule)
+        parts += [escape_path(p) for p in inputs]
+        if implicit:
+            parts += ['|'] + [escape_path(p) for p in implicit]
+        if order_only:
+            parts += ['||'] + [escape_path(p) for p in order_only]
+        self._line('build ' + ' '.join(parts))
+        for key, value in (variables or {}).items():
+            self.variable(key, value, 1)
+
+    def default(self, targets):
+        self._line('default ' + ' '.join(escape_path(t) for t in targets))
+
+    def _line(self, text, indent=0):
+        """Writes text, wrapping long lines at spaces with '$' continuations (never inside a '$ ' escape)."""
+        leading = '  ' * indent
+        while len(leading) + len(text) > self.width:
+            space = -1
+            for i in range(self.width - len(leading) - 2, 0, -1):
+                if text[i] == ' ' and not _escaped(text, i):
+                    space = i
+                    break
+            if space < 0:
+                break
+            self.out.write(leading + text[:space] + ' $\n')
+            text = text[space + 1:]
+            leading = '  ' * (indent + 2)
+        self.out.write(leading + text + '\n')
+
+
+def _escaped(text, i):
+    dollars = 0
+    while i - dollars - 1 >= 0 and text[i - dollars - 1] == '$':
+        dollars += 1
+    return dollars % 2 == 1
+
+
+# --- probes ---------------------------------------------------------------------------------------
+
+class Prober:
+    """Compiles and links tiny programs with the real compiler; remembers what was missing."""
+
+    def __init__(self, cc, base_flags):
+        self.cc, self.base_flags = shlex.split(cc), base_flags
+        self.tmp = tempfile.mkdtemp(prefix='kvlab-configure-')
+        self.missing = []  # (what, Debian package)
+
+    def close(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def build(self, source, flags=(), libs=()):
+        """Returns (ok, the compiler's first error line, path of the program)."""
+        src, exe = os.path.join(self.tmp, 'probe.c'), os.path.join(self.tmp, 'probe')
+        with open(src, 'w') as f:
+            f.write(source)
+        cmd = self.cc + self.base_flags + list(flags) + [src, '-o', exe] + list(libs)
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True)
+        except OSError as e:
+            return False, str(e), exe
+        lines = [l for l in p.stdout.splitlines() if 'error' in l] or p.stdout.splitlines()
+        return p.returncode == 0, (lines[0].strip() if lines else ''), exe
+
+    def check(self, what, package, source, flags=(), libs=()):
+        """Returns the probe program's path when it built, else None (and notes the package)."""
+        ok, err, exe = self.build(source, flags, libs)
+        print('checking for %s... %s' % (what, 'yes' if ok else 'no'))
+        if not ok:
+            print('  %s' % err)
+            print('  -> Debian package: %s' % package)
+            self.missing.append((what, package))
+        return exe if ok else None
+
+
+PROBE_MAIN = 'int main(void) { return 0; }\n'
+
+PROBE_OPENMP = r'''#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return n == omp_get_max_threads() ? 0 : 1;
+}
+'''
+
+PROBE_CBLAS = r'''#include <cblas.h>
+#include <stdio.h>
+int openblas_get_parallel(void);
+int main(void) {
+    float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {0};
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2, 2, 2, 1.0f, a, 2, b, 2, 0.0f, c, 2);
+    printf("%d\n", openblas_get_parallel());
+    return c[3] == 4.0f ? 0 : 1;
+}
+'''
+
+PROBE_CRITERION = r'''#include <criterion/criterion.h>
+Test(probe, probe) { cr_assert(1); }
+'''
+
+PROBE_XXHASH = r'''#include <xxhash.h>
+int main(void) { return XXH64("kvlab", 5, 0) == 0; }
+'''
+
+PROBE_STB = r'''#define STB_DS_IMPLEMENTATION
+#include <stb/stb_ds.h>
+int main(void) {
+    int *v = NULL;
+    arrput(v, 1);
+    int ok = arrlen(v) == 1;
+    arrfree(v);
+    return !ok;
+}
+'''
+
+
+def find_nvcc():
+    nvcc = shutil.which('nvcc')
+    if not nvcc and os.access('/usr/local/cuda/bin/nvcc', os.X_OK):
+        nvcc = '/usr/local/cuda/bin/nvcc'
+    return nvcc
+
+
+def sources(folder, ext):
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.endswith(ext) and os.path.isfile(os.path.join(folder, f)))
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def parse_args():
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], epilog='\n'.join(__doc__.split('\n')[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--debug', action='store_true', help='-O0 -g instead of -O3')
+    p.add_argument('--sanitize', action='store_true',
+                   help='AddressSanitizer + UndefinedBehaviorSanitizer (compile and link); '
+                        '`ninja test` then runs with leak detection and halts on the first error')
+    p.add_argument('--cuda-arch', default='sm_90', metavar='ARCH',
+                   help='nvcc -arch for .cu sources (default: %(default)s)')
+    p.add_argument('--no-cuda', action='store_true', help='ignore nvcc even when it is installed')
+    p.add_argument('--builddir', default='build', metavar='DIR',
+                   help='where objects and programs go (default: %(default)s)')
+    p.add_argument('--cc', default=os.environ.get('CC') or 'cc', metavar='CC',
+                   help='C compiler (default: $CC, else cc; currently %(default)s)')
+    args = p.parse_args()
+    args.builddir = os.path.normpath(args.builddir)
+    if not re.fullmatch(r'[A-Za-z0-9._/+-]+', args.builddir) or args.builddir == '.':
+        p.error('--builddir must be a plain path (letters, digits, . _ / + -), not %r' % args.builddir)
+    return args
+
+
+def main():
+    args = parse_args()
+    root = os.path.dirname(os.path.abspath(__file__))
+    os.chdir(root)
+    builddir = args.builddir
+    ninja_file = 'build.ninja' if builddir == 'build' else os.path.join(builddir, 'build.ninja')
+    configure_args = ['--cc', args.cc, '--builddir', builddir, '--cuda-arch', args.cuda_arch]
+    configure_args += [f for f, on in (('--debug', args.debug), ('--sanitize', args.sanitize),
+                                       ('--no-cuda', args.no_cuda)) if on]
+
+    # Flags.
+    opt = ['-O0', '-g'] if args.debug else ['-O3']
+    cflags = opt + ['-march=native', '-std=c11', '-D_GNU_SOURCE', '-I.',
+                    '-Wall', '-Wextra', '-Wno-unused-parameter', '-fopenmp']
+    ldflags = ['-fopenmp']
+    if args.sanitize:
+        san = [SANITIZE, '-fno-sanitize-recover=all', '-fno-omit-frame-pointer']
+        cflags += san + ([] if args.debug else ['-g'])
+        ldflags += san
+    libs = ['-lxxhash', '-lopenblas', '-lm']
+    test_libs = ['-lcriterion']
+
+    # Probes.
+    cc0 = shlex.split(args.cc)[0] if shlex.split(args.cc) else ''
+    if not shutil.which(cc0):
+        print('error: C compiler %r not found -> Debian package: gcc' % args.cc)
+        print('  apt-get install gcc   (or: bash scripts/install-deps.sh)')
+        return 1
+    probe = Prober(args.cc, ['-march=native', '-std=c11', '-D_GNU_SOURCE'])
+    try:
+        ok, err, _ = probe.build(PROBE_MAIN)
+        print('checking whether %s compiles C11 with -march=native... %s' % (args.cc, 'yes' if ok else 'no'))
+        if not ok:
+            print('  %s\n  -> Debian package: libc6-dev (C library headers), or a working gcc' % err)
+            print('  apt-get install gcc libc6-dev   (or: bash scripts/install-deps.sh)')
+            return 1
+        clang = 'clang' in os.path.basename(cc0)
+        probe.check('OpenMP', 'libomp-dev' if clang else 'gcc', PROBE_OPENMP, ['-fopenmp'], ['-fopenmp'])
+        blas_note = ''
+        exe = probe.check('CBLAS (OpenBLAS)', 'libopenblas-openmp-dev (any libopenblas-dev works; '
+                          'the OpenMP build is recommended)',
+                          PROBE_CBLAS, libs=['-lopenblas', '-lm'])
+        if exe:
+            try:
+                par = subprocess.run([exe], stdout=subprocess.PIPE, universal_newlines=True,
+                                     timeout=30).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                par = ''
+            blas_note = {'0': 'sequential', '1': 'pthreads', '2': 'openmp'}.get(par, 'unknown threading')
+            if par in ('0', '1'):
+                print('  note: this OpenBLAS is the %s build; kvlab uses OpenMP, so prefer '
+                      'libopenblas-openmp-dev' % blas_note)
+        probe.check('Criterion', 'libcriterion-dev', PROBE_CRITERION, libs=['-lcriterion'])
+        probe.check('xxHash', 'libxxhash-dev', PROBE_XXHASH, libs=['-lxxhash'])
+        probe.check('stb (stb/stb_ds.h)', 'libstb-dev', PROBE_STB)
+        if args.sanitize:
+            probe.check(SANITIZE, 'gcc (libasan, libubsan)', PROBE_MAIN, [SANITIZE], [SANITIZE])
+        missing = probe.missing
+    finally:
+        probe.close()
+    if missing:
+        packages = []
+        for _, pkg in missing:
+            if pkg.split()[0] not in packages:
+                packages.append(pkg.split()[0])
+        print('\nerror: missing %s' % ', '.join(w for w, _ in missing))
+        print('install them with:\n  apt-get install %s' % ' '.join(packages))
+        print('or everything kvlab needs:\n  bash scripts/install-deps.sh')
+        return 1
+
+    # Sources.
+    lib_c = [s for d in LIB_DIRS for s in sources(d, '.c') if os.path.basename(s) != 'main.c']
+    lib_cu = [s for d in LIB_DIRS for s in sources(d, '.cu')]
+    programs = {}  # name -> sources besides the library
+    for name in ('train', 'infer'):
+        if os.path.isfile(os.path.join(name, 'main.c')):
+            programs[name] = [os.path.join(name, 'main.c')]
+    if sources('bench', '.c'):
+        programs['bench'] = sources('bench', '.c')
+    if sources('tests', '.c'):
+        programs['tests'] = sources('tests', '.c')
+
+    # CUDA.
+    nvcc = None if args.no_cuda else find_nvcc()
+    cuda_libs = []
+    if args.no_cuda:
+        cuda_note = 'off (--no-cuda)'
+    elif not nvcc:
+        cuda_note = 'nvcc not found (CPU only)'
+    elif not lib_cu:
+        cuda_note = 'found at %s (no .cu sources yet)' % nvcc
+    else:
+        cuda_note = 'found at %s, %d .cu sources, -arch=%s' % (nvcc, len(lib_cu), args.cuda_arch)
+        cuda_root = os.path.dirname(os.path.dirname(nvcc))
+        cuda_lib = os.path.join(cuda_root, 'lib64')
+        if os.path.isdir(cuda_lib):
+            cuda_libs += ['-L' + cuda_lib, '-Wl,-rpath,' + cuda_lib]
+        cuda_libs += ['-lcudart', '-lcublas', '-lcurand', '-lstdc++']
+        cflags += ['-DKVLAB_CUDA=1']
+        if os.path.isdir(os.path.join(cuda_root, 'include')) and cuda_root != '/usr':
+            cflags += ['-I' + os.path.join(cuda_root, 'include')]
+    libs = cuda_libs + libs
+
+    run_env = ['KVLAB_BUILD=' + shlex.quote(os.path.join(root, builddir))]
+    if args.sanitize:
+        run_env += ['ASAN_OPTIONS=' + ASAN_OPTIONS, 'UBSAN_OPTIONS=' + UBSAN_OPTIONS]
+        if os.path.isfile(LSAN_SUPP):
+            run_env.append('LSAN_OPTIONS=suppressions=' + shlex.quote(os.path.join(root, LSAN_SUPP)))
+
+    # Write.
+    if os.path.dirname(ninja_file):
+        os.makedirs(os.path.dirname(ninja_file), exist_ok=True)
+    tmp_file = ninja_file + '.tmp'
+    with open(tmp_file, 'w') as f:
+        write_ninja(Writer(f), dict(
+            args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
+            cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, run_env=run_env,
+            blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, lib_c=lib_c, lib_cu=lib_cu,
+            programs=programs))
+    os.replace(tmp_file, ninja_file)
+
+    # Summary.
+    print('\ncompiler: %s' % args.cc)
+    print('cflags:   %s' % ' '.join(cflags))
+    print('ldflags:  %s %s' % (' '.join(ldflags), ' '.join(libs)))
+    print('features: OpenMP, CBLAS (OpenBLAS, %s), Criterion, xxHash, stb%s'
+          % (blas_note, ', ASan+UBSan' if args.sanitize else ''))
+    print('cuda:     %s' % cuda_note)
+    print('sources:  %d library (.c), %d library (.cu); programs: %s'
+          % (len(lib_c), len(lib_cu), ', '.join(sorted(programs)) or 'none yet'))
+    print('wrote %s (builddir %s)' % (ninja_file, builddir))
+    ninja = 'ninja' if ninja_file == 'build.ninja' else 'ninja -f ' + ninja_file
+    print('now run: %s        (tests: %s test)' % (ninja, ninja))
+    if not shutil.which('ninja'):
+        print('hint: ninja is not on PATH -> Debian package: ninja-build')
+    return 0
+
+
+def write_ninja(n, v):
+    args, builddir = v['args'], v['builddir']
+    n.comment('kvlab build file, written by configure.py: do not edit. Sources are globbed by configure.py,')
+    n.comment('so re-run ./configure.py after adding or removing source files (edits to configure.py')
+    n.comment('re-run it automatically, with the options below).')
+    n.comment('')
+    n.comment('configured with: ./configure.py %s' % ' '.join(shlex.quote(a) for a in v['configure_args']))
+    n.comment('  debug: %s  sanitize: %s  cuda-arch: %s' % ('yes' if args.debug else 'no',
+              'yes' if args.sanitize else 'no', args.cuda_arch))
+    n.comment('  cuda: %s' % v['cuda_note'])
+    n.comment('  openblas: %s' % v['blas_note'])
+    n.comment('run ninja from %s%s' % (v['root'], '' if v['ninja_file'] == 'build.ninja'
+                                       else ' as: ninja -f ' + v['ninja_file']))
+    n.newline()
+    n.variable('ninja_required_version', '1.5')
+    n.variable('builddir', builddir)
+    n.variable('root', escape(shlex.quote(v['root'])))
+    n.variable('python', escape(shlex.quote(sys.executable or 'python3')))
+    n.variable('configure_args', escape(' '.join(shlex.quote(a) for a in v['configure_args'])))
+    n.variable('debug', '1' if args.debug else '0')
+    n.variable('sanitize', '1' if args.sanitize else '0')
+    n.variable('cuda_arch', args.cuda_arch)
+    n.variable('cc', escape(args.cc))
+    n.variable('cflags', escape(' '.join(v['cflags'])))
+    n.variable('ldflags', escape(' '.join(v['ldflags'])))
+    n.variable('libs', escape(' '.join(v['libs'])))
+    n.variable('test_libs', escape(' '.join(v['test_libs'])))
+    n.variable('run_env', escape(' '.join(v['run_env'])))
+    if v['nvcc'] and v['lib_cu']:
+        n.variable('nvcc', escape(v['nvcc']))
+        n.variable('cuda_flags', '-g -G -O0' if args.debug else '-O3')
+    n.newline()
+
+    n.rule('cc', '$cc -MMD -MF $out.d $cflags -c $in -o $out',
+           description='CC $out', depfile='$out.d', deps='gcc')
+    if v['nvcc'] and v['lib_cu']:
+        n.rule('cuda', '$nvcc -arch=$cuda_arch $cuda_flags -I. -DKVLAB_CUDA=1 -MD -MF $out.d -c $in -o $out',
+               description='NVCC $out', depfile='$out.d', deps='gcc')
+    n.rule('ar', 'rm -f $out && ar crs $out $in', description='AR $out')
+    n.rule('link', '$cc $ldflags -o $out $in $libs', description='LINK $out')
+    n.rule('run', 'cd $root && env $run_env $in $args', description='RUN $in', pool='console')
+    n.rule('configure', '$python configure.py $configure_args', description='CONFIGURE',
+           generator=True, pool='console')
+    n.newline()
+
+    def obj(src):
+        folder, name = os.path.split(src)
+        # rmsnorm.c and rmsnorm.cu live side by side: keep their objects apart.
+        return '$builddir/obj/%s/%s' % (folder, name[:-2] + '.o' if name.endswith('.c') else name + '.o')
+
+    lib = '$builddir/libkvlab.a'
+    lib_objs = []
+    for src in v['lib_c']:
+        n.build([obj(src)], 'cc', [src])
+        lib_objs.append(obj(src))
+    if v['nvcc']:
+        for src in v['lib_cu']:
+            n.build([obj(src)], 'cuda', [src])
+            lib_objs.append(obj(src))
+    n.newline()
+    if lib_objs:
+        n.build([lib], 'ar', lib_objs)
+        n.newline()
+
+    outputs = [lib] if lib_objs else []
+    for name, srcs in sorted(v['programs'].items()):
+        for src in srcs:
+            n.build([obj(src)], 'cc', [src])
+        out = '$builddir/' + name
+        n.build([out], 'link', [obj(s) for s in srcs] + ([lib] if lib_objs else []),
+                variables={'libs': '$test_libs $libs'} if name == 'tests' else None)
+        outputs.append(out)
+        n.newline()
+
+    n.comment('ninja test / ninja bench: build, then run from the repository root (always re-run).')
+    progs = ['$builddir/' + p for p in ('train', 'infer') if p in v['programs']]
+    if 'tests' in v['programs']:
+        n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
+                variables={'args': '--jobs 2'})
+        n.build(['test'], 'phony', ['$builddir/.run/test'])
+    if 'bench' in v['programs']:
+        n.build(['$builddir/.run/bench'], 'run', ['$builddir/bench'])
+        n.build(['bench'], 'phony', ['$builddir/.run/bench'])
+    n.newline()
+
+    n.build([v['ninja_file']], 'configure', implicit=['configure.py'])
+    n.build(['all'], 'phony', outputs)
+    n.default(['all'])
+
+
+if __name__ == '__main__':
+    sys.exit(main())

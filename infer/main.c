@@ -1,0 +1,182 @@
+// build/infer: text generation through a KV cache, and loss/perplexity of a text file.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../checkpoints/checkpoint.h"
+#include "../common/args.h"
+#include "../layers/decode.h"
+#include "eval.h"
+#include "sample.h"
+
+static const char *usage =
+    "usage: build/infer --ckpt FILE --prompt TEXT [-n N] [sampling flags]\n"
+    "       build/infer --ckpt FILE --eval FILE\n"
+    "\n"
+    "Generates text from a trained checkpoint through a KV cache, or scores a text file.\n"
+    "\n"
+    "  --ckpt FILE        checkpoint written by build/train (required)\n"
+    "  --prompt TEXT      text to continue; every character must be in the model's vocabulary\n"
+    "  -n, --tokens N     tokens to generate                       [200]\n"
+    "  --temperature T    0 = greedy                                [0.8]\n"
+    "  --top-k K          sample among the K most likely (0 = all)  [0]\n"
+    "  --top-p P          nucleus: smallest set with mass >= P      [1.0]\n"
+    "  --seed S           sampling RNG seed                         [1337]\n"
+    "  --eval FILE        print the loss and perplexity of FILE; characters outside the vocabulary are\n"
+    "                     skipped and counted\n"
+    "  --kv SPEC          KV cache: full (the techniques arrive in a later release)   [full]\n"
+    "  --device cpu       (cuda: a later release)\n"
+    "\n"
+    "When prompt + generated tokens exceed the model's context, the cache is rebuilt from the newest half\n"
+    "context (positions restart at 0), so generation can run on.\n";
+
+static int die(const char *msg) {
+    fprintf(stderr, "infer: %s\n", msg);
+    return 1;
+}
+
+typedef struct {
+    const char *ckpt, *prompt, *eval, *kv, *device;
+    int n;
+    SampleConfig sc;
+    uint64_t seed;
+} Flags;
+
+static int parse_flags(Flags *f, int argc, char **argv, char *err) {
+    memset(f, 0, sizeof(*f));
+    f->n = 200;
+    f->sc = (SampleConfig){.temperature = 0.8f, .top_k = 0, .top_p = 1.0f};
+    f->seed = 1337;
+    f->kv = "full";
+    f->device = "cpu";
+    Args a;
+    args_init(&a, argc, argv);
+    int r;
+    while ((r = args_next(&a)) > 0) {
+        int rc = 0;
+        if (args_is(&a, "--help") || args_is(&a, "-h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (args_is(&a, "--ckpt")) rc = args_string(&a, &f->ckpt);
+        else if (args_is(&a, "--prompt")) rc = args_string(&a, &f->prompt);
+        else if (args_is(&a, "--eval")) rc = args_string(&a, &f->eval);
+        else if (args_is(&a, "--kv")) rc = args_string(&a, &f->kv);
+        else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
+        else if (args_is(&a, "-n") || args_is(&a, "--tokens")) rc = args_int(&a, 0, 1 << 24, &f->n);
+        else if (args_is(&a, "--temperature")) rc = args_float(&a, 0.0f, 100.0f, &f->sc.temperature);
+        else if (args_is(&a, "--top-k")) rc = args_int(&a, 0, 1 << 20, &f->sc.top_k);
+        else if (args_is(&a, "--top-p")) rc = args_float(&a, 1e-6f, 1.0f, &f->sc.top_p);
+        else if (args_is(&a, "--seed")) rc = args_u64(&a, &f->seed);
+        else {
+            err_set(err, "unknown flag '%s' (see --help)", a.flag);
+            return -1;
+        }
+        if (rc) return err_set(err, "%s", a.err), -1;
+    }
+    if (r < 0) return err_set(err, "%s", a.err), -1;
+    if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
+    if (!f->prompt && !f->eval) return err_set(err, "give --prompt TEXT to generate or --eval FILE to score"), -1;
+    if (f->prompt && f->eval) return err_set(err, "--prompt and --eval are separate modes; give one"), -1;
+    if (strcmp(f->kv, "full") != 0)
+        return err_set(err, "bad --kv '%s': this release supports only 'full'", f->kv), -1;
+    if (strcmp(f->device, "cpu") != 0) return err_set(err, "bad --device '%s': this build supports only cpu", f->device), -1;
+    return 0;
+}
+
+static int run_eval(Model *m, const Tokenizer *tok, const char *path, char *err) {
+    size_t len;
+    unsigned char *text = common_read_file(path, &len, err);
+    if (!text) return -1;
+    int *ids = common_calloc(len + 1, sizeof(int));
+    size_t n_oov = 0, n = tokenizer_encode(tok, text, len, ids, &n_oov);
+    free(text);
+    EvalResult r;
+    int rc = eval_tokens(m, ids, n, &r, err);
+    if (rc == 0) {
+        printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", path, r.n_scored, r.mean_loss, r.perplexity);
+        if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
+    } else {
+        err_set(err, "'%s': %zu usable tokens (%zu bytes outside the vocabulary skipped); need at least 2", path, n, n_oov);
+    }
+    common_free(ids);
+    return rc;
+}
+
+// Feeds tokens[0..n) at positions 0..n-1 into an empty cache; logits of the last land in ds->logits.
+static void prefill(const Model *m, DecodeState *ds, KVCache *kv, const int *tokens, int n) {
+    kv->ops->reset(kv);
+    for (int i = 0; i < n; i++) CHECK(model_decode_step(m, ds, kv, tokens[i], i) == 0);
+}
+
+static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *err) {
+    size_t plen = strlen(f->prompt);
+    if (plen == 0) return err_set(err, "--prompt is empty: give at least one character"), -1;
+    long bad = tokenizer_find_oov(tok, (const unsigned char *)f->prompt, plen);
+    if (bad >= 0) {
+        unsigned char ch = (unsigned char)f->prompt[bad];
+        if (ch >= 32 && ch < 127)
+            err_set(err, "prompt character '%c' (byte %ld) is not in the model's vocabulary", ch, bad);
+        else
+            err_set(err, "prompt byte 0x%02x (at %ld) is not in the model's vocabulary", ch, bad);
+        return -1;
+    }
+    const ModelConfig *c = &m->cfg;
+    int T = c->block_size, V = c->vocab_size;
+    size_t total = plen + (size_t)f->n;
+    int *ids = common_calloc(total, sizeof(int));
+    tokenizer_encode(tok, (const unsigned char *)f->prompt, plen, ids, NULL);
+    KVCache kv;
+    kv_full_init(&kv, c->n_layer, c->n_kv_head, model_head_dim(c), T);
+    DecodeState ds;
+    decode_state_init(&ds, c, T);
+    float *probs = common_calloc(V, sizeof(float));
+    int *idx = common_calloc(V, sizeof(int));
+    Rng rng;
+    rng_init(&rng, f->seed);
+
+    size_t n = plen;
+    // a prompt longer than the context keeps its newest tokens
+    size_t first = n > (size_t)T ? n - T : 0;
+    prefill(m, &ds, &kv, ids + first, (int)(n - first));
+    int pos = (int)(n - first);
+    fputs(f->prompt, stdout);
+    double t0 = common_now();
+    for (int i = 0; i < f->n; i++) {
+        int next = sample_next(ds.logits, V, &f->sc, &rng, probs, idx);
+        ids[n++] = next;
+        putchar(tok->id_to_byte[next]);
+        fflush(stdout);
+        if (i + 1 == f->n) break;
+        if (pos == T) { // cache full: rebuild it from the newest half context
+            int keep = T / 2 > 0 ? T / 2 : 1;
+            prefill(m, &ds, &kv, ids + n - keep, keep);
+            pos = keep;
+        } else {
+            CHECK(model_decode_step(m, &ds, &kv, next, pos) == 0);
+            pos++;
+        }
+    }
+    double dt = common_now() - t0;
+    putchar('\n');
+    fprintf(stderr, "infer: %d tokens in %.2f s (%.1f tokens/s), KV cache %zu bytes\n", f->n, dt,
+            dt > 0 ? f->n / dt : 0.0, kv.ops->bytes(&kv));
+    common_free(probs);
+    common_free(idx);
+    decode_state_free(&ds);
+    kv.ops->free(&kv);
+    common_free(ids);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    char err[ERR_LEN];
+    Flags f;
+    if (parse_flags(&f, argc, argv, err) != 0) return die(err);
+    Model m;
+    Tokenizer tok;
+    if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+    int rc = f.eval ? run_eval(&m, &tok, f.eval, err) : run_generate(&m, &tok, &f, err);
+    model_free(&m);
+    if (rc != 0) return die(err);
+    return 0;
+}

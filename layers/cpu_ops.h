@@ -1,0 +1,35 @@
+// Declarations of the CPU reference ops; ops_cpu.c gathers them into the `ops_cpu` table (see ops.h for
+// what each computes). Matrix products go through CBLAS, the other hot loops through OpenMP.
+#ifndef KVLAB_CPU_OPS_H
+#define KVLAB_CPU_OPS_H
+
+#include <stddef.h>
+
+#include "../common/common.h"
+
+void encoder_forward_cpu(float *out, const int *tokens, const float *wte, int B, int T, int C);
+void encoder_backward_cpu(float *dwte, const float *dout, const int *tokens, int B, int T, int C);
+void rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          const float *rstd, int N, int C);
+void matmul_forward_cpu(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
+void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                         int N, int IN, int OUT);
+void rope_forward_cpu(float *x, int B, int T, int NH, int HD, int pos0, float theta);
+void rope_backward_cpu(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
+void attention_forward_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
+                           int NH, int NKV, int HD);
+void attention_backward_cpu(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
+                            const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
+void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc, int NH,
+                          int NKV, int HD);
+void swiglu_forward_cpu(float *out, const float *a, const float *b, size_t N);
+void swiglu_backward_cpu(float *da, float *db, const float *dout, const float *a, const float *b, size_t N);
+void residual_forward_cpu(float *out, const float *a, const float *b, const float *scale_b, size_t N);
+void dropout_apply_cpu(float *out, const float *inp, const float *keep, size_t N);
+void fill_zero_cpu(float *x, size_t N);
+void dropout_mask_cpu(float *keep, size_t N, float p, Rng *rng);
+void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
+void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
+
+#endif

@@ -1,0 +1,22 @@
+// The decode step: one token through the stack against a KV cache, written over the same op table as the
+// training forward so the two cannot drift (a test checks they give the same logits).
+#ifndef KVLAB_DECODE_H
+#define KVLAB_DECODE_H
+
+#include "../kv/kv.h"
+#include "model.h"
+
+typedef struct {
+    float *x, *xn, *q, *k, *v, *atty, *proj, *h1, *h3, *hg; // one token's activations
+    float *att;                                             // (NH, capacity) attention probabilities
+    float *logits;                                          // (V)
+    int capacity;
+} DecodeState;
+
+void decode_state_init(DecodeState *s, const ModelConfig *cfg, int capacity);
+void decode_state_free(DecodeState *s);
+// Runs token `token` at position `pos` through the model, appending to the cache; logits land in s->logits.
+// Returns -1 if the cache is full.
+int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos);
+
+#endif

@@ -1,0 +1,141 @@
+// The Llama-style decoder, written once over a table of ops (layers/ops.h) so the CPU and CUDA backends
+// cannot drift: token embedding tied to the output projection, RMSNorm, RoPE, causal self-attention with
+// n_head query heads and n_kv_head key/value heads (MHA, GQA and MQA are one path), SwiGLU MLP, residuals,
+// residual dropout.
+#ifndef KVLAB_MODEL_H
+#define KVLAB_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/common.h"
+#include "ops.h"
+
+typedef struct {
+    int vocab_size;   // V
+    int n_layer;      // L
+    int n_head;       // query heads
+    int n_kv_head;    // key/value heads: n_head (MHA), G (GQA), 1 (MQA); divides n_head
+    int n_embd;       // C = n_head * head_dim
+    int n_hidden;     // H, SwiGLU hidden width
+    int block_size;   // maximum context T the model is trained on
+    float rope_theta; // RoPE base
+    float norm_eps;   // RMSNorm epsilon
+    float dropout;    // residual dropout probability while training
+} ModelConfig;
+
+// Checks a config a user may have built from flags; returns -1 with a one-line reason in err.
+int model_config_validate(const ModelConfig *cfg, char *err);
+int model_head_dim(const ModelConfig *cfg);
+int model_kv_dim(const ModelConfig *cfg); // n_kv_head * head_dim
+// Llama's SwiGLU width rule: 8/3 * C rounded up to a multiple of 32.
+int model_default_hidden(int n_embd);
+
+#define NUM_PARAM_TENSORS 11
+typedef struct {
+    float *wte;        // (V, C) embedding, tied to the output projection
+    float *attn_norm;  // (L, C)
+    float *wq;         // (L, C, C)      out x in
+    float *wk;         // (L, KVC, C)
+    float *wv;         // (L, KVC, C)
+    float *wo;         // (L, C, C)
+    float *mlp_norm;   // (L, C)
+    float *w1;         // (L, H, C)      gate
+    float *w3;         // (L, H, C)      up
+    float *w2;         // (L, C, H)      down
+    float *final_norm; // (C)
+} ParamTensors;
+
+// Element counts of each tensor in ParamTensors order.
+void model_param_sizes(const ModelConfig *cfg, size_t sizes[NUM_PARAM_TENSORS]);
+size_t model_param_count(const ModelConfig *cfg);
+// Points the ParamTensors fields into one contiguous block laid out in the order above.
+void model_param_point(ParamTensors *t, float *memory, const ModelConfig *cfg);
+// Which tensors get weight decay (the matrices, not the norm gains).
+int model_param_is_decayed(int tensor_index);
+
+#define NUM_ACT_TENSORS 23
+typedef struct {
+    float *resid;      // (L+1, B, T, C) residual stream entering each layer; resid[L] feeds the final norm
+    float *ln1;        // (L, B, T, C)
+    float *ln1_rstd;   // (L, B, T)
+    float *q;          // (L, B, T, C)   after RoPE
+    float *k;          // (L, B, T, KVC) after RoPE
+    float *v;          // (L, B, T, KVC)
+    float *att;        // (L, B, NH, T, T) softmax probabilities (causal, upper triangle zero)
+    float *atty;       // (L, B, T, C)   attention output before the output projection
+    float *attproj;    // (L, B, T, C)   output projection, before dropout
+    float *attdrop;    // (L, B, T, C)   dropout keep-scale (0 or 1/(1-p)); empty when dropout == 0
+    float *resid_mid;  // (L, B, T, C)   resid + dropout(attproj)
+    float *ln2;        // (L, B, T, C)
+    float *ln2_rstd;   // (L, B, T)
+    float *h1;         // (L, B, T, H)   gate pre-activation
+    float *h3;         // (L, B, T, H)   up projection
+    float *hg;         // (L, B, T, H)   silu(h1) * h3
+    float *mlp;        // (L, B, T, C)   down projection, before dropout
+    float *mlpdrop;    // (L, B, T, C)   dropout keep-scale; empty when dropout == 0
+    float *lnf;        // (B, T, C)
+    float *lnf_rstd;   // (B, T)
+    float *logits;     // (B, T, V)
+    float *probs;      // (B, T, V)      softmax of logits
+    float *losses;     // (B, T)
+} ActTensors;
+
+// Gradients of activations. Only the residual stream's gradient crosses layers, so one layer's worth of
+// buffers is reused by every layer during the backward pass.
+#define NUM_GRAD_ACT_TENSORS 12
+typedef struct {
+    float *dx;         // (B, T, C)   gradient of the residual stream at the current layer boundary
+    float *dln;        // (B, T, C)   gradient of a norm's output (ln1, ln2 or lnf)
+    float *dbranch;    // (B, T, C)   gradient of attproj or mlp (after the dropout scale)
+    float *datty;      // (B, T, C)
+    float *dq;         // (B, T, C)
+    float *dk;         // (B, T, KVC)
+    float *dv;         // (B, T, KVC)
+    float *dhg;        // (B, T, H)
+    float *dh1;        // (B, T, H)
+    float *dh3;        // (B, T, H)
+    float *dlogits;    // (B, T, V)
+    float *scratch;    // (B, NH, T, T) attention backward
+} GradActs;
+
+typedef struct {
+    ModelConfig cfg;
+    const Ops *ops;
+
+    size_t n_params;
+    float *params_memory; // one allocation for all weights
+    ParamTensors params;
+    float *grads_memory;  // same layout, allocated with the activations
+    ParamTensors grads;
+
+    int act_B, act_T;     // activation buffers are sized for this batch and context
+    float *acts_memory;   // one allocation for all activations
+    ActTensors acts;
+    float *grad_acts_memory;
+    GradActs grad_acts;
+
+    Rng dropout_rng;
+    int dropout_active;   // whether the last forward drew dropout masks (the backward then applies them)
+    float mean_loss;      // of the last forward with targets; -1 without targets
+} Model;
+
+// Allocates parameters (zeroed). Activations are allocated by model_alloc_acts.
+void model_init(Model *m, const ModelConfig *cfg, const Ops *ops);
+void model_free(Model *m);
+// GPT-2 style init: N(0, 0.02), output projections (wo, w2) scaled by 1/sqrt(2L), norms to one.
+void model_init_weights(Model *m, uint64_t seed);
+void model_alloc_acts(Model *m, int B, int T);
+
+// Forward over tokens (B, T). With targets (B, T) fills acts.losses and mean_loss; train != 0 applies
+// dropout. T may be smaller than the allocated act_T.
+void model_forward(Model *m, const int *tokens, const int *targets, int B, int T, int train);
+void model_zero_grad(Model *m);
+// Backward of the mean loss of the last forward, same tokens and targets (accumulates into grads).
+void model_backward(Model *m, const int *tokens, const int *targets, int B, int T);
+
+// MHA -> GQA/MQA conversion (the GQA paper's recipe): dst gets n_kv_head = new_kv_heads and each group's
+// key and value projection heads mean-pooled; everything else is copied. dst must be uninitialised.
+int model_convert_kv_heads(Model *dst, const Model *src, int new_kv_heads, char *err);
+
+#endif

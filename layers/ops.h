@@ -1,0 +1,70 @@
+// The table of ops the model wiring calls. One table per backend (CPU now, CUDA later) with the same op
+// names and argument order: outputs first, shapes last. Backward ops ACCUMULATE (+=) into parameter and
+// input gradients unless noted, so residual branches and tied weights need no extra adds.
+#ifndef KVLAB_OPS_H
+#define KVLAB_OPS_H
+
+#include "../common/common.h"
+
+typedef struct {
+    const char *name;
+
+    // out (B,T,C) = wte[tokens]
+    void (*encoder_forward)(float *out, const int *tokens, const float *wte, int B, int T, int C);
+    void (*encoder_backward)(float *dwte, const float *dout, const int *tokens, int B, int T, int C);
+
+    // out (N,C) = inp * rstd * weight, rstd (N) saved for backward
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                            float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C);
+
+    // out (N,OUT) = inp (N,IN) @ weight(OUT,IN)^T (overwrites out)
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
+    // dinp (N,IN) += dout @ weight; dweight (OUT,IN) += dout^T @ inp. Either output may be NULL.
+    void (*matmul_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *weight, int N, int IN, int OUT);
+
+    // Rotates x (B,T,NH,HD) in place, token t at position pos0 + t. Backward rotates gradients back.
+    void (*rope_forward)(float *x, int B, int T, int NH, int HD, int pos0, float theta);
+    void (*rope_backward)(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
+
+    // Causal attention. q (B,T,NH,HD), k and v (B,T,NKV,HD), query head h reads kv head h/(NH/NKV).
+    // out (B,T,NH,HD) overwritten; att (B,NH,T,T) softmax probabilities saved for backward.
+    void (*attention_forward)(float *out, float *att, const float *q, const float *k, const float *v,
+                              int B, int T, int NH, int NKV, int HD);
+    // dq, dk, dv accumulate; scratch (B,NH,T,T) is clobbered.
+    void (*attention_backward)(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               const float *att, const float *q, const float *k, const float *v, int B,
+                               int T, int NH, int NKV, int HD);
+
+    // One decode query against a cache: q (NH,HD), kc and vc (Tc,NKV,HD) -> out (NH,HD); att (NH,Tc)
+    // receives the probabilities (scratch the caller owns, also what H2O/TOVA-style policies read).
+    void (*attention_decode)(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
+                             int NH, int NKV, int HD);
+
+    // out (N) = silu(a) * b; backward accumulates into da, db.
+    void (*swiglu_forward)(float *out, const float *a, const float *b, size_t N);
+    void (*swiglu_backward)(float *da, float *db, const float *dout, const float *a, const float *b,
+                            size_t N);
+
+    // out (N) = a + b * scale_b (scale_b may be NULL meaning 1): residual add with optional dropout scale.
+    void (*residual_forward)(float *out, const float *a, const float *b, const float *scale_b, size_t N);
+    // out (N) = inp * keep: applies a dropout mask (forward of the branch, backward of its gradient).
+    void (*dropout_apply)(float *out, const float *inp, const float *keep, size_t N);
+    // x (N) = 0
+    void (*fill_zero)(float *x, size_t N);
+    // Fills keep (N) with 0 or 1/(1-p) from the RNG.
+    void (*dropout_mask)(float *keep, size_t N, float p, Rng *rng);
+
+    // probs (N,V) = softmax(logits); losses (N) = -log probs[target] (targets and losses may be NULL).
+    void (*crossentropy_forward)(float *losses, float *probs, const float *logits, const int *targets, int N,
+                                 int V);
+    // dlogits (N,V) = (probs - onehot(target)) * dloss (overwrites).
+    void (*crossentropy_backward)(float *dlogits, const float *probs, const int *targets, float dloss,
+                                  int N, int V);
+} Ops;
+
+extern const Ops ops_cpu;
+
+#endif

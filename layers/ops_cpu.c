@@ -1,0 +1,26 @@
+// The CPU backend's op table: the reference every other backend is tested against.
+#include "cpu_ops.h"
+#include "ops.h"
+
+const Ops ops_cpu = {
+    .name = "cpu",
+    .encoder_forward = encoder_forward_cpu,
+    .encoder_backward = encoder_backward_cpu,
+    .rmsnorm_forward = rmsnorm_forward_cpu,
+    .rmsnorm_backward = rmsnorm_backward_cpu,
+    .matmul_forward = matmul_forward_cpu,
+    .matmul_backward = matmul_backward_cpu,
+    .rope_forward = rope_forward_cpu,
+    .rope_backward = rope_backward_cpu,
+    .attention_forward = attention_forward_cpu,
+    .attention_backward = attention_backward_cpu,
+    .attention_decode = attention_decode_cpu,
+    .swiglu_forward = swiglu_forward_cpu,
+    .swiglu_backward = swiglu_backward_cpu,
+    .residual_forward = residual_forward_cpu,
+    .dropout_apply = dropout_apply_cpu,
+    .fill_zero = fill_zero_cpu,
+    .dropout_mask = dropout_mask_cpu,
+    .crossentropy_forward = crossentropy_forward_cpu,
+    .crossentropy_backward = crossentropy_backward_cpu,
+};

@@ -1,0 +1,42 @@
+// Rotary position embedding (Su et al. 2021) on interleaved pairs (x[2i], x[2i+1]) of each head, angle
+// pos * theta^(-2i/HD). The rotation is orthogonal, so the backward pass is the rotation by -angle.
+#include "cpu_ops.h"
+
+#include <math.h>
+
+#define ROPE_MAX_HALF 512
+
+static void rope_rotate(float *x, int B, int T, int NH, int HD, int pos0, float theta, float sign) {
+    CHECK(HD % 2 == 0 && HD / 2 <= ROPE_MAX_HALF);
+    int half = HD / 2;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
+        for (int i = 0; i < half; i++) {
+            // double precision angle: positions far past the trained context stay accurate
+            double freq = pow((double)theta, -2.0 * i / HD);
+            double ang = (double)(pos0 + t) * freq;
+            cs[i] = (float)cos(ang);
+            sn[i] = sign * (float)sin(ang);
+        }
+        for (int b = 0; b < B; b++) {
+            float *row = x + ((size_t)b * T + t) * NH * HD;
+            for (int h = 0; h < NH; h++) {
+                float *v = row + h * HD;
+                for (int i = 0; i < half; i++) {
+                    float a = v[2 * i], c = v[2 * i + 1];
+                    v[2 * i] = a * cs[i] - c * sn[i];
+                    v[2 * i + 1] = a * sn[i] + c * cs[i];
+                }
+            }
+        }
+    }
+}
+
+void rope_forward_cpu(float *x, int B, int T, int NH, int HD, int pos0, float theta) {
+    rope_rotate(x, B, T, NH, HD, pos0, theta, 1.0f);
+}
+
+void rope_backward_cpu(float *dx, int B, int T, int NH, int HD, int pos0, float theta) {
+    rope_rotate(dx, B, T, NH, HD, pos0, theta, -1.0f);
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what kvlab needs to build and test on Debian 12 (or Ubuntu): the one list of packages, used by
+# the README and by CI (.ci/run). Runs as root, or through sudo otherwise. Extra arguments are passed to
+# apt-get install (e.g. --dry-run).
+set -euo pipefail
+
+packages=(
+    gcc libc6-dev              # C11 compiler, OpenMP (libgomp), ASan/UBSan runtimes
+    ninja-build python3        # build: ./configure.py writes build.ninja
+    libopenblas-openmp-dev     # CBLAS matrix products (the OpenMP build of OpenBLAS)
+    libcriterion-dev           # unit tests
+    libxxhash-dev              # hashing: checksums, prefix blocks
+    libstb-dev                 # stb_ds.h (hash maps, dynamic arrays), stb_image_write.h
+)
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: not root and no sudo; run as root" >&2; exit 1; }
+    sudo=(sudo)
+fi
+
+"${sudo[@]}" apt-get update
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${packages[@]}" "$@"

@@ -1,0 +1,290 @@
+// build/train: trains an MHA, GQA or MQA decoder on a text corpus, from scratch, from a checkpoint's
+// weights (--init-from, optionally converting to fewer key/value heads), or continuing exactly (--resume).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../checkpoints/checkpoint.h"
+#include "../common/args.h"
+#include "presets.h"
+#include "../common/progress.h"
+
+static const char *usage =
+    "usage: build/train [flags]\n"
+    "\n"
+    "Trains a Llama-style decoder (RMSNorm, RoPE, SwiGLU, tied embeddings) on a text corpus.\n"
+    "\n"
+    "model and run:\n"
+    "  --preset NAME        small (default), baby, shakespeare, tiny\n"
+    "  --attn SPEC          mha | gqa:G (G key/value heads; G divides n_head) | mqa   [mha]\n"
+    "  --layers N --width C --heads H --hidden N --context T --dropout P\n"
+    "  --batch B --steps N --lr X --min-lr X --warmup N --weight-decay X --beta2 X\n"
+    "  --grad-clip X (0 = off) --grad-accum N --eval-interval N (0 = end only) --eval-windows N\n"
+    "  --seed S             data order, initialisation and dropout   [1337]\n"
+    "  --device cpu         (cuda: a later release)\n"
+    "files:\n"
+    "  --data FILE          text corpus (first 90%% trains, last 10%% validates)  [data/tinyshakespeare.txt]\n"
+    "  --out CKPT           checkpoint written at each evaluation and at the end\n"
+    "                       [checkpoints/<preset>-<attn>.ckpt]\n"
+    "  --resume CKPT        continue a run exactly (settings come from the checkpoint; --steps may extend it)\n"
+    "  --init-from CKPT     start from a checkpoint's weights with a fresh optimiser; with --attn gqa:G|mqa\n"
+    "                       its key/value heads are mean-pooled into G groups first (uptraining)\n"
+    "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
+    "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, tokens_per_s\n"
+    "  --quiet              no progress display\n";
+
+typedef struct {
+    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device;
+    int stop_after, quiet;
+    // overrides: -1 (or < 0) means "not given"
+    int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
+    float dropout, lr, min_lr, weight_decay, beta2, grad_clip;
+    int seed_given;
+    uint64_t seed;
+} Flags;
+
+static int die(const char *msg) {
+    fprintf(stderr, "train: %s\n", msg);
+    return 1;
+}
+
+static int parse_flags(Flags *f, int argc, char **argv, char *err) {
+    memset(f, 0, sizeof(*f));
+    f->preset = preset_default_name;
+    f->data = "data/tinyshakespeare.txt";
+    f->device = "cpu";
+    f->stop_after = -1;
+    int *ints[] = {&f->layers, &f->width, &f->heads, &f->hidden, &f->context, &f->batch, &f->steps, &f->warmup,
+                   &f->grad_accum, &f->eval_interval, &f->eval_windows};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) *ints[i] = -1;
+    f->dropout = f->lr = f->min_lr = f->weight_decay = f->beta2 = f->grad_clip = -1.0f;
+    Args a;
+    args_init(&a, argc, argv);
+    int r;
+    while ((r = args_next(&a)) > 0) {
+        int rc = 0;
+        if (args_is(&a, "--help") || args_is(&a, "-h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (args_is(&a, "--preset")) rc = args_string(&a, &f->preset);
+        else if (args_is(&a, "--attn")) rc = args_string(&a, &f->attn);
+        else if (args_is(&a, "--data")) rc = args_string(&a, &f->data);
+        else if (args_is(&a, "--out")) rc = args_string(&a, &f->out);
+        else if (args_is(&a, "--resume")) rc = args_string(&a, &f->resume);
+        else if (args_is(&a, "--init-from")) rc = args_string(&a, &f->init_from);
+        else if (args_is(&a, "--log")) rc = args_string(&a, &f->log);
+        else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
+        else if (args_is(&a, "--quiet")) f->quiet = 1;
+        else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, 1 << 30, &f->stop_after);
+        else if (args_is(&a, "--layers")) rc = args_int(&a, 1, 256, &f->layers);
+        else if (args_is(&a, "--width")) rc = args_int(&a, 2, 65536, &f->width);
+        else if (args_is(&a, "--heads")) rc = args_int(&a, 1, 1024, &f->heads);
+        else if (args_is(&a, "--hidden")) rc = args_int(&a, 1, 1 << 20, &f->hidden);
+        else if (args_is(&a, "--context")) rc = args_int(&a, 1, 1 << 16, &f->context);
+        else if (args_is(&a, "--batch")) rc = args_int(&a, 1, 1 << 16, &f->batch);
+        else if (args_is(&a, "--steps")) rc = args_int(&a, 1, 1 << 30, &f->steps);
+        else if (args_is(&a, "--warmup")) rc = args_int(&a, 0, 1 << 30, &f->warmup);
+        else if (args_is(&a, "--grad-accum")) rc = args_int(&a, 1, 1 << 16, &f->grad_accum);
+        else if (args_is(&a, "--eval-interval")) rc = args_int(&a, 0, 1 << 30, &f->eval_interval);
+        else if (args_is(&a, "--eval-windows")) rc = args_int(&a, 1, 1 << 20, &f->eval_windows);
+        else if (args_is(&a, "--dropout")) rc = args_float(&a, 0.0f, 0.99f, &f->dropout);
+        else if (args_is(&a, "--lr")) rc = args_float(&a, 1e-9f, 10.0f, &f->lr);
+        else if (args_is(&a, "--min-lr")) rc = args_float(&a, 0.0f, 10.0f, &f->min_lr);
+        else if (args_is(&a, "--weight-decay")) rc = args_float(&a, 0.0f, 0.99f, &f->weight_decay);
+        else if (args_is(&a, "--beta2")) rc = args_float(&a, 0.0f, 0.9999f, &f->beta2);
+        else if (args_is(&a, "--grad-clip")) rc = args_float(&a, 0.0f, 1e9f, &f->grad_clip);
+        else if (args_is(&a, "--seed")) rc = args_u64(&a, &f->seed), f->seed_given = 1;
+        else {
+            err_set(err, "unknown flag '%s' (see --help)", a.flag);
+            return -1;
+        }
+        if (rc) {
+            err_set(err, "%s", a.err);
+            return -1;
+        }
+    }
+    if (r < 0) return err_set(err, "%s", a.err), -1;
+    if (strcmp(f->device, "cpu") != 0) {
+        if (strcmp(f->device, "cuda") == 0) err_set(err, "--device cuda: the CUDA backend is not part of this build yet");
+        else err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device);
+        return -1;
+    }
+    if (f->resume && f->init_from) return err_set(err, "--resume and --init-from cannot be combined"), -1;
+    return 0;
+}
+
+// With --resume the checkpoint fixes the model and the run's settings; only these may be given.
+static int check_resume_flags(const Flags *f, char *err) {
+    const char *fixed = NULL;
+    if (f->attn) fixed = "--attn";
+    else if (f->layers >= 0 || f->width >= 0 || f->heads >= 0 || f->hidden >= 0) fixed = "the model shape";
+    else if (f->context >= 0 || f->batch >= 0 || f->dropout >= 0) fixed = "--context/--batch/--dropout";
+    else if (f->lr >= 0 || f->min_lr >= 0 || f->warmup >= 0 || f->weight_decay >= 0 || f->beta2 >= 0)
+        fixed = "the optimiser settings";
+    else if (f->grad_clip >= 0 || f->grad_accum >= 0 || f->seed_given) fixed = "--grad-clip/--grad-accum/--seed";
+    if (fixed) return err_set(err, "%s cannot be changed when resuming: the checkpoint fixes it", fixed), -1;
+    return 0;
+}
+
+static void apply_overrides(const Flags *f, ModelConfig *mc, TrainConfig *tc) {
+    if (f->layers >= 0) mc->n_layer = f->layers;
+    if (f->width >= 0) mc->n_embd = f->width;
+    if (f->heads >= 0) mc->n_head = mc->n_kv_head = f->heads;
+    if (f->hidden >= 0) mc->n_hidden = f->hidden;
+    if (f->context >= 0) mc->block_size = tc->seq_len = f->context;
+    if (f->dropout >= 0) mc->dropout = f->dropout;
+    if (f->batch >= 0) tc->batch_size = f->batch;
+    if (f->steps >= 0) tc->max_steps = f->steps;
+    if (f->warmup >= 0) tc->warmup_steps = f->warmup;
+    if (f->grad_accum >= 0) tc->grad_accum = f->grad_accum;
+    if (f->eval_interval >= 0) tc->eval_interval = f->eval_interval;
+    if (f->eval_windows >= 0) tc->eval_windows = f->eval_windows;
+    if (f->lr >= 0) tc->lr = f->lr, tc->min_lr = f->lr / 10;
+    if (f->min_lr >= 0) tc->min_lr = f->min_lr;
+    if (f->weight_decay >= 0) tc->weight_decay = f->weight_decay;
+    if (f->beta2 >= 0) tc->beta2 = f->beta2;
+    if (f->grad_clip >= 0) tc->grad_clip = f->grad_clip;
+    if (f->seed_given) tc->seed = f->seed;
+}
+
+int main(int argc, char **argv) {
+    char err[ERR_LEN];
+    Flags f;
+    if (parse_flags(&f, argc, argv, err) != 0) return die(err);
+    const Preset *preset = preset_find(f.preset);
+    if (!preset) {
+        snprintf(err, sizeof(err), "unknown preset '%s': valid presets are %s", f.preset, preset_names());
+        return die(err);
+    }
+    int kv_spec = 0;
+    if (f.attn && attn_parse(f.attn, &kv_spec, err) != 0) return die(err);
+
+    Model model;
+    Tokenizer tok;
+    TrainConfig tc = preset->train;
+    TrainState st;
+    ModelConfig mc = preset->model;
+    int have_state = 0;
+    Corpus corpus;
+    if (f.resume) {
+        if (check_resume_flags(&f, err) != 0) return die(err);
+        if (checkpoint_load(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) return die(err);
+        if (!have_state) {
+            snprintf(err, sizeof(err), "'%s' holds weights only, no training state to resume (use --init-from)", f.resume);
+            return die(err);
+        }
+        if (f.steps >= 0) tc.max_steps = f.steps;
+        if (f.eval_interval >= 0) tc.eval_interval = f.eval_interval;
+        if (f.eval_windows >= 0) tc.eval_windows = f.eval_windows;
+        mc = model.cfg;
+    } else if (f.init_from) {
+        Model src;
+        if (checkpoint_load(f.init_from, &src, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+        if (f.layers >= 0 || f.width >= 0 || f.heads >= 0 || f.hidden >= 0 || f.context >= 0) {
+            model_free(&src);
+            return die("--init-from takes the model shape from the checkpoint; drop --layers/--width/--heads/--hidden/--context");
+        }
+        mc = src.cfg;
+        int n_kv = mc.n_kv_head;
+        if (f.attn && attn_resolve(kv_spec, mc.n_head, &n_kv, err) != 0) return model_free(&src), die(err);
+        if (n_kv > mc.n_kv_head) {
+            snprintf(err, sizeof(err), "--init-from can only reduce key/value heads (%d -> %d asked)", mc.n_kv_head, n_kv);
+            return model_free(&src), die(err);
+        }
+        if (n_kv != mc.n_kv_head) {
+            if (model_convert_kv_heads(&model, &src, n_kv, err) != 0) return model_free(&src), die(err);
+            model_free(&src);
+        } else {
+            model = src;
+        }
+        if (f.dropout >= 0) model.cfg.dropout = f.dropout;
+        mc = model.cfg;
+        apply_overrides(&f, &mc, &tc);
+        tc.seq_len = tc.seq_len > mc.block_size ? mc.block_size : tc.seq_len;
+    } else {
+        apply_overrides(&f, &mc, &tc);
+        if (f.hidden < 0) mc.n_hidden = model_default_hidden(mc.n_embd);
+        if (attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) != 0) return die(err);
+    }
+
+    size_t n_oov = 0;
+    int fresh = !f.resume && !f.init_from;
+    if (corpus_load(&corpus, &tok, f.data, fresh, &n_oov, err) != 0) return die(err);
+    if (n_oov) fprintf(stderr, "train: note: %zu bytes of '%s' are outside the checkpoint's vocabulary and were skipped\n", n_oov, f.data);
+    if (fresh) {
+        mc.vocab_size = tok.vocab_size;
+        if (model_config_validate(&mc, err) != 0) return die(err);
+        model_init(&model, &mc, &ops_cpu);
+        model_init_weights(&model, tc.seed);
+    } else {
+        model.cfg.dropout = mc.dropout;
+    }
+    if (train_config_validate(&tc, &model.cfg, err) != 0) return die(err);
+    if (corpus_check_context(&corpus, tc.seq_len, err) != 0) return die(err);
+    if (!f.resume) train_state_init(&st, model.n_params, tc.seed);
+    if (f.stop_after >= 0 && f.stop_after <= st.step) {
+        snprintf(err, sizeof(err), "--stop-after %d is not past the checkpoint's step %d", f.stop_after, st.step);
+        return die(err);
+    }
+
+    char attn[32], out_default[256];
+    attn_label(attn, sizeof(attn), model.cfg.n_head, model.cfg.n_kv_head);
+    snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", f.resume ? "resumed" : f.preset, attn);
+    const char *out = f.out ? f.out : (f.resume ? f.resume : out_default);
+    FILE *log = NULL;
+    if (f.log && !(log = fopen(f.log, f.resume ? "a" : "w"))) {
+        snprintf(err, sizeof(err), "cannot open log file '%s' for writing", f.log);
+        return die(err);
+    }
+
+    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params\n",
+            f.resume ? "resumed" : f.preset, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
+            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6);
+    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x %d, steps %d..%d, checkpoint %s\n",
+            corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
+            st.step, tc.max_steps, out);
+
+    model_alloc_acts(&model, tc.batch_size, tc.seq_len);
+    int *inputs = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
+    int *targets = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
+    int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
+    Progress prog;
+    progress_init(&prog, st.step, last, !f.quiet && common_stderr_is_tty());
+    float train_loss = 0.0f, val_loss = -1.0f;
+    double t_start = common_now();
+    long tokens_per_step = (long)tc.batch_size * tc.seq_len * tc.grad_accum;
+    int rc = 0;
+    while (st.step < last) {
+        double t0 = common_now();
+        float lr = schedule_lr(&tc, st.step), norm;
+        train_loss = train_step(&model, &st, &tc, &corpus, inputs, targets, &norm);
+        double dt = common_now() - t0;
+        int evaluate = st.step == last || (tc.eval_interval > 0 && st.step % tc.eval_interval == 0);
+        if (evaluate) val_loss = train_eval(&model, &tc, &corpus, inputs, targets);
+        progress_update(&prog, st.step, train_loss, evaluate ? val_loss : -1.0f, lr, tokens_per_step / dt);
+        if (log) {
+            fprintf(log, "{\"step\": %d, \"train_loss\": %.9g, ", st.step, train_loss);
+            if (evaluate) fprintf(log, "\"val_loss\": %.9g, ", val_loss);
+            fprintf(log, "\"lr\": %.9g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f}\n", lr, norm, tokens_per_step / dt);
+            fflush(log);
+        }
+        if (evaluate && checkpoint_save(out, &model, &tok, &tc, &st, err) != 0) {
+            progress_end(&prog);
+            fprintf(stderr, "train: %s\n", err);
+            rc = 1;
+            break;
+        }
+    }
+    progress_end(&prog);
+    double elapsed = common_now() - t_start;
+    if (rc == 0)
+        fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
+                st.step, train_loss, val_loss, elapsed, (double)(st.step - prog.first) * tokens_per_step / elapsed, out);
+    if (log) fclose(log);
+    common_free(inputs);
+    common_free(targets);
+    train_state_free(&st);
+    corpus_free(&corpus);
+    model_free(&model);
+    return rc;
+}

@@ -1,0 +1,57 @@
+// The training loop's settings and resumable state: AdamW with decoupled weight decay, warm-up then cosine
+// decay, gradient clipping by global norm, gradient accumulation, periodic validation.
+#ifndef KVLAB_TRAINER_H
+#define KVLAB_TRAINER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../common/common.h"
+#include "../data/loader.h"
+#include "../layers/model.h"
+
+typedef struct {
+    int batch_size;     // B sequences per micro-batch
+    int seq_len;        // T tokens per sequence (<= block_size)
+    int max_steps;      // optimizer steps; the schedule decays to min_lr at this step
+    int warmup_steps;
+    float lr;           // peak learning rate
+    float min_lr;       // floor of the cosine decay
+    float weight_decay; // decoupled (AdamW), matrices only
+    float beta1, beta2, adam_eps;
+    float grad_clip;    // max global gradient norm; 0 disables
+    int grad_accum;     // micro-batches per optimizer step
+    int eval_interval;  // steps between validation passes; 0 = only at the end
+    int eval_windows;   // fixed validation windows (B-sized batches of them)
+    uint64_t seed;
+} TrainConfig;
+
+// Everything that changes during training besides the weights: enough for --resume to continue exactly.
+typedef struct {
+    int step;           // optimizer steps completed
+    float *m, *v;       // AdamW moments, (n_params) each
+    Rng data_rng;       // draws the training window offsets (this is the data position)
+    Rng dropout_rng;    // copied in and out of Model.dropout_rng around each step
+} TrainState;
+
+int train_config_validate(const TrainConfig *tc, const ModelConfig *mc, char *err);
+
+void train_state_init(TrainState *s, size_t n_params, uint64_t seed);
+void train_state_free(TrainState *s);
+
+// Learning rate at optimizer step `step` (0-based).
+float schedule_lr(const TrainConfig *tc, int step);
+
+// One AdamW update of params from grads; returns nothing. t is the 1-based step count.
+void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int t);
+
+// One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW. Returns the mean train loss;
+// *grad_norm receives the norm before clipping. inputs/targets are (B, T) scratch owned by the caller.
+float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
+                 float *grad_norm);
+
+// Mean loss over the fixed validation windows (no dropout).
+float train_eval(Model *m, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets);
+
+#endif
