@@ -158,6 +158,7 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     }
     double dt = common_now() - t0;
     putchar('\n');
+    fflush(stdout);
     fprintf(stderr, "infer: %d tokens in %.2f s (%.1f tokens/s), KV cache %zu bytes\n", f->n, dt,
             dt > 0 ? f->n / dt : 0.0, kv.ops->bytes(&kv));
     common_free(probs);

@@ -1,0 +1,72 @@
+// Tokenizer and loader: round trip, the tiny Shakespeare vocabulary, out-of-vocabulary handling, splits.
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "../data/loader.h"
+#include "../data/tokenizer.h"
+
+Test(data, tokenizer_round_trip) {
+    const char *text = "Hello, world!\nTo be, or not to be.";
+    Tokenizer tok;
+    char err[ERR_LEN];
+    cr_assert_eq(tokenizer_build(&tok, (const unsigned char *)text, strlen(text), err), 0);
+    int ids[64];
+    size_t oov = 99, n = tokenizer_encode(&tok, (const unsigned char *)text, strlen(text), ids, &oov);
+    cr_assert_eq(n, strlen(text));
+    cr_assert_eq(oov, 0);
+    char back[64];
+    cr_assert_eq(tokenizer_decode(&tok, ids, n, back), 0);
+    cr_assert_str_eq(back, text);
+    // ids follow the sorted byte order
+    for (int i = 1; i < tok.vocab_size; i++) cr_assert_lt(tok.id_to_byte[i - 1], tok.id_to_byte[i]);
+    int bad = tok.vocab_size;
+    cr_assert_eq(tokenizer_decode(&tok, &bad, 1, back), -1);
+}
+
+Test(data, oov_is_skipped_and_counted) {
+    Tokenizer tok;
+    char err[ERR_LEN];
+    cr_assert_eq(tokenizer_build(&tok, (const unsigned char *)"abc ", 4, err), 0);
+    const unsigned char text[] = "a Zb\xc3\xa9" "c";
+    int ids[16];
+    size_t oov = 0, n = tokenizer_encode(&tok, text, sizeof(text) - 1, ids, &oov);
+    cr_assert_eq(n, 4); // a, ' ', b, c
+    cr_assert_eq(oov, 3); // Z and the two bytes of the UTF-8 e-acute
+    cr_assert_eq(tokenizer_find_oov(&tok, text, sizeof(text) - 1), 2);
+    cr_assert_eq(tokenizer_find_oov(&tok, (const unsigned char *)"cab", 3), -1);
+}
+
+Test(data, empty_text_rejected) {
+    Tokenizer tok;
+    char err[ERR_LEN] = "";
+    cr_assert_eq(tokenizer_build(&tok, (const unsigned char *)"", 0, err), -1);
+    cr_assert(strstr(err, "empty"));
+}
+
+Test(data, tinyshakespeare_vocab_and_split) {
+    Tokenizer tok;
+    Corpus c;
+    char err[ERR_LEN];
+    size_t oov = 1;
+    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, &oov, err), 0, "%s", err);
+    cr_assert_eq(tok.vocab_size, 65); // nanoGPT shakespeare_char's vocabulary
+    cr_assert_eq(tok.id_to_byte[0], '\n');
+    cr_assert_eq(tok.id_to_byte[1], ' ');
+    cr_assert_eq(oov, 0);
+    cr_assert_eq(c.n_tokens, 1115394);
+    cr_assert_eq(c.n_train, 1115394 * 9 / 10);
+    // validation windows are fixed and inside the validation split; training windows follow the seed
+    int in1[32], tg1[32], in2[32], tg2[32];
+    loader_val_window(&c, 3, 10, 32, in1, tg1);
+    loader_val_window(&c, 3, 10, 32, in2, tg2);
+    cr_assert_arr_eq(in1, in2, sizeof(in1));
+    cr_assert_eq(in1[1], tg1[0]);
+    Rng a, b;
+    rng_init(&a, 5);
+    rng_init(&b, 5);
+    loader_train_batch(&c, &a, 1, 32, in1, tg1);
+    loader_train_batch(&c, &b, 1, 32, in2, tg2);
+    cr_assert_arr_eq(in1, in2, sizeof(in1));
+    cr_assert_eq(corpus_check_context(&c, 1 << 20, err), -1);
+    corpus_free(&c);
+}
