@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,12 @@ unsigned char *common_read_file(const char *path, size_t *len, char *err) {
     if (!f) {
         err_set(err, "cannot open '%s': %s", path, strerror(errno));
         return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) goto fail;
+    if (S_ISDIR(st.st_mode)) {
+        errno = EISDIR;
+        goto fail;
     }
     if (fseek(f, 0, SEEK_END) != 0) goto fail;
     long size = ftell(f);

@@ -222,6 +222,11 @@ int main(int argc, char **argv) {
     if (train_config_validate(&tc, &model.cfg, err) != 0) return die(err);
     if (corpus_check_context(&corpus, tc.seq_len, err) != 0) return die(err);
     if (!f.resume) train_state_init(&st, model.n_params, tc.seed);
+    if (st.step >= tc.max_steps) {
+        snprintf(err, sizeof(err), "the checkpoint is already at step %d of %d; give --steps N with N > %d to continue",
+                 st.step, tc.max_steps, st.step);
+        return die(err);
+    }
     if (f.stop_after >= 0 && f.stop_after <= st.step) {
         snprintf(err, sizeof(err), "--stop-after %d is not past the checkpoint's step %d", f.stop_after, st.step);
         return die(err);
@@ -229,7 +234,8 @@ int main(int argc, char **argv) {
 
     char attn[32], out_default[256];
     attn_label(attn, sizeof(attn), model.cfg.n_head, model.cfg.n_kv_head);
-    snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", f.resume ? "resumed" : f.preset, attn);
+    const char *run_name = f.resume ? "resumed" : f.init_from ? "uptrained" : f.preset;
+    snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", run_name, attn);
     const char *out = f.out ? f.out : (f.resume ? f.resume : out_default);
     FILE *log = NULL;
     if (f.log && !(log = fopen(f.log, f.resume ? "a" : "w"))) {
@@ -238,7 +244,7 @@ int main(int argc, char **argv) {
     }
 
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params\n",
-            f.resume ? "resumed" : f.preset, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
+            run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
             model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6);
     fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x %d, steps %d..%d, checkpoint %s\n",
             corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
