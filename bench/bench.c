@@ -28,18 +28,22 @@ static void describe_machine(void) {
     printf("machine: %s, %d OpenMP threads\n", model, omp_get_max_threads());
 }
 
-static void bench_train(const char *preset_name, const char *attn, const Corpus *c, int vocab, int steps) {
-    const Preset *p = preset_find(preset_name);
-    ModelConfig mc = p->model;
-    TrainConfig tc = p->train;
+// A preset's model with the given attention, randomly initialised (speed does not depend on the values).
+static void bench_model_init(Model *m, const char *preset_name, const char *attn, int vocab) {
+    ModelConfig mc = preset_find(preset_name)->model;
     char err[ERR_LEN];
     int kv_spec;
     CHECK(attn_parse(attn, &kv_spec, err) == 0 && attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) == 0);
     mc.vocab_size = vocab;
     mc.n_hidden = model_default_hidden(mc.n_embd);
+    model_init(m, &mc, &ops_cpu);
+    model_init_weights(m, 1);
+}
+
+static void bench_train(const char *preset_name, const char *attn, const Corpus *c, int vocab, int steps) {
+    TrainConfig tc = preset_find(preset_name)->train;
     Model m;
-    model_init(&m, &mc, &ops_cpu);
-    model_init_weights(&m, 1);
+    bench_model_init(&m, preset_name, attn, vocab);
     model_alloc_acts(&m, tc.batch_size, tc.seq_len);
     TrainState st;
     train_state_init(&st, m.n_params, 1);
@@ -66,16 +70,9 @@ static void bench_train(const char *preset_name, const char *attn, const Corpus 
 }
 
 static void bench_decode(const char *preset_name, const char *attn, int vocab, int runs) {
-    const Preset *p = preset_find(preset_name);
-    ModelConfig mc = p->model;
-    char err[ERR_LEN];
-    int kv_spec;
-    CHECK(attn_parse(attn, &kv_spec, err) == 0 && attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) == 0);
-    mc.vocab_size = vocab;
-    mc.n_hidden = model_default_hidden(mc.n_embd);
     Model m;
-    model_init(&m, &mc, &ops_cpu);
-    model_init_weights(&m, 1);
+    bench_model_init(&m, preset_name, attn, vocab);
+    const ModelConfig mc = m.cfg;
     KVCache kv;
     kv_full_init(&kv, mc.n_layer, mc.n_kv_head, model_head_dim(&mc), mc.block_size);
     DecodeState ds;

@@ -4,10 +4,11 @@
 
 #include "common.h"
 
-void progress_init(Progress *p, int first_step, int last_step, int live) {
+void progress_init(Progress *p, int first_step, int last_step, int live, int quiet) {
     p->first = first_step;
     p->last = last_step;
-    p->live = live;
+    p->live = live && !quiet;
+    p->quiet = quiet;
     p->t_start = common_now();
     p->drawn = 0;
 }
@@ -19,6 +20,7 @@ static void format_eta(char *out, size_t len, double s) {
 }
 
 void progress_update(Progress *p, int step, float loss, float val_loss, float lr, double tokens_per_s) {
+    if (p->quiet) return;
     double elapsed = common_now() - p->t_start;
     int done = step - p->first, left = p->last - step;
     char eta[32];

@@ -6,11 +6,12 @@
 typedef struct {
     int first, last;   // step range of this run
     int live;          // redraw one line in place
+    int quiet;         // print nothing at all
     double t_start;
     int drawn;
 } Progress;
 
-void progress_init(Progress *p, int first_step, int last_step, int live);
+void progress_init(Progress *p, int first_step, int last_step, int live, int quiet);
 // val_loss < 0 means "not evaluated at this step".
 void progress_update(Progress *p, int step, float loss, float val_loss, float lr, double tokens_per_s);
 void progress_end(Progress *p);

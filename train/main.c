@@ -31,7 +31,7 @@ static const char *usage =
     "                       its key/value heads are mean-pooled into G groups first (uptraining)\n"
     "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
     "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, tokens_per_s\n"
-    "  --quiet              no progress display\n";
+    "  --quiet              no progress lines (the banner and the summary remain)\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device;
@@ -255,7 +255,7 @@ int main(int argc, char **argv) {
     int *targets = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
     int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
     Progress prog;
-    progress_init(&prog, st.step, last, !f.quiet && common_stderr_is_tty());
+    progress_init(&prog, st.step, last, common_stderr_is_tty(), f.quiet);
     float train_loss = 0.0f, val_loss = -1.0f;
     double t_start = common_now();
     long tokens_per_step = (long)tc.batch_size * tc.seq_len * tc.grad_accum;
