@@ -159,43 +159,45 @@ int main(int argc, char **argv) {
     int kv_spec = 0;
     if (f.attn && attn_parse(f.attn, &kv_spec, err) != 0) return die(err);
 
-    Model model;
+    // zeroed so that the failure path can free whatever was set up
+    Model model = {0}, src = {0};
     Tokenizer tok;
     TrainConfig tc = preset->train;
-    TrainState st;
+    TrainState st = {0};
     ModelConfig mc = preset->model;
     int have_state = 0;
-    Corpus corpus;
+    Corpus corpus = {0};
+    FILE *log = NULL;
     if (f.resume) {
-        if (check_resume_flags(&f, err) != 0) return die(err);
-        if (checkpoint_load(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) return die(err);
+        if (check_resume_flags(&f, err) != 0) goto fail;
+        if (checkpoint_load(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) goto fail;
         if (!have_state) {
             snprintf(err, sizeof(err), "'%s' holds weights only, no training state to resume (use --init-from)", f.resume);
-            return die(err);
+            goto fail;
         }
         if (f.steps >= 0) tc.max_steps = f.steps;
         if (f.eval_interval >= 0) tc.eval_interval = f.eval_interval;
         if (f.eval_windows >= 0) tc.eval_windows = f.eval_windows;
         mc = model.cfg;
     } else if (f.init_from) {
-        Model src;
-        if (checkpoint_load(f.init_from, &src, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+        if (checkpoint_load(f.init_from, &src, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) goto fail;
         if (f.layers >= 0 || f.width >= 0 || f.heads >= 0 || f.hidden >= 0 || f.context >= 0) {
-            model_free(&src);
-            return die("--init-from takes the model shape from the checkpoint; drop --layers/--width/--heads/--hidden/--context");
+            err_set(err, "--init-from takes the model shape from the checkpoint; drop --layers/--width/--heads/--hidden/--context");
+            goto fail;
         }
         mc = src.cfg;
         int n_kv = mc.n_kv_head;
-        if (f.attn && attn_resolve(kv_spec, mc.n_head, &n_kv, err) != 0) return model_free(&src), die(err);
+        if (f.attn && attn_resolve(kv_spec, mc.n_head, &n_kv, err) != 0) goto fail;
         if (n_kv > mc.n_kv_head) {
             snprintf(err, sizeof(err), "--init-from can only reduce key/value heads (%d -> %d asked)", mc.n_kv_head, n_kv);
-            return model_free(&src), die(err);
+            goto fail;
         }
         if (n_kv != mc.n_kv_head) {
-            if (model_convert_kv_heads(&model, &src, n_kv, err) != 0) return model_free(&src), die(err);
+            if (model_convert_kv_heads(&model, &src, n_kv, err) != 0) goto fail;
             model_free(&src);
         } else {
             model = src;
+            src = (Model){0};
         }
         if (f.dropout >= 0) model.cfg.dropout = f.dropout;
         mc = model.cfg;
@@ -204,32 +206,32 @@ int main(int argc, char **argv) {
     } else {
         apply_overrides(&f, &mc, &tc);
         if (f.hidden < 0) mc.n_hidden = model_default_hidden(mc.n_embd);
-        if (attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) != 0) return die(err);
+        if (attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) != 0) goto fail;
     }
 
     size_t n_oov = 0;
     int fresh = !f.resume && !f.init_from;
-    if (corpus_load(&corpus, &tok, f.data, fresh, &n_oov, err) != 0) return die(err);
+    if (corpus_load(&corpus, &tok, f.data, fresh, &n_oov, err) != 0) goto fail;
     if (n_oov) fprintf(stderr, "train: note: %zu bytes of '%s' are outside the checkpoint's vocabulary and were skipped\n", n_oov, f.data);
     if (fresh) {
         mc.vocab_size = tok.vocab_size;
-        if (model_config_validate(&mc, err) != 0) return die(err);
+        if (model_config_validate(&mc, err) != 0) goto fail;
         model_init(&model, &mc, &ops_cpu);
         model_init_weights(&model, tc.seed);
     } else {
         model.cfg.dropout = mc.dropout;
     }
-    if (train_config_validate(&tc, &model.cfg, err) != 0) return die(err);
-    if (corpus_check_context(&corpus, tc.seq_len, err) != 0) return die(err);
+    if (train_config_validate(&tc, &model.cfg, err) != 0) goto fail;
+    if (corpus_check_context(&corpus, tc.seq_len, err) != 0) goto fail;
     if (!f.resume) train_state_init(&st, model.n_params, tc.seed);
     if (st.step >= tc.max_steps) {
         snprintf(err, sizeof(err), "the checkpoint is already at step %d of %d; give --steps N with N > %d to continue",
                  st.step, tc.max_steps, st.step);
-        return die(err);
+        goto fail;
     }
     if (f.stop_after >= 0 && f.stop_after <= st.step) {
         snprintf(err, sizeof(err), "--stop-after %d is not past the checkpoint's step %d", f.stop_after, st.step);
-        return die(err);
+        goto fail;
     }
 
     char attn[32], out_default[256];
@@ -237,10 +239,9 @@ int main(int argc, char **argv) {
     const char *run_name = f.resume ? "resumed" : f.init_from ? "uptrained" : f.preset;
     snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", run_name, attn);
     const char *out = f.out ? f.out : (f.resume ? f.resume : out_default);
-    FILE *log = NULL;
     if (f.log && !(log = fopen(f.log, f.resume ? "a" : "w"))) {
         snprintf(err, sizeof(err), "cannot open log file '%s' for writing", f.log);
-        return die(err);
+        goto fail;
     }
 
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params\n",
@@ -286,11 +287,17 @@ int main(int argc, char **argv) {
     if (rc == 0)
         fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
                 st.step, train_loss, val_loss, elapsed, (double)(st.step - prog.first) * tokens_per_step / elapsed, out);
-    if (log) fclose(log);
     common_free(inputs);
     common_free(targets);
+    if (0) {
+    fail:
+        fprintf(stderr, "train: %s\n", err);
+        rc = 1;
+    }
+    if (log) fclose(log);
     train_state_free(&st);
     corpus_free(&corpus);
+    model_free(&src);
     model_free(&model);
     return rc;
 }
