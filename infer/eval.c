@@ -8,7 +8,7 @@ int eval_tokens(Model *m, const int *tokens, size_t n, EvalResult *out, char *er
         return -1;
     }
     int T = m->cfg.block_size;
-    model_alloc_acts(m, 1, T);
+    model_alloc_inference_acts(m, 1, T);
     double sum = 0.0;
     size_t scored = 0;
     for (size_t start = 0; start + 1 < n; start += T) {

@@ -125,7 +125,10 @@ void model_init(Model *m, const ModelConfig *cfg, const Ops *ops);
 void model_free(Model *m);
 // GPT-2 style init: N(0, 0.02), output projections (wo, w2) scaled by 1/sqrt(2L), norms to one.
 void model_init_weights(Model *m, uint64_t seed);
+// Activations, gradients of activations and parameter gradients for batches up to (B, T): training.
 void model_alloc_acts(Model *m, int B, int T);
+// Activations only (forward passes without backward): scoring and evaluation.
+void model_alloc_inference_acts(Model *m, int B, int T);
 
 // Forward over tokens (B, T). With targets (B, T) fills acts.losses and mean_loss; train != 0 applies
 // dropout. T may be smaller than the allocated act_T.

@@ -104,11 +104,12 @@ void model_init_weights(Model *m, uint64_t seed) {
     }
 }
 
-void model_alloc_acts(Model *m, int B, int T) {
-    if (m->acts_memory && B <= m->act_B && T <= m->act_T) return;
+static void alloc_acts(Model *m, int B, int T, int with_grads) {
+    if (m->acts_memory && B <= m->act_B && T <= m->act_T && (m->grads_memory || !with_grads)) return;
     common_free(m->acts_memory);
     common_free(m->grad_acts_memory);
     common_free(m->grads_memory);
+    m->grad_acts_memory = m->grads_memory = NULL;
     const ModelConfig *c = &m->cfg;
     size_t L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
     size_t NH = c->n_head, BT = (size_t)B * T, TT = (size_t)T * T, drop = c->dropout > 0.0f;
@@ -125,6 +126,9 @@ void model_alloc_acts(Model *m, int B, int T) {
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
     m->acts_memory = common_calloc(n, sizeof(float));
     point_tensors(af, a, NUM_ACT_TENSORS, m->acts_memory);
+    m->act_B = B;
+    m->act_T = T;
+    if (!with_grads) return;
 
     size_t g[NUM_GRAD_ACT_TENSORS] = {BT * C, BT * C, BT * C, BT * C, BT * C, BT * KVC, BT * KVC,
                                       BT * H, BT * H, BT * H, BT * V, B * NH * TT};
@@ -138,9 +142,10 @@ void model_alloc_acts(Model *m, int B, int T) {
 
     m->grads_memory = common_calloc(m->n_params, sizeof(float));
     model_param_point(&m->grads, m->grads_memory, c);
-    m->act_B = B;
-    m->act_T = T;
 }
+
+void model_alloc_acts(Model *m, int B, int T) { alloc_acts(m, B, T, 1); }
+void model_alloc_inference_acts(Model *m, int B, int T) { alloc_acts(m, B, T, 0); }
 
 void model_forward(Model *m, const int *tokens, const int *targets, int B, int T, int train) {
     CHECK(m->acts_memory && B <= m->act_B && T <= m->act_T && T <= m->cfg.block_size);

@@ -1,0 +1,94 @@
+// Gradient tests, suite `grad` (declared with its one-thread init in test_grad_ops.c): grad/threads_agree, the
+// threaded paths of the ops and of the whole model against one thread.
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "../layers/model.h"
+#include "../layers/ops.h"
+#include "grad_util.h"
+
+// --- threads ------------------------------------------------------------------------------------------
+
+// The grad and model suites run on one thread; the threaded loops must give the same results on several.
+// Attention is bit-exact: the forward splits batch x query heads, the backward batch x kv heads so the query
+// heads of a group add into their shared dK/dV rows in a fixed order (split over query heads instead, the sums
+// land in thread order and differ in the last bits). The whole model (rmsnorm's weight gradient over channels,
+// the elementwise ops, dropout masks) is compared with a tight tolerance, since BLAS may thread differently.
+static void attention_threads_case(int B, int T, int NH, int NKV, int HD, uint64_t seed) {
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, natt = (size_t)B * NH * T * T;
+    Rng rng;
+    rng_init(&rng, seed);
+    float *q = gradutil_falloc(nq), *k = gradutil_falloc(nk), *v = gradutil_falloc(nk), *w = gradutil_falloc(nq);
+    gradutil_fill_normal(q, nq, &rng, 0.0f, 1.0f);
+    gradutil_fill_normal(k, nk, &rng, 0.0f, 1.0f);
+    gradutil_fill_normal(v, nk, &rng, 0.0f, 1.0f);
+    gradutil_fill_normal(w, nq, &rng, 0.0f, 1.0f);
+    float *out[2], *att[2], *scratch[2], *dq[2], *dk[2], *dv[2];
+    const int threads[2] = {1, 4};
+    for (int r = 0; r < 2; r++) {
+        omp_set_num_threads(threads[r]);
+        out[r] = gradutil_falloc(nq), att[r] = gradutil_falloc(natt), scratch[r] = gradutil_falloc(natt);
+        dq[r] = gradutil_falloc(nq), dk[r] = gradutil_falloc(nk), dv[r] = gradutil_falloc(nk);
+        ops_cpu.attention_forward(out[r], att[r], q, k, v, B, T, NH, NKV, HD);
+        ops_cpu.attention_backward(dq[r], dk[r], dv[r], scratch[r], w, att[r], q, k, v, B, T, NH, NKV, HD);
+    }
+    omp_set_num_threads(1);
+    cr_expect(memcmp(out[0], out[1], nq * sizeof(float)) == 0, "attention forward (NH %d NKV %d) depends on threads",
+              NH, NKV);
+    cr_expect(memcmp(dq[0], dq[1], nq * sizeof(float)) == 0, "attention dq (NH %d NKV %d) depends on threads", NH,
+              NKV);
+    cr_expect(memcmp(dk[0], dk[1], nk * sizeof(float)) == 0, "attention dk (NH %d NKV %d) depends on threads", NH,
+              NKV);
+    cr_expect(memcmp(dv[0], dv[1], nk * sizeof(float)) == 0, "attention dv (NH %d NKV %d) depends on threads", NH,
+              NKV);
+    for (int r = 0; r < 2; r++) {
+        common_free(out[r]), common_free(att[r]), common_free(scratch[r]), common_free(dq[r]);
+        common_free(dk[r]), common_free(dv[r]);
+    }
+    common_free(q), common_free(k), common_free(v), common_free(w);
+}
+
+Test(grad, threads_agree) {
+    attention_threads_case(2, 48, 8, 1, 16, 701);
+    attention_threads_case(2, 48, 8, 2, 16, 702);
+    attention_threads_case(3, 7, 4, 4, 6, 703);
+
+    enum { B = 2, T = 5 };
+    ModelConfig cfg = gradutil_fd_config(2, 0.2f);
+    Rng rng;
+    rng_init(&rng, 704);
+    int tokens[B * T], targets[B * T];
+    gradutil_random_tokens(tokens, B * T, cfg.vocab_size, &rng);
+    gradutil_random_tokens(targets, B * T, cfg.vocab_size, &rng);
+    float *grads[2], loss[2];
+    size_t np = 0;
+    const int threads[2] = {1, 4};
+    for (int r = 0; r < 2; r++) {
+        omp_set_num_threads(threads[r]);
+        Model m;
+        gradutil_make_fd_model(&m, &cfg, 705);
+        model_alloc_acts(&m, B, T);
+        rng_init(&m.dropout_rng, 706);
+        model_forward(&m, tokens, targets, B, T, 1);
+        model_zero_grad(&m);
+        model_backward(&m, tokens, targets, B, T);
+        loss[r] = m.mean_loss;
+        grads[r] = gradutil_dup(m.grads_memory, m.n_params);
+        np = m.n_params;
+        model_free(&m);
+    }
+    omp_set_num_threads(1);
+    double d = 0.0, scale = 0.0;
+    for (size_t i = 0; i < np; i++) {
+        d = fmax(d, fabs((double)grads[0][i] - grads[1][i]));
+        scale = fmax(scale, fabs(grads[0][i]));
+    }
+    cr_log_info("1 vs 4 threads: model loss %.9g vs %.9g, gradients differ by %.1e (largest %.2e)", loss[0], loss[1],
+                d, scale);
+    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-6f * loss[0], "model loss %.9g vs %.9g", loss[0], loss[1]);
+    cr_expect(d <= 1e-6 * scale, "model gradients differ across thread counts by %.3e", d);
+    common_free(grads[0]), common_free(grads[1]);
+}
