@@ -11,6 +11,7 @@ void progress_init(Progress *p, int first_step, int last_step, int live, int qui
     p->quiet = quiet;
     p->t_start = common_now();
     p->drawn = 0;
+    p->tokens_per_s = 0.0;
 }
 
 static void format_eta(char *out, size_t len, double s) {
@@ -21,6 +22,8 @@ static void format_eta(char *out, size_t len, double s) {
 
 void progress_update(Progress *p, int step, float loss, float val_loss, float lr, double tokens_per_s) {
     if (p->quiet) return;
+    p->tokens_per_s = p->tokens_per_s > 0 ? 0.9 * p->tokens_per_s + 0.1 * tokens_per_s : tokens_per_s;
+    tokens_per_s = p->tokens_per_s;
     double elapsed = common_now() - p->t_start;
     int done = step - p->first, left = p->last - step;
     char eta[32];

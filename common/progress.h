@@ -9,6 +9,7 @@ typedef struct {
     int quiet;         // print nothing at all
     double t_start;
     int drawn;
+    double tokens_per_s; // smoothed (exponential moving average) for display
 } Progress;
 
 void progress_init(Progress *p, int first_step, int last_step, int live, int quiet);
