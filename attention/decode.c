@@ -1,5 +1,5 @@
 // One new query per head against the cached keys and values (the decode step). The scores and the output
-// are matrix-vector products, done with CBLAS sgemv on the strided cache views.
+// are matrix-vector products, done with CBLAS sgemv on the head-major cache view.
 #include "../layers/cpu_ops.h"
 
 #include <cblas.h>
@@ -7,13 +7,13 @@
 
 void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc, int NH,
                           int NKV, int HD) {
-    int KVC = NKV * HD, rep = NH / NKV;
+    int rep = NH / NKV;
     float scale = 1.0f / sqrtf((float)HD);
     for (int h = 0; h < NH; h++) {
-        const float *kg = kc + (h / rep) * HD, *vg = vc + (h / rep) * HD;
+        const float *kg = kc + (size_t)(h / rep) * Tc * HD, *vg = vc + (size_t)(h / rep) * Tc * HD;
         float *p = att + (size_t)h * Tc;
-        // scores (Tc) = scale * K (Tc, HD; stride KVC) @ q_h
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, HD, scale, kg, KVC, q + h * HD, 1, 0.0f, p, 1);
+        // scores (Tc) = scale * K_g (Tc, HD) @ q_h
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, HD, scale, kg, HD, q + h * HD, 1, 0.0f, p, 1);
         float mx = p[0];
         for (int s = 1; s < Tc; s++) mx = p[s] > mx ? p[s] : mx;
         float sum = 0.0f;
@@ -23,6 +23,6 @@ void attention_decode_cpu(float *out, float *att, const float *q, const float *k
         }
         for (int s = 0; s < Tc; s++) p[s] /= sum;
         // out_h (HD) = V^T (HD, Tc) @ p
-        cblas_sgemv(CblasRowMajor, CblasTrans, Tc, HD, 1.0f, vg, KVC, p, 1, 0.0f, out + h * HD, 1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, Tc, HD, 1.0f, vg, HD, p, 1, 0.0f, out + h * HD, 1);
     }
 }

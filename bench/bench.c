@@ -73,24 +73,26 @@ static void bench_decode(const char *preset_name, const char *attn, int vocab, i
     Model m;
     bench_model_init(&m, preset_name, attn, vocab);
     const ModelConfig mc = m.cfg;
-    KVCache kv;
-    kv_full_init(&kv, mc.n_layer, mc.n_kv_head, model_head_dim(&mc), mc.block_size);
+    KVCache *kv;
+    char err[ERR_LEN];
+    KVShape shape = {mc.n_layer, mc.n_head, mc.n_kv_head, model_head_dim(&mc), mc.block_size, mc.rope_theta};
+    CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
     decode_state_init(&ds, &mc, mc.block_size);
     double times[32];
     for (int r = 0; r < runs + 1; r++) { // the first run warms up
-        kv.ops->reset(&kv);
+        kv_cache_reset(kv);
         double t0 = common_now();
-        for (int t = 0; t < mc.block_size; t++) model_decode_step(&m, &ds, &kv, t % vocab, t);
+        for (int t = 0; t < mc.block_size; t++) model_decode_step(&m, &ds, kv, t % vocab, t);
         if (r > 0) times[r - 1] = common_now() - t0;
     }
     qsort(times, runs, sizeof(double), cmp_double);
     double med = times[runs / 2];
     printf("decode %-12s %-6s %6.2fM params  %d tokens from empty cache  %9.0f tokens/s  KV %zu bytes  (median of %d)\n",
-           preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv.ops->bytes(&kv), runs);
+           preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
     fflush(stdout);
     decode_state_free(&ds);
-    kv.ops->free(&kv);
+    kv_cache_free(kv);
     model_free(&m);
 }
 

@@ -12,7 +12,7 @@
 #include <xxhash.h>
 
 #define HEADER_HASHED_BYTES 84    // header bytes covered by the header checksum (everything before it)
-#define TRAIN_CONFIG_BYTES 64     // 14 x 4-byte fields + u64 seed
+#define TRAIN_CONFIG_BYTES 68     // 14 x 4-byte fields + u64 seed + f32 recall mix
 #define TRAIN_STATE_FIXED_BYTES 20 // i32 step, u64 data_rng, u64 dropout_rng
 #define CHUNK_FLOATS 4096          // floats converted per chunk (16 KiB on the stack)
 
@@ -159,6 +159,7 @@ static void writer_train_config(Writer *w, const TrainConfig *tc) {
     writer_i32(w, tc->eval_interval);
     writer_i32(w, tc->eval_windows);
     writer_u64(w, tc->seed);
+    writer_f32(w, tc->recall_mix);
 }
 
 // fsyncs the directory holding path so the rename itself is durable.
@@ -351,6 +352,7 @@ static void reader_train_config(Reader *r, TrainConfig *tc) {
     tc->eval_interval = reader_i32(r);
     tc->eval_windows = reader_i32(r);
     tc->seed = reader_u64(r);
+    tc->recall_mix = reader_f32(r);
 }
 
 // Validates the header against itself and the file length; fills hd. Nothing is allocated.

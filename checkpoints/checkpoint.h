@@ -21,9 +21,9 @@
 //     u8[V]      tokenizer id_to_byte, strictly increasing
 //     f32[n_params]  weights, ParamTensors order (model_param_point)
 //     only with flags bit 0:
-//       TrainConfig (64 bytes): i32 batch_size, seq_len, max_steps, warmup_steps;
+//       TrainConfig (68 bytes): i32 batch_size, seq_len, max_steps, warmup_steps;
 //                               f32 lr, min_lr, weight_decay, beta1, beta2, adam_eps, grad_clip;
-//                               i32 grad_accum, eval_interval, eval_windows; u64 seed
+//                               i32 grad_accum, eval_interval, eval_windows; u64 seed; f32 recall_mix
 //       i32 step, u64 data_rng.state, u64 dropout_rng.state
 //       f32[n_params] AdamW m, f32[n_params] AdamW v
 //

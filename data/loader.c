@@ -1,5 +1,7 @@
 #include "loader.h"
 
+#include "recall.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +26,7 @@ int corpus_load(Corpus *c, Tokenizer *tok, const char *path, int build_vocab, si
     c->n_tokens = c->n_train + tokenizer_encode(tok, text + n_train_bytes, len - n_train_bytes,
                                                 c->tokens + c->n_train, &oov_val);
     if (n_oov) *n_oov = oov_train + oov_val;
+    c->tok = tok;
     free(text);
     return 0;
 }
@@ -44,9 +47,16 @@ void corpus_free(Corpus *c) {
     memset(c, 0, sizeof(*c));
 }
 
-void loader_train_batch(const Corpus *c, Rng *rng, int B, int T, int *inputs, int *targets) {
+void loader_train_batch(const Corpus *c, Rng *rng, int B, int T, float recall_mix, int *inputs, int *targets) {
     size_t span = c->n_train - (size_t)T; // valid starts: [0, n_train - T - 1]
     for (int b = 0; b < B; b++) {
+        // the extra draw happens only with a mix, so runs without one keep their data order
+        if (recall_mix > 0.0f && rng_uniform(rng) < recall_mix) {
+            int lo = recall_min_distance(), hi = recall_max_distance(T + 1);
+            int d = lo + (int)rng_below(rng, (uint64_t)(hi - lo + 1));
+            recall_sequence(c->tok, c, rng, T + 1, d, inputs + (size_t)b * T, targets + (size_t)b * T);
+            continue;
+        }
         size_t start = (size_t)rng_below(rng, span);
         memcpy(inputs + (size_t)b * T, c->tokens + start, (size_t)T * sizeof(int));
         memcpy(targets + (size_t)b * T, c->tokens + start + 1, (size_t)T * sizeof(int));

@@ -7,6 +7,7 @@
 #include "../common/args.h"
 #include "../layers/decode.h"
 #include "eval.h"
+#include "kveval.h"
 #include "sample.h"
 
 static const char *usage =
@@ -23,12 +24,22 @@ static const char *usage =
     "  --top-p P          nucleus: smallest set with mass >= P      [1.0]\n"
     "  --seed S           sampling RNG seed                         [1337]\n"
     "  --eval FILE        print the loss and perplexity of FILE; characters outside the vocabulary are\n"
-    "                     skipped and counted\n"
-    "  --kv SPEC          KV cache: full (the techniques arrive in a later release)   [full]\n"
+    "                     skipped and counted. Without --kv: the full forward pass over consecutive\n"
+    "                     context windows. With --kv: streaming through that cache against the full cache\n"
+    "  --kv SPEC          KV cache (see below)                                   [full]\n"
+    "  --context N        --kv eval: tokens per stream, may exceed the trained context  [model context]\n"
+    "  --prefill N        --kv eval: tokens fed before scoring (SnapKV compresses here) [context/2]\n"
+    "  --streams N        --kv eval: streams at evenly spaced offsets of the file       [8]\n"
+    "  --json             --kv eval: one JSON object instead of text\n"
     "  --device cpu       (cuda: a later release)\n"
     "\n"
     "When prompt + generated tokens exceed the model's context, the cache is rebuilt from the newest half\n"
-    "context (positions restart at 0), so generation can run on.\n";
+    "context (positions restart at 0), so generation can run on.\n"
+    "\n"
+    "KV specs: SELECT[+TERM...]\n"
+    "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
+    "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | hadamard | pyramid\n"
+    "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8:32+hadamard\n";
 
 static int die(const char *msg) {
     fprintf(stderr, "infer: %s\n", msg);
@@ -37,7 +48,9 @@ static int die(const char *msg) {
 
 typedef struct {
     const char *ckpt, *prompt, *eval, *kv, *device;
-    int n;
+    int n, kv_given, json;
+    KVSpec spec;
+    KVEvalConfig kc;
     SampleConfig sc;
     uint64_t seed;
 } Flags;
@@ -60,7 +73,11 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         } else if (args_is(&a, "--ckpt")) rc = args_string(&a, &f->ckpt);
         else if (args_is(&a, "--prompt")) rc = args_string(&a, &f->prompt);
         else if (args_is(&a, "--eval")) rc = args_string(&a, &f->eval);
-        else if (args_is(&a, "--kv")) rc = args_string(&a, &f->kv);
+        else if (args_is(&a, "--kv")) rc = args_string(&a, &f->kv), f->kv_given = 1;
+        else if (args_is(&a, "--json")) f->json = 1;
+        else if (args_is(&a, "--context")) rc = args_int(&a, 2, 1 << 20, &f->kc.context);
+        else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
+        else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "-n") || args_is(&a, "--tokens")) rc = args_int(&a, 0, 1 << 24, &f->n);
         else if (args_is(&a, "--temperature")) rc = args_float(&a, 0.0f, 100.0f, &f->sc.temperature);
@@ -77,21 +94,43 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
     if (!f->prompt && !f->eval) return err_set(err, "give --prompt TEXT to generate or --eval FILE to score"), -1;
     if (f->prompt && f->eval) return err_set(err, "--prompt and --eval are separate modes; give one"), -1;
-    if (strcmp(f->kv, "full") != 0)
-        return err_set(err, "bad --kv '%s': this release supports only 'full'", f->kv), -1;
+    if (kv_spec_parse(&f->spec, f->kv, err) != 0) return -1;
+    if (f->prompt && f->kv_given && strcmp(f->kv, "full") != 0)
+        return err_set(err, "--kv applies to --eval in this release; generation uses the full cache"), -1;
+    if (!f->kv_given && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
+        return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
     if (strcmp(f->device, "cpu") != 0) return err_set(err, "bad --device '%s': this build supports only cpu", f->device), -1;
     return 0;
 }
 
-static int run_eval(Model *m, const Tokenizer *tok, const char *path, char *err) {
+static int run_eval(Model *m, const Tokenizer *tok, const Flags *f, char *err) {
+    const char *path = f->eval;
     size_t len;
     unsigned char *text = common_read_file(path, &len, err);
     if (!text) return -1;
     int *ids = common_calloc(len + 1, sizeof(int));
     size_t n_oov = 0, n = tokenizer_encode(tok, text, len, ids, &n_oov);
     free(text);
+    int rc;
+    if (f->kv_given) {
+        KVEvalConfig kc = f->kc;
+        if (!kc.context) kc.context = m->cfg.block_size;
+        if (!kc.prefill) kc.prefill = kc.context / 2;
+        if (!kc.streams) kc.streams = 8;
+        KVEvalResult r;
+        rc = kv_eval_streams(m, &f->spec, ids, n, &kc, &r, err);
+        if (rc == 0 && f->json) kv_eval_print_json(&f->spec, &kc, &r);
+        else if (rc == 0)
+            printf("eval: %s --kv=%s: %zu tokens scored (%d streams of %d, scoring after %d): ppl %.4f (full cache "
+                   "%.4f), KL %.3g, top-1 agreement %.4f, KV %zu bytes = %.1f bytes/token (fp16 full: %.1f), "
+                   "decode %.0f tokens/s\n",
+                   path, f->spec.text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.ppl_full, r.kl,
+                   r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.decode_tokens_per_s);
+        common_free(ids);
+        return rc;
+    }
     EvalResult r;
-    int rc = eval_tokens(m, ids, n, &r, err);
+    rc = eval_tokens(m, ids, n, &r, err);
     if (rc == 0) {
         printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", path, r.n_scored, r.mean_loss, r.perplexity);
         if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
@@ -104,7 +143,7 @@ static int run_eval(Model *m, const Tokenizer *tok, const char *path, char *err)
 
 // Feeds tokens[0..n) at positions 0..n-1 into an empty cache; logits of the last land in ds->logits.
 static void prefill(const Model *m, DecodeState *ds, KVCache *kv, const int *tokens, int n) {
-    kv->ops->reset(kv);
+    kv_cache_reset(kv);
     for (int i = 0; i < n; i++) CHECK(model_decode_step(m, ds, kv, tokens[i], i) == 0);
 }
 
@@ -125,8 +164,9 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     size_t total = plen + (size_t)f->n;
     int *ids = common_calloc(total, sizeof(int));
     tokenizer_encode(tok, (const unsigned char *)f->prompt, plen, ids, NULL);
-    KVCache kv;
-    kv_full_init(&kv, c->n_layer, c->n_kv_head, model_head_dim(c), T);
+    KVCache *kv;
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta};
+    CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
     decode_state_init(&ds, c, T);
     float *probs = common_calloc(V, sizeof(float));
@@ -137,7 +177,7 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     size_t n = plen;
     // a prompt longer than the context keeps its newest tokens
     size_t first = n > (size_t)T ? n - T : 0;
-    prefill(m, &ds, &kv, ids + first, (int)(n - first));
+    prefill(m, &ds, kv, ids + first, (int)(n - first));
     int pos = (int)(n - first);
     fputs(f->prompt, stdout);
     double t0 = common_now();
@@ -149,10 +189,10 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
         if (i + 1 == f->n) break;
         if (pos == T) { // cache full: rebuild it from the newest half context
             int keep = T / 2 > 0 ? T / 2 : 1;
-            prefill(m, &ds, &kv, ids + n - keep, keep);
+            prefill(m, &ds, kv, ids + n - keep, keep);
             pos = keep;
         } else {
-            CHECK(model_decode_step(m, &ds, &kv, next, pos) == 0);
+            CHECK(model_decode_step(m, &ds, kv, next, pos) == 0);
             pos++;
         }
     }
@@ -160,11 +200,11 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     putchar('\n');
     fflush(stdout);
     fprintf(stderr, "infer: %d tokens in %.2f s (%.1f tokens/s), KV cache %zu bytes\n", f->n, dt,
-            dt > 0 ? f->n / dt : 0.0, kv.ops->bytes(&kv));
+            dt > 0 ? f->n / dt : 0.0, kv_cache_bytes(kv));
     common_free(probs);
     common_free(idx);
     decode_state_free(&ds);
-    kv.ops->free(&kv);
+    kv_cache_free(kv);
     common_free(ids);
     return 0;
 }
@@ -176,7 +216,7 @@ int main(int argc, char **argv) {
     Model m;
     Tokenizer tok;
     if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
-    int rc = f.eval ? run_eval(&m, &tok, f.eval, err) : run_generate(&m, &tok, &f, err);
+    int rc = f.eval ? run_eval(&m, &tok, &f, err) : run_generate(&m, &tok, &f, err);
     model_free(&m);
     if (rc != 0) return die(err);
     return 0;

@@ -1,35 +1,66 @@
-// The KV cache interface the decode step talks to. A technique is one file implementing this table; the
-// decode step appends each new token's keys and values (after RoPE) and asks for a contiguous fp32 view of
-// what the cache holds for a layer, then reports the attention it computed so score-based policies can use
-// it. This issue ships the plain full cache; the techniques come behind the same table.
+// The KV cache the decode step talks to. One engine (cache.c) holds, for every layer and key/value head, a
+// "lane" of tokens: their original positions, a policy score, and keys (before RoPE) and values encoded in
+// the storage format. A selection policy (one file each: window.c, h2o.c, tova.c, snapkv.c, knorm.c) picks
+// which token a lane drops when it is over its budget; the storage format (store.c over quant.c) decides
+// how rows are held. The decode step appends each token's pre-RoPE key and value, asks for a view (fp32,
+// keys rotated to their cache positions) to attend over, then reports the attention it computed so
+// score-based policies can use it.
 #ifndef KVLAB_KV_H
 #define KVLAB_KV_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "spec.h"
+
+typedef struct {
+    int n_layer, n_head, n_kv_head, head_dim;
+    int max_positions; // longest stream the cache will see (size of the RoPE table)
+    float rope_theta;
+} KVShape;
+
+typedef struct {
+    int n;         // tokens held
+    int *pos;      // (cap) original positions, ascending
+    float *score;  // (cap) policy score: accumulated or last attention, key norm, SnapKV votes
+    uint8_t *k;    // (cap, row_bytes) encoded keys, before RoPE
+    uint8_t *v;    // (cap, row_bytes) encoded values
+} KVLane;
 
 typedef struct KVCache KVCache;
 
-typedef struct {
-    const char *name;
-    // Stores token `pos`'s k and v (KVC floats each) for `layer`. Returns -1 if the cache is full.
-    int (*append)(KVCache *kv, int layer, int pos, const float *k, const float *v);
-    // Contiguous views (Tc, KVC) of the keys and values held for `layer`; *Tc receives the token count.
-    void (*view)(KVCache *kv, int layer, const float **k, const float **v, int *Tc);
-    // Attention probabilities (NH, Tc) the decode step computed from the view (may be ignored).
-    void (*observe)(KVCache *kv, int layer, const float *att, int NH, int Tc);
-    // Bytes actually held: values, scales, indices and metadata.
-    size_t (*bytes)(const KVCache *kv);
-    void (*reset)(KVCache *kv);
-    void (*free)(KVCache *kv);
-} KVCacheOps;
+// Which slot a lane over its budget drops (policy files implement these).
+int kv_victim_window(const KVLane *lane, const KVSpec *spec, int budget);
+int kv_victim_sink(const KVLane *lane, const KVSpec *spec, int budget);
+int kv_victim_h2o(const KVLane *lane, const KVSpec *spec, int budget);
+int kv_victim_tova(const KVLane *lane, const KVSpec *spec, int budget);
+int kv_victim_knorm(const KVLane *lane, const KVSpec *spec, int budget);
+// SnapKV's one-time selection at the end of the prompt: fills keep[0..budget) with the slots to keep.
+void kv_snapkv_select(const KVLane *lane, const KVSpec *spec, int budget, int *keep, float *pooled);
 
-struct KVCache {
-    const KVCacheOps *ops;
-    int n_layer, n_kv_head, head_dim, capacity; // capacity: most tokens held per layer
-    void *impl;
-};
+int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err);
+void kv_cache_free(KVCache *kv);
+void kv_cache_reset(KVCache *kv);
+// The prompt length for SnapKV (its selection runs when the cache has seen that many tokens); 0 = none.
+void kv_cache_set_prefill(KVCache *kv, int prefill_len);
 
-// The full fp32 cache: every token of every layer, up to `capacity` tokens.
-int kv_full_init(KVCache *kv, int n_layer, int n_kv_head, int head_dim, int capacity);
+// Stores token `pos`: k_pre and v are (n_kv_head * head_dim), k before RoPE. -1 when the cache cannot hold
+// another token (an unbounded cache past max_positions).
+int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v);
+// fp32 views (n_kv_head, Tc, head_dim) of what layer holds, keys rotated to their positions in the cache;
+// *qpos is the position the current query must be rotated to. Valid until the next call on the cache.
+void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos);
+// The attention probabilities (n_head, Tc) the decode step computed over the view.
+void kv_cache_observe(KVCache *kv, int layer, const float *att);
+
+size_t kv_cache_bytes(const KVCache *kv);     // held: values, scales, positions, scores, metadata
+size_t kv_cache_workspace_bytes(const KVCache *kv); // the fp32 view buffers, rebuilt per layer
+int kv_cache_tokens(const KVCache *kv, int layer); // tokens held per head
+int kv_cache_layer_budget(const KVCache *kv, int layer); // 0 = unbounded
+const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head);
+const KVSpec *kv_cache_spec(const KVCache *kv);
+
+// The plain fp32 full cache (the baseline), as `--kv=full`.
+int kv_full_init(KVCache **out, const KVShape *shape, char *err);
 
 #endif

@@ -40,15 +40,16 @@ int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, in
         op->matmul_forward(s->q, s->xn, p->wq + lCC, 1, C, C);
         op->matmul_forward(s->k, s->xn, p->wk + lKC, 1, C, KVC);
         op->matmul_forward(s->v, s->xn, p->wv + lKC, 1, C, KVC);
-        op->rope_forward(s->q, 1, 1, NH, HD, pos, c->rope_theta);
-        op->rope_forward(s->k, 1, 1, NKV, HD, pos, c->rope_theta);
-        if (kv->ops->append(kv, l, pos, s->k, s->v) != 0) return -1;
+        // the cache stores keys before RoPE and rotates them to their positions in the cache; the query is
+        // rotated to the position the cache assigns it
+        if (kv_cache_append(kv, l, pos, s->k, s->v) != 0) return -1;
         const float *kc, *vc;
-        int Tc;
-        kv->ops->view(kv, l, &kc, &vc, &Tc);
+        int Tc, qpos;
+        kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos);
         CHECK(Tc <= s->capacity);
+        op->rope_forward(s->q, 1, 1, NH, HD, qpos, c->rope_theta);
         op->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, NH, NKV, HD);
-        kv->ops->observe(kv, l, s->att, NH, Tc);
+        kv_cache_observe(kv, l, s->att);
         op->matmul_forward(s->proj, s->atty, p->wo + lCC, 1, C, C);
         op->residual_forward(s->x, s->x, s->proj, NULL, C);
         op->rmsnorm_forward(s->xn, &rstd, s->x, p->mlp_norm + lC, 1, C, c->norm_eps);

@@ -16,7 +16,7 @@ typedef struct {
 void decode_state_init(DecodeState *s, const ModelConfig *cfg, int capacity);
 void decode_state_free(DecodeState *s);
 // Runs token `token` at position `pos` through the model, appending to the cache; logits land in s->logits.
-// Returns -1 if the cache is full.
+// capacity bounds the tokens any layer's view may hold. Returns -1 if the cache is full.
 int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos);
 
 #endif

@@ -38,7 +38,7 @@ typedef struct {
                                const float *att, const float *q, const float *k, const float *v, int B,
                                int T, int NH, int NKV, int HD);
 
-    // One decode query against a cache: q (NH,HD), kc and vc (Tc,NKV,HD) -> out (NH,HD); att (NH,Tc)
+    // One decode query against a cache: q (NH,HD), kc and vc (NKV,Tc,HD) -> out (NH,HD); att (NH,Tc)
     // receives the probabilities (scratch the caller owns, also what H2O/TOVA-style policies read).
     void (*attention_decode)(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                              int NH, int NKV, int HD);

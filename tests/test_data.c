@@ -64,8 +64,8 @@ Test(data, tinyshakespeare_vocab_and_split) {
     Rng a, b;
     rng_init(&a, 5);
     rng_init(&b, 5);
-    loader_train_batch(&c, &a, 1, 32, in1, tg1);
-    loader_train_batch(&c, &b, 1, 32, in2, tg2);
+    loader_train_batch(&c, &a, 1, 32, 0.0f, in1, tg1);
+    loader_train_batch(&c, &b, 1, 32, 0.0f, in2, tg2);
     cr_assert_arr_eq(in1, in2, sizeof(in1));
     cr_assert_eq(corpus_check_context(&c, 1 << 20, err), -1);
     corpus_free(&c);

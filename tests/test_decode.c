@@ -23,13 +23,15 @@ static void check_decode_matches_forward(int n_kv_head, float scale, float tol_r
     model_alloc_acts(&m, 1, T);
     model_forward(&m, tokens, NULL, 1, T, 0);
 
-    KVCache kv;
-    kv_full_init(&kv, cfg.n_layer, cfg.n_kv_head, model_head_dim(&cfg), T);
+    KVCache *kv;
+    char err[ERR_LEN];
+    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), T, cfg.rope_theta};
+    cr_assert_eq(kv_full_init(&kv, &shape, err), 0, "%s", err);
     DecodeState ds;
     decode_state_init(&ds, &cfg, T);
     float max_err = 0.0f, max_abs = 0.0f;
     for (int t = 0; t < T; t++) {
-        cr_assert_eq(model_decode_step(&m, &ds, &kv, tokens[t], t), 0);
+        cr_assert_eq(model_decode_step(&m, &ds, kv, tokens[t], t), 0);
         for (int i = 0; i < cfg.vocab_size; i++) {
             float ref = m.acts.logits[(size_t)t * cfg.vocab_size + i];
             max_err = fmaxf(max_err, fabsf(ds.logits[i] - ref));
@@ -41,11 +43,11 @@ static void check_decode_matches_forward(int n_kv_head, float scale, float tol_r
     cr_assert(max_err <= bound, "n_kv_head %d: decode vs forward max |diff| %g > %g (max |logit| %g)", n_kv_head,
               max_err, bound, max_abs);
     // the cache is now full: one more token is refused, not written past the end
-    cr_assert_eq(model_decode_step(&m, &ds, &kv, tokens[0], T), -1);
-    cr_assert_eq(kv.ops->bytes(&kv), (size_t)cfg.n_layer * T * 2 * model_kv_dim(&cfg) * sizeof(float) +
-                                         cfg.n_layer * sizeof(int));
+    cr_assert_eq(model_decode_step(&m, &ds, kv, tokens[0], T), -1);
+    // held: keys and values fp32, plus each token's position and each lane's count
+    cr_assert_eq(kv_cache_bytes(kv), (size_t)cfg.n_layer * cfg.n_kv_head * (T * (2 * model_head_dim(&cfg) * sizeof(float) + sizeof(int)) + sizeof(int)));
     decode_state_free(&ds);
-    kv.ops->free(&kv);
+    kv_cache_free(kv);
     model_free(&m);
 }
 

@@ -6,6 +6,7 @@
 
 #include "../checkpoints/checkpoint.h"
 #include "../common/args.h"
+#include "../data/recall.h"
 #include "presets.h"
 #include "../common/progress.h"
 
@@ -21,6 +22,8 @@ static const char *usage =
     "  --batch B --steps N --lr X --min-lr X --warmup N --weight-decay X --beta2 X\n"
     "  --grad-clip X (0 = off) --grad-accum N --eval-interval N (0 = end only) --eval-windows N\n"
     "  --seed S             data order, initialisation and dropout   [1337]\n"
+    "  --mix recall:F       replace a fraction F of training windows by long-range recall sequences\n"
+    "                       (\"$kk:vvvv;\" definitions queried later as \"&kk:vvvv;\"; see data/recall.h)   [0]\n"
     "  --device cpu         (cuda: a later release)\n"
     "files:\n"
     "  --data FILE          text corpus (first 90%% trains, last 10%% validates)  [data/tinyshakespeare.txt]\n"
@@ -38,7 +41,7 @@ typedef struct {
     int stop_after, quiet;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
-    float dropout, lr, min_lr, weight_decay, beta2, grad_clip;
+    float dropout, lr, min_lr, weight_decay, beta2, grad_clip, mix;
     int seed_given;
     uint64_t seed;
 } Flags;
@@ -57,7 +60,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     int *ints[] = {&f->layers, &f->width, &f->heads, &f->hidden, &f->context, &f->batch, &f->steps, &f->warmup,
                    &f->grad_accum, &f->eval_interval, &f->eval_windows};
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) *ints[i] = -1;
-    f->dropout = f->lr = f->min_lr = f->weight_decay = f->beta2 = f->grad_clip = -1.0f;
+    f->dropout = f->lr = f->min_lr = f->weight_decay = f->beta2 = f->grad_clip = f->mix = -1.0f;
     Args a;
     args_init(&a, argc, argv);
     int r;
@@ -94,6 +97,16 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--beta2")) rc = args_float(&a, 0.0f, 0.9999f, &f->beta2);
         else if (args_is(&a, "--grad-clip")) rc = args_float(&a, 0.0f, 1e9f, &f->grad_clip);
         else if (args_is(&a, "--seed")) rc = args_u64(&a, &f->seed), f->seed_given = 1;
+        else if (args_is(&a, "--mix")) {
+            const char *v = args_value(&a);
+            char *end;
+            if (!v) rc = -1;
+            else if (strncmp(v, "recall:", 7) != 0 || !(f->mix = strtof(v + 7, &end), end != v + 7 && !*end) ||
+                     !(f->mix >= 0.0f && f->mix <= 1.0f)) {
+                err_set(err, "bad --mix '%s': the valid form is recall:F with 0 <= F <= 1", v);
+                return -1;
+            }
+        }
         else {
             err_set(err, "unknown flag '%s' (see --help)", a.flag);
             return -1;
@@ -121,7 +134,8 @@ static int check_resume_flags(const Flags *f, char *err) {
     else if (f->context >= 0 || f->batch >= 0 || f->dropout >= 0) fixed = "--context/--batch/--dropout";
     else if (f->lr >= 0 || f->min_lr >= 0 || f->warmup >= 0 || f->weight_decay >= 0 || f->beta2 >= 0)
         fixed = "the optimiser settings";
-    else if (f->grad_clip >= 0 || f->grad_accum >= 0 || f->seed_given) fixed = "--grad-clip/--grad-accum/--seed";
+    else if (f->grad_clip >= 0 || f->grad_accum >= 0 || f->seed_given || f->mix >= 0)
+        fixed = "--grad-clip/--grad-accum/--seed/--mix";
     if (fixed) return err_set(err, "%s cannot be changed when resuming: the checkpoint fixes it", fixed), -1;
     return 0;
 }
@@ -145,6 +159,7 @@ static void apply_overrides(const Flags *f, ModelConfig *mc, TrainConfig *tc) {
     if (f->beta2 >= 0) tc->beta2 = f->beta2;
     if (f->grad_clip >= 0) tc->grad_clip = f->grad_clip;
     if (f->seed_given) tc->seed = f->seed;
+    if (f->mix >= 0) tc->recall_mix = f->mix;
 }
 
 int main(int argc, char **argv) {
@@ -223,6 +238,11 @@ int main(int argc, char **argv) {
     }
     if (train_config_validate(&tc, &model.cfg, err) != 0) goto fail;
     if (corpus_check_context(&corpus, tc.seq_len, err) != 0) goto fail;
+    if (tc.recall_mix > 0.0f && recall_check_vocab(&tok, err) != 0) goto fail;
+    if (tc.recall_mix > 0.0f && tc.seq_len + 1 < 2 * RECALL_ITEM_LEN + 1) {
+        snprintf(err, sizeof(err), "--mix recall needs a context of at least %d tokens", 2 * RECALL_ITEM_LEN);
+        goto fail;
+    }
     if (!f.resume) train_state_init(&st, model.n_params, tc.seed);
     if (st.step >= tc.max_steps) {
         snprintf(err, sizeof(err), "the checkpoint is already at step %d of %d; give --steps N with N > %d to continue",

@@ -22,6 +22,8 @@ int train_config_validate(const TrainConfig *tc, const ModelConfig *mc, char *er
     if (tc->grad_accum < 1) return err_set(err, "grad accumulation must be at least 1 (got %d)", tc->grad_accum), -1;
     if (tc->eval_interval < 0) return err_set(err, "eval interval must be >= 0 (got %d)", tc->eval_interval), -1;
     if (tc->eval_windows < 1) return err_set(err, "eval windows must be at least 1 (got %d)", tc->eval_windows), -1;
+    if (!(tc->recall_mix >= 0.0f && tc->recall_mix <= 1.0f))
+        return err_set(err, "recall mix %g must be in [0, 1]", tc->recall_mix), -1;
     return 0;
 }
 
@@ -46,7 +48,7 @@ float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c
     m->dropout_rng = s->dropout_rng;
     double loss = 0.0;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
-        loader_train_batch(c, &s->data_rng, B, T, inputs, targets);
+        loader_train_batch(c, &s->data_rng, B, T, tc->recall_mix, inputs, targets);
         model_forward(m, inputs, targets, B, T, 1);
         model_backward(m, inputs, targets, B, T);
         loss += m->mean_loss;

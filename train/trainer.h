@@ -24,6 +24,7 @@ typedef struct {
     int eval_interval;  // steps between validation passes; 0 = only at the end
     int eval_windows;   // fixed validation windows (B-sized batches of them)
     uint64_t seed;
+    float recall_mix;   // fraction of training windows replaced by recall-task sequences (data/recall.h)
 } TrainConfig;
 
 // Everything that changes during training besides the weights: enough for --resume to continue exactly.

@@ -1,0 +1,71 @@
+#include "recall.h"
+
+#include <string.h>
+
+int recall_check_vocab(const Tokenizer *tok, char *err) {
+    const char *need = "$&:;abcdefghijklmnopqrstuvwxyz";
+    for (const char *p = need; *p; p++)
+        if (tok->byte_to_id[(unsigned char)*p] < 0) {
+            err_set(err, "the recall task needs the character '%c', which the model's vocabulary lacks", *p);
+            return -1;
+        }
+    return 0;
+}
+
+int recall_min_distance(void) { return RECALL_ITEM_LEN; }
+int recall_max_distance(int n) { return n - 1 - RECALL_ITEM_LEN; }
+
+// Sequence element i lives at x[i] (i < n - 1 when y is given, else i < n) and, shifted, at y[i - 1].
+typedef struct {
+    int *x, *y;
+    int n;
+} Seq;
+
+static void seq_put(const Seq *s, int i, int token) {
+    if (!s->y || i < s->n - 1) s->x[i] = token;
+    if (s->y && i >= 1) s->y[i - 1] = token;
+}
+
+static void write_item(const Tokenizer *tok, const Seq *s, int at, char mark, const char *key, const char *val) {
+    char item[RECALL_ITEM_LEN + 1];
+    snprintf(item, sizeof(item), "%c%.*s:%.*s;", mark, RECALL_KEY_LEN, key, RECALL_VAL_LEN, val);
+    for (int i = 0; i < RECALL_ITEM_LEN; i++) seq_put(s, at + i, tok->byte_to_id[(unsigned char)item[i]]);
+}
+
+static void random_letters(Rng *rng, char *out, int n) {
+    for (int i = 0; i < n; i++) out[i] = (char)('a' + rng_below(rng, 26));
+}
+
+int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y) {
+    CHECK(distance >= recall_min_distance() && distance <= recall_max_distance(n));
+    size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
+    Seq seq = {x, y, n};
+    for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);
+    char keys[RECALL_PAIRS][RECALL_KEY_LEN], vals[RECALL_PAIRS][RECALL_VAL_LEN];
+    for (int i = 0; i < RECALL_PAIRS; i++) {
+        int fresh;
+        do { // distinct keys
+            random_letters(rng, keys[i], RECALL_KEY_LEN);
+            fresh = 1;
+            for (int j = 0; j < i; j++) fresh &= memcmp(keys[i], keys[j], RECALL_KEY_LEN) != 0;
+        } while (!fresh);
+        random_letters(rng, vals[i], RECALL_VAL_LEN);
+    }
+    int query = n - 1 - RECALL_ITEM_LEN, target = query - distance;
+    write_item(tok, &seq, target, '$', keys[0], vals[0]);
+    // distractor definitions wherever they fit without overlapping the others or the query
+    int placed[RECALL_PAIRS] = {target}, n_placed = 1;
+    for (int i = 1; i < RECALL_PAIRS; i++) {
+        for (int tries = 0; tries < 64; tries++) {
+            int p = (int)rng_below(rng, (uint64_t)(query - RECALL_ITEM_LEN + 1)), clash = 0;
+            for (int j = 0; j < n_placed; j++) clash |= p < placed[j] + RECALL_ITEM_LEN && placed[j] < p + RECALL_ITEM_LEN;
+            if (!clash) {
+                write_item(tok, &seq, p, '$', keys[i], vals[i]);
+                placed[n_placed++] = p;
+                break;
+            }
+        }
+    }
+    write_item(tok, &seq, query, '&', keys[0], vals[0]);
+    return query + 1 + RECALL_KEY_LEN + 1;
+}

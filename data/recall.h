@@ -1,0 +1,29 @@
+// A synthetic long-range recall task (passkey / multi-query associative recall) embedded in corpus text,
+// so that eviction choices show: a sequence of corpus filler holds several definitions "$kk:vvvv;" and,
+// `distance` tokens after one of them, a query "&kk:vvvv;" whose value the model must reproduce. Keys and
+// values are lowercase letters; '$' and '&' are nearly absent from tiny Shakespeare, so they mark the task.
+#ifndef KVLAB_RECALL_H
+#define KVLAB_RECALL_H
+
+#include "../common/common.h"
+#include "loader.h"
+#include "tokenizer.h"
+
+#define RECALL_KEY_LEN 2
+#define RECALL_VAL_LEN 4
+#define RECALL_PAIRS 4
+#define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
+
+// -1 with a message if the vocabulary lacks a character the task needs.
+int recall_check_vocab(const Tokenizer *tok, char *err);
+// Shortest and longest distance (definition start to query start) a sequence of n tokens allows.
+int recall_min_distance(void);
+int recall_max_distance(int n);
+// Builds a sequence of n tokens: filler from the corpus's training split, RECALL_PAIRS definitions with
+// distinct keys, and a query for one of them `distance` tokens after its definition, ending one token before
+// the sequence end. With y NULL the sequence goes to x (n tokens); otherwise as a training pair, inputs
+// x = seq[0, n-1) and targets y = seq[1, n). Returns the sequence index of the query's first value
+// character: seq[ret, ret + RECALL_VAL_LEN) is the answer.
+int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y);
+
+#endif

@@ -1,0 +1,101 @@
+#include "kveval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <sys/resource.h>
+
+#include "../layers/decode.h"
+
+static size_t peak_rss(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
+}
+
+int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
+                    KVEvalResult *out, char *err) {
+    const ModelConfig *c = &m->cfg;
+    int T = cfg->context, V = c->vocab_size;
+    if (T < 2 || cfg->prefill < 1 || cfg->prefill >= T || cfg->streams < 1) {
+        err_set(err, "need context >= 2, 1 <= prefill < context and streams >= 1 (got %d, %d, %d)", T, cfg->prefill,
+                cfg->streams);
+        return -1;
+    }
+    if (n < (size_t)T + 1) {
+        err_set(err, "the text has %zu tokens; a stream of context %d needs at least %d", n, T, T + 1);
+        return -1;
+    }
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta};
+    KVCache *full, *comp;
+    if (kv_full_init(&full, &shape, err) != 0) return -1;
+    if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
+    DecodeState dfull, dcomp;
+    decode_state_init(&dfull, c, T);
+    decode_state_init(&dcomp, c, T);
+    double nll = 0.0, nll_full = 0.0, kl = 0.0, t_prefill = 0.0, t_decode = 0.0;
+    size_t scored = 0, agree = 0, bytes = 0;
+    for (int s = 0; s < cfg->streams; s++) {
+        size_t start = cfg->streams > 1 ? (n - T - 1) * (size_t)s / (cfg->streams - 1) : 0;
+        const int *x = tokens + start;
+        kv_cache_reset(full);
+        kv_cache_reset(comp);
+        kv_cache_set_prefill(comp, cfg->prefill);
+        for (int t = 0; t < T; t++) {
+            CHECK(model_decode_step(m, &dfull, full, x[t], t) == 0);
+            double t0 = common_now();
+            CHECK(model_decode_step(m, &dcomp, comp, x[t], t) == 0);
+            double dt = common_now() - t0;
+            if (t < cfg->prefill) t_prefill += dt;
+            else t_decode += dt;
+            if (t + 1 < cfg->prefill || t + 1 >= T) continue; // score tokens prefill .. T-1
+            // log-softmax of both; KL(full || compressed); nll of the true next token
+            const float *a = dfull.logits, *b = dcomp.logits;
+            float ma = a[0], mb = b[0];
+            int arg_a = 0, arg_b = 0;
+            for (int i = 1; i < V; i++) {
+                if (a[i] > ma) ma = a[i], arg_a = i;
+                if (b[i] > mb) mb = b[i], arg_b = i;
+            }
+            double za = 0.0, zb = 0.0;
+            for (int i = 0; i < V; i++) za += exp(a[i] - ma), zb += exp(b[i] - mb);
+            double lza = log(za), lzb = log(zb), k = 0.0;
+            for (int i = 0; i < V; i++) {
+                double la = a[i] - ma - lza, lb = b[i] - mb - lzb;
+                k += exp(la) * (la - lb);
+            }
+            int y = x[t + 1];
+            nll += -(b[y] - mb - lzb);
+            nll_full += -(a[y] - ma - lza);
+            kl += k;
+            agree += arg_a == arg_b;
+            scored++;
+        }
+        bytes = kv_cache_bytes(comp);
+    }
+    int KVC = model_kv_dim(c);
+    out->tokens = scored;
+    out->ppl = exp(nll / scored);
+    out->ppl_full = exp(nll_full / scored);
+    out->kl = kl / scored;
+    out->top1_agree = (double)agree / scored;
+    out->kv_bytes = bytes;
+    out->bytes_per_token = (double)bytes / T;
+    out->fp16_bytes_per_token = (double)c->n_layer * 2 * KVC * 2;
+    out->prefill_tokens_per_s = t_prefill > 0 ? (double)cfg->prefill * cfg->streams / t_prefill : 0.0;
+    out->decode_tokens_per_s = t_decode > 0 ? (double)(T - cfg->prefill) * cfg->streams / t_decode : 0.0;
+    out->peak_rss_bytes = peak_rss();
+    decode_state_free(&dfull);
+    decode_state_free(&dcomp);
+    kv_cache_free(full);
+    kv_cache_free(comp);
+    return 0;
+}
+
+void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEvalResult *r) {
+    printf("{\"spec\": \"%s\", \"context\": %d, \"prefill\": %d, \"streams\": %d, \"tokens\": %zu, "
+           "\"ppl\": %.6g, \"ppl_full\": %.6g, \"kl\": %.6g, \"top1_agree\": %.6g, \"kv_bytes\": %zu, "
+           "\"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, \"prefill_tokens_per_s\": %.1f, "
+           "\"decode_tokens_per_s\": %.1f, \"peak_rss_bytes\": %zu}\n",
+           spec->text, cfg->context, cfg->prefill, cfg->streams, r->tokens, r->ppl, r->ppl_full, r->kl, r->top1_agree,
+           r->kv_bytes, r->bytes_per_token, r->fp16_bytes_per_token, r->prefill_tokens_per_s, r->decode_tokens_per_s,
+           r->peak_rss_bytes);
+}

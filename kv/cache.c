@@ -1,0 +1,283 @@
+// The KV cache engine: lanes of tokens per (layer, kv head), the storage format of their rows, the budgets,
+// and the points where the selection policy runs (see kv.h). Positions: keys are stored before RoPE and
+// rotated when viewed, to their original position, or for sink:S,window:W to their slot in the cache
+// (StreamingLLM), so a stream can run past the trained context.
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "kv.h"
+#include "quant.h"
+
+struct KVCache {
+    KVSpec spec;
+    KVShape shape;
+    int *budget;        // (L) tokens per lane; 0 = unbounded
+    int *cap;           // (L) slots allocated per lane
+    int *seen;          // (L) tokens appended so far
+    size_t row_bytes;   // one encoded head row
+    int group;          // int formats: channels per group
+    KVLane *lanes;      // (L, NKV)
+    float *kview, *vview; // (NKV, max cap, HD) fp32 workspace
+    float *rope_cos, *rope_sin; // (max_positions, HD/2)
+    float *row;         // (HD) scratch
+    int *keep;          // (max cap) SnapKV scratch
+    float *pooled;      // (max cap) SnapKV scratch
+    int prefill_len;
+};
+
+static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
+static int uses_scores(KVSelect s) { return s == KV_SEL_H2O || s == KV_SEL_TOVA || s == KV_SEL_SNAPKV || s == KV_SEL_KNORM; }
+
+static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is_key) {
+    int HD = kv->shape.head_dim;
+    switch (kv->spec.format) {
+    case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
+    case KV_FMT_F16: quant_f16_encode_row((uint16_t *)dst, src, HD); break;
+    case KV_FMT_INT:
+        if (is_key && kv->spec.hadamard) {
+            memcpy(kv->row, src, HD * sizeof(float));
+            quant_hadamard(kv->row, HD);
+            src = kv->row;
+        }
+        quant_encode_row(dst, src, HD, kv->group, kv->spec.bits);
+        break;
+    }
+}
+
+static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is_key) {
+    int HD = kv->shape.head_dim;
+    switch (kv->spec.format) {
+    case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
+    case KV_FMT_F16: quant_f16_decode_row(dst, (const uint16_t *)src, HD); break;
+    case KV_FMT_INT:
+        quant_decode_row(dst, src, HD, kv->group, kv->spec.bits);
+        if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
+        break;
+    }
+}
+
+// Per-layer budgets: uniform, or PyramidKV's linear schedule (weights 2(L-l)/(L+1), mean 1) with the same
+// total. knorm leaves its first skip_layers whole.
+static void set_budgets(KVCache *kv) {
+    int L = kv->shape.n_layer, b = kv_spec_budget(&kv->spec);
+    int floor_b = kv->spec.select == KV_SEL_SINK ? kv->spec.sink + 1 : kv->spec.select == KV_SEL_SNAPKV ? kv->spec.window + 1 : 1;
+    for (int l = 0; l < L; l++) {
+        int bl = b;
+        if (b && kv->spec.pyramid) bl = (int)lround((double)b * 2.0 * (L - l) / (L + 1));
+        if (b && bl < floor_b) bl = floor_b;
+        if (kv->spec.select == KV_SEL_KNORM && l < kv->spec.skip_layers) bl = 0;
+        kv->budget[l] = bl;
+        int unbounded = bl == 0 || kv->spec.select == KV_SEL_SNAPKV; // SnapKV grows again after the prompt
+        kv->cap[l] = unbounded ? kv->shape.max_positions : bl + 1;
+    }
+}
+
+int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err) {
+    int HD = shape->head_dim, L = shape->n_layer, NKV = shape->n_kv_head;
+    int group = spec->group ? spec->group : (HD < 32 ? HD : 32);
+    if (spec->format == KV_FMT_INT && HD % group != 0) {
+        err_set(err, "--kv '%s': group size %d must divide the head dimension %d", spec->text, group, HD);
+        return -1;
+    }
+    if (spec->hadamard && (HD & (HD - 1)) != 0) {
+        err_set(err, "--kv '%s': hadamard needs a power-of-two head dimension, this model has %d", spec->text, HD);
+        return -1;
+    }
+    if (shape->max_positions < 1) {
+        err_set(err, "KV cache needs room for at least one position");
+        return -1;
+    }
+    KVCache *kv = common_calloc(1, sizeof(KVCache));
+    kv->spec = *spec;
+    kv->shape = *shape;
+    kv->group = group;
+    kv->row_bytes = spec->format == KV_FMT_F32 ? HD * sizeof(float)
+                    : spec->format == KV_FMT_F16 ? HD * sizeof(uint16_t)
+                                                 : quant_row_bytes(HD, group, spec->bits);
+    kv->budget = common_calloc(L, sizeof(int));
+    kv->cap = common_calloc(L, sizeof(int));
+    kv->seen = common_calloc(L, sizeof(int));
+    set_budgets(kv);
+    int max_cap = 0;
+    kv->lanes = common_calloc((size_t)L * NKV, sizeof(KVLane));
+    for (int l = 0; l < L; l++) {
+        max_cap = kv->cap[l] > max_cap ? kv->cap[l] : max_cap;
+        for (int g = 0; g < NKV; g++) {
+            KVLane *lane = &kv->lanes[l * NKV + g];
+            lane->pos = common_calloc(kv->cap[l], sizeof(int));
+            lane->score = common_calloc(kv->cap[l], sizeof(float));
+            lane->k = common_calloc(kv->cap[l], kv->row_bytes);
+            lane->v = common_calloc(kv->cap[l], kv->row_bytes);
+        }
+    }
+    kv->kview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
+    kv->vview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
+    kv->keep = common_calloc(max_cap, sizeof(int));
+    kv->pooled = common_calloc(max_cap, sizeof(float));
+    kv->row = common_calloc(HD, sizeof(float));
+    // RoPE table computed exactly as layers/rope.c does, so a full cache reproduces the training forward
+    int half = HD / 2;
+    kv->rope_cos = common_calloc((size_t)shape->max_positions * half, sizeof(float));
+    kv->rope_sin = common_calloc((size_t)shape->max_positions * half, sizeof(float));
+    for (int p = 0; p < shape->max_positions; p++)
+        for (int i = 0; i < half; i++) {
+            double ang = (double)p * pow((double)shape->rope_theta, -2.0 * i / HD);
+            kv->rope_cos[(size_t)p * half + i] = (float)cos(ang);
+            kv->rope_sin[(size_t)p * half + i] = (float)sin(ang);
+        }
+    *out = kv;
+    return 0;
+}
+
+int kv_full_init(KVCache **out, const KVShape *shape, char *err) {
+    KVSpec spec;
+    CHECK(kv_spec_parse(&spec, "full", err) == 0);
+    return kv_cache_init(out, &spec, shape, err);
+}
+
+void kv_cache_free(KVCache *kv) {
+    if (!kv) return;
+    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
+        common_free(kv->lanes[i].pos);
+        common_free(kv->lanes[i].score);
+        common_free(kv->lanes[i].k);
+        common_free(kv->lanes[i].v);
+    }
+    void *bufs[] = {kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
+                    kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
+    common_free(kv);
+}
+
+void kv_cache_reset(KVCache *kv) {
+    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) kv->lanes[i].n = 0;
+    memset(kv->seen, 0, kv->shape.n_layer * sizeof(int));
+}
+
+void kv_cache_set_prefill(KVCache *kv, int prefill_len) { kv->prefill_len = prefill_len; }
+
+static void lane_remove(const KVCache *kv, KVLane *lane, int slot) {
+    int tail = lane->n - slot - 1;
+    size_t rb = kv->row_bytes;
+    memmove(lane->pos + slot, lane->pos + slot + 1, tail * sizeof(int));
+    memmove(lane->score + slot, lane->score + slot + 1, tail * sizeof(float));
+    memmove(lane->k + slot * rb, lane->k + (slot + 1) * rb, tail * rb);
+    memmove(lane->v + slot * rb, lane->v + (slot + 1) * rb, tail * rb);
+    lane->n--;
+}
+
+static int victim(const KVCache *kv, const KVLane *lane, int budget) {
+    switch (kv->spec.select) {
+    case KV_SEL_WINDOW: return kv_victim_window(lane, &kv->spec, budget);
+    case KV_SEL_SINK: return kv_victim_sink(lane, &kv->spec, budget);
+    case KV_SEL_H2O: return kv_victim_h2o(lane, &kv->spec, budget);
+    case KV_SEL_TOVA: return kv_victim_tova(lane, &kv->spec, budget);
+    case KV_SEL_KNORM: return kv_victim_knorm(lane, &kv->spec, budget);
+    default: CHECK(!"policy without per-step eviction"); return 0;
+    }
+}
+
+int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v) {
+    int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, budget = kv->budget[layer];
+    if (pos >= kv->shape.max_positions || kv->lanes[layer * NKV].n >= kv->cap[layer]) return -1;
+    for (int g = 0; g < NKV; g++) {
+        KVLane *lane = &kv->lanes[layer * NKV + g];
+        int s = lane->n++;
+        lane->pos[s] = pos;
+        const float *kh = k_pre + g * HD;
+        float norm = 0.0f;
+        if (kv->spec.select == KV_SEL_KNORM) {
+            for (int i = 0; i < HD; i++) norm += kh[i] * kh[i];
+            norm = sqrtf(norm);
+        }
+        lane->score[s] = norm;
+        encode_row(kv, lane->k + s * kv->row_bytes, kh, 1);
+        encode_row(kv, lane->v + s * kv->row_bytes, v + g * HD, 0);
+        if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
+            lane_remove(kv, lane, victim(kv, lane, budget));
+    }
+    kv->seen[layer]++;
+    return 0;
+}
+
+void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos) {
+    int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, half = HD / 2;
+    int n = kv->lanes[layer * NKV].n, in_cache = kv->spec.select == KV_SEL_SINK;
+    for (int g = 0; g < NKV; g++) {
+        const KVLane *lane = &kv->lanes[layer * NKV + g];
+        CHECK(lane->n == n);
+        float *kg = kv->kview + (size_t)g * n * HD, *vg = kv->vview + (size_t)g * n * HD;
+        for (int s = 0; s < n; s++) {
+            float *kr = kg + (size_t)s * HD;
+            decode_row(kv, kr, lane->k + s * kv->row_bytes, 1);
+            decode_row(kv, vg + (size_t)s * HD, lane->v + s * kv->row_bytes, 0);
+            int p = in_cache ? s : lane->pos[s];
+            const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
+            for (int i = 0; i < half; i++) {
+                float a = kr[2 * i], b = kr[2 * i + 1];
+                kr[2 * i] = a * cs[i] - b * sn[i];
+                kr[2 * i + 1] = a * sn[i] + b * cs[i];
+            }
+        }
+    }
+    *k = kv->kview;
+    *v = kv->vview;
+    *Tc = n;
+    *qpos = in_cache ? n - 1 : kv->lanes[layer * NKV].pos[n - 1];
+}
+
+void kv_cache_observe(KVCache *kv, int layer, const float *att) {
+    KVSelect sel = kv->spec.select;
+    if (!uses_scores(sel)) return;
+    int NH = kv->shape.n_head, NKV = kv->shape.n_kv_head, rep = NH / NKV, budget = kv->budget[layer];
+    int n = kv->lanes[layer * NKV].n, seen = kv->seen[layer];
+    int snap_vote = sel == KV_SEL_SNAPKV && kv->prefill_len > 0 && seen <= kv->prefill_len &&
+                    seen > kv->prefill_len - kv->spec.window;
+    for (int g = 0; g < NKV; g++) {
+        KVLane *lane = &kv->lanes[layer * NKV + g];
+        if (sel != KV_SEL_KNORM && (sel != KV_SEL_SNAPKV || snap_vote)) {
+            for (int s = 0; s < n; s++) {
+                float a = 0.0f; // attention to slot s averaged over the group's query heads
+                for (int h = g * rep; h < (g + 1) * rep; h++) a += att[(size_t)h * n + s];
+                a /= rep;
+                lane->score[s] = sel == KV_SEL_TOVA ? a : lane->score[s] + a;
+            }
+        }
+        if (sel == KV_SEL_SNAPKV) {
+            if (snap_vote && seen == kv->prefill_len && n > budget) {
+                kv_snapkv_select(lane, &kv->spec, budget, kv->keep, kv->pooled);
+                // keep[] is ascending: compact the kept slots to the front in order
+                size_t rb = kv->row_bytes;
+                for (int j = 0; j < budget; j++) {
+                    int s = kv->keep[j];
+                    lane->pos[j] = lane->pos[s];
+                    lane->score[j] = lane->score[s];
+                    memmove(lane->k + j * rb, lane->k + s * rb, rb);
+                    memmove(lane->v + j * rb, lane->v + s * rb, rb);
+                }
+                lane->n = budget;
+            }
+        } else if (budget && lane->n > budget) {
+            lane_remove(kv, lane, victim(kv, lane, budget));
+        }
+    }
+}
+
+size_t kv_cache_bytes(const KVCache *kv) {
+    size_t held = 0, per_token = 2 * kv->row_bytes + sizeof(int) + (uses_scores(kv->spec.select) ? sizeof(float) : 0);
+    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) held += (size_t)kv->lanes[i].n * per_token;
+    return held + (size_t)kv->shape.n_layer * kv->shape.n_kv_head * sizeof(int); // + each lane's count
+}
+
+size_t kv_cache_workspace_bytes(const KVCache *kv) {
+    int max_cap = 0;
+    for (int l = 0; l < kv->shape.n_layer; l++) max_cap = kv->cap[l] > max_cap ? kv->cap[l] : max_cap;
+    return 2 * (size_t)kv->shape.n_kv_head * max_cap * kv->shape.head_dim * sizeof(float);
+}
+
+int kv_cache_tokens(const KVCache *kv, int layer) { return kv->lanes[layer * kv->shape.n_kv_head].n; }
+int kv_cache_layer_budget(const KVCache *kv, int layer) { return kv->budget[layer]; }
+const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head) { return &kv->lanes[layer * kv->shape.n_kv_head + head]; }
+const KVSpec *kv_cache_spec(const KVCache *kv) { return &kv->spec; }

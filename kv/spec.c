@@ -1,0 +1,131 @@
+#include "spec.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/common.h"
+
+const char *const kv_spec_forms =
+    "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L], "
+    "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +hadamard | +pyramid";
+
+// Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
+static int parse_ints(const char *s, int *out, int max) {
+    int n = 0;
+    while (*s) {
+        if (n == max) return -1;
+        char *end;
+        errno = 0;
+        long x = strtol(s, &end, 10);
+        if (end == s || *s == '-' || *s == '+' || errno || x < 0 || x > (1 << 24)) return -1;
+        out[n++] = (int)x;
+        if (*end == ',') {
+            s = end + 1;
+            if (!*s) return -1;
+        } else if (*end) {
+            return -1;
+        } else {
+            s = end;
+        }
+    }
+    return n;
+}
+
+static int parse_select(KVSpec *sp, const char *t) {
+    int v[3], n;
+    if (strcmp(t, "full") == 0) return sp->select = KV_SEL_FULL, 0;
+    if (strncmp(t, "window:", 7) == 0 && parse_ints(t + 7, v, 1) == 1)
+        return sp->select = KV_SEL_WINDOW, sp->window = v[0], 0;
+    if (strncmp(t, "sink:", 5) == 0) {
+        const char *w = strstr(t, ",window:");
+        char num[32];
+        size_t len = w ? (size_t)(w - (t + 5)) : 0;
+        if (!w || len == 0 || len >= sizeof(num)) return -1;
+        memcpy(num, t + 5, len);
+        num[len] = 0;
+        if (parse_ints(num, v, 1) != 1 || parse_ints(w + 8, v + 1, 1) != 1) return -1;
+        return sp->select = KV_SEL_SINK, sp->sink = v[0], sp->window = v[1], 0;
+    }
+    if (strncmp(t, "h2o:", 4) == 0 && parse_ints(t + 4, v, 2) == 2)
+        return sp->select = KV_SEL_H2O, sp->heavy = v[0], sp->recent = v[1], 0;
+    if (strncmp(t, "tova:", 5) == 0 && parse_ints(t + 5, v, 1) == 1) return sp->select = KV_SEL_TOVA, sp->keep = v[0], 0;
+    if (strncmp(t, "snapkv:", 7) == 0 && (n = parse_ints(t + 7, v, 3)) >= 1) {
+        sp->select = KV_SEL_SNAPKV;
+        sp->keep = v[0];
+        sp->window = n > 1 ? v[1] : 32;
+        sp->kernel = n > 2 ? v[2] : 5;
+        return sp->kernel % 2 == 1 ? 0 : -1; // a centred average pool needs an odd kernel
+    }
+    if (strncmp(t, "knorm:", 6) == 0 && (n = parse_ints(t + 6, v, 2)) >= 1) {
+        sp->select = KV_SEL_KNORM;
+        sp->keep = v[0];
+        sp->skip_layers = n > 1 ? v[1] : 2;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_term(KVSpec *sp, const char *t) {
+    if (strcmp(t, "fp16") == 0) {
+        if (sp->format != KV_FMT_F32) return -1;
+        return sp->format = KV_FMT_F16, 0;
+    }
+    if (strcmp(t, "hadamard") == 0) return sp->hadamard ? -1 : (sp->hadamard = 1, 0);
+    if (strcmp(t, "pyramid") == 0) return sp->pyramid ? -1 : (sp->pyramid = 1, 0);
+    int bits = 0;
+    if (strncmp(t, "int8", 4) == 0) bits = 8;
+    else if (strncmp(t, "int4", 4) == 0) bits = 4;
+    else if (strncmp(t, "int2", 4) == 0) bits = 2;
+    if (!bits || sp->format != KV_FMT_F32) return -1;
+    sp->format = KV_FMT_INT;
+    sp->bits = bits;
+    if (t[4] == 0) return 0;
+    int g;
+    if (t[4] != ':' || parse_ints(t + 5, &g, 1) != 1 || g < 1) return -1;
+    sp->group = g;
+    return 0;
+}
+
+int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
+    memset(sp, 0, sizeof(*sp));
+    if (strlen(text) >= sizeof(sp->text)) {
+        err_set(err, "--kv spec is too long (%zu characters)", strlen(text));
+        return -1;
+    }
+    snprintf(sp->text, sizeof(sp->text), "%s", text);
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", text);
+    char *save = NULL, *tok = strtok_r(buf, "+", &save);
+    int ok = tok != NULL && text[0] != '+' && text[strlen(text) - 1] != '+' && !strstr(text, "++");
+    if (ok) ok = parse_select(sp, tok) == 0;
+    // every count must be positive except knorm's skipped layers
+    if (ok) ok = (sp->select != KV_SEL_WINDOW || sp->window > 0) &&
+                 (sp->select != KV_SEL_SINK || (sp->sink > 0 && sp->window > 0)) &&
+                 (sp->select != KV_SEL_H2O || (sp->heavy > 0 && sp->recent > 0)) &&
+                 (sp->select != KV_SEL_TOVA || sp->keep > 0) &&
+                 (sp->select != KV_SEL_SNAPKV || (sp->keep > 0 && sp->window > 0 && sp->kernel > 0)) &&
+                 (sp->select != KV_SEL_KNORM || sp->keep > 0);
+    while (ok && (tok = strtok_r(NULL, "+", &save))) ok = parse_term(sp, tok) == 0;
+    if (ok && sp->hadamard && sp->format != KV_FMT_INT) ok = 0; // the rotation only matters before quantizing
+    if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
+    if (!ok) {
+        err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);
+        return -1;
+    }
+    return 0;
+}
+
+int kv_spec_budget(const KVSpec *sp) {
+    switch (sp->select) {
+    case KV_SEL_FULL: return 0;
+    case KV_SEL_WINDOW: return sp->window;
+    case KV_SEL_SINK: return sp->sink + sp->window;
+    case KV_SEL_H2O: return sp->heavy + sp->recent;
+    case KV_SEL_TOVA: return sp->keep;
+    case KV_SEL_SNAPKV: return sp->keep + sp->window;
+    case KV_SEL_KNORM: return sp->keep;
+    }
+    return 0;
+}

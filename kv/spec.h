@@ -1,0 +1,45 @@
+// The --kv=SPEC grammar: one selection policy (which tokens stay) and optional storage terms (how they are
+// held), joined by '+':
+//
+//   SPEC    := SELECT ('+' TERM)*
+//   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
+//   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | hadamard | pyramid
+//
+// Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
+// positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
+// tokens kept; SnapKV's observation window W (32) and pooling kernel K (5); knorm leaves its first L layers
+// whole (2). int8/int4/int2 hold keys and values per token in groups of G channels of a head (G = 32, or the
+// head dimension if smaller) with an fp16 scale and minimum per group; fp16 halves fp32. hadamard rotates
+// each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
+// budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly.
+#ifndef KVLAB_KV_SPEC_H
+#define KVLAB_KV_SPEC_H
+
+typedef enum { KV_SEL_FULL, KV_SEL_WINDOW, KV_SEL_SINK, KV_SEL_H2O, KV_SEL_TOVA, KV_SEL_SNAPKV, KV_SEL_KNORM } KVSelect;
+typedef enum { KV_FMT_F32, KV_FMT_F16, KV_FMT_INT } KVFormat;
+
+typedef struct {
+    KVSelect select;
+    int sink;        // sink: S first tokens
+    int window;      // window / sink: W newest tokens; snapkv: observation window
+    int heavy;       // h2o: H heavy hitters
+    int recent;      // h2o: R most recent
+    int keep;        // tova / snapkv / knorm: B tokens
+    int kernel;      // snapkv pooling kernel
+    int skip_layers; // knorm: first layers left whole
+    KVFormat format;
+    int bits;        // int formats: 8, 4, 2
+    int group;       // int formats: channels per group (0 = default)
+    int hadamard;
+    int pyramid;
+    char text[128];  // the spec as given
+} KVSpec;
+
+extern const char *const kv_spec_forms;
+
+// Strict parse; on error one line in err that lists the valid forms.
+int kv_spec_parse(KVSpec *spec, const char *text, char *err);
+// Tokens held per layer and head before pyramid weighting (0 = unbounded).
+int kv_spec_budget(const KVSpec *spec);
+
+#endif

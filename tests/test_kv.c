@@ -1,0 +1,250 @@
+// The KV cache engine and its policies: strict specs, exact budgets, what each policy promises to keep,
+// storage formats against fp32, and streaming past the trained context.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "../kv/kv.h"
+#include "../layers/decode.h"
+
+// ---- specs -----------------------------------------------------------------------------------------------
+
+Test(kv, spec_accepts_valid_forms) {
+    const char *good[] = {"full", "window:8", "sink:4,window:60", "h2o:16,16", "tova:32", "snapkv:32",
+                          "snapkv:32,8", "snapkv:32,8,3", "knorm:32", "knorm:32,0", "full+fp16", "full+int8",
+                          "window:8+int4:8", "h2o:4,4+int2:4+hadamard", "tova:8+pyramid", "sink:1,window:7+fp16+pyramid"};
+    char err[ERR_LEN];
+    KVSpec sp;
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        cr_assert_eq(kv_spec_parse(&sp, good[i], err), 0, "'%s' rejected: %s", good[i], err);
+    cr_assert_eq(kv_spec_parse(&sp, "snapkv:32", err), 0);
+    cr_assert(sp.window == 32 && sp.kernel == 5 && kv_spec_budget(&sp) == 64);
+    cr_assert_eq(kv_spec_parse(&sp, "knorm:32", err), 0);
+    cr_assert_eq(sp.skip_layers, 2);
+    cr_assert_eq(kv_spec_parse(&sp, "sink:4,window:60+int4:16", err), 0);
+    cr_assert(sp.select == KV_SEL_SINK && sp.sink == 4 && sp.window == 60 && sp.bits == 4 && sp.group == 16);
+}
+
+Test(kv, spec_rejects_bad_forms) {
+    const char *bad[] = {"", "ful", "window", "window:", "window:0", "window:-3", "window:8,", "window:8x",
+                         "sink:4", "sink:0,window:8", "sink:4,window:", "h2o:16", "h2o:16,0", "tova:", "snapkv:8,4,2",
+                         "knorm:0", "full+int3", "full+int4:0", "full+fp16+int8", "full+hadamard", "full+pyramid",
+                         "window:8++int4", "+int4", "window:8+", "int4", "window:8+window:4"};
+    char err[ERR_LEN];
+    KVSpec sp;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = 0;
+        cr_assert_eq(kv_spec_parse(&sp, bad[i], err), -1, "'%s' accepted", bad[i]);
+        cr_assert(strstr(err, "valid forms are") && strstr(err, "sink:S,window:W") && !strchr(err, '\n'),
+                  "message for '%s': %s", bad[i], err);
+    }
+}
+
+// ---- policies on synthetic streams -----------------------------------------------------------------------
+
+enum { L = 2, NH = 4, NKV = 2, HD = 8, MAXP = 64 };
+
+static KVCache *make_cache(const char *text) {
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, text, err), 0, "%s", err);
+    KVShape shape = {L, NH, NKV, HD, MAXP, 10000.0f};
+    KVCache *kv;
+    cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
+    return kv;
+}
+
+// Feeds n tokens to every layer. Token t's key has norm 1 + (t % 7) (so knorm has something to rank) and the
+// synthetic attention puts most weight on positions divisible by 5 (so attention policies have favourites).
+static void feed(KVCache *kv, int n) {
+    float k[NKV * HD], v[NKV * HD], att[NH * MAXP];
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < NKV * HD; i++) {
+            k[i] = (i % HD == 0) ? 1.0f + (float)(t % 7) : 0.0f;
+            v[i] = (float)t + 0.01f * i;
+        }
+        for (int l = 0; l < L; l++) {
+            cr_assert_eq(kv_cache_append(kv, l, t, k, v), 0);
+            const float *kc, *vc;
+            int Tc, qpos;
+            kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos);
+            const KVLane *lane = kv_cache_lane(kv, l, 0);
+            float sum = 0.0f;
+            for (int s = 0; s < Tc; s++) sum += att[s] = lane->pos[s] % 5 == 0 ? 10.0f : 1.0f;
+            for (int h = 0; h < NH; h++)
+                for (int s = 0; s < Tc; s++) att[h * Tc + s] = (lane->pos[s] % 5 == 0 ? 10.0f : 1.0f) / sum;
+            kv_cache_observe(kv, l, att);
+        }
+    }
+}
+
+static int holds(const KVCache *kv, int layer, int pos) {
+    const KVLane *lane = kv_cache_lane(kv, layer, 0);
+    for (int s = 0; s < lane->n; s++)
+        if (lane->pos[s] == pos) return 1;
+    return 0;
+}
+
+static void expect_budget(const KVCache *kv, int seen) {
+    for (int l = 0; l < L; l++) {
+        int b = kv_cache_layer_budget(kv, l), want = b && seen > b ? b : seen;
+        for (int g = 0; g < NKV; g++) cr_assert_eq(kv_cache_lane(kv, l, g)->n, want, "layer %d head %d", l, g);
+    }
+}
+
+Test(kv, window_keeps_newest) {
+    KVCache *kv = make_cache("window:8");
+    feed(kv, 30);
+    expect_budget(kv, 30);
+    for (int p = 22; p < 30; p++) cr_assert(holds(kv, 0, p));
+    kv_cache_free(kv);
+}
+
+Test(kv, sink_keeps_first_and_newest_at_cache_positions) {
+    KVCache *kv = make_cache("sink:2,window:6");
+    feed(kv, 40);
+    expect_budget(kv, 40);
+    int want[] = {0, 1, 34, 35, 36, 37, 38, 39};
+    const KVLane *lane = kv_cache_lane(kv, 1, 1);
+    for (int s = 0; s < 8; s++) cr_assert_eq(lane->pos[s], want[s]);
+    const float *kc, *vc;
+    int Tc, qpos;
+    kv_cache_view(kv, 0, &kc, &vc, &Tc, &qpos);
+    cr_assert_eq(qpos, 7, "the query sits at its slot in the cache, not at position 39");
+    kv_cache_free(kv);
+}
+
+Test(kv, h2o_keeps_recent_and_heavy) {
+    KVCache *kv = make_cache("h2o:4,4");
+    feed(kv, 40);
+    expect_budget(kv, 40);
+    for (int p = 36; p < 40; p++) cr_assert(holds(kv, 0, p), "recent %d", p);
+    // heavy hitters: the favoured positions that entered early accumulated the most attention
+    int heavy = 0;
+    const KVLane *lane = kv_cache_lane(kv, 0, 0);
+    for (int s = 0; s < lane->n; s++) heavy += lane->pos[s] < 36 && lane->pos[s] % 5 == 0;
+    cr_assert_eq(heavy, 4);
+    kv_cache_free(kv);
+}
+
+Test(kv, tova_keeps_most_attended) {
+    KVCache *kv = make_cache("tova:6");
+    feed(kv, 40);
+    expect_budget(kv, 40);
+    const KVLane *lane = kv_cache_lane(kv, 1, 0);
+    int favoured = 0;
+    for (int s = 0; s < lane->n; s++) favoured += lane->pos[s] % 5 == 0;
+    cr_assert_geq(favoured, 5, "TOVA kept %d favoured tokens of 6", favoured);
+    kv_cache_free(kv);
+}
+
+Test(kv, knorm_keeps_low_norm_and_skips_layers) {
+    KVCache *kv = make_cache("knorm:5,1");
+    feed(kv, 40);
+    cr_assert_eq(kv_cache_layer_budget(kv, 0), 0, "the first layer is left whole");
+    cr_assert_eq(kv_cache_tokens(kv, 0), 40);
+    cr_assert_eq(kv_cache_tokens(kv, 1), 5);
+    const KVLane *lane = kv_cache_lane(kv, 1, 0);
+    for (int s = 0; s < lane->n; s++) cr_assert_leq(lane->pos[s] % 7, 1, "kept a key of norm %d", 1 + lane->pos[s] % 7);
+    kv_cache_free(kv);
+}
+
+Test(kv, snapkv_compresses_once_at_prefill_end) {
+    KVCache *kv = make_cache("snapkv:6,4,3");
+    kv_cache_set_prefill(kv, 30);
+    feed(kv, 29);
+    cr_assert_eq(kv_cache_tokens(kv, 0), 29, "nothing is evicted during the prompt");
+    KVCache *kv2 = make_cache("snapkv:6,4,3");
+    kv_cache_set_prefill(kv2, 30);
+    feed(kv2, 35);
+    // at the end of the prompt: 6 voted + the 4-token window; then 5 generated tokens appended
+    cr_assert_eq(kv_cache_tokens(kv2, 0), 10 + 5);
+    for (int p = 26; p < 35; p++) cr_assert(holds(kv2, 0, p), "window/generated %d", p);
+    kv_cache_free(kv);
+    kv_cache_free(kv2);
+}
+
+Test(kv, pyramid_budgets) {
+    KVCache *kv = make_cache("tova:10+pyramid");
+    int b0 = kv_cache_layer_budget(kv, 0), b1 = kv_cache_layer_budget(kv, 1);
+    cr_assert(b0 > b1 && b0 + b1 == 20, "budgets %d, %d", b0, b1);
+    feed(kv, 40);
+    expect_budget(kv, 40);
+    kv_cache_free(kv);
+}
+
+// ---- storage formats -------------------------------------------------------------------------------------
+
+static float view_error(const char *text, int n) {
+    KVCache *ref = make_cache("full"), *kv = make_cache(text);
+    Rng rng;
+    rng_init(&rng, 3);
+    float k[NKV * HD], v[NKV * HD], worst = 0.0f;
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < NKV * HD; i++) k[i] = rng_normal(&rng), v[i] = rng_normal(&rng);
+        cr_assert_eq(kv_cache_append(ref, 0, t, k, v), 0);
+        cr_assert_eq(kv_cache_append(kv, 0, t, k, v), 0);
+    }
+    const float *k1, *v1, *k2, *v2;
+    int T1, T2, q1, q2;
+    kv_cache_view(ref, 0, &k1, &v1, &T1, &q1);
+    float copy_k[NKV * MAXP * HD], copy_v[NKV * MAXP * HD];
+    memcpy(copy_k, k1, sizeof(float) * NKV * T1 * HD);
+    memcpy(copy_v, v1, sizeof(float) * NKV * T1 * HD);
+    kv_cache_view(kv, 0, &k2, &v2, &T2, &q2);
+    cr_assert_eq(T1, T2);
+    for (int i = 0; i < NKV * T1 * HD; i++) {
+        worst = fmaxf(worst, fabsf(copy_k[i] - k2[i]));
+        worst = fmaxf(worst, fabsf(copy_v[i] - v2[i]));
+    }
+    kv_cache_free(ref);
+    kv_cache_free(kv);
+    return worst;
+}
+
+Test(kv, formats_against_fp32) {
+    float e16 = view_error("full+fp16", 20), e8 = view_error("full+int8", 20), e4 = view_error("full+int4", 20);
+    float e2 = view_error("full+int2", 20), e4h = view_error("full+int4+hadamard", 20);
+    // N(0,1) data, groups of 8: range <= ~7, so the step is <= 7/255, 7/15, 7/3; error <= step/2 (+ fp16)
+    cr_assert_leq(e16, 4e-3f, "fp16 %g", e16);
+    cr_assert_leq(e8, 7.0f / 255 / 2 + 0.01f, "int8 %g", e8);
+    cr_assert_leq(e4, 7.0f / 15 / 2 + 0.02f, "int4 %g", e4);
+    cr_assert_leq(e2, 7.0f / 3 / 2 + 0.05f, "int2 %g", e2);
+    cr_assert(e16 < e8 && e8 < e4 && e4 < e2, "errors %g %g %g %g", e16, e8, e4, e2);
+    cr_assert_leq(e4h, 7.0f / 15 + 0.05f, "int4 + hadamard %g", e4h);
+    KVCache *a = make_cache("full"), *b = make_cache("full+int4");
+    feed(a, 10);
+    feed(b, 10);
+    // fp32 rows: 2 * 8 * 4 bytes + position; int4 with groups of 8: 2 * (4 + 4) bytes + position
+    cr_assert_eq(kv_cache_bytes(a), (size_t)L * NKV * (10 * (64 + 4) + 4));
+    cr_assert_eq(kv_cache_bytes(b), (size_t)L * NKV * (10 * (16 + 4) + 4));
+    kv_cache_free(a);
+    kv_cache_free(b);
+}
+
+// ---- through the model -----------------------------------------------------------------------------------
+
+Test(kv, streaming_past_trained_context_stays_finite) {
+    ModelConfig cfg = {.vocab_size = 11, .n_layer = 2, .n_head = 4, .n_kv_head = 2, .n_embd = 16, .n_hidden = 32,
+                       .block_size = 16, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .dropout = 0.0f};
+    Model m;
+    model_init(&m, &cfg, &ops_cpu);
+    model_init_weights(&m, 5);
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, "sink:2,window:6+int8", err), 0);
+    int n = 16 * cfg.block_size; // 16x the trained context
+    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), n, cfg.rope_theta};
+    KVCache *kv;
+    cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
+    DecodeState ds;
+    decode_state_init(&ds, &cfg, 8);
+    for (int t = 0; t < n; t++) {
+        cr_assert_eq(model_decode_step(&m, &ds, kv, t % cfg.vocab_size, t), 0);
+        for (int i = 0; i < cfg.vocab_size; i++) cr_assert(isfinite(ds.logits[i]), "step %d", t);
+        cr_assert_leq(kv_cache_tokens(kv, 0), 8);
+    }
+    decode_state_free(&ds);
+    kv_cache_free(kv);
+    model_free(&m);
+}
