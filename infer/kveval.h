@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "../data/loader.h"
+#include "../data/tokenizer.h"
 #include "../kv/kv.h"
 #include "../layers/model.h"
 
@@ -32,5 +34,24 @@ typedef struct {
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
                     KVEvalResult *out, char *err);
 void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEvalResult *r);
+
+// Long-range recall through a compressed cache (data/recall.h): for each distance, `per_distance` sequences
+// of `context` tokens are streamed through the compressed and the full cache; a sequence counts when all
+// value characters of its query are each the most likely next token (teacher-forced). SnapKV compresses at
+// the query's value, so its prompt includes the question, as in the paper.
+#define KV_RECALL_MAX_DISTANCES 16
+typedef struct {
+    int n_distances;
+    int distance[KV_RECALL_MAX_DISTANCES];
+    double acc[KV_RECALL_MAX_DISTANCES], acc_full[KV_RECALL_MAX_DISTANCES];
+    double acc_all, acc_all_full;
+    size_t kv_bytes;
+    double bytes_per_token, fp16_bytes_per_token;
+    size_t peak_rss_bytes;
+} KVRecallResult;
+
+int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, const Corpus *corpus, int context,
+                   int per_distance, uint64_t seed, KVRecallResult *out, char *err);
+void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r);
 
 #endif

@@ -31,6 +31,10 @@ static const char *usage =
     "  --prefill N        --kv eval: tokens fed before scoring (SnapKV compresses here) [context/2]\n"
     "  --streams N        --kv eval: streams at evenly spaced offsets of the file       [8]\n"
     "  --json             --kv eval: one JSON object instead of text\n"
+    "  --eval recall      long-range recall accuracy by distance through --kv SPEC (and the full cache);\n"
+    "                     --streams = sequences per distance [20], filler from --data FILE\n"
+    "                     [data/tinyshakespeare.txt], sequences drawn with --seed (a file named recall:\n"
+    "                     give ./recall)\n"
     "  --device cpu       (cuda: a later release)\n"
     "\n"
     "When prompt + generated tokens exceed the model's context, the cache is rebuilt from the newest half\n"
@@ -47,7 +51,7 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *prompt, *eval, *kv, *device;
+    const char *ckpt, *prompt, *eval, *kv, *device, *data;
     int n, kv_given, json;
     KVSpec spec;
     KVEvalConfig kc;
@@ -62,6 +66,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     f->seed = 1337;
     f->kv = "full";
     f->device = "cpu";
+    f->data = "data/tinyshakespeare.txt";
     Args a;
     args_init(&a, argc, argv);
     int r;
@@ -75,6 +80,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--eval")) rc = args_string(&a, &f->eval);
         else if (args_is(&a, "--kv")) rc = args_string(&a, &f->kv), f->kv_given = 1;
         else if (args_is(&a, "--json")) f->json = 1;
+        else if (args_is(&a, "--data")) rc = args_string(&a, &f->data);
         else if (args_is(&a, "--context")) rc = args_int(&a, 2, 1 << 20, &f->kc.context);
         else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
         else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
@@ -97,14 +103,35 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (kv_spec_parse(&f->spec, f->kv, err) != 0) return -1;
     if (f->prompt && f->kv_given && strcmp(f->kv, "full") != 0)
         return err_set(err, "--kv applies to --eval in this release; generation uses the full cache"), -1;
-    if (!f->kv_given && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
+    int recall = f->eval && strcmp(f->eval, "recall") == 0;
+    if (!f->kv_given && !recall && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
     if (strcmp(f->device, "cpu") != 0) return err_set(err, "bad --device '%s': this build supports only cpu", f->device), -1;
     return 0;
 }
 
-static int run_eval(Model *m, const Tokenizer *tok, const Flags *f, char *err) {
+static int run_recall(Model *m, Tokenizer *tok, const Flags *f, char *err) {
+    Corpus corpus;
+    if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
+    int context = f->kc.context ? f->kc.context : m->cfg.block_size;
+    int per = f->kc.streams ? f->kc.streams : 20;
+    KVRecallResult r;
+    int rc = kv_eval_recall(m, &f->spec, tok, &corpus, context, per, f->seed, &r, err);
+    if (rc == 0 && f->json) kv_recall_print_json(&f->spec, context, per, &r);
+    else if (rc == 0) {
+        printf("recall --kv=%s, context %d, %d sequences per distance: accuracy %.3f (full cache %.3f), KV %.1f "
+               "bytes/token (fp16 full: %.1f)\n",
+               f->spec.text, context, per, r.acc_all, r.acc_all_full, r.bytes_per_token, r.fp16_bytes_per_token);
+        for (int i = 0; i < r.n_distances; i++)
+            printf("  distance %5d: %.3f (full %.3f)\n", r.distance[i], r.acc[i], r.acc_full[i]);
+    }
+    corpus_free(&corpus);
+    return rc;
+}
+
+static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     const char *path = f->eval;
+    if (strcmp(path, "recall") == 0) return run_recall(m, tok, f, err);
     size_t len;
     unsigned char *text = common_read_file(path, &len, err);
     if (!text) return -1;

@@ -70,3 +70,39 @@ Test(data, tinyshakespeare_vocab_and_split) {
     cr_assert_eq(corpus_check_context(&c, 1 << 20, err), -1);
     corpus_free(&c);
 }
+
+#include "../data/recall.h"
+
+Test(data, recall_sequence_layout) {
+    Tokenizer tok;
+    Corpus c;
+    char err[ERR_LEN];
+    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    cr_assert_eq(recall_check_vocab(&tok, err), 0, "%s", err);
+    Rng rng;
+    rng_init(&rng, 1);
+    int n = 200, seq[200];
+    char text[201];
+    for (int d = recall_min_distance(); d <= recall_max_distance(n); d += 37) {
+        int ans = recall_sequence(&tok, &c, &rng, n, d, seq, NULL);
+        cr_assert_eq(tokenizer_decode(&tok, seq, n, text), 0);
+        int query = n - 1 - RECALL_ITEM_LEN;
+        cr_assert_eq(ans, query + 1 + RECALL_KEY_LEN + 1);
+        cr_assert_eq(text[query], '&');
+        cr_assert_eq(text[query - d], '$', "the definition sits %d tokens before the query", d);
+        cr_assert_eq(memcmp(text + query + 1, text + query - d + 1, RECALL_ITEM_LEN - 1), 0, "%s", text);
+        int defs = 0;
+        for (int i = 0; i < n; i++) defs += text[i] == '$';
+        cr_assert_geq(defs, 2, "distractors were placed: %s", text); // '$' is absent from the filler but once
+    }
+    // a full mix makes every training window a recall sequence; inputs and targets stay shifted by one
+    int in[4 * 64], tg[4 * 64];
+    loader_train_batch(&c, &rng, 4, 64, 1.0f, in, tg);
+    for (int b = 0; b < 4; b++) {
+        int amp = 0;
+        for (int t = 0; t < 64; t++) amp += tg[b * 64 + t] == tok.byte_to_id['&'];
+        cr_assert_eq(amp, 1);
+        for (int t = 1; t < 64; t++) cr_assert_eq(in[b * 64 + t], tg[b * 64 + t - 1]);
+    }
+    corpus_free(&c);
+}

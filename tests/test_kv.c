@@ -248,3 +248,47 @@ Test(kv, streaming_past_trained_context_stays_finite) {
     kv_cache_free(kv);
     model_free(&m);
 }
+
+// ---- the streaming eval harness ----------------------------------------------------------------------------
+
+#include "../infer/kveval.h"
+
+static void tiny_model(Model *m) {
+    ModelConfig cfg = {.vocab_size = 9, .n_layer = 2, .n_head = 4, .n_kv_head = 2, .n_embd = 16, .n_hidden = 32,
+                       .block_size = 24, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .dropout = 0.0f};
+    model_init(m, &cfg, &ops_cpu);
+    model_init_weights(m, 11);
+    for (size_t i = 0; i < m->n_params; i++) m->params_memory[i] *= 4.0f; // sharp enough to tell caches apart
+}
+
+static KVEvalResult eval_spec(const Model *m, const char *text, const int *tokens, size_t n) {
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, text, err), 0, "%s", err);
+    KVEvalConfig cfg = {.context = 24, .prefill = 12, .streams = 3};
+    KVEvalResult r;
+    cr_assert_eq(kv_eval_streams(m, &sp, tokens, n, &cfg, &r, err), 0, "%s", err);
+    cr_assert_eq(r.tokens, 3 * 12);
+    return r;
+}
+
+Test(kv, eval_full_matches_itself_and_eviction_differs) {
+    Model m;
+    tiny_model(&m);
+    int tokens[200];
+    Rng rng;
+    rng_init(&rng, 2);
+    for (int i = 0; i < 200; i++) tokens[i] = (int)rng_below(&rng, 9);
+    KVEvalResult full = eval_spec(&m, "full", tokens, 200);
+    cr_assert_eq(full.kl, 0.0);
+    cr_assert_eq(full.top1_agree, 1.0);
+    cr_assert_eq(full.ppl, full.ppl_full);
+    KVEvalResult win = eval_spec(&m, "window:4", tokens, 200);
+    cr_assert_gt(win.kl, 0.0);
+    cr_assert_eq(win.ppl_full, full.ppl_full, "the reference does not depend on the spec");
+    cr_assert_lt(win.bytes_per_token, full.bytes_per_token);
+    KVEvalResult q8 = eval_spec(&m, "full+int8", tokens, 200), q2 = eval_spec(&m, "full+int2", tokens, 200);
+    cr_assert(q8.kl < q2.kl, "int8 KL %g should be below int2 KL %g", q8.kl, q2.kl);
+    cr_assert(isfinite(q2.ppl) && q2.top1_agree >= 0.0 && q2.top1_agree <= 1.0);
+    model_free(&m);
+}

@@ -1,0 +1,98 @@
+#include <stdio.h>
+#include <sys/resource.h>
+
+#include "../data/recall.h"
+#include "../layers/decode.h"
+#include "kveval.h"
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, const Corpus *corpus, int context,
+                   int per_distance, uint64_t seed, KVRecallResult *out, char *err) {
+    const ModelConfig *c = &m->cfg;
+    if (recall_check_vocab(tok, err) != 0) return -1;
+    int lo = recall_min_distance(), hi = recall_max_distance(context);
+    if (hi < lo || per_distance < 1) {
+        err_set(err, "the recall eval needs a context of at least %d tokens (got %d)", 2 * RECALL_ITEM_LEN + 1, context);
+        return -1;
+    }
+    if (corpus->n_train <= (size_t)context) {
+        err_set(err, "the corpus's training split (%zu tokens) is too short for recall sequences of %d", corpus->n_train,
+                context);
+        return -1;
+    }
+    // distances: 16, 32, 64, ... below the longest the context allows, then the longest
+    out->n_distances = 0;
+    for (int d = 16; d < hi && out->n_distances < KV_RECALL_MAX_DISTANCES - 1; d *= 2)
+        if (d >= lo) out->distance[out->n_distances++] = d;
+    out->distance[out->n_distances++] = hi;
+
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta};
+    KVCache *full, *comp;
+    if (kv_full_init(&full, &shape, err) != 0) return -1;
+    if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
+    DecodeState dfull, dcomp;
+    decode_state_init(&dfull, c, context);
+    decode_state_init(&dcomp, c, context);
+    int *seq = common_calloc(context, sizeof(int));
+    Rng rng;
+    rng_init(&rng, seed);
+    size_t hits = 0, hits_full = 0, total = 0;
+    int fed = 0; // tokens the last sequence fed
+    for (int di = 0; di < out->n_distances; di++) {
+        int h = 0, hf = 0;
+        for (int i = 0; i < per_distance; i++) {
+            int ans = recall_sequence(tok, corpus, &rng, context, out->distance[di], seq, NULL);
+            kv_cache_reset(full);
+            kv_cache_reset(comp);
+            kv_cache_set_prefill(comp, ans);
+            int ok = 1, ok_full = 1;
+            fed = ans + RECALL_VAL_LEN - 1;
+            for (int t = 0; t < ans + RECALL_VAL_LEN - 1; t++) {
+                CHECK(model_decode_step(m, &dfull, full, seq[t], t) == 0);
+                CHECK(model_decode_step(m, &dcomp, comp, seq[t], t) == 0);
+                if (t >= ans - 1) { // predicts a value character
+                    ok &= argmax(dcomp.logits, c->vocab_size) == seq[t + 1];
+                    ok_full &= argmax(dfull.logits, c->vocab_size) == seq[t + 1];
+                }
+            }
+            h += ok;
+            hf += ok_full;
+        }
+        out->acc[di] = (double)h / per_distance;
+        out->acc_full[di] = (double)hf / per_distance;
+        hits += h;
+        hits_full += hf;
+        total += per_distance;
+    }
+    out->acc_all = (double)hits / total;
+    out->acc_all_full = (double)hits_full / total;
+    out->kv_bytes = kv_cache_bytes(comp);
+    out->bytes_per_token = (double)out->kv_bytes / fed;
+    out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
+    struct rusage ru;
+    out->peak_rss_bytes = getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
+    common_free(seq);
+    decode_state_free(&dfull);
+    decode_state_free(&dcomp);
+    kv_cache_free(full);
+    kv_cache_free(comp);
+    return 0;
+}
+
+void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r) {
+    printf("{\"spec\": \"%s\", \"task\": \"recall\", \"context\": %d, \"per_distance\": %d, \"recall_acc\": %.6g, "
+           "\"recall_acc_full\": %.6g, \"kv_bytes\": %zu, \"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, "
+           "\"peak_rss_bytes\": %zu, \"recall_acc_by_distance\": {",
+           spec->text, context, per_distance, r->acc_all, r->acc_all_full, r->kv_bytes, r->bytes_per_token,
+           r->fp16_bytes_per_token, r->peak_rss_bytes);
+    for (int i = 0; i < r->n_distances; i++) printf("%s\"%d\": %.6g", i ? ", " : "", r->distance[i], r->acc[i]);
+    printf("}, \"recall_acc_full_by_distance\": {");
+    for (int i = 0; i < r->n_distances; i++) printf("%s\"%d\": %.6g", i ? ", " : "", r->distance[i], r->acc_full[i]);
+    printf("}}\n");
+}
