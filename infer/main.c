@@ -35,6 +35,8 @@ static const char *usage =
     "                     --streams = sequences per distance [20], filler from --data FILE\n"
     "                     [data/tinyshakespeare.txt], sequences drawn with --seed (a file named recall:\n"
     "                     give ./recall)\n"
+    "  --kv-heads G       GQA conversion at load: mean-pool the checkpoint's key/value heads into G groups\n"
+    "                     (no retraining; G must divide the checkpoint's key/value head count)\n"
     "  --device cpu       (cuda: a later release)\n"
     "\n"
     "When prompt + generated tokens exceed the model's context, the cache is rebuilt from the newest half\n"
@@ -52,7 +54,7 @@ static int die(const char *msg) {
 
 typedef struct {
     const char *ckpt, *prompt, *eval, *kv, *device, *data;
-    int n, kv_given, json;
+    int n, kv_given, json, kv_heads;
     KVSpec spec;
     KVEvalConfig kc;
     SampleConfig sc;
@@ -81,6 +83,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--kv")) rc = args_string(&a, &f->kv), f->kv_given = 1;
         else if (args_is(&a, "--json")) f->json = 1;
         else if (args_is(&a, "--data")) rc = args_string(&a, &f->data);
+        else if (args_is(&a, "--kv-heads")) rc = args_int(&a, 1, 1024, &f->kv_heads);
         else if (args_is(&a, "--context")) rc = args_int(&a, 2, 1 << 20, &f->kc.context);
         else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
         else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
@@ -243,6 +246,13 @@ int main(int argc, char **argv) {
     Model m;
     Tokenizer tok;
     if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+    if (f.kv_heads && f.kv_heads != m.cfg.n_kv_head) {
+        Model pooled;
+        int rc = model_convert_kv_heads(&pooled, &m, f.kv_heads, err);
+        model_free(&m);
+        if (rc != 0) return die(err);
+        m = pooled;
+    }
     int rc = f.eval ? run_eval(&m, &tok, &f, err) : run_generate(&m, &tok, &f, err);
     model_free(&m);
     if (rc != 0) return die(err);

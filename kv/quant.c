@@ -1,24 +1,28 @@
+// fp16 conversion, asymmetric group quantization (row and strided-column forms) and the Walsh-Hadamard
+// rotation. See quant.h for the formats and the error bound.
 #include "quant.h"
 
+#include <assert.h>
 #include <math.h>
 #include <string.h>
+
+// --- IEEE binary16 -------------------------------------------------------------------------------------
 
 uint16_t quant_f32_to_f16(float x) {
     uint32_t f;
     memcpy(&f, &x, 4);
     uint32_t sign = (f >> 16) & 0x8000u, abs = f & 0x7FFFFFFFu;
-    if (abs > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((abs >> 13) & 0x3FFu)); // NaN stays NaN
-    if (abs >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);                       // rounds past 65504: inf
-    if (abs < 0x38800000u) {                                                         // fp16 subnormal or zero
-        if (abs < 0x33000000u) return (uint16_t)sign;                                // below half the smallest
-        uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;
-        int shift = 126 - (int)(abs >> 23); // 14..24
+    if (abs > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((abs >> 13) & 0x3FFu)); // NaN stays (quiet) NaN
+    if (abs >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); // >= 65520 (65504 + half an ulp, ties to even): inf
+    if (abs < 0x38800000u) {                                   // below 2^-14: fp16 subnormal or zero
+        if (abs <= 0x33000000u) return (uint16_t)sign;         // <= 2^-25, half the smallest subnormal (tie to 0)
+        uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;         // 24-bit significand, value mant * 2^(e-150)
+        int shift = 126 - (int)(abs >> 23);                    // 14..24: units of 2^-24
         uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;
+        if (rem > half || (rem == half && (q & 1u))) q++;      // a carry to 0x400 is the smallest normal: right
         return (uint16_t)(sign | q);
     }
-    uint32_t e = (abs >> 23) - 112, mant = abs & 0x7FFFFFu; // rebias 127 -> 15
-    uint32_t h = (e << 10) | (mant >> 13), rem = mant & 0x1FFFu;
+    uint32_t h = ((abs >> 23) - 112) << 10 | ((abs >> 13) & 0x3FFu), rem = abs & 0x1FFFu; // rebias 127 -> 15
     if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; // a carry into the exponent is still correct
     return (uint16_t)(sign | h);
 }
@@ -28,7 +32,7 @@ float quant_f16_to_f32(uint16_t h) {
     if (e == 0x1F) f = sign | 0x7F800000u | (mant << 13);
     else if (e) f = sign | ((e + 112) << 23) | (mant << 13);
     else if (!mant) f = sign;
-    else { // subnormal: value mant * 2^-24
+    else { // subnormal: mant * 2^-24, exact in float
         float v = (float)mant * 5.9604644775390625e-8f;
         return sign ? -v : v;
     }
@@ -45,45 +49,113 @@ void quant_f16_decode_row(float *dst, const uint16_t *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = quant_f16_to_f32(src[i]);
 }
 
-static size_t group_code_bytes(int g, int bits) { return ((size_t)g * bits + 7) / 8; }
+// Directed roundings for the group parameters, on finite values, saturating at +-65504 (0x7BFF).
+static uint16_t f16_nearest_sat(float x) {
+    if (x >= 65504.0f) return 0x7BFFu;
+    if (x <= -65504.0f) return 0xFBFFu;
+    return quant_f32_to_f16(x);
+}
 
-size_t quant_row_bytes(int n, int g, int bits) { return (size_t)(n / g) * (4 + group_code_bytes(g, bits)); }
+static uint16_t f16_down(float x) { // largest fp16 <= x
+    if (x <= -65504.0f) return 0xFBFFu;
+    uint16_t h = f16_nearest_sat(x);
+    if (quant_f16_to_f32(h) > x) h = (h & 0x8000u) ? (uint16_t)(h + 1) : h == 0 ? 0x8001u : (uint16_t)(h - 1);
+    return h;
+}
+
+static uint16_t f16_up_pos(float x) { // smallest fp16 >= x, for x >= 0
+    uint16_t h = f16_nearest_sat(x);
+    if (quant_f16_to_f32(h) < x && h < 0x7BFFu) h++;
+    return h;
+}
+
+// --- Group quantization ----------------------------------------------------------------------------------
+
+static int valid_bits(int bits) { return bits == 8 || bits == 4 || bits == 2; }
+
+static size_t group_code_bytes(int g, int bits) { return ((size_t)g * (size_t)bits + 7) / 8; }
+
+size_t quant_row_bytes(int n, int g, int bits) {
+    if (n < 1 || g < 1 || n % g != 0 || !valid_bits(bits)) return 0;
+    return (size_t)(n / g) * (4 + group_code_bytes(g, bits));
+}
+
+// One group of g values x[0], x[stride], ...; writes exactly 4 + group_code_bytes(g, bits) bytes.
+static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, int g, int bits) {
+    int levels = (1 << bits) - 1;
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < g; i++) {
+        float v = x[i * stride];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    uint16_t hmin, hscale;
+    if (!(hi > lo)) { // constant group: scale 0, min to nearest; decodes exactly to min
+        hmin = f16_nearest_sat(lo);
+        hscale = 0;
+    } else {
+        hmin = f16_down(lo);
+        float min = quant_f16_to_f32(hmin);
+        hscale = f16_up_pos((hi - min) / (float)levels);
+        // (hi - min) / levels was itself rounded in float; step up until the grid reaches hi as decode computes
+        // it (scale * levels is exact: 11 x 8 significant bits). Runs at most once or twice.
+        while (hscale < 0x7BFFu && min + quant_f16_to_f32(hscale) * (float)levels < hi) hscale++;
+    }
+    float min = quant_f16_to_f32(hmin), scale = quant_f16_to_f32(hscale);
+    memcpy(dst, &hscale, 2); // little-endian host assumed (x86-64, aarch64)
+    memcpy(dst + 2, &hmin, 2);
+    uint8_t *codes = dst + 4;
+    memset(codes, 0, group_code_bytes(g, bits));
+    if (hscale == 0) return; // all codes 0
+    for (int i = 0; i < g; i++) {
+        float t = (x[i * stride] - min) / scale; // in [0, levels] up to float rounding
+        int q = t <= 0.0f ? 0 : t >= (float)levels ? levels : (int)lrintf(t);
+        codes[(i * bits) >> 3] |= (uint8_t)(q << ((i * bits) & 7));
+    }
+}
+
+static inline void decode_group(float *y, ptrdiff_t stride, const uint8_t *src, int g, int bits) {
+    uint16_t hscale, hmin;
+    memcpy(&hscale, src, 2);
+    memcpy(&hmin, src + 2, 2);
+    float scale = quant_f16_to_f32(hscale), min = quant_f16_to_f32(hmin);
+    const uint8_t *codes = src + 4;
+    switch (bits) {
+    case 8:
+        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)codes[i];
+        break;
+    case 4:
+        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)((codes[i >> 1] >> ((i & 1) * 4)) & 0xF);
+        break;
+    default:
+        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)((codes[i >> 2] >> ((i & 3) * 2)) & 0x3);
+        break;
+    }
+}
 
 void quant_encode_row(uint8_t *dst, const float *src, int n, int g, int bits) {
-    int levels = (1 << bits) - 1;
-    size_t code_bytes = group_code_bytes(g, bits);
-    for (int start = 0; start < n; start += g) {
-        const float *x = src + start;
-        float lo = x[0], hi = x[0];
-        for (int i = 1; i < g; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
-        uint16_t hmin = quant_f32_to_f16(lo), hscale = quant_f32_to_f16((hi - lo) / levels);
-        float min = quant_f16_to_f32(hmin), scale = quant_f16_to_f32(hscale);
-        memcpy(dst, &hscale, 2);
-        memcpy(dst + 2, &hmin, 2);
-        uint8_t *codes = dst + 4;
-        memset(codes, 0, code_bytes);
-        for (int i = 0; i < g; i++) {
-            int q = scale > 0.0f ? (int)lrintf((x[i] - min) / scale) : 0;
-            q = q < 0 ? 0 : q > levels ? levels : q;
-            codes[(i * bits) / 8] |= (uint8_t)(q << ((i * bits) % 8));
-        }
-        dst += 4 + code_bytes;
-    }
+    assert(quant_row_bytes(n, g, bits) > 0);
+    size_t group_bytes = 4 + group_code_bytes(g, bits);
+    for (int start = 0; start < n; start += g, dst += group_bytes) encode_group(dst, src + start, 1, g, bits);
 }
 
 void quant_decode_row(float *dst, const uint8_t *src, int n, int g, int bits) {
-    int mask = (1 << bits) - 1;
-    size_t code_bytes = group_code_bytes(g, bits);
-    for (int start = 0; start < n; start += g) {
-        uint16_t hscale, hmin;
-        memcpy(&hscale, src, 2);
-        memcpy(&hmin, src + 2, 2);
-        float scale = quant_f16_to_f32(hscale), min = quant_f16_to_f32(hmin);
-        const uint8_t *codes = src + 4;
-        for (int i = 0; i < g; i++) dst[start + i] = min + scale * (float)((codes[(i * bits) / 8] >> ((i * bits) % 8)) & mask);
-        src += 4 + code_bytes;
-    }
+    assert(quant_row_bytes(n, g, bits) > 0);
+    size_t group_bytes = 4 + group_code_bytes(g, bits);
+    for (int start = 0; start < n; start += g, src += group_bytes) decode_group(dst + start, 1, src, g, bits);
 }
+
+void quant_encode_col(uint8_t *dst, const float *src, int rows, int cols, int c, int bits) {
+    assert(quant_row_bytes(rows, rows, bits) > 0 && c >= 0 && c < cols);
+    encode_group(dst, src + c, cols, rows, bits);
+}
+
+void quant_decode_col(float *dst, const uint8_t *src, int rows, int cols, int c, int bits) {
+    assert(quant_row_bytes(rows, rows, bits) > 0 && c >= 0 && c < cols);
+    decode_group(dst + c, cols, src, rows, bits);
+}
+
+// --- Rotation --------------------------------------------------------------------------------------------
 
 int quant_hadamard(float *x, int n) {
     if (n < 1 || (n & (n - 1)) != 0) return -1;
@@ -94,7 +166,7 @@ int quant_hadamard(float *x, int n) {
                 x[j] = a + b;
                 x[j + len] = a - b;
             }
-    float s = 1.0f / sqrtf((float)n);
+    float s = (float)(1.0 / sqrt((double)n)); // exact for even powers of two
     for (int i = 0; i < n; i++) x[i] *= s;
     return 0;
 }

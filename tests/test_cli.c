@@ -484,3 +484,29 @@ Test(cli, init_from_errors) {
     cliutil_run_free(&r);
     cr_assert_neq(access(cliutil_tmp("y.ckpt"), F_OK), 0, "no checkpoint should be written by a failed run");
 }
+
+Test(cli, kv_eval_flags) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "h2o:4");
+    EXPECT_ERROR(&r, "infer", "bad --kv 'h2o:4'", "valid forms are", "h2o:H,R");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--json");
+    EXPECT_ERROR(&r, "infer", "need --kv");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--kv-heads", "3");
+    EXPECT_ERROR(&r, "infer", "cannot convert 4 key/value heads to 3");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--prefill", "40", "--context", "20");
+    EXPECT_ERROR(&r, "infer", "prefill");
+    cliutil_run_free(&r);
+    // the test corpus has no '$': the recall task cannot be written in this vocabulary
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "recall", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "recall task needs the character");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "sink:2,window:6+int4", "--context", "64", "--json",
+            "--kv-heads", "2", "--streams", "2");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"spec\": \"sink:2,window:6+int4\"") && strstr(r.out, "\"top1_agree\""), "%s", r.out);
+    cliutil_run_free(&r);
+}
