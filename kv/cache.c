@@ -25,6 +25,10 @@ struct KVCache {
     int *keep;          // (max cap) SnapKV scratch
     float *pooled;      // (max cap) SnapKV scratch
     int prefill_len;
+    size_t kivi_key_bytes; // KIVI: one channel of a key block (G values)
+    size_t kivi_val_bytes; // KIVI: one value row
+    int kivi_vgroup;       // KIVI: channels per value group
+    float *block;          // KIVI: (G, HD) scratch
 };
 
 static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
@@ -43,6 +47,7 @@ static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is
         }
         quant_encode_row(dst, src, HD, kv->group, kv->spec.bits);
         break;
+    case KV_FMT_KIVI: CHECK(!"KIVI rows are encoded in blocks (kivi_append)"); break;
     }
 }
 
@@ -55,6 +60,7 @@ static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is
         quant_decode_row(dst, src, HD, kv->group, kv->spec.bits);
         if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
         break;
+    case KV_FMT_KIVI: CHECK(!"KIVI rows are decoded in blocks (kivi_view)"); break;
     }
 }
 
@@ -95,7 +101,14 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->group = group;
     kv->row_bytes = spec->format == KV_FMT_F32 ? HD * sizeof(float)
                     : spec->format == KV_FMT_F16 ? HD * sizeof(uint16_t)
-                                                 : quant_row_bytes(HD, group, spec->bits);
+                    : spec->format == KV_FMT_INT ? quant_row_bytes(HD, group, spec->bits)
+                                                 : 0;
+    if (spec->format == KV_FMT_KIVI) {
+        kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
+        kv->kivi_key_bytes = quant_row_bytes(spec->group, spec->group, spec->bits);
+        kv->kivi_val_bytes = quant_row_bytes(HD, kv->kivi_vgroup, spec->bits);
+        kv->block = common_calloc((size_t)spec->group * HD, sizeof(float));
+    }
     kv->budget = common_calloc(L, sizeof(int));
     kv->cap = common_calloc(L, sizeof(int));
     kv->seen = common_calloc(L, sizeof(int));
@@ -108,8 +121,16 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
             KVLane *lane = &kv->lanes[l * NKV + g];
             lane->pos = common_calloc(kv->cap[l], sizeof(int));
             lane->score = common_calloc(kv->cap[l], sizeof(float));
-            lane->k = common_calloc(kv->cap[l], kv->row_bytes);
-            lane->v = common_calloc(kv->cap[l], kv->row_bytes);
+            if (spec->format == KV_FMT_KIVI) {
+                size_t blocks = (size_t)kv->cap[l] / spec->group + 1;
+                lane->k = common_calloc(blocks * HD, kv->kivi_key_bytes);
+                lane->v = common_calloc(kv->cap[l], kv->kivi_val_bytes);
+                lane->res_k = common_calloc((size_t)spec->residual * HD, sizeof(float));
+                lane->res_v = common_calloc((size_t)spec->residual * HD, sizeof(float));
+            } else {
+                lane->k = common_calloc(kv->cap[l], kv->row_bytes);
+                lane->v = common_calloc(kv->cap[l], kv->row_bytes);
+            }
         }
     }
     kv->kview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
@@ -144,15 +165,17 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].score);
         common_free(kv->lanes[i].k);
         common_free(kv->lanes[i].v);
+        common_free(kv->lanes[i].res_k);
+        common_free(kv->lanes[i].res_v);
     }
-    void *bufs[] = {kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
+    void *bufs[] = {kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
                     kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
     common_free(kv);
 }
 
 void kv_cache_reset(KVCache *kv) {
-    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) kv->lanes[i].n = 0;
+    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) kv->lanes[i].n = kv->lanes[i].n_res = 0;
     memset(kv->seen, 0, kv->shape.n_layer * sizeof(int));
 }
 
@@ -179,6 +202,52 @@ static int victim(const KVCache *kv, const KVLane *lane, int budget) {
     }
 }
 
+// KIVI: the token joins the fp32 residual; when `residual` tokens wait, the oldest G are quantized: their
+// keys per channel (one group of G values per channel), their values per token.
+static void kivi_append(KVCache *kv, KVLane *lane, const float *k, const float *v) {
+    int HD = kv->shape.head_dim, G = kv->spec.group, R = kv->spec.residual, bits = kv->spec.bits;
+    memcpy(lane->res_k + (size_t)lane->n_res * HD, k, HD * sizeof(float));
+    memcpy(lane->res_v + (size_t)lane->n_res * HD, v, HD * sizeof(float));
+    lane->n_res++;
+    if (lane->n_res < R) return;
+    int quantized = lane->n - lane->n_res; // tokens already in blocks (a multiple of G)
+    uint8_t *kb = lane->k + (size_t)(quantized / G) * HD * kv->kivi_key_bytes;
+    memcpy(kv->block, lane->res_k, (size_t)G * HD * sizeof(float));
+    if (kv->spec.hadamard)
+        for (int j = 0; j < G; j++) quant_hadamard(kv->block + (size_t)j * HD, HD);
+    for (int c = 0; c < HD; c++) {
+        float col[1024];
+        CHECK(G <= 1024);
+        for (int j = 0; j < G; j++) col[j] = kv->block[(size_t)j * HD + c];
+        quant_encode_row(kb + c * kv->kivi_key_bytes, col, G, G, bits);
+    }
+    for (int j = 0; j < G; j++)
+        quant_encode_row(lane->v + (size_t)(quantized + j) * kv->kivi_val_bytes, lane->res_v + (size_t)j * HD, HD,
+                         kv->kivi_vgroup, bits);
+    lane->n_res -= G;
+    memmove(lane->res_k, lane->res_k + (size_t)G * HD, (size_t)lane->n_res * HD * sizeof(float));
+    memmove(lane->res_v, lane->res_v + (size_t)G * HD, (size_t)lane->n_res * HD * sizeof(float));
+}
+
+// KIVI: fills the fp32 (n, HD) views, quantized blocks first, then the residual (keys still before RoPE).
+static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
+    int HD = kv->shape.head_dim, G = kv->spec.group, quantized = lane->n - lane->n_res;
+    for (int b = 0; b < quantized / G; b++) {
+        float *blk = kg + (size_t)b * G * HD;
+        for (int c = 0; c < HD; c++) {
+            float col[1024];
+            quant_decode_row(col, lane->k + ((size_t)b * HD + c) * kv->kivi_key_bytes, G, G, kv->spec.bits);
+            for (int j = 0; j < G; j++) blk[(size_t)j * HD + c] = col[j];
+        }
+        if (kv->spec.hadamard)
+            for (int j = 0; j < G; j++) quant_hadamard(blk + (size_t)j * HD, HD);
+    }
+    for (int s = 0; s < quantized; s++)
+        quant_decode_row(vg + (size_t)s * HD, lane->v + (size_t)s * kv->kivi_val_bytes, HD, kv->kivi_vgroup, kv->spec.bits);
+    memcpy(kg + (size_t)quantized * HD, lane->res_k, (size_t)lane->n_res * HD * sizeof(float));
+    memcpy(vg + (size_t)quantized * HD, lane->res_v, (size_t)lane->n_res * HD * sizeof(float));
+}
+
 int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v) {
     int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, budget = kv->budget[layer];
     if (pos >= kv->shape.max_positions || kv->lanes[layer * NKV].n >= kv->cap[layer]) return -1;
@@ -193,6 +262,10 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             norm = sqrtf(norm);
         }
         lane->score[s] = norm;
+        if (kv->spec.format == KV_FMT_KIVI) {
+            kivi_append(kv, lane, kh, v + g * HD);
+            continue;
+        }
         encode_row(kv, lane->k + s * kv->row_bytes, kh, 1);
         encode_row(kv, lane->v + s * kv->row_bytes, v + g * HD, 0);
         if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
@@ -209,10 +282,13 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
         const KVLane *lane = &kv->lanes[layer * NKV + g];
         CHECK(lane->n == n);
         float *kg = kv->kview + (size_t)g * n * HD, *vg = kv->vview + (size_t)g * n * HD;
+        if (kv->spec.format == KV_FMT_KIVI) kivi_view(kv, lane, kg, vg);
         for (int s = 0; s < n; s++) {
             float *kr = kg + (size_t)s * HD;
-            decode_row(kv, kr, lane->k + s * kv->row_bytes, 1);
-            decode_row(kv, vg + (size_t)s * HD, lane->v + s * kv->row_bytes, 0);
+            if (kv->spec.format != KV_FMT_KIVI) {
+                decode_row(kv, kr, lane->k + s * kv->row_bytes, 1);
+                decode_row(kv, vg + (size_t)s * HD, lane->v + s * kv->row_bytes, 0);
+            }
             int p = in_cache ? s : lane->pos[s];
             const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
             for (int i = 0; i < half; i++) {
@@ -267,7 +343,15 @@ void kv_cache_observe(KVCache *kv, int layer, const float *att) {
 
 size_t kv_cache_bytes(const KVCache *kv) {
     size_t held = 0, per_token = 2 * kv->row_bytes + sizeof(int) + (uses_scores(kv->spec.select) ? sizeof(float) : 0);
-    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) held += (size_t)kv->lanes[i].n * per_token;
+    for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
+        const KVLane *lane = &kv->lanes[i];
+        held += (size_t)lane->n * per_token;
+        if (kv->spec.format == KV_FMT_KIVI) { // quantized blocks and rows, plus the fp32 residual
+            int quantized = lane->n - lane->n_res, HD = kv->shape.head_dim;
+            held += (size_t)(quantized / kv->spec.group) * HD * kv->kivi_key_bytes + (size_t)quantized * kv->kivi_val_bytes +
+                    (size_t)lane->n_res * 2 * HD * sizeof(float) + sizeof(int);
+        }
+    }
     return held + (size_t)kv->shape.n_layer * kv->shape.n_kv_head * sizeof(int); // + each lane's count
 }
 

@@ -23,8 +23,11 @@ typedef struct {
     int n;         // tokens held
     int *pos;      // (cap) original positions, ascending
     float *score;  // (cap) policy score: accumulated or last attention, key norm, SnapKV votes
-    uint8_t *k;    // (cap, row_bytes) encoded keys, before RoPE
-    uint8_t *v;    // (cap, row_bytes) encoded values
+    uint8_t *k;    // (cap, row_bytes) encoded keys, before RoPE; KIVI: quantized key blocks
+    uint8_t *v;    // (cap, row_bytes) encoded values; KIVI: quantized value rows
+    float *res_k;  // KIVI: (residual, head_dim) newest keys in fp32, before RoPE
+    float *res_v;  // KIVI: (residual, head_dim) newest values in fp32
+    int n_res;     // KIVI: tokens in the residual (the first n - n_res are quantized)
 } KVLane;
 
 typedef struct KVCache KVCache;

@@ -9,7 +9,8 @@
 
 const char *const kv_spec_forms =
     "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L], "
-    "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +hadamard | +pyramid";
+    "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
+    "+hadamard | +pyramid";
 
 // Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
 static int parse_ints(const char *s, int *out, int max) {
@@ -74,6 +75,19 @@ static int parse_term(KVSpec *sp, const char *t) {
     }
     if (strcmp(t, "hadamard") == 0) return sp->hadamard ? -1 : (sp->hadamard = 1, 0);
     if (strcmp(t, "pyramid") == 0) return sp->pyramid ? -1 : (sp->pyramid = 1, 0);
+    if (strncmp(t, "kivi2", 5) == 0 || strncmp(t, "kivi4", 5) == 0) {
+        if (sp->format != KV_FMT_F32) return -1;
+        sp->format = KV_FMT_KIVI;
+        sp->bits = t[4] - '0';
+        sp->group = 32;
+        sp->residual = 128;
+        if (t[5] == 0) return 0;
+        int v[2], n;
+        if (t[5] != ':' || (n = parse_ints(t + 6, v, 2)) < 1 || v[0] < 1) return -1;
+        sp->group = v[0];
+        sp->residual = n > 1 ? v[1] : (128 / v[0] > 0 ? 128 / v[0] : 1) * v[0];
+        return sp->residual >= sp->group && sp->residual % sp->group == 0 ? 0 : -1;
+    }
     int bits = 0;
     if (strncmp(t, "int8", 4) == 0) bits = 8;
     else if (strncmp(t, "int4", 4) == 0) bits = 4;
@@ -108,7 +122,8 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
                  (sp->select != KV_SEL_SNAPKV || (sp->keep > 0 && sp->window > 0 && sp->kernel > 0)) &&
                  (sp->select != KV_SEL_KNORM || sp->keep > 0);
     while (ok && (tok = strtok_r(NULL, "+", &save))) ok = parse_term(sp, tok) == 0;
-    if (ok && sp->hadamard && sp->format != KV_FMT_INT) ok = 0; // the rotation only matters before quantizing
+    if (ok && sp->hadamard && sp->format != KV_FMT_INT && sp->format != KV_FMT_KIVI) ok = 0; // only before quantizing
+    if (ok && sp->format == KV_FMT_KIVI && sp->select != KV_SEL_FULL) ok = 0; // groups span tokens: no eviction
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);

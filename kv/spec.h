@@ -3,20 +3,23 @@
 //
 //   SPEC    := SELECT ('+' TERM)*
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
-//   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | hadamard | pyramid
+//   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | hadamard | pyramid
 //
 // Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
 // positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
 // tokens kept; SnapKV's observation window W (32) and pooling kernel K (5); knorm leaves its first L layers
 // whole (2). int8/int4/int2 hold keys and values per token in groups of G channels of a head (G = 32, or the
-// head dimension if smaller) with an fp16 scale and minimum per group; fp16 halves fp32. hadamard rotates
+// head dimension if smaller) with an fp16 scale and minimum per group; fp16 halves fp32. kivi2/kivi4 is
+// KIVI's layout (with full selection only): keys quantized per channel over groups of G tokens, values per
+// token, the newest tokens in fp32 until R of them are waiting, then the oldest G are quantized (G 32,
+// R 128; R a multiple of G). hadamard rotates
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
 // budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly.
 #ifndef KVLAB_KV_SPEC_H
 #define KVLAB_KV_SPEC_H
 
 typedef enum { KV_SEL_FULL, KV_SEL_WINDOW, KV_SEL_SINK, KV_SEL_H2O, KV_SEL_TOVA, KV_SEL_SNAPKV, KV_SEL_KNORM } KVSelect;
-typedef enum { KV_FMT_F32, KV_FMT_F16, KV_FMT_INT } KVFormat;
+typedef enum { KV_FMT_F32, KV_FMT_F16, KV_FMT_INT, KV_FMT_KIVI } KVFormat;
 
 typedef struct {
     KVSelect select;
@@ -29,7 +32,8 @@ typedef struct {
     int skip_layers; // knorm: first layers left whole
     KVFormat format;
     int bits;        // int formats: 8, 4, 2
-    int group;       // int formats: channels per group (0 = default)
+    int group;       // int: channels per group (0 = default); kivi: tokens per key group (32)
+    int residual;    // kivi: newest tokens kept in fp32 before their group is quantized (128)
     int hadamard;
     int pyramid;
     char text[128];  // the spec as given

@@ -292,3 +292,26 @@ Test(kv, eval_full_matches_itself_and_eviction_differs) {
     cr_assert(isfinite(q2.ppl) && q2.top1_agree >= 0.0 && q2.top1_agree <= 1.0);
     model_free(&m);
 }
+
+Test(kv, kivi_layout) {
+    char err[ERR_LEN];
+    KVSpec sp;
+    cr_assert_eq(kv_spec_parse(&sp, "full+kivi2", err), 0, "%s", err);
+    cr_assert(sp.format == KV_FMT_KIVI && sp.bits == 2 && sp.group == 32 && sp.residual == 128);
+    cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,8", err), 0, "%s", err);
+    cr_assert_eq(kv_spec_parse(&sp, "window:8+kivi4", err), -1, "KIVI groups span tokens: no eviction");
+    cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,6", err), -1, "R must be a multiple of G");
+    // groups of 4 tokens, residual 8: whenever 8 tokens wait the oldest 4 are quantized, so 21 tokens leave 4
+    // blocks (16 tokens) and 5 in fp32
+    KVCache *kv = make_cache("full+kivi4:4,8");
+    feed(kv, 21);
+    const KVLane *lane = kv_cache_lane(kv, 0, 0);
+    cr_assert_eq(lane->n, 21);
+    cr_assert_eq(lane->n_res, 5);
+    kv_cache_free(kv);
+    // reconstruction: fp32 residual exact, quantized part within the 4-bit bound; 2 bits worse than 4
+    float e4 = view_error("full+kivi4:4,8", 20), e2 = view_error("full+kivi2:4,8", 20);
+    cr_assert_leq(e4, 7.0f / 15 / 2 + 0.05f, "kivi4 %g", e4);
+    cr_assert_lt(e4, e2);
+    cr_assert_eq(view_error("full+kivi4:4,32", 20), 0.0f, "20 tokens never fill a residual of 32: all fp32");
+}
