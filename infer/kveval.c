@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include "../layers/decode.h"
@@ -9,6 +10,47 @@
 static size_t peak_rss(void) {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
+}
+
+int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err) {
+    if (!kv_cache_needs_calibration(kv)) return 0;
+    const ModelConfig *c = &m->cfg;
+    int T = c->block_size, HD = model_head_dim(c), windows = (int)(n / T) < 8 ? (int)(n / T) : 8;
+    if (windows < 1) {
+        err_set(err, "low-rank calibration needs at least %d tokens, got %zu", T, n);
+        return -1;
+    }
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, HD, T, c->rope_theta};
+    KVCache *full;
+    if (kv_full_init(&full, &shape, err) != 0) return -1;
+    DecodeState ds;
+    decode_state_init(&ds, c, T);
+    size_t per_lane = (size_t)windows * T * HD;
+    float *keys = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
+    float *vals = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
+    for (int w = 0; w < windows; w++) {
+        kv_cache_reset(full);
+        for (int t = 0; t < T; t++) CHECK(model_decode_step(m, &ds, full, tokens[(size_t)w * T + t], t) == 0);
+        // the full cache holds fp32 rows, keys before RoPE: copy them out as samples
+        for (int l = 0; l < c->n_layer; l++)
+            for (int g = 0; g < c->n_kv_head; g++) {
+                const KVLane *lane = kv_cache_lane(full, l, g);
+                size_t off = (size_t)(l * c->n_kv_head + g) * per_lane + (size_t)w * T * HD;
+                memcpy(keys + off, lane->k, (size_t)T * HD * sizeof(float));
+                memcpy(vals + off, lane->v, (size_t)T * HD * sizeof(float));
+            }
+    }
+    int rc = 0;
+    for (int l = 0; l < c->n_layer && rc == 0; l++)
+        for (int g = 0; g < c->n_kv_head && rc == 0; g++) {
+            size_t off = (size_t)(l * c->n_kv_head + g) * per_lane;
+            rc = kv_lowrank_fit(kv, l, g, keys + off, vals + off, windows * T, err);
+        }
+    common_free(keys);
+    common_free(vals);
+    decode_state_free(&ds);
+    kv_cache_free(full);
+    return rc;
 }
 
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
@@ -28,6 +70,11 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     KVCache *full, *comp;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
+    if (kv_calibrate(m, comp, cfg->calib, cfg->n_calib, err) != 0) {
+        kv_cache_free(full);
+        kv_cache_free(comp);
+        return -1;
+    }
     DecodeState dfull, dcomp;
     decode_state_init(&dfull, c, T);
     decode_state_init(&dcomp, c, T);

@@ -16,7 +16,13 @@ typedef struct {
     int context; // tokens per stream (may exceed the trained context)
     int prefill; // tokens fed before scoring starts; SnapKV compresses at this point
     int streams; // streams taken at evenly spaced offsets of the token sequence
+    const int *calib;  // lowrank: calibration tokens (not the evaluated ones), fed in windows of the context
+    size_t n_calib;
 } KVEvalConfig;
+
+// Fits a low-rank cache's bases from the keys and values the model produces on tokens (windows of the
+// model's context, at most 8), through a full cache. No-op for caches that need no calibration.
+int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err);
 
 typedef struct {
     size_t tokens;               // tokens scored
@@ -50,6 +56,7 @@ typedef struct {
     size_t peak_rss_bytes;
 } KVRecallResult;
 
+// Calibration (lowrank) uses the start of the corpus's training split.
 int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, const Corpus *corpus, int context,
                    int per_distance, uint64_t seed, KVRecallResult *out, char *err);
 void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r);

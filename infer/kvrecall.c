@@ -36,6 +36,11 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     KVCache *full, *comp;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
+    if (kv_calibrate(m, comp, corpus->tokens, corpus->n_train, err) != 0) {
+        kv_cache_free(full);
+        kv_cache_free(comp);
+        return -1;
+    }
     DecodeState dfull, dcomp;
     decode_state_init(&dfull, c, context);
     decode_state_init(&dcomp, c, context);

@@ -33,6 +33,7 @@ static const char *usage =
     "  --json             --kv eval: one JSON object instead of text\n"
     "  --eval recall      long-range recall accuracy by distance through --kv SPEC (and the full cache);\n"
     "                     --streams = sequences per distance [20], filler from --data FILE\n"
+    "                     (--data is also where +lowrank:R calibrates: its training split)\n"
     "                     [data/tinyshakespeare.txt], sequences drawn with --seed (a file named recall:\n"
     "                     give ./recall)\n"
     "  --kv-heads G       GQA conversion at load: mean-pool the checkpoint's key/value heads into G groups\n"
@@ -144,6 +145,12 @@ static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     int rc;
     if (f->kv_given) {
         KVEvalConfig kc = f->kc;
+        Corpus calib = {0};
+        if (f->spec.rank) { // low-rank bases come from the training corpus, not the text being scored
+            if (corpus_load(&calib, tok, f->data, 0, NULL, err) != 0) return common_free(ids), -1;
+            kc.calib = calib.tokens;
+            kc.n_calib = calib.n_train;
+        }
         if (!kc.context) kc.context = m->cfg.block_size;
         if (!kc.prefill) kc.prefill = kc.context / 2;
         if (!kc.streams) kc.streams = 8;
@@ -156,6 +163,7 @@ static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
                    "decode %.0f tokens/s\n",
                    path, f->spec.text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.ppl_full, r.kl,
                    r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.decode_tokens_per_s);
+        corpus_free(&calib);
         common_free(ids);
         return rc;
     }

@@ -8,6 +8,7 @@
 
 #include "../common/common.h"
 #include "kv.h"
+#include "lowrank.h"
 #include "quant.h"
 
 struct KVCache {
@@ -29,13 +30,17 @@ struct KVCache {
     size_t kivi_val_bytes; // KIVI: one value row
     int kivi_vgroup;       // KIVI: channels per value group
     float *block;          // KIVI: (G, HD) scratch
+    int dim;               // values per stored row: head_dim, or the rank with lowrank
+    float *basis;          // lowrank: (L, NKV, 2, HD, R) key and value bases
+    int calibrated;        // lowrank: bases fitted
+    float *coef;           // lowrank: (HD) scratch
 };
 
 static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
 static int uses_scores(KVSelect s) { return s == KV_SEL_H2O || s == KV_SEL_TOVA || s == KV_SEL_SNAPKV || s == KV_SEL_KNORM; }
 
 static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is_key) {
-    int HD = kv->shape.head_dim;
+    int HD = kv->dim;
     switch (kv->spec.format) {
     case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
     case KV_FMT_F16: quant_f16_encode_row((uint16_t *)dst, src, HD); break;
@@ -52,7 +57,7 @@ static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is
 }
 
 static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is_key) {
-    int HD = kv->shape.head_dim;
+    int HD = kv->dim;
     switch (kv->spec.format) {
     case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
     case KV_FMT_F16: quant_f16_decode_row(dst, (const uint16_t *)src, HD); break;
@@ -81,10 +86,15 @@ static void set_budgets(KVCache *kv) {
 }
 
 int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err) {
-    int HD = shape->head_dim, L = shape->n_layer, NKV = shape->n_kv_head;
-    int group = spec->group ? spec->group : (HD < 32 ? HD : 32);
-    if (spec->format == KV_FMT_INT && HD % group != 0) {
-        err_set(err, "--kv '%s': group size %d must divide the head dimension %d", spec->text, group, HD);
+    int HD = shape->head_dim, L = shape->n_layer, NKV = shape->n_kv_head, dim = spec->rank ? spec->rank : HD;
+    if (spec->rank > HD) {
+        err_set(err, "--kv '%s': rank %d exceeds the head dimension %d", spec->text, spec->rank, HD);
+        return -1;
+    }
+    int group = spec->group ? spec->group : (dim < 32 ? dim : 32);
+    if (spec->format == KV_FMT_INT && dim % group != 0) {
+        err_set(err, "--kv '%s': group size %d must divide the %s %d", spec->text, group,
+                spec->rank ? "rank" : "head dimension", dim);
         return -1;
     }
     if (spec->hadamard && (HD & (HD - 1)) != 0) {
@@ -99,9 +109,13 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->spec = *spec;
     kv->shape = *shape;
     kv->group = group;
-    kv->row_bytes = spec->format == KV_FMT_F32 ? HD * sizeof(float)
-                    : spec->format == KV_FMT_F16 ? HD * sizeof(uint16_t)
-                    : spec->format == KV_FMT_INT ? quant_row_bytes(HD, group, spec->bits)
+    kv->dim = dim;
+    kv->calibrated = spec->rank == 0;
+    if (spec->rank) kv->basis = common_calloc((size_t)L * NKV * 2 * HD * spec->rank, sizeof(float));
+    kv->coef = common_calloc(HD, sizeof(float));
+    kv->row_bytes = spec->format == KV_FMT_F32 ? dim * sizeof(float)
+                    : spec->format == KV_FMT_F16 ? dim * sizeof(uint16_t)
+                    : spec->format == KV_FMT_INT ? quant_row_bytes(dim, group, spec->bits)
                                                  : 0;
     if (spec->format == KV_FMT_KIVI) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
@@ -168,7 +182,7 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].res_k);
         common_free(kv->lanes[i].res_v);
     }
-    void *bufs[] = {kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
+    void *bufs[] = {kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
                     kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
     common_free(kv);
@@ -250,6 +264,7 @@ static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
 
 int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v) {
     int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, budget = kv->budget[layer];
+    CHECK(kv->calibrated);
     if (pos >= kv->shape.max_positions || kv->lanes[layer * NKV].n >= kv->cap[layer]) return -1;
     for (int g = 0; g < NKV; g++) {
         KVLane *lane = &kv->lanes[layer * NKV + g];
@@ -266,8 +281,16 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             kivi_append(kv, lane, kh, v + g * HD);
             continue;
         }
-        encode_row(kv, lane->k + s * kv->row_bytes, kh, 1);
-        encode_row(kv, lane->v + s * kv->row_bytes, v + g * HD, 0);
+        if (kv->spec.rank) { // rows hold coefficients on the (layer, head) bases
+            const float *U = kv->basis + ((size_t)(layer * NKV + g) * 2) * HD * kv->dim;
+            lowrank_project(kv->coef, U, kh, HD, kv->dim);
+            encode_row(kv, lane->k + s * kv->row_bytes, kv->coef, 1);
+            lowrank_project(kv->coef, U + (size_t)HD * kv->dim, v + g * HD, HD, kv->dim);
+            encode_row(kv, lane->v + s * kv->row_bytes, kv->coef, 0);
+        } else {
+            encode_row(kv, lane->k + s * kv->row_bytes, kh, 1);
+            encode_row(kv, lane->v + s * kv->row_bytes, v + g * HD, 0);
+        }
         if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
             lane_remove(kv, lane, victim(kv, lane, budget));
     }
@@ -285,7 +308,13 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
         if (kv->spec.format == KV_FMT_KIVI) kivi_view(kv, lane, kg, vg);
         for (int s = 0; s < n; s++) {
             float *kr = kg + (size_t)s * HD;
-            if (kv->spec.format != KV_FMT_KIVI) {
+            if (kv->spec.rank) {
+                const float *U = kv->basis + ((size_t)(layer * NKV + g) * 2) * HD * kv->dim;
+                decode_row(kv, kv->coef, lane->k + s * kv->row_bytes, 1);
+                lowrank_rebuild(kr, U, kv->coef, HD, kv->dim);
+                decode_row(kv, kv->coef, lane->v + s * kv->row_bytes, 0);
+                lowrank_rebuild(vg + (size_t)s * HD, U + (size_t)HD * kv->dim, kv->coef, HD, kv->dim);
+            } else if (kv->spec.format != KV_FMT_KIVI) {
                 decode_row(kv, kr, lane->k + s * kv->row_bytes, 1);
                 decode_row(kv, vg + (size_t)s * HD, lane->v + s * kv->row_bytes, 0);
             }
@@ -352,7 +381,22 @@ size_t kv_cache_bytes(const KVCache *kv) {
                     (size_t)lane->n_res * 2 * HD * sizeof(float) + sizeof(int);
         }
     }
-    return held + (size_t)kv->shape.n_layer * kv->shape.n_kv_head * sizeof(int); // + each lane's count
+    held += (size_t)kv->shape.n_layer * kv->shape.n_kv_head * sizeof(int); // each lane's count
+    if (kv->spec.rank) held += (size_t)kv->shape.n_layer * kv->shape.n_kv_head * 2 * kv->shape.head_dim * kv->spec.rank * sizeof(float);
+    return held;
+}
+
+int kv_cache_needs_calibration(const KVCache *kv) { return !kv->calibrated; }
+
+int kv_lowrank_fit(KVCache *kv, int layer, int head, const float *keys, const float *values, int n, char *err) {
+    int HD = kv->shape.head_dim, R = kv->spec.rank, NKV = kv->shape.n_kv_head;
+    CHECK(R > 0);
+    float *U = kv->basis + ((size_t)(layer * NKV + head) * 2) * HD * R;
+    if (lowrank_basis_fit(U, keys, n, HD, R, err) != 0 || lowrank_basis_fit(U + (size_t)HD * R, values, n, HD, R, err) != 0)
+        return -1;
+    // fitted once every (layer, head) has been: the caller fits them all in order
+    kv->calibrated = layer == kv->shape.n_layer - 1 && head == NKV - 1;
+    return 0;
 }
 
 size_t kv_cache_workspace_bytes(const KVCache *kv) {

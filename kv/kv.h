@@ -63,6 +63,11 @@ int kv_cache_layer_budget(const KVCache *kv, int layer); // 0 = unbounded
 const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head);
 const KVSpec *kv_cache_spec(const KVCache *kv);
 
+// Low rank (lowrank.c): whether the cache needs its bases fitted before use, and the fit from n samples of
+// one (layer, kv head): keys (before RoPE) and values, (n, head_dim) each. -1 with a message on failure.
+int kv_cache_needs_calibration(const KVCache *kv);
+int kv_lowrank_fit(KVCache *kv, int layer, int head, const float *keys, const float *values, int n, char *err);
+
 // The plain fp32 full cache (the baseline), as `--kv=full`.
 int kv_full_init(KVCache **out, const KVShape *shape, char *err);
 

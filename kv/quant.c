@@ -114,23 +114,37 @@ static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, 
     }
 }
 
+// The 4- and 2-bit paths look the dequantized levels up in a small table (the same min + scale * code, so the
+// values are identical); whole code bytes first, then any codes in a partial last byte.
 static inline void decode_group(float *y, ptrdiff_t stride, const uint8_t *src, int g, int bits) {
     uint16_t hscale, hmin;
     memcpy(&hscale, src, 2);
     memcpy(&hmin, src + 2, 2);
     float scale = quant_f16_to_f32(hscale), min = quant_f16_to_f32(hmin);
     const uint8_t *codes = src + 4;
-    switch (bits) {
-    case 8:
+    if (bits == 8) {
         for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)codes[i];
-        break;
-    case 4:
-        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)((codes[i >> 1] >> ((i & 1) * 4)) & 0xF);
-        break;
-    default:
-        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)((codes[i >> 2] >> ((i & 3) * 2)) & 0x3);
-        break;
+        return;
     }
+    float lut[16];
+    int levels = (1 << bits) - 1, per_byte = 8 / bits, i = 0;
+    for (int k = 0; k <= levels; k++) lut[k] = min + scale * (float)k;
+    if (bits == 4) {
+        for (; i + 1 < g; i += 2) {
+            unsigned b = codes[i >> 1];
+            y[i * stride] = lut[b & 0xFu];
+            y[(i + 1) * stride] = lut[b >> 4];
+        }
+    } else {
+        for (; i + 3 < g; i += 4) {
+            unsigned b = codes[i >> 2];
+            y[i * stride] = lut[b & 3u];
+            y[(i + 1) * stride] = lut[(b >> 2) & 3u];
+            y[(i + 2) * stride] = lut[(b >> 4) & 3u];
+            y[(i + 3) * stride] = lut[b >> 6];
+        }
+    }
+    for (; i < g; i++) y[i * stride] = lut[(codes[i / per_byte] >> ((i % per_byte) * bits)) & (unsigned)levels];
 }
 
 void quant_encode_row(uint8_t *dst, const float *src, int n, int g, int bits) {

@@ -315,3 +315,35 @@ Test(kv, kivi_layout) {
     cr_assert_lt(e4, e2);
     cr_assert_eq(view_error("full+kivi4:4,32", 20), 0.0f, "20 tokens never fill a residual of 32: all fp32");
 }
+
+Test(kv, lowrank_full_rank_reproduces_full) {
+    Model m;
+    tiny_model(&m); // head dim 4
+    int tokens[300];
+    Rng rng;
+    rng_init(&rng, 8);
+    for (int i = 0; i < 300; i++) tokens[i] = (int)rng_below(&rng, 9);
+    KVSpec sp;
+    char err[ERR_LEN];
+    KVEvalConfig cfg = {.context = 24, .prefill = 12, .streams = 3, .calib = tokens + 200, .n_calib = 100};
+    KVEvalResult full_rank, half_rank, full;
+    cr_assert_eq(kv_spec_parse(&sp, "full+lowrank:4", err), 0, "%s", err);
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &full_rank, err), 0, "%s", err);
+    cr_assert_lt(full_rank.kl, 1e-9, "a complete basis rebuilds exactly (KL %g)", full_rank.kl);
+    cr_assert_eq(full_rank.top1_agree, 1.0);
+    cr_assert_eq(kv_spec_parse(&sp, "full+lowrank:2", err), 0, "%s", err);
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &half_rank, err), 0, "%s", err);
+    cr_assert_gt(half_rank.kl, 1e-6);
+    cr_assert_eq(kv_spec_parse(&sp, "full", err), 0, "%s", err);
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &full, err), 0, "%s", err);
+    cr_assert_lt(half_rank.bytes_per_token, full.bytes_per_token);
+    // no calibration tokens: a clear error, not a crash
+    cr_assert_eq(kv_spec_parse(&sp, "full+lowrank:2", err), 0, "%s", err);
+    cfg.n_calib = 5;
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &half_rank, err), -1);
+    cr_assert(strstr(err, "calibration"), "%s", err);
+    cr_assert_eq(kv_spec_parse(&sp, "full+lowrank:5", err), 0);
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &half_rank, err), -1);
+    cr_assert(strstr(err, "rank 5 exceeds"), "%s", err);
+    model_free(&m);
+}
