@@ -18,6 +18,8 @@ struct KVCache {
     int *cap;           // (L) slots allocated per lane
     int *seen;          // (L) tokens appended so far
     size_t row_bytes;   // one encoded head row
+    size_t stride;      // bytes per slot in a lane's k and v arrays (room for fp32 rows with fpkeep)
+    int fpkeep;         // whether some slots are held in fp32
     int group;          // int formats: channels per group
     KVLane *lanes;      // (L, NKV)
     float *kview, *vview; // (NKV, max cap, HD) fp32 workspace
@@ -69,6 +71,33 @@ static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is
     }
 }
 
+// A slot's row in its lane, in fp32 when fpkeep holds it so, else in the storage format.
+static void put_row(const KVCache *kv, KVLane *lane, int s, int is_key, const float *src) {
+    uint8_t *dst = (is_key ? lane->k : lane->v) + (size_t)s * kv->stride;
+    if (lane->fp && lane->fp[s]) memcpy(dst, src, kv->dim * sizeof(float));
+    else encode_row(kv, dst, src, is_key);
+}
+
+static void get_row(const KVCache *kv, const KVLane *lane, int s, int is_key, float *dst) {
+    const uint8_t *src = (is_key ? lane->k : lane->v) + (size_t)s * kv->stride;
+    if (lane->fp && lane->fp[s]) memcpy(dst, src, kv->dim * sizeof(float));
+    else decode_row(kv, dst, src, is_key);
+}
+
+// fpkeep: slots that are neither sinks nor among the newest fp_recent positions are quantized in place.
+static void fpkeep_age(KVCache *kv, KVLane *lane, int newest) {
+    for (int s = 0; s < lane->n; s++) {
+        if (!lane->fp[s] || lane->pos[s] < kv->spec.fp_sink || lane->pos[s] > newest - kv->spec.fp_recent) continue;
+        for (int is_key = 0; is_key < 2; is_key++) {
+            get_row(kv, lane, s, is_key, kv->coef); // (not kv->row: encode_row may use it for the rotation)
+            lane->fp[s] = 0;
+            put_row(kv, lane, s, is_key, kv->coef);
+            lane->fp[s] = 1;
+        }
+        lane->fp[s] = 0;
+    }
+}
+
 // Per-layer budgets: uniform, or PyramidKV's linear schedule (weights 2(L-l)/(L+1), mean 1) with the same
 // total. knorm leaves its first skip_layers whole.
 static void set_budgets(KVCache *kv) {
@@ -117,6 +146,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                     : spec->format == KV_FMT_F16 ? dim * sizeof(uint16_t)
                     : spec->format == KV_FMT_INT ? quant_row_bytes(dim, group, spec->bits)
                                                  : 0;
+    kv->fpkeep = spec->fp_sink || spec->fp_recent;
+    kv->stride = kv->fpkeep && dim * sizeof(float) > kv->row_bytes ? dim * sizeof(float) : kv->row_bytes;
     if (spec->format == KV_FMT_KIVI) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
         kv->kivi_key_bytes = quant_row_bytes(spec->group, spec->group, spec->bits);
@@ -142,8 +173,9 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                 lane->res_k = common_calloc((size_t)spec->residual * HD, sizeof(float));
                 lane->res_v = common_calloc((size_t)spec->residual * HD, sizeof(float));
             } else {
-                lane->k = common_calloc(kv->cap[l], kv->row_bytes);
-                lane->v = common_calloc(kv->cap[l], kv->row_bytes);
+                lane->k = common_calloc(kv->cap[l], kv->stride);
+                lane->v = common_calloc(kv->cap[l], kv->stride);
+                if (kv->fpkeep) lane->fp = common_calloc(kv->cap[l], 1);
             }
         }
     }
@@ -181,6 +213,7 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].v);
         common_free(kv->lanes[i].res_k);
         common_free(kv->lanes[i].res_v);
+        common_free(kv->lanes[i].fp);
     }
     void *bufs[] = {kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
                     kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
@@ -197,7 +230,8 @@ void kv_cache_set_prefill(KVCache *kv, int prefill_len) { kv->prefill_len = pref
 
 static void lane_remove(const KVCache *kv, KVLane *lane, int slot) {
     int tail = lane->n - slot - 1;
-    size_t rb = kv->row_bytes;
+    size_t rb = kv->stride;
+    if (lane->fp) memmove(lane->fp + slot, lane->fp + slot + 1, tail);
     memmove(lane->pos + slot, lane->pos + slot + 1, tail * sizeof(int));
     memmove(lane->score + slot, lane->score + slot + 1, tail * sizeof(float));
     memmove(lane->k + slot * rb, lane->k + (slot + 1) * rb, tail * rb);
@@ -283,14 +317,17 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
         }
         if (kv->spec.rank) { // rows hold coefficients on the (layer, head) bases
             const float *U = kv->basis + ((size_t)(layer * NKV + g) * 2) * HD * kv->dim;
+            if (lane->fp) lane->fp[s] = 1;
             lowrank_project(kv->coef, U, kh, HD, kv->dim);
-            encode_row(kv, lane->k + s * kv->row_bytes, kv->coef, 1);
+            put_row(kv, lane, s, 1, kv->coef);
             lowrank_project(kv->coef, U + (size_t)HD * kv->dim, v + g * HD, HD, kv->dim);
-            encode_row(kv, lane->v + s * kv->row_bytes, kv->coef, 0);
+            put_row(kv, lane, s, 0, kv->coef);
         } else {
-            encode_row(kv, lane->k + s * kv->row_bytes, kh, 1);
-            encode_row(kv, lane->v + s * kv->row_bytes, v + g * HD, 0);
+            if (lane->fp) lane->fp[s] = 1;
+            put_row(kv, lane, s, 1, kh);
+            put_row(kv, lane, s, 0, v + g * HD);
         }
+        if (lane->fp) fpkeep_age(kv, lane, pos);
         if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
             lane_remove(kv, lane, victim(kv, lane, budget));
     }
@@ -310,13 +347,13 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
             float *kr = kg + (size_t)s * HD;
             if (kv->spec.rank) {
                 const float *U = kv->basis + ((size_t)(layer * NKV + g) * 2) * HD * kv->dim;
-                decode_row(kv, kv->coef, lane->k + s * kv->row_bytes, 1);
+                get_row(kv, lane, s, 1, kv->coef);
                 lowrank_rebuild(kr, U, kv->coef, HD, kv->dim);
-                decode_row(kv, kv->coef, lane->v + s * kv->row_bytes, 0);
+                get_row(kv, lane, s, 0, kv->coef);
                 lowrank_rebuild(vg + (size_t)s * HD, U + (size_t)HD * kv->dim, kv->coef, HD, kv->dim);
             } else if (kv->spec.format != KV_FMT_KIVI) {
-                decode_row(kv, kr, lane->k + s * kv->row_bytes, 1);
-                decode_row(kv, vg + (size_t)s * HD, lane->v + s * kv->row_bytes, 0);
+                get_row(kv, lane, s, 1, kr);
+                get_row(kv, lane, s, 0, vg + (size_t)s * HD);
             }
             int p = in_cache ? s : lane->pos[s];
             const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
@@ -354,9 +391,10 @@ void kv_cache_observe(KVCache *kv, int layer, const float *att) {
             if (snap_vote && seen == kv->prefill_len && n > budget) {
                 kv_snapkv_select(lane, &kv->spec, budget, kv->keep, kv->pooled);
                 // keep[] is ascending: compact the kept slots to the front in order
-                size_t rb = kv->row_bytes;
+                size_t rb = kv->stride;
                 for (int j = 0; j < budget; j++) {
                     int s = kv->keep[j];
+                    if (lane->fp) lane->fp[j] = lane->fp[s];
                     lane->pos[j] = lane->pos[s];
                     lane->score[j] = lane->score[s];
                     memmove(lane->k + j * rb, lane->k + s * rb, rb);
@@ -375,6 +413,8 @@ size_t kv_cache_bytes(const KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         const KVLane *lane = &kv->lanes[i];
         held += (size_t)lane->n * per_token;
+        if (lane->fp) // fp32 slots hold full rows instead of encoded ones, plus a flag byte per slot
+            for (int s = 0; s < lane->n; s++) held += 1 + (lane->fp[s] ? 2 * (kv->dim * sizeof(float) - kv->row_bytes) : 0);
         if (kv->spec.format == KV_FMT_KIVI) { // quantized blocks and rows, plus the fp32 residual
             int quantized = lane->n - lane->n_res, HD = kv->shape.head_dim;
             held += (size_t)(quantized / kv->spec.group) * HD * kv->kivi_key_bytes + (size_t)quantized * kv->kivi_val_bytes +

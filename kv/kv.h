@@ -28,6 +28,7 @@ typedef struct {
     float *res_k;  // KIVI: (residual, head_dim) newest keys in fp32, before RoPE
     float *res_v;  // KIVI: (residual, head_dim) newest values in fp32
     int n_res;     // KIVI: tokens in the residual (the first n - n_res are quantized)
+    uint8_t *fp;   // fpkeep: (cap) 1 where the slot is held in fp32 (a sink or a recent token)
 } KVLane;
 
 typedef struct KVCache KVCache;

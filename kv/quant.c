@@ -80,6 +80,10 @@ size_t quant_row_bytes(int n, int g, int bits) {
     return (size_t)(n / g) * (4 + group_code_bytes(g, bits));
 }
 
+// The fp16 fields are little-endian whatever the host.
+static inline void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v & 0xFFu), p[1] = (uint8_t)(v >> 8); }
+static inline uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
 // One group of g values x[0], x[stride], ...; writes exactly 4 + group_code_bytes(g, bits) bytes.
 static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, int g, int bits) {
     int levels = (1 << bits) - 1;
@@ -90,37 +94,46 @@ static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, 
         hi = v > hi ? v : hi;
     }
     uint16_t hmin, hscale;
+    float min, scale;
     if (!(hi > lo)) { // constant group: scale 0, min to nearest; decodes exactly to min
         hmin = f16_nearest_sat(lo);
         hscale = 0;
+        min = quant_f16_to_f32(hmin), scale = 0.0f;
     } else {
         hmin = f16_down(lo);
-        float min = quant_f16_to_f32(hmin);
+        min = quant_f16_to_f32(hmin);
         hscale = f16_up_pos((hi - min) / (float)levels);
         // (hi - min) / levels was itself rounded in float; step up until the grid reaches hi as decode computes
         // it (scale * levels is exact: 11 x 8 significant bits). Runs at most once or twice.
         while (hscale < 0x7BFFu && min + quant_f16_to_f32(hscale) * (float)levels < hi) hscale++;
+        scale = quant_f16_to_f32(hscale);
     }
-    float min = quant_f16_to_f32(hmin), scale = quant_f16_to_f32(hscale);
-    memcpy(dst, &hscale, 2); // little-endian host assumed (x86-64, aarch64)
-    memcpy(dst + 2, &hmin, 2);
+    put_u16(dst, hscale);
+    put_u16(dst + 2, hmin);
     uint8_t *codes = dst + 4;
     memset(codes, 0, group_code_bytes(g, bits));
     if (hscale == 0) return; // all codes 0
-    for (int i = 0; i < g; i++) {
-        float t = (x[i * stride] - min) / scale; // in [0, levels] up to float rounding
-        int q = t <= 0.0f ? 0 : t >= (float)levels ? levels : (int)lrintf(t);
-        codes[(i * bits) >> 3] |= (uint8_t)(q << ((i * bits) & 7));
+    // t = (x - min) / scale lies in [0, levels] up to float rounding; clamp, then round half to even (rintf,
+    // like lrintf in the default rounding mode, but vectorizable). A chunk of codes at a time, then packed.
+    enum { CHUNK = 64 };
+    uint8_t q[CHUNK];
+    for (int i0 = 0; i0 < g; i0 += CHUNK) {
+        int cnt = g - i0 < CHUNK ? g - i0 : CHUNK;
+        const float *xc = x + i0 * stride;
+        for (int i = 0; i < cnt; i++) {
+            float t = (xc[i * stride] - min) / scale;
+            t = t > 0.0f ? t : 0.0f;
+            t = t < (float)levels ? t : (float)levels;
+            q[i] = (uint8_t)rintf(t);
+        }
+        for (int i = 0; i < cnt; i++) codes[((i0 + i) * bits) >> 3] |= (uint8_t)(q[i] << (((i0 + i) * bits) & 7));
     }
 }
 
 // The 4- and 2-bit paths look the dequantized levels up in a small table (the same min + scale * code, so the
 // values are identical); whole code bytes first, then any codes in a partial last byte.
 static inline void decode_group(float *y, ptrdiff_t stride, const uint8_t *src, int g, int bits) {
-    uint16_t hscale, hmin;
-    memcpy(&hscale, src, 2);
-    memcpy(&hmin, src + 2, 2);
-    float scale = quant_f16_to_f32(hscale), min = quant_f16_to_f32(hmin);
+    float scale = quant_f16_to_f32(get_u16(src)), min = quant_f16_to_f32(get_u16(src + 2));
     const uint8_t *codes = src + 4;
     if (bits == 8) {
         for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)codes[i];

@@ -10,7 +10,7 @@
 const char *const kv_spec_forms =
     "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L], "
     "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
-    "+lowrank:R | +hadamard | +pyramid";
+    "+lowrank:R | +fpkeep:S,R (with int) | +hadamard | +pyramid";
 
 // Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
 static int parse_ints(const char *s, int *out, int max) {
@@ -74,6 +74,11 @@ static int parse_term(KVSpec *sp, const char *t) {
         return sp->format = KV_FMT_F16, 0;
     }
     if (strcmp(t, "hadamard") == 0) return sp->hadamard ? -1 : (sp->hadamard = 1, 0);
+    if (strncmp(t, "fpkeep:", 7) == 0) {
+        int v[2];
+        if (sp->fp_sink || sp->fp_recent || parse_ints(t + 7, v, 2) != 2 || v[0] + v[1] < 1) return -1;
+        return sp->fp_sink = v[0], sp->fp_recent = v[1], 0;
+    }
     if (strncmp(t, "lowrank:", 8) == 0) {
         int r;
         if (sp->rank || parse_ints(t + 8, &r, 1) != 1 || r < 1) return -1;
@@ -130,6 +135,7 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     if (ok && sp->hadamard && sp->format != KV_FMT_INT && sp->format != KV_FMT_KIVI) ok = 0; // only before quantizing
     if (ok && sp->format == KV_FMT_KIVI && sp->select != KV_SEL_FULL) ok = 0; // groups span tokens: no eviction
     if (ok && sp->rank && (sp->format == KV_FMT_KIVI || sp->hadamard)) ok = 0; // coefficients: per-token formats
+    if (ok && (sp->fp_sink || sp->fp_recent) && sp->format != KV_FMT_INT) ok = 0; // only an int format has outliers to spare
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);

@@ -4,7 +4,7 @@
 //   SPEC    := SELECT ('+' TERM)*
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
 //   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R | hadamard
-//              | pyramid
+//              | fpkeep:S,R | pyramid
 //
 // Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
 // positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
@@ -15,7 +15,9 @@
 // token, the newest tokens in fp32 until R of them are waiting, then the oldest G are quantized (G 32,
 // R 128; R a multiple of G). lowrank:R holds each key and value head as R coefficients on a basis fitted
 // to calibration activations (the top-R principal directions, uncentred: the SVD's right singular vectors)
-// and rebuilds it for attention; the coefficients are stored in the chosen format. hadamard rotates
+// and rebuilds it for attention; the coefficients are stored in the chosen format. fpkeep:S,R keeps the first
+// S and the newest R tokens in fp32 under an int format (KVQuant's lesson: sinks and outliers hurt most when
+// quantized; 0 is allowed for either). hadamard rotates
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
 // budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly.
 #ifndef KVLAB_KV_SPEC_H
@@ -38,6 +40,8 @@ typedef struct {
     int group;       // int: channels per group (0 = default); kivi: tokens per key group (32)
     int residual;    // kivi: newest tokens kept in fp32 before their group is quantized (128)
     int rank;        // lowrank: keys and values held as R coefficients on a calibrated basis (0 = off)
+    int fp_sink;     // fpkeep: the first S tokens stay fp32 under an int format
+    int fp_recent;   // fpkeep: the newest R tokens stay fp32 until they age out
     int hadamard;
     int pyramid;
     char text[128];  // the spec as given

@@ -347,3 +347,32 @@ Test(kv, lowrank_full_rank_reproduces_full) {
     cr_assert(strstr(err, "rank 5 exceeds"), "%s", err);
     model_free(&m);
 }
+
+Test(kv, fpkeep_holds_sinks_and_recent_in_fp32) {
+    char err[ERR_LEN];
+    KVSpec sp;
+    cr_assert_eq(kv_spec_parse(&sp, "full+fpkeep:2,4", err), -1, "fpkeep needs an int format");
+    KVCache *kv = make_cache("window:12+int2+fpkeep:2,4");
+    feed(kv, 30);
+    expect_budget(kv, 30);
+    const KVLane *lane = kv_cache_lane(kv, 0, 1);
+    int fp = 0;
+    for (int s = 0; s < lane->n; s++) {
+        int want = lane->pos[s] < 2 || lane->pos[s] > 29 - 4;
+        cr_assert_eq(lane->fp[s], want, "position %d", lane->pos[s]);
+        fp += lane->fp[s];
+    }
+    cr_assert_eq(fp, 4, "the sinks were evicted by the window; the 4 newest stay fp32");
+    // exact where fp32, within the 2-bit bound elsewhere; more bytes than plain int2
+    float e_keep = view_error("full+int2+fpkeep:20,0", 20), e_plain = view_error("full+int2", 20);
+    cr_assert_eq(e_keep, 0.0f, "all 20 tokens are sinks: nothing quantized");
+    cr_assert_gt(e_plain, 0.0f);
+    KVCache *a = make_cache("full+int2"), *b = make_cache("full+int2+fpkeep:1,2");
+    feed(a, 10);
+    feed(b, 10);
+    // 3 fp32 slots per lane: each holds 2 * (32 - 6) more bytes (an int2 row of 8 is 4 + 2 bytes); a flag per slot
+    cr_assert_eq(kv_cache_bytes(b), kv_cache_bytes(a) + (size_t)L * NKV * (10 + 3 * 2 * (32 - 6)));
+    kv_cache_free(a);
+    kv_cache_free(b);
+    kv_cache_free(kv);
+}
