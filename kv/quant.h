@@ -28,10 +28,12 @@ void quant_f16_decode_row(float *dst, const uint16_t *src, int n);
 //   scale = the smallest fp16 >= (hi - min) / L (rounded up), so that min + L*scale >= hi,
 //   code  = round((x - min) / scale) clamped to [0, L], computed from these fp16-rounded values.
 // The directed rounding makes the fp16 grid cover [lo, hi], so no code is ever clamped and
-//   |x - decode(x)| <= scale/2 + float rounding (about 2^-22 * (|min| + L*scale)),
-// where scale <= ((hi - lo) + ulp16(lo)) / L * (1 + 2^-9): the same as (hi - lo) / L up to fp16's 11-bit
-// precision. (Rounding min to nearest instead could put it above lo and clamp lo's code, an error of up to
-// half an fp16 ulp of lo, which for a group with a large offset and a small spread is far above scale/2.)
+//   |x - decode(x)| <= scale/2 + 2^-22 * (|min| + L*scale)   (the second term: float rounding),
+// where scale <= ((hi - lo) + max(|lo| 2^-9, 2^-24)) / L * (1 + 2^-9) + 2^-23, i.e. (hi - lo) / L up to
+// fp16's 11-bit precision (tests/test_quant.c derives and checks both). Codes round half to even (the
+// default FP rounding mode is assumed). Rounding min to nearest instead could put it above lo and clamp lo's
+// code, an error of up to half an fp16 ulp of lo (1/16 at 100), far above scale/2 for a group with a large
+// offset and a small spread, e.g. a biased key channel in KIVI's per-channel groups.
 // A constant group (hi == lo) stores scale 0 and min = lo rounded to nearest, and decodes exactly to that.
 // Inputs must be finite and within fp16 range (|x| <= 65504); larger values are clamped, and nothing
 // produces inf or NaN.
