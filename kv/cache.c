@@ -9,6 +9,7 @@
 #include "../common/common.h"
 #include "kv.h"
 #include "lowrank.h"
+#include "minicache.h"
 #include "quant.h"
 
 struct KVCache {
@@ -36,7 +37,17 @@ struct KVCache {
     float *basis;          // lowrank: (L, NKV, 2, HD, R) key and value bases
     int calibrated;        // lowrank: bases fitted
     float *coef;           // lowrank: (HD) scratch
+    float *tmp;            // minicache: (4, HD) scratch
 };
+
+// minicache: 1 for the first layer of a merged pair, 2 for the second, 0 otherwise.
+static int pair_role(const KVCache *kv, int layer) {
+    int first = kv->spec.merge_from - 1;
+    if (!kv->spec.merge_from || layer < first) return 0;
+    int off = layer - first;
+    if (off % 2 == 0) return layer + 1 < kv->shape.n_layer ? 1 : 0;
+    return 2;
+}
 
 static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
 static int uses_scores(KVSelect s) { return s == KV_SEL_H2O || s == KV_SEL_TOVA || s == KV_SEL_SNAPKV || s == KV_SEL_KNORM; }
@@ -142,6 +153,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->calibrated = spec->rank == 0;
     if (spec->rank) kv->basis = common_calloc((size_t)L * NKV * 2 * HD * spec->rank, sizeof(float));
     kv->coef = common_calloc(HD, sizeof(float));
+    kv->tmp = common_calloc(4 * (size_t)HD, sizeof(float));
     kv->row_bytes = spec->format == KV_FMT_F32 ? dim * sizeof(float)
                     : spec->format == KV_FMT_F16 ? dim * sizeof(uint16_t)
                     : spec->format == KV_FMT_INT ? quant_row_bytes(dim, group, spec->bits)
@@ -176,6 +188,10 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                 lane->k = common_calloc(kv->cap[l], kv->stride);
                 lane->v = common_calloc(kv->cap[l], kv->stride);
                 if (kv->fpkeep) lane->fp = common_calloc(kv->cap[l], 1);
+                if (pair_role(kv, l)) {
+                    lane->merged = common_calloc(kv->cap[l], 1);
+                    lane->mag = common_calloc((size_t)kv->cap[l] * 2, sizeof(float));
+                }
             }
         }
     }
@@ -214,8 +230,10 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].res_k);
         common_free(kv->lanes[i].res_v);
         common_free(kv->lanes[i].fp);
+        common_free(kv->lanes[i].merged);
+        common_free(kv->lanes[i].mag);
     }
-    void *bufs[] = {kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
+    void *bufs[] = {kv->tmp, kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
                     kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
     common_free(kv);
@@ -296,6 +314,24 @@ static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
     memcpy(vg + (size_t)quantized * HD, lane->res_v, (size_t)lane->n_res * HD * sizeof(float));
 }
 
+// minicache: token slot s has just been stored in both layers of a pair; merge it if its directions agree.
+static void minicache_pair(KVCache *kv, KVLane *a, KVLane *b, int s, const float *kb, const float *vb) {
+    int HD = kv->shape.head_dim;
+    float *ka = kv->tmp, *va = kv->tmp + HD, *ek = kv->tmp + 2 * HD, *ev = kv->tmp + 3 * HD;
+    float max_angle = (float)(kv->spec.merge_angle * 3.14159265358979 / 180.0), nka, nkb, nva, nvb;
+    CHECK(a->n == b->n);
+    get_row(kv, a, s, 1, ka);
+    get_row(kv, a, s, 0, va);
+    if (!minicache_merge(ek, &nka, &nkb, ka, kb, HD, 0.5f, max_angle) ||
+        !minicache_merge(ev, &nva, &nvb, va, vb, HD, 0.5f, max_angle))
+        return;
+    put_row(kv, a, s, 1, ek); // the shared directions live in the first layer's rows
+    put_row(kv, a, s, 0, ev);
+    a->mag[2 * s] = nka, a->mag[2 * s + 1] = nva;
+    b->mag[2 * s] = nkb, b->mag[2 * s + 1] = nvb;
+    a->merged[s] = b->merged[s] = 1;
+}
+
 int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v) {
     int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, budget = kv->budget[layer];
     CHECK(kv->calibrated);
@@ -311,6 +347,7 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             norm = sqrtf(norm);
         }
         lane->score[s] = norm;
+        if (lane->merged) lane->merged[s] = 0;
         if (kv->spec.format == KV_FMT_KIVI) {
             kivi_append(kv, lane, kh, v + g * HD);
             continue;
@@ -328,6 +365,7 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             put_row(kv, lane, s, 0, v + g * HD);
         }
         if (lane->fp) fpkeep_age(kv, lane, pos);
+        if (pair_role(kv, layer) == 2) minicache_pair(kv, &kv->lanes[(layer - 1) * NKV + g], lane, s, kh, v + g * HD);
         if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
             lane_remove(kv, lane, victim(kv, lane, budget));
     }
@@ -351,6 +389,12 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
                 lowrank_rebuild(kr, U, kv->coef, HD, kv->dim);
                 get_row(kv, lane, s, 0, kv->coef);
                 lowrank_rebuild(vg + (size_t)s * HD, U + (size_t)HD * kv->dim, kv->coef, HD, kv->dim);
+            } else if (lane->merged && lane->merged[s]) { // shared direction times this layer's norms
+                const KVLane *src = pair_role(kv, layer) == 2 ? &kv->lanes[(layer - 1) * NKV + g] : lane;
+                float *vr = vg + (size_t)s * HD;
+                get_row(kv, src, s, 1, kr);
+                get_row(kv, src, s, 0, vr);
+                for (int i = 0; i < HD; i++) kr[i] *= lane->mag[2 * s], vr[i] *= lane->mag[2 * s + 1];
             } else if (kv->spec.format != KV_FMT_KIVI) {
                 get_row(kv, lane, s, 1, kr);
                 get_row(kv, lane, s, 0, vg + (size_t)s * HD);
@@ -413,6 +457,15 @@ size_t kv_cache_bytes(const KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         const KVLane *lane = &kv->lanes[i];
         held += (size_t)lane->n * per_token;
+        if (lane->merged) { // a flag per slot; merged slots add two norms, and the second layer holds no rows
+            int second = pair_role(kv, i / kv->shape.n_kv_head) == 2;
+            for (int s = 0; s < lane->n; s++)
+                if (lane->merged[s]) {
+                    held += 2 * sizeof(float);
+                    if (second) held -= 2 * kv->row_bytes;
+                }
+            held += lane->n;
+        }
         if (lane->fp) // fp32 slots hold full rows instead of encoded ones, plus a flag byte per slot
             for (int s = 0; s < lane->n; s++) held += 1 + (lane->fp[s] ? 2 * (kv->dim * sizeof(float) - kv->row_bytes) : 0);
         if (kv->spec.format == KV_FMT_KIVI) { // quantized blocks and rows, plus the fp32 residual

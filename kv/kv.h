@@ -29,6 +29,8 @@ typedef struct {
     float *res_v;  // KIVI: (residual, head_dim) newest values in fp32
     int n_res;     // KIVI: tokens in the residual (the first n - n_res are quantized)
     uint8_t *fp;   // fpkeep: (cap) 1 where the slot is held in fp32 (a sink or a recent token)
+    uint8_t *merged; // minicache, both layers of a pair: (cap) 1 where the slot shares one direction
+    float *mag;    // minicache: (cap, 2) this layer's key and value norms of merged slots
 } KVLane;
 
 typedef struct KVCache KVCache;

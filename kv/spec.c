@@ -10,7 +10,7 @@
 const char *const kv_spec_forms =
     "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L], "
     "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
-    "+lowrank:R | +fpkeep:S,R (with int) | +hadamard | +pyramid";
+    "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid";
 
 // Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
 static int parse_ints(const char *s, int *out, int max) {
@@ -79,6 +79,13 @@ static int parse_term(KVSpec *sp, const char *t) {
         if (sp->fp_sink || sp->fp_recent || parse_ints(t + 7, v, 2) != 2 || v[0] + v[1] < 1) return -1;
         return sp->fp_sink = v[0], sp->fp_recent = v[1], 0;
     }
+    if (strncmp(t, "minicache:", 10) == 0) {
+        int v[2], n;
+        if (sp->merge_from || (n = parse_ints(t + 10, v, 2)) < 1) return -1;
+        sp->merge_from = v[0] + 1;
+        sp->merge_angle = n > 1 ? v[1] : 45;
+        return sp->merge_angle <= 180 ? 0 : -1;
+    }
     if (strncmp(t, "lowrank:", 8) == 0) {
         int r;
         if (sp->rank || parse_ints(t + 8, &r, 1) != 1 || r < 1) return -1;
@@ -136,6 +143,8 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     if (ok && sp->format == KV_FMT_KIVI && sp->select != KV_SEL_FULL) ok = 0; // groups span tokens: no eviction
     if (ok && sp->rank && (sp->format == KV_FMT_KIVI || sp->hadamard)) ok = 0; // coefficients: per-token formats
     if (ok && (sp->fp_sink || sp->fp_recent) && sp->format != KV_FMT_INT) ok = 0; // only an int format has outliers to spare
+    if (ok && sp->merge_from && (sp->select != KV_SEL_FULL || sp->rank || (sp->format != KV_FMT_F32 && sp->format != KV_FMT_F16)))
+        ok = 0; // merged slots must line up across the pair, in rows that hold directions faithfully
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);

@@ -4,7 +4,7 @@
 //   SPEC    := SELECT ('+' TERM)*
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
 //   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R | hadamard
-//              | fpkeep:S,R | pyramid
+//              | fpkeep:S,R | minicache:L[,A] | pyramid
 //
 // Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
 // positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
@@ -17,7 +17,10 @@
 // to calibration activations (the top-R principal directions, uncentred: the SVD's right singular vectors)
 // and rebuilds it for attention; the coefficients are stored in the chosen format. fpkeep:S,R keeps the first
 // S and the newest R tokens in fp32 under an int format (KVQuant's lesson: sinks and outliers hurt most when
-// quantized; 0 is allowed for either). hadamard rotates
+// quantized; 0 is allowed for either). minicache:L[,A] (MiniCache, with full selection and fp32/fp16 rows)
+// merges the caches of layer pairs (L, L+1), (L+2, L+3), ...: a token's key (and value) directions in the
+// two layers are interpolated by SLERP at t = 0.5 and stored once with each layer's norm, unless they differ
+// by more than A degrees (default 45), in which case both are kept. hadamard rotates
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
 // budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly.
 #ifndef KVLAB_KV_SPEC_H
@@ -42,6 +45,8 @@ typedef struct {
     int rank;        // lowrank: keys and values held as R coefficients on a calibrated basis (0 = off)
     int fp_sink;     // fpkeep: the first S tokens stay fp32 under an int format
     int fp_recent;   // fpkeep: the newest R tokens stay fp32 until they age out
+    int merge_from;  // minicache: first merged layer + 1 (0 = off)
+    int merge_angle; // minicache: tokens whose two layers' directions differ by more (degrees) stay unmerged
     int hadamard;
     int pyramid;
     char text[128];  // the spec as given

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../kv/kv.h"
+#include "../kv/minicache.h"
 #include "../layers/decode.h"
 
 // ---- specs -----------------------------------------------------------------------------------------------
@@ -287,6 +288,11 @@ Test(kv, eval_full_matches_itself_and_eviction_differs) {
     cr_assert_gt(win.kl, 0.0);
     cr_assert_eq(win.ppl_full, full.ppl_full, "the reference does not depend on the spec");
     cr_assert_lt(win.bytes_per_token, full.bytes_per_token);
+    KVEvalResult none = eval_spec(&m, "full+minicache:0,0", tokens, 200);
+    cr_assert_eq(none.kl, 0.0, "MiniCache with nothing merged is the full cache");
+    KVEvalResult merged = eval_spec(&m, "full+minicache:0,180", tokens, 200);
+    cr_assert_gt(merged.kl, 0.0);
+    cr_assert_lt(merged.bytes_per_token, full.bytes_per_token);
     KVEvalResult q8 = eval_spec(&m, "full+int8", tokens, 200), q2 = eval_spec(&m, "full+int2", tokens, 200);
     cr_assert(q8.kl < q2.kl, "int8 KL %g should be below int2 KL %g", q8.kl, q2.kl);
     cr_assert(isfinite(q2.ppl) && q2.top1_agree >= 0.0 && q2.top1_agree <= 1.0);
@@ -375,4 +381,44 @@ Test(kv, fpkeep_holds_sinks_and_recent_in_fp32) {
     kv_cache_free(a);
     kv_cache_free(b);
     kv_cache_free(kv);
+}
+
+Test(kv, minicache_merges_pairs) {
+    char err[ERR_LEN];
+    KVSpec sp;
+    cr_assert_eq(kv_spec_parse(&sp, "window:8+minicache:0", err), -1, "merged slots must line up: full only");
+    cr_assert_eq(kv_spec_parse(&sp, "full+int4+minicache:0", err), -1);
+    cr_assert_eq(kv_spec_parse(&sp, "full+fp16+minicache:0,30", err), 0, "%s", err);
+    // nothing merged (angle 0 merges only identical directions): identical to full, bit for bit
+    cr_assert_eq(view_error("full+minicache:0,0", 20), 0.0f);
+    // the synthetic stream feeds the same key to both layers: every token merges, the rebuild is exact up
+    // to rounding, and the second layer holds no rows
+    KVCache *kv = make_cache("full+minicache:0"), *ref = make_cache("full");
+    feed(kv, 12);
+    feed(ref, 12);
+    const KVLane *a = kv_cache_lane(kv, 0, 0), *b = kv_cache_lane(kv, 1, 0);
+    for (int s = 0; s < 12; s++) cr_assert(a->merged[s] && b->merged[s], "slot %d", s);
+    const float *k1, *v1, *k2, *v2;
+    int T1, T2, q1, q2;
+    kv_cache_view(ref, 1, &k1, &v1, &T1, &q1);
+    kv_cache_view(kv, 1, &k2, &v2, &T2, &q2);
+    for (int i = 0; i < NKV * T1 * HD; i++) {
+        cr_assert_float_eq(k1[i], k2[i], 1e-4f * (1.0f + fabsf(k1[i])));
+        cr_assert_float_eq(v1[i], v2[i], 1e-4f * (1.0f + fabsf(v1[i])));
+    }
+    size_t rows = (size_t)NKV * 12 * 2 * HD * sizeof(float);
+    cr_assert_eq(kv_cache_bytes(kv), kv_cache_bytes(ref) - rows + (size_t)L * NKV * 12 * (2 * sizeof(float) + 1));
+    kv_cache_free(kv);
+    kv_cache_free(ref);
+}
+
+Test(kv, minicache_slerp_geometry) {
+    float a[2] = {2.0f, 0.0f}, b[2] = {0.0f, 3.0f}, e[2], na, nb;
+    cr_assert_eq(minicache_merge(e, &na, &nb, a, b, 2, 0.5f, 1.0f), 0, "90 degrees apart: more than 1 radian");
+    cr_assert_eq(minicache_merge(e, &na, &nb, a, b, 2, 0.5f, 2.0f), 1);
+    cr_assert_float_eq(e[0], sqrtf(0.5f), 1e-6f);
+    cr_assert_float_eq(e[1], sqrtf(0.5f), 1e-6f);
+    cr_assert(na == 2.0f && nb == 3.0f);
+    cr_assert_eq(minicache_merge(e, &na, &nb, a, b, 2, 0.25f, 2.0f), 1);
+    cr_assert_float_eq(atan2f(e[1], e[0]), 3.14159265f / 8, 1e-6f, "a quarter of the way along the arc");
 }
