@@ -11,7 +11,7 @@
 
 #define RECALL_KEY_LEN 2
 #define RECALL_VAL_LEN 4
-#define RECALL_PAIRS 4
+#define RECALL_PAIRS 2
 #define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
 
 // -1 with a message if the vocabulary lacks a character the task needs.

@@ -49,6 +49,9 @@ static int pair_role(const KVCache *kv, int layer) {
     return 2;
 }
 
+// A slot's original position; without eviction (full selection) slot s holds position s and no array is kept.
+int kv_lane_pos(const KVLane *lane, int s) { return lane->pos ? lane->pos[s] : s; }
+
 static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
 static int uses_scores(KVSelect s) { return s == KV_SEL_H2O || s == KV_SEL_TOVA || s == KV_SEL_SNAPKV || s == KV_SEL_KNORM; }
 
@@ -98,7 +101,8 @@ static void get_row(const KVCache *kv, const KVLane *lane, int s, int is_key, fl
 // fpkeep: slots that are neither sinks nor among the newest fp_recent positions are quantized in place.
 static void fpkeep_age(KVCache *kv, KVLane *lane, int newest) {
     for (int s = 0; s < lane->n; s++) {
-        if (!lane->fp[s] || lane->pos[s] < kv->spec.fp_sink || lane->pos[s] > newest - kv->spec.fp_recent) continue;
+        int p = kv_lane_pos(lane, s);
+        if (!lane->fp[s] || p < kv->spec.fp_sink || p > newest - kv->spec.fp_recent) continue;
         for (int is_key = 0; is_key < 2; is_key++) {
             get_row(kv, lane, s, is_key, kv->coef); // (not kv->row: encode_row may use it for the rotation)
             lane->fp[s] = 0;
@@ -176,7 +180,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
         max_cap = kv->cap[l] > max_cap ? kv->cap[l] : max_cap;
         for (int g = 0; g < NKV; g++) {
             KVLane *lane = &kv->lanes[l * NKV + g];
-            lane->pos = common_calloc(kv->cap[l], sizeof(int));
+            if (spec->select != KV_SEL_FULL) lane->pos = common_calloc(kv->cap[l], sizeof(int));
             lane->score = common_calloc(kv->cap[l], sizeof(float));
             if (spec->format == KV_FMT_KIVI) {
                 size_t blocks = (size_t)kv->cap[l] / spec->group + 1;
@@ -339,7 +343,8 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
     for (int g = 0; g < NKV; g++) {
         KVLane *lane = &kv->lanes[layer * NKV + g];
         int s = lane->n++;
-        lane->pos[s] = pos;
+        if (lane->pos) lane->pos[s] = pos;
+        else CHECK(pos == s); // a full cache is fed positions 0, 1, 2, ... after each reset
         const float *kh = k_pre + g * HD;
         float norm = 0.0f;
         if (kv->spec.select == KV_SEL_KNORM) {
@@ -399,7 +404,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
                 get_row(kv, lane, s, 1, kr);
                 get_row(kv, lane, s, 0, vg + (size_t)s * HD);
             }
-            int p = in_cache ? s : lane->pos[s];
+            int p = in_cache ? s : kv_lane_pos(lane, s);
             const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
             for (int i = 0; i < half; i++) {
                 float a = kr[2 * i], b = kr[2 * i + 1];
@@ -411,7 +416,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
     *k = kv->kview;
     *v = kv->vview;
     *Tc = n;
-    *qpos = in_cache ? n - 1 : kv->lanes[layer * NKV].pos[n - 1];
+    *qpos = in_cache ? n - 1 : kv_lane_pos(&kv->lanes[layer * NKV], n - 1);
 }
 
 void kv_cache_observe(KVCache *kv, int layer, const float *att) {
@@ -453,7 +458,8 @@ void kv_cache_observe(KVCache *kv, int layer, const float *att) {
 }
 
 size_t kv_cache_bytes(const KVCache *kv) {
-    size_t held = 0, per_token = 2 * kv->row_bytes + sizeof(int) + (uses_scores(kv->spec.select) ? sizeof(float) : 0);
+    size_t held = 0, per_token = 2 * kv->row_bytes + (kv->spec.select != KV_SEL_FULL ? sizeof(int) : 0) +
+                                 (uses_scores(kv->spec.select) ? sizeof(float) : 0);
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         const KVLane *lane = &kv->lanes[i];
         held += (size_t)lane->n * per_token;

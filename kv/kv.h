@@ -21,7 +21,7 @@ typedef struct {
 
 typedef struct {
     int n;         // tokens held
-    int *pos;      // (cap) original positions, ascending
+    int *pos;      // (cap) original positions, ascending; NULL for full selection (slot s is position s)
     float *score;  // (cap) policy score: accumulated or last attention, key norm, SnapKV votes
     uint8_t *k;    // (cap, row_bytes) encoded keys, before RoPE; KIVI: quantized key blocks
     uint8_t *v;    // (cap, row_bytes) encoded values; KIVI: quantized value rows
@@ -34,6 +34,9 @@ typedef struct {
 } KVLane;
 
 typedef struct KVCache KVCache;
+
+// The original position of a lane's slot s.
+int kv_lane_pos(const KVLane *lane, int s);
 
 // Which slot a lane over its budget drops (policy files implement these).
 int kv_victim_window(const KVLane *lane, const KVSpec *spec, int budget);
@@ -59,7 +62,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
 // The attention probabilities (n_head, Tc) the decode step computed over the view.
 void kv_cache_observe(KVCache *kv, int layer, const float *att);
 
-size_t kv_cache_bytes(const KVCache *kv);     // held: values, scales, positions, scores, metadata
+size_t kv_cache_bytes(const KVCache *kv);     // held: values, scales, positions (when evicting), scores, metadata
 size_t kv_cache_workspace_bytes(const KVCache *kv); // the fp32 view buffers, rebuilt per layer
 int kv_cache_tokens(const KVCache *kv, int layer); // tokens held per head
 int kv_cache_layer_budget(const KVCache *kv, int layer); // 0 = unbounded

@@ -44,8 +44,8 @@ static void check_decode_matches_forward(int n_kv_head, float scale, float tol_r
               max_err, bound, max_abs);
     // the cache is now full: one more token is refused, not written past the end
     cr_assert_eq(model_decode_step(&m, &ds, kv, tokens[0], T), -1);
-    // held: keys and values fp32, plus each token's position and each lane's count
-    cr_assert_eq(kv_cache_bytes(kv), (size_t)cfg.n_layer * cfg.n_kv_head * (T * (2 * model_head_dim(&cfg) * sizeof(float) + sizeof(int)) + sizeof(int)));
+    // held: keys and values fp32 and each lane's count (a full cache's positions are its slot indices)
+    cr_assert_eq(kv_cache_bytes(kv), (size_t)cfg.n_layer * cfg.n_kv_head * (T * 2 * model_head_dim(&cfg) * sizeof(float) + sizeof(int)));
     decode_state_free(&ds);
     kv_cache_free(kv);
     model_free(&m);

@@ -71,9 +71,9 @@ static void feed(KVCache *kv, int n) {
             kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos);
             const KVLane *lane = kv_cache_lane(kv, l, 0);
             float sum = 0.0f;
-            for (int s = 0; s < Tc; s++) sum += att[s] = lane->pos[s] % 5 == 0 ? 10.0f : 1.0f;
+            for (int s = 0; s < Tc; s++) sum += att[s] = kv_lane_pos(lane, s) % 5 == 0 ? 10.0f : 1.0f;
             for (int h = 0; h < NH; h++)
-                for (int s = 0; s < Tc; s++) att[h * Tc + s] = (lane->pos[s] % 5 == 0 ? 10.0f : 1.0f) / sum;
+                for (int s = 0; s < Tc; s++) att[h * Tc + s] = (kv_lane_pos(lane, s) % 5 == 0 ? 10.0f : 1.0f) / sum;
             kv_cache_observe(kv, l, att);
         }
     }
@@ -123,7 +123,7 @@ Test(kv, h2o_keeps_recent_and_heavy) {
     // heavy hitters: the favoured positions that entered early accumulated the most attention
     int heavy = 0;
     const KVLane *lane = kv_cache_lane(kv, 0, 0);
-    for (int s = 0; s < lane->n; s++) heavy += lane->pos[s] < 36 && lane->pos[s] % 5 == 0;
+    for (int s = 0; s < lane->n; s++) heavy += lane->pos[s] < 36 && kv_lane_pos(lane, s) % 5 == 0;
     cr_assert_eq(heavy, 4);
     kv_cache_free(kv);
 }
@@ -134,7 +134,7 @@ Test(kv, tova_keeps_most_attended) {
     expect_budget(kv, 40);
     const KVLane *lane = kv_cache_lane(kv, 1, 0);
     int favoured = 0;
-    for (int s = 0; s < lane->n; s++) favoured += lane->pos[s] % 5 == 0;
+    for (int s = 0; s < lane->n; s++) favoured += kv_lane_pos(lane, s) % 5 == 0;
     cr_assert_geq(favoured, 5, "TOVA kept %d favoured tokens of 6", favoured);
     kv_cache_free(kv);
 }
@@ -216,9 +216,13 @@ Test(kv, formats_against_fp32) {
     KVCache *a = make_cache("full"), *b = make_cache("full+int4");
     feed(a, 10);
     feed(b, 10);
-    // fp32 rows: 2 * 8 * 4 bytes + position; int4 with groups of 8: 2 * (4 + 4) bytes + position
-    cr_assert_eq(kv_cache_bytes(a), (size_t)L * NKV * (10 * (64 + 4) + 4));
-    cr_assert_eq(kv_cache_bytes(b), (size_t)L * NKV * (10 * (16 + 4) + 4));
+    // fp32 rows: 2 * 8 * 4 bytes; int4 with groups of 8: 2 * (4 + 4) bytes; a count per lane
+    cr_assert_eq(kv_cache_bytes(a), (size_t)L * NKV * (10 * 64 + 4));
+    cr_assert_eq(kv_cache_bytes(b), (size_t)L * NKV * (10 * 16 + 4));
+    KVCache *w = make_cache("window:20+int4");
+    feed(w, 10);
+    cr_assert_eq(kv_cache_bytes(w), (size_t)L * NKV * (10 * (16 + 4) + 4), "an evicting cache holds positions");
+    kv_cache_free(w);
     kv_cache_free(a);
     kv_cache_free(b);
 }

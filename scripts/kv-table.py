@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Prints the JSON lines of scripts/kv-bench.sh as a markdown table (standard library only)."""
+import json
+import sys
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if not rows:
+        sys.exit("kv-table: no rows in " + path)
+    if rows[0].get("task") == "recall":
+        dists = list(rows[0]["recall_acc_by_distance"])
+        print("| spec | bytes/token (fp16 full) | recall | " + " | ".join("d=" + d for d in dists) + " |")
+        print("|---" * (3 + len(dists)) + "|")
+        for r in rows:
+            by = r["recall_acc_by_distance"]
+            print("| `%s` | %.0f (%.0f) | %.3f (full %.3f) | %s |" % (
+                r["spec"], r["bytes_per_token"], r["fp16_bytes_per_token"], r["recall_acc"], r["recall_acc_full"],
+                " | ".join("%.2f" % by[d] for d in dists)))
+        return
+    print("| spec | context | bytes/token | vs fp16 | ppl | Δppl vs full | KL | top-1 agree | decode tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| `%s` | %d | %.0f | %.3fx | %.4f | %+.2f%% | %.2e | %.4f | %.0f |" % (
+            r["spec"], r["context"], r["bytes_per_token"], r["bytes_per_token"] / r["fp16_bytes_per_token"],
+            r["ppl"], 100 * (r["ppl"] / r["ppl_full"] - 1), r["kl"], r["top1_agree"], r["decode_tokens_per_s"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin")
