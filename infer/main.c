@@ -45,7 +45,8 @@ static const char *usage =
     "\n"
     "KV specs: SELECT[+TERM...]\n"
     "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
-    "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | hadamard | pyramid\n"
+    "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
+    "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
     "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8:32+hadamard\n";
 
 static int die(const char *msg) {
