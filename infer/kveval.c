@@ -53,6 +53,35 @@ int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char 
     return rc;
 }
 
+int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, const int *calib, size_t n_calib,
+                 char *err) {
+    const ModelConfig *c = &m->cfg;
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta};
+    p->full = p->comp = NULL;
+    if (kv_full_init(&p->full, &shape, err) != 0) return -1;
+    if (kv_cache_init(&p->comp, spec, &shape, err) != 0 || kv_calibrate(m, p->comp, calib, n_calib, err) != 0) {
+        kv_cache_free(p->full);
+        kv_cache_free(p->comp);
+        return -1;
+    }
+    decode_state_init(&p->dfull, c, context);
+    decode_state_init(&p->dcomp, c, context);
+    return 0;
+}
+
+void kv_pair_reset(KVPair *p, int prefill) {
+    kv_cache_reset(p->full);
+    kv_cache_reset(p->comp);
+    kv_cache_set_prefill(p->comp, prefill);
+}
+
+void kv_pair_free(KVPair *p) {
+    decode_state_free(&p->dfull);
+    decode_state_free(&p->dcomp);
+    kv_cache_free(p->full);
+    kv_cache_free(p->comp);
+}
+
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
                     KVEvalResult *out, char *err) {
     const ModelConfig *c = &m->cfg;
@@ -66,36 +95,24 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
         err_set(err, "the text has %zu tokens; a stream of context %d needs at least %d", n, T, T + 1);
         return -1;
     }
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta};
-    KVCache *full, *comp;
-    if (kv_full_init(&full, &shape, err) != 0) return -1;
-    if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
-    if (kv_calibrate(m, comp, cfg->calib, cfg->n_calib, err) != 0) {
-        kv_cache_free(full);
-        kv_cache_free(comp);
-        return -1;
-    }
-    DecodeState dfull, dcomp;
-    decode_state_init(&dfull, c, T);
-    decode_state_init(&dcomp, c, T);
+    KVPair pair;
+    if (kv_pair_init(&pair, m, spec, T, cfg->calib, cfg->n_calib, err) != 0) return -1;
     double nll = 0.0, nll_full = 0.0, kl = 0.0, t_prefill = 0.0, t_decode = 0.0;
     size_t scored = 0, agree = 0, bytes = 0;
     for (int s = 0; s < cfg->streams; s++) {
         size_t start = cfg->streams > 1 ? (n - T - 1) * (size_t)s / (cfg->streams - 1) : 0;
         const int *x = tokens + start;
-        kv_cache_reset(full);
-        kv_cache_reset(comp);
-        kv_cache_set_prefill(comp, cfg->prefill);
+        kv_pair_reset(&pair, cfg->prefill);
         for (int t = 0; t < T; t++) {
-            CHECK(model_decode_step(m, &dfull, full, x[t], t) == 0);
+            CHECK(model_decode_step(m, &pair.dfull, pair.full, x[t], t) == 0);
             double t0 = common_now();
-            CHECK(model_decode_step(m, &dcomp, comp, x[t], t) == 0);
+            CHECK(model_decode_step(m, &pair.dcomp, pair.comp, x[t], t) == 0);
             double dt = common_now() - t0;
             if (t < cfg->prefill) t_prefill += dt;
             else t_decode += dt;
             if (t + 1 < cfg->prefill || t + 1 >= T) continue; // score tokens prefill .. T-1
             // log-softmax of both; KL(full || compressed); nll of the true next token
-            const float *a = dfull.logits, *b = dcomp.logits;
+            const float *a = pair.dfull.logits, *b = pair.dcomp.logits;
             float ma = a[0], mb = b[0];
             int arg_a = 0, arg_b = 0;
             for (int i = 1; i < V; i++) {
@@ -116,7 +133,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
             agree += arg_a == arg_b;
             scored++;
         }
-        bytes = kv_cache_bytes(comp);
+        bytes = kv_cache_bytes(pair.comp);
     }
     int KVC = model_kv_dim(c);
     out->tokens = scored;
@@ -130,10 +147,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     out->prefill_tokens_per_s = t_prefill > 0 ? (double)cfg->prefill * cfg->streams / t_prefill : 0.0;
     out->decode_tokens_per_s = t_decode > 0 ? (double)(T - cfg->prefill) * cfg->streams / t_decode : 0.0;
     out->peak_rss_bytes = peak_rss();
-    decode_state_free(&dfull);
-    decode_state_free(&dcomp);
-    kv_cache_free(full);
-    kv_cache_free(comp);
+    kv_pair_free(&pair);
     return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "../data/loader.h"
 #include "../data/tokenizer.h"
 #include "../kv/kv.h"
+#include "../layers/decode.h"
 #include "../layers/model.h"
 
 typedef struct {
@@ -19,6 +20,18 @@ typedef struct {
     const int *calib;  // lowrank: calibration tokens (not the evaluated ones), fed in windows of the context
     size_t n_calib;
 } KVEvalConfig;
+
+// The two caches every comparison runs in lockstep: the full fp32 cache and the one under test (calibrated
+// on calib tokens when it needs it), with a decode state each, for streams of up to `context` tokens.
+typedef struct {
+    KVCache *full, *comp;
+    DecodeState dfull, dcomp;
+} KVPair;
+
+int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, const int *calib, size_t n_calib,
+                 char *err);
+void kv_pair_reset(KVPair *p, int prefill);
+void kv_pair_free(KVPair *p);
 
 // Fits a low-rank cache's bases from the keys and values the model produces on tokens (windows of the
 // model's context, at most 8), through a full cache. No-op for caches that need no calibration.

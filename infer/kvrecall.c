@@ -32,18 +32,8 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
         if (d >= lo) out->distance[out->n_distances++] = d;
     out->distance[out->n_distances++] = hi;
 
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta};
-    KVCache *full, *comp;
-    if (kv_full_init(&full, &shape, err) != 0) return -1;
-    if (kv_cache_init(&comp, spec, &shape, err) != 0) return kv_cache_free(full), -1;
-    if (kv_calibrate(m, comp, corpus->tokens, corpus->n_train, err) != 0) {
-        kv_cache_free(full);
-        kv_cache_free(comp);
-        return -1;
-    }
-    DecodeState dfull, dcomp;
-    decode_state_init(&dfull, c, context);
-    decode_state_init(&dcomp, c, context);
+    KVPair pair;
+    if (kv_pair_init(&pair, m, spec, context, corpus->tokens, corpus->n_train, err) != 0) return -1;
     int *seq = common_calloc(context, sizeof(int));
     Rng rng;
     rng_init(&rng, seed);
@@ -53,17 +43,15 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
         int h = 0, hf = 0;
         for (int i = 0; i < per_distance; i++) {
             int ans = recall_sequence(tok, corpus, &rng, context, out->distance[di], seq, NULL);
-            kv_cache_reset(full);
-            kv_cache_reset(comp);
-            kv_cache_set_prefill(comp, ans);
+            kv_pair_reset(&pair, ans);
             int ok = 1, ok_full = 1;
             fed = ans + RECALL_VAL_LEN - 1;
             for (int t = 0; t < ans + RECALL_VAL_LEN - 1; t++) {
-                CHECK(model_decode_step(m, &dfull, full, seq[t], t) == 0);
-                CHECK(model_decode_step(m, &dcomp, comp, seq[t], t) == 0);
+                CHECK(model_decode_step(m, &pair.dfull, pair.full, seq[t], t) == 0);
+                CHECK(model_decode_step(m, &pair.dcomp, pair.comp, seq[t], t) == 0);
                 if (t >= ans - 1) { // predicts a value character
-                    ok &= argmax(dcomp.logits, c->vocab_size) == seq[t + 1];
-                    ok_full &= argmax(dfull.logits, c->vocab_size) == seq[t + 1];
+                    ok &= argmax(pair.dcomp.logits, c->vocab_size) == seq[t + 1];
+                    ok_full &= argmax(pair.dfull.logits, c->vocab_size) == seq[t + 1];
                 }
             }
             h += ok;
@@ -77,16 +65,13 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     }
     out->acc_all = (double)hits / total;
     out->acc_all_full = (double)hits_full / total;
-    out->kv_bytes = kv_cache_bytes(comp);
+    out->kv_bytes = kv_cache_bytes(pair.comp);
     out->bytes_per_token = (double)out->kv_bytes / fed;
     out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
     struct rusage ru;
     out->peak_rss_bytes = getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
     common_free(seq);
-    decode_state_free(&dfull);
-    decode_state_free(&dcomp);
-    kv_cache_free(full);
-    kv_cache_free(comp);
+    kv_pair_free(&pair);
     return 0;
 }
 
