@@ -1,7 +1,9 @@
 // A synthetic long-range recall task (passkey / multi-query associative recall) embedded in corpus text,
-// so that eviction choices show: a sequence of corpus filler holds several definitions "$kk:vvvv;" and,
-// `distance` tokens after one of them, a query "&kk:vvvv;" whose value the model must reproduce. Keys and
-// values are lowercase letters; '$' and '&' are nearly absent from tiny Shakespeare, so they mark the task.
+// so that eviction choices show: a sequence of corpus filler holds RECALL_PAIRS definitions "$kk:vvvv;"
+// and, `distance` tokens after one of them, a query "&kk:vvvv;" whose value the model must reproduce. Keys
+// and values are lowercase letters; '$' and '&' are nearly absent from tiny Shakespeare, so they mark the
+// task. With one pair it is passkey retrieval; with more, associative recall among distractors, which our
+// 0.8M-parameter character models did not learn in 2000 steps (2 and 4 pairs tried), so 1 is the default.
 #ifndef KVLAB_RECALL_H
 #define KVLAB_RECALL_H
 
@@ -11,7 +13,7 @@
 
 #define RECALL_KEY_LEN 2
 #define RECALL_VAL_LEN 4
-#define RECALL_PAIRS 2
+#define RECALL_PAIRS 1 // definitions per sequence, the queried one included
 #define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
 
 // -1 with a message if the vocabulary lacks a character the task needs.
