@@ -3,7 +3,7 @@
 #include <string.h>
 
 int recall_check_vocab(const Tokenizer *tok, char *err) {
-    const char *need = "$&:;abcdefghijklmnopqrstuvwxyz";
+    const char *need = "$:;abcdefghijklmnopqrstuvwxyz";
     for (const char *p = need; *p; p++)
         if (tok->byte_to_id[(unsigned char)*p] < 0) {
             err_set(err, "the recall task needs the character '%c', which the model's vocabulary lacks", *p);
@@ -66,6 +66,6 @@ int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int 
             }
         }
     }
-    write_item(tok, &seq, query, '&', keys[0], vals[0]);
+    write_item(tok, &seq, query, '$', keys[0], vals[0]); // the query repeats the definition's marker and key
     return query + 1 + RECALL_KEY_LEN + 1;
 }

@@ -1,9 +1,10 @@
 // A synthetic long-range recall task (passkey / multi-query associative recall) embedded in corpus text,
 // so that eviction choices show: a sequence of corpus filler holds RECALL_PAIRS definitions "$kk:vvvv;"
-// and, `distance` tokens after one of them, a query "&kk:vvvv;" whose value the model must reproduce. Keys
-// and values are lowercase letters; '$' and '&' are nearly absent from tiny Shakespeare, so they mark the
-// task. With one pair it is passkey retrieval; with more, associative recall among distractors, which our
-// 0.8M-parameter character models did not learn in 2000 steps (2 and 4 pairs tried), so 1 is the default.
+// and, `distance` tokens after one of them, the same "$kk:" again, after which the model must reproduce the
+// value "vvvv" (the query repeats the definition's marker and key, so an induction head can do it). Keys and
+// values are lowercase letters; '$' is nearly absent from tiny Shakespeare, so it marks the task. With one
+// pair it is passkey retrieval; with more, associative recall among distractors. A first design queried
+// with a different marker ("&kk:"), which our 0.8M-parameter character models never learned in 2000 steps.
 #ifndef KVLAB_RECALL_H
 #define KVLAB_RECALL_H
 

@@ -23,7 +23,7 @@ static const char *usage =
     "  --grad-clip X (0 = off) --grad-accum N --eval-interval N (0 = end only) --eval-windows N\n"
     "  --seed S             data order, initialisation and dropout   [1337]\n"
     "  --mix recall:F       replace a fraction F of training windows by long-range recall sequences\n"
-    "                       (\"$kk:vvvv;\" definitions queried later as \"&kk:vvvv;\"; see data/recall.h)   [0]\n"
+    "                       (a \"$kk:vvvv;\" definition repeated later; see data/recall.h)   [0]\n"
     "  --device cpu         (cuda: a later release)\n"
     "files:\n"
     "  --data FILE          text corpus (first 90%% trains, last 10%% validates)  [data/tinyshakespeare.txt]\n"
