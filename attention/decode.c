@@ -5,12 +5,12 @@
 #include <cblas.h>
 #include <math.h>
 
-void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc, int NH,
-                          int NKV, int HD) {
+void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
+                          size_t head_stride, int NH, int NKV, int HD) {
     int rep = NH / NKV;
     float scale = 1.0f / sqrtf((float)HD);
     for (int h = 0; h < NH; h++) {
-        const float *kg = kc + (size_t)(h / rep) * Tc * HD, *vg = vc + (size_t)(h / rep) * Tc * HD;
+        const float *kg = kc + (h / rep) * head_stride, *vg = vc + (h / rep) * head_stride;
         float *p = att + (size_t)h * Tc;
         // scores (Tc) = scale * K_g (Tc, HD) @ q_h
         cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, HD, scale, kg, HD, q + h * HD, 1, 0.0f, p, 1);

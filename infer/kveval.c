@@ -20,7 +20,7 @@ int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char 
         err_set(err, "low-rank calibration needs at least %d tokens, got %zu", T, n);
         return -1;
     }
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, HD, T, c->rope_theta};
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, HD, T, c->rope_theta, .keep_prerope = 1};
     KVCache *full;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     DecodeState ds;
@@ -56,7 +56,7 @@ int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char 
 int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, const int *calib, size_t n_calib,
                  char *err) {
     const ModelConfig *c = &m->cfg;
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta};
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta, 0};
     p->full = p->comp = NULL;
     if (kv_full_init(&p->full, &shape, err) != 0) return -1;
     if (kv_cache_init(&p->comp, spec, &shape, err) != 0 || kv_calibrate(m, p->comp, calib, n_calib, err) != 0) {

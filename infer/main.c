@@ -204,7 +204,7 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     int *ids = common_calloc(total, sizeof(int));
     tokenizer_encode(tok, (const unsigned char *)f->prompt, plen, ids, NULL);
     KVCache *kv;
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta};
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
     CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
     decode_state_init(&ds, c, T);

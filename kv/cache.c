@@ -21,6 +21,7 @@ struct KVCache {
     size_t row_bytes;   // one encoded head row
     size_t stride;      // bytes per slot in a lane's k and v arrays (room for fp32 rows with fpkeep)
     int fpkeep;         // whether some slots are held in fp32
+    int direct;         // fp32 rows with keys rotated on entry: the view is the lanes themselves
     int group;          // int formats: channels per group
     KVLane *lanes;      // (L, NKV)
     float *kview, *vview; // (NKV, max cap, HD) fp32 workspace
@@ -82,6 +83,17 @@ static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is
         if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
         break;
     case KV_FMT_KIVI: CHECK(!"KIVI rows are decoded in blocks (kivi_view)"); break;
+    }
+}
+
+// Rotates a head row (HD) to position p with the cache's RoPE table.
+static void rope_row(const KVCache *kv, float *x, int p) {
+    int half = kv->shape.head_dim / 2;
+    const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
+    for (int i = 0; i < half; i++) {
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * cs[i] - b * sn[i];
+        x[2 * i + 1] = a * sn[i] + b * cs[i];
     }
 }
 
@@ -163,6 +175,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                     : spec->format == KV_FMT_INT ? quant_row_bytes(dim, group, spec->bits)
                                                  : 0;
     kv->fpkeep = spec->fp_sink || spec->fp_recent;
+    kv->direct = spec->format == KV_FMT_F32 && !spec->rank && !spec->merge_from && spec->select != KV_SEL_SINK &&
+                 !shape->keep_prerope;
     kv->stride = kv->fpkeep && dim * sizeof(float) > kv->row_bytes ? dim * sizeof(float) : kv->row_bytes;
     if (spec->format == KV_FMT_KIVI) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
@@ -188,9 +202,14 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                 lane->v = common_calloc(kv->cap[l], kv->kivi_val_bytes);
                 lane->res_k = common_calloc((size_t)spec->residual * HD, sizeof(float));
                 lane->res_v = common_calloc((size_t)spec->residual * HD, sizeof(float));
-            } else {
-                lane->k = common_calloc(kv->cap[l], kv->stride);
-                lane->v = common_calloc(kv->cap[l], kv->stride);
+            } else { // one block per layer, head g at g * cap rows, so a direct view needs no copy
+                if (g == 0) {
+                    lane->k = common_calloc((size_t)NKV * kv->cap[l], kv->stride);
+                    lane->v = common_calloc((size_t)NKV * kv->cap[l], kv->stride);
+                } else {
+                    lane->k = kv->lanes[l * NKV].k + (size_t)g * kv->cap[l] * kv->stride;
+                    lane->v = kv->lanes[l * NKV].v + (size_t)g * kv->cap[l] * kv->stride;
+                }
                 if (kv->fpkeep) lane->fp = common_calloc(kv->cap[l], 1);
                 if (pair_role(kv, l)) {
                     lane->merged = common_calloc(kv->cap[l], 1);
@@ -229,8 +248,10 @@ void kv_cache_free(KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         common_free(kv->lanes[i].pos);
         common_free(kv->lanes[i].score);
-        common_free(kv->lanes[i].k);
-        common_free(kv->lanes[i].v);
+        if (kv->spec.format == KV_FMT_KIVI || i % kv->shape.n_kv_head == 0) { // else inside head 0's block
+            common_free(kv->lanes[i].k);
+            common_free(kv->lanes[i].v);
+        }
         common_free(kv->lanes[i].res_k);
         common_free(kv->lanes[i].res_v);
         common_free(kv->lanes[i].fp);
@@ -366,6 +387,11 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             put_row(kv, lane, s, 0, kv->coef);
         } else {
             if (lane->fp) lane->fp[s] = 1;
+            if (kv->direct) { // rotated once here instead of at every view
+                memcpy(kv->row, kh, HD * sizeof(float));
+                rope_row(kv, kv->row, pos);
+                kh = kv->row;
+            }
             put_row(kv, lane, s, 1, kh);
             put_row(kv, lane, s, 0, v + g * HD);
         }
@@ -378,9 +404,18 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
     return 0;
 }
 
-void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos) {
-    int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head, half = HD / 2;
+void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos,
+                   size_t *head_stride) {
+    int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head;
     int n = kv->lanes[layer * NKV].n, in_cache = kv->spec.select == KV_SEL_SINK;
+    *Tc = n;
+    *qpos = in_cache ? n - 1 : kv_lane_pos(&kv->lanes[layer * NKV], n - 1);
+    if (kv->direct) {
+        *k = (const float *)kv->lanes[layer * NKV].k;
+        *v = (const float *)kv->lanes[layer * NKV].v;
+        *head_stride = (size_t)kv->cap[layer] * HD;
+        return;
+    }
     for (int g = 0; g < NKV; g++) {
         const KVLane *lane = &kv->lanes[layer * NKV + g];
         CHECK(lane->n == n);
@@ -404,19 +439,12 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
                 get_row(kv, lane, s, 1, kr);
                 get_row(kv, lane, s, 0, vg + (size_t)s * HD);
             }
-            int p = in_cache ? s : kv_lane_pos(lane, s);
-            const float *cs = kv->rope_cos + (size_t)p * half, *sn = kv->rope_sin + (size_t)p * half;
-            for (int i = 0; i < half; i++) {
-                float a = kr[2 * i], b = kr[2 * i + 1];
-                kr[2 * i] = a * cs[i] - b * sn[i];
-                kr[2 * i + 1] = a * sn[i] + b * cs[i];
-            }
+            rope_row(kv, kr, in_cache ? s : kv_lane_pos(lane, s));
         }
     }
     *k = kv->kview;
     *v = kv->vview;
-    *Tc = n;
-    *qpos = in_cache ? n - 1 : kv_lane_pos(&kv->lanes[layer * NKV], n - 1);
+    *head_stride = (size_t)n * HD;
 }
 
 void kv_cache_observe(KVCache *kv, int layer, const float *att) {

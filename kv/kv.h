@@ -17,6 +17,7 @@ typedef struct {
     int n_layer, n_head, n_kv_head, head_dim;
     int max_positions; // longest stream the cache will see (size of the RoPE table)
     float rope_theta;
+    int keep_prerope;  // keep keys before RoPE even where rotating them once on entry is possible (calibration)
 } KVShape;
 
 typedef struct {
@@ -56,9 +57,12 @@ void kv_cache_set_prefill(KVCache *kv, int prefill_len);
 // Stores token `pos`: k_pre and v are (n_kv_head * head_dim), k before RoPE. -1 when the cache cannot hold
 // another token (an unbounded cache past max_positions).
 int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v);
-// fp32 views (n_kv_head, Tc, head_dim) of what layer holds, keys rotated to their positions in the cache;
-// *qpos is the position the current query must be rotated to. Valid until the next call on the cache.
-void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos);
+// fp32 views of what layer holds: each kv head's (Tc, head_dim) rows, head g at g * *head_stride floats,
+// keys rotated to their positions in the cache; *qpos is the position the current query must be rotated
+// to. Valid until the next call on the cache. An fp32 cache that never re-indexes positions (every spec
+// but sink, minicache and lowrank) stores keys rotated on entry and returns its rows without a copy.
+void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos,
+                   size_t *head_stride);
 // The attention probabilities (n_head, Tc) the decode step computed over the view.
 void kv_cache_observe(KVCache *kv, int layer, const float *att);
 

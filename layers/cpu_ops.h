@@ -21,8 +21,8 @@ void attention_forward_cpu(float *out, float *att, const float *q, const float *
                            int NH, int NKV, int HD);
 void attention_backward_cpu(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
-void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc, int NH,
-                          int NKV, int HD);
+void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
+                          size_t head_stride, int NH, int NKV, int HD);
 void swiglu_forward_cpu(float *out, const float *a, const float *b, size_t N);
 void swiglu_backward_cpu(float *da, float *db, const float *dout, const float *a, const float *b, size_t N);
 void residual_forward_cpu(float *out, const float *a, const float *b, const float *scale_b, size_t N);

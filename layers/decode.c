@@ -45,10 +45,11 @@ int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, in
         if (kv_cache_append(kv, l, pos, s->k, s->v) != 0) return -1;
         const float *kc, *vc;
         int Tc, qpos;
-        kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos);
+        size_t head_stride;
+        kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos, &head_stride);
         CHECK(Tc <= s->capacity);
         op->rope_forward(s->q, 1, 1, NH, HD, qpos, c->rope_theta);
-        op->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, NH, NKV, HD);
+        op->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, head_stride, NH, NKV, HD);
         kv_cache_observe(kv, l, s->att);
         op->matmul_forward(s->proj, s->atty, p->wo + lCC, 1, C, C);
         op->residual_forward(s->x, s->x, s->proj, NULL, C);

@@ -38,10 +38,11 @@ typedef struct {
                                const float *att, const float *q, const float *k, const float *v, int B,
                                int T, int NH, int NKV, int HD);
 
-    // One decode query against a cache: q (NH,HD), kc and vc (NKV,Tc,HD) -> out (NH,HD); att (NH,Tc)
-    // receives the probabilities (scratch the caller owns, also what H2O/TOVA-style policies read).
+    // One decode query against a cache: q (NH,HD), kc and vc hold each kv head's (Tc,HD) rows, head g at
+    // offset g * head_stride floats -> out (NH,HD); att (NH,Tc) receives the probabilities (scratch the
+    // caller owns, also what H2O/TOVA-style policies read).
     void (*attention_decode)(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
-                             int NH, int NKV, int HD);
+                             size_t head_stride, int NH, int NKV, int HD);
 
     // out (N) = silu(a) * b; backward accumulates into da, db.
     void (*swiglu_forward)(float *out, const float *a, const float *b, size_t N);

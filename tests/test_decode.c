@@ -25,7 +25,7 @@ static void check_decode_matches_forward(int n_kv_head, float scale, float tol_r
 
     KVCache *kv;
     char err[ERR_LEN];
-    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), T, cfg.rope_theta};
+    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), T, cfg.rope_theta, 0};
     cr_assert_eq(kv_full_init(&kv, &shape, err), 0, "%s", err);
     DecodeState ds;
     decode_state_init(&ds, &cfg, T);

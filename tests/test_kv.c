@@ -49,7 +49,7 @@ static KVCache *make_cache(const char *text) {
     KVSpec sp;
     char err[ERR_LEN];
     cr_assert_eq(kv_spec_parse(&sp, text, err), 0, "%s", err);
-    KVShape shape = {L, NH, NKV, HD, MAXP, 10000.0f};
+    KVShape shape = {L, NH, NKV, HD, MAXP, 10000.0f, 0};
     KVCache *kv;
     cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
     return kv;
@@ -68,7 +68,8 @@ static void feed(KVCache *kv, int n) {
             cr_assert_eq(kv_cache_append(kv, l, t, k, v), 0);
             const float *kc, *vc;
             int Tc, qpos;
-            kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos);
+            size_t stride;
+            kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos, &stride);
             const KVLane *lane = kv_cache_lane(kv, l, 0);
             float sum = 0.0f;
             for (int s = 0; s < Tc; s++) sum += att[s] = kv_lane_pos(lane, s) % 5 == 0 ? 10.0f : 1.0f;
@@ -110,7 +111,8 @@ Test(kv, sink_keeps_first_and_newest_at_cache_positions) {
     for (int s = 0; s < 8; s++) cr_assert_eq(lane->pos[s], want[s]);
     const float *kc, *vc;
     int Tc, qpos;
-    kv_cache_view(kv, 0, &kc, &vc, &Tc, &qpos);
+    size_t stride;
+    kv_cache_view(kv, 0, &kc, &vc, &Tc, &qpos, &stride);
     cr_assert_eq(qpos, 7, "the query sits at its slot in the cache, not at position 39");
     kv_cache_free(kv);
 }
@@ -188,16 +190,15 @@ static float view_error(const char *text, int n) {
     }
     const float *k1, *v1, *k2, *v2;
     int T1, T2, q1, q2;
-    kv_cache_view(ref, 0, &k1, &v1, &T1, &q1);
-    float copy_k[NKV * MAXP * HD], copy_v[NKV * MAXP * HD];
-    memcpy(copy_k, k1, sizeof(float) * NKV * T1 * HD);
-    memcpy(copy_v, v1, sizeof(float) * NKV * T1 * HD);
-    kv_cache_view(kv, 0, &k2, &v2, &T2, &q2);
+    size_t s1, s2;
+    kv_cache_view(ref, 0, &k1, &v1, &T1, &q1, &s1); // the fp32 full cache's view is its own storage
+    kv_cache_view(kv, 0, &k2, &v2, &T2, &q2, &s2);
     cr_assert_eq(T1, T2);
-    for (int i = 0; i < NKV * T1 * HD; i++) {
-        worst = fmaxf(worst, fabsf(copy_k[i] - k2[i]));
-        worst = fmaxf(worst, fabsf(copy_v[i] - v2[i]));
-    }
+    for (int g = 0; g < NKV; g++)
+        for (int i = 0; i < T1 * HD; i++) {
+            worst = fmaxf(worst, fabsf(k1[g * s1 + i] - k2[g * s2 + i]));
+            worst = fmaxf(worst, fabsf(v1[g * s1 + i] - v2[g * s2 + i]));
+        }
     kv_cache_free(ref);
     kv_cache_free(kv);
     return worst;
@@ -239,7 +240,7 @@ Test(kv, streaming_past_trained_context_stays_finite) {
     char err[ERR_LEN];
     cr_assert_eq(kv_spec_parse(&sp, "sink:2,window:6+int8", err), 0);
     int n = 16 * cfg.block_size; // 16x the trained context
-    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), n, cfg.rope_theta};
+    KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), n, cfg.rope_theta, 0};
     KVCache *kv;
     cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
     DecodeState ds;
@@ -404,12 +405,15 @@ Test(kv, minicache_merges_pairs) {
     for (int s = 0; s < 12; s++) cr_assert(a->merged[s] && b->merged[s], "slot %d", s);
     const float *k1, *v1, *k2, *v2;
     int T1, T2, q1, q2;
-    kv_cache_view(ref, 1, &k1, &v1, &T1, &q1);
-    kv_cache_view(kv, 1, &k2, &v2, &T2, &q2);
-    for (int i = 0; i < NKV * T1 * HD; i++) {
-        cr_assert_float_eq(k1[i], k2[i], 1e-4f * (1.0f + fabsf(k1[i])));
-        cr_assert_float_eq(v1[i], v2[i], 1e-4f * (1.0f + fabsf(v1[i])));
-    }
+    size_t s1, s2;
+    kv_cache_view(ref, 1, &k1, &v1, &T1, &q1, &s1);
+    kv_cache_view(kv, 1, &k2, &v2, &T2, &q2, &s2);
+    for (int g = 0; g < NKV; g++)
+        for (int i = 0; i < T1 * HD; i++) {
+            float a = k1[g * s1 + i], b = k2[g * s2 + i], c = v1[g * s1 + i], d = v2[g * s2 + i];
+            cr_assert_float_eq(a, b, 1e-4f * (1.0f + fabsf(a)));
+            cr_assert_float_eq(c, d, 1e-4f * (1.0f + fabsf(c)));
+        }
     size_t rows = (size_t)NKV * 12 * 2 * HD * sizeof(float);
     cr_assert_eq(kv_cache_bytes(kv), kv_cache_bytes(ref) - rows + (size_t)L * NKV * 12 * (2 * sizeof(float) + 1));
     kv_cache_free(kv);
@@ -425,4 +429,29 @@ Test(kv, minicache_slerp_geometry) {
     cr_assert(na == 2.0f && nb == 3.0f);
     cr_assert_eq(minicache_merge(e, &na, &nb, a, b, 2, 0.25f, 2.0f), 1);
     cr_assert_float_eq(atan2f(e[1], e[0]), 3.14159265f / 8, 1e-6f, "a quarter of the way along the arc");
+}
+
+Test(kv, rotating_on_entry_equals_rotating_on_view) {
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, "window:9", err), 0);
+    KVShape a_shape = {L, NH, NKV, HD, MAXP, 10000.0f, 0}, b_shape = {L, NH, NKV, HD, MAXP, 10000.0f, 1};
+    KVCache *a, *b;
+    cr_assert_eq(kv_cache_init(&a, &sp, &a_shape, err), 0);
+    cr_assert_eq(kv_cache_init(&b, &sp, &b_shape, err), 0);
+    feed(a, 25);
+    feed(b, 25);
+    const float *ka, *va, *kb, *vb;
+    int Ta, Tb, qa, qb;
+    size_t sa, sb;
+    kv_cache_view(a, 1, &ka, &va, &Ta, &qa, &sa);
+    kv_cache_view(b, 1, &kb, &vb, &Tb, &qb, &sb);
+    cr_assert(Ta == Tb && qa == qb && sa != sb, "the direct view strides by capacity, the rebuilt one by count");
+    for (int g = 0; g < NKV; g++)
+        for (int i = 0; i < Ta * HD; i++) {
+            cr_assert_eq(ka[g * sa + i], kb[g * sb + i], "bit-identical rotation");
+            cr_assert_eq(va[g * sa + i], vb[g * sb + i]);
+        }
+    kv_cache_free(a);
+    kv_cache_free(b);
 }
