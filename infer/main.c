@@ -32,10 +32,10 @@ static const char *usage =
     "  --streams N        --kv eval: streams at evenly spaced offsets of the file       [8]\n"
     "  --json             --kv eval: one JSON object instead of text\n"
     "  --eval recall      long-range recall accuracy by distance through --kv SPEC (and the full cache);\n"
-    "                     --streams = sequences per distance [20], filler from --data FILE\n"
-    "                     (--data is also where +lowrank:R calibrates: its training split)\n"
-    "                     [data/tinyshakespeare.txt], sequences drawn with --seed (a file named recall:\n"
-    "                     give ./recall)\n"
+    "                     --streams = sequences per distance [20], drawn with --seed (for a file named\n"
+    "                     recall, give ./recall)\n"
+    "  --data FILE        recall filler, and the text whose training split +lowrank:R calibrates on\n"
+    "                     [data/tinyshakespeare.txt]\n"
     "  --kv-heads G       GQA conversion at load: mean-pool the checkpoint's key/value heads into G groups\n"
     "                     (no retraining; G must divide the checkpoint's key/value head count)\n"
     "  --device cpu       (cuda: a later release)\n"
@@ -47,7 +47,7 @@ static const char *usage =
     "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
     "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
     "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
-    "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8:32+hadamard\n";
+    "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard\n";
 
 static int die(const char *msg) {
     fprintf(stderr, "infer: %s\n", msg);
