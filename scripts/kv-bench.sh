@@ -14,7 +14,7 @@ mode=${2:-quality}
 out=${3:-/dev/stdout}
 mkdir -p build
 tail -c 111540 data/tinyshakespeare.txt > build/val.txt  # the validation split (last 10%) of the corpus
-ctx=${CTX:-256}   # the checkpoint's trained context
+ctx=${CTX:-256}   # tokens per stream (the checkpoint's trained context, or more); budgets are 25% of it
 b=$((ctx / 4)); h=$((b / 2))
 run() { build/infer --ckpt "$ckpt" "$@" --json; }
 case "$mode" in
