@@ -1,7 +1,8 @@
 // The KV cache engine: lanes of tokens per (layer, kv head), the storage format of their rows, the budgets,
 // and the points where the selection policy runs (see kv.h). Positions: keys are stored before RoPE and
 // rotated when viewed, to their original position, or for sink:S,window:W to their slot in the cache
-// (StreamingLLM), so a stream can run past the trained context.
+// (StreamingLLM), so a stream can run past the trained context. An fp32 cache whose positions never change
+// (no sinks, merging or low rank) rotates each key once on entry instead and is its own view.
 #include <math.h>
 #include <stdio.h>
 #include <string.h>

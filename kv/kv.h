@@ -1,8 +1,8 @@
 // The KV cache the decode step talks to. One engine (cache.c) holds, for every layer and key/value head, a
 // "lane" of tokens: their original positions, a policy score, and keys (before RoPE) and values encoded in
 // the storage format. A selection policy (one file each: window.c, h2o.c, tova.c, snapkv.c, knorm.c) picks
-// which token a lane drops when it is over its budget; the storage format (store.c over quant.c) decides
-// how rows are held. The decode step appends each token's pre-RoPE key and value, asks for a view (fp32,
+// which token a lane drops when it is over its budget; the storage format (quant.c for fp16 and integer
+// rows, KIVI blocks in cache.c, lowrank.c, minicache.c) decides how rows are held. The decode step appends each token's pre-RoPE key and value, asks for a view (fp32,
 // keys rotated to their cache positions) to attend over, then reports the attention it computed so
 // score-based policies can use it.
 #ifndef KVLAB_KV_H
