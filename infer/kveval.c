@@ -7,7 +7,7 @@
 
 #include "../layers/decode.h"
 
-static size_t peak_rss(void) {
+size_t kv_peak_rss_bytes(void) {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
 }
@@ -146,7 +146,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     out->fp16_bytes_per_token = (double)c->n_layer * 2 * KVC * 2;
     out->prefill_tokens_per_s = t_prefill > 0 ? (double)cfg->prefill * cfg->streams / t_prefill : 0.0;
     out->decode_tokens_per_s = t_decode > 0 ? (double)(T - cfg->prefill) * cfg->streams / t_decode : 0.0;
-    out->peak_rss_bytes = peak_rss();
+    out->peak_rss_bytes = kv_peak_rss_bytes();
     kv_pair_free(&pair);
     return 0;
 }

@@ -33,6 +33,9 @@ int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, con
 void kv_pair_reset(KVPair *p, int prefill);
 void kv_pair_free(KVPair *p);
 
+// Peak resident memory of this process so far, in bytes (0 if unknown).
+size_t kv_peak_rss_bytes(void);
+
 // Fits a low-rank cache's bases from the keys and values the model produces on tokens (windows of the
 // model's context, at most 8), through a full cache. No-op for caches that need no calibration.
 int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err);

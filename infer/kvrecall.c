@@ -1,5 +1,4 @@
 #include <stdio.h>
-#include <sys/resource.h>
 
 #include "../data/recall.h"
 #include "../layers/decode.h"
@@ -68,8 +67,7 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     out->kv_bytes = kv_cache_bytes(pair.comp);
     out->bytes_per_token = (double)out->kv_bytes / fed;
     out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
-    struct rusage ru;
-    out->peak_rss_bytes = getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024 : 0;
+    out->peak_rss_bytes = kv_peak_rss_bytes();
     common_free(seq);
     kv_pair_free(&pair);
     return 0;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../layers/cpu_ops.h"
 #include "kv.h"
 #include "lowrank.h"
 #include "minicache.h"
@@ -230,7 +231,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->rope_sin = common_calloc((size_t)shape->max_positions * half, sizeof(float));
     for (int p = 0; p < shape->max_positions; p++)
         for (int i = 0; i < half; i++) {
-            double ang = (double)p * pow((double)shape->rope_theta, -2.0 * i / HD);
+            double ang = rope_angle(p, i, HD, shape->rope_theta);
             kv->rope_cos[(size_t)p * half + i] = (float)cos(ang);
             kv->rope_sin[(size_t)p * half + i] = (float)sin(ang);
         }
@@ -307,12 +308,7 @@ static void kivi_append(KVCache *kv, KVLane *lane, const float *k, const float *
     memcpy(kv->block, lane->res_k, (size_t)G * HD * sizeof(float));
     if (kv->spec.hadamard)
         for (int j = 0; j < G; j++) quant_hadamard(kv->block + (size_t)j * HD, HD);
-    for (int c = 0; c < HD; c++) {
-        float col[1024];
-        CHECK(G <= 1024);
-        for (int j = 0; j < G; j++) col[j] = kv->block[(size_t)j * HD + c];
-        quant_encode_row(kb + c * kv->kivi_key_bytes, col, G, G, bits);
-    }
+    for (int c = 0; c < HD; c++) quant_encode_col(kb + c * kv->kivi_key_bytes, kv->block, G, HD, c, bits);
     for (int j = 0; j < G; j++)
         quant_encode_row(lane->v + (size_t)(quantized + j) * kv->kivi_val_bytes, lane->res_v + (size_t)j * HD, HD,
                          kv->kivi_vgroup, bits);
@@ -326,11 +322,8 @@ static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
     int HD = kv->shape.head_dim, G = kv->spec.group, quantized = lane->n - lane->n_res;
     for (int b = 0; b < quantized / G; b++) {
         float *blk = kg + (size_t)b * G * HD;
-        for (int c = 0; c < HD; c++) {
-            float col[1024];
-            quant_decode_row(col, lane->k + ((size_t)b * HD + c) * kv->kivi_key_bytes, G, G, kv->spec.bits);
-            for (int j = 0; j < G; j++) blk[(size_t)j * HD + c] = col[j];
-        }
+        for (int c = 0; c < HD; c++)
+            quant_decode_col(blk, lane->k + ((size_t)b * HD + c) * kv->kivi_key_bytes, G, HD, c, kv->spec.bits);
         if (kv->spec.hadamard)
             for (int j = 0; j < G; j++) quant_hadamard(blk + (size_t)j * HD, HD);
     }
@@ -527,13 +520,7 @@ int kv_lowrank_fit(KVCache *kv, int layer, int head, const float *keys, const fl
     return 0;
 }
 
-size_t kv_cache_workspace_bytes(const KVCache *kv) {
-    int max_cap = 0;
-    for (int l = 0; l < kv->shape.n_layer; l++) max_cap = kv->cap[l] > max_cap ? kv->cap[l] : max_cap;
-    return 2 * (size_t)kv->shape.n_kv_head * max_cap * kv->shape.head_dim * sizeof(float);
-}
 
 int kv_cache_tokens(const KVCache *kv, int layer) { return kv->lanes[layer * kv->shape.n_kv_head].n; }
 int kv_cache_layer_budget(const KVCache *kv, int layer) { return kv->budget[layer]; }
 const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head) { return &kv->lanes[layer * kv->shape.n_kv_head + head]; }
-const KVSpec *kv_cache_spec(const KVCache *kv) { return &kv->spec; }

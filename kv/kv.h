@@ -67,11 +67,9 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
 void kv_cache_observe(KVCache *kv, int layer, const float *att);
 
 size_t kv_cache_bytes(const KVCache *kv);     // held: values, scales, positions (when evicting), scores, metadata
-size_t kv_cache_workspace_bytes(const KVCache *kv); // the fp32 view buffers, rebuilt per layer
 int kv_cache_tokens(const KVCache *kv, int layer); // tokens held per head
 int kv_cache_layer_budget(const KVCache *kv, int layer); // 0 = unbounded
 const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head);
-const KVSpec *kv_cache_spec(const KVCache *kv);
 
 // Low rank (lowrank.c): whether the cache needs its bases fitted before use, and the fit from n samples of
 // one (layer, kv head): keys (before RoPE) and values, (n, head_dim) each. -1 with a message on failure.

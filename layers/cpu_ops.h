@@ -15,6 +15,8 @@ void rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const 
 void matmul_forward_cpu(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
 void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IN, int OUT);
+// The angle RoPE rotates pair i of a head of HD dimensions by at position pos.
+double rope_angle(int pos, int i, int HD, float theta);
 void rope_forward_cpu(float *x, int B, int T, int NH, int HD, int pos0, float theta);
 void rope_backward_cpu(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
 void attention_forward_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,

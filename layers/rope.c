@@ -6,6 +6,10 @@
 
 #define ROPE_MAX_HALF 512
 
+// Double precision: positions far past the trained context stay accurate. The KV cache's RoPE table uses
+// this too, so a cache rotates keys bit-identically to the training forward.
+double rope_angle(int pos, int i, int HD, float theta) { return (double)pos * pow((double)theta, -2.0 * i / HD); }
+
 static void rope_rotate(float *x, int B, int T, int NH, int HD, int pos0, float theta, float sign) {
     CHECK(HD % 2 == 0 && HD / 2 <= ROPE_MAX_HALF);
     int half = HD / 2;
@@ -13,9 +17,7 @@ static void rope_rotate(float *x, int B, int T, int NH, int HD, int pos0, float 
     for (int t = 0; t < T; t++) {
         float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
         for (int i = 0; i < half; i++) {
-            // double precision angle: positions far past the trained context stay accurate
-            double freq = pow((double)theta, -2.0 * i / HD);
-            double ang = (double)(pos0 + t) * freq;
+            double ang = rope_angle(pos0 + t, i, HD, theta);
             cs[i] = (float)cos(ang);
             sn[i] = sign * (float)sin(ang);
         }

@@ -99,12 +99,14 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--seed")) rc = args_u64(&a, &f->seed), f->seed_given = 1;
         else if (args_is(&a, "--mix")) {
             const char *v = args_value(&a);
-            char *end;
+            char *end = NULL;
             if (!v) rc = -1;
-            else if (strncmp(v, "recall:", 7) != 0 || !(f->mix = strtof(v + 7, &end), end != v + 7 && !*end) ||
-                     !(f->mix >= 0.0f && f->mix <= 1.0f)) {
-                err_set(err, "bad --mix '%s': the valid form is recall:F with 0 <= F <= 1", v);
-                return -1;
+            else {
+                if (strncmp(v, "recall:", 7) == 0) f->mix = strtof(v + 7, &end);
+                if (!end || end == v + 7 || *end || !(f->mix >= 0.0f && f->mix <= 1.0f)) {
+                    err_set(err, "bad --mix '%s': the valid form is recall:F with 0 <= F <= 1", v);
+                    return -1;
+                }
             }
         }
         else {
