@@ -7,6 +7,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" { // also included from .cu files
+#endif
+
 // Internal invariant / libc failure: print the call and file:line, then abort.
 #define CHECK(cond)                                                                      \
     do {                                                                                 \
@@ -44,5 +48,9 @@ unsigned char *common_read_file(const char *path, size_t *len, char *err);
 
 // Whether stderr is a terminal (live progress display only there).
 int common_stderr_is_tty(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

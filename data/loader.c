@@ -52,9 +52,7 @@ void loader_train_batch(const Corpus *c, Rng *rng, int B, int T, float recall_mi
     for (int b = 0; b < B; b++) {
         // the extra draw happens only with a mix, so runs without one keep their data order
         if (recall_mix > 0.0f && rng_uniform(rng) < recall_mix) {
-            int lo = recall_min_distance(), hi = recall_max_distance(T + 1);
-            int d = lo + (int)rng_below(rng, (uint64_t)(hi - lo + 1));
-            recall_sequence(c->tok, c, rng, T + 1, d, inputs + (size_t)b * T, targets + (size_t)b * T);
+            recall_train_sequence(c->tok, c, rng, T + 1, inputs + (size_t)b * T, targets + (size_t)b * T);
             continue;
         }
         size_t start = (size_t)rng_below(rng, span);

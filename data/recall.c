@@ -36,6 +36,15 @@ static void random_letters(Rng *rng, char *out, int n) {
     for (int i = 0; i < n; i++) out[i] = (char)('a' + rng_below(rng, 26));
 }
 
+static void random_key(Rng *rng, char (*keys)[RECALL_KEY_LEN], int i) {
+    int fresh;
+    do { // distinct keys
+        random_letters(rng, keys[i], RECALL_KEY_LEN);
+        fresh = 1;
+        for (int j = 0; j < i; j++) fresh &= memcmp(keys[i], keys[j], RECALL_KEY_LEN) != 0;
+    } while (!fresh);
+}
+
 int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y) {
     CHECK(distance >= recall_min_distance() && distance <= recall_max_distance(n));
     size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
@@ -43,12 +52,7 @@ int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int 
     for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);
     char keys[RECALL_PAIRS][RECALL_KEY_LEN], vals[RECALL_PAIRS][RECALL_VAL_LEN];
     for (int i = 0; i < RECALL_PAIRS; i++) {
-        int fresh;
-        do { // distinct keys
-            random_letters(rng, keys[i], RECALL_KEY_LEN);
-            fresh = 1;
-            for (int j = 0; j < i; j++) fresh &= memcmp(keys[i], keys[j], RECALL_KEY_LEN) != 0;
-        } while (!fresh);
+        random_key(rng, keys, i);
         random_letters(rng, vals[i], RECALL_VAL_LEN);
     }
     int query = n - 1 - RECALL_ITEM_LEN, target = query - distance;
@@ -68,4 +72,56 @@ int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int 
     }
     write_item(tok, &seq, query, '$', keys[0], vals[0]); // the query repeats the definition's marker and key
     return query + 1 + RECALL_KEY_LEN + 1;
+}
+
+int recall_train_pairs(int n) {
+    int k = (n - 4 * RECALL_SPAN_LEN) / (4 * RECALL_ITEM_LEN); // items and span take about half the window
+    return k < 1 ? 1 : k;
+}
+
+void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int *x, int *y) {
+    int k = recall_train_pairs(n), slots = 2 * (k + 1); // k items and one span, each twice
+    CHECK(2 * (k * RECALL_ITEM_LEN + RECALL_SPAN_LEN) <= n);
+    size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
+    Seq seq = {x, y, n};
+    for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);
+    char(*keys)[RECALL_KEY_LEN] = common_calloc((size_t)k, RECALL_KEY_LEN);
+    char(*vals)[RECALL_VAL_LEN] = common_calloc((size_t)k, RECALL_VAL_LEN);
+    char span[RECALL_SPAN_LEN];
+    int *pos = common_calloc((size_t)slots, sizeof(int)), *label = common_calloc((size_t)slots, sizeof(int));
+    for (int i = 0; i < k; i++) {
+        random_key(rng, keys, i);
+        random_letters(rng, vals[i], RECALL_VAL_LEN);
+    }
+    random_letters(rng, span, RECALL_SPAN_LEN);
+    // label j / 2: items 0..k-1, then the span (label k); each twice, in shuffled order
+    for (int j = 0; j < slots; j++) label[j] = j / 2;
+    for (int j = slots - 1; j > 0; j--) {
+        int r = (int)rng_below(rng, (uint64_t)j + 1), t = label[j];
+        label[j] = label[r];
+        label[r] = t;
+    }
+    // non-overlapping slots, uniform: sorted offsets into the free space, each slot then shifted by the
+    // lengths of the slots before it
+    int free_len = n - 2 * (k * RECALL_ITEM_LEN + RECALL_SPAN_LEN);
+    for (int j = 0; j < slots; j++) pos[j] = (int)rng_below(rng, (uint64_t)free_len + 1);
+    for (int j = 1; j < slots; j++) // insertion sort: slots is small
+        for (int i = j; i > 0 && pos[i - 1] > pos[i]; i--) {
+            int t = pos[i];
+            pos[i] = pos[i - 1];
+            pos[i - 1] = t;
+        }
+    for (int j = 0, shift = 0; j < slots; j++) {
+        if (label[j] < k) {
+            write_item(tok, &seq, pos[j] + shift, '$', keys[label[j]], vals[label[j]]);
+            shift += RECALL_ITEM_LEN;
+        } else {
+            for (int i = 0; i < RECALL_SPAN_LEN; i++) seq_put(&seq, pos[j] + shift + i, tok->byte_to_id[(unsigned char)span[i]]);
+            shift += RECALL_SPAN_LEN;
+        }
+    }
+    common_free(label);
+    common_free(pos);
+    common_free(vals);
+    common_free(keys);
 }

@@ -15,6 +15,7 @@
 #define RECALL_KEY_LEN 2
 #define RECALL_VAL_LEN 4
 #define RECALL_PAIRS 1 // definitions per sequence, the queried one included
+#define RECALL_SPAN_LEN 16 // training only: a random-letter span written twice (see recall_train_sequence)
 #define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
 
 // -1 with a message if the vocabulary lacks a character the task needs.
@@ -28,5 +29,12 @@ int recall_max_distance(int n);
 // x = seq[0, n-1) and targets y = seq[1, n). Returns the sequence index of the query's first value
 // character: seq[ret, ret + RECALL_VAL_LEN) is the answer.
 int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y);
+// The training form of the task, denser than the eval's: corpus filler with recall_train_pairs(n) items
+// "$kk:vvvv;" (distinct keys), each written twice at random non-overlapping places, so every second
+// occurrence's value is recallable from its first, at every distance the window allows and anywhere in it.
+// A sequence with one recallable value per window was too sparse a signal for our small models to ever
+// learn the copy (BENCHMARKS.md, "Long-range recall"). Same x/y convention as recall_sequence.
+int recall_train_pairs(int n);
+void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int *x, int *y);
 
 #endif

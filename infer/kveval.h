@@ -59,7 +59,8 @@ void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEva
 
 // Long-range recall through a compressed cache (data/recall.h): for each distance, `per_distance` sequences
 // of `context` tokens are streamed through the compressed and the full cache; a sequence counts when all
-// value characters of its query are each the most likely next token (teacher-forced). SnapKV compresses at
+// value characters of its query are each the most likely next token (teacher-forced); char_acc counts the
+// value characters one by one (chance is 1/26), a finer signal than the exact match. SnapKV compresses at
 // the query's value, so its prompt includes the question, as in the paper.
 #define KV_RECALL_MAX_DISTANCES 16
 typedef struct {
@@ -67,6 +68,7 @@ typedef struct {
     int distance[KV_RECALL_MAX_DISTANCES];
     double acc[KV_RECALL_MAX_DISTANCES], acc_full[KV_RECALL_MAX_DISTANCES];
     double acc_all, acc_all_full;
+    double char_acc, char_acc_full;
     size_t kv_bytes;
     double bytes_per_token, fp16_bytes_per_token;
     size_t peak_rss_bytes;

@@ -36,7 +36,7 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     int *seq = common_calloc(context, sizeof(int));
     Rng rng;
     rng_init(&rng, seed);
-    size_t hits = 0, hits_full = 0, total = 0;
+    size_t hits = 0, hits_full = 0, total = 0, chars = 0, chars_full = 0;
     int fed = 0; // tokens the last sequence fed
     for (int di = 0; di < out->n_distances; di++) {
         int h = 0, hf = 0;
@@ -49,8 +49,12 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
                 CHECK(model_decode_step(m, &pair.dfull, pair.full, seq[t], t) == 0);
                 CHECK(model_decode_step(m, &pair.dcomp, pair.comp, seq[t], t) == 0);
                 if (t >= ans - 1) { // predicts a value character
-                    ok &= argmax(pair.dcomp.logits, c->vocab_size) == seq[t + 1];
-                    ok_full &= argmax(pair.dfull.logits, c->vocab_size) == seq[t + 1];
+                    int right = argmax(pair.dcomp.logits, c->vocab_size) == seq[t + 1];
+                    int right_full = argmax(pair.dfull.logits, c->vocab_size) == seq[t + 1];
+                    ok &= right;
+                    ok_full &= right_full;
+                    chars += right;
+                    chars_full += right_full;
                 }
             }
             h += ok;
@@ -64,6 +68,8 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     }
     out->acc_all = (double)hits / total;
     out->acc_all_full = (double)hits_full / total;
+    out->char_acc = (double)chars / (total * RECALL_VAL_LEN);
+    out->char_acc_full = (double)chars_full / (total * RECALL_VAL_LEN);
     out->kv_bytes = kv_cache_bytes(pair.comp);
     out->bytes_per_token = (double)out->kv_bytes / fed;
     out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
@@ -75,9 +81,9 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
 
 void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r) {
     printf("{\"spec\": \"%s\", \"task\": \"recall\", \"context\": %d, \"per_distance\": %d, \"recall_acc\": %.6g, "
-           "\"recall_acc_full\": %.6g, \"kv_bytes\": %zu, \"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, "
+           "\"recall_acc_full\": %.6g, \"recall_char_acc\": %.6g, \"recall_char_acc_full\": %.6g, \"kv_bytes\": %zu, \"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, "
            "\"peak_rss_bytes\": %zu, \"recall_acc_by_distance\": {",
-           spec->text, context, per_distance, r->acc_all, r->acc_all_full, r->kv_bytes, r->bytes_per_token,
+           spec->text, context, per_distance, r->acc_all, r->acc_all_full, r->char_acc, r->char_acc_full, r->kv_bytes, r->bytes_per_token,
            r->fp16_bytes_per_token, r->peak_rss_bytes);
     for (int i = 0; i < r->n_distances; i++) printf("%s\"%d\": %.6g", i ? ", " : "", r->distance[i], r->acc[i]);
     printf("}, \"recall_acc_full_by_distance\": {");

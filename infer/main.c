@@ -124,9 +124,10 @@ static int run_recall(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     int rc = kv_eval_recall(m, &f->spec, tok, &corpus, context, per, f->seed, &r, err);
     if (rc == 0 && f->json) kv_recall_print_json(&f->spec, context, per, &r);
     else if (rc == 0) {
-        printf("recall --kv=%s, context %d, %d sequences per distance: accuracy %.3f (full cache %.3f), KV %.1f "
-               "bytes/token (fp16 full: %.1f)\n",
-               f->spec.text, context, per, r.acc_all, r.acc_all_full, r.bytes_per_token, r.fp16_bytes_per_token);
+        printf("recall --kv=%s, context %d, %d sequences per distance: accuracy %.3f (full cache %.3f), value "
+               "characters %.3f (full %.3f; chance 0.038), KV %.1f bytes/token (fp16 full: %.1f)\n",
+               f->spec.text, context, per, r.acc_all, r.acc_all_full, r.char_acc, r.char_acc_full, r.bytes_per_token,
+               r.fp16_bytes_per_token);
         for (int i = 0; i < r.n_distances; i++)
             printf("  distance %5d: %.3f (full %.3f)\n", r.distance[i], r.acc[i], r.acc_full[i]);
     }

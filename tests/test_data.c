@@ -106,3 +106,53 @@ Test(data, recall_sequence_layout) {
     }
     corpus_free(&c);
 }
+
+// The training form: recall_train_pairs(n) items, each written exactly twice (same key, same value), keys
+// distinct, items never overlapping, anywhere in the window.
+Test(data, recall_train_sequence_layout) {
+    Tokenizer tok;
+    Corpus c;
+    char err[ERR_LEN];
+    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    Rng rng;
+    rng_init(&rng, 7);
+    enum { N = 257 };
+    int k = recall_train_pairs(N);
+    cr_assert_geq(k, 4, "a 256-token window holds several pairs");
+    cr_assert_leq(2 * k * RECALL_ITEM_LEN, N);
+    int x[N - 1], y[N - 1], first_item_at_0 = 0, last_item_at_end = 0;
+    char text[N];
+    for (int trial = 0; trial < 200; trial++) {
+        recall_train_sequence(&tok, &c, &rng, N, x, y);
+        for (int t = 1; t < N - 1; t++) cr_assert_eq(x[t], y[t - 1]);
+        int seq[N];
+        seq[0] = x[0];
+        memcpy(seq + 1, y, sizeof(y));
+        cr_assert_eq(tokenizer_decode(&tok, seq, N, text), 0);
+        // items: "$" + 2 letters + ":" + 4 letters + ";"; Shakespeare has no '$', so each '$' starts one
+        int n_items = 0, counted[N] = {0};
+        for (int i = 0; i < N; i++) {
+            if (text[i] != '$') continue;
+            cr_assert_leq(i + RECALL_ITEM_LEN, N, "an item fits in the window");
+            cr_assert_eq(text[i + 1 + RECALL_KEY_LEN], ':');
+            cr_assert_eq(text[i + RECALL_ITEM_LEN - 1], ';');
+            for (int j = 1; j < RECALL_ITEM_LEN - 1; j++)
+                if (j != 1 + RECALL_KEY_LEN) cr_assert(text[i + j] >= 'a' && text[i + j] <= 'z', "%s", text);
+            n_items++;
+            first_item_at_0 |= i == 0;
+            last_item_at_end |= i + RECALL_ITEM_LEN == N;
+            if (counted[i]) continue;
+            int copies = 0;
+            for (int j = 0; j < N; j++)
+                if (text[j] == '$' && memcmp(text + j, text + i, 1 + RECALL_KEY_LEN) == 0) {
+                    cr_assert_eq(memcmp(text + j, text + i, RECALL_ITEM_LEN), 0, "same key, same value: %s", text);
+                    counted[j] = 1;
+                    copies++;
+                }
+            cr_assert_eq(copies, 2, "each key is written twice: %s", text);
+        }
+        cr_assert_eq(n_items, 2 * k, "%s", text);
+    }
+    cr_assert(first_item_at_0 && last_item_at_end, "items reach both ends of the window");
+    corpus_free(&c);
+}

@@ -26,7 +26,7 @@ static const char *usage =
     "                       (a \"$kk:vvvv;\" definition repeated later; see data/recall.h)   [0]\n"
     "  --device cpu         (cuda: a later release)\n"
     "files:\n"
-    "  --data FILE          text corpus (first 90%% trains, last 10%% validates)  [data/tinyshakespeare.txt]\n"
+    "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
     "  --out CKPT           checkpoint written at each evaluation and at the end\n"
     "                       [checkpoints/<preset>-<attn>.ckpt]\n"
     "  --resume CKPT        continue a run exactly (settings come from the checkpoint; --steps may extend it)\n"
