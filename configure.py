@@ -398,7 +398,9 @@ def write_ninja(n, v):
     n.rule('cc', '$cc -MMD -MF $out.d $cflags -c $in -o $out',
            description='CC $out', depfile='$out.d', deps='gcc')
     if v['nvcc'] and v['lib_cu']:
-        n.rule('cuda', '$nvcc -arch=$cuda_arch $cuda_flags -I. -DKVLAB_CUDA=1 -MD -MF $out.d -c $in -o $out',
+        # warnings are errors, ours and the host compiler's, so a CUDA build break never lands unnoticed
+        n.rule('cuda', '$nvcc -arch=$cuda_arch $cuda_flags -std=c++17 -Werror all-warnings '
+               '-Xcompiler=-Wall,-Wextra,-Werror -I. -DKVLAB_CUDA=1 -MD -MF $out.d -c $in -o $out',
                description='NVCC $out', depfile='$out.d', deps='gcc')
     n.rule('ar', 'rm -f $out && ar crs $out $in', description='AR $out')
     n.rule('link', '$cc $ldflags -o $out $in $libs', description='LINK $out')

@@ -6,6 +6,10 @@
 
 #include "../common/common.h"
 
+#ifdef __cplusplus
+extern "C" { // also included from .cu files
+#endif
+
 typedef struct {
     const char *name;
 
@@ -67,5 +71,9 @@ typedef struct {
 } Ops;
 
 extern const Ops ops_cpu;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

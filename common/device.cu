@@ -1,0 +1,105 @@
+// common/device.h and common/cuda_check.cuh for builds with CUDA.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common.h"
+#include "cuda_check.cuh"
+#include "device.h"
+
+static cudaStream_t g_stream = 0;
+static cublasHandle_t g_cublas = NULL;
+static int g_sync = -1; // KVLAB_CUDA_SYNC, read once
+
+extern "C" void cuda_fail(const char *call, const char *msg, const char *file, int line) {
+    fprintf(stderr, "CUDA error: %s: %s (%s:%d)\n", call, msg, file, line);
+    fflush(stderr);
+    abort();
+}
+
+extern "C" void cuda_op_done(const char *op, const char *file, int line) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) cuda_fail(op, cudaGetErrorString(e), file, line);
+    if (g_sync < 0) {
+        const char *s = getenv("KVLAB_CUDA_SYNC");
+        g_sync = s && *s && *s != '0';
+    }
+    if (g_sync) {
+        e = cudaStreamSynchronize(g_stream);
+        if (e != cudaSuccess) cuda_fail(op, cudaGetErrorString(e), file, line);
+    }
+}
+
+extern "C" cudaStream_t cuda_stream(void) { return g_stream; }
+
+extern "C" void cuda_set_stream(cudaStream_t s) {
+    g_stream = s;
+    if (g_cublas) CUBLAS_CHECK(cublasSetStream(g_cublas, s));
+}
+
+extern "C" cublasHandle_t cuda_cublas(void) {
+    if (!g_cublas) {
+        CUBLAS_CHECK(cublasCreate(&g_cublas));
+        CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
+        // fp32 parity mode: no TF32 unless a caller asks for it
+        CUBLAS_CHECK(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
+    }
+    return g_cublas;
+}
+
+static int g_available = -1;
+static char g_why[ERR_LEN];
+static char g_name[256] = "none";
+
+extern "C" int device_cuda_available(char *why) {
+    if (g_available < 0) {
+        int n = 0;
+        cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess) {
+            snprintf(g_why, sizeof(g_why), "no usable CUDA device (%s)", cudaGetErrorString(e));
+            g_available = 0;
+        } else if (n == 0) {
+            snprintf(g_why, sizeof(g_why), "no CUDA device found");
+            g_available = 0;
+        } else {
+            cudaDeviceProp p;
+            CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+            snprintf(g_name, sizeof(g_name), "%s", p.name);
+            g_available = 1;
+        }
+        cudaGetLastError(); // a failed probe must not poison the next op's launch check
+    }
+    if (!g_available && why) snprintf(why, ERR_LEN, "%s", g_why);
+    return g_available;
+}
+
+extern "C" const char *device_cuda_name(void) { return g_name; }
+
+extern "C" void *device_malloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "CUDA error: cudaMalloc(%zu bytes): %s\n", bytes, cudaGetErrorString(e));
+        abort();
+    }
+    return p;
+}
+
+extern "C" void device_free(void *ptr) {
+    if (ptr) CUDA_CHECK(cudaFree(ptr));
+}
+
+extern "C" void device_upload(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+
+extern "C" void device_download(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+
+extern "C" void device_memset(void *ptr, int byte, size_t bytes) {
+    CUDA_CHECK(cudaMemsetAsync(ptr, byte, bytes, g_stream));
+}
+
+extern "C" void device_synchronize(void) { CUDA_CHECK(cudaStreamSynchronize(g_stream)); }
