@@ -199,15 +199,22 @@ static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *to
     Writer w = {.f = f, .hash = hash};
     writer_u32(&w, (uint32_t)tok->vocab_size);
     writer_put(&w, tok->id_to_byte, (size_t)tok->vocab_size);
-    writer_f32s(&w, m->params_memory, m->n_params);
+    // tensors that live on a device are written from a host copy
+    float *host = m->ops->on_device || (s && s->ops && s->ops->on_device) ? common_calloc(m->n_params, sizeof(float)) : NULL;
+    if (m->ops->on_device) model_params_download(m, host);
+    writer_f32s(&w, m->ops->on_device ? host : m->params_memory, m->n_params);
     if (hd->flags & CHECKPOINT_FLAG_TRAIN_STATE) {
         writer_train_config(&w, tc);
         writer_i32(&w, s->step);
         writer_u64(&w, s->data_rng.state);
         writer_u64(&w, s->dropout_rng.state);
-        writer_f32s(&w, s->m, m->n_params);
-        writer_f32s(&w, s->v, m->n_params);
+        const float *moments[2] = {s->m, s->v};
+        for (int i = 0; i < 2; i++) {
+            if (s->ops && s->ops->on_device) s->ops->mem_download(host, moments[i], m->n_params * sizeof(float));
+            writer_f32s(&w, s->ops && s->ops->on_device ? host : moments[i], m->n_params);
+        }
     }
+    common_free(host);
     hd->payload_hash = XXH64_digest(hash);
     XXH64_freeState(hash);
     if (w.err_no) {

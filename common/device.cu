@@ -1,4 +1,5 @@
 // common/device.h and common/cuda_check.cuh for builds with CUDA.
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -64,6 +65,11 @@ extern "C" int device_cuda_available(char *why) {
             cudaDeviceProp p;
             CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
             snprintf(g_name, sizeof(g_name), "%s", p.name);
+            // ops allocate workspaces per call with cudaMallocAsync: keep freed memory in the pool
+            cudaMemPool_t pool;
+            CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+            uint64_t keep = UINT64_MAX;
+            CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
             g_available = 1;
         }
         cudaGetLastError(); // a failed probe must not poison the next op's launch check

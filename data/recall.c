@@ -74,27 +74,33 @@ int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int 
     return query + 1 + RECALL_KEY_LEN + 1;
 }
 
+int recall_train_spans(int n) {
+    if (n < 2 * (RECALL_SPAN_LEN + RECALL_ITEM_LEN)) return 0; // short windows: items only
+    return n / 128 > 1 ? n / 128 : 1;
+}
+
 int recall_train_pairs(int n) {
-    int k = (n - 4 * RECALL_SPAN_LEN) / (4 * RECALL_ITEM_LEN); // items and span take about half the window
+    // the spans and items, each twice, take about 2/3 of the window
+    int k = (n - 2 * recall_train_spans(n) * RECALL_SPAN_LEN) / (4 * RECALL_ITEM_LEN);
     return k < 1 ? 1 : k;
 }
 
 void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int *x, int *y) {
-    int k = recall_train_pairs(n), slots = 2 * (k + 1); // k items and one span, each twice
-    CHECK(2 * (k * RECALL_ITEM_LEN + RECALL_SPAN_LEN) <= n);
+    int k = recall_train_pairs(n), ns = recall_train_spans(n), slots = 2 * (k + ns); // each written twice
+    CHECK(2 * (k * RECALL_ITEM_LEN + ns * RECALL_SPAN_LEN) <= n);
     size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
     Seq seq = {x, y, n};
     for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);
     char(*keys)[RECALL_KEY_LEN] = common_calloc((size_t)k, RECALL_KEY_LEN);
     char(*vals)[RECALL_VAL_LEN] = common_calloc((size_t)k, RECALL_VAL_LEN);
-    char span[RECALL_SPAN_LEN];
+    char(*spans)[RECALL_SPAN_LEN] = common_calloc((size_t)ns, RECALL_SPAN_LEN);
     int *pos = common_calloc((size_t)slots, sizeof(int)), *label = common_calloc((size_t)slots, sizeof(int));
     for (int i = 0; i < k; i++) {
         random_key(rng, keys, i);
         random_letters(rng, vals[i], RECALL_VAL_LEN);
     }
-    random_letters(rng, span, RECALL_SPAN_LEN);
-    // label j / 2: items 0..k-1, then the span (label k); each twice, in shuffled order
+    for (int i = 0; i < ns; i++) random_letters(rng, spans[i], RECALL_SPAN_LEN);
+    // label j / 2: items 0..k-1, then the spans (k..k+ns-1); each twice, in shuffled order
     for (int j = 0; j < slots; j++) label[j] = j / 2;
     for (int j = slots - 1; j > 0; j--) {
         int r = (int)rng_below(rng, (uint64_t)j + 1), t = label[j];
@@ -103,7 +109,7 @@ void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int 
     }
     // non-overlapping slots, uniform: sorted offsets into the free space, each slot then shifted by the
     // lengths of the slots before it
-    int free_len = n - 2 * (k * RECALL_ITEM_LEN + RECALL_SPAN_LEN);
+    int free_len = n - 2 * (k * RECALL_ITEM_LEN + ns * RECALL_SPAN_LEN);
     for (int j = 0; j < slots; j++) pos[j] = (int)rng_below(rng, (uint64_t)free_len + 1);
     for (int j = 1; j < slots; j++) // insertion sort: slots is small
         for (int i = j; i > 0 && pos[i - 1] > pos[i]; i--) {
@@ -116,12 +122,14 @@ void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int 
             write_item(tok, &seq, pos[j] + shift, '$', keys[label[j]], vals[label[j]]);
             shift += RECALL_ITEM_LEN;
         } else {
+            const char *span = spans[label[j] - k];
             for (int i = 0; i < RECALL_SPAN_LEN; i++) seq_put(&seq, pos[j] + shift + i, tok->byte_to_id[(unsigned char)span[i]]);
             shift += RECALL_SPAN_LEN;
         }
     }
     common_free(label);
     common_free(pos);
+    common_free(spans);
     common_free(vals);
     common_free(keys);
 }

@@ -15,7 +15,7 @@
 #define RECALL_KEY_LEN 2
 #define RECALL_VAL_LEN 4
 #define RECALL_PAIRS 1 // definitions per sequence, the queried one included
-#define RECALL_SPAN_LEN 16 // training only: a random-letter span written twice (see recall_train_sequence)
+#define RECALL_SPAN_LEN 24 // training only: random-letter spans written twice (see recall_train_sequence)
 #define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
 
 // -1 with a message if the vocabulary lacks a character the task needs.
@@ -30,11 +30,14 @@ int recall_max_distance(int n);
 // character: seq[ret, ret + RECALL_VAL_LEN) is the answer.
 int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y);
 // The training form of the task, denser than the eval's: corpus filler with recall_train_pairs(n) items
-// "$kk:vvvv;" (distinct keys), each written twice at random non-overlapping places, so every second
-// occurrence's value is recallable from its first, at every distance the window allows and anywhere in it.
-// A sequence with one recallable value per window was too sparse a signal for our small models to ever
-// learn the copy (BENCHMARKS.md, "Long-range recall"). Same x/y convention as recall_sequence.
+// "$kk:vvvv;" (distinct keys) and recall_train_spans(n) random-letter spans of RECALL_SPAN_LEN, each
+// written twice at random non-overlapping places, so every second occurrence is recallable from its first,
+// at every distance the window allows and anywhere in it. The spans are there for the copying mechanism
+// to form at all: with one recallable value per window, or only short items, our small models never grew
+// an induction head in the training budget; on windows where a third of the tokens are such copies they
+// did, after ~5M tokens (BENCHMARKS.md, "Long-range recall"). Same x/y convention as recall_sequence.
 int recall_train_pairs(int n);
+int recall_train_spans(int n);
 void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int *x, int *y);
 
 #endif

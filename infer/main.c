@@ -38,7 +38,7 @@ static const char *usage =
     "                     [data/tinyshakespeare.txt]\n"
     "  --kv-heads G       GQA conversion at load: mean-pool the checkpoint's key/value heads into G groups\n"
     "                     (no retraining; G must divide the checkpoint's key/value head count)\n"
-    "  --device cpu       (cuda: a later release)\n"
+    "  --device cpu|cuda  cuda: --eval FILE scoring only in this release   [cpu]\n"
     "\n"
     "When prompt + generated tokens exceed the model's context, the cache is rebuilt from the newest half\n"
     "context (positions restart at 0), so generation can run on.\n"
@@ -111,7 +111,11 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     int recall = f->eval && strcmp(f->eval, "recall") == 0;
     if (!f->kv_given && !recall && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
-    if (strcmp(f->device, "cpu") != 0) return err_set(err, "bad --device '%s': this build supports only cpu", f->device), -1;
+    if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
+        return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
+    if (strcmp(f->device, "cuda") == 0 && (!f->eval || recall || f->kv_given))
+        return err_set(err, "--device cuda runs --eval FILE (scoring) in this release; generation and the KV evals "
+                            "run on the CPU"), -1;
     return 0;
 }
 
@@ -253,6 +257,8 @@ int main(int argc, char **argv) {
     char err[ERR_LEN];
     Flags f;
     if (parse_flags(&f, argc, argv, err) != 0) return die(err);
+    const Ops *backend = ops_for_device(f.device, err);
+    if (!backend) return die(err);
     Model m;
     Tokenizer tok;
     if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
@@ -263,6 +269,7 @@ int main(int argc, char **argv) {
         if (rc != 0) return die(err);
         m = pooled;
     }
+    model_to_backend(&m, backend);
     int rc = f.eval ? run_eval(&m, &tok, &f, err) : run_generate(&m, &tok, &f, err);
     model_free(&m);
     if (rc != 0) return die(err);

@@ -115,13 +115,24 @@ typedef struct {
     float *grad_acts_memory;
     GradActs grad_acts;
 
+    // On a device backend: the tokens and targets of the last forward, uploaded (B, T), and the per-position
+    // losses downloaded for the mean. NULL on the CPU, where the ops read the caller's arrays directly.
+    int *tokens_dev, *targets_dev;
+    float *losses_host;
+
     Rng dropout_rng;
     int dropout_active;   // whether the last forward drew dropout masks (the backward then applies them)
     float mean_loss;      // of the last forward with targets; -1 without targets
 } Model;
 
-// Allocates parameters (zeroed). Activations are allocated by model_alloc_acts.
+// Allocates parameters (zeroed) in the backend's memory. Activations are allocated by model_alloc_acts.
 void model_init(Model *m, const ModelConfig *cfg, const Ops *ops);
+// Moves the parameters to another backend's memory (e.g. after loading a checkpoint on the CPU, to train
+// on CUDA) and frees the activations; the next model_alloc_acts allocates them there.
+void model_to_backend(Model *m, const Ops *ops);
+// Copies the parameters out to / in from host memory (n_params floats), whatever the backend.
+void model_params_download(const Model *m, float *dst);
+void model_params_upload(Model *m, const float *src);
 void model_free(Model *m);
 // GPT-2 style init: N(0, 0.02), output projections (wo, w2) scaled by 1/sqrt(2L), norms to one.
 void model_init_weights(Model *m, uint64_t seed);

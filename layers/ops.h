@@ -13,6 +13,21 @@ extern "C" { // also included from .cu files
 typedef struct {
     const char *name;
 
+    // Backend memory (host memory on the CPU, device memory on a GPU). mem_alloc zeroes and never returns
+    // NULL; uploads and downloads are complete when they return.
+    int on_device;
+    void *(*mem_alloc)(size_t bytes);
+    void (*mem_free)(void *ptr);
+    void (*mem_upload)(void *dst, const void *src, size_t bytes);   // host -> backend
+    void (*mem_download)(void *dst, const void *src, size_t bytes); // backend -> host
+
+    // Optimizer pieces (train/adamw.c): x (n) *= s; sqrt(sum x^2) accumulated in double in a fixed order;
+    // one AdamW update (t is the 1-based step).
+    void (*scale)(float *x, size_t n, float s);
+    float (*grad_norm)(const float *x, size_t n);
+    void (*adamw_update)(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                         float beta2, float eps, float weight_decay, int t);
+
     // out (B,T,C) = wte[tokens]
     void (*encoder_forward)(float *out, const int *tokens, const float *wte, int B, int T, int C);
     void (*encoder_backward)(float *dwte, const float *dout, const int *tokens, int B, int T, int C);
@@ -71,6 +86,10 @@ typedef struct {
 } Ops;
 
 extern const Ops ops_cpu;
+
+// The op table for `--device NAME` (cpu, cuda); NULL with a one-line reason when the name is unknown or
+// the device is not usable (no CUDA in this build, no GPU).
+const Ops *ops_for_device(const char *name, char *err);
 
 #ifdef __cplusplus
 }

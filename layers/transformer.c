@@ -74,18 +74,52 @@ void model_init(Model *m, const ModelConfig *cfg, const Ops *ops) {
     m->cfg = *cfg;
     m->ops = ops;
     m->n_params = model_param_count(cfg);
-    m->params_memory = common_calloc(m->n_params, sizeof(float));
+    m->params_memory = ops->mem_alloc(m->n_params * sizeof(float));
     model_param_point(&m->params, m->params_memory, cfg);
     m->mean_loss = -1.0f;
     rng_init(&m->dropout_rng, 0);
 }
 
+static void free_acts(Model *m) {
+    const Ops *op = m->ops;
+    op->mem_free(m->acts_memory);
+    op->mem_free(m->grad_acts_memory);
+    op->mem_free(m->grads_memory);
+    op->mem_free(m->tokens_dev);
+    op->mem_free(m->targets_dev);
+    common_free(m->losses_host);
+    m->acts_memory = m->grad_acts_memory = m->grads_memory = m->losses_host = NULL;
+    m->tokens_dev = m->targets_dev = NULL;
+    m->act_B = m->act_T = 0;
+}
+
 void model_free(Model *m) {
-    common_free(m->params_memory);
-    common_free(m->grads_memory);
-    common_free(m->acts_memory);
-    common_free(m->grad_acts_memory);
+    if (m->ops) {
+        free_acts(m);
+        m->ops->mem_free(m->params_memory);
+    }
     memset(m, 0, sizeof(*m));
+}
+
+void model_params_download(const Model *m, float *dst) {
+    m->ops->mem_download(dst, m->params_memory, m->n_params * sizeof(float));
+}
+
+void model_params_upload(Model *m, const float *src) {
+    m->ops->mem_upload(m->params_memory, src, m->n_params * sizeof(float));
+}
+
+void model_to_backend(Model *m, const Ops *ops) {
+    if (ops == m->ops) return;
+    free_acts(m);
+    float *host = common_calloc(m->n_params, sizeof(float));
+    model_params_download(m, host);
+    m->ops->mem_free(m->params_memory);
+    m->ops = ops;
+    m->params_memory = ops->mem_alloc(m->n_params * sizeof(float));
+    model_param_point(&m->params, m->params_memory, &m->cfg);
+    model_params_upload(m, host);
+    common_free(host);
 }
 
 void model_init_weights(Model *m, uint64_t seed) {
@@ -94,7 +128,9 @@ void model_init_weights(Model *m, uint64_t seed) {
     model_param_sizes(c, s);
     Rng rng;
     rng_init(&rng, seed);
-    float *p = m->params_memory;
+    // drawn on the host in one fixed order, so every backend starts from the same weights
+    float *host = m->ops->on_device ? common_calloc(m->n_params, sizeof(float)) : m->params_memory;
+    float *p = host;
     float resid_scale = 1.0f / sqrtf(2.0f * c->n_layer);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         int is_norm = !model_param_is_decayed(i);
@@ -102,14 +138,16 @@ void model_init_weights(Model *m, uint64_t seed) {
         for (size_t j = 0; j < s[i]; j++) p[j] = is_norm ? 1.0f : std * rng_normal(&rng);
         p += s[i];
     }
+    if (host != m->params_memory) {
+        model_params_upload(m, host);
+        common_free(host);
+    }
 }
 
 static void alloc_acts(Model *m, int B, int T, int with_grads) {
     if (m->acts_memory && B <= m->act_B && T <= m->act_T && (m->grads_memory || !with_grads)) return;
-    common_free(m->acts_memory);
-    common_free(m->grad_acts_memory);
-    common_free(m->grads_memory);
-    m->grad_acts_memory = m->grads_memory = NULL;
+    free_acts(m);
+    const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
     size_t L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
     size_t NH = c->n_head, BT = (size_t)B * T, TT = (size_t)T * T, drop = c->dropout > 0.0f;
@@ -124,10 +162,15 @@ static void alloc_acts(Model *m, int B, int T, int with_grads) {
                                    &t->probs, &t->losses};
     size_t n = 0;
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
-    m->acts_memory = common_calloc(n, sizeof(float));
+    m->acts_memory = op->mem_alloc(n * sizeof(float));
     point_tensors(af, a, NUM_ACT_TENSORS, m->acts_memory);
     m->act_B = B;
     m->act_T = T;
+    if (op->on_device) {
+        m->tokens_dev = op->mem_alloc(BT * sizeof(int));
+        m->targets_dev = op->mem_alloc(BT * sizeof(int));
+        m->losses_host = common_calloc(BT, sizeof(float));
+    }
     if (!with_grads) return;
 
     size_t g[NUM_GRAD_ACT_TENSORS] = {BT * C, BT * C, BT * C, BT * C, BT * C, BT * KVC, BT * KVC,
@@ -137,10 +180,10 @@ static void alloc_acts(Model *m, int B, int T, int with_grads) {
                                         &d->dhg, &d->dh1, &d->dh3, &d->dlogits, &d->scratch};
     n = 0;
     for (int i = 0; i < NUM_GRAD_ACT_TENSORS; i++) n += g[i];
-    m->grad_acts_memory = common_calloc(n, sizeof(float));
+    m->grad_acts_memory = op->mem_alloc(n * sizeof(float));
     point_tensors(gf, g, NUM_GRAD_ACT_TENSORS, m->grad_acts_memory);
 
-    m->grads_memory = common_calloc(m->n_params, sizeof(float));
+    m->grads_memory = op->mem_alloc(m->n_params * sizeof(float));
     model_param_point(&m->grads, m->grads_memory, c);
 }
 
@@ -157,6 +200,14 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
     int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c), BT = B * T;
     size_t BTC = (size_t)BT * C, BTKV = (size_t)BT * KVC, BTH = (size_t)BT * H;
     m->dropout_active = train && c->dropout > 0.0f;
+    if (op->on_device) { // the ops read tokens and targets in the backend's memory
+        op->mem_upload(m->tokens_dev, tokens, (size_t)BT * sizeof(int));
+        tokens = m->tokens_dev;
+        if (targets) {
+            op->mem_upload(m->targets_dev, targets, (size_t)BT * sizeof(int));
+            targets = m->targets_dev;
+        }
+    }
 
     op->encoder_forward(a->resid, tokens, p->wte, B, T, C);
     for (int l = 0; l < L; l++) {
@@ -192,8 +243,13 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
     op->crossentropy_forward(targets ? a->losses : NULL, a->probs, a->logits, targets, BT, V);
     m->mean_loss = -1.0f;
     if (targets) {
+        const float *losses = a->losses;
+        if (op->on_device) {
+            op->mem_download(m->losses_host, a->losses, (size_t)BT * sizeof(float));
+            losses = m->losses_host;
+        }
         double sum = 0.0;
-        for (int i = 0; i < BT; i++) sum += a->losses[i];
+        for (int i = 0; i < BT; i++) sum += losses[i];
         m->mean_loss = (float)(sum / BT);
     }
 }
@@ -212,6 +268,10 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     int L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
     int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c), BT = B * T;
     size_t BTC = (size_t)BT * C, BTKV = (size_t)BT * KVC, BTH = (size_t)BT * H;
+    if (op->on_device) { // the forward uploaded these same tokens and targets
+        tokens = m->tokens_dev;
+        targets = m->targets_dev;
+    }
 
     // loss = mean over the B*T positions
     op->crossentropy_backward(d->dlogits, a->probs, targets, 1.0f / BT, BT, V);

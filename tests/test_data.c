@@ -121,7 +121,7 @@ Test(data, recall_train_sequence_layout) {
     cr_assert_geq(k, 4, "a 256-token window holds several pairs");
     cr_assert_leq(2 * k * RECALL_ITEM_LEN, N);
     int x[N - 1], y[N - 1], first_item_at_0 = 0, last_item_at_end = 0;
-    char text[N];
+    char text[N + 1]; // tokenizer_decode NUL-terminates
     for (int trial = 0; trial < 200; trial++) {
         recall_train_sequence(&tok, &c, &rng, N, x, y);
         for (int t = 1; t < N - 1; t++) cr_assert_eq(x[t], y[t - 1]);

@@ -16,3 +16,15 @@ void adamw_update(float *params, const float *grads, float *m, float *v, size_t 
         params[i] -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * params[i]);
     }
 }
+
+void scale_cpu(float *x, size_t n, float s) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+// Sequential on purpose: the same bits every run, whatever the thread count.
+float grad_norm_cpu(const float *x, size_t n) {
+    double sq = 0.0;
+    for (size_t i = 0; i < n; i++) sq += (double)x[i] * x[i];
+    return (float)sqrt(sq);
+}

@@ -24,7 +24,7 @@ static const char *usage =
     "  --seed S             data order, initialisation and dropout   [1337]\n"
     "  --mix recall:F       replace a fraction F of training windows by long-range recall sequences\n"
     "                       (a \"$kk:vvvv;\" definition repeated later; see data/recall.h)   [0]\n"
-    "  --device cpu         (cuda: a later release)\n"
+    "  --device cpu|cuda    where to train; checkpoints load and save on the host either way   [cpu]\n"
     "files:\n"
     "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
     "  --out CKPT           checkpoint written at each evaluation and at the end\n"
@@ -119,11 +119,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         }
     }
     if (r < 0) return err_set(err, "%s", a.err), -1;
-    if (strcmp(f->device, "cpu") != 0) {
-        if (strcmp(f->device, "cuda") == 0) err_set(err, "--device cuda: the CUDA backend is not part of this build yet");
-        else err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device);
-        return -1;
-    }
+    if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
+        return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
     if (f->resume && f->init_from) return err_set(err, "--resume and --init-from cannot be combined"), -1;
     return 0;
 }
@@ -185,6 +182,8 @@ int main(int argc, char **argv) {
     int have_state = 0;
     Corpus corpus = {0};
     FILE *log = NULL;
+    const Ops *backend = ops_for_device(f.device, err); // before any file is read or written
+    if (!backend) goto fail;
     if (f.resume) {
         if (check_resume_flags(&f, err) != 0) goto fail;
         if (checkpoint_load(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) goto fail;
@@ -273,6 +272,8 @@ int main(int argc, char **argv) {
             corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
             st.step, tc.max_steps, out);
 
+    model_to_backend(&model, backend);
+    train_state_to_backend(&st, model.n_params, backend);
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
     int *inputs = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
     int *targets = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));

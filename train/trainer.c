@@ -36,9 +36,29 @@ void train_state_init(TrainState *s, size_t n_params, uint64_t seed) {
 }
 
 void train_state_free(TrainState *s) {
-    common_free(s->m);
-    common_free(s->v);
+    if (s->ops) {
+        s->ops->mem_free(s->m);
+        s->ops->mem_free(s->v);
+    } else {
+        common_free(s->m);
+        common_free(s->v);
+    }
     memset(s, 0, sizeof(*s));
+}
+
+void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
+    const Ops *from = s->ops ? s->ops : &ops_cpu;
+    if (from == ops) return;
+    float **moments[2] = {&s->m, &s->v};
+    float *host = common_calloc(n_params, sizeof(float));
+    for (int i = 0; i < 2; i++) {
+        from->mem_download(host, *moments[i], n_params * sizeof(float));
+        from->mem_free(*moments[i]);
+        *moments[i] = ops->mem_alloc(n_params * sizeof(float));
+        ops->mem_upload(*moments[i], host, n_params * sizeof(float));
+    }
+    common_free(host);
+    s->ops = ops;
 }
 
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
@@ -54,25 +74,18 @@ float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c
         loss += m->mean_loss;
     }
     s->dropout_rng = m->dropout_rng;
-    // the gradients summed over micro-batches; average them and take the global norm in one pass
-    float inv = 1.0f / tc->grad_accum;
-    double sq = 0.0;
-    for (size_t i = 0; i < m->n_params; i++) {
-        m->grads_memory[i] *= inv;
-        sq += (double)m->grads_memory[i] * m->grads_memory[i];
-    }
-    float norm = (float)sqrt(sq);
+    // the gradients summed over micro-batches: average them, then the global norm and clipping
+    const Ops *op = m->ops;
+    if (tc->grad_accum > 1) op->scale(m->grads_memory, m->n_params, 1.0f / tc->grad_accum);
+    float norm = op->grad_norm(m->grads_memory, m->n_params);
     if (grad_norm) *grad_norm = norm;
-    if (tc->grad_clip > 0.0f && norm > tc->grad_clip) {
-        float k = tc->grad_clip / (norm + 1e-6f);
-        for (size_t i = 0; i < m->n_params; i++) m->grads_memory[i] *= k;
-    }
+    if (tc->grad_clip > 0.0f && norm > tc->grad_clip) op->scale(m->grads_memory, m->n_params, tc->grad_clip / (norm + 1e-6f));
     float lr = schedule_lr(tc, s->step);
     size_t sizes[NUM_PARAM_TENSORS], off = 0;
     model_param_sizes(&m->cfg, sizes);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         float wd = model_param_is_decayed(i) ? tc->weight_decay : 0.0f;
-        adamw_update(m->params_memory + off, m->grads_memory + off, s->m + off, s->v + off, sizes[i], lr, tc->beta1,
+        op->adamw_update(m->params_memory + off, m->grads_memory + off, s->m + off, s->v + off, sizes[i], lr, tc->beta1,
                      tc->beta2, tc->adam_eps, wd, s->step + 1);
         off += sizes[i];
     }

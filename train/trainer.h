@@ -30,7 +30,8 @@ typedef struct {
 // Everything that changes during training besides the weights: enough for --resume to continue exactly.
 typedef struct {
     int step;           // optimizer steps completed
-    float *m, *v;       // AdamW moments, (n_params) each
+    float *m, *v;       // AdamW moments, (n_params) each, in the memory of `ops`
+    const Ops *ops;     // the backend whose memory holds m and v (NULL: host memory)
     Rng data_rng;       // draws the training window offsets (this is the data position)
     Rng dropout_rng;    // copied in and out of Model.dropout_rng around each step
 } TrainState;
@@ -39,6 +40,8 @@ int train_config_validate(const TrainConfig *tc, const ModelConfig *mc, char *er
 
 void train_state_init(TrainState *s, size_t n_params, uint64_t seed);
 void train_state_free(TrainState *s);
+// Moves the AdamW moments into another backend's memory (train on CUDA after loading on the CPU).
+void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops);
 
 // Learning rate at optimizer step `step` (0-based).
 float schedule_lr(const TrainConfig *tc, int step);
@@ -46,6 +49,10 @@ float schedule_lr(const TrainConfig *tc, int step);
 // One AdamW update of params from grads; returns nothing. t is the 1-based step count.
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int t);
+
+// x (n) *= s; and sqrt(sum x^2), accumulated in double in index order.
+void scale_cpu(float *x, size_t n, float s);
+float grad_norm_cpu(const float *x, size_t n);
 
 // One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW. Returns the mean train loss;
 // *grad_norm receives the norm before clipping. inputs/targets are (B, T) scratch owned by the caller.

@@ -1,0 +1,52 @@
+// The CUDA-only attention variants that have no CPU twin in the ops table: flash attention (tiled, online
+// softmax, no (T, T) matrix in device memory) for training, and decode against a group-quantized cache with
+// the dequantization fused into the kernel. The naive attention_forward/backward_cuda and the fp32
+// attention_decode_cuda are declared in layers/cuda_ops.h beside the other ops.
+//
+// Every pointer is a device pointer; every op is queued on cuda_stream() (asynchronous). Plain C: callers
+// never need CUDA headers. Defined only in builds with CUDA (KVLAB_CUDA).
+#ifndef KVLAB_ATTENTION_CUDA_H
+#define KVLAB_ATTENTION_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { // also included from .cu files
+#endif
+
+// Largest head dimension the flash kernels take (any HD in 1..ATTENTION_FLASH_MAX_HD; a multiple of 4 wastes
+// nothing, other sizes are zero-padded in shared memory).
+#define ATTENTION_FLASH_MAX_HD 128
+
+// Causal flash attention, same function as attention_forward_cuda: q (B,T,NH,HD), k and v (B,T,NKV,HD), query
+// head h reads kv head h/(NH/NKV), scale 1/sqrt(HD). out (B,T,NH,HD) overwritten; lse (B,NH,T) receives the
+// natural log of each row's softmax denominator, log sum_s exp(scale q.k_s), for the backward pass.
+void attention_flash_forward_cuda(float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                                  int T, int NH, int NKV, int HD);
+
+// Backward of attention_flash_forward_cuda from its saved out and lse: dq (B,T,NH,HD), dk and dv (B,T,NKV,HD)
+// ACCUMULATE (+=). Deterministic (no atomics): dk/dv are owned per (batch, kv head, key tile) and sum the
+// group's query heads in order; dq is a second pass owned per (batch, head, query tile). Allocates a
+// (B,NH,T) float workspace with cudaMallocAsync on the op stream and frees it the same way.
+void attention_flash_backward_cuda(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                   const float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                   int NH, int NKV, int HD);
+
+// attention_decode_cuda against a group-quantized cache: row t of kv head g (HD values) starts at byte
+// g * head_stride_bytes + t * row_bytes of kc / vc and is stored exactly as kv/quant.h's quant_encode_row
+// writes it (per group of `group` values: [scale f16][min f16][codes], little-endian, no alignment), bits
+// 8, 4 or 2, group dividing HD. row_bytes is the distance between positions (>= quant_row_bytes(HD, group,
+// bits)), so head-major and position-major (heads interleaved) caches both fit. Values are dequantized in the
+// kernel as min + scale * code (rounded like quant_decode_row: no fused multiply-add).
+// Keys must be stored as the model uses them, already rotated by RoPE (post-RoPE); if keys were also
+// Hadamard-rotated before quantizing, the caller rotates q the same way. q (NH,HD), out (NH,HD) and
+// att (NH,Tc) are fp32 as in attention_decode_cuda; att receives the probabilities. Tc >= 1.
+void attention_decode_q_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc, int bits,
+                             int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH, int NKV, int HD);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,58 @@
+// Declarations of the CUDA ops; ops_cuda.cu gathers them into the `ops_cuda` table. Each `<op>_cuda` has
+// exactly the name pattern, argument order and semantics of `<op>_cpu` (layers/cpu_ops.h, described in
+// ops.h): every pointer is a device pointer (except dropout_mask's Rng, which is the host RNG), and the op
+// is queued on cuda_stream() (asynchronous unless noted). Plain C: callers never need CUDA headers. In a
+// build without CUDA nothing here is defined; callers check device_cuda_available() and KVLAB_CUDA first.
+#ifndef KVLAB_CUDA_OPS_H
+#define KVLAB_CUDA_OPS_H
+
+#include <stddef.h>
+
+#include "../common/common.h"
+#include "ops.h"
+
+#ifdef __cplusplus
+extern "C" { // also included from .cu files
+#endif
+
+void encoder_forward_cuda(float *out, const int *tokens, const float *wte, int B, int T, int C);
+void encoder_backward_cuda(float *dwte, const float *dout, const int *tokens, int B, int T, int C);
+void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                           const float *rstd, int N, int C);
+void matmul_forward_cuda(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
+void matmul_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          int N, int IN, int OUT);
+void rope_forward_cuda(float *x, int B, int T, int NH, int HD, int pos0, float theta);
+void rope_backward_cuda(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
+// attention/attention.cu and attention/decode.cu
+void attention_forward_cuda(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
+                            int NH, int NKV, int HD);
+void attention_backward_cuda(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
+                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
+void attention_decode_cuda(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
+                           size_t head_stride, int NH, int NKV, int HD);
+void swiglu_forward_cuda(float *out, const float *a, const float *b, size_t N);
+void swiglu_backward_cuda(float *da, float *db, const float *dout, const float *a, const float *b, size_t N);
+void residual_forward_cuda(float *out, const float *a, const float *b, const float *scale_b, size_t N);
+void dropout_apply_cuda(float *out, const float *inp, const float *keep, size_t N);
+void fill_zero_cuda(float *x, size_t N);
+// Draws the mask on the host with dropout_mask_cpu (same RNG stream, bit-identical to the CPU backend) and
+// uploads it: synchronous.
+void dropout_mask_cuda(float *keep, size_t N, float p, Rng *rng);
+void crossentropy_forward_cuda(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
+void crossentropy_backward_cuda(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
+
+// Forward and backward in one pass, never materialising probs: losses (N) = -log softmax(logits)[target]
+// (losses may be NULL), dlogits (N,V) = (softmax(logits) - onehot(target)) * dloss, overwritten.
+// dlogits == logits (in place) is allowed. targets must not be NULL.
+void crossentropy_fused_forward_backward_cuda(float *losses, float *dlogits, const float *logits, const int *targets,
+                                              float dloss, int N, int V);
+
+extern const Ops ops_cuda;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,48 @@
+// The CUDA backend's op table: the same ops as ops_cpu (ops.h), on device pointers, queued on cuda_stream().
+// Each op is tested against ops_cpu in tests/test_backend_ops.c and tests/test_backend_attention.c.
+// Designated initializers in declaration order (nvcc accepts them in C++17; an out-of-order field is an
+// error, so the table cannot silently drift from ops.h).
+#include "../common/cuda_check.cuh"
+#include "../common/device.h"
+#include "../train/adamw_cuda.h"
+#include "cuda_ops.h"
+#include "ops.h"
+
+// ops.h: mem_alloc zeroes and never returns NULL (device_malloc aborts on failure)
+static void *mem_alloc_cuda(size_t bytes) {
+    void *p = device_malloc(bytes);
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes ? bytes : 1, cuda_stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+    return p;
+}
+
+extern "C" const Ops ops_cuda = {
+    .name = "cuda",
+    .on_device = 1,
+    .mem_alloc = mem_alloc_cuda,
+    .mem_free = device_free,
+    .mem_upload = device_upload,     // synchronous: complete on return
+    .mem_download = device_download, // synchronous
+    .scale = scale_cuda,
+    .grad_norm = grad_norm_cuda,
+    .adamw_update = adamw_update_cuda,
+    .encoder_forward = encoder_forward_cuda,
+    .encoder_backward = encoder_backward_cuda,
+    .rmsnorm_forward = rmsnorm_forward_cuda,
+    .rmsnorm_backward = rmsnorm_backward_cuda,
+    .matmul_forward = matmul_forward_cuda,
+    .matmul_backward = matmul_backward_cuda,
+    .rope_forward = rope_forward_cuda,
+    .rope_backward = rope_backward_cuda,
+    .attention_forward = attention_forward_cuda,
+    .attention_backward = attention_backward_cuda,
+    .attention_decode = attention_decode_cuda,
+    .swiglu_forward = swiglu_forward_cuda,
+    .swiglu_backward = swiglu_backward_cuda,
+    .residual_forward = residual_forward_cuda,
+    .dropout_apply = dropout_apply_cuda,
+    .fill_zero = fill_zero_cuda,
+    .dropout_mask = dropout_mask_cuda,
+    .crossentropy_forward = crossentropy_forward_cuda,
+    .crossentropy_backward = crossentropy_backward_cuda,
+};
