@@ -15,7 +15,7 @@
 #define RECALL_KEY_LEN 2
 #define RECALL_VAL_LEN 4
 #define RECALL_PAIRS 1 // definitions per sequence, the queried one included
-#define RECALL_SPAN_LEN 24 // training only: random-letter spans written twice (see recall_train_sequence)
+#define RECALL_SPAN_LEN 16 // training only: random-letter spans written twice (see recall_train_sequence)
 #define RECALL_ITEM_LEN (1 + RECALL_KEY_LEN + 1 + RECALL_VAL_LEN + 1) // "$kk:vvvv;"
 
 // -1 with a message if the vocabulary lacks a character the task needs.

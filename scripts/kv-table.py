@@ -10,13 +10,13 @@ def main(path):
         sys.exit("kv-table: no rows in " + path)
     if rows[0].get("task") == "recall":
         dists = list(rows[0]["recall_acc_by_distance"])
-        print("| spec | bytes/token (fp16 full) | recall | " + " | ".join("d=" + d for d in dists) + " |")
-        print("|---" * (3 + len(dists)) + "|")
+        print("| spec | bytes/token (fp16 full) | recall | value chars | " + " | ".join("d=" + d for d in dists) + " |")
+        print("|---" * (4 + len(dists)) + "|")
         for r in rows:
             by = r["recall_acc_by_distance"]
-            print("| `%s` | %.0f (%.0f) | %.3f (full %.3f) | %s |" % (
+            print("| `%s` | %.0f (%.0f) | %.3f (full %.3f) | %.3f | %s |" % (
                 r["spec"], r["bytes_per_token"], r["fp16_bytes_per_token"], r["recall_acc"], r["recall_acc_full"],
-                " | ".join("%.2f" % by[d] for d in dists)))
+                r["recall_char_acc"], " | ".join("%.2f" % by[d] for d in dists)))
         return
     print("| spec | context | bytes/token | vs fp16 | ppl | Δppl vs full | KL | top-1 agree | decode tok/s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -463,6 +463,14 @@ Test(cli, init_from_mqa_and_gqa) {
     cliutil_run_free(&r);
     text = cliutil_generate(gqa, "the", 20, ARGS("--seed", "1"));
     free(text);
+
+    // extending the context: the tiny preset's 32 becomes 48 (the banner names the training context)
+    const char *longer = cliutil_tmp("long.ckpt");
+    r = RUN("train", "--preset", "tiny", "--init-from", mha, "--context", "48", "--steps", "2", "--data", corpus,
+            "--out", longer, "--quiet");
+    cliutil_expect_ok(&r, "train --init-from --context 48");
+    cr_assert(strstr(r.err, "context 48"), "stderr:\n%s", r.err);
+    cliutil_run_free(&r);
 }
 
 Test(cli, init_from_errors) {
@@ -490,6 +498,9 @@ Test(cli, init_from_errors) {
     // the shape comes from the checkpoint
     r = RUN("train", "--init-from", mha, "--layers", "3", "--data", corpus, "--out", cliutil_tmp("y.ckpt"));
     EXPECT_ERROR(&r, "train", "--init-from takes the model shape from the checkpoint");
+    cliutil_run_free(&r);
+    r = RUN("train", "--init-from", mha, "--context", "8", "--data", corpus, "--out", cliutil_tmp("y.ckpt"));
+    EXPECT_ERROR(&r, "train", "can only extend the context");
     cliutil_run_free(&r);
     r = RUN("train", "--init-from", cliutil_tmp("missing.ckpt"), "--data", corpus);
     EXPECT_ERROR(&r, "train", "cannot open checkpoint");

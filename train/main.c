@@ -31,7 +31,8 @@ static const char *usage =
     "                       [checkpoints/<preset>-<attn>.ckpt]\n"
     "  --resume CKPT        continue a run exactly (settings come from the checkpoint; --steps may extend it)\n"
     "  --init-from CKPT     start from a checkpoint's weights with a fresh optimiser; with --attn gqa:G|mqa\n"
-    "                       its key/value heads are mean-pooled into G groups first (uptraining)\n"
+    "                       its key/value heads are mean-pooled into G groups first (uptraining);\n"
+    "                       --context N may extend the checkpoint's context (RoPE: no learned positions)\n"
     "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
     "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, tokens_per_s\n"
     "  --quiet              no progress lines (the banner and the summary remain)\n";
@@ -197,8 +198,13 @@ int main(int argc, char **argv) {
         mc = model.cfg;
     } else if (f.init_from) {
         if (checkpoint_load(f.init_from, &src, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) goto fail;
-        if (f.layers >= 0 || f.width >= 0 || f.heads >= 0 || f.hidden >= 0 || f.context >= 0) {
-            err_set(err, "--init-from takes the model shape from the checkpoint; drop --layers/--width/--heads/--hidden/--context");
+        if (f.layers >= 0 || f.width >= 0 || f.heads >= 0 || f.hidden >= 0) {
+            err_set(err, "--init-from takes the model shape from the checkpoint; drop --layers/--width/--heads/--hidden");
+            goto fail;
+        }
+        if (f.context >= 0 && f.context < src.cfg.block_size) { // RoPE has no learned positions: extending is fine
+            snprintf(err, sizeof(err), "--init-from can only extend the context (checkpoint %d, asked %d)",
+                     src.cfg.block_size, f.context);
             goto fail;
         }
         mc = src.cfg;
@@ -218,6 +224,7 @@ int main(int argc, char **argv) {
         if (f.dropout >= 0) model.cfg.dropout = f.dropout;
         mc = model.cfg;
         apply_overrides(&f, &mc, &tc);
+        model.cfg.block_size = mc.block_size;
         tc.seq_len = tc.seq_len > mc.block_size ? mc.block_size : tc.seq_len;
     } else {
         apply_overrides(&f, &mc, &tc);
