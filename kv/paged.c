@@ -1,0 +1,348 @@
+// The paged pool behind kv/paged.h: block allocation with a free list and prioritised LRU lists of cached
+// blocks (intrusive doubly linked lists, O(1) moves, as vLLM's free queue), the chained-hash prefix map
+// (stb_ds), reference counts and copy-on-write. A hash hit is always confirmed by comparing tokens: the hash
+// only finds a candidate.
+#define STB_DS_IMPLEMENTATION
+#if defined(__GNUC__) && !defined(__clang__) // stb_ds's hm* macros say typeof: not a keyword in -std=c11
+#define typeof __typeof__
+#endif
+#include <stb/stb_ds.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "../common/common.h"
+#include "paged.h"
+
+enum { FREE_LIST = KV_PRIORITY_MAX + 1 };
+
+static uint64_t hash_xxh64(const int *tokens, int n, uint64_t seed) {
+    return XXH64(tokens, (size_t)n * sizeof(int), seed);
+}
+
+static KVHashKey map_key(uint64_t h) {
+    KVHashKey k;
+    for (int i = 0; i < 10; i++) k.b[i] = (uint8_t)((h >> (7 * i)) & 0x7f);
+    return k;
+}
+
+// ---- intrusive lists ---------------------------------------------------------------------------------------
+
+static void list_push_tail(KVPool *p, int li, int b) {
+    KVBlockList *l = &p->lists[li];
+    p->blocks[b].prev = l->tail, p->blocks[b].next = -1;
+    if (l->tail >= 0) p->blocks[l->tail].next = b;
+    else l->head = b;
+    l->tail = b;
+}
+
+static void list_remove(KVPool *p, int li, int b) {
+    KVBlockList *l = &p->lists[li];
+    KVBlock *x = &p->blocks[b];
+    if (x->prev >= 0) p->blocks[x->prev].next = x->next;
+    else l->head = x->next;
+    if (x->next >= 0) p->blocks[x->next].prev = x->prev;
+    else l->tail = x->prev;
+    x->prev = x->next = -1;
+}
+
+// ---- pool ------------------------------------------------------------------------------------------------
+
+int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err) {
+    *out = NULL;
+    if (shape->n_layer < 1 || shape->n_kv_head < 1 || shape->head_dim < 1) {
+        err_set(err, "paged KV: bad shape (%d layers, %d kv heads, head_dim %d)", shape->n_layer,
+                shape->n_kv_head, shape->head_dim);
+        return -1;
+    }
+    if (block < 1 || block > KV_BLOCK_MAX) {
+        err_set(err, "paged KV: block size %d must be 1..%d tokens", block, KV_BLOCK_MAX);
+        return -1;
+    }
+    if (n_blocks < 1) {
+        err_set(err, "paged KV: the pool needs at least one block (got %d)", n_blocks);
+        return -1;
+    }
+    size_t per_block = (size_t)shape->n_layer * shape->n_kv_head * block * shape->head_dim; // floats
+    if ((size_t)n_blocks > SIZE_MAX / 2 / sizeof(float) / per_block) {
+        err_set(err, "paged KV: %d blocks of %zu floats do not fit in memory", n_blocks, per_block);
+        return -1;
+    }
+    KVPool *p = common_calloc(1, sizeof(KVPool));
+    p->n_layer = shape->n_layer, p->n_kv_head = shape->n_kv_head, p->head_dim = shape->head_dim;
+    p->block = block, p->n_blocks = n_blocks;
+    p->k = calloc((size_t)n_blocks * per_block, sizeof(float));
+    p->v = calloc((size_t)n_blocks * per_block, sizeof(float));
+    p->tokens = calloc((size_t)n_blocks * block, sizeof(int));
+    p->blocks = calloc((size_t)n_blocks, sizeof(KVBlock));
+    if (!p->k || !p->v || !p->tokens || !p->blocks) {
+        err_set(err, "paged KV: cannot allocate %d blocks (%zu bytes of keys and values)", n_blocks,
+                2 * (size_t)n_blocks * per_block * sizeof(float));
+        kv_pool_free(p);
+        return -1;
+    }
+    for (int i = 0; i <= FREE_LIST; i++) p->lists[i].head = p->lists[i].tail = -1;
+    for (int b = 0; b < n_blocks; b++) {
+        p->blocks[b].state = KV_BLOCK_FREE;
+        list_push_tail(p, FREE_LIST, b);
+    }
+    p->hash = hash_xxh64;
+    *out = p;
+    return 0;
+}
+
+void kv_pool_free(KVPool *p) {
+    if (!p) return;
+    hmfree(p->map);
+    free(p->k), free(p->v), free(p->tokens), free(p->blocks);
+    common_free(p);
+}
+
+float *kv_pool_k(const KVPool *p, int b, int layer, int head) {
+    return p->k + (((size_t)b * p->n_layer + layer) * p->n_kv_head + head) * p->block * p->head_dim;
+}
+
+float *kv_pool_v(const KVPool *p, int b, int layer, int head) {
+    return p->v + (((size_t)b * p->n_layer + layer) * p->n_kv_head + head) * p->block * p->head_dim;
+}
+
+static void unregister(KVPool *p, int b) {
+    KVBlock *x = &p->blocks[b];
+    if (!x->registered) return;
+    CHECK(hmget(p->map, map_key(x->hash)) == b);
+    CHECK(hmdel(p->map, map_key(x->hash)));
+    x->registered = 0;
+}
+
+// A block for a sequence of the given priority: the free list first, then the least recently used cached
+// block of the lowest priority. -1 when every block is held.
+static int block_alloc(KVPool *p, int priority) {
+    int b = p->lists[FREE_LIST].head, li = FREE_LIST;
+    for (int q = 0; b < 0 && q <= KV_PRIORITY_MAX; q++)
+        if (p->lists[q].head >= 0) b = p->lists[q].head, li = q;
+    if (b < 0) return -1;
+    list_remove(p, li, b);
+    if (li != FREE_LIST) {
+        unregister(p, b);
+        p->evictions++;
+    }
+    KVBlock *x = &p->blocks[b];
+    *x = (KVBlock){.ref = 1, .priority = priority, .state = KV_BLOCK_USED, .prev = -1, .next = -1};
+    return b;
+}
+
+// One more holder of block b (a prefix hit or a fork).
+static void block_acquire(KVPool *p, int b, int priority) {
+    KVBlock *x = &p->blocks[b];
+    if (x->state == KV_BLOCK_CACHED) {
+        CHECK(x->ref == 0);
+        list_remove(p, x->priority, b);
+        x->state = KV_BLOCK_USED, x->priority = priority;
+    }
+    CHECK(x->state == KV_BLOCK_USED);
+    x->ref++;
+    if (priority > x->priority) x->priority = priority;
+}
+
+static void block_release(KVPool *p, int b) {
+    KVBlock *x = &p->blocks[b];
+    CHECK(x->state == KV_BLOCK_USED && x->ref > 0);
+    if (--x->ref > 0) return;
+    if (x->registered) {
+        x->state = KV_BLOCK_CACHED;
+        list_push_tail(p, x->priority, b);
+    } else {
+        *x = (KVBlock){.state = KV_BLOCK_FREE};
+        list_push_tail(p, FREE_LIST, b);
+    }
+}
+
+// ---- sequences -------------------------------------------------------------------------------------------
+
+int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int priority, char *err) {
+    CHECK(seq->n_tokens == 0 && arrlen(seq->table) == 0);
+    if (priority < 0 || priority > KV_PRIORITY_MAX) {
+        err_set(err, "paged KV: priority %d must be 0..%d", priority, KV_PRIORITY_MAX);
+        return -1;
+    }
+    if (n_prompt < 0 || (n_prompt > 0 && !tokens)) {
+        err_set(err, "paged KV: bad prompt (%d tokens)", n_prompt);
+        return -1;
+    }
+    seq->priority = priority;
+    int B = p->block, eligible = n_prompt > 0 ? (n_prompt - 1) / B : 0; // leave the last token to compute
+    uint64_t seed = seq->salt;
+    int hits = 0;
+    for (; hits < eligible; hits++) {
+        const int *t = tokens + (size_t)hits * B;
+        uint64_t h = p->hash(t, B, seed);
+        ptrdiff_t i = hmgeti(p->map, map_key(h));
+        if (i < 0) break;
+        int b = p->map[i].value;
+        if (memcmp(p->tokens + (size_t)b * B, t, (size_t)B * sizeof(int)) != 0) break; // a hash collision
+        block_acquire(p, b, priority);
+        arrput(seq->table, b);
+        seed = h;
+    }
+    seq->n_tokens = hits * B;
+    p->requests++;
+    p->query_blocks += eligible;
+    p->hit_blocks += hits;
+    p->prefill_saved += (int64_t)hits * B;
+    return hits * B;
+}
+
+void kv_paged_fork(KVPool *p, KVSeq *dst, const KVSeq *src) {
+    CHECK(dst->n_tokens == 0 && arrlen(dst->table) == 0);
+    for (ptrdiff_t i = 0; i < arrlen(src->table); i++) {
+        block_acquire(p, src->table[i], src->priority);
+        arrput(dst->table, src->table[i]);
+    }
+    dst->n_tokens = src->n_tokens, dst->priority = src->priority, dst->salt = src->salt;
+}
+
+// Gives seq a private copy of its last block (slots 0..n-1 of every layer).
+static int block_copy_on_write(KVPool *p, KVSeq *seq) {
+    ptrdiff_t last = arrlen(seq->table) - 1;
+    int old = seq->table[last], b = block_alloc(p, seq->priority);
+    if (b < 0) return -1;
+    size_t rows = (size_t)p->blocks[old].n * p->head_dim * sizeof(float);
+    for (int l = 0; l < p->n_layer; l++)
+        for (int g = 0; g < p->n_kv_head; g++) {
+            memcpy(kv_pool_k(p, b, l, g), kv_pool_k(p, old, l, g), rows);
+            memcpy(kv_pool_v(p, b, l, g), kv_pool_v(p, old, l, g), rows);
+        }
+    memcpy(p->tokens + (size_t)b * p->block, p->tokens + (size_t)old * p->block,
+           (size_t)p->blocks[old].n * sizeof(int));
+    p->blocks[b].n = p->blocks[old].n;
+    block_release(p, old);
+    seq->table[last] = b;
+    p->cow++;
+    return 0;
+}
+
+// The last layer filled block b (index i of seq's table): name it and make it findable.
+static void block_register(KVPool *p, const KVSeq *seq, ptrdiff_t i, int b) {
+    KVBlock *x = &p->blocks[b];
+    uint64_t seed = i == 0 ? seq->salt : p->blocks[seq->table[i - 1]].hash;
+    CHECK(i == 0 || p->blocks[seq->table[i - 1]].hashed);
+    x->hash = p->hash(p->tokens + (size_t)b * p->block, p->block, seed);
+    x->hashed = 1;
+    if (hmgeti(p->map, map_key(x->hash)) >= 0) return; // an identical (or colliding) block keeps it
+    hmput(p->map, map_key(x->hash), b);
+    x->registered = 1;
+}
+
+int kv_paged_append(KVPool *p, KVSeq *seq, int layer, int pos, int token, const float *k, const float *v,
+                    char *err) {
+    int B = p->block, slot = pos % B;
+    CHECK(layer >= 0 && layer < p->n_layer && pos >= 0);
+    if (layer == 0) {
+        CHECK(pos == seq->n_tokens);
+        if (slot == 0) {
+            int b = block_alloc(p, seq->priority);
+            if (b < 0) goto exhausted;
+            arrput(seq->table, b);
+        } else if (p->blocks[arrlast(seq->table)].ref > 1 && block_copy_on_write(p, seq) != 0) {
+            goto exhausted;
+        }
+        int b = arrlast(seq->table);
+        CHECK(p->blocks[b].n == slot && p->blocks[b].ref == 1);
+        p->tokens[(size_t)b * B + slot] = token;
+        p->blocks[b].n = slot + 1;
+        seq->n_tokens = pos + 1;
+    }
+    CHECK(pos == seq->n_tokens - 1 && arrlen(seq->table) == pos / B + 1);
+    ptrdiff_t i = pos / B;
+    int b = seq->table[i];
+    CHECK(p->blocks[b].ref == 1 && p->tokens[(size_t)b * B + slot] == token);
+    size_t HD = p->head_dim;
+    for (int g = 0; g < p->n_kv_head; g++) {
+        memcpy(kv_pool_k(p, b, layer, g) + slot * HD, k + g * HD, HD * sizeof(float));
+        memcpy(kv_pool_v(p, b, layer, g) + slot * HD, v + g * HD, HD * sizeof(float));
+    }
+    if (layer == p->n_layer - 1 && slot == B - 1) block_register(p, seq, i, b);
+    return 0;
+exhausted:
+    err_set(err, "paged KV: pool exhausted: all %d blocks of %d tokens are held by running sequences",
+            p->n_blocks, B);
+    return -1;
+}
+
+void kv_paged_end(KVPool *p, KVSeq *seq) {
+    for (ptrdiff_t i = arrlen(seq->table) - 1; i >= 0; i--) block_release(p, seq->table[i]);
+    arrfree(seq->table);
+    uint64_t salt = seq->salt;
+    *seq = (KVSeq){.salt = salt};
+}
+
+// ---- reporting -------------------------------------------------------------------------------------------
+
+// What the stb_ds map holds: its entries (one hidden default entry before them) and its bucket index.
+static size_t map_bytes(KVPoolMapEntry *map) {
+    if (!map) return 0;
+    KVPoolMapEntry *a = map - 1; // stb_ds's array starts at the default entry
+    const stbds_hash_index *t = stbds_header(a)->hash_table;
+    size_t n = sizeof(stbds_array_header) + arrcap(a) * sizeof(KVPoolMapEntry);
+    return n + (t ? sizeof(*t) + (t->slot_count >> STBDS_BUCKET_SHIFT) * sizeof(stbds_hash_bucket) : 0);
+}
+
+void kv_pool_stats(const KVPool *p, KVPagedStats *st) {
+    memset(st, 0, sizeof(*st));
+    st->blocks_total = p->n_blocks;
+    for (int b = 0; b < p->n_blocks; b++) {
+        const KVBlock *x = &p->blocks[b];
+        st->blocks_used += x->state == KV_BLOCK_USED;
+        st->blocks_cached += x->state == KV_BLOCK_CACHED;
+        st->blocks_free += x->state == KV_BLOCK_FREE;
+        if (x->state == KV_BLOCK_USED) st->tokens_held += x->n;
+    }
+    st->slots_allocated = (int64_t)st->blocks_used * p->block;
+    st->fragmentation = st->slots_allocated ? (double)(st->slots_allocated - st->tokens_held) / st->slots_allocated : 0;
+    st->utilisation = (double)st->blocks_used / p->n_blocks;
+    st->requests = p->requests, st->query_blocks = p->query_blocks, st->hit_blocks = p->hit_blocks;
+    st->hit_rate = p->query_blocks ? (double)p->hit_blocks / p->query_blocks : 0;
+    st->prefill_saved = p->prefill_saved, st->evictions = p->evictions, st->cow = p->cow;
+    size_t block_floats = (size_t)p->n_layer * p->n_kv_head * p->block * p->head_dim;
+    st->bytes_used = 2 * (size_t)st->blocks_used * block_floats * sizeof(float);
+    st->bytes = sizeof(KVPool) + 2 * (size_t)p->n_blocks * block_floats * sizeof(float) +
+                (size_t)p->n_blocks * (p->block * sizeof(int) + sizeof(KVBlock)) +
+                map_bytes(p->map);
+}
+
+#define FAIL(...) return err_set(err, "paged KV: " __VA_ARGS__), -1
+
+int kv_pool_validate(const KVPool *p, char *err) {
+    KVPoolMapEntry *map = p->map; // lookups write the map's scratch header
+    int on_list = 0;
+    for (int li = 0; li <= FREE_LIST; li++) {
+        int prev = -1;
+        for (int b = p->lists[li].head; b >= 0; prev = b, b = p->blocks[b].next) {
+            const KVBlock *x = &p->blocks[b];
+            if (++on_list > p->n_blocks) FAIL("list %d has a cycle", li);
+            if (x->prev != prev) FAIL("block %d: prev link %d, expected %d", b, x->prev, prev);
+            if (li == FREE_LIST && (x->state != KV_BLOCK_FREE || x->ref || x->registered))
+                FAIL("block %d on the free list is not free", b);
+            if (li < FREE_LIST && (x->state != KV_BLOCK_CACHED || x->ref || !x->registered || x->priority != li))
+                FAIL("block %d on cached list %d is not a cached block of that priority", b, li);
+        }
+        if (p->lists[li].tail != prev) FAIL("list %d: tail %d, expected %d", li, p->lists[li].tail, prev);
+    }
+    int registered = 0;
+    for (int b = 0; b < p->n_blocks; b++) {
+        const KVBlock *x = &p->blocks[b];
+        if (x->state == KV_BLOCK_USED && x->ref < 1) FAIL("used block %d has refcount %d", b, x->ref);
+        if (x->state != KV_BLOCK_USED) on_list--;
+        if (x->n < 0 || x->n > p->block) FAIL("block %d holds %d of %d slots", b, x->n, p->block);
+        if (x->registered) {
+            registered++;
+            if (!x->hashed || x->n != p->block) FAIL("registered block %d is not full and hashed", b);
+            if (hmgeti(map, map_key(x->hash)) < 0 || hmget(map, map_key(x->hash)) != b)
+                FAIL("block %d is not in the map", b);
+        }
+    }
+    if (on_list != 0) FAIL("%d blocks are on lists that do not match their state", on_list);
+    if (registered != hmlen(p->map)) FAIL("map holds %td entries, %d blocks registered", hmlen(p->map), registered);
+    return 0;
+}

@@ -1,0 +1,129 @@
+// A paged KV cache (vLLM's PagedAttention idea) with prefix sharing. Memory is a pool of fixed-size blocks;
+// each sequence holds a block table, so a sequence only wastes the unused slots of its last block, and blocks
+// can be shared: a full block is named by a hash chained over its tokens and every block before it (xxHash),
+// so a new request whose prompt starts like an earlier one reuses those blocks instead of computing them.
+// Shared blocks are reference counted and copied before a write (copy-on-write, for forked sequences).
+// Blocks no sequence holds stay findable by hash until allocation needs them back: the free list first, then
+// the least recently used cached block of the lowest priority (TensorRT-LLM's prioritised LRU; 0..100, 100 =
+// keep longest). Keys are stored already rotated by RoPE to their absolute position (the token's index in
+// its sequence; reuse never shifts positions). Not thread-safe: one caller drives the pool.
+#ifndef KVLAB_PAGED_H
+#define KVLAB_PAGED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv.h"
+
+enum {
+    KV_PRIORITY_MAX = 100,     // priorities are 0..KV_PRIORITY_MAX; higher is evicted later
+    KV_PRIORITY_DEFAULT = 35,  // TensorRT-LLM's default
+    KV_BLOCK_MAX = 4096,       // tokens per block
+};
+
+typedef enum { KV_BLOCK_FREE, KV_BLOCK_CACHED, KV_BLOCK_USED } KVBlockState;
+
+typedef struct {
+    int ref;          // sequences holding the block
+    int n;            // token slots written (0..block); for layers > 0 the current position may lag by a layer
+    int priority;     // eviction priority: the highest of the requests that held it since it was last cached
+    int hashed;       // 1 once full: hash is its chained hash
+    int registered;   // 1 when the hash map points at this block (findable by prefix)
+    uint64_t hash;    // chained hash: H(its tokens, seed = hash of the block before it)
+    KVBlockState state;
+    int prev, next;   // links in the free list or in a priority's LRU list; -1 = none
+} KVBlock;
+
+// The map's key: a chained hash spread over 10 bytes of 7 bits. stb_ds hashes key bytes as (byte << 24) in an
+// int, undefined behaviour (UBSan halts) for a byte >= 128 at offset 3 or 7 of a word.
+typedef struct {
+    uint8_t b[10];
+} KVHashKey;
+
+typedef struct {
+    KVHashKey key;
+    int value;
+} KVPoolMapEntry; // stb_ds hash map entry: chained hash -> block id
+
+typedef struct {
+    int head, tail;
+} KVBlockList;
+
+typedef uint64_t (*KVBlockHashFn)(const int *tokens, int n, uint64_t seed);
+
+typedef struct {
+    int n_layer, n_kv_head, head_dim;
+    int block;            // tokens per block (BLOCK)
+    int n_blocks;
+    float *k, *v;         // (n_blocks, n_layer, n_kv_head, block, head_dim) fp32; keys rotated
+    int *tokens;          // (n_blocks, block) token ids of each block's slots
+    KVBlock *blocks;      // (n_blocks)
+    KVBlockList lists[KV_PRIORITY_MAX + 2]; // [p]: cached blocks of priority p, LRU at the head; last: free
+    KVPoolMapEntry *map;  // stb_ds hmap of registered full blocks
+    KVBlockHashFn hash;   // XXH64 by default; tests may swap it to force collisions
+    // counters since init
+    int64_t requests, query_blocks, hit_blocks, prefill_saved, evictions, cow;
+} KVPool;
+
+// A sequence: zero-initialise it (KVSeq s = {0}), then kv_paged_begin or kv_paged_fork.
+typedef struct {
+    int *table;      // stb_ds array of block ids; token t lives in block table[t / block], slot t % block
+    int n_tokens;    // positions whose K/V the table holds (layer 0; later layers catch up within a step)
+    int priority;    // 0..KV_PRIORITY_MAX
+    uint64_t salt;   // seed of block 0's hash: sequences with different salts never share (tenants)
+} KVSeq;
+
+typedef struct {
+    int blocks_total, blocks_used, blocks_cached, blocks_free; // used: held (ref > 0); cached: ref 0, findable
+    int64_t slots_allocated;  // used blocks * block
+    int64_t tokens_held;      // token slots written in used blocks (a shared block counts once)
+    double fragmentation;     // (slots_allocated - tokens_held) / slots_allocated; 0 when nothing is used
+    double utilisation;       // blocks_used / blocks_total
+    int64_t requests;         // kv_paged_begin calls
+    int64_t query_blocks;     // full prompt blocks eligible for reuse (the last prompt token never is)
+    int64_t hit_blocks;       // of those, found in the pool
+    double hit_rate;          // hit_blocks / query_blocks; 0 when none were queried
+    int64_t prefill_saved;    // prompt tokens whose K/V was reused (hit_blocks * block)
+    int64_t evictions;        // cached blocks taken back for allocation
+    int64_t cow;              // copy-on-write block copies
+    size_t bytes;             // held by the pool: k and v floats, token ids, block metadata, hash map
+    size_t bytes_used;        // k and v floats of the used blocks
+} KVPagedStats;
+
+// A pool of n_blocks blocks of `block` tokens for shape's layers and kv heads. -1 with a message in err on a
+// bad block size or pool size.
+int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err);
+void kv_pool_free(KVPool *pool);
+void kv_pool_stats(const KVPool *pool, KVPagedStats *st);
+// Checks every invariant the pool keeps (lists, states, counts, map); 0, or -1 with what is wrong in err.
+int kv_pool_validate(const KVPool *pool, char *err);
+// Keys (block rows, head_dim) of one (block, layer, kv head); values likewise.
+float *kv_pool_k(const KVPool *pool, int block, int layer, int head);
+float *kv_pool_v(const KVPool *pool, int block, int layer, int head);
+
+// Starts seq (empty) on a prompt: walks the prompt's full blocks, reusing each whose chained hash is
+// registered and whose tokens are equal, and stops at the first miss. Returns the number of prompt tokens
+// reused (a multiple of the block size): they need no prefill, and seq->n_tokens is set to it. The whole
+// prompt is never reused: at least the last prompt token is left to compute, so the caller gets its logits.
+// -1 with a message on a bad priority or prompt length.
+int kv_paged_begin(KVPool *pool, KVSeq *seq, const int *tokens, int n_prompt, int priority, char *err);
+// dst (empty) shares all of src's blocks (parallel sampling, beam search); the first write to a shared
+// partial block copies it.
+void kv_paged_fork(KVPool *pool, KVSeq *dst, const KVSeq *src);
+// Stores token `token` at position pos for one layer: k (rotated to pos) and v are (n_kv_head * head_dim).
+// Call layers in order 0..n_layer-1 for each position; layer 0 takes pos == seq->n_tokens and allocates a
+// block when the last one is full (or copies a shared partial one). When the last layer fills a block, its
+// chained hash is registered (an identical registered block keeps the registration). -1 with a message when
+// the pool has no block to give; the sequence and pool are then unchanged.
+int kv_paged_append(KVPool *pool, KVSeq *seq, int layer, int pos, int token, const float *k, const float *v,
+                    char *err);
+// Releases seq's blocks (last block first, so a request's tail is evicted before its head) and empties it,
+// keeping its salt.
+void kv_paged_end(KVPool *pool, KVSeq *seq);
+
+// attention/paged.c: attention_decode_cpu over a block table. q (NH, HD) rotated to its position; out (NH, HD);
+// att (NH, Tc) probabilities, Tc = seq->n_tokens; reads layer's keys and values through seq's table.
+void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
+                            int layer, int NH, int NKV, int HD);
+
+#endif
