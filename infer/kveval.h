@@ -79,4 +79,30 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
                    int per_distance, uint64_t seed, KVRecallResult *out, char *err);
 void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r);
 
+// The paged pool (--kv paged:BLOCK) under a request workload, infer/kvprefix.c: `requests` requests of
+// `context` tokens sharing their first `shared` tokens, fed in turn through one pool of pool_blocks blocks
+// (0: room for two requests), each also through a full cache to check the logits.
+typedef struct {
+    int requests, context, shared, pool_blocks;
+} KVPrefixConfig;
+
+typedef struct {
+    int pool_blocks;
+    size_t prompt_tokens;      // requests * context
+    size_t computed_tokens;    // those not reused from the pool
+    long long prefill_saved;   // prompt tokens whose K/V came from the pool
+    double hit_rate;           // full prompt blocks found / looked up
+    long long evictions;       // cached blocks taken back
+    double fragmentation;      // unused slots of allocated blocks, mean over requests at their end
+    double utilisation;        // used blocks / pool, mean over requests at their end
+    size_t pool_bytes, peak_bytes_used;
+    double max_abs_logit_diff; // last prompt token, paged vs full cache, over all requests
+    double top1_agree;         // fraction of requests whose last-token argmax agrees
+    double ms_per_request, ms_per_request_full; // prompt processing with reuse / through a full cache
+} KVPrefixResult;
+
+int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVPrefixConfig *pc,
+                   KVPrefixResult *out, char *err);
+void kv_prefix_print_json(const KVSpec *spec, const KVPrefixConfig *pc, const KVPrefixResult *r);
+
 #endif

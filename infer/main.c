@@ -34,7 +34,14 @@ static const char *usage =
     "  --eval recall      long-range recall accuracy by distance through --kv SPEC (and the full cache);\n"
     "                     --streams = sequences per distance [20], drawn with --seed (for a file named\n"
     "                     recall, give ./recall)\n"
-    "  --data FILE        recall filler, and the text whose training split +lowrank:R calibrates on\n"
+    "  --eval prefix      the paged pool (--kv paged:BLOCK) under requests that share a prompt prefix:\n"
+    "                     --streams requests [8] of --context tokens, the first --prefill of them shared\n"
+    "                     [context/2], from the --data text's validation split, one pool of --pool-blocks\n"
+    "                     blocks [room for 2 requests]; hit rate, prefill saved, fragmentation, logits vs\n"
+    "                     a full cache (for a file named prefix, give ./prefix)\n"
+    "  --pool-blocks N    --eval prefix: blocks in the pool\n"
+    "  --data FILE        recall filler, prefix text, and the text whose training split +lowrank:R\n"
+    "                     calibrates on   [data/tinyshakespeare.txt]\n"
     "                     [data/tinyshakespeare.txt]\n"
     "  --kv-heads G       GQA conversion at load: mean-pool the checkpoint's key/value heads into G groups\n"
     "                     (no retraining; G must divide the checkpoint's key/value head count)\n"
@@ -45,6 +52,7 @@ static const char *usage =
     "\n"
     "KV specs: SELECT[+TERM...]\n"
     "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
+    "          | paged:BLOCK (with --eval prefix; no terms)\n"
     "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
     "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
     "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard\n";
@@ -56,7 +64,7 @@ static int die(const char *msg) {
 
 typedef struct {
     const char *ckpt, *prompt, *eval, *kv, *device, *data;
-    int n, kv_given, json, kv_heads;
+    int n, kv_given, json, kv_heads, pool_blocks;
     KVSpec spec;
     KVEvalConfig kc;
     SampleConfig sc;
@@ -89,6 +97,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--context")) rc = args_int(&a, 2, 1 << 20, &f->kc.context);
         else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
         else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
+        else if (args_is(&a, "--pool-blocks")) rc = args_int(&a, 1, 1 << 24, &f->pool_blocks);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "-n") || args_is(&a, "--tokens")) rc = args_int(&a, 0, 1 << 24, &f->n);
         else if (args_is(&a, "--temperature")) rc = args_float(&a, 0.0f, 100.0f, &f->sc.temperature);
@@ -108,7 +117,10 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (kv_spec_parse(&f->spec, f->kv, err) != 0) return -1;
     if (f->prompt && f->kv_given && strcmp(f->kv, "full") != 0)
         return err_set(err, "--kv applies to --eval in this release; generation uses the full cache"), -1;
-    int recall = f->eval && strcmp(f->eval, "recall") == 0;
+    int recall = f->eval && strcmp(f->eval, "recall") == 0, prefix = f->eval && strcmp(f->eval, "prefix") == 0;
+    if (prefix != (f->spec.paged_block > 0))
+        return err_set(err, prefix ? "--eval prefix needs --kv paged:BLOCK" : "--kv paged:BLOCK runs with --eval prefix"), -1;
+    if (f->pool_blocks && !prefix) return err_set(err, "--pool-blocks applies to --eval prefix"), -1;
     if (!f->kv_given && !recall && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
     if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
@@ -139,9 +151,32 @@ static int run_recall(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     return rc;
 }
 
+static int run_prefix(Model *m, Tokenizer *tok, const Flags *f, char *err) {
+    Corpus corpus;
+    if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
+    KVPrefixConfig pc = {.requests = f->kc.streams ? f->kc.streams : 8,
+                         .context = f->kc.context ? f->kc.context : m->cfg.block_size,
+                         .pool_blocks = f->pool_blocks};
+    pc.shared = f->kc.prefill ? f->kc.prefill : pc.context / 2;
+    KVPrefixResult r;
+    int rc = kv_eval_prefix(m, &f->spec, corpus.tokens + corpus.n_train, corpus.n_tokens - corpus.n_train, &pc, &r,
+                            err);
+    if (rc == 0 && f->json) kv_prefix_print_json(&f->spec, &pc, &r);
+    else if (rc == 0)
+        printf("prefix --kv=%s: %d requests of %d tokens sharing %d, pool of %d blocks: hit rate %.3f, %lld of %zu "
+               "prompt tokens reused (%zu computed), %lld evictions, fragmentation %.3f, utilisation %.3f, last-token "
+               "logits vs a full cache max |diff| %.2g (top-1 agree %.3f), %.2f ms per request (full cache %.2f)\n",
+               f->spec.text, pc.requests, pc.context, pc.shared, r.pool_blocks, r.hit_rate, r.prefill_saved,
+               r.prompt_tokens, r.computed_tokens, r.evictions, r.fragmentation, r.utilisation, r.max_abs_logit_diff,
+               r.top1_agree, r.ms_per_request, r.ms_per_request_full);
+    corpus_free(&corpus);
+    return rc;
+}
+
 static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     const char *path = f->eval;
     if (strcmp(path, "recall") == 0) return run_recall(m, tok, f, err);
+    if (strcmp(path, "prefix") == 0) return run_prefix(m, tok, f, err);
     size_t len;
     unsigned char *text = common_read_file(path, &len, err);
     if (!text) return -1;

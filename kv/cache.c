@@ -144,6 +144,10 @@ static void set_budgets(KVCache *kv) {
 }
 
 int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err) {
+    if (spec->paged_block) {
+        err_set(err, "--kv '%s': the paged pool runs through its own evaluation, --eval prefix", spec->text);
+        return -1;
+    }
     int HD = shape->head_dim, L = shape->n_layer, NKV = shape->n_kv_head, dim = spec->rank ? spec->rank : HD;
     if (spec->rank > HD) {
         err_set(err, "--kv '%s': rank %d exceeds the head dimension %d", spec->text, spec->rank, HD);

@@ -8,7 +8,7 @@
 #include "../common/common.h"
 
 const char *const kv_spec_forms =
-    "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L], "
+    "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L] | paged:BLOCK, "
     "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
     "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid";
 
@@ -37,6 +37,8 @@ static int parse_ints(const char *s, int *out, int max) {
 static int parse_select(KVSpec *sp, const char *t) {
     int v[3], n;
     if (strcmp(t, "full") == 0) return sp->select = KV_SEL_FULL, 0;
+    if (strncmp(t, "paged:", 6) == 0 && parse_ints(t + 6, v, 1) == 1 && v[0] >= 1 && v[0] <= 4096)
+        return sp->select = KV_SEL_FULL, sp->paged_block = v[0], 0;
     if (strncmp(t, "window:", 7) == 0 && parse_ints(t + 7, v, 1) == 1)
         return sp->select = KV_SEL_WINDOW, sp->window = v[0], 0;
     if (strncmp(t, "sink:", 5) == 0) {
@@ -146,6 +148,7 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     if (ok && sp->merge_from && (sp->select != KV_SEL_FULL || sp->rank || (sp->format != KV_FMT_F32 && sp->format != KV_FMT_F16)))
         ok = 0; // merged slots must line up across the pair, in rows that hold directions faithfully
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
+    if (ok && sp->paged_block && strchr(text, '+')) ok = 0; // the paged pool holds fp32 rows, all of them
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);
         return -1;

@@ -3,6 +3,7 @@
 //
 //   SPEC    := SELECT ('+' TERM)*
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
+//              | paged:BLOCK
 //   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R | hadamard
 //              | fpkeep:S,R | minicache:L[,A] | pyramid
 //
@@ -22,7 +23,9 @@
 // two layers are interpolated by SLERP at t = 0.5 and stored once with each layer's norm, unless they differ
 // by more than A degrees (default 45), in which case both are kept. hadamard rotates
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
-// budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly.
+// budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly. paged:BLOCK is the full
+// cache held in a pool of BLOCK-token blocks with prefix sharing across requests (kv/paged.h); it runs through
+// its own path (`--eval prefix`) and takes no terms yet.
 #ifndef KVLAB_KV_SPEC_H
 #define KVLAB_KV_SPEC_H
 
@@ -49,6 +52,7 @@ typedef struct {
     int merge_angle; // minicache: tokens whose two layers' directions differ by more (degrees) stay unmerged
     int hadamard;
     int pyramid;
+    int paged_block; // paged: tokens per block (0 = not paged)
     char text[128];  // the spec as given
 } KVSpec;
 

@@ -26,12 +26,15 @@ void decode_state_free(DecodeState *s) {
     memset(s, 0, sizeof(*s));
 }
 
-int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos) {
+// How one layer's attention reads its cache: given the query, key and value of the current token (before
+// RoPE), store what the cache keeps and write the attention output to s->atty.
+typedef int (*AttendFn)(void *ctx, const Model *m, DecodeState *s, int layer, int pos);
+
+static int decode_stack(const Model *m, DecodeState *s, int token, int pos, AttendFn attend, void *ctx) {
     const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
     const ParamTensors *p = &m->params;
-    int C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, NH = c->n_head, NKV = c->n_kv_head;
-    int HD = model_head_dim(c);
+    int C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden;
     float rstd;
     op->encoder_forward(s->x, &token, p->wte, 1, 1, C);
     for (int l = 0; l < c->n_layer; l++) {
@@ -40,17 +43,7 @@ int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, in
         op->matmul_forward(s->q, s->xn, p->wq + lCC, 1, C, C);
         op->matmul_forward(s->k, s->xn, p->wk + lKC, 1, C, KVC);
         op->matmul_forward(s->v, s->xn, p->wv + lKC, 1, C, KVC);
-        // the cache stores keys before RoPE and rotates them to their positions in the cache; the query is
-        // rotated to the position the cache assigns it
-        if (kv_cache_append(kv, l, pos, s->k, s->v) != 0) return -1;
-        const float *kc, *vc;
-        int Tc, qpos;
-        size_t head_stride;
-        kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos, &head_stride);
-        CHECK(Tc <= s->capacity);
-        op->rope_forward(s->q, 1, 1, NH, HD, qpos, c->rope_theta);
-        op->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, head_stride, NH, NKV, HD);
-        kv_cache_observe(kv, l, s->att);
+        if (attend(ctx, m, s, l, pos) != 0) return -1;
         op->matmul_forward(s->proj, s->atty, p->wo + lCC, 1, C, C);
         op->residual_forward(s->x, s->x, s->proj, NULL, C);
         op->rmsnorm_forward(s->xn, &rstd, s->x, p->mlp_norm + lC, 1, C, c->norm_eps);
@@ -63,4 +56,52 @@ int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, in
     op->rmsnorm_forward(s->xn, &rstd, s->x, p->final_norm, 1, C, c->norm_eps);
     op->matmul_forward(s->logits, s->xn, p->wte, 1, C, c->vocab_size);
     return 0;
+}
+
+// The KV cache stores keys before RoPE and rotates them to their positions in the cache; the query is
+// rotated to the position the cache assigns it.
+static int attend_cache(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
+    KVCache *kv = ctx;
+    const ModelConfig *c = &m->cfg;
+    int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c);
+    if (kv_cache_append(kv, l, pos, s->k, s->v) != 0) return -1;
+    const float *kc, *vc;
+    int Tc, qpos;
+    size_t head_stride;
+    kv_cache_view(kv, l, &kc, &vc, &Tc, &qpos, &head_stride);
+    CHECK(Tc <= s->capacity);
+    m->ops->rope_forward(s->q, 1, 1, NH, HD, qpos, c->rope_theta);
+    m->ops->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, head_stride, NH, NKV, HD);
+    kv_cache_observe(kv, l, s->att);
+    return 0;
+}
+
+int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos) {
+    return decode_stack(m, s, token, pos, attend_cache, kv);
+}
+
+typedef struct {
+    KVPool *pool;
+    KVSeq *seq;
+    int token;
+    char *err;
+} PagedCtx;
+
+// The paged pool stores keys rotated to their absolute positions, and attention reads through the table.
+static int attend_paged(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
+    PagedCtx *pc = ctx;
+    const ModelConfig *c = &m->cfg;
+    int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c);
+    m->ops->rope_forward(s->k, 1, 1, NKV, HD, pos, c->rope_theta);
+    if (kv_paged_append(pc->pool, pc->seq, l, pos, pc->token, s->k, s->v, pc->err) != 0) return -1;
+    CHECK(pc->seq->n_tokens <= s->capacity);
+    m->ops->rope_forward(s->q, 1, 1, NH, HD, pos, c->rope_theta);
+    attention_decode_paged(s->atty, s->att, s->q, pc->pool, pc->seq, l, NH, NKV, HD);
+    return 0;
+}
+
+int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
+                            char *err) {
+    PagedCtx ctx = {pool, seq, token, err};
+    return decode_stack(m, s, token, pos, attend_paged, &ctx);
 }

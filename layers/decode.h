@@ -4,6 +4,7 @@
 #define KVLAB_DECODE_H
 
 #include "../kv/kv.h"
+#include "../kv/paged.h"
 #include "model.h"
 
 typedef struct {
@@ -18,5 +19,10 @@ void decode_state_free(DecodeState *s);
 // Runs token `token` at position `pos` through the model, appending to the cache; logits land in s->logits.
 // capacity bounds the tokens any layer's view may hold. Returns -1 if the cache is full.
 int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos);
+// The same step through a paged pool (kv/paged.h): token `token` at position pos == seq->n_tokens is
+// appended to seq's blocks and attends through its block table. -1 with a message when the pool is out of
+// blocks (the sequence is then unchanged).
+int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
+                            char *err);
 
 #endif

@@ -533,3 +533,41 @@ Test(cli, kv_eval_flags) {
     cr_assert(strstr(r.out, "\"spec\": \"sink:2,window:6+int4\"") && strstr(r.out, "\"top1_agree\""), "%s", r.out);
     cliutil_run_free(&r);
 }
+
+// The paged pool's request workload: the spec and the mode go together, and reuse is exact.
+Test(cli, kv_eval_prefix) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "paged:8");
+    EXPECT_ERROR(&r, "infer", "--kv paged:BLOCK runs with --eval prefix");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval prefix needs --kv paged:BLOCK");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:8+int4", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "bad --kv 'paged:8+int4'");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:0", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "bad --kv 'paged:0'");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "20",
+            "--prefill", "25");
+    EXPECT_ERROR(&r, "infer", "--eval prefix: need 0 <= --prefill");
+    cliutil_run_free(&r);
+    // 4 requests of 30 tokens sharing 13: blocks of 4 reuse 3 shared blocks (12 tokens) from the second
+    // request on; 30 tokens fill 8 blocks with 2 slots unused
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "30",
+            "--prefill", "13", "--streams", "4", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"prefill_saved\": 36,") && strstr(r.out, "\"computed_tokens\": 84,"), "%s", r.out);
+    const char *d = strstr(r.out, "\"max_abs_logit_diff\": ");
+    double diff = 1.0;
+    cr_assert(d && sscanf(d + 22, "%lf", &diff) == 1 && diff <= 1e-5, "reuse is exact up to float order: %s", r.out);
+    cr_assert(strstr(r.out, "\"top1_agree\": 1,"), "%s", r.out);
+    cr_assert(strstr(r.out, "\"fragmentation\": 0.0625,"), "2 of 32 slots: %s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "30",
+            "--pool-blocks", "3");
+    EXPECT_ERROR(&r, "infer", "pool exhausted");
+    cliutil_run_free(&r);
+}
