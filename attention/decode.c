@@ -5,6 +5,17 @@
 #include <cblas.h>
 #include <math.h>
 
+void softmax_inplace_cpu(float *p, int n) {
+    float mx = p[0];
+    for (int s = 1; s < n; s++) mx = p[s] > mx ? p[s] : mx;
+    float sum = 0.0f;
+    for (int s = 0; s < n; s++) {
+        p[s] = expf(p[s] - mx);
+        sum += p[s];
+    }
+    for (int s = 0; s < n; s++) p[s] /= sum;
+}
+
 void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                           size_t head_stride, int NH, int NKV, int HD) {
     int rep = NH / NKV;
@@ -14,14 +25,7 @@ void attention_decode_cpu(float *out, float *att, const float *q, const float *k
         float *p = att + (size_t)h * Tc;
         // scores (Tc) = scale * K_g (Tc, HD) @ q_h
         cblas_sgemv(CblasRowMajor, CblasNoTrans, Tc, HD, scale, kg, HD, q + h * HD, 1, 0.0f, p, 1);
-        float mx = p[0];
-        for (int s = 1; s < Tc; s++) mx = p[s] > mx ? p[s] : mx;
-        float sum = 0.0f;
-        for (int s = 0; s < Tc; s++) {
-            p[s] = expf(p[s] - mx);
-            sum += p[s];
-        }
-        for (int s = 0; s < Tc; s++) p[s] /= sum;
+        softmax_inplace_cpu(p, Tc);
         // out_h (HD) = V^T (HD, Tc) @ p
         cblas_sgemv(CblasRowMajor, CblasTrans, Tc, HD, 1.0f, vg, HD, p, 1, 0.0f, out + h * HD, 1);
     }

@@ -6,6 +6,7 @@
 
 #include "../common/common.h"
 #include "../kv/paged.h"
+#include "../layers/cpu_ops.h"
 
 void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
                             int layer, int NH, int NKV, int HD) {
@@ -23,14 +24,7 @@ void attention_decode_paged(float *out, float *att, const float *q, const KVPool
             const float *kb = kv_pool_k(pool, seq->table[i], layer, g);
             cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, HD, scale, kb, HD, q + h * HD, 1, 0.0f, p + i * B, 1);
         }
-        float mx = p[0];
-        for (int s = 1; s < Tc; s++) mx = p[s] > mx ? p[s] : mx;
-        float sum = 0.0f;
-        for (int s = 0; s < Tc; s++) {
-            p[s] = expf(p[s] - mx);
-            sum += p[s];
-        }
-        for (int s = 0; s < Tc; s++) p[s] /= sum;
+        softmax_inplace_cpu(p, Tc);
         // out_h (HD) = sum over blocks of V_block^T (HD, rows) @ p_block
         for (int i = 0; i < n_blocks; i++) {
             int rows = Tc - i * B < B ? Tc - i * B : B;

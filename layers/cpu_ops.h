@@ -23,6 +23,8 @@ void attention_forward_cpu(float *out, float *att, const float *q, const float *
                            int NH, int NKV, int HD);
 void attention_backward_cpu(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
+// p (n) = softmax(p), max-subtracted, in place (the decode attention's row; attention/decode.c).
+void softmax_inplace_cpu(float *p, int n);
 void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                           size_t head_stride, int NH, int NKV, int HD);
 void swiglu_forward_cpu(float *out, const float *a, const float *b, size_t N);
