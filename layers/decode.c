@@ -26,11 +26,7 @@ void decode_state_free(DecodeState *s) {
     memset(s, 0, sizeof(*s));
 }
 
-// How one layer's attention reads its cache: given the query, key and value of the current token (before
-// RoPE), store what the cache keeps and write the attention output to s->atty.
-typedef int (*AttendFn)(void *ctx, const Model *m, DecodeState *s, int layer, int pos);
-
-static int decode_stack(const Model *m, DecodeState *s, int token, int pos, AttendFn attend, void *ctx) {
+int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, DecodeAttendFn attend, void *ctx) {
     const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
     const ParamTensors *p = &m->params;
@@ -77,7 +73,7 @@ static int attend_cache(void *ctx, const Model *m, DecodeState *s, int l, int po
 }
 
 int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos) {
-    return decode_stack(m, s, token, pos, attend_cache, kv);
+    return model_decode_step_with(m, s, token, pos, attend_cache, kv);
 }
 
 typedef struct {
@@ -103,5 +99,5 @@ static int attend_paged(void *ctx, const Model *m, DecodeState *s, int l, int po
 int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
                             char *err) {
     PagedCtx ctx = {pool, seq, token, err};
-    return decode_stack(m, s, token, pos, attend_paged, &ctx);
+    return model_decode_step_with(m, s, token, pos, attend_paged, &ctx);
 }

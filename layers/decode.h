@@ -19,6 +19,13 @@ void decode_state_free(DecodeState *s);
 // Runs token `token` at position `pos` through the model, appending to the cache; logits land in s->logits.
 // capacity bounds the tokens any layer's view may hold. Returns -1 if the cache is full.
 int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos);
+
+// The step over any cache: for each layer, attend(ctx, m, s, layer, pos) receives the current token's query,
+// key and value in s->q, s->k, s->v (before RoPE; q (NH*HD), k and v (NKV*HD)), stores what its cache keeps,
+// and writes the attention output (NH*HD) to s->atty (s->att holds NH*capacity floats of scratch). A non-zero
+// return stops the step and is returned.
+typedef int (*DecodeAttendFn)(void *ctx, const Model *m, DecodeState *s, int layer, int pos);
+int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, DecodeAttendFn attend, void *ctx);
 // The same step through a paged pool (kv/paged.h): token `token` at position pos == seq->n_tokens is
 // appended to seq's blocks and attends through its block table. -1 with a message when the pool is out of
 // blocks (the sequence is then unchanged).
