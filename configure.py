@@ -9,7 +9,7 @@ Where the build file goes (paths in it are relative to the repository root; alwa
   --builddir DIR            ->  DIR/build.ninja         run: ninja -f DIR/build.ninja [target]
 so several configurations (say build/ and build-asan/) can live side by side.
 
-Targets: all (default: the library and every program), test (build and run the Criterion tests),
+Targets: all (default: the library and every program: train, infer, serve, bench, tests), test (build and run the Criterion tests),
 bench (build and run the benchmarks), plus any output path such as build/train.
 """
 
@@ -172,6 +172,19 @@ PROBE_XXHASH = r'''#include <xxhash.h>
 int main(void) { return XXH64("kvlab", 5, 0) == 0; }
 '''
 
+PROBE_MHD = r'''#include <microhttpd.h>
+int main(void) { return MHD_get_version() == 0; }
+'''
+
+PROBE_JANSSON = r'''#include <jansson.h>
+int main(void) {
+    json_t *j = json_pack("{s:i}", "n", 1);
+    int ok = json_integer_value(json_object_get(j, "n")) == 1;
+    json_decref(j);
+    return !ok;
+}
+'''
+
 PROBE_STB = r'''#define STB_DS_IMPLEMENTATION
 #include <stb/stb_ds.h>
 int main(void) {
@@ -243,6 +256,7 @@ def main():
         ldflags += san
     libs = ['-lxxhash', '-lopenblas', '-lm']
     test_libs = ['-lcriterion']
+    serve_libs = ['-lmicrohttpd', '-ljansson']  # linked into build/serve only
 
     # Probes.
     cc0 = shlex.split(args.cc)[0] if shlex.split(args.cc) else ''
@@ -277,6 +291,8 @@ def main():
         probe.check('Criterion', 'libcriterion-dev', PROBE_CRITERION, libs=['-lcriterion'])
         probe.check('xxHash', 'libxxhash-dev', PROBE_XXHASH, libs=['-lxxhash'])
         probe.check('stb (stb/stb_ds.h)', 'libstb-dev', PROBE_STB)
+        probe.check('libmicrohttpd', 'libmicrohttpd-dev', PROBE_MHD, libs=['-lmicrohttpd'])
+        probe.check('jansson', 'libjansson-dev', PROBE_JANSSON, libs=['-ljansson'])
         if args.sanitize:
             probe.check(SANITIZE, 'gcc (libasan, libubsan)', PROBE_MAIN, [SANITIZE], [SANITIZE])
         missing = probe.missing
@@ -299,6 +315,8 @@ def main():
     for name in ('train', 'infer'):
         if os.path.isfile(os.path.join(name, 'main.c')):
             programs[name] = [os.path.join(name, 'main.c')]
+    if sources('serve', '.c'):
+        programs['serve'] = sources('serve', '.c')
     if sources('bench', '.c'):
         programs['bench'] = sources('bench', '.c')
     if sources('tests', '.c'):
@@ -340,7 +358,7 @@ def main():
     with open(tmp_file, 'w') as f:
         write_ninja(Writer(f), dict(
             args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
-            cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, run_env=run_env,
+            cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
             blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, lib_c=lib_c, lib_cu=lib_cu,
             programs=programs))
     os.replace(tmp_file, ninja_file)
@@ -349,7 +367,7 @@ def main():
     print('\ncompiler: %s' % args.cc)
     print('cflags:   %s' % ' '.join(cflags))
     print('ldflags:  %s %s' % (' '.join(ldflags), ' '.join(libs)))
-    print('features: OpenMP, CBLAS (OpenBLAS, %s), Criterion, xxHash, stb%s'
+    print('features: OpenMP, CBLAS (OpenBLAS, %s), Criterion, xxHash, stb, libmicrohttpd, jansson%s'
           % (blas_note, ', ASan+UBSan' if args.sanitize else ''))
     print('cuda:     %s' % cuda_note)
     print('sources:  %d library (.c), %d library (.cu); programs: %s'
@@ -389,6 +407,7 @@ def write_ninja(n, v):
     n.variable('ldflags', escape(' '.join(v['ldflags'])))
     n.variable('libs', escape(' '.join(v['libs'])))
     n.variable('test_libs', escape(' '.join(v['test_libs'])))
+    n.variable('serve_libs', escape(' '.join(v['serve_libs'])))
     n.variable('run_env', escape(' '.join(v['run_env'])))
     if v['nvcc'] and v['lib_cu']:
         n.variable('nvcc', escape(v['nvcc']))
@@ -433,13 +452,14 @@ def write_ninja(n, v):
         for src in srcs:
             n.build([obj(src)], 'cc', [src])
         out = '$builddir/' + name
+        extra = {'tests': '$test_libs', 'serve': '$serve_libs'}.get(name)
         n.build([out], 'link', [obj(s) for s in srcs] + ([lib] if lib_objs else []),
-                variables={'libs': '$test_libs $libs'} if name == 'tests' else None)
+                variables={'libs': extra + ' $libs'} if extra else None)
         outputs.append(out)
         n.newline()
 
     n.comment('ninja test / ninja bench: build, then run from the repository root (always re-run).')
-    progs = ['$builddir/' + p for p in ('train', 'infer') if p in v['programs']]
+    progs = ['$builddir/' + p for p in ('train', 'infer', 'serve') if p in v['programs']]
     if 'tests' in v['programs']:
         n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
                 variables={'args': '--jobs 2'})

@@ -11,6 +11,8 @@ packages=(
     libcriterion-dev           # unit tests
     libxxhash-dev              # hashing: checksums, prefix blocks
     libstb-dev                 # stb_ds.h (hash maps, dynamic arrays), stb_image_write.h
+    libmicrohttpd-dev          # build/serve: the HTTP server (thread per connection, chunked SSE)
+    libjansson-dev             # build/serve: JSON requests and responses
 )
 
 sudo=()

@@ -1,0 +1,285 @@
+// The serving engine: one thread owns the model, the paged KV pool and the decode state, so no model or pool
+// code ever runs on two threads. Each round it admits queued requests (kv_paged_begin: the prompt prefix the
+// tenant already has in the pool is reused), then advances every active request by one token (a prompt token,
+// or the last sampled one) and publishes the sampled bytes. Interleaving keeps requests independent: each
+// has its own KVSeq and RNG, and the shared DecodeState is scratch for exactly one step. Batching the matmuls
+// of a round across requests is the next step (each step is still a matrix-vector product).
+//
+// Blocks are reserved at admission (ceil((prompt + max_tokens) / block) per request), so a running request
+// never finds the pool empty: requests wait in the queue until their worst case fits.
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "serve.h"
+
+const int serve_status_codes[6] = {200, 400, 404, 405, 413, 0};
+
+int serve_status_index(int status) {
+    for (int i = 0; i < 5; i++)
+        if (serve_status_codes[i] == status) return i;
+    return 5;
+}
+
+void engine_count_status(Engine *e, int status) {
+    pthread_mutex_lock(&e->mu);
+    e->status_counts[serve_status_index(status)]++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+Req *req_new(int n_prompt, int max_tokens) {
+    Req *r = common_calloc(1, sizeof(Req));
+    r->prompt = common_calloc((size_t)n_prompt + 1, sizeof(int));
+    r->out = common_calloc((size_t)max_tokens + 1, 1);
+    r->n_prompt = n_prompt;
+    r->max_tokens = max_tokens;
+    r->reused = -1;
+    r->status = 200;
+    return r;
+}
+
+void req_free(Req *r) {
+    if (!r) return;
+    common_free(r->prompt);
+    common_free(r->out);
+    common_free(r);
+}
+
+// Drops one reference under mu; the last one frees.
+static void unref_locked(Req *r) {
+    if (--r->refs == 0) req_free(r);
+}
+
+static Tenant *tenant_locked(Engine *e, const char *name, int create) {
+    for (int i = 0; i < e->n_tenants; i++)
+        if (strcmp(e->tenants[i].name, name) == 0) return &e->tenants[i];
+    if (!create || e->n_tenants == SERVE_MAX_TENANTS) return NULL;
+    Tenant *t = &e->tenants[e->n_tenants++];
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof t->name, "%s", name);
+    return t;
+}
+
+int engine_tenant(Engine *e, const char *name, Tenant *out) {
+    pthread_mutex_lock(&e->mu);
+    Tenant *t = tenant_locked(e, name, 0);
+    if (t) *out = *t;
+    pthread_mutex_unlock(&e->mu);
+    return t != NULL;
+}
+
+static void finish_locked(Engine *e, Req *r, int status, const char *msg) {
+    if (r->reused >= 0) kv_paged_end(e->pool, &r->seq); // its blocks stay cached for later prompts
+    e->reserved_blocks -= r->reserved;
+    r->reserved = 0;
+    if (status != 200) {
+        r->status = status;
+        snprintf(r->error, sizeof r->error, "%s", msg);
+    }
+    r->done = 1;
+    unref_locked(r);
+}
+
+static void admit_locked(Engine *e) {
+    while (e->head && e->n_active < SERVE_MAX_ACTIVE) {
+        Req *r = e->head;
+        int need = (r->n_prompt + r->max_tokens + e->block - 1) / e->block;
+        if (!r->cancelled && e->reserved_blocks + need > e->n_blocks) return; // FIFO: wait for room
+        e->head = r->next;
+        if (!e->head) e->tail = NULL;
+        e->queued--;
+        r->next = NULL;
+        if (r->cancelled) {
+            finish_locked(e, r, 499, "cancelled");
+            continue;
+        }
+        r->seq = (KVSeq){0};
+        r->seq.salt = r->private_cache ? XXH64(&e->private_salt, sizeof e->private_salt, 0x6b766c6162ULL) : r->salt;
+        e->private_salt++;
+        char err[ERR_LEN];
+        int reused = kv_paged_begin(e->pool, &r->seq, r->prompt, r->n_prompt, KV_PRIORITY_DEFAULT, err);
+        if (reused < 0) {
+            finish_locked(e, r, 500, err);
+            continue;
+        }
+        r->reused = reused;
+        r->pos = reused;
+        r->reserved = need;
+        e->reserved_blocks += need;
+        rng_init(&r->rng, r->seed);
+        e->prompt_tokens += r->n_prompt;
+        e->reused_tokens += reused;
+        Tenant *t = r->private_cache ? NULL : tenant_locked(e, r->tenant, 1);
+        if (t) {
+            t->requests++;
+            t->prompt_tokens += r->n_prompt;
+            t->query_blocks += (r->n_prompt - 1) / e->block;
+            t->hit_blocks += reused / e->block;
+            t->reused_tokens += reused;
+            t->hits += reused > 0;
+        }
+        e->active[e->n_active++] = r;
+    }
+}
+
+// One token for r: a prompt token, or the last sampled one. Returns the sampled byte, -1 while still in the
+// prompt, -2 on an error (message in err).
+static int step(Engine *e, Req *r, char *err) {
+    int token = r->pos < r->n_prompt ? r->prompt[r->pos] : r->last;
+    if (model_decode_step_paged(e->model, &e->ds, e->pool, &r->seq, token, r->pos, err) != 0) return -2;
+    r->pos++;
+    if (r->pos < r->n_prompt) return -1;
+    r->last = sample_next(e->ds.logits, e->model->cfg.vocab_size, &r->sc, &r->rng, e->probs, e->idx);
+    return e->tok->id_to_byte[r->last];
+}
+
+static void clear_locked(Engine *e) {
+    KVPagedStats st;
+    kv_pool_stats(e->pool, &st);
+    KVPool *old = e->pool, *fresh;
+    KVShape shape = {e->model->cfg.n_layer, e->model->cfg.n_head, e->model->cfg.n_kv_head,
+                     model_head_dim(&e->model->cfg), e->context, e->model->cfg.rope_theta, 0};
+    char err[ERR_LEN];
+    CHECK(kv_pool_init(&fresh, &shape, e->block, e->n_blocks, err) == 0);
+    fresh->requests = old->requests, fresh->query_blocks = old->query_blocks, fresh->hit_blocks = old->hit_blocks;
+    fresh->prefill_saved = old->prefill_saved, fresh->evictions = old->evictions, fresh->cow = old->cow;
+    kv_pool_free(old);
+    e->pool = fresh;
+    e->cleared_blocks = st.blocks_cached;
+}
+
+static void *engine_main(void *arg) {
+    Engine *e = arg;
+    int produced[SERVE_MAX_ACTIVE];
+    char errs[SERVE_MAX_ACTIVE][ERR_LEN];
+    pthread_mutex_lock(&e->mu);
+    while (!e->stopping) {
+        if (e->clear_pending && e->n_active == 0) {
+            clear_locked(e);
+            e->clear_pending = 0;
+            e->clear_epoch++;
+            kv_pool_stats(e->pool, &e->snap);
+            pthread_cond_broadcast(&e->progress);
+        }
+        if (!e->clear_pending) admit_locked(e);
+        if (e->n_active == 0) {
+            pthread_cond_wait(&e->work, &e->mu);
+            continue;
+        }
+        int n = e->n_active;
+        pthread_mutex_unlock(&e->mu);
+        for (int i = 0; i < n; i++) produced[i] = step(e, e->active[i], errs[i]);
+        pthread_mutex_lock(&e->mu);
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            Req *r = e->active[i];
+            if (produced[i] >= 0) {
+                r->out[r->n_out++] = (char)produced[i];
+                e->tokens_generated++;
+            }
+            if (produced[i] == -2) finish_locked(e, r, 500, errs[i]);
+            else if (r->cancelled) finish_locked(e, r, 499, "cancelled");
+            else if (r->n_out == r->max_tokens) finish_locked(e, r, 200, NULL);
+            else e->active[kept++] = r;
+        }
+        for (int i = n; i < e->n_active; i++) e->active[kept++] = e->active[i]; // none today: admission is locked
+        e->n_active = kept;
+        kv_pool_stats(e->pool, &e->snap);
+        pthread_cond_broadcast(&e->progress);
+    }
+    for (int i = 0; i < e->n_active; i++) finish_locked(e, e->active[i], 503, "server is shutting down");
+    e->n_active = 0;
+    while (e->head) {
+        Req *r = e->head;
+        e->head = r->next;
+        finish_locked(e, r, 503, "server is shutting down");
+    }
+    e->tail = NULL;
+    e->queued = 0;
+    pthread_cond_broadcast(&e->progress);
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+int engine_start(Engine *e, const Model *m, const Tokenizer *tok, int block, int n_blocks, int max_tokens,
+                 int max_queue, char *err) {
+    memset(e, 0, sizeof(*e));
+    const ModelConfig *c = &m->cfg;
+    e->model = m, e->tok = tok, e->block = block, e->max_tokens = max_tokens, e->max_queue = max_queue;
+    e->context = c->block_size;
+    e->n_blocks = n_blocks ? n_blocks : 16 * ((c->block_size + block - 1) / block);
+    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), c->block_size, c->rope_theta, 0};
+    if (kv_pool_init(&e->pool, &shape, block, e->n_blocks, err) != 0) return -1;
+    kv_pool_stats(e->pool, &e->snap);
+    decode_state_init(&e->ds, c, c->block_size);
+    e->probs = common_calloc(c->vocab_size, sizeof(float));
+    e->idx = common_calloc(c->vocab_size, sizeof(int));
+    e->tenants = common_calloc(SERVE_MAX_TENANTS, sizeof(Tenant));
+    CHECK(pthread_mutex_init(&e->mu, NULL) == 0);
+    CHECK(pthread_cond_init(&e->work, NULL) == 0);
+    CHECK(pthread_cond_init(&e->progress, NULL) == 0);
+    CHECK(pthread_create(&e->thread, NULL, engine_main, e) == 0);
+    return 0;
+}
+
+void engine_stop(Engine *e) {
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    pthread_cond_signal(&e->work);
+    pthread_mutex_unlock(&e->mu);
+    CHECK(pthread_join(e->thread, NULL) == 0);
+    kv_pool_free(e->pool);
+    e->pool = NULL;
+    decode_state_free(&e->ds);
+    common_free(e->probs);
+    common_free(e->idx);
+}
+
+void engine_free(Engine *e) {
+    pthread_cond_destroy(&e->work);
+    pthread_cond_destroy(&e->progress);
+    pthread_mutex_destroy(&e->mu);
+    common_free(e->tenants);
+}
+
+int engine_submit(Engine *e, Req *r) {
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (e->stopping) {
+        snprintf(r->error, sizeof r->error, "server is shutting down");
+        rc = -1;
+    } else if (e->queued >= e->max_queue) {
+        snprintf(r->error, sizeof r->error, "server busy: %d requests already queued; retry later", e->queued);
+        rc = -1;
+    } else {
+        r->refs = 2;
+        r->next = NULL;
+        if (e->tail) e->tail->next = r;
+        else e->head = r;
+        e->tail = r;
+        e->queued++;
+        pthread_cond_signal(&e->work);
+    }
+    if (rc) r->status = 503;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+void engine_release(Engine *e, Req *r) {
+    pthread_mutex_lock(&e->mu);
+    if (!r->done) r->cancelled = 1;
+    unref_locked(r);
+    pthread_mutex_unlock(&e->mu);
+}
+
+int64_t engine_clear(Engine *e) {
+    pthread_mutex_lock(&e->mu);
+    int64_t epoch = e->clear_epoch;
+    e->clear_pending = 1;
+    pthread_cond_signal(&e->work);
+    while (e->clear_epoch == epoch && !e->stopping) pthread_cond_wait(&e->progress, &e->mu);
+    int64_t n = e->clear_epoch == epoch ? 0 : e->cleared_blocks;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}

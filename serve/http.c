@@ -1,0 +1,391 @@
+// build/serve's HTTP side on libmicrohttpd (a thread per connection, so handlers may block) and jansson:
+// routing, request validation (every bad input is a 4xx JSON error and the server keeps serving), and the
+// responses, whole or streamed as server-sent events. Handlers hand validated requests to the engine
+// (engine.c) and wait on its condition variable; nothing here touches the model or the KV pool.
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <xxhash.h>
+
+#include "serve.h"
+
+typedef struct {
+    Engine *e;
+    size_t max_body;
+    const char *model;
+} Http;
+
+typedef struct { // one request on a connection
+    char *body;
+    size_t len;
+    int too_big;
+} Upload;
+
+static Http http; // one server per process
+
+// --- responses ---------------------------------------------------------------------------------------------
+
+static enum MHD_Result send_text(struct MHD_Connection *c, int status, char *text, const char *type) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header(resp, "Content-Type", type);
+    if (status == 405) MHD_add_response_header(resp, "Allow", "GET, POST");
+    enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    engine_count_status(http.e, status);
+    return rc;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *obj) { // steals obj
+    char *text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    CHECK(text);
+    return send_text(c, status, text, "application/json");
+}
+
+static json_t *error_json(const char *msg) {
+    return json_pack("{s:{s:s, s:s}}", "error", "message", msg, "type",
+                     "invalid_request_error");
+}
+
+__attribute__((format(printf, 3, 4))) static enum MHD_Result send_error(struct MHD_Connection *c, int status,
+                                                                        const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return send_json(c, status, error_json(msg));
+}
+
+// Output bytes as a JSON string: UTF-8 when they are, else each byte as the code point of the same value.
+static json_t *text_json(const char *s, size_t n) {
+    json_t *j = json_stringn(s, n);
+    if (j) return j;
+    char *u = common_calloc(2 * n + 1, 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)s[i];
+        if (b < 0x80) u[k++] = (char)b;
+        else u[k++] = (char)(0xc0 | (b >> 6)), u[k++] = (char)(0x80 | (b & 0x3f));
+    }
+    j = json_stringn(u, k);
+    common_free(u);
+    return j;
+}
+
+// --- requests ------------------------------------------------------------------------------------------------
+
+// The tenant scope: Authorization: Bearer KEY (shown as key:HASH, never the key), else X-Tenant, else
+// "default". ':' is not allowed in X-Tenant names, so a header cannot claim a key's scope.
+static int tenant_of(struct MHD_Connection *c, char *out, char *err) {
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (auth && strncmp(auth, "Bearer ", 7) == 0 && auth[7]) {
+        snprintf(out, SERVE_TENANT_LEN + 1, "key:%016llx", (unsigned long long)XXH64(auth + 7, strlen(auth + 7), 0));
+        return 0;
+    }
+    const char *t = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tenant");
+    if (!t) t = "default";
+    size_t n = strlen(t);
+    if (n == 0 || n > SERVE_TENANT_LEN) return err_set(err, "X-Tenant must be 1 to %d characters", SERVE_TENANT_LEN), -1;
+    for (size_t i = 0; i < n; i++)
+        if (!(t[i] == '-' || t[i] == '_' || t[i] == '.' || (t[i] >= '0' && t[i] <= '9') ||
+              ((t[i] | 32) >= 'a' && (t[i] | 32) <= 'z')))
+            return err_set(err, "X-Tenant may hold letters, digits, '-', '_' and '.' only"), -1;
+    memcpy(out, t, n + 1);
+    return 0;
+}
+
+static int get_number(json_t *root, const char *key, double lo, double hi, double *out, char *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_number(v)) return err_set(err, "'%s' must be a number", key), -1;
+    double x = json_number_value(v);
+    if (!(x >= lo && x <= hi)) return err_set(err, "'%s' must be in [%g, %g], got %g", key, lo, hi, x), -1;
+    *out = x;
+    return 0;
+}
+
+static int get_int(json_t *root, const char *key, long long lo, long long hi, long long *out, char *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_integer(v)) return err_set(err, "'%s' must be an integer", key), -1;
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return err_set(err, "'%s' must be in [%lld, %lld], got %lld", key, lo, hi, x), -1;
+    *out = x;
+    return 0;
+}
+
+// Validates a completion body into a new Req; NULL with a 400 message. Unknown fields are ignored (OpenAI
+// clients send model, user, n, ...).
+static Req *parse_completion(const Upload *u, int generate, const char *tenant, int *stream, char *err) {
+    Engine *e = http.e;
+    json_error_t je;
+    json_t *root = json_loadb(u->body ? u->body : "", u->len, 0, &je);
+    if (!root) return err_set(err, "malformed JSON: %s (line %d, column %d)", je.text, je.line, je.column), NULL;
+    Req *r = NULL;
+    json_t *p = json_object_get(root, "prompt"), *st = json_object_get(root, "stream");
+    double temperature = 1.0, top_p = 1.0;
+    long long max_tokens = -1, top_k = 0, seed = 1337;
+    if (!json_is_object(root)) err_set(err, "the body must be a JSON object");
+    else if (!p) err_set(err, "'prompt' is required");
+    else if (!json_is_string(p)) err_set(err, "'prompt' must be a string");
+    else if (json_string_length(p) == 0) err_set(err, "'prompt' is empty: give at least one character");
+    else if (st && !json_is_boolean(st) && !json_is_null(st)) err_set(err, "'stream' must be true or false");
+    else if (get_int(root, "max_tokens", 1, e->max_tokens, &max_tokens, err) ||
+             get_number(root, "temperature", 0, 100, &temperature, err) ||
+             get_number(root, "top_p", 1e-6, 1, &top_p, err) || get_int(root, "top_k", 0, 1 << 20, &top_k, err) ||
+             get_int(root, "seed", 0, INT64_MAX, &seed, err)) {
+    } else {
+        const char *text = json_string_value(p);
+        size_t n = json_string_length(p);
+        long bad = tokenizer_find_oov(e->tok, (const unsigned char *)text, n);
+        json_t *kv = json_object_get(root, "kv");
+        char paged[32];
+        snprintf(paged, sizeof paged, "paged:%d", e->block);
+        int private_cache = 0;
+        if (generate && kv && !json_is_null(kv)) {
+            if (!json_is_string(kv)) err_set(err, "'kv' must be a string: \"full\" or \"%s\"", paged);
+            else if (strcmp(json_string_value(kv), "full") == 0) private_cache = 1;
+            else if (strcmp(json_string_value(kv), paged) != 0)
+                err_set(err, "unsupported kv spec '%.64s': this server accepts \"full\" (a private cache, no reuse) "
+                        "or \"%s\" (its shared pool)", json_string_value(kv), paged);
+            if (err[0]) goto out;
+        }
+        if (bad >= 0) {
+            unsigned char ch = (unsigned char)text[bad];
+            if (ch >= 32 && ch < 127) err_set(err, "prompt character '%c' (byte %ld) is not in the model's vocabulary", ch, bad);
+            else err_set(err, "prompt byte 0x%02x (at %ld) is not in the model's vocabulary", ch, bad);
+        } else if (n >= (size_t)e->context) {
+            err_set(err, "the prompt has %zu tokens; the model's context is %d, so at most %d", n, e->context,
+                    e->context - 1);
+        } else {
+            if (max_tokens < 0) max_tokens = (long long)e->context - (long long)n < 16 ? e->context - (long long)n : 16;
+            int need = (int)(((long long)n + max_tokens + e->block - 1) / e->block);
+            if ((long long)n + max_tokens > e->context)
+                err_set(err, "prompt (%zu tokens) + max_tokens (%lld) exceeds the model's context of %d tokens", n,
+                        max_tokens, e->context);
+            else if (need > e->n_blocks)
+                err_set(err, "prompt + max_tokens need %d KV blocks; the pool has %d", need, e->n_blocks);
+            else {
+                r = req_new((int)n, (int)max_tokens);
+                tokenizer_encode(e->tok, (const unsigned char *)text, n, r->prompt, NULL);
+                r->sc = (SampleConfig){.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p};
+                r->seed = (uint64_t)seed;
+                r->private_cache = private_cache;
+                snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
+                r->salt = XXH64(tenant, strlen(tenant), 0x74656e616e74ULL);
+                *stream = json_is_true(st);
+            }
+        }
+    }
+out:
+    json_decref(root);
+    return r;
+}
+
+static json_t *completion_json(const Req *r, int64_t id, int generate, const char *text, size_t n, int final) {
+    json_t *choice = json_pack("{s:i, s:o, s:n}", "index", 0, "text", text_json(text, n), "logprobs");
+    json_object_set_new(choice, "finish_reason", final ? json_string("length") : json_null());
+    char sid[32];
+    snprintf(sid, sizeof sid, "cmpl-%lld", (long long)id);
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", sid, "object", "text_completion", "created",
+                          (json_int_t)time(NULL), "model", http.model, "choices", choice);
+    if (!final) return o;
+    json_object_set_new(o, "usage", json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", r->n_prompt,
+                                              "completion_tokens", r->n_out, "total_tokens", r->n_prompt + r->n_out,
+                                              "prompt_tokens_details", "cached_tokens", r->reused));
+    if (generate)
+        json_object_set_new(o, "cache", json_pack("{s:b, s:i, s:i, s:s, s:s}", "hit", r->reused > 0, "reused_tokens",
+                                                  r->reused, "prompt_tokens", r->n_prompt, "scope", r->tenant, "kv",
+                                                  r->private_cache ? "full" : "paged"));
+    return o;
+}
+
+// --- streaming (server-sent events) -----------------------------------------------------------------------
+
+typedef struct {
+    Req *r;
+    int64_t id;
+    int generate, sent, finished;
+    char *buf;
+    size_t len, off, cap;
+} Stream;
+
+static void stream_event(Stream *s, json_t *obj) {
+    char *j = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    CHECK(j);
+    size_t need = s->len + strlen(j) + 16;
+    if (need > s->cap) {
+        s->cap = need * 2;
+        s->buf = realloc(s->buf, s->cap);
+        CHECK(s->buf);
+    }
+    s->len += (size_t)sprintf(s->buf + s->len, "data: %s\n\n", j);
+    free(j);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
+    Stream *s = cls;
+    Engine *e = http.e;
+    if (s->off == s->len) {
+        if (s->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        s->off = s->len = 0;
+        pthread_mutex_lock(&e->mu);
+        while (s->sent == s->r->n_out && !s->r->done) pthread_cond_wait(&e->progress, &e->mu);
+        Req *r = s->r;
+        int n = r->n_out, done = r->done;
+        pthread_mutex_unlock(&e->mu); // out[sent..n) is final once published; the rest is read after done
+        for (; s->sent < n; s->sent++) stream_event(s, completion_json(r, s->id, s->generate, r->out + s->sent, 1, 0));
+        if (done) {
+            stream_event(s, r->status == 200 ? completion_json(r, s->id, s->generate, "", 0, 1) : error_json(r->error));
+            if (s->len + 16 > s->cap) s->buf = realloc(s->buf, s->cap = s->len + 16);
+            CHECK(s->buf);
+            s->len += (size_t)sprintf(s->buf + s->len, "data: [DONE]\n\n");
+            s->finished = 1;
+        }
+    }
+    size_t k = s->len - s->off < max ? s->len - s->off : max;
+    memcpy(out, s->buf + s->off, k);
+    s->off += k;
+    return (ssize_t)k;
+}
+
+static void stream_free(void *cls) { // the response is done: finished, or the client went away (cancels)
+    Stream *s = cls;
+    engine_release(http.e, s->r);
+    free(s->buf);
+    free(s);
+}
+
+static enum MHD_Result completion(struct MHD_Connection *c, const Upload *u, int generate) {
+    Engine *e = http.e;
+    char err[ERR_LEN] = "", tenant[SERVE_TENANT_LEN + 1];
+    if (tenant_of(c, tenant, err)) return send_error(c, 400, "%s", err);
+    int stream = 0;
+    Req *r = parse_completion(u, generate, tenant, &stream, err);
+    if (!r) return send_error(c, 400, "%s", err);
+    if (engine_submit(e, r)) {
+        enum MHD_Result rc = send_error(c, r->status, "%s", r->error);
+        req_free(r);
+        return rc;
+    }
+    pthread_mutex_lock(&e->mu);
+    int64_t id = ++e->next_id;
+    pthread_mutex_unlock(&e->mu);
+    if (stream) {
+        Stream *s = calloc(1, sizeof(Stream));
+        CHECK(s);
+        s->r = r, s->id = id, s->generate = generate;
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        engine_count_status(e, 200);
+        return rc;
+    }
+    pthread_mutex_lock(&e->mu);
+    while (!r->done) pthread_cond_wait(&e->progress, &e->mu);
+    pthread_mutex_unlock(&e->mu);
+    enum MHD_Result rc = r->status == 200 ? send_json(c, 200, completion_json(r, id, generate, r->out, r->n_out, 1))
+                                          : send_error(c, r->status, "%s", r->error);
+    engine_release(e, r);
+    return rc;
+}
+
+// --- cache and server endpoints -----------------------------------------------------------------------------
+
+static enum MHD_Result cache_stats(struct MHD_Connection *c) {
+    char err[ERR_LEN], tenant[SERVE_TENANT_LEN + 1];
+    int scoped = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization") ||
+                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tenant");
+    if (scoped && tenant_of(c, tenant, err)) return send_error(c, 400, "%s", err);
+    return send_json(c, 200, stats_json(http.e, scoped ? tenant : NULL));
+}
+
+static enum MHD_Result route(struct MHD_Connection *c, const char *url, const char *method, const Upload *u) {
+    static const struct {
+        const char *path, *method;
+    } routes[] = {{"/health", "GET"},          {"/metrics", "GET"},           {"/v1/cache/stats", "GET"},
+                  {"/v1/cache/clear", "POST"}, {"/v1/completions", "POST"}, {"/v1/generate", "POST"}};
+    int i = 0, n = (int)(sizeof routes / sizeof routes[0]);
+    while (i < n && strcmp(url, routes[i].path) != 0) i++;
+    if (i == n) return send_error(c, 404, "no such endpoint: %.200s", url);
+    if (strcmp(method, routes[i].method) != 0)
+        return send_error(c, 405, "%s takes %s, not %.32s", routes[i].path, routes[i].method, method);
+    if (u->too_big) return send_error(c, 413, "request body over the limit of %zu bytes", http.max_body);
+    switch (i) {
+    case 0: return send_json(c, 200, json_pack("{s:s, s:s}", "status", "ok", "model", http.model));
+    case 1: return send_text(c, 200, metrics_text(http.e), "text/plain; version=0.0.4");
+    case 2: return cache_stats(c);
+    case 3: return send_json(c, 200, json_pack("{s:I}", "cleared_blocks", (json_int_t)engine_clear(http.e)));
+    default: return completion(c, u, i == 5);
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *data, size_t *data_size, void **con_cls) {
+    Upload *u = *con_cls;
+    if (!u) { // headers are in: refuse a declared oversized body before reading it
+        *con_cls = u = calloc(1, sizeof(Upload));
+        CHECK(u);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > http.max_body)
+            return send_error(c, 413, "request body of %s bytes is over the limit of %zu", cl, http.max_body);
+        return MHD_YES;
+    }
+    if (*data_size) { // a chunk of the body: keep at most max_body bytes, drop the rest
+        if (!u->too_big && u->len + *data_size > http.max_body) {
+            u->too_big = 1;
+            free(u->body);
+            u->body = NULL;
+            u->len = 0;
+        }
+        if (!u->too_big) {
+            u->body = realloc(u->body, u->len + *data_size + 1);
+            CHECK(u->body);
+            memcpy(u->body + u->len, data, *data_size);
+            u->len += *data_size;
+        }
+        *data_size = 0;
+        return MHD_YES;
+    }
+    return route(c, url, method, u);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    Upload *u = *con_cls;
+    if (u) free(u->body), free(u);
+    *con_cls = NULL;
+}
+
+struct MHD_Daemon *http_start(Engine *e, const char *host, int port, size_t max_body, const char *model_name,
+                              int *bound_port, char *err) {
+    http = (Http){.e = e, .max_body = max_body, .model = model_name};
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+    struct sockaddr *addr = (struct sockaddr *)&a4;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+    if (inet_pton(AF_INET, host, &a4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, host, &a6.sin6_addr) != 1)
+            return err_set(err, "bad --host '%s': give an IPv4 or IPv6 address (e.g. 127.0.0.1, ::1)", host), NULL;
+        addr = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    }
+    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+                                            addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                                            MHD_OPTION_CONNECTION_LIMIT, 256u, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
+                                            MHD_OPTION_END);
+    if (!d) return err_set(err, "cannot listen on %s port %d (in use, or not an address of this machine)", host, port), NULL;
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *bound_port = info ? info->port : port;
+    return d;
+}
+
+void http_stop(struct MHD_Daemon *d) { MHD_stop_daemon(d); }

@@ -1,0 +1,117 @@
+// build/serve: an HTTP server for a kvlab checkpoint (OpenAI-shaped completions, a per-tenant paged KV pool
+// with prefix reuse, cache stats, Prometheus metrics). The main thread parses flags, loads the model, starts
+// the engine thread (engine.c) and libmicrohttpd (http.c), then sleeps in sigwait until SIGINT or SIGTERM and
+// shuts everything down in order: engine first (fails what is still running, which wakes every handler),
+// then the HTTP threads, then the memory.
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../checkpoints/checkpoint.h"
+#include "../common/args.h"
+#include "serve.h"
+
+static const char *usage =
+    "usage: build/serve --ckpt FILE [--host ADDR] [--port N] [flags]\n"
+    "\n"
+    "Serves a checkpoint over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\" and a\n"
+    "\"cache\" report), GET /v1/cache/stats, POST /v1/cache/clear, GET /health, GET /metrics (Prometheus).\n"
+    "Tenants (X-Tenant header, or Authorization: Bearer KEY) never share cached prefixes.\n"
+    "\n"
+    "  --ckpt FILE        checkpoint written by build/train (required)\n"
+    "  --host ADDR        address to listen on                        [127.0.0.1]\n"
+    "  --port N           TCP port; 0 = any free port (printed)        [8080]\n"
+    "  --block B          KV pool block size in tokens                 [16]\n"
+    "  --pool-blocks N    blocks in the KV pool              [16 contexts' worth]\n"
+    "  --max-tokens N     largest max_tokens a request may ask for     [1024]\n"
+    "  --max-body BYTES   largest request body (413 above)             [1048576]\n"
+    "  --max-queue N      requests waiting for the engine (503 above)  [64]\n"
+    "  --threads N        OpenMP threads of the engine                 [OpenMP default]\n"
+    "\n"
+    "Stop with SIGINT or SIGTERM (clean shutdown, exit status 0).\n";
+
+static int die(const char *msg) {
+    fprintf(stderr, "serve: %s\n", msg);
+    return 1;
+}
+
+typedef struct {
+    const char *ckpt, *host;
+    int port, block, pool_blocks, max_tokens, max_body, max_queue, threads;
+} Flags;
+
+static int parse_flags(Flags *f, int argc, char **argv, char *err) {
+    *f = (Flags){.host = "127.0.0.1", .port = 8080, .block = 16, .max_tokens = 1024, .max_body = 1 << 20,
+                 .max_queue = 64};
+    Args a;
+    args_init(&a, argc, argv);
+    int r;
+    while ((r = args_next(&a)) > 0) {
+        int rc = 0;
+        if (args_is(&a, "--help") || args_is(&a, "-h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (args_is(&a, "--ckpt")) rc = args_string(&a, &f->ckpt);
+        else if (args_is(&a, "--host")) rc = args_string(&a, &f->host);
+        else if (args_is(&a, "--port")) rc = args_int(&a, 0, 65535, &f->port);
+        else if (args_is(&a, "--block")) rc = args_int(&a, 1, KV_BLOCK_MAX, &f->block);
+        else if (args_is(&a, "--pool-blocks")) rc = args_int(&a, 1, 1 << 24, &f->pool_blocks);
+        else if (args_is(&a, "--max-tokens")) rc = args_int(&a, 1, 1 << 20, &f->max_tokens);
+        else if (args_is(&a, "--max-body")) rc = args_int(&a, 64, 1 << 30, &f->max_body);
+        else if (args_is(&a, "--max-queue")) rc = args_int(&a, 1, 1 << 16, &f->max_queue);
+        else if (args_is(&a, "--threads")) rc = args_int(&a, 1, 1024, &f->threads);
+        else {
+            err_set(err, "unknown flag '%s' (see --help)", a.flag);
+            return -1;
+        }
+        if (rc) return err_set(err, "%s", a.err), -1;
+    }
+    if (r < 0) return err_set(err, "%s", a.err), -1;
+    if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    char err[ERR_LEN];
+    Flags f;
+    if (parse_flags(&f, argc, argv, err) != 0) return die(err);
+    if (f.threads) omp_set_num_threads(f.threads);
+    Model m;
+    Tokenizer tok;
+    if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+    // Signals are taken by sigwait below: block them before any thread exists, so every thread inherits that.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    CHECK(pthread_sigmask(SIG_BLOCK, &stop, NULL) == 0);
+    signal(SIGPIPE, SIG_IGN);
+    Engine e;
+    if (engine_start(&e, &m, &tok, f.block, f.pool_blocks, f.max_tokens, f.max_queue, err) != 0) {
+        model_free(&m);
+        return die(err);
+    }
+    const char *name = strrchr(f.ckpt, '/') ? strrchr(f.ckpt, '/') + 1 : f.ckpt;
+    int port = 0;
+    struct MHD_Daemon *d = http_start(&e, f.host, f.port, (size_t)f.max_body, name, &port, err);
+    if (!d) {
+        engine_stop(&e);
+        engine_free(&e);
+        model_free(&m);
+        return die(err);
+    }
+    int ipv6 = strchr(f.host, ':') != NULL;
+    fprintf(stderr, "serve: listening on http://%s%s%s:%d (model %s, context %d, pool %d blocks of %d)\n",
+            ipv6 ? "[" : "", f.host, ipv6 ? "]" : "", port, name, m.cfg.block_size, e.n_blocks, e.block);
+    int sig = 0;
+    while (sigwait(&stop, &sig) != 0) {
+    }
+    fprintf(stderr, "serve: %s, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    engine_stop(&e);
+    http_stop(d);
+    engine_free(&e);
+    model_free(&m);
+    return 0;
+}

@@ -1,0 +1,315 @@
+// End-to-end tests of build/serve over real HTTP on loopback, suite `serve`: the server is started with
+// --port 0 on a tiny checkpoint trained in the test, its port read from the "listening on" line, and spoken to
+// over plain sockets (a minimal HTTP/1.1 client below). Covers the endpoints, prefix reuse within a tenant
+// and never across tenants, SSE streaming, concurrent requests not corrupting each other, a client that
+// disconnects mid-stream, each kind of bad input (and that the server keeps serving), and SIGTERM -> exit 0.
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli_util.h"
+
+TestSuite(serve, .init = cliutil_setup, .fini = cliutil_teardown, .timeout = 60);
+
+typedef struct {
+    pid_t pid;
+    int port;
+} Server;
+
+static Server server_start(const char *const *extra) {
+    const char *ckpt = cliutil_train_tiny(cliutil_write_corpus(), "tiny.ckpt");
+    const char *build = getenv("KVLAB_BUILD");
+    char exe[512], log[256];
+    snprintf(exe, sizeof exe, "%s/serve", build && *build ? build : "build");
+    snprintf(log, sizeof log, "%s", cliutil_tmp("serve.log"));
+    const char *argv[32] = {exe, "--ckpt", ckpt, "--port", "0", "--block", "4", NULL};
+    int k = 7;
+    for (int i = 0; extra && extra[i]; i++) argv[k++] = extra[i];
+    argv[k] = NULL;
+    fflush(NULL);
+    Server s = {.pid = fork()};
+    cr_assert_neq(s.pid, -1);
+    if (s.pid == 0) {
+        int fe = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644), fi = open("/dev/null", O_RDWR);
+        if (fe < 0 || fi < 0) _exit(126);
+        dup2(fi, 0), dup2(fi, 1), dup2(fe, 2);
+        setenv("OMP_WAIT_POLICY", "passive", 0);
+        setenv("OMP_NUM_THREADS", "1", 0);
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    for (int tries = 0; tries < 1000 && !s.port; tries++) { // up to 10 s (ASan start-up is slow)
+        char *text = cliutil_read_file(log, NULL);
+        const char *p = text ? strstr(text, "serve: listening on http://127.0.0.1:") : NULL;
+        if (p) s.port = atoi(p + strlen("serve: listening on http://127.0.0.1:"));
+        free(text);
+        if (!s.port) usleep(10000);
+    }
+    cr_assert_gt(s.port, 0, "no 'listening on' line from build/serve");
+    return s;
+}
+
+static void server_stop(Server *s) {
+    cr_assert_eq(kill(s->pid, SIGTERM), 0);
+    int ws;
+    while (waitpid(s->pid, &ws, 0) < 0) cr_assert_eq(errno, EINTR);
+    char *log = cliutil_read_file(cliutil_tmp("serve.log"), NULL);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "serve should exit 0 on SIGTERM; stderr:\n%s", log);
+    free(log);
+}
+
+static int connect_to(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = {.tv_sec = 20};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+// Sends one request (Connection: close). headers: extra header lines, each ending in \r\n, or NULL.
+static int send_request(int port, const char *method, const char *path, const char *headers, const char *body) {
+    int fd = connect_to(port);
+    size_t blen = body ? strlen(body) : 0;
+    char *req = malloc(blen + 1024);
+    int n = snprintf(req, 1024, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
+                     headers ? headers : "");
+    if (body) n += sprintf(req + n, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
+    n += sprintf(req + n, "\r\n");
+    if (body) memcpy(req + n, body, blen), n += (int)blen;
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    free(req);
+    return fd;
+}
+
+typedef struct {
+    int status;
+    char *body; // de-chunked, NUL-terminated
+} Resp;
+
+// Reads the whole response (until the server closes) and parses the status line and the body.
+static Resp read_response(int fd) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    ssize_t got;
+    while ((got = recv(fd, buf + n, cap - n - 1, 0)) > 0)
+        if ((n += (size_t)got) + 1 == cap) buf = realloc(buf, cap *= 2);
+    close(fd);
+    buf[n] = 0;
+    Resp r = {0};
+    cr_assert(sscanf(buf, "HTTP/1.1 %d", &r.status) == 1, "no status line in: %s", buf);
+    char *body = strstr(buf, "\r\n\r\n");
+    cr_assert_not_null(body);
+    *body = 0;
+    body += 4;
+    int chunked = strstr(buf, "chunked") != NULL;
+    r.body = calloc(strlen(body) + 1, 1);
+    if (!chunked) strcpy(r.body, body);
+    else
+        for (size_t k = 0, len; (len = strtoul(body, &body, 16)) > 0; body += 2 + len + 2) {
+            memcpy(r.body + k, body + 2, len);
+            k += len;
+        }
+    free(buf);
+    return r;
+}
+
+static Resp http(int port, const char *method, const char *path, const char *headers, const char *body) {
+    return read_response(send_request(port, method, path, headers, body));
+}
+
+// The string value after "key": in a JSON text (no escapes: the tiny vocabulary has none); copied to out.
+static void json_str(const char *json, const char *key, char *out, size_t len) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char *p = strstr(json, pat);
+    cr_assert_not_null(p, "no %s in %s", key, json);
+    p += strlen(pat);
+    const char *q = strchr(p, '"');
+    cr_assert_not_null(q);
+    snprintf(out, len, "%.*s", (int)(q - p), p);
+}
+
+static void expect_error(Resp r, int status, const char *phrase) {
+    cr_assert_eq(r.status, status, "expected %d, got %d: %s", status, r.status, r.body);
+    cr_assert(strstr(r.body, "{\"error\":{\"message\":\""), "error shape: %s", r.body);
+    cr_assert(strstr(r.body, "invalid_request_error"), "%s", r.body);
+    cr_assert(strstr(r.body, phrase), "expected \"%s\" in %s", phrase, r.body);
+    free(r.body);
+}
+
+static void expect_health(int port) {
+    Resp r = http(port, "GET", "/health", NULL, NULL);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.body, "\"status\":\"ok\""), "%s", r.body);
+    free(r.body);
+}
+
+#define PROMPT "the quick brown fox"
+#define GREEDY(n) "{\"prompt\":\"" PROMPT "\",\"max_tokens\":" #n ",\"temperature\":0}"
+
+Test(serve, completions_cache_and_tenants) {
+    Server s = server_start(NULL);
+    expect_health(s.port);
+    Resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the lazy dog\",\"max_tokens\":7,\"seed\":3}");
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    char text[256], a[256], b[256], hit[16];
+    json_str(r.body, "text", text, sizeof text);
+    cr_assert_eq(strlen(text), 7, "text '%s' should have 7 characters: %s", text, r.body);
+    cr_assert(strstr(r.body, "\"object\":\"text_completion\"") && strstr(r.body, "\"completion_tokens\":7"));
+    free(r.body);
+
+    // same tenant, same prompt: the second is a hit (19 tokens: 4 full blocks of 4 reusable) with the same text
+    r = http(s.port, "POST", "/v1/generate", "X-Tenant: alice\r\n", GREEDY(8));
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_str(r.body, "text", a, sizeof a);
+    cr_assert(strstr(r.body, "\"cache\":{\"hit\":false,\"reused_tokens\":0,\"prompt_tokens\":19"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "POST", "/v1/generate", "X-Tenant: alice\r\n", GREEDY(8));
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_str(r.body, "text", b, sizeof b);
+    cr_assert(strstr(r.body, "\"cache\":{\"hit\":true,\"reused_tokens\":16,\"prompt_tokens\":19"), "%s", r.body);
+    cr_assert_str_eq(a, b, "greedy text changed with the cache hit");
+    cr_assert_eq(strlen(a), 8);
+    free(r.body);
+    // another tenant never reuses alice's blocks, but computes the same text
+    r = http(s.port, "POST", "/v1/generate", "X-Tenant: bob\r\n", GREEDY(8));
+    cr_assert(strstr(r.body, "\"hit\":false,\"reused_tokens\":0"), "%s", r.body);
+    json_str(r.body, "text", b, sizeof b);
+    cr_assert_str_eq(a, b);
+    free(r.body);
+    // kv "full" is private: no reuse even for alice
+    r = http(s.port, "POST", "/v1/generate", "X-Tenant: alice\r\n",
+             "{\"prompt\":\"" PROMPT "\",\"max_tokens\":8,\"temperature\":0,\"kv\":\"full\"}");
+    cr_assert(strstr(r.body, "\"hit\":false") && strstr(r.body, "\"kv\":\"full\""), "%s", r.body);
+    free(r.body);
+
+    r = http(s.port, "GET", "/v1/cache/stats", "X-Tenant: alice\r\n", NULL);
+    cr_assert_eq(r.status, 200);
+    json_str(r.body, "scope", hit, sizeof hit);
+    cr_assert_str_eq(hit, "alice");
+    cr_assert(strstr(r.body, "\"requests\":2,\"query_blocks\":8,\"hit_blocks\":4,\"hit_rate\":0.5"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "GET", "/v1/cache/stats", NULL, NULL);
+    cr_assert(strstr(r.body, "\"scope\":\"all\"") && strstr(r.body, "\"fragmentation\"") &&
+              strstr(r.body, "\"utilisation\"") && strstr(r.body, "\"prefill_saved\":16"), "%s", r.body);
+    free(r.body);
+
+    // two requests at once (interleaved by the engine) give the texts they give alone
+    int f1 = send_request(s.port, "POST", "/v1/generate", "X-Tenant: carol\r\n", GREEDY(10));
+    int f2 = send_request(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the lazy dog\",\"max_tokens\":7,\"seed\":3}");
+    Resp r1 = read_response(f1), r2 = read_response(f2);
+    json_str(r1.body, "text", b, sizeof b);
+    cr_assert(strncmp(a, b, 8) == 0 && strlen(b) == 10, "'%s' vs '%s'", a, b);
+    json_str(r2.body, "text", b, sizeof b);
+    cr_assert_str_eq(text, b);
+    free(r1.body), free(r2.body);
+
+    // clear drops the cached blocks: alice misses again
+    r = http(s.port, "POST", "/v1/cache/clear", NULL, "");
+    cr_assert(r.status == 200 && strstr(r.body, "\"cleared_blocks\":"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "POST", "/v1/generate", "X-Tenant: alice\r\n", GREEDY(8));
+    cr_assert(strstr(r.body, "\"hit\":false"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    cr_assert(strstr(r.body, "kvlab_requests_total{status=\"200\"}") && strstr(r.body, "kvlab_tokens_generated_total 64") &&
+              strstr(r.body, "kvlab_prompt_tokens_reused_total 24") && strstr(r.body, "kvlab_queue_length 0"),
+              "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+}
+
+Test(serve, streaming_and_disconnect) {
+    Server s = server_start(NULL);
+    Resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the\",\"max_tokens\":5,\"stream\":true}");
+    cr_assert_eq(r.status, 200);
+    int events = 0;
+    const char *last = NULL;
+    for (const char *p = r.body; (p = strstr(p, "data: ")); p += 6) events++, last = p;
+    cr_assert_eq(events, 7, "5 tokens, a final event, [DONE]: %s", r.body);
+    cr_assert_str_eq(last, "data: [DONE]\n\n");
+    cr_assert(strstr(r.body, "\"finish_reason\":\"length\"") && strstr(r.body, "\"completion_tokens\":5"), "%s", r.body);
+    free(r.body);
+    // a client that goes away mid-stream: its request is cancelled and its blocks released
+    int fd = send_request(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the\",\"max_tokens\":28,\"stream\":true}");
+    char buf[64];
+    cr_assert_gt(recv(fd, buf, sizeof buf, 0), 0);
+    close(fd);
+    int idle = 0;
+    for (int i = 0; i < 500 && !idle; i++) {
+        r = http(s.port, "GET", "/metrics", NULL, NULL);
+        idle = strstr(r.body, "kvlab_requests_active 0") && strstr(r.body, "kvlab_pool_blocks{state=\"used\"} 0");
+        free(r.body);
+        if (!idle) usleep(10000);
+    }
+    cr_assert(idle, "the cancelled stream still holds the engine");
+    expect_health(s.port);
+    server_stop(&s);
+}
+
+Test(serve, bad_input_keeps_serving) {
+    Server s = server_start(ARGS("--max-body", "1024", "--max-tokens", "20"));
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\""), 400, "malformed JSON");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "[1, 2]"), 400, "JSON object");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"max_tokens\": 3}"), 400, "'prompt' is required");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": 7}"), 400, "'prompt' must be a string");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\", \"max_tokens\": \"5\"}"), 400,
+                 "'max_tokens' must be an integer");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\", \"max_tokens\": 21}"), 400,
+                 "'max_tokens' must be in [1, 20]");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\", \"max_tokens\": 0}"), 400,
+                 "'max_tokens'");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\", \"temperature\": -1}"), 400,
+                 "'temperature'");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"The end\"}"), 400,
+                 "prompt character 'T' (byte 0) is not in the model's vocabulary");
+    expect_error(http(s.port, "POST", "/v1/completions", NULL,
+                      "{\"prompt\": \"the quick brown fox jumps\", \"max_tokens\": 20}"), 400, "exceeds the model's context of 32");
+    expect_error(http(s.port, "POST", "/v1/generate", NULL, "{\"prompt\": \"the\", \"kv\": \"h2o:4,4\"}"), 400,
+                 "\\\"paged:4\\\"");
+    // a chunked body over the limit is read and dropped (memory stays bounded), then refused
+    char big[2048 + 256];
+    int n = sprintf(big, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n%x\r\n", 2000);
+    memset(big + n, ' ', 2000);
+    n += 2000;
+    n += sprintf(big + n, "\r\n0\r\n\r\n");
+    int fd = connect_to(s.port);
+    cr_assert_eq(send(fd, big, (size_t)n, MSG_NOSIGNAL), n);
+    expect_error(read_response(fd), 413, "over the limit of 1024");
+    fd = connect_to(s.port); // declared but never sent: refused from the headers alone
+    const char *hdr = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n";
+    cr_assert_eq(send(fd, hdr, strlen(hdr), MSG_NOSIGNAL), (ssize_t)strlen(hdr));
+    expect_error(read_response(fd), 413, "5000000");
+    expect_error(http(s.port, "GET", "/v1/nope", NULL, NULL), 404, "/v1/nope");
+    expect_error(http(s.port, "GET", "/v1/completions", NULL, NULL), 405, "takes POST");
+    expect_error(http(s.port, "POST", "/health", NULL, ""), 405, "takes GET");
+    expect_error(http(s.port, "POST", "/v1/completions", "X-Tenant: a b\r\n", "{\"prompt\":\"the\"}"), 400, "X-Tenant");
+    // unknown fields are ignored (OpenAI clients send model, user, ...); the default max_tokens is 16
+    Resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the\",\"model\":\"x\",\"user\":\"u\"}");
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(strstr(r.body, "\"completion_tokens\":16"), "%s", r.body);
+    free(r.body);
+    expect_health(s.port);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    cr_assert(strstr(r.body, "kvlab_requests_total{status=\"400\"} 12") &&
+              strstr(r.body, "kvlab_requests_total{status=\"413\"} 2") &&
+              strstr(r.body, "kvlab_requests_total{status=\"404\"} 1") &&
+              strstr(r.body, "kvlab_requests_total{status=\"405\"} 2"), "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+}
