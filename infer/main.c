@@ -8,6 +8,8 @@
 #include "../layers/decode.h"
 #include "eval.h"
 #include "kveval.h"
+#include "../kv/reuse.h"
+#include "../kv/tier.h"
 #include "sample.h"
 
 static const char *usage =
@@ -40,6 +42,20 @@ static const char *usage =
     "                     blocks [room for 2 requests]; hit rate, prefill saved, fragmentation, logits vs\n"
     "                     a full cache (for a file named prefix, give ./prefix)\n"
     "  --pool-blocks N    --eval prefix: blocks in the pool\n"
+    "  --eval tier        the paged pool (--kv paged:BLOCK) with a fast tier of --fast N blocks [all] and\n"
+    "                     the rest in a slower tier: one stream of --context tokens of the --data text's\n"
+    "                     validation split, --prefill of them fed first, the rest decoded through the tier;\n"
+    "                     --prefetch resident|reactive|predictive|skip:K [reactive], --transfer-us T\n"
+    "                     injected per (block, layer) moved [0]; hits, stalls, bytes moved, tokens/s, logits\n"
+    "                     vs a full cache\n"
+    "  --eval reuse       reuse across similar requests (--reuse lsh|semshare): --streams prompt pairs per\n"
+    "                     similarity class [8] (identical, small edit, reordered halves, unrelated) of\n"
+    "                     --context tokens from the --data text's validation split; hits, compute skipped,\n"
+    "                     time to first token, KL / top-1 / greedy match against full recomputation\n"
+    "  --reuse METHOD     lsh (Sim-LLM) | semshare (SemShareKV)\n"
+    "  --threshold X      --eval reuse: cosine a stored request must reach   [0.8]\n"
+    "  --radius N         --eval reuse: LSH buckets within N bits are candidates   [0]\n"
+    "  --min-overlap X    --eval reuse: share of 4-grams a candidate must hold (0 = off)   [0.5]\n"
     "  --data FILE        recall filler, prefix text, and the text whose training split +lowrank:R\n"
     "                     calibrates on   [data/tinyshakespeare.txt]\n"
     "                     [data/tinyshakespeare.txt]\n"
@@ -52,7 +68,7 @@ static const char *usage =
     "\n"
     "KV specs: SELECT[+TERM...]\n"
     "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
-    "          | paged:BLOCK (with --eval prefix; no terms)\n"
+    "          | paged:BLOCK (with --eval prefix or tier; no terms)\n"
     "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
     "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
     "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard\n";
@@ -63,7 +79,10 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *prompt, *eval, *kv, *device, *data;
+    const char *ckpt, *prompt, *eval, *kv, *device, *data, *reuse;
+    float threshold, min_overlap, transfer_us;
+    int radius, fast;
+    const char *prefetch;
     int n, kv_given, json, kv_heads, pool_blocks;
     KVSpec spec;
     KVEvalConfig kc;
@@ -79,6 +98,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     f->kv = "full";
     f->device = "cpu";
     f->data = "data/tinyshakespeare.txt";
+    f->threshold = f->min_overlap = f->transfer_us = -1.0f;
+    f->radius = f->fast = -1;
     Args a;
     args_init(&a, argc, argv);
     int r;
@@ -98,6 +119,13 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
         else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
         else if (args_is(&a, "--pool-blocks")) rc = args_int(&a, 1, 1 << 24, &f->pool_blocks);
+        else if (args_is(&a, "--reuse")) rc = args_string(&a, &f->reuse);
+        else if (args_is(&a, "--fast")) rc = args_int(&a, 0, 1 << 24, &f->fast);
+        else if (args_is(&a, "--prefetch")) rc = args_string(&a, &f->prefetch);
+        else if (args_is(&a, "--transfer-us")) rc = args_float(&a, 0.0f, 1e6f, &f->transfer_us);
+        else if (args_is(&a, "--threshold")) rc = args_float(&a, 1e-6f, 1.0f, &f->threshold);
+        else if (args_is(&a, "--min-overlap")) rc = args_float(&a, 0.0f, 1.0f, &f->min_overlap);
+        else if (args_is(&a, "--radius")) rc = args_int(&a, 0, 64, &f->radius);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "-n") || args_is(&a, "--tokens")) rc = args_int(&a, 0, 1 << 24, &f->n);
         else if (args_is(&a, "--temperature")) rc = args_float(&a, 0.0f, 100.0f, &f->sc.temperature);
@@ -118,10 +146,19 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (f->prompt && f->kv_given && strcmp(f->kv, "full") != 0)
         return err_set(err, "--kv applies to --eval in this release; generation uses the full cache"), -1;
     int recall = f->eval && strcmp(f->eval, "recall") == 0, prefix = f->eval && strcmp(f->eval, "prefix") == 0;
-    if (prefix != (f->spec.paged_block > 0))
-        return err_set(err, prefix ? "--eval prefix needs --kv paged:BLOCK" : "--kv paged:BLOCK runs with --eval prefix"), -1;
+    int tier = f->eval && strcmp(f->eval, "tier") == 0;
+    if ((prefix || tier) != (f->spec.paged_block > 0))
+        return err_set(err, prefix || tier ? "--eval prefix and --eval tier need --kv paged:BLOCK"
+                                           : "--kv paged:BLOCK runs with --eval prefix or --eval tier"), -1;
     if (f->pool_blocks && !prefix) return err_set(err, "--pool-blocks applies to --eval prefix"), -1;
-    if (!f->kv_given && !recall && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
+    if (!tier && (f->fast >= 0 || f->prefetch || f->transfer_us >= 0))
+        return err_set(err, "--fast, --prefetch and --transfer-us apply to --eval tier"), -1;
+    int reuse = f->eval && strcmp(f->eval, "reuse") == 0;
+    if (reuse && (!f->reuse || (strcmp(f->reuse, "lsh") != 0 && strcmp(f->reuse, "semshare") != 0)))
+        return err_set(err, "--eval reuse needs --reuse lsh|semshare"), -1;
+    if (!reuse && (f->reuse || f->threshold >= 0 || f->min_overlap >= 0 || f->radius >= 0))
+        return err_set(err, "--reuse, --threshold, --radius and --min-overlap apply to --eval reuse"), -1;
+    if (!f->kv_given && !recall && !reuse && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
     if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
         return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
@@ -173,10 +210,64 @@ static int run_prefix(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     return rc;
 }
 
+static int run_tier(Model *m, Tokenizer *tok, const Flags *f, char *err) {
+    KVTierConfig tc = {.block = f->spec.paged_block, .fast_blocks = f->fast >= 0 ? f->fast : 0,
+                       .transfer_us = f->transfer_us >= 0 ? f->transfer_us : 0.0,
+                       .context = f->kc.context ? f->kc.context : m->cfg.block_size};
+    tc.prefill = f->kc.prefill ? f->kc.prefill : tc.context / 2;
+    if (kv_tier_parse_mode(&tc, f->prefetch ? f->prefetch : "reactive", err) != 0) return -1;
+    Corpus corpus;
+    if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
+    KVTierResult r;
+    int rc = kv_eval_tier(m, corpus.tokens + corpus.n_train, corpus.n_tokens - corpus.n_train, &tc, &r, err);
+    if (rc == 0 && f->json) kv_tier_print_json(&tc, &r);
+    else if (rc == 0)
+        printf("tier --kv=%s --fast %d --prefetch %s --transfer-us %g: %d decode tokens over %d blocks: hit rate "
+               "%.3f, prefetch accuracy %.3f, stall %.3f ms/token, %.3f MB moved/token, %.0f tokens/s, attention "
+               "mass covered %.3f, logits vs a full cache max |diff| %.2g (top-1 agree %.3f)\n",
+               f->spec.text, r.fast_blocks, f->prefetch ? f->prefetch : "reactive", tc.transfer_us, r.decode_tokens,
+               r.blocks, r.hit_rate, r.prefetch_accuracy, r.stall_ms_per_token, r.mb_moved_per_token,
+               r.decode_tokens_per_s, r.mass_covered, r.max_abs_logit_diff, r.top1_agree);
+    corpus_free(&corpus);
+    return rc;
+}
+
+static int run_reuse(Model *m, Tokenizer *tok, const Flags *f, char *err) {
+    Corpus corpus;
+    if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
+    KVReuseConfig rc_cfg;
+    kv_reuse_config_default(&rc_cfg, m);
+    if (f->kc.context) rc_cfg.context = f->kc.context;
+    if (f->kc.streams) rc_cfg.pairs = f->kc.streams;
+    if (f->threshold >= 0) rc_cfg.store.threshold = f->threshold;
+    if (f->min_overlap >= 0) rc_cfg.store.min_overlap = f->min_overlap;
+    if (f->radius >= 0) rc_cfg.store.radius = f->radius;
+    rc_cfg.calib = corpus.tokens; // the centre of the mean embeddings comes from the training split
+    rc_cfg.n_calib = corpus.n_train;
+    KVReuseResult r;
+    int rc = kv_eval_reuse(m, f->reuse, corpus.tokens + corpus.n_train, corpus.n_tokens - corpus.n_train, &rc_cfg, &r,
+                           err);
+    if (rc == 0 && f->json) kv_reuse_print_json(f->reuse, &rc_cfg, &r);
+    else if (rc == 0) {
+        printf("reuse --reuse=%s, %d pairs per class of %d tokens:\n", f->reuse, rc_cfg.pairs, rc_cfg.context);
+        for (int i = 0; i < KV_REUSE_CLASSES; i++) {
+            const KVReuseClassResult *c = &r.cls[i];
+            printf("  %-9s hits %d/%d, similarity %.3f, compute skipped %.1f%%, first token %.2f ms (full %.2f), "
+                   "KL %.3g (last) %.3g (gen), top-1 %.3f, greedy match %.3f\n",
+                   kv_reuse_class_names[i], c->hits, c->pairs, c->sim_mean, 100 * c->flops_skipped, c->ttft_ms,
+                   c->ttft_full_ms, c->kl_last, c->kl_gen, c->top1, c->greedy_match);
+        }
+    }
+    corpus_free(&corpus);
+    return rc;
+}
+
 static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     const char *path = f->eval;
     if (strcmp(path, "recall") == 0) return run_recall(m, tok, f, err);
     if (strcmp(path, "prefix") == 0) return run_prefix(m, tok, f, err);
+    if (strcmp(path, "reuse") == 0) return run_reuse(m, tok, f, err);
+    if (strcmp(path, "tier") == 0) return run_tier(m, tok, f, err);
     size_t len;
     unsigned char *text = common_read_file(path, &len, err);
     if (!text) return -1;

@@ -571,3 +571,34 @@ Test(cli, kv_eval_prefix) {
     EXPECT_ERROR(&r, "infer", "pool exhausted");
     cliutil_run_free(&r);
 }
+
+// The tier and reuse workloads: their flags go with their modes, and a small run reports what it promises.
+Test(cli, kv_eval_tier_and_reuse) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "full", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "need --kv paged:BLOCK");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
+    EXPECT_ERROR(&r, "infer", "--fast, --prefetch and --transfer-us apply to --eval tier");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--prefetch", "psychic");
+    EXPECT_ERROR(&r, "infer", "psychic");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--fast", "3",
+            "--prefetch", "predictive", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"top1_agree\": 1"), "the tier never changes the result: %s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval reuse needs --reuse lsh|semshare");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--reuse", "lsh");
+    EXPECT_ERROR(&r, "infer", "apply to --eval reuse");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--reuse", "lsh", "--data", corpus, "--streams", "2",
+            "--context", "24", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"identical\""), "%s", r.out);
+    cliutil_run_free(&r);
+}

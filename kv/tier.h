@@ -1,0 +1,162 @@
+// A slower tier under the paged pool (issue 5, `tier:FAST_BLOCKS`): the pool is the slow tier (host memory,
+// it holds every block); attention reads only copies held in a small fast arena (device memory on a GPU, a
+// bounded arena here). The unit of transfer is one (block, layer): its keys and values for every kv head,
+// so the next layer's blocks can be fetched while this layer computes (the classic offload pipeline).
+// The arena holds FAST whole blocks' worth of units (FAST * n_layer unit slots, shared by all layers); each
+// layer's tail unit (the block being written) is pinned there and written directly (no transfer), so the
+// tail takes one of the FAST blocks.
+//
+// Attention over a unit that is not resident fetches it first: it is never skipped unless top_k says so
+// (Quest: only the top_k blocks by their min/max key bound + the tail). Modes: resident (everything fits;
+// transfers only on first touch), reactive (fetch on demand, the wait is stall), predictive (a worker
+// thread prefetches the next layer's blocks ranked by the previous step's attention mass per block of that
+// layer; what is not there in time is fetched on demand). A victim is the unit whose next use in the
+// layer-by-layer decode schedule is furthest away (the layer just computed first), least recently used
+// among equals: for a cyclic every-layer scan plain LRU would evict exactly the unit needed next. A
+// prefetch only evicts a unit needed later than the one it brings. What counts as stall: the time
+// attention (or the append of a new tail after a mid-block prefill) waits for a unit to land.
+//
+// On the CPU both tiers are RAM, so a transfer is a memcpy plus an injected cost of transfer_us per unit,
+// modelled as one link (a copy engine): transfers queue on it and each lands transfer_us after the link is
+// free, overlapping compute but not each other; compute that needs a unit still on the link spins until it
+// lands (that is stall). No thread burns a core to model the cost, so the numbers do not depend on a spare
+// core. The prefetch worker keeps at most one transfer (+ 30 us) queued ahead on the link.
+#ifndef KVLAB_TIER_H
+#define KVLAB_TIER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "../layers/decode.h"
+#include "../layers/model.h"
+#include "paged.h"
+
+typedef enum { KV_TIER_RESIDENT, KV_TIER_REACTIVE, KV_TIER_PREDICTIVE } KVTierMode;
+
+// Maps onto `infer --eval tier --kv paged:B --fast N --prefetch MODE --transfer-us T --context C --prefill P`.
+typedef struct {
+    int block;          // --kv paged:B: tokens per block (the eval's pool)
+    int fast_blocks;    // --fast N: whole blocks (all layers) the arena holds, the tail included; >= 2; 0 = all
+    KVTierMode mode;    // --prefetch resident|reactive|predictive|skip:K (skip:K = predictive + top_k K)
+    int top_k;          // attend only the top_k non-tail blocks by Quest score + the tail; 0 = every block
+    double transfer_us; // --transfer-us: injected cost per (block, layer) unit moved
+    int context;        // --context: tokens of the stream; bounds the tier's sequence
+    int prefill;        // --prefill: tokens fed into the pool before the tier attaches (no tiering)
+} KVTierConfig;
+
+typedef struct {
+    long long reads;                // non-tail units attention read (the tail is always resident)
+    long long hits, late, misses;   // of those: resident / still arriving from a prefetch / absent
+    long long skipped;              // non-tail units attention did not read (top_k)
+    long long transfers;            // units copied pool -> arena (demand, prefetch, a partial tail once)
+    long long bytes_moved;
+    long long prefetch_issued;      // prefetches completed
+    long long prefetch_used;        // of those, read by attention before their eviction
+    double stall_s;                 // compute waiting for a transfer (or for a slot to free up)
+    double copy_s;                  // the memcpys themselves (on either thread)
+    int fast_blocks;                // sizes (not reset): blocks' worth of units the arena holds,
+    size_t unit_bytes, bytes;       // one (block, layer) unit's keys and values, all the tier holds
+} KVTierStats;
+
+typedef enum { KV_SLOT_FREE, KV_SLOT_LOADING, KV_SLOT_READY } KVSlotState;
+
+typedef struct {
+    int block, layer;        // the unit held: seq table index, layer
+    KVSlotState state;       // LOADING: being copied in (only its copier touches the data)
+    int tail, reading;       // pinned: the layer's block being written / attention reads it now
+    int prefetched;          // loaded by the worker and not read yet
+    long last_use, stamp;    // tick of the last read or write (its next use follows); clock then (LRU)
+    double ready_at;         // when its transfer lands on the link (common_now seconds)
+} KVTierSlot;
+
+typedef struct {
+    int block, pool_block, layer;
+    long need; // tick of the attention that will read it
+} KVTierReq;
+
+// The tier's state (kv/tier.c drives it; public like KVPool, to read, not to write).
+typedef struct KVTier {
+    const KVPool *pool;
+    const KVSeq *seq;
+    KVTierConfig cfg;
+    int L, NKV, HD, B, max_blocks, fast, n_slots, nh_cap;
+    size_t unit;                        // floats of keys (or of values) in one unit: NKV * B * HD
+    float *arena;                       // (n_slots, 2, unit): keys, then values
+    KVTierSlot *slots;                  // (n_slots)
+    atomic_int *landed;                 // (n_slots) the copy into the slot is done: spun on without mu
+    int *where, *tail_slot;             // (max_blocks, L) slot holding the unit, -1 when absent; (L)
+    float *kmin, *kmax;                 // (max_blocks, L, NKV, HD) Quest's per-block key bounds
+    float *mass, *rank;                 // (L, max_blocks) attention mass per block at its last step; scratch
+    int *sel, n_sel, *order;            // (max_blocks) blocks the last attend read (the tail last); scratch
+    double *pm, *pz, *pacc;             // (max_blocks, nh_cap), same, (max_blocks, nh_cap, HD): partial softmax
+    char *isread;                       // (max_blocks) 1: the last attend reads the block; 2: has read it
+    pthread_mutex_t mu;                 // guards everything below; cv: any of it changed
+    pthread_cond_t cv;
+    pthread_t worker;
+    int has_worker, stop, busy;         // busy: the worker is copying a unit in
+    double link_free;                   // when the link has landed everything queued on it (common_now)
+    KVTierReq *queue;                   // (max_blocks) the next layer's prefetch plan, best first
+    int q_head, q_len, in_attend;       // in_attend: the tick's layer still needs its units
+    long tick, clock;                   // pos * L + layer: where the decode schedule is; LRU stamps
+    KVTierStats st;
+} KVTier;
+
+// --prefetch MODE: resident | reactive | predictive | skip:K. -1 with the valid forms in err.
+int kv_tier_parse_mode(KVTierConfig *cfg, const char *text, char *err);
+// "resident", "reactive", "predictive" or "skip:K" into buf (>= 32 bytes).
+const char *kv_tier_mode_name(const KVTierConfig *cfg, char *buf);
+
+// A tier over seq (which may already hold tokens, e.g. a prefill) for up to cfg->context tokens, in the pool's
+// block size (cfg->block is the eval's). Starts the worker in predictive mode. seq must not be forked while
+// the tier is attached (a copy-on-write would move a block the tier has copied). -1 with one line in err on
+// a bad config (fast < 2, resident that does not fit, a bad top_k or transfer cost) or when the thread cannot
+// start.
+int kv_tier_init(KVTier **out, const KVPool *pool, const KVSeq *seq, const KVTierConfig *cfg, char *err);
+// Stops and joins the worker, frees everything. NULL is fine.
+void kv_tier_free(KVTier *t);
+// After kv_paged_append(layer, pos): writes the row into the layer's tail unit (k rotated, v; NKV*HD
+// each) and updates the block's key summary. A new tail block takes a slot without a transfer.
+void kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *v);
+// attention_decode_paged over the fast tier, after kv_tier_append of this layer's row at position
+// seq->n_tokens - 1 (the tail must be in place): q (NH, HD) rotated to that position; out (NH, HD);
+// att (NH, Tc) probabilities, 0 for rows of skipped blocks. Split by block (flash-decoding): each unit's
+// partial softmax is computed as soon as it is resident (resident ones first) and the parts are combined in
+// block order, in double, so a layer needs only its tail and the unit it reads, and the result never depends
+// on the mode, the budget or which transfer landed first (bit for bit; within float rounding of
+// attention_decode_paged). In predictive mode it then queues the next layer's prefetch.
+void kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer, int NH);
+// The seq table indices the last kv_tier_attend read (the tail last); returns their count.
+int kv_tier_read_blocks(const KVTier *t, const int **blocks);
+// Waits until the worker has nothing queued or in flight (tests; a barrier, never needed for correctness).
+void kv_tier_drain(KVTier *t);
+void kv_tier_stats(KVTier *t, KVTierStats *st);
+void kv_tier_reset_stats(KVTier *t);
+
+// infer/kvtier.c: the decode step through the pool with attention over the tier (kv_paged_append, then
+// kv_tier_append and kv_tier_attend for each layer). -1 with a message when the pool is out of blocks.
+int kv_tier_decode_step(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, KVTier *t, int token, int pos,
+                        char *err);
+
+// The tier under one stream (`--eval tier`): tokens[0..context), the first `prefill` fed into the pool
+// without the tier, then decoded one at a time through it, each step's logits compared with a full cache.
+// Stats exclude the first tier step (it warms the cold arena); logits include it.
+typedef struct {
+    int blocks, fast_blocks;    // blocks of the context; blocks' worth the arena holds
+    size_t unit_bytes, fast_bytes, pool_bytes;
+    int decode_tokens;          // context - prefill, the first a warm-up
+    KVTierStats st;
+    double hit_rate;            // hits / reads
+    double prefetch_accuracy;   // prefetch_used / prefetch_issued (0 without prefetches)
+    double mass_covered;        // share of the full attention's mass in the blocks read (1 unless top_k)
+    double max_abs_logit_diff;  // vs the full cache, over every tier step
+    double top1_agree;
+    double decode_tokens_per_s; // tier steps after the warm-up (the mass_covered oracle not timed)
+    double stall_ms_per_token, mb_moved_per_token;
+} KVTierResult;
+
+int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig *cfg, KVTierResult *out,
+                 char *err);
+void kv_tier_print_json(const KVTierConfig *cfg, const KVTierResult *r);
+
+#endif
