@@ -542,7 +542,7 @@ Test(cli, kv_eval_prefix) {
     EXPECT_ERROR(&r, "infer", "--kv paged:BLOCK runs with --eval prefix");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "--eval prefix needs --kv paged:BLOCK");
+    EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need --kv paged:BLOCK");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:8+int4", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "bad --kv 'paged:8+int4'");
