@@ -101,3 +101,63 @@ int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq 
     PagedCtx ctx = {pool, seq, token, err};
     return model_decode_step_with(m, s, token, pos, attend_paged, &ctx);
 }
+
+void decode_batch_init(DecodeBatch *b, const ModelConfig *c, int max_batch, int capacity) {
+    size_t C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, Bm = (size_t)max_batch;
+    size_t n = Bm * (5 * C + 2 * KVC + 3 * H + c->vocab_size) + (size_t)c->n_head * capacity;
+    float *p = common_calloc(n, sizeof(float));
+    float **fields[] = {&b->x, &b->xn, &b->q, &b->atty, &b->proj};
+    for (int i = 0; i < 5; i++) *fields[i] = p, p += Bm * C;
+    b->k = p, p += Bm * KVC;
+    b->v = p, p += Bm * KVC;
+    b->h1 = p, p += Bm * H;
+    b->h3 = p, p += Bm * H;
+    b->hg = p, p += Bm * H;
+    b->logits = p, p += Bm * c->vocab_size;
+    b->att = p;
+    b->max_batch = max_batch;
+    b->capacity = capacity;
+}
+
+void decode_batch_free(DecodeBatch *b) {
+    common_free(b->x);
+    memset(b, 0, sizeof(*b));
+}
+
+int model_decode_batch_paged(const Model *m, DecodeBatch *b, KVPool *pool, KVSeq *const *seqs, const int *tokens,
+                             const int *pos, int n, char *err) {
+    const Ops *op = m->ops;
+    const ModelConfig *c = &m->cfg;
+    const ParamTensors *p = &m->params;
+    int C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, NH = c->n_head, NKV = c->n_kv_head;
+    int HD = model_head_dim(c);
+    CHECK(n >= 1 && n <= b->max_batch);
+    float rstd[n];
+    op->encoder_forward(b->x, tokens, p->wte, 1, n, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t lC = (size_t)l * C, lCC = lC * C, lKC = (size_t)l * KVC * C, lHC = (size_t)l * H * C;
+        op->rmsnorm_forward(b->xn, rstd, b->x, p->attn_norm + lC, n, C, c->norm_eps);
+        op->matmul_forward(b->q, b->xn, p->wq + lCC, n, C, C);
+        op->matmul_forward(b->k, b->xn, p->wk + lKC, n, C, KVC);
+        op->matmul_forward(b->v, b->xn, p->wv + lKC, n, C, KVC);
+        for (int i = 0; i < n; i++) { // each row at its own position, through its own block table
+            float *q = b->q + (size_t)i * C, *k = b->k + (size_t)i * KVC, *v = b->v + (size_t)i * KVC;
+            op->rope_forward(k, 1, 1, NKV, HD, pos[i], c->rope_theta);
+            if (kv_paged_append(pool, seqs[i], l, pos[i], tokens[i], k, v, err) != 0) return -1;
+            CHECK(seqs[i]->n_tokens <= b->capacity);
+            op->rope_forward(q, 1, 1, NH, HD, pos[i], c->rope_theta);
+            attention_decode_paged(b->atty + (size_t)i * C, b->att, q, pool, seqs[i], l, NH, NKV, HD);
+        }
+        op->matmul_forward(b->proj, b->atty, p->wo + lCC, n, C, C);
+        op->residual_forward(b->x, b->x, b->proj, NULL, (size_t)n * C);
+        op->rmsnorm_forward(b->xn, rstd, b->x, p->mlp_norm + lC, n, C, c->norm_eps);
+        op->matmul_forward(b->h1, b->xn, p->w1 + lHC, n, C, H);
+        op->matmul_forward(b->h3, b->xn, p->w3 + lHC, n, C, H);
+        op->swiglu_forward(b->hg, b->h1, b->h3, (size_t)n * H);
+        op->matmul_forward(b->proj, b->hg, p->w2 + lHC, n, H, C);
+        op->residual_forward(b->x, b->x, b->proj, NULL, (size_t)n * C);
+    }
+    op->rmsnorm_forward(b->xn, rstd, b->x, p->final_norm, n, C, c->norm_eps);
+    op->matmul_forward(b->logits, b->xn, p->wte, n, C, c->vocab_size);
+    return 0;
+}

@@ -32,4 +32,23 @@ int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, D
 int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
                             char *err);
 
+// Batched decode over the paged pool: one token for each of n different sequences in one pass, so the weight
+// matrices are read once per step for all of them (matrix-matrix products of n rows instead of n
+// matrix-vector products); attention stays per sequence, through its own block table. Row i: token
+// tokens[i] at position pos[i] == seqs[i]->n_tokens; logits row i lands at b->logits + i * vocab.
+typedef struct {
+    float *x, *xn, *q, *k, *v, *atty, *proj, *h1, *h3, *hg; // (max_batch, width) each
+    float *att;                                             // (NH, capacity) scratch, one row at a time
+    float *logits;                                          // (max_batch, V)
+    int max_batch, capacity;
+} DecodeBatch;
+
+void decode_batch_init(DecodeBatch *b, const ModelConfig *cfg, int max_batch, int capacity);
+void decode_batch_free(DecodeBatch *b);
+// -1 with a message when the pool runs out of blocks; the sequences before the failing one have then
+// advanced by a token at layer 0 and the batch must not be retried as is (callers reserve blocks first, as
+// build/serve does). The sequences must be distinct.
+int model_decode_batch_paged(const Model *m, DecodeBatch *b, KVPool *pool, KVSeq *const *seqs, const int *tokens,
+                             const int *pos, int n, char *err);
+
 #endif
