@@ -1,9 +1,9 @@
 // The serving engine: one thread owns the model, the paged KV pool and the decode state, so no model or pool
 // code ever runs on two threads. Each round it admits queued requests (kv_paged_begin: the prompt prefix the
 // tenant already has in the pool is reused), then advances every active request by one token (a prompt token,
-// or the last sampled one) and publishes the sampled bytes. Interleaving keeps requests independent: each
-// has its own KVSeq and RNG, and the shared DecodeState is scratch for exactly one step. Batching the matmuls
-// of a round across requests is the next step (each step is still a matrix-vector product).
+// or the last sampled one) in one batched pass (model_decode_batch_paged: the weights are read once per round
+// for all of them; attention is per request, through its own block table) and publishes the sampled bytes.
+// Requests stay independent: each has its own KVSeq and RNG, and its own row of the batch.
 //
 // Blocks are reserved at admission (ceil((prompt + max_tokens) / block) per request), so a running request
 // never finds the pool empty: requests wait in the queue until their worst case fits.
@@ -123,15 +123,32 @@ static void admit_locked(Engine *e) {
     }
 }
 
-// One token for r: a prompt token, or the last sampled one. Returns the sampled byte, -1 while still in the
-// prompt, -2 on an error (message in err).
-static int step(Engine *e, Req *r, char *err) {
-    int token = r->pos < r->n_prompt ? r->prompt[r->pos] : r->last;
-    if (model_decode_step_paged(e->model, &e->ds, e->pool, &r->seq, token, r->pos, err) != 0) return -2;
-    r->pos++;
-    if (r->pos < r->n_prompt) return -1;
-    r->last = sample_next(e->ds.logits, e->model->cfg.vocab_size, &r->sc, &r->rng, e->probs, e->idx);
-    return e->tok->id_to_byte[r->last];
+// One batched pass advancing each of the n requests by a token: a prompt token, or the last sampled one.
+// produced[i]: the sampled byte, -1 while still in the prompt, -2 on an error (message in err).
+static void step_all(Engine *e, Req **reqs, int n, int *produced, char (*errs)[ERR_LEN]) {
+    KVSeq *seqs[SERVE_MAX_ACTIVE];
+    int tokens[SERVE_MAX_ACTIVE], pos[SERVE_MAX_ACTIVE];
+    for (int i = 0; i < n; i++) {
+        Req *r = reqs[i];
+        seqs[i] = &r->seq;
+        tokens[i] = r->pos < r->n_prompt ? r->prompt[r->pos] : r->last;
+        pos[i] = r->pos;
+    }
+    // blocks are reserved at admission, so the pool cannot run out here; if it ever did, fail the round
+    char err[ERR_LEN];
+    if (model_decode_batch_paged(e->model, &e->db, e->pool, seqs, tokens, pos, n, err) != 0) {
+        for (int i = 0; i < n; i++) produced[i] = -2, memcpy(errs[i], err, ERR_LEN);
+        return;
+    }
+    int V = e->model->cfg.vocab_size;
+    for (int i = 0; i < n; i++) {
+        Req *r = reqs[i];
+        r->pos++;
+        produced[i] = -1;
+        if (r->pos < r->n_prompt) continue;
+        r->last = sample_next(e->db.logits + (size_t)i * V, V, &r->sc, &r->rng, e->probs, e->idx);
+        produced[i] = e->tok->id_to_byte[r->last];
+    }
 }
 
 static void clear_locked(Engine *e) {
@@ -169,7 +186,7 @@ static void *engine_main(void *arg) {
         }
         int n = e->n_active;
         pthread_mutex_unlock(&e->mu);
-        for (int i = 0; i < n; i++) produced[i] = step(e, e->active[i], errs[i]);
+        step_all(e, e->active, n, produced, errs);
         pthread_mutex_lock(&e->mu);
         int kept = 0;
         for (int i = 0; i < n; i++) {
@@ -212,7 +229,7 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, int block, int
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), c->block_size, c->rope_theta, 0};
     if (kv_pool_init(&e->pool, &shape, block, e->n_blocks, err) != 0) return -1;
     kv_pool_stats(e->pool, &e->snap);
-    decode_state_init(&e->ds, c, c->block_size);
+    decode_batch_init(&e->db, c, SERVE_MAX_ACTIVE, c->block_size);
     e->probs = common_calloc(c->vocab_size, sizeof(float));
     e->idx = common_calloc(c->vocab_size, sizeof(int));
     e->tenants = common_calloc(SERVE_MAX_TENANTS, sizeof(Tenant));
@@ -231,7 +248,7 @@ void engine_stop(Engine *e) {
     CHECK(pthread_join(e->thread, NULL) == 0);
     kv_pool_free(e->pool);
     e->pool = NULL;
-    decode_state_free(&e->ds);
+    decode_batch_free(&e->db);
     common_free(e->probs);
     common_free(e->idx);
 }

@@ -55,7 +55,7 @@ typedef struct {
     int block, n_blocks, max_tokens, max_queue, context;
     // engine-private
     KVPool *pool;
-    DecodeState ds;
+    DecodeBatch db;                 // one row per active request, advanced together each round
     float *probs;
     int *idx;
     Req *active[SERVE_MAX_ACTIVE];
