@@ -31,9 +31,7 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     KVPool *pool;
     if (kv_pool_init(&pool, &shape, B, n_blocks, err) != 0) return -1;
     KVCache *full = NULL;
-    KVSpec full_spec;
-    CHECK(kv_spec_parse(&full_spec, "full", err) == 0);
-    if (kv_cache_init(&full, &full_spec, &shape, err) != 0) return kv_pool_free(pool), -1;
+    if (kv_full_init(&full, &shape, err) != 0) return kv_pool_free(pool), -1;
     DecodeState dp, df;
     decode_state_init(&dp, c, T);
     decode_state_init(&df, c, T);

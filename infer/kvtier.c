@@ -24,12 +24,10 @@ typedef struct {
 static int attend_tier(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
     TierCtx *c = ctx;
     const ModelConfig *mc = &m->cfg;
-    int NH = mc->n_head, NKV = mc->n_kv_head, HD = model_head_dim(mc);
-    m->ops->rope_forward(s->k, 1, 1, NKV, HD, pos, mc->rope_theta);
-    if (kv_paged_append(c->pool, c->seq, l, pos, c->token, s->k, s->v, c->err) != 0) return -1;
+    int NH = mc->n_head, HD = model_head_dim(mc);
+    if (decode_paged_store(m, c->pool, c->seq, l, pos, c->token, s->q, s->k, s->v, c->err) != 0) return -1;
     CHECK(c->seq->n_tokens <= s->capacity);
     kv_tier_append(c->tier, l, pos, s->k, s->v);
-    m->ops->rope_forward(s->q, 1, 1, NH, HD, pos, mc->rope_theta);
     kv_tier_attend(c->tier, s->atty, s->att, s->q, l, NH);
     if (c->q_log) {
         const int *blocks;

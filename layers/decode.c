@@ -83,16 +83,23 @@ typedef struct {
     char *err;
 } PagedCtx;
 
+int decode_paged_store(const Model *m, KVPool *pool, KVSeq *seq, int layer, int pos, int token, float *q, float *k,
+                       const float *v, char *err) {
+    const ModelConfig *c = &m->cfg;
+    int HD = model_head_dim(c);
+    m->ops->rope_forward(k, 1, 1, c->n_kv_head, HD, pos, c->rope_theta);
+    if (kv_paged_append(pool, seq, layer, pos, token, k, v, err) != 0) return -1;
+    m->ops->rope_forward(q, 1, 1, c->n_head, HD, pos, c->rope_theta);
+    return 0;
+}
+
 // The paged pool stores keys rotated to their absolute positions, and attention reads through the table.
 static int attend_paged(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
     PagedCtx *pc = ctx;
     const ModelConfig *c = &m->cfg;
-    int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c);
-    m->ops->rope_forward(s->k, 1, 1, NKV, HD, pos, c->rope_theta);
-    if (kv_paged_append(pc->pool, pc->seq, l, pos, pc->token, s->k, s->v, pc->err) != 0) return -1;
+    if (decode_paged_store(m, pc->pool, pc->seq, l, pos, pc->token, s->q, s->k, s->v, pc->err) != 0) return -1;
     CHECK(pc->seq->n_tokens <= s->capacity);
-    m->ops->rope_forward(s->q, 1, 1, NH, HD, pos, c->rope_theta);
-    attention_decode_paged(s->atty, s->att, s->q, pc->pool, pc->seq, l, NH, NKV, HD);
+    attention_decode_paged(s->atty, s->att, s->q, pc->pool, pc->seq, l, c->n_head, c->n_kv_head, model_head_dim(c));
     return 0;
 }
 
@@ -142,10 +149,8 @@ int model_decode_batch_paged(const Model *m, DecodeBatch *b, KVPool *pool, KVSeq
         op->matmul_forward(b->v, b->xn, p->wv + lKC, n, C, KVC);
         for (int i = 0; i < n; i++) { // each row at its own position, through its own block table
             float *q = b->q + (size_t)i * C, *k = b->k + (size_t)i * KVC, *v = b->v + (size_t)i * KVC;
-            op->rope_forward(k, 1, 1, NKV, HD, pos[i], c->rope_theta);
-            if (kv_paged_append(pool, seqs[i], l, pos[i], tokens[i], k, v, err) != 0) return -1;
+            if (decode_paged_store(m, pool, seqs[i], l, pos[i], tokens[i], q, k, v, err) != 0) return -1;
             CHECK(seqs[i]->n_tokens <= b->capacity);
-            op->rope_forward(q, 1, 1, NH, HD, pos[i], c->rope_theta);
             attention_decode_paged(b->atty + (size_t)i * C, b->att, q, pool, seqs[i], l, NH, NKV, HD);
         }
         op->matmul_forward(b->proj, b->atty, p->wo + lCC, n, C, C);

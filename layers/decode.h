@@ -32,6 +32,11 @@ int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, D
 int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
                             char *err);
 
+// The paged pool's side of one layer's attention for one token: rotates k (NKV*HD) and q (NH*HD) to pos and
+// appends (k, v) to seq's blocks for `layer`. -1 with a message when the pool is out of blocks.
+int decode_paged_store(const Model *m, KVPool *pool, KVSeq *seq, int layer, int pos, int token, float *q, float *k,
+                       const float *v, char *err);
+
 // Batched decode over the paged pool: one token for each of n different sequences in one pass, so the weight
 // matrices are read once per step for all of them (matrix-matrix products of n rows instead of n
 // matrix-vector products); attention stays per sequence, through its own block table. Row i: token

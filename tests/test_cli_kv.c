@@ -1,0 +1,106 @@
+// End-to-end tests of build/infer's KV evaluations as a program, suite `cli_kv`: the --kv spec and the
+// streaming, paged (--eval prefix), tier and reuse modes reject bad flags with one line and report what they
+// promise on a tiny model. The other program tests: test_cli.c; the helpers: cli_util.h.
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "cli_util.h"
+
+TestSuite(cli_kv, .init = cliutil_setup, .fini = cliutil_teardown, .timeout = 60);
+
+Test(cli_kv, kv_eval_flags) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "h2o:4");
+    EXPECT_ERROR(&r, "infer", "bad --kv 'h2o:4'", "valid forms are", "h2o:H,R");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--json");
+    EXPECT_ERROR(&r, "infer", "need --kv");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--kv-heads", "3");
+    EXPECT_ERROR(&r, "infer", "cannot convert 4 key/value heads to 3");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--prefill", "40", "--context", "20");
+    EXPECT_ERROR(&r, "infer", "prefill");
+    cliutil_run_free(&r);
+    // the test corpus has no '$': the recall task cannot be written in this vocabulary
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "recall", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "recall task needs the character");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "sink:2,window:6+int4", "--context", "64", "--json",
+            "--kv-heads", "2", "--streams", "2");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"spec\": \"sink:2,window:6+int4\"") && strstr(r.out, "\"top1_agree\""), "%s", r.out);
+    cliutil_run_free(&r);
+}
+
+// The paged pool's request workload: the spec and the mode go together, and reuse is exact.
+Test(cli_kv, kv_eval_prefix) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "paged:8");
+    EXPECT_ERROR(&r, "infer", "--kv paged:BLOCK runs with --eval prefix");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need --kv paged:BLOCK");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:8+int4", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "bad --kv 'paged:8+int4'");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:0", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "bad --kv 'paged:0'");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "20",
+            "--prefill", "25");
+    EXPECT_ERROR(&r, "infer", "--eval prefix: need 0 <= --prefill");
+    cliutil_run_free(&r);
+    // 4 requests of 30 tokens sharing 13: blocks of 4 reuse 3 shared blocks (12 tokens) from the second
+    // request on; 30 tokens fill 8 blocks with 2 slots unused
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "30",
+            "--prefill", "13", "--streams", "4", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"prefill_saved\": 36,") && strstr(r.out, "\"computed_tokens\": 84,"), "%s", r.out);
+    const char *d = strstr(r.out, "\"max_abs_logit_diff\": ");
+    double diff = 1.0;
+    cr_assert(d && sscanf(d + 22, "%lf", &diff) == 1 && diff <= 1e-5, "reuse is exact up to float order: %s", r.out);
+    cr_assert(strstr(r.out, "\"top1_agree\": 1,"), "%s", r.out);
+    cr_assert(strstr(r.out, "\"fragmentation\": 0.0625,"), "2 of 32 slots: %s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4", "--data", corpus, "--context", "30",
+            "--pool-blocks", "3");
+    EXPECT_ERROR(&r, "infer", "pool exhausted");
+    cliutil_run_free(&r);
+}
+
+// The tier and reuse workloads: their flags go with their modes, and a small run reports what it promises.
+Test(cli_kv, kv_eval_tier_and_reuse) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "full", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "need --kv paged:BLOCK");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
+    EXPECT_ERROR(&r, "infer", "--fast, --prefetch and --transfer-us apply to --eval tier");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--prefetch", "psychic");
+    EXPECT_ERROR(&r, "infer", "psychic");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--fast", "3",
+            "--prefetch", "predictive", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"top1_agree\": 1"), "the tier never changes the result: %s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval reuse needs --reuse lsh|semshare");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--reuse", "lsh");
+    EXPECT_ERROR(&r, "infer", "apply to --eval reuse");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--reuse", "lsh", "--data", corpus, "--streams", "2",
+            "--context", "24", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"identical\""), "%s", r.out);
+    cliutil_run_free(&r);
+}
