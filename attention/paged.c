@@ -1,6 +1,8 @@
 // Decode attention over a paged cache (PagedAttention on the CPU): the same scores, softmax and weighted sum
 // as attention_decode_cpu, but keys and values are read block by block through the sequence's block table,
-// never gathered into a contiguous copy. Each block's (rows, HD) keys and values are one CBLAS sgemv.
+// never gathered into a contiguous copy (an fp32 pool is read in place; other formats decode one block's rows
+// into the pool's scratch). Blocks a selection policy dropped are skipped. Each block's (rows, HD) keys and
+// values are one CBLAS sgemv per head.
 #include <cblas.h>
 #include <math.h>
 
@@ -8,29 +10,41 @@
 #include "../kv/paged.h"
 #include "../layers/cpu_ops.h"
 
+// Block b's key (value 0) or value rows for kv head g: in place for fp32, else decoded into the pool's scratch.
+static const float *block_rows(const KVPool *pool, int value, int b, int layer, int g, int rows) {
+    if (pool->bits == 32) return value ? kv_pool_v(pool, b, layer, g) : kv_pool_k(pool, b, layer, g);
+    float *dst = pool->scratch + (size_t)value * pool->block * pool->head_dim;
+    kv_pool_read(pool, value, b, layer, g, rows, dst);
+    return dst;
+}
+
 void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
                             int layer, int NH, int NKV, int HD) {
-    int Tc = seq->n_tokens, B = pool->block, rep = NH / NKV;
+    int Tc = kv_paged_held(pool, seq), B = pool->block, rep = NH / NKV, n_blocks = kv_paged_blocks(seq);
     CHECK(Tc > 0 && NKV == pool->n_kv_head && HD == pool->head_dim && NH % NKV == 0);
     CHECK(layer >= 0 && layer < pool->n_layer);
-    int n_blocks = (Tc + B - 1) / B;
     float scale = 1.0f / sqrtf((float)HD);
-    for (int h = 0; h < NH; h++) {
-        int g = h / rep;
-        float *p = att + (size_t)h * Tc;
-        // scores (Tc) = scale * K_g (Tc, HD) @ q_h, one block of rows at a time
-        for (int i = 0; i < n_blocks; i++) {
-            int rows = Tc - i * B < B ? Tc - i * B : B;
-            const float *kb = kv_pool_k(pool, seq->table[i], layer, g);
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, HD, scale, kb, HD, q + h * HD, 1, 0.0f, p + i * B, 1);
-        }
-        softmax_inplace_cpu(p, Tc);
-        // out_h (HD) = sum over blocks of V_block^T (HD, rows) @ p_block
-        for (int i = 0; i < n_blocks; i++) {
-            int rows = Tc - i * B < B ? Tc - i * B : B;
-            const float *vb = kv_pool_v(pool, seq->table[i], layer, g);
-            cblas_sgemv(CblasRowMajor, CblasTrans, rows, HD, 1.0f, vb, HD, p + i * B, 1, i ? 1.0f : 0.0f,
-                        out + h * HD, 1);
+    // kv head by kv head, so a decoded block serves its whole group of query heads
+    for (int g = 0; g < NKV; g++) {
+        for (int pass = 0; pass < 2; pass++) { // 0: scores; 1: softmax, then the weighted sum of values
+            if (pass == 1)
+                for (int h = g * rep; h < (g + 1) * rep; h++) softmax_inplace_cpu(att + (size_t)h * Tc, Tc);
+            int off = 0;
+            for (int i = 0; i < n_blocks; i++) {
+                int b = seq->table[i];
+                if (b == KV_BLOCK_DROPPED) continue;
+                int rows = seq->n_tokens - i * B < B ? seq->n_tokens - i * B : B;
+                const float *rows_g = block_rows(pool, pass, b, layer, g, rows); // keys, then values
+                for (int h = g * rep; h < (g + 1) * rep; h++) {
+                    float *p = att + (size_t)h * Tc + off;
+                    if (pass == 0)
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, HD, scale, rows_g, HD, q + h * HD, 1, 0.0f, p, 1);
+                    else
+                        cblas_sgemv(CblasRowMajor, CblasTrans, rows, HD, 1.0f, rows_g, HD, p, 1, off ? 1.0f : 0.0f,
+                                    out + h * HD, 1);
+                }
+                off += rows;
+            }
         }
     }
 }

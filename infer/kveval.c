@@ -57,9 +57,17 @@ int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, con
                  char *err) {
     const ModelConfig *c = &m->cfg;
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), context, c->rope_theta, 0};
-    p->full = p->comp = NULL;
+    *p = (KVPair){0};
     if (kv_full_init(&p->full, &shape, err) != 0) return -1;
-    if (kv_cache_init(&p->comp, spec, &shape, err) != 0 || kv_calibrate(m, p->comp, calib, n_calib, err) != 0) {
+    if (spec->paged_block) { // one sequence: room for a stream, and a block to spare
+        int n_blocks = (context + spec->paged_block - 1) / spec->paged_block + 1;
+        if (kv_pool_init_spec(&p->pool, &shape, spec, n_blocks, err) != 0 ||
+            kv_paged_policy(&p->seq.policy, spec, err) != 0) {
+            kv_cache_free(p->full);
+            kv_pool_free(p->pool);
+            return -1;
+        }
+    } else if (kv_cache_init(&p->comp, spec, &shape, err) != 0 || kv_calibrate(m, p->comp, calib, n_calib, err) != 0) {
         kv_cache_free(p->full);
         kv_cache_free(p->comp);
         return -1;
@@ -71,13 +79,33 @@ int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, con
 
 void kv_pair_reset(KVPair *p, int prefill) {
     kv_cache_reset(p->full);
+    if (p->pool) {
+        kv_paged_end(p->pool, &p->seq); // a stream starts empty (no prompt lookup), keeping the policy
+        return;
+    }
     kv_cache_reset(p->comp);
     kv_cache_set_prefill(p->comp, prefill);
+}
+
+void kv_pair_step(KVPair *p, const Model *m, int token, int pos) {
+    char err[ERR_LEN];
+    if (p->pool) CHECK(model_decode_step_paged(m, &p->dcomp, p->pool, &p->seq, token, pos, err) == 0);
+    else CHECK(model_decode_step(m, &p->dcomp, p->comp, token, pos) == 0);
+}
+
+size_t kv_pair_bytes(const KVPair *p) {
+    if (!p->pool) return kv_cache_bytes(p->comp);
+    int blocks = kv_paged_blocks(&p->seq), held = 0;
+    for (int i = 0; i < blocks; i++) held += p->seq.table[i] != KV_BLOCK_DROPPED;
+    size_t block_bytes = 2 * (size_t)p->pool->n_layer * p->pool->n_kv_head * p->pool->block * p->pool->row_bytes;
+    return (size_t)held * block_bytes + (size_t)blocks * (sizeof(int) + sizeof(float));
 }
 
 void kv_pair_free(KVPair *p) {
     decode_state_free(&p->dfull);
     decode_state_free(&p->dcomp);
+    kv_paged_end(p->pool, &p->seq);
+    kv_pool_free(p->pool);
     kv_cache_free(p->full);
     kv_cache_free(p->comp);
 }
@@ -106,7 +134,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
         for (int t = 0; t < T; t++) {
             CHECK(model_decode_step(m, &pair.dfull, pair.full, x[t], t) == 0);
             double t0 = common_now();
-            CHECK(model_decode_step(m, &pair.dcomp, pair.comp, x[t], t) == 0);
+            kv_pair_step(&pair, m, x[t], t);
             double dt = common_now() - t0;
             if (t < cfg->prefill) t_prefill += dt;
             else t_decode += dt;
@@ -133,7 +161,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
             agree += arg_a == arg_b;
             scored++;
         }
-        bytes = kv_cache_bytes(pair.comp);
+        bytes = kv_pair_bytes(&pair);
     }
     int KVC = model_kv_dim(c);
     out->tokens = scored;

@@ -23,8 +23,11 @@ typedef struct {
 
 // The two caches every comparison runs in lockstep: the full fp32 cache and the one under test (calibrated
 // on calib tokens when it needs it), with a decode state each, for streams of up to `context` tokens.
+// A paged spec (SELECT+paged:B[+FORMAT]) runs its side through a pool of one sequence instead of comp.
 typedef struct {
     KVCache *full, *comp;
+    KVPool *pool;
+    KVSeq seq;
     DecodeState dfull, dcomp;
 } KVPair;
 
@@ -32,6 +35,10 @@ int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, con
                  char *err);
 void kv_pair_reset(KVPair *p, int prefill);
 void kv_pair_free(KVPair *p);
+// Token `token` at position pos through the cache under test (logits in p->dcomp.logits).
+void kv_pair_step(KVPair *p, const Model *m, int token, int pos);
+// Bytes the cache under test holds (a paged sequence: its blocks' rows, its table and scores).
+size_t kv_pair_bytes(const KVPair *p);
 
 // Peak resident memory of this process so far, in bytes (0 if unknown).
 size_t kv_peak_rss_bytes(void);

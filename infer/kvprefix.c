@@ -29,7 +29,9 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     int n_blocks = pc->pool_blocks ? pc->pool_blocks : 2 * per_request;
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
     KVPool *pool;
-    if (kv_pool_init(&pool, &shape, B, n_blocks, err) != 0) return -1;
+    KVSeqPolicy policy;
+    if (kv_paged_policy(&policy, spec, err) != 0 || kv_pool_init_spec(&pool, &shape, spec, n_blocks, err) != 0)
+        return -1;
     KVCache *full = NULL;
     if (kv_full_init(&full, &shape, err) != 0) return kv_pool_free(pool), -1;
     DecodeState dp, df;
@@ -44,7 +46,7 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     for (int r = 0; r < R && rc == 0; r++) {
         for (int t = 0; t < S; t++) req[t] = tokens[t];
         for (int t = S; t < T; t++) req[t] = tokens[S + (size_t)r * stride + (size_t)(t - S)];
-        KVSeq seq = {0};
+        KVSeq seq = {.policy = policy};
         double t0 = common_now();
         int reused = kv_paged_begin(pool, &seq, req, T, KV_PRIORITY_DEFAULT, err);
         if (reused < 0) {

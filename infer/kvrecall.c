@@ -47,7 +47,7 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
             fed = ans + RECALL_VAL_LEN - 1;
             for (int t = 0; t < ans + RECALL_VAL_LEN - 1; t++) {
                 CHECK(model_decode_step(m, &pair.dfull, pair.full, seq[t], t) == 0);
-                CHECK(model_decode_step(m, &pair.dcomp, pair.comp, seq[t], t) == 0);
+                kv_pair_step(&pair, m, seq[t], t);
                 if (t >= ans - 1) { // predicts a value character
                     int right = argmax(pair.dcomp.logits, c->vocab_size) == seq[t + 1];
                     int right_full = argmax(pair.dfull.logits, c->vocab_size) == seq[t + 1];
@@ -70,7 +70,7 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     out->acc_all_full = (double)hits_full / total;
     out->char_acc = (double)chars / (total * RECALL_VAL_LEN);
     out->char_acc_full = (double)chars_full / (total * RECALL_VAL_LEN);
-    out->kv_bytes = kv_cache_bytes(pair.comp);
+    out->kv_bytes = kv_pair_bytes(&pair);
     out->bytes_per_token = (double)out->kv_bytes / fed;
     out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
     out->peak_rss_bytes = kv_peak_rss_bytes();

@@ -68,10 +68,13 @@ static const char *usage =
     "\n"
     "KV specs: SELECT[+TERM...]\n"
     "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
-    "          | paged:BLOCK (with --eval prefix or tier; no terms)\n"
+    "          | paged:BLOCK (= full+paged:BLOCK)\n"
     "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
     "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
-    "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard\n";
+    "          | paged:BLOCK: the pool of BLOCK-token blocks, with full, window, sink or h2o selection\n"
+    "            (whole blocks dropped) and fp32, fp16 or int rows; --eval tier takes paged:BLOCK alone\n"
+    "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard,\n"
+    "       --kv=window:64+paged:16+int4\n";
 
 static int die(const char *msg) {
     fprintf(stderr, "infer: %s\n", msg);
@@ -147,9 +150,10 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         return err_set(err, "--kv applies to --eval in this release; generation uses the full cache"), -1;
     int recall = f->eval && strcmp(f->eval, "recall") == 0, prefix = f->eval && strcmp(f->eval, "prefix") == 0;
     int tier = f->eval && strcmp(f->eval, "tier") == 0;
-    if ((prefix || tier) != (f->spec.paged_block > 0))
-        return err_set(err, prefix || tier ? "--eval prefix and --eval tier need --kv paged:BLOCK"
-                                           : "--kv paged:BLOCK runs with --eval prefix or --eval tier"), -1;
+    if ((prefix || tier) && !f->spec.paged_block)
+        return err_set(err, "--eval prefix and --eval tier need a paged --kv (paged:BLOCK, or SELECT+paged:BLOCK)"), -1;
+    if (tier && strchr(f->kv, '+'))
+        return err_set(err, "--eval tier runs the plain fp32 pool: --kv paged:BLOCK with no other terms"), -1;
     if (f->pool_blocks && !prefix) return err_set(err, "--pool-blocks applies to --eval prefix"), -1;
     if (!tier && (f->fast >= 0 || f->prefetch || f->transfer_us >= 0))
         return err_set(err, "--fast, --prefetch and --transfer-us apply to --eval tier"), -1;

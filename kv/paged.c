@@ -14,6 +14,7 @@
 
 #include "../common/common.h"
 #include "paged.h"
+#include "quant.h"
 
 enum { FREE_LIST = KV_PRIORITY_MAX + 1 };
 
@@ -50,6 +51,11 @@ static void list_remove(KVPool *p, int li, int b) {
 // ---- pool ------------------------------------------------------------------------------------------------
 
 int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err) {
+    return kv_pool_init_format(out, shape, block, n_blocks, 32, 0, err);
+}
+
+int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, int bits, int group,
+                        char *err) {
     *out = NULL;
     if (shape->n_layer < 1 || shape->n_kv_head < 1 || shape->head_dim < 1) {
         err_set(err, "paged KV: bad shape (%d layers, %d kv heads, head_dim %d)", shape->n_layer,
@@ -64,21 +70,32 @@ int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, ch
         err_set(err, "paged KV: the pool needs at least one block (got %d)", n_blocks);
         return -1;
     }
-    size_t per_block = (size_t)shape->n_layer * shape->n_kv_head * block * shape->head_dim; // floats
-    if ((size_t)n_blocks > SIZE_MAX / 2 / sizeof(float) / per_block) {
-        err_set(err, "paged KV: %d blocks of %zu floats do not fit in memory", n_blocks, per_block);
+    int HD = shape->head_dim;
+    if (group == 0) group = HD < 32 ? HD : 32;
+    size_t row_bytes = bits == 32 ? HD * sizeof(float) : bits == 16 ? HD * sizeof(uint16_t)
+                                                                    : quant_row_bytes(HD, group, bits);
+    if (row_bytes == 0) {
+        err_set(err, "paged KV: rows of %d bits in groups of %d do not fit head_dim %d (bits 32, 16, 8, 4 or 2; "
+                "the group must divide head_dim)", bits, group, HD);
+        return -1;
+    }
+    size_t per_block = (size_t)shape->n_layer * shape->n_kv_head * block * row_bytes; // bytes
+    if ((size_t)n_blocks > SIZE_MAX / 2 / per_block) {
+        err_set(err, "paged KV: %d blocks of %zu bytes do not fit in memory", n_blocks, per_block);
         return -1;
     }
     KVPool *p = common_calloc(1, sizeof(KVPool));
-    p->n_layer = shape->n_layer, p->n_kv_head = shape->n_kv_head, p->head_dim = shape->head_dim;
+    p->n_layer = shape->n_layer, p->n_kv_head = shape->n_kv_head, p->head_dim = HD;
     p->block = block, p->n_blocks = n_blocks;
-    p->k = calloc((size_t)n_blocks * per_block, sizeof(float));
-    p->v = calloc((size_t)n_blocks * per_block, sizeof(float));
+    p->bits = bits, p->group = bits <= 8 ? group : 0, p->row_bytes = row_bytes;
+    p->k = calloc((size_t)n_blocks * per_block, 1);
+    p->v = calloc((size_t)n_blocks * per_block, 1);
+    p->scratch = calloc(2 * (size_t)block * HD, sizeof(float));
     p->tokens = calloc((size_t)n_blocks * block, sizeof(int));
     p->blocks = calloc((size_t)n_blocks, sizeof(KVBlock));
-    if (!p->k || !p->v || !p->tokens || !p->blocks) {
+    if (!p->k || !p->v || !p->scratch || !p->tokens || !p->blocks) {
         err_set(err, "paged KV: cannot allocate %d blocks (%zu bytes of keys and values)", n_blocks,
-                2 * (size_t)n_blocks * per_block * sizeof(float));
+                2 * (size_t)n_blocks * per_block);
         kv_pool_free(p);
         return -1;
     }
@@ -92,19 +109,59 @@ int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, ch
     return 0;
 }
 
+int kv_pool_init_spec(KVPool **out, const KVShape *shape, const KVSpec *spec, int n_blocks, char *err) {
+    *out = NULL;
+    int bits = spec->format == KV_FMT_F32 ? 32 : spec->format == KV_FMT_F16 ? 16 : spec->format == KV_FMT_INT ? spec->bits : 0;
+    if (!spec->paged_block || !bits) {
+        err_set(err, "paged KV: '%s' is not a paged spec with fp32, fp16 or int rows", spec->text);
+        return -1;
+    }
+    return kv_pool_init_format(out, shape, spec->paged_block, n_blocks, bits, spec->group, err);
+}
+
 void kv_pool_free(KVPool *p) {
     if (!p) return;
     hmfree(p->map);
-    free(p->k), free(p->v), free(p->tokens), free(p->blocks);
+    free(p->k), free(p->v), free(p->scratch), free(p->tokens), free(p->blocks);
     common_free(p);
 }
 
+uint8_t *kv_pool_rows(const KVPool *p, int value, int b, int layer, int head) {
+    size_t unit = (((size_t)b * p->n_layer + layer) * p->n_kv_head + head) * p->block * p->row_bytes;
+    return (value ? p->v : p->k) + unit;
+}
+
 float *kv_pool_k(const KVPool *p, int b, int layer, int head) {
-    return p->k + (((size_t)b * p->n_layer + layer) * p->n_kv_head + head) * p->block * p->head_dim;
+    CHECK(p->bits == 32);
+    return (float *)(void *)kv_pool_rows(p, 0, b, layer, head);
 }
 
 float *kv_pool_v(const KVPool *p, int b, int layer, int head) {
-    return p->v + (((size_t)b * p->n_layer + layer) * p->n_kv_head + head) * p->block * p->head_dim;
+    CHECK(p->bits == 32);
+    return (float *)(void *)kv_pool_rows(p, 1, b, layer, head);
+}
+
+static void encode_row(const KVPool *p, uint8_t *dst, const float *src) {
+    if (p->bits == 32) memcpy(dst, src, p->row_bytes);
+    else if (p->bits == 16) quant_f16_encode_row((uint16_t *)(void *)dst, src, p->head_dim);
+    else quant_encode_row(dst, src, p->head_dim, p->group, p->bits);
+}
+
+static void decode_rows(const KVPool *p, float *dst, const uint8_t *src, int rows) {
+    int HD = p->head_dim;
+    if (p->bits == 32) {
+        memcpy(dst, src, (size_t)rows * p->row_bytes);
+        return;
+    }
+    for (int r = 0; r < rows; r++, dst += HD, src += p->row_bytes) {
+        if (p->bits == 16) quant_f16_decode_row(dst, (const uint16_t *)(const void *)src, HD);
+        else quant_decode_row(dst, src, HD, p->group, p->bits);
+    }
+}
+
+void kv_pool_read(const KVPool *p, int value, int b, int layer, int head, int rows, float *dst) {
+    CHECK(rows >= 0 && rows <= p->block);
+    decode_rows(p, dst, kv_pool_rows(p, value, b, layer, head), rows);
 }
 
 static void unregister(KVPool *p, int b) {
@@ -183,9 +240,11 @@ int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int p
         if (memcmp(p->tokens + (size_t)b * B, t, (size_t)B * sizeof(int)) != 0) break; // a hash collision
         block_acquire(p, b, priority);
         arrput(seq->table, b);
+        arrput(seq->score, 0.0f);
         seed = h;
     }
     seq->n_tokens = hits * B;
+    seq->last_hash = seed;
     p->requests++;
     p->query_blocks += eligible;
     p->hit_blocks += hits;
@@ -196,10 +255,12 @@ int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int p
 void kv_paged_fork(KVPool *p, KVSeq *dst, const KVSeq *src) {
     CHECK(dst->n_tokens == 0 && arrlen(dst->table) == 0);
     for (ptrdiff_t i = 0; i < arrlen(src->table); i++) {
-        block_acquire(p, src->table[i], src->priority);
+        if (src->table[i] != KV_BLOCK_DROPPED) block_acquire(p, src->table[i], src->priority);
         arrput(dst->table, src->table[i]);
+        arrput(dst->score, src->score[i]);
     }
     dst->n_tokens = src->n_tokens, dst->priority = src->priority, dst->salt = src->salt;
+    dst->last_hash = src->last_hash, dst->policy = src->policy;
 }
 
 // Gives seq a private copy of its last block (slots 0..n-1 of every layer).
@@ -207,11 +268,11 @@ static int block_copy_on_write(KVPool *p, KVSeq *seq) {
     ptrdiff_t last = arrlen(seq->table) - 1;
     int old = seq->table[last], b = block_alloc(p, seq->priority);
     if (b < 0) return -1;
-    size_t rows = (size_t)p->blocks[old].n * p->head_dim * sizeof(float);
+    size_t rows = (size_t)p->blocks[old].n * p->row_bytes;
     for (int l = 0; l < p->n_layer; l++)
         for (int g = 0; g < p->n_kv_head; g++) {
-            memcpy(kv_pool_k(p, b, l, g), kv_pool_k(p, old, l, g), rows);
-            memcpy(kv_pool_v(p, b, l, g), kv_pool_v(p, old, l, g), rows);
+            memcpy(kv_pool_rows(p, 0, b, l, g), kv_pool_rows(p, 0, old, l, g), rows);
+            memcpy(kv_pool_rows(p, 1, b, l, g), kv_pool_rows(p, 1, old, l, g), rows);
         }
     memcpy(p->tokens + (size_t)b * p->block, p->tokens + (size_t)old * p->block,
            (size_t)p->blocks[old].n * sizeof(int));
@@ -222,13 +283,14 @@ static int block_copy_on_write(KVPool *p, KVSeq *seq) {
     return 0;
 }
 
-// The last layer filled block b (index i of seq's table): name it and make it findable.
-static void block_register(KVPool *p, const KVSeq *seq, ptrdiff_t i, int b) {
+// The last layer filled block b (index i of seq's table): name it and make it findable. The seed is the
+// previous block's hash, kept in the sequence since a policy may have dropped that block already.
+static void block_register(KVPool *p, KVSeq *seq, ptrdiff_t i, int b) {
     KVBlock *x = &p->blocks[b];
-    uint64_t seed = i == 0 ? seq->salt : p->blocks[seq->table[i - 1]].hash;
-    CHECK(i == 0 || p->blocks[seq->table[i - 1]].hashed);
+    uint64_t seed = i == 0 ? seq->salt : seq->last_hash;
     x->hash = p->hash(p->tokens + (size_t)b * p->block, p->block, seed);
     x->hashed = 1;
+    seq->last_hash = x->hash;
     if (hmgeti(p->map, map_key(x->hash)) >= 0) return; // an identical (or colliding) block keeps it
     hmput(p->map, map_key(x->hash), b);
     x->registered = 1;
@@ -244,6 +306,7 @@ int kv_paged_append(KVPool *p, KVSeq *seq, int layer, int pos, int token, const 
             int b = block_alloc(p, seq->priority);
             if (b < 0) goto exhausted;
             arrput(seq->table, b);
+            arrput(seq->score, 0.0f);
         } else if (p->blocks[arrlast(seq->table)].ref > 1 && block_copy_on_write(p, seq) != 0) {
             goto exhausted;
         }
@@ -259,8 +322,8 @@ int kv_paged_append(KVPool *p, KVSeq *seq, int layer, int pos, int token, const 
     CHECK(p->blocks[b].ref == 1 && p->tokens[(size_t)b * B + slot] == token);
     size_t HD = p->head_dim;
     for (int g = 0; g < p->n_kv_head; g++) {
-        memcpy(kv_pool_k(p, b, layer, g) + slot * HD, k + g * HD, HD * sizeof(float));
-        memcpy(kv_pool_v(p, b, layer, g) + slot * HD, v + g * HD, HD * sizeof(float));
+        encode_row(p, kv_pool_rows(p, 0, b, layer, g) + slot * p->row_bytes, k + g * HD);
+        encode_row(p, kv_pool_rows(p, 1, b, layer, g) + slot * p->row_bytes, v + g * HD);
     }
     if (layer == p->n_layer - 1 && slot == B - 1) block_register(p, seq, i, b);
     return 0;
@@ -271,10 +334,88 @@ exhausted:
 }
 
 void kv_paged_end(KVPool *p, KVSeq *seq) {
-    for (ptrdiff_t i = arrlen(seq->table) - 1; i >= 0; i--) block_release(p, seq->table[i]);
+    for (ptrdiff_t i = arrlen(seq->table) - 1; i >= 0; i--)
+        if (seq->table[i] != KV_BLOCK_DROPPED) block_release(p, seq->table[i]);
     arrfree(seq->table);
-    uint64_t salt = seq->salt;
-    *seq = (KVSeq){.salt = salt};
+    arrfree(seq->score);
+    *seq = (KVSeq){.salt = seq->salt, .policy = seq->policy};
+}
+
+// ---- selection policies over blocks ---------------------------------------------------------------------
+
+int kv_paged_policy(KVSeqPolicy *pol, const KVSpec *spec, char *err) {
+    *pol = (KVSeqPolicy){.select = spec->select};
+    switch (spec->select) {
+    case KV_SEL_FULL: return 0;
+    case KV_SEL_WINDOW: return pol->window = spec->window, 0;
+    case KV_SEL_SINK: return pol->sink = spec->sink, pol->window = spec->window, 0;
+    case KV_SEL_H2O: return pol->heavy = spec->heavy, pol->recent = spec->recent, 0;
+    default:
+        err_set(err, "paged KV: '%s': the pool drops whole blocks by full, window, sink or h2o selection only",
+                spec->text);
+        return -1;
+    }
+}
+
+int kv_paged_blocks(const KVSeq *seq) { return (int)arrlen(seq->table); }
+
+int kv_paged_held(const KVPool *p, const KVSeq *seq) {
+    int held = 0, B = p->block;
+    for (ptrdiff_t i = 0; i < arrlen(seq->table); i++) {
+        if (seq->table[i] == KV_BLOCK_DROPPED) continue;
+        int rows = seq->n_tokens - (int)i * B;
+        held += rows < B ? rows : B;
+    }
+    return held;
+}
+
+void kv_paged_observe(const KVPool *p, KVSeq *seq, const float *att, int NH) {
+    if (seq->policy.select != KV_SEL_H2O) return; // only h2o ranks blocks by attention
+    int Tc = kv_paged_held(p, seq), B = p->block, off = 0;
+    for (ptrdiff_t i = 0; i < arrlen(seq->table); i++) {
+        if (seq->table[i] == KV_BLOCK_DROPPED) continue;
+        int rows = seq->n_tokens - (int)i * B < B ? seq->n_tokens - (int)i * B : B;
+        double mass = 0.0;
+        for (int h = 0; h < NH; h++)
+            for (int r = 0; r < rows; r++) mass += att[(size_t)h * Tc + off + r];
+        seq->score[i] += (float)mass;
+        off += rows;
+    }
+}
+
+static void drop_block(KVPool *p, KVSeq *seq, ptrdiff_t i) {
+    block_release(p, seq->table[i]);
+    seq->table[i] = KV_BLOCK_DROPPED;
+    seq->dropped++;
+}
+
+int kv_paged_enforce(KVPool *p, KVSeq *seq) {
+    const KVSeqPolicy *pol = &seq->policy;
+    int B = p->block, n = seq->n_tokens, dropped = 0;
+    if (pol->select == KV_SEL_FULL || n == 0) return 0;
+    ptrdiff_t last = (n - 1) / B; // the block being written is always kept
+    if (pol->select == KV_SEL_WINDOW || pol->select == KV_SEL_SINK) {
+        int first_kept = n - pol->window; // positions before it are outside the window
+        for (ptrdiff_t i = 0; i < last; i++) {
+            if (seq->table[i] == KV_BLOCK_DROPPED || (i + 1) * B > first_kept) continue;
+            if (pol->select == KV_SEL_SINK && i * B < pol->sink) continue; // holds a sink token
+            drop_block(p, seq, i), dropped++;
+        }
+        return dropped;
+    }
+    // h2o: the newest R tokens' blocks stay; the others compete on accumulated attention
+    int budget = (pol->heavy + pol->recent + B - 1) / B + 1, held = 0;
+    for (ptrdiff_t i = 0; i <= last; i++) held += seq->table[i] != KV_BLOCK_DROPPED;
+    while (held > budget) {
+        ptrdiff_t victim = -1;
+        for (ptrdiff_t i = 0; i < last; i++) {
+            if (seq->table[i] == KV_BLOCK_DROPPED || (i + 1) * B > n - pol->recent) continue;
+            if (victim < 0 || seq->score[i] < seq->score[victim]) victim = i; // ties: the oldest
+        }
+        if (victim < 0) break; // every held block is recent
+        drop_block(p, seq, victim), dropped++, held--;
+    }
+    return dropped;
 }
 
 // ---- reporting -------------------------------------------------------------------------------------------
@@ -304,9 +445,9 @@ void kv_pool_stats(const KVPool *p, KVPagedStats *st) {
     st->requests = p->requests, st->query_blocks = p->query_blocks, st->hit_blocks = p->hit_blocks;
     st->hit_rate = p->query_blocks ? (double)p->hit_blocks / p->query_blocks : 0;
     st->prefill_saved = p->prefill_saved, st->evictions = p->evictions, st->cow = p->cow;
-    size_t block_floats = (size_t)p->n_layer * p->n_kv_head * p->block * p->head_dim;
-    st->bytes_used = 2 * (size_t)st->blocks_used * block_floats * sizeof(float);
-    st->bytes = sizeof(KVPool) + 2 * (size_t)p->n_blocks * block_floats * sizeof(float) +
+    size_t block_bytes = (size_t)p->n_layer * p->n_kv_head * p->block * p->row_bytes;
+    st->bytes_used = 2 * (size_t)st->blocks_used * block_bytes;
+    st->bytes = sizeof(KVPool) + 2 * (size_t)p->n_blocks * block_bytes + 2 * (size_t)p->block * p->head_dim * sizeof(float) +
                 (size_t)p->n_blocks * (p->block * sizeof(int) + sizeof(KVBlock)) +
                 map_bytes(p->map);
 }

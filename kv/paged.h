@@ -7,6 +7,20 @@
 // the least recently used cached block of the lowest priority (TensorRT-LLM's prioritised LRU; 0..100, 100 =
 // keep longest). Keys are stored already rotated by RoPE to their absolute position (the token's index in
 // its sequence; reuse never shifts positions). Not thread-safe: one caller drives the pool.
+//
+// Composition with the other KV techniques (`--kv SELECT+paged:B[+FORMAT]`):
+// - Storage formats: the pool holds every row in one format, fp32, fp16 or int8/int4/int2 in groups of G
+//   channels (kv/quant.h's row layout: an fp16 scale and minimum per group), per token and head. Keys are
+//   quantized after RoPE (as vLLM's quantized KV caches do; the unpaged cache quantizes them before RoPE).
+//   Shared blocks are shared in their encoded form.
+// - Selection: a sequence may carry a policy that drops whole blocks (a block spans all layers and heads, so
+//   there is one decision per block, not one per layer and head as in the unpaged cache): window:W drops
+//   every full block that lies entirely before the newest W tokens; sink:S,window:W also keeps the blocks
+//   holding the first S tokens; h2o:H,R keeps the blocks overlapping the newest R tokens and, of the rest,
+//   those with the most attention accumulated over all layers and heads, up to ceil((H+R)/B) + 1 blocks.
+//   So a sequence holds from its budget to its budget plus a block of tokens, never less than the
+//   unpaged policy. A dropped block leaves a hole (-1) in the table; positions are never re-indexed (no
+//   StreamingLLM position shift, so a stream should stay within the trained context's RoPE range).
 #ifndef KVLAB_PAGED_H
 #define KVLAB_PAGED_H
 
@@ -14,6 +28,7 @@
 #include <stdint.h>
 
 #include "kv.h"
+#include "spec.h"
 
 enum {
     KV_PRIORITY_MAX = 100,     // priorities are 0..KV_PRIORITY_MAX; higher is evicted later
@@ -51,11 +66,17 @@ typedef struct {
 
 typedef uint64_t (*KVBlockHashFn)(const int *tokens, int n, uint64_t seed);
 
+enum { KV_BLOCK_DROPPED = -1 }; // a table entry a selection policy dropped
+
 typedef struct {
     int n_layer, n_kv_head, head_dim;
     int block;            // tokens per block (BLOCK)
     int n_blocks;
-    float *k, *v;         // (n_blocks, n_layer, n_kv_head, block, head_dim) fp32; keys rotated
+    int bits;             // row format: 32 (fp32), 16 (fp16), 8, 4 or 2 (integer groups)
+    int group;            // integer formats: channels per group
+    size_t row_bytes;     // one token's row of one head, encoded
+    uint8_t *k, *v;       // (n_blocks, n_layer, n_kv_head, block) rows of row_bytes; keys rotated
+    float *scratch;       // (2, block, head_dim): one block's rows decoded for attention
     int *tokens;          // (n_blocks, block) token ids of each block's slots
     KVBlock *blocks;      // (n_blocks)
     KVBlockList lists[KV_PRIORITY_MAX + 2]; // [p]: cached blocks of priority p, LRU at the head; last: free
@@ -66,11 +87,22 @@ typedef struct {
 } KVPool;
 
 // A sequence: zero-initialise it (KVSeq s = {0}), then kv_paged_begin or kv_paged_fork.
+// Which blocks a sequence keeps (kv_paged_set_policy); all zero = every block (full selection).
 typedef struct {
-    int *table;      // stb_ds array of block ids; token t lives in block table[t / block], slot t % block
+    KVSelect select; // KV_SEL_FULL, KV_SEL_WINDOW, KV_SEL_SINK or KV_SEL_H2O
+    int sink, window, heavy, recent;
+} KVSeqPolicy;
+
+typedef struct {
+    int *table;      // stb_ds array of block ids; token t lives in block table[t / block], slot t % block;
+                     // KV_BLOCK_DROPPED where a policy dropped the block
+    float *score;    // stb_ds array beside table: attention each block received (h2o), summed over layers, heads
     int n_tokens;    // positions whose K/V the table holds (layer 0; later layers catch up within a step)
     int priority;    // 0..KV_PRIORITY_MAX
     uint64_t salt;   // seed of block 0's hash: sequences with different salts never share (tenants)
+    uint64_t last_hash; // chained hash of the last full block (the seed of the next one's)
+    KVSeqPolicy policy;
+    int64_t dropped; // blocks the policy dropped
 } KVSeq;
 
 typedef struct {
@@ -86,20 +118,31 @@ typedef struct {
     int64_t prefill_saved;    // prompt tokens whose K/V was reused (hit_blocks * block)
     int64_t evictions;        // cached blocks taken back for allocation
     int64_t cow;              // copy-on-write block copies
-    size_t bytes;             // held by the pool: k and v floats, token ids, block metadata, hash map
-    size_t bytes_used;        // k and v floats of the used blocks
+    size_t bytes;             // held by the pool: k and v rows, decode scratch, token ids, block metadata, hash map
+    size_t bytes_used;        // k and v rows of the used blocks (encoded)
 } KVPagedStats;
 
-// A pool of n_blocks blocks of `block` tokens for shape's layers and kv heads. -1 with a message in err on a
-// bad block size or pool size.
+// A pool of n_blocks blocks of `block` tokens for shape's layers and kv heads, fp32 rows. -1 with a message
+// in err on a bad block size or pool size.
 int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err);
+// The same with rows in `bits` (32, 16, 8, 4, 2) and integer groups of `group` channels (0 = 32, or the head
+// dimension if smaller). -1 with a message when the group does not divide the head dimension.
+int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, int bits, int group,
+                        char *err);
+// The pool a paged spec describes (spec->paged_block, its format and group).
+int kv_pool_init_spec(KVPool **out, const KVShape *shape, const KVSpec *spec, int n_blocks, char *err);
 void kv_pool_free(KVPool *pool);
 void kv_pool_stats(const KVPool *pool, KVPagedStats *st);
 // Checks every invariant the pool keeps (lists, states, counts, map); 0, or -1 with what is wrong in err.
 int kv_pool_validate(const KVPool *pool, char *err);
-// Keys (block rows, head_dim) of one (block, layer, kv head); values likewise.
+// Keys (block rows, head_dim) of one (block, layer, kv head) of an fp32 pool; values likewise.
 float *kv_pool_k(const KVPool *pool, int block, int layer, int head);
 float *kv_pool_v(const KVPool *pool, int block, int layer, int head);
+// The encoded rows of one (block, layer, kv head), any format: keys, or values when value is 1.
+uint8_t *kv_pool_rows(const KVPool *pool, int value, int block, int layer, int head);
+// The first `rows` keys (value 0) or values (value 1) of one (block, layer, kv head), decoded to fp32
+// (rows, head_dim).
+void kv_pool_read(const KVPool *pool, int value, int block, int layer, int head, int rows, float *dst);
 
 // Starts seq (empty) on a prompt: walks the prompt's full blocks, reusing each whose chained hash is
 // registered and whose tokens are equal, and stops at the first miss. Returns the number of prompt tokens
@@ -118,11 +161,25 @@ void kv_paged_fork(KVPool *pool, KVSeq *dst, const KVSeq *src);
 int kv_paged_append(KVPool *pool, KVSeq *seq, int layer, int pos, int token, const float *k, const float *v,
                     char *err);
 // Releases seq's blocks (last block first, so a request's tail is evicted before its head) and empties it,
-// keeping its salt.
+// keeping its salt and policy.
 void kv_paged_end(KVPool *pool, KVSeq *seq);
 
+// The policy a spec's selection describes; -1 with a message for a selection the pool cannot apply.
+int kv_paged_policy(KVSeqPolicy *policy, const KVSpec *spec, char *err);
+// Entries of seq's block table (dropped ones included).
+int kv_paged_blocks(const KVSeq *seq);
+// Tokens of seq whose K/V the table still holds (n_tokens minus the dropped blocks' tokens).
+int kv_paged_held(const KVPool *pool, const KVSeq *seq);
+// Adds one layer's attention probabilities att (NH, kv_paged_held) to the blocks' scores (h2o's evidence).
+void kv_paged_observe(const KVPool *pool, KVSeq *seq, const float *att, int NH);
+// Applies seq's policy after a decode step (every layer written): drops the blocks it no longer keeps; they
+// stay cached for prefix reuse like ended ones. Returns the number dropped.
+int kv_paged_enforce(KVPool *pool, KVSeq *seq);
+
 // attention/paged.c: attention_decode_cpu over a block table. q (NH, HD) rotated to its position; out (NH, HD);
-// att (NH, Tc) probabilities, Tc = seq->n_tokens; reads layer's keys and values through seq's table.
+// att (NH, Tc) probabilities over the held tokens in table order, Tc = kv_paged_held(pool, seq); reads layer's
+// keys and values through seq's table (decoding each block's rows when the pool is not fp32), skipping dropped
+// blocks.
 void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
                             int layer, int NH, int NKV, int HD);
 

@@ -10,7 +10,8 @@
 const char *const kv_spec_forms =
     "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L] | paged:BLOCK, "
     "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
-    "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid";
+    "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid | "
+    "+paged:BLOCK (with full, window, sink or h2o and fp32, fp16 or int rows)";
 
 // Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
 static int parse_ints(const char *s, int *out, int max) {
@@ -71,6 +72,11 @@ static int parse_select(KVSpec *sp, const char *t) {
 }
 
 static int parse_term(KVSpec *sp, const char *t) {
+    int v;
+    if (strncmp(t, "paged:", 6) == 0) {
+        if (sp->paged_block || parse_ints(t + 6, &v, 1) != 1 || v < 1 || v > 4096) return -1;
+        return sp->paged_block = v, 0;
+    }
     if (strcmp(t, "fp16") == 0) {
         if (sp->format != KV_FMT_F32) return -1;
         return sp->format = KV_FMT_F16, 0;
@@ -148,9 +154,19 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     if (ok && sp->merge_from && (sp->select != KV_SEL_FULL || sp->rank || (sp->format != KV_FMT_F32 && sp->format != KV_FMT_F16)))
         ok = 0; // merged slots must line up across the pair, in rows that hold directions faithfully
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
-    if (ok && sp->paged_block && strchr(text, '+')) ok = 0; // the paged pool holds fp32 rows, all of them
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);
+        return -1;
+    }
+    // the pool drops whole blocks and holds per-token rows: say which part does not compose
+    if (sp->paged_block && sp->select != KV_SEL_FULL && sp->select != KV_SEL_WINDOW && sp->select != KV_SEL_SINK &&
+        sp->select != KV_SEL_H2O) {
+        err_set(err, "bad --kv '%s': paged:BLOCK composes with full, window, sink or h2o selection only", text);
+        return -1;
+    }
+    if (sp->paged_block && (sp->format == KV_FMT_KIVI || sp->rank || sp->hadamard || sp->fp_sink || sp->fp_recent ||
+                            sp->merge_from || sp->pyramid)) {
+        err_set(err, "bad --kv '%s': paged:BLOCK holds fp32, fp16 or int8/int4/int2 rows, with no other terms", text);
         return -1;
     }
     return 0;

@@ -3,9 +3,9 @@
 //
 //   SPEC    := SELECT ('+' TERM)*
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
-//              | paged:BLOCK
+//              | paged:BLOCK  (= full+paged:BLOCK)
 //   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R | hadamard
-//              | fpkeep:S,R | minicache:L[,A] | pyramid
+//              | fpkeep:S,R | minicache:L[,A] | pyramid | paged:BLOCK
 //
 // Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
 // positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
@@ -23,9 +23,9 @@
 // two layers are interpolated by SLERP at t = 0.5 and stored once with each layer's norm, unless they differ
 // by more than A degrees (default 45), in which case both are kept. hadamard rotates
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
-// budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly. paged:BLOCK is the full
-// cache held in a pool of BLOCK-token blocks with prefix sharing across requests (kv/paged.h); it runs through
-// its own path (`--eval prefix`) and takes no terms yet.
+// budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly. paged:BLOCK holds the
+// cache in a pool of BLOCK-token blocks with prefix sharing across requests (kv/paged.h); it composes with
+// full, window, sink and h2o selection (whole blocks dropped) and fp16 or int rows, nothing else.
 #ifndef KVLAB_KV_SPEC_H
 #define KVLAB_KV_SPEC_H
 

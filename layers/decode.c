@@ -100,13 +100,16 @@ static int attend_paged(void *ctx, const Model *m, DecodeState *s, int l, int po
     if (decode_paged_store(m, pc->pool, pc->seq, l, pos, pc->token, s->q, s->k, s->v, pc->err) != 0) return -1;
     CHECK(pc->seq->n_tokens <= s->capacity);
     attention_decode_paged(s->atty, s->att, s->q, pc->pool, pc->seq, l, c->n_head, c->n_kv_head, model_head_dim(c));
+    kv_paged_observe(pc->pool, pc->seq, s->att, c->n_head);
     return 0;
 }
 
 int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
                             char *err) {
     PagedCtx ctx = {pool, seq, token, err};
-    return model_decode_step_with(m, s, token, pos, attend_paged, &ctx);
+    if (model_decode_step_with(m, s, token, pos, attend_paged, &ctx) != 0) return -1;
+    kv_paged_enforce(pool, seq); // every layer holds the token now: the policy may drop blocks
+    return 0;
 }
 
 void decode_batch_init(DecodeBatch *b, const ModelConfig *c, int max_batch, int capacity) {
@@ -152,6 +155,7 @@ int model_decode_batch_paged(const Model *m, DecodeBatch *b, KVPool *pool, KVSeq
             if (decode_paged_store(m, pool, seqs[i], l, pos[i], tokens[i], q, k, v, err) != 0) return -1;
             CHECK(seqs[i]->n_tokens <= b->capacity);
             attention_decode_paged(b->atty + (size_t)i * C, b->att, q, pool, seqs[i], l, NH, NKV, HD);
+            kv_paged_observe(pool, seqs[i], b->att, NH);
         }
         op->matmul_forward(b->proj, b->atty, p->wo + lCC, n, C, C);
         op->residual_forward(b->x, b->x, b->proj, NULL, (size_t)n * C);
@@ -164,5 +168,6 @@ int model_decode_batch_paged(const Model *m, DecodeBatch *b, KVPool *pool, KVSeq
     }
     op->rmsnorm_forward(b->xn, rstd, b->x, p->final_norm, n, C, c->norm_eps);
     op->matmul_forward(b->logits, b->xn, p->wte, n, C, c->vocab_size);
+    for (int i = 0; i < n; i++) kv_paged_enforce(pool, seqs[i]);
     return 0;
 }

@@ -27,7 +27,8 @@ int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, in
 typedef int (*DecodeAttendFn)(void *ctx, const Model *m, DecodeState *s, int layer, int pos);
 int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, DecodeAttendFn attend, void *ctx);
 // The same step through a paged pool (kv/paged.h): token `token` at position pos == seq->n_tokens is
-// appended to seq's blocks and attends through its block table. -1 with a message when the pool is out of
+// appended to seq's blocks and attends through its block table; then seq's policy drops the blocks it no
+// longer keeps (kv_paged_enforce). -1 with a message when the pool is out of
 // blocks (the sequence is then unchanged).
 int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
                             char *err);

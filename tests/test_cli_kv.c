@@ -40,14 +40,17 @@ Test(cli_kv, kv_eval_flags) {
 Test(cli_kv, kv_eval_prefix) {
     const char *corpus = cliutil_write_corpus();
     const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
-    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "paged:8");
-    EXPECT_ERROR(&r, "infer", "--kv paged:BLOCK runs with --eval prefix");
+    // a paged spec also runs the streaming eval: a window over pages of int4 rows
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:8+paged:4+int4", "--context", "32",
+                "--streams", "2", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"spec\": \"window:8+paged:4+int4\"") && strstr(r.out, "\"kl\""), "%s", r.out);
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need --kv paged:BLOCK");
+    EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need a paged --kv");
     cliutil_run_free(&r);
-    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:8+int4", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "bad --kv 'paged:8+int4'");
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "tova:8+paged:8", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "composes with full, window, sink or h2o selection only");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:0", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "bad --kv 'paged:0'");
@@ -62,6 +65,7 @@ Test(cli_kv, kv_eval_prefix) {
             "--prefill", "13", "--streams", "4", "--json");
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_assert(strstr(r.out, "\"prefill_saved\": 36,") && strstr(r.out, "\"computed_tokens\": 84,"), "%s", r.out);
+    cr_assert(strstr(r.out, "\"pool_bytes\": "), "%s", r.out);
     const char *d = strstr(r.out, "\"max_abs_logit_diff\": ");
     double diff = 1.0;
     cr_assert(d && sscanf(d + 22, "%lf", &diff) == 1 && diff <= 1e-5, "reuse is exact up to float order: %s", r.out);
@@ -72,6 +76,14 @@ Test(cli_kv, kv_eval_prefix) {
             "--pool-blocks", "3");
     EXPECT_ERROR(&r, "infer", "pool exhausted");
     cliutil_run_free(&r);
+    // int8 pages are shared like fp32 ones: the same blocks hit, the logits move a little
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:4+int8", "--data", corpus, "--context", "30",
+            "--prefill", "13", "--streams", "4", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"prefill_saved\": 36,"), "%s", r.out);
+    d = strstr(r.out, "\"max_abs_logit_diff\": ");
+    cr_assert(d && sscanf(d + 22, "%lf", &diff) == 1 && diff > 0 && diff < 0.5, "int8 pages: %s", r.out);
+    cliutil_run_free(&r);
 }
 
 // The tier and reuse workloads: their flags go with their modes, and a small run reports what it promises.
@@ -79,7 +91,10 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     const char *corpus = cliutil_write_corpus();
     const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
     Run r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "full", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "need --kv paged:BLOCK");
+    EXPECT_ERROR(&r, "infer", "need a paged --kv");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+int8", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval tier runs the plain fp32 pool");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
     EXPECT_ERROR(&r, "infer", "--fast, --prefetch and --transfer-us apply to --eval tier");
