@@ -119,6 +119,11 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
                 cfg->streams);
         return -1;
     }
+    if (cfg->curve < 0 || cfg->curve > KV_EVAL_MAX_CURVE || cfg->curve > T - cfg->prefill) {
+        err_set(err, "--curve %d: need 0..%d buckets, at most the %d scored positions", cfg->curve, KV_EVAL_MAX_CURVE,
+                T - cfg->prefill);
+        return -1;
+    }
     if (n < (size_t)T + 1) {
         err_set(err, "the text has %zu tokens; a stream of context %d needs at least %d", n, T, T + 1);
         return -1;
@@ -126,7 +131,9 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     KVPair pair;
     if (kv_pair_init(&pair, m, spec, T, cfg->calib, cfg->n_calib, err) != 0) return -1;
     double nll = 0.0, nll_full = 0.0, kl = 0.0, t_prefill = 0.0, t_decode = 0.0;
-    size_t scored = 0, agree = 0, bytes = 0;
+    double cnll[KV_EVAL_MAX_CURVE] = {0}, cnll_full[KV_EVAL_MAX_CURVE] = {0};
+    size_t scored = 0, agree = 0, bytes = 0, cn[KV_EVAL_MAX_CURVE] = {0};
+    int span = T - cfg->prefill; // predicted positions prefill .. T-1
     for (int s = 0; s < cfg->streams; s++) {
         size_t start = cfg->streams > 1 ? (n - T - 1) * (size_t)s / (cfg->streams - 1) : 0;
         const int *x = tokens + start;
@@ -157,6 +164,10 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
             int y = x[t + 1];
             nll += -(b[y] - mb - lzb);
             nll_full += -(a[y] - ma - lza);
+            if (cfg->curve) {
+                int k = (int)((long long)(t + 1 - cfg->prefill) * cfg->curve / span);
+                cnll[k] += -(b[y] - mb - lzb), cnll_full[k] += -(a[y] - ma - lza), cn[k]++;
+            }
             kl += k;
             agree += arg_a == arg_b;
             scored++;
@@ -175,6 +186,11 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     out->prefill_tokens_per_s = t_prefill > 0 ? (double)cfg->prefill * cfg->streams / t_prefill : 0.0;
     out->decode_tokens_per_s = t_decode > 0 ? (double)(T - cfg->prefill) * cfg->streams / t_decode : 0.0;
     out->peak_rss_bytes = kv_peak_rss_bytes();
+    for (int k = 0; k < cfg->curve; k++) {
+        out->curve_start[k] = cfg->prefill + (int)(((long long)k * span + cfg->curve - 1) / cfg->curve);
+        out->curve_ppl[k] = cn[k] ? exp(cnll[k] / cn[k]) : 0.0;
+        out->curve_ppl_full[k] = cn[k] ? exp(cnll_full[k] / cn[k]) : 0.0;
+    }
     kv_pair_free(&pair);
     return 0;
 }
@@ -183,8 +199,20 @@ void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEva
     printf("{\"spec\": \"%s\", \"context\": %d, \"prefill\": %d, \"streams\": %d, \"tokens\": %zu, "
            "\"ppl\": %.6g, \"ppl_full\": %.6g, \"kl\": %.6g, \"top1_agree\": %.6g, \"kv_bytes\": %zu, "
            "\"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, \"prefill_tokens_per_s\": %.1f, "
-           "\"decode_tokens_per_s\": %.1f, \"peak_rss_bytes\": %zu}\n",
+           "\"decode_tokens_per_s\": %.1f, \"peak_rss_bytes\": %zu",
            spec->text, cfg->context, cfg->prefill, cfg->streams, r->tokens, r->ppl, r->ppl_full, r->kl, r->top1_agree,
            r->kv_bytes, r->bytes_per_token, r->fp16_bytes_per_token, r->prefill_tokens_per_s, r->decode_tokens_per_s,
            r->peak_rss_bytes);
+    if (cfg->curve) {
+        const char *keys[3] = {"curve_position", "curve_ppl", "curve_ppl_full"};
+        for (int j = 0; j < 3; j++) {
+            printf(", \"%s\": [", keys[j]);
+            for (int k = 0; k < cfg->curve; k++) {
+                if (j == 0) printf("%s%d", k ? ", " : "", r->curve_start[k]);
+                else printf("%s%.6g", k ? ", " : "", j == 1 ? r->curve_ppl[k] : r->curve_ppl_full[k]);
+            }
+            printf("]");
+        }
+    }
+    printf("}\n");
 }

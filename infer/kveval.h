@@ -19,7 +19,10 @@ typedef struct {
     int streams; // streams taken at evenly spaced offsets of the token sequence
     const int *calib;  // lowrank: calibration tokens (not the evaluated ones), fed in windows of the context
     size_t n_calib;
+    int curve;         // > 0: also perplexity against position, in this many equal buckets of the scored span
 } KVEvalConfig;
+
+enum { KV_EVAL_MAX_CURVE = 64 };
 
 // The two caches every comparison runs in lockstep: the full fp32 cache and the one under test (calibrated
 // on calib tokens when it needs it), with a decode state each, for streams of up to `context` tokens.
@@ -58,6 +61,10 @@ typedef struct {
     double prefill_tokens_per_s; // compressed cache, first `prefill` tokens
     double decode_tokens_per_s;  // compressed cache, the rest
     size_t peak_rss_bytes;
+    // cfg->curve buckets of the positions prefill .. context-1: the first position of each, perplexity
+    // through the compressed and the full cache over the tokens predicted there
+    int curve_start[KV_EVAL_MAX_CURVE];
+    double curve_ppl[KV_EVAL_MAX_CURVE], curve_ppl_full[KV_EVAL_MAX_CURVE];
 } KVEvalResult;
 
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,

@@ -33,6 +33,8 @@ static const char *usage =
     "  --prefill N        --kv eval: tokens fed before scoring (SnapKV compresses here) [context/2]\n"
     "  --streams N        --kv eval: streams at evenly spaced offsets of the file       [8]\n"
     "  --json             --kv eval: one JSON object instead of text\n"
+    "  --curve N          --kv eval with --json: perplexity against position in N buckets of the scored\n"
+    "                     positions (curve_position, curve_ppl, curve_ppl_full)\n"
     "  --eval recall      long-range recall accuracy by distance through --kv SPEC (and the full cache);\n"
     "                     --streams = sequences per distance [20], drawn with --seed (for a file named\n"
     "                     recall, give ./recall)\n"
@@ -121,6 +123,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--context")) rc = args_int(&a, 2, 1 << 20, &f->kc.context);
         else if (args_is(&a, "--prefill")) rc = args_int(&a, 1, 1 << 20, &f->kc.prefill);
         else if (args_is(&a, "--streams")) rc = args_int(&a, 1, 1 << 16, &f->kc.streams);
+        else if (args_is(&a, "--curve")) rc = args_int(&a, 1, KV_EVAL_MAX_CURVE, &f->kc.curve);
         else if (args_is(&a, "--pool-blocks")) rc = args_int(&a, 1, 1 << 24, &f->pool_blocks);
         else if (args_is(&a, "--reuse")) rc = args_string(&a, &f->reuse);
         else if (args_is(&a, "--fast")) rc = args_int(&a, 0, 1 << 24, &f->fast);
@@ -164,6 +167,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         return err_set(err, "--reuse, --threshold, --radius and --min-overlap apply to --eval reuse"), -1;
     if (!f->kv_given && !recall && !reuse && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
+    if (f->kc.curve && (!f->kv_given || !f->json || recall || prefix || tier || reuse))
+        return err_set(err, "--curve applies to the streaming eval with --json (--eval FILE --kv SPEC --json)"), -1;
     if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
         return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
     if (strcmp(f->device, "cuda") == 0 && (!f->eval || recall || f->kv_given))

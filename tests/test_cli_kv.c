@@ -46,6 +46,19 @@ Test(cli_kv, kv_eval_prefix) {
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_assert(strstr(r.out, "\"spec\": \"window:8+paged:4+int4\"") && strstr(r.out, "\"kl\""), "%s", r.out);
     cliutil_run_free(&r);
+    // perplexity against position: 4 buckets of the 16 scored positions start at 16, 20, 24, 28
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:8", "--context", "32", "--streams", "2",
+            "--json", "--curve", "4");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"curve_position\": [16, 20, 24, 28]") && strstr(r.out, "\"curve_ppl_full\": ["), "%s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:8", "--curve", "4");
+    EXPECT_ERROR(&r, "infer", "--curve applies to the streaming eval with --json");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:8", "--context", "32", "--prefill", "30",
+            "--json", "--curve", "4");
+    EXPECT_ERROR(&r, "infer", "--curve 4: need 0..64 buckets");
+    cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need a paged --kv");
     cliutil_run_free(&r);
