@@ -30,7 +30,7 @@ void attention_decode_paged(float *out, float *att, const float *q, const KVPool
             if (pass == 1)
                 for (int h = g * rep; h < (g + 1) * rep; h++) softmax_inplace_cpu(att + (size_t)h * Tc, Tc);
             int off = 0;
-            for (int i = 0; i < n_blocks; i++) {
+            for (int i = 0; i < n_blocks && i * B < seq->n_tokens; i++) { // a view may cut n_tokens short
                 int b = seq->table[i];
                 if (b == KV_BLOCK_DROPPED) continue;
                 int rows = seq->n_tokens - i * B < B ? seq->n_tokens - i * B : B;

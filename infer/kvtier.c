@@ -1,8 +1,11 @@
-// The slower tier under one stream (`--eval tier --kv paged:B --fast N --prefetch MODE --transfer-us T`):
-// the first `prefill` tokens go into the pool without the tier (a prompt, held in host memory), then every
-// later token is decoded through the tier, its logits compared with a full cache's. The reference logits are
-// computed before the tier run and the skip mode's coverage oracle after it, so between tier steps nothing
-// runs that a prefetch could hide behind: transfers overlap only the decode's own compute.
+// The slower tier under one stream (`--eval tier --kv paged:B --fast N --prefetch MODE --transfer-us T
+// [--slow-file PATH]`): the first `prefill` tokens go into the pool without the tier (a prompt, held in host
+// memory; spilled to the file when there is one), then every later token is decoded through the tier, its
+// logits compared with a full cache's. The reference logits are computed before the tier run and the skip
+// mode's coverage oracle after it, so between tier steps nothing runs that a prefetch could hide behind:
+// transfers overlap only the decode's own compute.
+#include <stb/stb_ds.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +30,8 @@ static int attend_tier(void *ctx, const Model *m, DecodeState *s, int l, int pos
     int NH = mc->n_head, HD = model_head_dim(mc);
     if (decode_paged_store(m, c->pool, c->seq, l, pos, c->token, s->q, s->k, s->v, c->err) != 0) return -1;
     CHECK(c->seq->n_tokens <= s->capacity);
-    kv_tier_append(c->tier, l, pos, s->k, s->v);
-    kv_tier_attend(c->tier, s->atty, s->att, s->q, l, NH);
+    if (kv_tier_append(c->tier, l, pos, s->k, s->v, c->err) != 0) return -1;
+    if (kv_tier_attend(c->tier, s->atty, s->att, s->q, l, NH, c->err) != 0) return -1;
     if (c->q_log) {
         const int *blocks;
         int nb = kv_tier_read_blocks(c->tier, &blocks);
@@ -81,9 +84,13 @@ static double coverage(const Model *m, const KVPool *pool, const KVSeq *seq, con
     int NH = c->n_head, HD = model_head_dim(c), B = pool->block;
     float *out = common_calloc((size_t)NH * HD + (size_t)NH * last, sizeof(float)), *att = out + (size_t)NH * HD;
     double sum = 0.0;
+    int *table = NULL; // the view's table holds only the blocks of tokens 0..t: the pool reads its length
+    arrsetlen(table, arrlen(seq->table));
+    memcpy(table, seq->table, arrlen(seq->table) * sizeof(int));
     for (int t = first; t < last; t++) {
         KVSeq view = *seq;
-        view.n_tokens = t + 1;
+        arrsetlen(table, t / B + 1);
+        view.table = table, view.n_tokens = t + 1;
         for (int l = 0; l < c->n_layer; l++, q_log += (size_t)NH * HD, sel_log += K1) {
             attention_decode_paged(out, att, q_log, pool, &view, l, NH, c->n_kv_head, HD);
             double cov = 0.0;
@@ -94,7 +101,7 @@ static double coverage(const Model *m, const KVPool *pool, const KVSeq *seq, con
             sum += cov / NH;
         }
     }
-    common_free(out);
+    arrfree(table), common_free(out);
     return sum / ((double)(last - first) * c->n_layer);
 }
 
@@ -186,11 +193,15 @@ void kv_tier_print_json(const KVTierConfig *cfg, const KVTierResult *r) {
            "\"misses\": %lld, \"skipped\": %lld, \"hit_rate\": %.6g, \"transfers\": %lld, \"bytes_moved\": %lld, "
            "\"mb_moved_per_token\": %.6g, \"prefetch_issued\": %lld, \"prefetch_used\": %lld, "
            "\"prefetch_accuracy\": %.6g, \"stall_s\": %.6g, \"stall_ms_per_token\": %.6g, \"copy_s\": %.6g, "
+           "\"slow_tier\": \"%s\", \"cold_reads\": %s, \"file_bytes\": %zu, \"file_bytes_written\": %lld, "
+           "\"file_bytes_read\": %lld, \"read_s\": %.6g, \"write_s\": %.6g, "
            "\"mass_covered\": %.6g, \"max_abs_logit_diff\": %.3g, \"top1_agree\": %.6g, "
            "\"decode_tokens_per_s\": %.6g}\n",
            cfg->block, kv_tier_mode_name(cfg, mode), r->fast_blocks, r->blocks, cfg->transfer_us, cfg->context,
            cfg->prefill, r->decode_tokens, r->unit_bytes, r->fast_bytes, r->pool_bytes, s->reads, s->hits, s->late,
            s->misses, s->skipped, r->hit_rate, s->transfers, s->bytes_moved, r->mb_moved_per_token,
            s->prefetch_issued, s->prefetch_used, r->prefetch_accuracy, s->stall_s, r->stall_ms_per_token, s->copy_s,
-           r->mass_covered, r->max_abs_logit_diff, r->top1_agree, r->decode_tokens_per_s);
+           cfg->slow_file ? "file" : "ram", cfg->slow_cold ? "true" : "false", s->file_bytes, s->file_bytes_written,
+           s->file_bytes_read, s->read_s, s->write_s, r->mass_covered, r->max_abs_logit_diff, r->top1_agree,
+           r->decode_tokens_per_s);
 }

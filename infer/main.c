@@ -50,6 +50,9 @@ static const char *usage =
     "                     --prefetch resident|reactive|predictive|skip:K [reactive], --transfer-us T\n"
     "                     injected per (block, layer) moved [0]; hits, stalls, bytes moved, tokens/s, logits\n"
     "                     vs a full cache\n"
+    "  --slow-file PATH   --eval tier: the slow tier is a new file at PATH (refused if it exists; deleted\n"
+    "                     after): transfers pread it, evictions write back; reads mostly hit the page cache\n"
+    "  --slow-cold        with --slow-file: sync writes and drop the file's cached pages, so reads are cold\n"
     "  --eval reuse       reuse across similar requests (--reuse lsh|semshare): --streams prompt pairs per\n"
     "                     similarity class [8] (identical, small edit, reordered halves, unrelated) of\n"
     "                     --context tokens from the --data text's validation split; hits, compute skipped,\n"
@@ -84,7 +87,8 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *prompt, *eval, *kv, *device, *data, *reuse;
+    const char *ckpt, *prompt, *eval, *kv, *device, *data, *reuse, *slow_file;
+    int slow_cold;
     float threshold, min_overlap, transfer_us;
     int radius, fast;
     const char *prefetch;
@@ -127,6 +131,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--pool-blocks")) rc = args_int(&a, 1, 1 << 24, &f->pool_blocks);
         else if (args_is(&a, "--reuse")) rc = args_string(&a, &f->reuse);
         else if (args_is(&a, "--fast")) rc = args_int(&a, 0, 1 << 24, &f->fast);
+        else if (args_is(&a, "--slow-file")) rc = args_string(&a, &f->slow_file);
+        else if (args_is(&a, "--slow-cold")) f->slow_cold = 1;
         else if (args_is(&a, "--prefetch")) rc = args_string(&a, &f->prefetch);
         else if (args_is(&a, "--transfer-us")) rc = args_float(&a, 0.0f, 1e6f, &f->transfer_us);
         else if (args_is(&a, "--threshold")) rc = args_float(&a, 1e-6f, 1.0f, &f->threshold);
@@ -158,8 +164,9 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (tier && strchr(f->kv, '+'))
         return err_set(err, "--eval tier runs the plain fp32 pool: --kv paged:BLOCK with no other terms"), -1;
     if (f->pool_blocks && !prefix) return err_set(err, "--pool-blocks applies to --eval prefix"), -1;
-    if (!tier && (f->fast >= 0 || f->prefetch || f->transfer_us >= 0))
-        return err_set(err, "--fast, --prefetch and --transfer-us apply to --eval tier"), -1;
+    if (!tier && (f->fast >= 0 || f->prefetch || f->transfer_us >= 0 || f->slow_file || f->slow_cold))
+        return err_set(err, "--fast, --prefetch, --transfer-us, --slow-file and --slow-cold apply to --eval tier"), -1;
+    if (f->slow_cold && !f->slow_file) return err_set(err, "--slow-cold needs --slow-file PATH"), -1;
     int reuse = f->eval && strcmp(f->eval, "reuse") == 0;
     if (reuse && (!f->reuse || (strcmp(f->reuse, "lsh") != 0 && strcmp(f->reuse, "semshare") != 0)))
         return err_set(err, "--eval reuse needs --reuse lsh|semshare"), -1;
@@ -222,7 +229,8 @@ static int run_prefix(Model *m, Tokenizer *tok, const Flags *f, char *err) {
 static int run_tier(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     KVTierConfig tc = {.block = f->spec.paged_block, .fast_blocks = f->fast >= 0 ? f->fast : 0,
                        .transfer_us = f->transfer_us >= 0 ? f->transfer_us : 0.0,
-                       .context = f->kc.context ? f->kc.context : m->cfg.block_size};
+                       .context = f->kc.context ? f->kc.context : m->cfg.block_size,
+                       .slow_file = f->slow_file, .slow_cold = f->slow_cold};
     tc.prefill = f->kc.prefill ? f->kc.prefill : tc.context / 2;
     if (kv_tier_parse_mode(&tc, f->prefetch ? f->prefetch : "reactive", err) != 0) return -1;
     Corpus corpus;

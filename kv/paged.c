@@ -361,7 +361,7 @@ int kv_paged_blocks(const KVSeq *seq) { return (int)arrlen(seq->table); }
 
 int kv_paged_held(const KVPool *p, const KVSeq *seq) {
     int held = 0, B = p->block;
-    for (ptrdiff_t i = 0; i < arrlen(seq->table); i++) {
+    for (ptrdiff_t i = 0; i < arrlen(seq->table) && (int)i * B < seq->n_tokens; i++) { // a view may cut n_tokens
         if (seq->table[i] == KV_BLOCK_DROPPED) continue;
         int rows = seq->n_tokens - (int)i * B;
         held += rows < B ? rows : B;
@@ -372,7 +372,7 @@ int kv_paged_held(const KVPool *p, const KVSeq *seq) {
 void kv_paged_observe(const KVPool *p, KVSeq *seq, const float *att, int NH) {
     if (seq->policy.select != KV_SEL_H2O) return; // only h2o ranks blocks by attention
     int Tc = kv_paged_held(p, seq), B = p->block, off = 0;
-    for (ptrdiff_t i = 0; i < arrlen(seq->table); i++) {
+    for (ptrdiff_t i = 0; i < arrlen(seq->table) && (int)i * B < seq->n_tokens; i++) {
         if (seq->table[i] == KV_BLOCK_DROPPED) continue;
         int rows = seq->n_tokens - (int)i * B < B ? seq->n_tokens - (int)i * B : B;
         double mass = 0.0;

@@ -1,11 +1,18 @@
 // The fast tier behind kv/tier.h: an arena of unit slots, the victim rule (furthest next use in the decode
 // schedule, then LRU), fetches on demand on the calling thread, a prefetch worker (pthreads: one mutex guards
 // slots, queue, tick and stats, one condvar says they changed), a link that lands one transfer at a time, and
-// attention split by block (flash-decoding), so a layer needs only its tail and the unit it reads.
+// attention split by block (flash-decoding), so a layer needs only its tail and the unit it reads. With a
+// slow file: transfers pread it, evictions of units the file lacks write them back (pwrite), one fixed place
+// per (pool block, layer).
 #include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/common.h"
 #include "tier.h"
@@ -23,10 +30,11 @@ static long next_use(const KVTier *t, const KVTierSlot *s) {
     return when;
 }
 
-// Claims a slot (LOADING) for unit (block, layer), needed at tick `need`: a free one, else it evicts the
-// ready, unpinned unit needed furthest ahead (least recently used among equals); a prefetch (strict) only
-// evicts a unit needed after `need`. -1 when there is none.
-static int claim(KVTier *t, int block, int layer, long need, int strict) {
+// Claims a slot (LOADING) for unit (block, layer) of pool block pool_block, needed at tick `need`: a free one,
+// else it evicts the ready, unpinned unit needed furthest ahead (least recently used among equals); a
+// prefetch (strict) only evicts a unit needed after `need`. -1 when there is none. An evicted unit whose file
+// copy is stale is marked being written: the claimer writes it back (transfer) before the slot is reused.
+static int claim(KVTier *t, int block, int pool_block, int layer, long need, int strict) {
     long v = -1, best_next = 0, best_last = 0;
     for (int i = 0; i < t->n_slots; i++) {
         const KVTierSlot *s = &t->slots[i];
@@ -41,27 +49,149 @@ static int claim(KVTier *t, int block, int layer, long need, int strict) {
     }
     if (v < 0) return -1;
     KVTierSlot *s = &t->slots[v];
-    if (s->state != KV_SLOT_FREE) t->where[s->block * t->L + s->layer] = -1;
-    *s = (KVTierSlot){.block = block, .layer = layer, .state = KV_SLOT_LOADING, .last_use = -1, .stamp = ++t->clock};
+    int evicted = -1, evicted_pool = -1;
+    if (s->state != KV_SLOT_FREE) {
+        int u = s->block * t->L + s->layer;
+        t->where[u] = -1;
+        if (t->fd >= 0 && t->in_file[u] == 0) t->in_file[u] = 1, evicted = u, evicted_pool = s->pool_block;
+    }
+    *s = (KVTierSlot){.block = block, .layer = layer, .pool_block = pool_block, .evicted = evicted,
+                      .evicted_pool = evicted_pool, .state = KV_SLOT_LOADING, .last_use = -1, .stamp = ++t->clock};
     t->where[block * t->L + layer] = (int)v;
     atomic_store_explicit(&t->landed[v], 0, memory_order_relaxed);
     return (int)v;
 }
 
-// One unit over the link into claimed slot v (under mu; released for the real memcpy). The link is a
-// timeline: a transfer starts when the link is free and lands transfer_us later (the injected cost), so
-// transfers queue behind each other and overlap compute, and no thread burns a core to model the wait.
-static void transfer(KVTier *t, int v, int pool_block, int layer) {
-    t->slots[v].ready_at = t->link_free = fmax(common_now(), t->link_free) + 1e-6 * t->cfg.transfer_us;
+// ---- the slow file ----------------------------------------------------------------------------------------
+
+// Unit (pool block, layer)'s fixed place in the file: the file never grows past the pool.
+static off_t file_off(const KVTier *t, int pool_block, int layer) {
+    return ((off_t)pool_block * t->L + layer) * (off_t)unit_bytes(t);
+}
+
+// All n bytes through pread or pwrite (a signal or a short count continues): 0, or -1 with errno (EIO for
+// an end of file: the file was truncated under the tier).
+static int rw_all(int fd, char *buf, size_t n, off_t off, int write) {
+    while (n > 0) {
+        ssize_t r = write ? pwrite(fd, buf, n, off) : pread(fd, buf, n, off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return errno = r ? errno : EIO, -1;
+        buf += r, n -= (size_t)r, off += r;
+    }
+    return 0;
+}
+
+// One unit's keys k and values v (unit floats each; one call when adjacent, as in a slot) to or from its
+// place in the file, without mu (the caller owns the memory). Cold: a write is synced, and the unit's pages
+// are dropped after a write or a read, so its next read misses the page cache. 0, or -1 with errno.
+static int unit_io(KVTier *t, float *k, float *v, int pool_block, int layer, int write) {
+    size_t half = t->unit * sizeof(float);
+    off_t off = file_off(t, pool_block, layer);
+    int fail = v == k + t->unit ? rw_all(t->fd, (char *)k, 2 * half, off, write)
+                                : rw_all(t->fd, (char *)k, half, off, write) ||
+                                      rw_all(t->fd, (char *)v, half, off + half, write);
+    if (fail) return -1;
+    if (t->cfg.slow_cold) {
+        if (write && fdatasync(t->fd) != 0) return -1;
+        (void)posix_fadvise(t->fd, off, (off_t)(2 * half), POSIX_FADV_DONTNEED); // advice: nothing depends on it
+    }
+    return 0;
+}
+
+// Keeps the first file error (under mu, either thread) for append and attend to return.
+static void io_fail(KVTier *t, const char *what, int e) {
+    if (!t->io_err[0]) err_set(t->io_err, "tier: %s --slow-file '%s' failed: %s", what, t->path, strerror(e));
+}
+
+// -1 with the first file error in err once there is one, else 0 (under mu).
+static int io_status(const KVTier *t, char *err) {
+    if (!t->io_err[0]) return 0;
+    return err_set(err, "%s", t->io_err), -1;
+}
+
+// Writes the unit claim evicted from slot v back to its place in the file (under mu; released for the write:
+// the slot stays the claimer's), then wakes a reader waiting for it. A failed write is kept as the error and
+// still releases the waiters (their data is not to be used).
+static void write_back(KVTier *t, int v) {
+    KVTierSlot *s = &t->slots[v];
+    int u = s->evicted, pool_block = s->evicted_pool;
+    s->evicted = -1;
+    UNLOCK(t);
+    double t0 = common_now();
+    float *k = slot_k(t, v);
+    int rc = unit_io(t, k, k + t->unit, pool_block, u % t->L, 1), e = errno;
+    double dt = common_now() - t0;
+    LOCK(t);
+    t->in_file[u] = 2, t->st.file_bytes_written += (long long)unit_bytes(t), t->st.write_s += dt;
+    if (rc) io_fail(t, "writing", e);
+    CHECK(pthread_cond_broadcast(&t->cv) == 0);
+}
+
+// Creates the file (never over an existing one), reserves the pool's size in it (a full disk fails here, not
+// mid-decode) and spills the sequence's units to it (the prefill: the slow tier holds them). Before the worker
+// starts; -1 with one line in err (the tier frees and unlinks what was made).
+static int file_open(KVTier *t, const KVPool *pool, const char *path, char *err) {
+    if (!*path) return err_set(err, "--slow-file: the path is empty"), -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        struct stat sb;
+        int e = errno, dir = e == EISDIR || (e == EEXIST && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode));
+        if (dir) return err_set(err, "--slow-file '%s' is a directory: give a file path in it", path), -1;
+        if (e == EEXIST)
+            return err_set(err, "--slow-file '%s' exists: the tier creates its own file (and deletes it when done), "
+                           "it never overwrites one", path), -1;
+        return err_set(err, "--slow-file '%s': cannot create it: %s", path, strerror(e)), -1;
+    }
+    t->fd = fd, t->path = strcpy(common_calloc(strlen(path) + 1, 1), path); // from here on, free unlinks it
+    off_t size = (off_t)pool->n_blocks * t->L * (off_t)unit_bytes(t);
+    int rc = posix_fallocate(fd, 0, size);
+    if (rc == EOPNOTSUPP || rc == EINVAL) rc = ftruncate(fd, size) ? errno : 0; // sparse: a full disk fails later
+    if (rc)
+        return err_set(err, "--slow-file '%s': cannot reserve %lld bytes: %s", path, (long long)size, strerror(rc)), -1;
+    double t0 = common_now();
+    for (int i = 0; i * t->B < t->seq->n_tokens; i++)
+        for (int l = 0, b = t->seq->table[i]; l < t->L; l++) {
+            if (unit_io(t, kv_pool_k(pool, b, l, 0), kv_pool_v(pool, b, l, 0), b, l, 1) != 0)
+                return err_set(err, "--slow-file '%s': writing the prefill failed: %s", path, strerror(errno)), -1;
+            t->in_file[i * t->L + l] = 2, t->st.file_bytes_written += (long long)unit_bytes(t);
+        }
+    t->st.write_s += common_now() - t0;
+    return 0;
+}
+
+// ---- the fast tier ----------------------------------------------------------------------------------------
+
+// Fills claimed slot v (under mu; released for the copy and the file I/O): first the write-back of the unit
+// its claim evicted, if any (returns 1: the claimer waited for a slot to free up); then, when copy, the
+// slot's unit over the link, from the pool (memcpy) or the file (pread, once its write has finished). The
+// link is a timeline: a transfer starts when the link is free and lands transfer_us later (the injected cost,
+// on top of the real copy), so transfers queue behind each other and overlap compute, and no thread burns a
+// core to model the wait.
+static int transfer(KVTier *t, int v, int copy) {
+    KVTierSlot *s = &t->slots[v];
+    int wrote = s->evicted >= 0, u = s->block * t->L + s->layer, pool_block = s->pool_block, layer = s->layer;
+    if (wrote) write_back(t, v);
+    if (!copy) return wrote;
+    while (t->fd >= 0 && t->in_file[u] == 1) CHECK(pthread_cond_wait(&t->cv, &t->mu) == 0); // its write-back
+    CHECK(t->fd < 0 || t->in_file[u] == 2); // a unit is never read before it is written
+    s->ready_at = t->link_free = fmax(common_now(), t->link_free) + 1e-6 * t->cfg.transfer_us;
     UNLOCK(t);
     double t0 = common_now();
     float *dst = slot_k(t, v);
-    memcpy(dst, kv_pool_k(t->pool, pool_block, layer, 0), t->unit * sizeof(float));
-    memcpy(dst + t->unit, kv_pool_v(t->pool, pool_block, layer, 0), t->unit * sizeof(float));
+    int rc = 0, e = 0;
+    if (t->fd >= 0) {
+        rc = unit_io(t, dst, dst + t->unit, pool_block, layer, 0), e = errno;
+    } else {
+        memcpy(dst, kv_pool_k(t->pool, pool_block, layer, 0), t->unit * sizeof(float));
+        memcpy(dst + t->unit, kv_pool_v(t->pool, pool_block, layer, 0), t->unit * sizeof(float));
+    }
     double dt = common_now() - t0;
     atomic_store_explicit(&t->landed[v], 1, memory_order_release);
     LOCK(t);
     t->st.transfers++, t->st.bytes_moved += (long long)unit_bytes(t), t->st.copy_s += dt;
+    if (t->fd >= 0) t->st.file_bytes_read += (long long)unit_bytes(t), t->st.read_s += dt;
+    if (rc) io_fail(t, "reading", e);
+    return wrote;
 }
 
 // Under mu: a ready slot holding unit (i, layer) whose transfer has landed, fetched here if absent (copy = 0:
@@ -70,15 +200,16 @@ static void transfer(KVTier *t, int v, int pool_block, int layer) {
 // event (a futex wake-up costs tens of microseconds on a VM, as much as a transfer).
 static int load(KVTier *t, int i, int layer, int copy, int *kind) {
     double t0 = common_now();
+    int wrote = 0;
     *kind = 0;
     for (;;) {
         int v = t->where[i * t->L + layer];
         if (v < 0) {
-            if ((v = claim(t, i, layer, t->tick, 0)) < 0) { // every slot pinned or being copied: one will free
+            if ((v = claim(t, i, t->seq->table[i], layer, t->tick, 0)) < 0) { // all pinned or being copied
                 CHECK(pthread_cond_wait(&t->cv, &t->mu) == 0);
                 continue;
             }
-            if (copy) transfer(t, v, t->seq->table[i], layer);
+            wrote = transfer(t, v, copy);
             t->slots[v].state = KV_SLOT_READY, *kind = copy ? 2 : 0;
         } else if (t->slots[v].state == KV_SLOT_LOADING) { // the worker is copying it: finish its bookkeeping
             *kind = 1;
@@ -89,7 +220,7 @@ static int load(KVTier *t, int i, int layer, int copy, int *kind) {
         }
         double until = t->slots[v].ready_at, now = common_now();
         if (now >= until) {
-            if (*kind) t->st.stall_s += now - t0;
+            if (*kind || wrote) t->st.stall_s += now - t0;
             return v;
         }
         if (!*kind) *kind = 1;
@@ -116,11 +247,11 @@ static void *worker_main(void *arg) {
         }
         KVTierReq r = t->queue[t->q_head++];
         if (r.need < t->tick || t->where[r.block * t->L + r.layer] >= 0) continue; // stale, or there already
-        int v = claim(t, r.block, r.layer, r.need, 1);
+        int v = claim(t, r.block, r.pool_block, r.layer, r.need, 1);
         if (v < 0) continue; // no room without evicting a unit needed sooner
         long stamp = t->slots[v].stamp;
         t->busy = 1;
-        transfer(t, v, r.pool_block, r.layer);
+        transfer(t, v, 1);
         if (t->slots[v].state == KV_SLOT_LOADING && t->slots[v].stamp == stamp) // else main finished it already
             t->slots[v].state = KV_SLOT_READY, t->slots[v].prefetched = 1;
         t->st.prefetch_issued++, t->busy = 0;
@@ -152,9 +283,10 @@ int kv_tier_init(KVTier **out, const KVPool *pool, const KVSeq *seq, const KVTie
                        "(leave --fast out)", cfg->fast_blocks, max_blocks), -1;
     if (!(cfg->transfer_us >= 0 && cfg->transfer_us <= 1e6) || cfg->top_k < 0)
         return err_set(err, "tier: --transfer-us %g must be 0..1e6, top_k %d >= 0", cfg->transfer_us, cfg->top_k), -1;
+    if (cfg->slow_cold && !cfg->slow_file) return err_set(err, "tier: cold reads need a --slow-file"), -1;
     CHECK(cfg->mode >= KV_TIER_RESIDENT && cfg->mode <= KV_TIER_PREDICTIVE);
     KVTier *t = common_calloc(1, sizeof(KVTier));
-    t->pool = pool, t->seq = seq, t->cfg = *cfg;
+    t->pool = pool, t->seq = seq, t->cfg = *cfg, t->fd = -1;
     t->L = pool->n_layer, t->NKV = pool->n_kv_head, t->HD = pool->head_dim, t->B = B, t->max_blocks = max_blocks;
     t->fast = cfg->fast_blocks && cfg->fast_blocks < max_blocks ? cfg->fast_blocks : max_blocks;
     t->n_slots = t->fast * t->L, t->unit = (size_t)t->NKV * B * t->HD;
@@ -167,12 +299,14 @@ int kv_tier_init(KVTier **out, const KVPool *pool, const KVSeq *seq, const KVTie
     t->kmin = common_calloc(2 * units * t->NKV * t->HD + units + mb, sizeof(float));
     t->kmax = t->kmin + units * t->NKV * t->HD, t->mass = t->kmax + units * t->NKV * t->HD, t->rank = t->mass + units;
     t->isread = common_calloc(mb, 1), t->queue = common_calloc(mb, sizeof(KVTierReq));
+    t->in_file = common_calloc(units, 1);
     memset(t->where, 0xff, units * sizeof(int)), memset(t->tail_slot, 0xff, t->L * sizeof(int)); // -1: none
     for (int pos = 0; pos < seq->n_tokens; pos++) // key bounds of what the sequence holds (Quest: at prefill)
         for (int l = 0; l < t->L; l++)
             for (int g = 0; g < t->NKV; g++)
                 bound_row(t, pos, l, g, kv_pool_k(pool, seq->table[pos / B], l, g) + (pos % B) * t->HD);
     CHECK(pthread_mutex_init(&t->mu, NULL) == 0 && pthread_cond_init(&t->cv, NULL) == 0);
+    if (cfg->slow_file && file_open(t, pool, cfg->slow_file, err) != 0) return kv_tier_free(t), -1;
     if (cfg->mode == KV_TIER_PREDICTIVE && pthread_create(&t->worker, NULL, worker_main, t) != 0)
         return err_set(err, "tier: cannot start the prefetch thread"), kv_tier_free(t), -1;
     t->has_worker = cfg->mode == KV_TIER_PREDICTIVE;
@@ -192,10 +326,13 @@ void kv_tier_free(KVTier *t) {
     pthread_cond_destroy(&t->cv), pthread_mutex_destroy(&t->mu);
     common_free(t->arena), common_free(t->slots), common_free(t->landed), common_free(t->where);
     common_free(t->kmin), common_free(t->isread), common_free(t->queue), common_free(t->pm);
+    common_free(t->in_file);
+    if (t->fd >= 0) close(t->fd);
+    if (t->path) unlink(t->path), common_free(t->path); // only a file this tier created
     common_free(t);
 }
 
-void kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *v) {
+int kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *v, char *err) {
     int i = pos / t->B, r = pos % t->B, HD = t->HD;
     CHECK(layer >= 0 && layer < t->L && pos < t->seq->n_tokens && i < t->max_blocks);
     LOCK(t);
@@ -205,8 +342,10 @@ void kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *
         if (s >= 0) t->slots[s].tail = 0;
         s = t->tail_slot[layer] = load(t, i, layer, r != 0, &kind); // copied only after a prefill mid-block
         t->slots[s].tail = 1;
+        if (t->fd >= 0) t->in_file[i * t->L + layer] = 0; // rows go into the arena: the file's copy is stale
     }
     t->slots[s].last_use = t->tick, t->slots[s].stamp = ++t->clock;
+    int rc = io_status(t, err);
     UNLOCK(t);
     float *K = slot_k(t, s), *V = K + t->unit; // pinned: only this thread touches it
     for (int g = 0; g < t->NKV; g++) {
@@ -214,6 +353,7 @@ void kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *
         memcpy(V + ((size_t)g * t->B + r) * HD, v + g * HD, HD * sizeof(float));
         bound_row(t, pos, layer, g, k + g * HD);
     }
+    return rc;
 }
 
 // Quest's bound on a block's attention score: max over query heads of sum_c max(q_c kmin_c, q_c kmax_c).
@@ -288,7 +428,7 @@ static void attend_unit(KVTier *t, int v, int i, int j, float *att, const float 
     }
 }
 
-void kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer, int NH) {
+int kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer, int NH, char *err) {
     int Tc = t->seq->n_tokens, B = t->B, HD = t->HD, N = (Tc + B - 1) / B, tail = N - 1, n = N - 1;
     CHECK(Tc > 0 && N <= t->max_blocks && NH % t->NKV == 0 && layer >= 0 && layer < t->L);
     if (NH > t->nh_cap) { // partial softmax state for NH heads
@@ -349,7 +489,9 @@ void kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer
     LOCK(t);
     t->in_attend = 0;
     if (t->has_worker) post_plan(t, layer, Tc);
+    int rc = io_status(t, err);
     UNLOCK(t);
+    return rc;
 }
 
 int kv_tier_read_blocks(const KVTier *t, const int **blocks) { return *blocks = t->sel, t->n_sel; }
@@ -367,8 +509,9 @@ void kv_tier_stats(KVTier *t, KVTierStats *st) {
     *st = t->st;
     UNLOCK(t);
     st->fast_blocks = t->fast, st->unit_bytes = unit_bytes(t);
+    st->file_bytes = t->fd >= 0 ? (size_t)t->pool->n_blocks * t->L * unit_bytes(t) : 0;
     st->bytes = sizeof(KVTier) + (size_t)t->n_slots * (unit_bytes(t) + sizeof(KVTierSlot)) + t->L * sizeof(int) +
-                (size_t)t->max_blocks * t->L * (2 * t->NKV * t->HD * sizeof(float) + sizeof(int) + sizeof(float));
+                (size_t)t->max_blocks * t->L * (2 * t->NKV * t->HD * sizeof(float) + sizeof(int) + sizeof(float) + 1);
 }
 
 void kv_tier_reset_stats(KVTier *t) {

@@ -21,6 +21,28 @@
 // free, overlapping compute but not each other; compute that needs a unit still on the link spins until it
 // lands (that is stall). No thread burns a core to model the cost, so the numbers do not depend on a spare
 // core. The prefetch worker keeps at most one transfer (+ 30 us) queued ahead on the link.
+//
+// With slow_file (`--slow-file PATH`) the slow tier is a file instead: transfers into the arena pread it, and
+// the arena writes back to it on eviction, as a real offloading system does. Each (pool block, layer) unit has
+// a fixed place (pool block * n_layer + layer units in), so the file never exceeds the pool (n_blocks *
+// n_layer * unit_bytes, reserved with posix_fallocate at init so a full disk is an init error, not a failed
+// write halfway through a decode). When a unit reaches the file: the sequence's units at attach time (the
+// prefill) are spilled at init (the prompt's KV goes to the slow tier); a unit the decode writes lives in the
+// arena as its layer's tail and is written back when it is evicted, complete and no longer written; a unit
+// already in the file and unchanged is never written again (a partial prefill tail is written twice: at init
+// and when evicted complete). Write-backs cost their real pwrite time only (no transfer_us: a PCIe link is
+// full duplex, they do not queue behind fetches); a write-back the main thread does to free a slot is stall.
+// A unit is never read before its write has finished (a reader waits for a write-back still in flight).
+// The pool still holds every row (the decode writes it; Quest's bounds at init and the oracle read it), so
+// the file saves no RAM here: it is the source of transfers, and what it measures is the file path's cost.
+// Reads hit the OS page cache unless the file outgrows free RAM: numbers with a file are page-cache copies
+// plus syscalls. slow_cold makes them reads from the device: every write is fdatasync'ed and every unit's
+// pages are dropped (posix_fadvise DONTNEED) after its write and after each read, so the next read of it
+// misses the cache (DONTNEED drops only clean pages, hence the sync; it is advice: on tmpfs or a file system
+// that ignores it the reads stay warm, which read_s shows; on a VM a "cold" read may still come from the
+// host's cache). Cold write-backs are synchronous, so write_s and stall include the device's flushes. The
+// file is created (it must not exist: the tier never overwrites data) and deleted at kv_tier_free; a crash
+// leaves it behind.
 #ifndef KVLAB_TIER_H
 #define KVLAB_TIER_H
 
@@ -43,6 +65,9 @@ typedef struct {
     double transfer_us; // --transfer-us: injected cost per (block, layer) unit moved
     int context;        // --context: tokens of the stream; bounds the tier's sequence
     int prefill;        // --prefill: tokens fed into the pool before the tier attaches (no tiering)
+    const char *slow_file; // --slow-file: the slow tier is this file (created, must not exist; deleted at
+                           // free); NULL: the pool in RAM
+    int slow_cold;      // with slow_file: sync writes and drop the file's cached pages, so reads are cold
 } KVTierConfig;
 
 typedef struct {
@@ -54,15 +79,22 @@ typedef struct {
     long long prefetch_issued;      // prefetches completed
     long long prefetch_used;        // of those, read by attention before their eviction
     double stall_s;                 // compute waiting for a transfer (or for a slot to free up)
-    double copy_s;                  // the memcpys themselves (on either thread)
+    double copy_s;                  // the transfers themselves (memcpy, or pread: then = read_s; either thread)
+    long long file_bytes_written;   // slow_file (0 in RAM): the prefill spilled at init, then write-backs
+    long long file_bytes_read;      // = transfers * unit_bytes with a file
+    double read_s, write_s;         // in pread; in pwrite (cold: + the page drop; + fdatasync)
     int fast_blocks;                // sizes (not reset): blocks' worth of units the arena holds,
-    size_t unit_bytes, bytes;       // one (block, layer) unit's keys and values, all the tier holds
+    size_t unit_bytes, bytes;       // one (block, layer) unit's keys and values, all the tier holds (RAM)
+    size_t file_bytes;              // the slow file's reserved size (0 in RAM)
 } KVTierStats;
 
 typedef enum { KV_SLOT_FREE, KV_SLOT_LOADING, KV_SLOT_READY } KVSlotState;
 
 typedef struct {
     int block, layer;        // the unit held: seq table index, layer
+    int pool_block;          // its pool block (the worker never reads seq->table: main may grow it)
+    int evicted, evicted_pool; // slow_file: a unit (block * L + layer) this claim evicted whose file copy is
+                             // stale, and its pool block: the claimer writes it back first; -1 none
     KVSlotState state;       // LOADING: being copied in (only its copier touches the data)
     int tail, reading;       // pinned: the layer's block being written / attention reads it now
     int prefetched;          // loaded by the worker and not read yet
@@ -100,6 +132,11 @@ typedef struct KVTier {
     int q_head, q_len, in_attend;       // in_attend: the tick's layer still needs its units
     long tick, clock;                   // pos * L + layer: where the decode schedule is; LRU stamps
     KVTierStats st;
+    int fd;                             // slow_file open for pread/pwrite, -1 in RAM
+    char *path;                         // slow_file's path, unlinked at free
+    char *in_file;                      // (max_blocks, L) the unit in the file: 0 absent or stale, 1 being
+                                        // written back, 2 current
+    char io_err[ERR_LEN];               // the first file error of either thread; append and attend fail after
 } KVTier;
 
 // --prefetch MODE: resident | reactive | predictive | skip:K. -1 with the valid forms in err.
@@ -110,22 +147,25 @@ const char *kv_tier_mode_name(const KVTierConfig *cfg, char *buf);
 // A tier over seq (which may already hold tokens, e.g. a prefill) for up to cfg->context tokens, in the pool's
 // block size (cfg->block is the eval's). Starts the worker in predictive mode. seq must not be forked while
 // the tier is attached (a copy-on-write would move a block the tier has copied). -1 with one line in err on
-// a bad config (fast < 2, resident that does not fit, a bad top_k or transfer cost) or when the thread cannot
-// start.
+// a bad config (fast < 2, resident that does not fit, a bad top_k or transfer cost), when the slow file
+// cannot be created (it exists, is a directory, its folder is missing or read-only), reserved or written, or
+// when the thread cannot start.
 int kv_tier_init(KVTier **out, const KVPool *pool, const KVSeq *seq, const KVTierConfig *cfg, char *err);
-// Stops and joins the worker, frees everything. NULL is fine.
+// Stops and joins the worker, frees everything, deletes the slow file. NULL is fine.
 void kv_tier_free(KVTier *t);
 // After kv_paged_append(layer, pos): writes the row into the layer's tail unit (k rotated, v; NKV*HD
-// each) and updates the block's key summary. A new tail block takes a slot without a transfer.
-void kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *v);
+// each) and updates the block's key summary. A new tail block takes a slot without a transfer. 0, or -1
+// with the slow file's first I/O error (of either thread; every later call fails too). RAM never fails.
+int kv_tier_append(KVTier *t, int layer, int pos, const float *k, const float *v, char *err);
 // attention_decode_paged over the fast tier, after kv_tier_append of this layer's row at position
 // seq->n_tokens - 1 (the tail must be in place): q (NH, HD) rotated to that position; out (NH, HD);
 // att (NH, Tc) probabilities, 0 for rows of skipped blocks. Split by block (flash-decoding): each unit's
 // partial softmax is computed as soon as it is resident (resident ones first) and the parts are combined in
 // block order, in double, so a layer needs only its tail and the unit it reads, and the result never depends
-// on the mode, the budget or which transfer landed first (bit for bit; within float rounding of
-// attention_decode_paged). In predictive mode it then queues the next layer's prefetch.
-void kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer, int NH);
+// on the mode, the budget, the slow tier or which transfer landed first (bit for bit; within float rounding
+// of attention_decode_paged). In predictive mode it then queues the next layer's prefetch. 0, or -1 as
+// kv_tier_append (out is then not to be used).
+int kv_tier_attend(KVTier *t, float *out, float *att, const float *q, int layer, int NH, char *err);
 // The seq table indices the last kv_tier_attend read (the tail last); returns their count.
 int kv_tier_read_blocks(const KVTier *t, const int **blocks);
 // Waits until the worker has nothing queued or in flight (tests; a barrier, never needed for correctness).
@@ -134,13 +174,14 @@ void kv_tier_stats(KVTier *t, KVTierStats *st);
 void kv_tier_reset_stats(KVTier *t);
 
 // infer/kvtier.c: the decode step through the pool with attention over the tier (kv_paged_append, then
-// kv_tier_append and kv_tier_attend for each layer). -1 with a message when the pool is out of blocks.
+// kv_tier_append and kv_tier_attend for each layer). -1 with a message when the pool is out of blocks or
+// the slow file fails.
 int kv_tier_decode_step(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, KVTier *t, int token, int pos,
                         char *err);
 
 // The tier under one stream (`--eval tier`): tokens[0..context), the first `prefill` fed into the pool
 // without the tier, then decoded one at a time through it, each step's logits compared with a full cache.
-// Stats exclude the first tier step (it warms the cold arena); logits include it.
+// Stats exclude the first tier step (it warms the cold arena) and a slow file's prefill spill; logits include it.
 typedef struct {
     int blocks, fast_blocks;    // blocks of the context; blocks' worth the arena holds
     size_t unit_bytes, fast_bytes, pool_bytes;

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli_util.h"
 
@@ -110,7 +111,13 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     EXPECT_ERROR(&r, "infer", "--eval tier runs the plain fp32 pool");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
-    EXPECT_ERROR(&r, "infer", "--fast, --prefetch and --transfer-us apply to --eval tier");
+    EXPECT_ERROR(&r, "infer", "--fast, --prefetch, --transfer-us, --slow-file and --slow-cold apply to --eval tier");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--slow-cold");
+    EXPECT_ERROR(&r, "infer", "--slow-cold needs --slow-file PATH");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--slow-file", corpus);
+    EXPECT_ERROR(&r, "infer", "exists");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--prefetch", "psychic");
     EXPECT_ERROR(&r, "infer", "psychic");
@@ -119,6 +126,15 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
             "--prefetch", "predictive", "--json");
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_assert(strstr(r.out, "\"top1_agree\": 1"), "the tier never changes the result: %s", r.out);
+    cliutil_run_free(&r);
+    char slow[256];
+    snprintf(slow, sizeof(slow), "%s.slow", corpus);
+    remove(slow);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--fast", "3",
+            "--prefetch", "reactive", "--slow-file", slow, "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"slow_tier\": \"file\"") && strstr(r.out, "\"top1_agree\": 1"), "%s", r.out);
+    cr_assert(access(slow, F_OK) != 0, "the slow file is deleted after the run");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "--eval reuse needs --reuse lsh|semshare");
