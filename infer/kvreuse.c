@@ -24,16 +24,25 @@ void kv_reuse_work_init(KVReuseWork *w, const Model *m, int cap) {
     w->att = common_calloc(n * c->n_head * n, sizeof(float));
     w->pos = common_calloc(n, sizeof(int));
     w->keep = common_calloc(n, sizeof(int));
+    w->rows = common_calloc(c->n_layer, sizeof(int));
+    w->row_pos = common_calloc(c->n_layer * n, sizeof(int));
+    w->votes = common_calloc(c->n_layer * n, sizeof(float));
     decode_state_init(&w->ds, c, cap);
 }
 
 void kv_reuse_work_free(KVReuseWork *w) {
     float *f[] = {w->k, w->v, w->x, w->xn, w->q, w->atty, w->proj, w->h1, w->h3, w->hg, w->kk, w->vv, w->rstd,
-                  w->att};
+                  w->att, w->votes};
     for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) common_free(f[i]);
-    common_free(w->pos), common_free(w->keep);
+    common_free(w->pos), common_free(w->keep), common_free(w->rows), common_free(w->row_pos);
     decode_state_free(&w->ds);
     memset(w, 0, sizeof(*w));
+}
+
+size_t kv_reuse_work_bytes(const Model *m, const KVReuseWork *w) {
+    size_t rows = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++) rows += (size_t)w->rows[l];
+    return rows * 2 * model_kv_dim(&m->cfg) * sizeof(float);
 }
 
 // Lane of (layer, kv head): (cap, HD) rows.
@@ -66,11 +75,30 @@ static int dev_desc(const void *a, const void *b) {
     return x->dev < y->dev ? 1 : x->dev > y->dev ? -1 : x->row - y->row;
 }
 
+static int ascending(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+// SnapKV-style votes at layer l: the attention probabilities (mean over query heads) that the active rows
+// among the prompt's `window` newest tokens paid each position. Only rows that ran the layer have a query
+// there; the last token always has. Read right after the attention, before the next layer reuses w->att.
+static void vote(const Model *m, KVReuseWork *w, int l, int na, int n, int window) {
+    int NH = m->cfg.n_head;
+    float *v = w->votes + (size_t)l * w->cap;
+    for (int r = na - 1; r >= 0 && w->pos[r] >= n - window; r--) { // positions ascend: the window is at the end
+        int Tc = w->pos[r] + 1;
+        const float *att = w->att + (size_t)r * NH * w->cap; // (NH, Tc) probabilities of row r
+        for (int h = 0; h < NH; h++)
+            for (int j = 0; j < Tc; j++) v[j] += att[(size_t)h * Tc + j] / NH;
+    }
+}
+
 // The layers over the active rows: positions w->pos[0..na) ascending, the last being n-1, hidden states in
 // w->x. At layer l every active row projects K and V (written to the cache at its position); only keep_n[l]
 // of them (the largest squared distance between the fresh values and the cached ones, the last token always)
-// go on through attention and the MLP. Leaves the last token's logits in w->ds.logits.
-static void run_layers(const Model *m, KVReuseWork *w, int na, int n, const int *keep_n, KVReuseCost *cost) {
+// go on through attention and the MLP. With window > 0 the rows among the prompt's `window` newest tokens
+// also vote (w->votes) for the positions they attend to, for pruning. Leaves the last token's logits in
+// w->ds.logits and every layer holding rows 0..n-1 at their positions.
+static void run_layers(const Model *m, KVReuseWork *w, int na, int n, const int *keep_n, int window,
+                       KVReuseCost *cost) {
     const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
     const ParamTensors *p = &m->params;
@@ -129,6 +157,7 @@ static void run_layers(const Model *m, KVReuseWork *w, int na, int n, const int 
         for (int r = 0; r < na; r++)
             op->attention_decode(w->atty + (size_t)r * C, w->att + (size_t)r * NH * cap, w->q + (size_t)r * C, kl,
                                  vl, w->pos[r] + 1, (size_t)cap * HD, NH, NKV, HD);
+        if (window > 0) vote(m, w, l, na, n, window);
         op->matmul_forward(w->proj, w->atty, p->wo + lCC, na, C, C);
         op->residual_forward(w->x, w->x, w->proj, NULL, (size_t)na * C);
         op->rmsnorm_forward(w->xn, w->rstd, w->x, p->mlp_norm + lC, na, C, c->norm_eps);
@@ -144,6 +173,10 @@ static void run_layers(const Model *m, KVReuseWork *w, int na, int n, const int 
     op->rmsnorm_forward(w->xn, &rstd, w->x + (size_t)(na - 1) * C, p->final_norm, 1, C, c->norm_eps);
     op->matmul_forward(w->ds.logits, w->xn, p->wte, 1, C, c->vocab_size);
     w->n = n;
+    for (int l = 0; l < c->n_layer; l++) {
+        w->rows[l] = n;
+        for (int i = 0; i < n; i++) w->row_pos[(size_t)l * cap + i] = i;
+    }
     if (cost) {
         cost->layer_tokens += lt;
         cost->layer_tokens_full += (long long)n * c->n_layer;
@@ -163,7 +196,7 @@ static void prefill_all_layers(const Model *m, KVReuseWork *w, const int *tokens
     int keep_n[m->cfg.n_layer];
     for (int l = 0; l < m->cfg.n_layer; l++) keep_n[l] = n;
     embed_rows(m, w, tokens, na);
-    run_layers(m, w, na, n, keep_n, cost);
+    run_layers(m, w, na, n, keep_n, 0, cost);
 }
 
 void kv_reuse_prefill_full(const Model *m, KVReuseWork *w, const int *tokens, int n, KVReuseCost *cost) {
@@ -185,6 +218,45 @@ void kv_reuse_prefill_lsh(const Model *m, KVReuseWork *w, const KVReuseEntry *e,
     for (int i = 0; i < n; i++)
         if (i >= P || i == n - 1 || (recompute_diff && tokens[i] != e->tokens[i])) w->pos[na++] = i;
     prefill_all_layers(m, w, tokens, na, n, cost);
+}
+
+// Positions (ascending, into kept) layer l keeps of n: the first `sink` and the newest `recent`, then the
+// most voted of the rest (ties: the earlier), up to `keep`.
+static void select_kept(const float *votes, int n, int keep, int sink, int recent, int *kept) {
+    DevRow *cand = common_calloc((size_t)n, sizeof(DevRow));
+    int nk = 0, nc = 0;
+    for (int j = 0; j < n; j++) {
+        if (j < sink || j >= n - recent) kept[nk++] = j;
+        else cand[nc++] = (DevRow){votes[j], j};
+    }
+    CHECK(nk <= keep);
+    qsort(cand, (size_t)nc, sizeof(DevRow), dev_desc);
+    for (int i = 0; nk < keep; i++) kept[nk++] = cand[i].row;
+    common_free(cand);
+    qsort(kept, (size_t)keep, sizeof(int), ascending);
+}
+
+// The deep-layer pruning after a semshare prefill: each layer keeps kv_semshare_keep_counts(...)[l] of the
+// prompt's rows, moved to the front of its lanes in position order (keys stay rotated to their positions,
+// so attention over the kept rows needs no mask), and w->rows / w->row_pos say which.
+static void prune_layers(const Model *m, KVReuseWork *w, const KVSemShareConfig *sc, int n) {
+    const ModelConfig *c = &m->cfg;
+    int HD = model_head_dim(c), keep[c->n_layer];
+    kv_semshare_keep_counts(sc, c->n_layer, n, keep);
+    for (int l = 0; l < c->n_layer; l++) {
+        if (keep[l] >= n) continue;
+        int *kept = w->row_pos + (size_t)l * w->cap;
+        select_kept(w->votes + (size_t)l * w->cap, n, keep[l], sc->deep_sink, sc->deep_recent, kept);
+        for (int g = 0; g < c->n_kv_head; g++) {
+            float *kl = lane(m, w, w->k, l, g), *vl = lane(m, w, w->v, l, g);
+            for (int i = 0; i < keep[l]; i++) // kept[i] >= i: moving forward in order never overwrites a source
+                if (kept[i] != i) {
+                    memcpy(kl + (size_t)i * HD, kl + (size_t)kept[i] * HD, HD * sizeof(float));
+                    memcpy(vl + (size_t)i * HD, vl + (size_t)kept[i] * HD, HD * sizeof(float));
+                }
+        }
+        w->rows[l] = keep[l];
+    }
 }
 
 void kv_reuse_prefill_semshare(const Model *m, KVReuseWork *w, const KVReuseEntry *e, const int *map,
@@ -218,21 +290,27 @@ void kv_reuse_prefill_semshare(const Model *m, KVReuseWork *w, const KVReuseEntr
     for (int l = 1; l < c->n_layer; l++, r *= sc->layer_decay) keep_n[l] = (int)fmax(1.0, lround(r * n));
     for (int i = 0; i < n; i++) w->pos[i] = i;
     embed_rows(m, w, tokens, n);
-    run_layers(m, w, n, n, keep_n, cost);
+    int prune = sc->deep_keep < 1.0f;
+    if (prune) memset(w->votes, 0, (size_t)c->n_layer * w->cap * sizeof(float));
+    run_layers(m, w, n, n, keep_n, prune ? sc->deep_window : 0, cost);
+    if (prune) prune_layers(m, w, sc, n);
 }
 
-// The decode step over the work cache: keys rotated on entry, attention over positions 0..pos.
+// The decode step over the work cache: keys rotated on entry, appended as the layer's next row (row pos
+// unless the layer was pruned), attention over the rows the layer holds.
 static int attend_work(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
     KVReuseWork *w = ctx;
     const ModelConfig *c = &m->cfg;
-    int HD = model_head_dim(c);
+    int HD = model_head_dim(c), row = w->rows[l];
     m->ops->rope_forward(s->k, 1, 1, c->n_kv_head, HD, pos, c->rope_theta);
     for (int g = 0; g < c->n_kv_head; g++) {
-        memcpy(lane(m, w, w->k, l, g) + (size_t)pos * HD, s->k + g * HD, HD * sizeof(float));
-        memcpy(lane(m, w, w->v, l, g) + (size_t)pos * HD, s->v + g * HD, HD * sizeof(float));
+        memcpy(lane(m, w, w->k, l, g) + (size_t)row * HD, s->k + g * HD, HD * sizeof(float));
+        memcpy(lane(m, w, w->v, l, g) + (size_t)row * HD, s->v + g * HD, HD * sizeof(float));
     }
+    w->row_pos[(size_t)l * w->cap + row] = pos;
+    w->rows[l] = row + 1;
     m->ops->rope_forward(s->q, 1, 1, c->n_head, HD, pos, c->rope_theta);
-    m->ops->attention_decode(s->atty, s->att, s->q, lane(m, w, w->k, l, 0), lane(m, w, w->v, l, 0), pos + 1,
+    m->ops->attention_decode(s->atty, s->att, s->q, lane(m, w, w->k, l, 0), lane(m, w, w->v, l, 0), row + 1,
                              (size_t)w->cap * HD, c->n_head, c->n_kv_head, HD);
     return 0;
 }
@@ -308,6 +386,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
     Rng rng;
     rng_init(&rng, cfg->seed);
     *out = (KVReuseResult){0};
+    out->n_layer = m->cfg.n_layer < KV_REUSE_MAX_LAYERS ? m->cfg.n_layer : KV_REUSE_MAX_LAYERS;
     KVReuseCost cost[KV_REUSE_CLASSES] = {{0}};
     for (int p = 0; p < P && rc == 0; p++)
         for (int cls = 0; cls < KV_REUSE_CLASSES && rc == 0; cls++) {
@@ -332,7 +411,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
                 memcpy(ref + (size_t)s * V, wf.ds.logits, (size_t)V * sizeof(float));
                 gen[s] = argmax(wf.ds.logits, V);
             }
-            t0 = common_now(); // the second with reuse: lookup, KV loading and the partial prefill
+            t0 = common_now(); // the second with reuse: lookup, KV loading, the partial prefill, any pruning
             const KVReuseEntry *e = kv_reuse_lookup(store, 0, b, T, NULL);
             if (e && lsh) kv_reuse_prefill_lsh(m, &wr, e, b, T, cfg->lsh_recompute, &cost[cls]);
             else if (e) {
@@ -340,6 +419,9 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
                 kv_reuse_prefill_semshare(m, &wr, e, map, &cfg->semshare, b, T, &cost[cls]);
             } else kv_reuse_prefill_full(m, &wr, b, T, &cost[cls]);
             r->ttft_ms += 1e3 * (common_now() - t0) / P;
+            r->kv_bytes += (double)kv_reuse_work_bytes(m, &wr) / P; // before decode appends to it
+            r->kv_bytes_full += (double)T * m->cfg.n_layer * 2 * model_kv_dim(&m->cfg) * sizeof(float) / P;
+            for (int l = 0; l < out->n_layer; l++) r->kept[l] += (double)wr.rows[l] / P;
             if (e && sem) {
                 int same = 0;
                 for (int i = 0; i < T; i++) same += e->tokens[map[i]] == b[i];
@@ -378,22 +460,28 @@ void kv_reuse_print_json(const char *method, const KVReuseConfig *cfg, const KVR
     printf("{\"task\": \"reuse\", \"reuse\": \"%s\", \"context\": %d, \"pairs\": %d, \"gen\": %d, \"edits\": %d, "
            "\"threshold\": %.6g, \"min_overlap\": %.6g, \"planes\": %d, \"radius\": %d, \"lsh_recompute\": %d, "
            "\"semshare\": {\"window\": %d, \"decay\": %.6g, \"pos_weight\": %.6g, \"recompute\": %.6g, "
-           "\"layer_decay\": %.6g}, \"entry_bytes\": %zu, \"store\": {\"lookups\": %lld, \"hits\": %lld, "
+           "\"layer_decay\": %.6g, \"deep_keep\": %.6g, \"deep_sink\": %d, \"deep_recent\": %d, \"deep_window\": %d}, "
+           "\"entry_bytes\": %zu, \"store\": {\"lookups\": %lld, \"hits\": %lld, "
            "\"misses\": %lld, \"rejected\": %lld, \"rejected_overlap\": %lld, \"evictions\": %lld, \"entries\": %d, "
            "\"bytes\": %zu}, \"classes\": {",
            method, cfg->context, cfg->pairs, cfg->gen, cfg->edits, cfg->store.threshold, cfg->store.min_overlap,
            cfg->store.planes, cfg->store.radius, cfg->lsh_recompute, sc->window, sc->decay, sc->pos_weight,
-           sc->recompute, sc->layer_decay, r->entry_bytes, s->lookups, s->hits, s->misses, s->rejected,
+           sc->recompute, sc->layer_decay, sc->deep_keep, sc->deep_sink, sc->deep_recent, sc->deep_window,
+           r->entry_bytes, s->lookups, s->hits, s->misses, s->rejected,
            s->rejected_overlap, s->evictions, s->entries, s->bytes);
     for (int i = 0; i < KV_REUSE_CLASSES; i++) {
         const KVReuseClassResult *c = &r->cls[i];
         printf("%s\"%s\": {\"pairs\": %d, \"hits\": %d, \"sim_mean\": %.4f, \"sim_min\": %.4f, \"sim_max\": %.4f, "
                "\"raw_sim_mean\": %.4f, \"same_token\": %.4f, \"layer_tokens_skipped\": %.4f, \"flops_skipped\": %.4f, "
                "\"ttft_ms\": %.4g, \"ttft_full_ms\": %.4g, \"kl_last\": %.4g, \"kl_gen\": %.4g, \"top1\": %.4f, "
-               "\"greedy_match\": %.4f}",
+               "\"greedy_match\": %.4f, \"kv_bytes\": %.0f, \"kv_bytes_full\": %.0f, \"kv_bytes_kept\": %.4f, "
+               "\"kept_per_layer\": [",
                i ? ", " : "", kv_reuse_class_names[i], c->pairs, c->hits, c->sim_mean, c->sim_min, c->sim_max,
                c->raw_sim_mean, c->same_token, c->layer_tokens_skipped, c->flops_skipped, c->ttft_ms, c->ttft_full_ms,
-               c->kl_last, c->kl_gen, c->top1, c->greedy_match);
+               c->kl_last, c->kl_gen, c->top1, c->greedy_match, c->kv_bytes, c->kv_bytes_full,
+               c->kv_bytes_full > 0 ? c->kv_bytes / c->kv_bytes_full : 0.0);
+        for (int l = 0; l < r->n_layer; l++) printf("%s%.6g", l ? ", " : "", c->kept[l]);
+        printf("]}");
     }
     printf("}}\n");
 }

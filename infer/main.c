@@ -7,6 +7,7 @@
 #include "../common/args.h"
 #include "../layers/decode.h"
 #include "eval.h"
+#include "attnmap.h"
 #include "kveval.h"
 #include "../kv/reuse.h"
 #include "../kv/tier.h"
@@ -53,6 +54,11 @@ static const char *usage =
     "  --slow-file PATH   --eval tier: the slow tier is a new file at PATH (refused if it exists; deleted\n"
     "                     after): transfers pread it, evictions write back; reads mostly hit the page cache\n"
     "  --slow-cold        with --slow-file: sync writes and drop the file's cached pages, so reads are cold\n"
+    "  --eval attention   attention heat maps: --context tokens [model context, at most 1024] of the --data\n"
+    "                     text's validation split through the full cache; writes DIR/attn-layer{L}.png and\n"
+    "                     DIR/attn-summary.png into an existing --out DIR, prints sink / heavy-hitter /\n"
+    "                     recent-window statistics (--json: one JSON line per layer and a summary)\n"
+    "  --out DIR          --eval attention: where the PNGs go\n"
     "  --eval reuse       reuse across similar requests (--reuse lsh|semshare): --streams prompt pairs per\n"
     "                     similarity class [8] (identical, small edit, reordered halves, unrelated) of\n"
     "                     --context tokens from the --data text's validation split; hits, compute skipped,\n"
@@ -61,6 +67,8 @@ static const char *usage =
     "  --threshold X      --eval reuse: cosine a stored request must reach   [0.8]\n"
     "  --radius N         --eval reuse: LSH buckets within N bits are candidates   [0]\n"
     "  --min-overlap X    --eval reuse: share of 4-grams a candidate must hold (0 = off)   [0.5]\n"
+    "  --deep-keep X      --eval reuse --reuse semshare: the last layer keeps this fraction of the prompt's\n"
+    "                     tokens, layers between decay exponentially (SemShareKV's pruning; 1 = off)   [1]\n"
     "  --data FILE        recall filler, prefix text, and the text whose training split +lowrank:R\n"
     "                     calibrates on   [data/tinyshakespeare.txt]\n"
     "                     [data/tinyshakespeare.txt]\n"
@@ -87,7 +95,8 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *prompt, *eval, *kv, *device, *data, *reuse, *slow_file;
+    const char *ckpt, *prompt, *eval, *kv, *device, *data, *reuse, *slow_file, *out;
+    float deep_keep;
     int slow_cold;
     float threshold, min_overlap, transfer_us;
     int radius, fast;
@@ -107,7 +116,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     f->kv = "full";
     f->device = "cpu";
     f->data = "data/tinyshakespeare.txt";
-    f->threshold = f->min_overlap = f->transfer_us = -1.0f;
+    f->threshold = f->min_overlap = f->transfer_us = f->deep_keep = -1.0f;
     f->radius = f->fast = -1;
     Args a;
     args_init(&a, argc, argv);
@@ -133,6 +142,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--fast")) rc = args_int(&a, 0, 1 << 24, &f->fast);
         else if (args_is(&a, "--slow-file")) rc = args_string(&a, &f->slow_file);
         else if (args_is(&a, "--slow-cold")) f->slow_cold = 1;
+        else if (args_is(&a, "--out")) rc = args_string(&a, &f->out);
+        else if (args_is(&a, "--deep-keep")) rc = args_float(&a, 1e-6f, 1.0f, &f->deep_keep);
         else if (args_is(&a, "--prefetch")) rc = args_string(&a, &f->prefetch);
         else if (args_is(&a, "--transfer-us")) rc = args_float(&a, 0.0f, 1e6f, &f->transfer_us);
         else if (args_is(&a, "--threshold")) rc = args_float(&a, 1e-6f, 1.0f, &f->threshold);
@@ -170,9 +181,17 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     int reuse = f->eval && strcmp(f->eval, "reuse") == 0;
     if (reuse && (!f->reuse || (strcmp(f->reuse, "lsh") != 0 && strcmp(f->reuse, "semshare") != 0)))
         return err_set(err, "--eval reuse needs --reuse lsh|semshare"), -1;
-    if (!reuse && (f->reuse || f->threshold >= 0 || f->min_overlap >= 0 || f->radius >= 0))
-        return err_set(err, "--reuse, --threshold, --radius and --min-overlap apply to --eval reuse"), -1;
-    if (!f->kv_given && !recall && !reuse && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
+    if (!reuse && (f->reuse || f->threshold >= 0 || f->min_overlap >= 0 || f->radius >= 0 || f->deep_keep >= 0))
+        return err_set(err, "--reuse, --threshold, --radius, --min-overlap and --deep-keep apply to --eval reuse"), -1;
+    if (f->deep_keep >= 0 && f->reuse && strcmp(f->reuse, "semshare") != 0)
+        return err_set(err, "--deep-keep applies to --reuse semshare"), -1;
+    int attention = f->eval && strcmp(f->eval, "attention") == 0;
+    if (attention != (f->out != NULL))
+        return err_set(err, attention ? "--eval attention needs --out DIR (an existing directory for the PNGs)"
+                                      : "--out applies to --eval attention"), -1;
+    if (attention && (f->kv_given || f->kc.prefill || f->kc.streams))
+        return err_set(err, "--eval attention takes --context, --data, --out and --json (no --kv)"), -1;
+    if (!f->kv_given && !recall && !reuse && !attention && (f->json || f->kc.context || f->kc.prefill || f->kc.streams))
         return err_set(err, "--json, --context, --prefill and --streams need --kv SPEC (the streaming eval)"), -1;
     if (f->kc.curve && (!f->kv_given || !f->json || recall || prefix || tier || reuse))
         return err_set(err, "--curve applies to the streaming eval with --json (--eval FILE --kv SPEC --json)"), -1;
@@ -249,6 +268,27 @@ static int run_tier(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     return rc;
 }
 
+// Attention heat maps and sink / heavy-hitter statistics over --context tokens of the validation split.
+static int run_attention(Model *m, Tokenizer *tok, const Flags *f, char *err) {
+    Corpus corpus;
+    if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
+    int T = f->kc.context ? f->kc.context : m->cfg.block_size;
+    int rc = -1;
+    AttnMapStats st;
+    if ((size_t)T > corpus.n_tokens - corpus.n_train)
+        err_set(err, "--eval attention: the validation split has %zu tokens, fewer than --context %d",
+                corpus.n_tokens - corpus.n_train, T);
+    else
+        rc = attn_maps(m, corpus.tokens + corpus.n_train, T, f->out, "attn", &st, err);
+    if (rc == 0) {
+        if (f->json) attn_map_stats_print_json(stdout, &st);
+        else attn_map_stats_print_text(stdout, &st);
+        attn_map_stats_free(&st);
+    }
+    corpus_free(&corpus);
+    return rc;
+}
+
 static int run_reuse(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     Corpus corpus;
     if (corpus_load(&corpus, tok, f->data, 0, NULL, err) != 0) return -1;
@@ -257,6 +297,7 @@ static int run_reuse(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     if (f->kc.context) rc_cfg.context = f->kc.context;
     if (f->kc.streams) rc_cfg.pairs = f->kc.streams;
     if (f->threshold >= 0) rc_cfg.store.threshold = f->threshold;
+    if (f->deep_keep >= 0) rc_cfg.semshare.deep_keep = f->deep_keep;
     if (f->min_overlap >= 0) rc_cfg.store.min_overlap = f->min_overlap;
     if (f->radius >= 0) rc_cfg.store.radius = f->radius;
     rc_cfg.calib = corpus.tokens; // the centre of the mean embeddings comes from the training split
@@ -285,6 +326,7 @@ static int run_eval(Model *m, Tokenizer *tok, const Flags *f, char *err) {
     if (strcmp(path, "prefix") == 0) return run_prefix(m, tok, f, err);
     if (strcmp(path, "reuse") == 0) return run_reuse(m, tok, f, err);
     if (strcmp(path, "tier") == 0) return run_tier(m, tok, f, err);
+    if (strcmp(path, "attention") == 0) return run_attention(m, tok, f, err);
     size_t len;
     unsigned char *text = common_read_file(path, &len, err);
     if (!text) return -1;

@@ -35,8 +35,21 @@
 //   the cache; the squared distance of its values from the reused ones is its deviation), and only the
 //   round(n * recompute * layer_decay^(l-1)) most deviating (the last token always) run the rest of layer
 //   l. So layer 1's KV is always fresh and reused KV serves layers >= 2, for the tokens filtered out
-//   earlier; that KV was computed in the reference's context. The optional deep-layer pruning is not done:
-//   every position keeps its KV in every layer.
+//   earlier; that KV was computed in the reference's context.
+// - semshare deep-layer pruning (deep_keep < 1; off by default: see kv_semshare_config_default for why):
+//   the paper's exponential-decay retention (its Attention Recovery falls with depth, and keeping more in
+//   shallow layers gave the lowest perplexity) as a fixed schedule, layer l keeping
+//   round(n * deep_keep^(l/(L-1))) of the n prompt tokens (layer 0 all, the last layer deep_keep), not a
+//   count derived from a measured Attention Recovery threshold. Which tokens: SnapKV-style votes, the
+//   attention probabilities (mean over query heads) paid to each position by the prompt's `deep_window`
+//   newest tokens, but only those that ran the layer (semshare filters the rest out; the last token always
+//   runs), without SnapKV's pooling; the first deep_sink and newest deep_recent tokens always stay. One kept
+//   set per layer shared by all key/value heads (the paper's budget is per layer; SnapKV's is per head). It
+//   runs after the prefill, which attends over every token; only decode sees the pruned cache. The work
+//   buffer stays cap rows per lane: pruning compacts the kept rows to the front, and "bytes held" counts the
+//   rows a lane holds (what a cache sized to them would take), not what kvlab allocated. Measured on
+//   recall-mha (not the paper's finding): the votes beat keeping the newest tokens only at deep_keep 0.1, not
+//   at 0.5, and a constant per-layer count of the same total bytes gave a lower KL but a lower top-1.
 // Not thread-safe: one caller drives a store.
 #ifndef KVLAB_REUSE_H
 #define KVLAB_REUSE_H
@@ -109,10 +122,18 @@ typedef struct {
     float pos_weight;    // weight of the RoPE position kernel in the match score [0.1]
     float recompute;     // fraction of tokens recomputed at layer 1 [0.3]
     float layer_decay;   // ... times this per further layer (exponential decay) [0.5]
+    // Deep-layer pruning after the prefill (what is approximated: the top comment).
+    float deep_keep;     // fraction of the prompt's tokens the last layer keeps, (0, 1]; 1 = off [1]
+    int deep_sink;       // the first tokens every layer keeps, >= 0 [4]
+    int deep_recent;     // the newest prompt tokens every layer keeps, >= 1 [16]
+    int deep_window;     // the newest prompt tokens whose attention votes for the rest, >= 1 [16]
 } KVSemShareConfig;
 
 void kv_semshare_config_default(KVSemShareConfig *cfg);
 int kv_semshare_config_validate(const KVSemShareConfig *cfg, char *err);
+// Prompt tokens (of n) each of n_layer layers keeps after a semshare prefill: n * deep_keep^(l/(L-1))
+// rounded, at least the protected min(n, deep_sink + deep_recent), so non-increasing with depth; n when off.
+void kv_semshare_keep_counts(const KVSemShareConfig *cfg, int n_layer, int n, int *keep);
 // map[i] = the reference token (index into ref) new token i takes its KV from.
 void kv_semshare_map(const Model *m, const KVSemShareConfig *cfg, const int *ref, int n_ref, const int *tokens,
                      int n, int *map);
@@ -127,6 +148,12 @@ typedef struct {
     float *rstd, *att;   // (cap), (cap, NH, cap)
     int *pos, *keep;     // (cap) positions of the active rows; selection scratch
     DecodeState ds;      // the steps after the prompt; ds.logits holds the latest logits
+    // What each layer's lanes hold. Without pruning row i is position i (rows[l] == n). A pruned layer's
+    // kept rows are compacted to the front (keys still rotated to their original positions) and decoded
+    // tokens are appended after them; such a work's k, v must not be given to kv_reuse_insert.
+    int *rows;           // (L) rows each layer's lanes hold: its kept prompt positions, then decoded ones
+    int *row_pos;        // (L, cap) the position of each row, ascending
+    float *votes;        // (L, cap) pruning scratch: attention the observation window paid each position
 } KVReuseWork;
 
 typedef struct {
@@ -136,20 +163,25 @@ typedef struct {
 
 void kv_reuse_work_init(KVReuseWork *w, const Model *m, int cap);
 void kv_reuse_work_free(KVReuseWork *w);
+// Bytes of keys and values the lanes hold (rows[l] per layer, all key/value heads, fp32).
+size_t kv_reuse_work_bytes(const Model *m, const KVReuseWork *w);
 // Each prefill leaves the last prompt token's logits in w->ds.logits and w->n = n; cost (may be NULL)
-// accumulates. lsh: e from the store (same positions); semshare: map from kv_semshare_map.
+// accumulates. lsh: e from the store (same positions); semshare: map from kv_semshare_map, then with
+// sc->deep_keep < 1 each layer's lanes pruned to kv_semshare_keep_counts tokens (w->rows, w->row_pos).
 void kv_reuse_prefill_full(const Model *m, KVReuseWork *w, const int *tokens, int n, KVReuseCost *cost);
 void kv_reuse_prefill_lsh(const Model *m, KVReuseWork *w, const KVReuseEntry *e, const int *tokens, int n,
                           int recompute_diff, KVReuseCost *cost);
 void kv_reuse_prefill_semshare(const Model *m, KVReuseWork *w, const KVReuseEntry *e, const int *map,
                                const KVSemShareConfig *sc, const int *tokens, int n, KVReuseCost *cost);
-// One generated token at position w->n; -1 when the cache is full.
+// One generated token at position w->n, attending in each layer over the rows that layer holds; -1 when the
+// cache is full.
 int kv_reuse_decode(const Model *m, KVReuseWork *w, int token);
 
 // The workload (infer/kvreuse.c, `--eval reuse --reuse lsh|semshare`): for `pairs` pairs per similarity
 // class, the first prompt is processed in full and stored, the second looked up and processed with reuse,
 // and compared with its full recomputation over its last prompt token and `gen` greedy tokens.
 enum { KV_REUSE_IDENTICAL, KV_REUSE_EDIT, KV_REUSE_REORDER, KV_REUSE_UNRELATED, KV_REUSE_CLASSES };
+enum { KV_REUSE_MAX_LAYERS = 64 }; // layers whose kept tokens the workload reports (deeper ones are not)
 
 typedef struct {
     int context;         // tokens per prompt (--context) [model context]
@@ -175,12 +207,15 @@ typedef struct {
     double kl_last, kl_gen;            // mean KL(full || reuse): last prompt token; over the gen tokens
     double top1;                       // fraction of the gen distributions whose argmax agrees
     double greedy_match;               // fraction of pairs generating the same gen tokens
+    double kv_bytes, kv_bytes_full;    // mean K/V bytes held after the prefill with reuse / the full prompt's
+    double kept[KV_REUSE_MAX_LAYERS];  // mean prompt tokens each layer holds after the prefill with reuse
 } KVReuseClassResult;
 
 typedef struct {
     KVReuseClassResult cls[KV_REUSE_CLASSES];
     KVReuseStats store;
     size_t entry_bytes;                // one stored request
+    int n_layer;                       // entries of cls[].kept reported: min(layers, KV_REUSE_MAX_LAYERS)
 } KVReuseResult;
 
 extern const char *const kv_reuse_class_names[KV_REUSE_CLASSES];

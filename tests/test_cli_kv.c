@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli_util.h"
@@ -146,5 +147,39 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
             "--context", "24", "--json");
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_assert(strstr(r.out, "\"identical\""), "%s", r.out);
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--reuse", "lsh", "--data", corpus, "--deep-keep", "0.5");
+    EXPECT_ERROR(&r, "infer", "--deep-keep applies to --reuse semshare");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--reuse", "semshare", "--data", corpus, "--streams", "2",
+            "--context", "24", "--deep-keep", "0.5", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"deep_keep\": 0.5") && strstr(r.out, "\"kept_per_layer\""), "%s", r.out);
+    cliutil_run_free(&r);
+}
+
+// Attention heat maps: the output directory goes with the mode; a run writes one PNG per layer and a summary.
+Test(cli_kv, eval_attention) {
+    const char *corpus = cliutil_write_corpus();
+    const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
+    Run r = RUN("infer", "--ckpt", ckpt, "--eval", "attention", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--eval attention needs --out DIR");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--out", "/tmp");
+    EXPECT_ERROR(&r, "infer", "--out applies to --eval attention");
+    cliutil_run_free(&r);
+    char dir[256], png[300];
+    snprintf(dir, sizeof(dir), "%s.maps", corpus);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "attention", "--data", corpus, "--out", dir);
+    EXPECT_ERROR(&r, "infer", "does not exist");
+    cliutil_run_free(&r);
+    mkdir(dir, 0755);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "attention", "--data", corpus, "--out", dir, "--context", "20", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"type\": \"attn_summary\"") && strstr(r.out, "\"sink1\""), "%s", r.out);
+    for (int l = 0; l < 2; l++) { // the tiny preset has 2 layers
+        snprintf(png, sizeof(png), "%s/attn-layer%d.png", dir, l);
+        cr_assert_eq(access(png, F_OK), 0, "%s", png);
+    }
     cliutil_run_free(&r);
 }

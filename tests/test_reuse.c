@@ -1,6 +1,7 @@
 // Reuse across requests (kv/reuse.h): the store's LSH, cosine and n-gram confirmation, LRU budget and tenant
 // scopes; the prefill engine against the decode step; lsh and semshare reuse against full recomputation;
-// the workload never letting unrelated prompts hit; one-line errors for bad configs.
+// semshare's deep-layer pruning (off: bit-identical; on: the configured counts, votes by attention, decode
+// over the kept rows only); the workload never letting unrelated prompts hit; one-line errors for bad configs.
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
@@ -362,6 +363,335 @@ Test(reuse, workload_unrelated_never_hit) {
     model_free(&m);
 }
 
+// --- semshare deep-layer pruning ------------------------------------------------------------------------
+
+// A store holding a's full prefill, looked up with b (a permissive store: one bucket, no n-gram check).
+static const KVReuseEntry *stored_entry(const Model *m, KVReuseStore **s, const int *a, const int *b) {
+    KVReuseStoreConfig sc;
+    kv_reuse_store_config_default(&sc);
+    sc.planes = 1, sc.radius = 1, sc.threshold = 0.01f, sc.min_overlap = 0.0f;
+    *s = new_store(m, &sc);
+    KVReuseWork w;
+    kv_reuse_work_init(&w, m, T);
+    store_prompt(m, *s, &w, 0, a, T);
+    kv_reuse_work_free(&w);
+    const KVReuseEntry *e = kv_reuse_lookup(*s, 0, b, T, NULL);
+    cr_assert_not_null(e);
+    return e;
+}
+
+// a edited at a few positions, some in the newest tokens, so that several rows of the vote window run deep.
+static void edited(const int *a, int *b) {
+    memcpy(b, a, T * sizeof(int));
+    int at[] = {5, 20, T - 6, T - 3};
+    for (int i = 0; i < 4; i++) b[at[i]] = (a[at[i]] + 7) % V;
+}
+
+static void prune_config(KVSemShareConfig *ss) {
+    kv_semshare_config_default(ss);
+    ss->deep_keep = 0.3f, ss->deep_sink = 2, ss->deep_recent = 4, ss->deep_window = 8;
+}
+
+static size_t lane_floats(const KVReuseWork *w, int l, int g) { return ((size_t)l * 2 + g) * w->cap * 8; } // NKV 2, HD 8
+
+static int bitwise_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+// Today's decode over a work cache (row = position, attention over rows 0..pos), kept here as the reference
+// that pruning off must reproduce bit for bit.
+static int attend_unpruned(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
+    KVReuseWork *w = ctx;
+    int NKV = m->cfg.n_kv_head, HD = model_head_dim(&m->cfg);
+    m->ops->rope_forward(s->k, 1, 1, NKV, HD, pos, m->cfg.rope_theta);
+    for (int g = 0; g < NKV; g++) {
+        memcpy(w->k + lane_floats(w, l, g) + (size_t)pos * HD, s->k + g * HD, HD * sizeof(float));
+        memcpy(w->v + lane_floats(w, l, g) + (size_t)pos * HD, s->v + g * HD, HD * sizeof(float));
+    }
+    m->ops->rope_forward(s->q, 1, 1, m->cfg.n_head, HD, pos, m->cfg.rope_theta);
+    m->ops->attention_decode(s->atty, s->att, s->q, w->k + lane_floats(w, l, 0), w->v + lane_floats(w, l, 0), pos + 1,
+                             (size_t)w->cap * HD, m->cfg.n_head, NKV, HD);
+    return 0;
+}
+
+// Pruning off (the default) changes nothing: the prefill's logits and cache do not depend on the other deep
+// knobs, every layer holds every position at its row, and decode equals today's attention bit for bit.
+Test(reuse, semshare_prune_off_is_bit_identical) {
+    Model m;
+    tiny_model(&m, 3, 2);
+    int a[T], b[T], map[T];
+    random_tokens(a, T, 21);
+    edited(a, b);
+    KVReuseStore *s;
+    const KVReuseEntry *e = stored_entry(&m, &s, a, b);
+    KVSemShareConfig ss, other;
+    kv_semshare_config_default(&ss);
+    cr_assert_eq(ss.deep_keep, 1.0f, "pruning is off by default");
+    other = ss, other.deep_sink = 0, other.deep_recent = 1, other.deep_window = T;
+    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    KVReuseWork w, t;
+    kv_reuse_work_init(&w, &m, T + 4);
+    kv_reuse_work_init(&t, &m, T + 4);
+    kv_reuse_prefill_semshare(&m, &w, e, map, &ss, b, T, NULL);
+    kv_reuse_prefill_semshare(&m, &t, e, map, &other, b, T, NULL);
+    size_t all = (size_t)3 * 2 * (T + 4) * 8;
+    cr_assert(bitwise_equal(w.ds.logits, t.ds.logits, V) && bitwise_equal(w.k, t.k, all) && bitwise_equal(w.v, t.v, all));
+    cr_assert_eq(kv_reuse_work_bytes(&m, &w), (size_t)3 * T * 2 * 16 * sizeof(float));
+    for (int l = 0; l < 3; l++) {
+        cr_assert_eq(w.rows[l], T);
+        for (int i = 0; i < T; i++) cr_assert_eq(w.row_pos[l * w.cap + i], i);
+    }
+    for (int g = 1; g < 4; g++) { // t decodes through today's attention, w through kv_reuse_decode
+        cr_assert_eq(kv_reuse_decode(&m, &w, a[g]), 0);
+        cr_assert_eq(model_decode_step_with(&m, &t.ds, a[g], t.n, attend_unpruned, &t), 0);
+        t.n++;
+        cr_assert(bitwise_equal(w.ds.logits, t.ds.logits, V), "step %d: logits differ", g);
+        for (int l = 0; l < 3; l++) cr_assert_eq(w.rows[l], w.n);
+    }
+    cr_assert(bitwise_equal(w.k, t.k, all) && bitwise_equal(w.v, t.v, all));
+    free_all(&m, s, &w, &t);
+}
+
+// The schedule: exponential decay from every token at layer 0 to deep_keep at the last, never below the
+// protected sink + recent tokens, non-increasing with depth; all tokens when off.
+Test(reuse, semshare_keep_counts_follow_the_schedule) {
+    KVSemShareConfig ss;
+    kv_semshare_config_default(&ss);
+    int keep[6];
+    kv_semshare_keep_counts(&ss, 4, 256, keep);
+    for (int l = 0; l < 4; l++) cr_assert_eq(keep[l], 256, "off: layer %d keeps %d", l, keep[l]);
+    ss.deep_keep = 0.5f; // 256 * 0.5^(l/3): 256, 203.2, 161.3, 128
+    kv_semshare_keep_counts(&ss, 4, 256, keep);
+    int want[4] = {256, 203, 161, 128};
+    for (int l = 0; l < 4; l++) cr_assert_eq(keep[l], want[l], "layer %d keeps %d", l, keep[l]);
+    ss.deep_keep = 0.01f; // the floor: 4 sink + 16 recent
+    kv_semshare_keep_counts(&ss, 6, 256, keep);
+    cr_assert_eq(keep[0], 256);
+    for (int l = 1; l < 6; l++) {
+        cr_assert_leq(keep[l], keep[l - 1], "layer %d keeps more than layer %d", l, l - 1);
+        cr_assert_geq(keep[l], 20);
+    }
+    cr_assert_eq(keep[5], 20);
+    kv_semshare_keep_counts(&ss, 4, 12, keep); // a prompt shorter than the protected tokens keeps them all
+    for (int l = 0; l < 4; l++) cr_assert_eq(keep[l], 12);
+    kv_semshare_keep_counts(&ss, 1, 100, keep); // one layer: it is the last, deep_keep applies
+    cr_assert_eq(keep[0], 20);
+}
+
+// Pruning on: each layer holds the scheduled count of prompt rows, in position order, the sink and newest
+// among them, each row bit for bit the unpruned cache's row at that position; the bytes held drop to match.
+Test(reuse, semshare_prune_keeps_configured_rows) {
+    Model m;
+    tiny_model(&m, 3, 2);
+    int a[T], b[T], map[T], keep[3];
+    random_tokens(a, T, 22);
+    edited(a, b);
+    KVReuseStore *s;
+    const KVReuseEntry *e = stored_entry(&m, &s, a, b);
+    KVSemShareConfig ss, off;
+    prune_config(&ss);
+    off = ss, off.deep_keep = 1.0f;
+    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    kv_semshare_keep_counts(&ss, 3, T, keep);
+    cr_assert(keep[0] == T && keep[1] == 22 && keep[2] == 12, "40 * 0.3^(l/2): 40, 21.9, 12");
+    KVReuseWork w, f;
+    kv_reuse_work_init(&w, &m, T + 4);
+    kv_reuse_work_init(&f, &m, T + 4);
+    kv_reuse_prefill_semshare(&m, &w, e, map, &ss, b, T, NULL);
+    kv_reuse_prefill_semshare(&m, &f, e, map, &off, b, T, NULL);
+    cr_assert(bitwise_equal(w.ds.logits, f.ds.logits, V), "pruning runs after the prefill: same first logits");
+    size_t held = 0;
+    for (int l = 0; l < 3; l++) {
+        cr_assert_eq(w.rows[l], keep[l], "layer %d holds %d rows", l, w.rows[l]);
+        const int *rp = w.row_pos + l * w.cap;
+        for (int i = 1; i < w.rows[l]; i++) cr_assert_lt(rp[i - 1], rp[i], "layer %d: positions ascend", l);
+        for (int i = 0; i < 2; i++) cr_assert_eq(rp[i], i, "layer %d keeps sink %d", l, i);
+        for (int i = 0; i < 4; i++) cr_assert_eq(rp[w.rows[l] - 4 + i], T - 4 + i, "layer %d keeps the newest", l);
+        for (int g = 0; g < 2; g++)
+            for (int i = 0; i < w.rows[l]; i++) {
+                size_t at = lane_floats(&w, l, g) + (size_t)i * 8, src = lane_floats(&f, l, g) + (size_t)rp[i] * 8;
+                cr_assert(bitwise_equal(w.k + at, f.k + src, 8) && bitwise_equal(w.v + at, f.v + src, 8),
+                          "layer %d head %d row %d is not position %d's", l, g, i, rp[i]);
+            }
+        held += (size_t)keep[l];
+    }
+    cr_assert_eq(kv_reuse_work_bytes(&m, &w), held * 2 * 16 * sizeof(float));
+    cr_assert_lt(kv_reuse_work_bytes(&m, &w), kv_reuse_work_bytes(&m, &f));
+    free_all(&m, s, &w, &f);
+}
+
+// Independent reference: naive attention (double sums, explicit mask) over an unpruned cache (row =
+// position), allowed per layer only the prompt positions the pruned work kept, and every decoded position.
+typedef struct {
+    KVReuseWork *full;
+    unsigned char allowed[3][T + 4];
+} NaiveMasked;
+
+static int attend_naive_masked(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
+    NaiveMasked *nm = ctx;
+    KVReuseWork *w = nm->full;
+    int NH = m->cfg.n_head, NKV = m->cfg.n_kv_head, HD = model_head_dim(&m->cfg);
+    m->ops->rope_forward(s->k, 1, 1, NKV, HD, pos, m->cfg.rope_theta);
+    m->ops->rope_forward(s->q, 1, 1, NH, HD, pos, m->cfg.rope_theta);
+    for (int g = 0; g < NKV; g++) {
+        memcpy(w->k + lane_floats(w, l, g) + (size_t)pos * HD, s->k + g * HD, HD * sizeof(float));
+        memcpy(w->v + lane_floats(w, l, g) + (size_t)pos * HD, s->v + g * HD, HD * sizeof(float));
+    }
+    nm->allowed[l][pos] = 1;
+    for (int h = 0; h < NH; h++) {
+        int g = h / (NH / NKV);
+        const float *K = w->k + lane_floats(w, l, g), *Vv = w->v + lane_floats(w, l, g), *q = s->q + h * HD;
+        double score[T + 4], mx = -INFINITY, z = 0.0, out[8] = {0};
+        for (int j = 0; j <= pos; j++) {
+            if (!nm->allowed[l][j]) continue;
+            double d = 0.0;
+            for (int i = 0; i < HD; i++) d += (double)q[i] * K[(size_t)j * HD + i];
+            score[j] = d / sqrt((double)HD);
+            mx = fmax(mx, score[j]);
+        }
+        for (int j = 0; j <= pos; j++)
+            if (nm->allowed[l][j]) z += exp(score[j] - mx);
+        for (int j = 0; j <= pos; j++)
+            if (nm->allowed[l][j])
+                for (int i = 0; i < HD; i++) out[i] += exp(score[j] - mx) / z * Vv[(size_t)j * HD + i];
+        for (int i = 0; i < HD; i++) s->atty[h * HD + i] = (float)out[i];
+    }
+    return 0;
+}
+
+// Decode never reads a pruned row: with every row past what each layer holds set to NaN, the logits stay
+// finite and equal the naive masked reference's; and the mask matters (unpruned decode differs).
+Test(reuse, semshare_prune_decode_reads_only_kept_rows) {
+    Model m;
+    tiny_model(&m, 3, 2);
+    int a[T], b[T], map[T];
+    random_tokens(a, T, 23);
+    edited(a, b);
+    KVReuseStore *s;
+    const KVReuseEntry *e = stored_entry(&m, &s, a, b);
+    KVSemShareConfig ss, off;
+    prune_config(&ss);
+    off = ss, off.deep_keep = 1.0f;
+    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    int keep[3];
+    kv_semshare_keep_counts(&ss, 3, T, keep);
+    KVReuseWork w, f, u;
+    kv_reuse_work_init(&w, &m, T + 4);
+    kv_reuse_work_init(&f, &m, T + 4);
+    kv_reuse_work_init(&u, &m, T + 4);
+    kv_reuse_prefill_semshare(&m, &w, e, map, &ss, b, T, NULL);
+    kv_reuse_prefill_semshare(&m, &f, e, map, &off, b, T, NULL);
+    kv_reuse_prefill_semshare(&m, &u, e, map, &off, b, T, NULL);
+    NaiveMasked nm = {.full = &f};
+    for (int l = 0; l < 3; l++) {
+        for (int i = 0; i < w.rows[l]; i++) nm.allowed[l][w.row_pos[l * w.cap + i]] = 1;
+        for (int g = 0; g < 2; g++)
+            for (size_t i = (size_t)w.rows[l] * 8; i < (size_t)w.cap * 8; i++)
+                w.k[lane_floats(&w, l, g) + i] = w.v[lane_floats(&w, l, g) + i] = NAN;
+    }
+    DecodeState ds;
+    decode_state_init(&ds, &m.cfg, T + 4);
+    float changed = 0.0f;
+    for (int g = 1; g < 4; g++) {
+        cr_assert_eq(kv_reuse_decode(&m, &w, a[g]), 0);
+        cr_assert_eq(kv_reuse_decode(&m, &u, a[g]), 0);
+        cr_assert_eq(model_decode_step_with(&m, &ds, a[g], T + g - 1, attend_naive_masked, &nm), 0);
+        for (int i = 0; i < V; i++) cr_assert(isfinite(w.ds.logits[i]), "step %d: logit %d is %g", g, i, w.ds.logits[i]);
+        float mx = 0.0f, d = max_abs_diff(w.ds.logits, ds.logits, V, &mx), mu = 0.0f;
+        cr_assert_leq(d, 1e-5f * fmaxf(mx, 1.0f), "step %d: |diff| %g vs the naive masked reference", g, d);
+        changed = fmaxf(changed, max_abs_diff(w.ds.logits, u.ds.logits, V, &mu));
+        for (int l = 0; l < 3; l++) cr_assert_eq(w.rows[l], keep[l] + g, "decoded rows append to the kept ones");
+    }
+    cr_assert_gt(changed, 1e-3f, "pruning did not change decode: the test would not see a wrong mask");
+    decode_state_free(&ds);
+    kv_reuse_work_free(&u);
+    free_all(&m, s, &w, &f);
+}
+
+// Which tokens: with one voter (the last token; an identical prompt, so its state is the recomputation's),
+// every kept unprotected position drew at least as much of its attention (mean over heads, at that layer)
+// as every pruned one. The reference attention comes from the decode step over a full prefill.
+typedef struct {
+    KVReuseWork *w;
+    float votes[3][T];
+} Capture;
+
+static int attend_capture(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
+    Capture *c = ctx;
+    attend_unpruned(c->w, m, s, l, pos);
+    int NH = m->cfg.n_head;
+    for (int j = 0; j <= pos; j++) {
+        c->votes[l][j] = 0.0f;
+        for (int h = 0; h < NH; h++) c->votes[l][j] += s->att[h * (pos + 1) + j] / NH;
+    }
+    return 0;
+}
+
+Test(reuse, semshare_prune_keeps_the_most_attended) {
+    Model m;
+    tiny_model(&m, 3, 2);
+    int a[T], map[T], keep[3];
+    random_tokens(a, T, 24);
+    KVReuseStore *s;
+    const KVReuseEntry *e = stored_entry(&m, &s, a, a);
+    KVSemShareConfig ss;
+    prune_config(&ss);
+    ss.deep_window = 1;
+    kv_semshare_map(&m, &ss, a, T, a, T, map);
+    kv_semshare_keep_counts(&ss, 3, T, keep);
+    KVReuseWork w, f; // cap > T: a vote read with the wrong row stride would show
+    kv_reuse_work_init(&w, &m, T + 4);
+    kv_reuse_work_init(&f, &m, T + 4);
+    kv_reuse_prefill_semshare(&m, &w, e, map, &ss, a, T, NULL);
+    kv_reuse_prefill_full(&m, &f, a, T - 1, NULL);
+    Capture cap = {.w = &f};
+    cr_assert_eq(model_decode_step_with(&m, &f.ds, a[T - 1], T - 1, attend_capture, &cap), 0);
+    for (int l = 1; l < 3; l++) {
+        unsigned char kept[T] = {0};
+        for (int i = 0; i < w.rows[l]; i++) kept[w.row_pos[l * w.cap + i]] = 1;
+        float min_kept = INFINITY, max_pruned = -INFINITY;
+        for (int j = 2; j < T - 4; j++) { // the unprotected positions
+            if (kept[j]) min_kept = fminf(min_kept, cap.votes[l][j]);
+            else max_pruned = fmaxf(max_pruned, cap.votes[l][j]);
+        }
+        cr_assert_eq(w.rows[l], keep[l]);
+        cr_assert_geq(min_kept, max_pruned - 1e-5f, "layer %d: kept a token with attention %g, pruned one with %g", l,
+                      min_kept, max_pruned);
+    }
+    free_all(&m, s, &w, &f);
+}
+
+// The workload reports what pruning holds: bytes after the prefill and per-layer kept tokens for the hits;
+// misses (full prefill) keep everything; the first token is unaffected (pruning follows the prefill).
+Test(reuse, workload_reports_pruned_bytes) {
+    Model m;
+    tiny_model(&m, 3, 2);
+    enum { N = 5 * 3 * 32 };
+    int tok[N], keep[3];
+    random_tokens(tok, N, 25);
+    KVReuseConfig cfg;
+    kv_reuse_config_default(&cfg, &m);
+    cfg.context = 32, cfg.pairs = 3, cfg.gen = 4, cfg.store.radius = 4;
+    prune_config(&cfg.semshare);
+    kv_semshare_keep_counts(&cfg.semshare, 3, 32, keep);
+    KVReuseResult r;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_eval_reuse(&m, "semshare", tok, N, &cfg, &r, err), 0, "%s", err);
+    cr_assert_eq(r.n_layer, 3);
+    const KVReuseClassResult *id = &r.cls[KV_REUSE_IDENTICAL], *un = &r.cls[KV_REUSE_UNRELATED];
+    cr_assert_eq(id->hits, 3);
+    double full = 32.0 * 3 * 2 * 16 * sizeof(float);
+    cr_assert_float_eq(id->kv_bytes_full, full, 1e-6);
+    cr_assert_float_eq(id->kv_bytes, (keep[0] + keep[1] + keep[2]) * 2.0 * 16 * sizeof(float), 1e-6);
+    cr_assert_lt(id->kv_bytes, 0.8 * full);
+    for (int l = 0; l < 3; l++) {
+        cr_assert_float_eq(id->kept[l], keep[l], 1e-9);
+        cr_assert_float_eq(un->kept[l], 32.0, 1e-9);
+    }
+    cr_assert_eq(un->hits, 0);
+    cr_assert_float_eq(un->kv_bytes, full, 1e-6);
+    cr_assert_lt(id->kl_last, 1e-6);
+    model_free(&m);
+}
+
 static void expect_one_line(int rc, const char *err) {
     cr_assert_eq(rc, -1);
     cr_assert(err[0] && !strchr(err, '\n'), "error '%s' is not one line", err);
@@ -393,6 +723,15 @@ Test(reuse, bad_configs_rejected_with_one_line) {
     expect_one_line(kv_eval_reuse(&m, "lsh", tok, 400, &c2, &r, err), err);
     c2 = cfg, c2.semshare.recompute = 2.0f;
     expect_one_line(kv_eval_reuse(&m, "semshare", tok, 400, &c2, &r, err), err);
+    KVSemShareConfig bad_ss[6];
+    for (int i = 0; i < 6; i++) kv_semshare_config_default(&bad_ss[i]);
+    bad_ss[0].deep_keep = 0.0f, bad_ss[1].deep_keep = 1.5f, bad_ss[2].deep_keep = NAN, bad_ss[3].deep_sink = -1;
+    bad_ss[4].deep_recent = 0, bad_ss[5].deep_window = 0;
+    for (int i = 0; i < 6; i++) {
+        expect_one_line(kv_semshare_config_validate(&bad_ss[i], err), err);
+        c2 = cfg, c2.semshare = bad_ss[i];
+        expect_one_line(kv_eval_reuse(&m, "semshare", tok, 400, &c2, &r, err), err);
+    }
     c2 = cfg, c2.store.budget_bytes = 100; // smaller than one request
     expect_one_line(kv_eval_reuse(&m, "lsh", tok, 400, &c2, &r, err), err);
     model_free(&m);
