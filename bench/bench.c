@@ -1,20 +1,69 @@
 // build/bench: training speed (ms per optimizer step, tokens/s) of each preset, and decode speed, on this
 // machine. Median of several timed steps after warm-up. Speed lives here and in BENCHMARKS.md, never in
 // timed tests.
+//
+// build/bench --attention: naive causal attention (materialises (T, T)) against the CPU FlashAttention forward
+// (attention/flash_cpu.c) as T grows: time (best of a few runs), slow-memory bytes moved as counted by the code
+// next to the IO analysis' closed form, the memory each allocates for intermediates, and the largest output
+// difference. --json prints one JSON object per line instead of the tables.
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../attention/flash_cpu.h"
+#include "../common/args.h"
+#include "../layers/cpu_ops.h"
 #include "../layers/decode.h"
 #include "../train/presets.h"
+
+#define MAX_TS 64
+
+typedef struct {
+    int json, quick, attention;
+    const char *attention_flag; // the first --attention-* flag given (an error without --attention)
+    int ts[MAX_TS], n_ts;       // sequence lengths
+    int M, d, B, NH, NKV, runs;
+} BenchOpts;
+
+static const int DEFAULT_TS[] = {128, 256, 512, 1024, 2048, 4096};
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: build/bench [--quick] [--json]\n"
+            "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
+            "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
+            "                   [--attention-runs R]\n"
+            "  --quick               skip the shakespeare preset (training and decode benchmarks)\n"
+            "  --json                one JSON object per line instead of the human tables\n"
+            "  --attention           naive vs flash causal attention as T grows (instead of training/decode)\n"
+            "  --attention-t LIST    comma-separated sequence lengths (default 128,256,512,1024,2048,4096)\n"
+            "  --attention-m M       flash's on-chip budget in floats (default %d = 64 KiB: tiles Bc = ceil(M/4d),\n"
+            "                        Br = min(Bc, d), as in FlashAttention's Algorithm 1)\n"
+            "  --attention-d D       head dimension (default 64)\n"
+            "  --attention-batch B, --attention-heads NH, --attention-kv-heads NKV   (default 1, 1, NH)\n"
+            "  --attention-runs R    timed runs per point after one warm-up; the best is reported (default 3)\n",
+            FLASH_DEFAULT_M);
+}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
-static void describe_machine(void) {
+// Writes s as a JSON string literal (quotes, backslashes and control characters escaped).
+static void json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static void describe_machine(int json) {
     char model[256] = "unknown CPU", line[512];
     FILE *f = fopen("/proc/cpuinfo", "r");
     while (f && fgets(line, sizeof(line), f))
@@ -25,8 +74,16 @@ static void describe_machine(void) {
             break;
         }
     if (f) fclose(f);
-    printf("machine: %s, %d OpenMP threads\n", model, omp_get_max_threads());
+    if (json) {
+        printf("{\"bench\": \"machine\", \"cpu\": ");
+        json_string(model);
+        printf(", \"omp_threads\": %d}\n", omp_get_max_threads());
+    } else {
+        printf("machine: %s, %d OpenMP threads\n", model, omp_get_max_threads());
+    }
 }
+
+// --- training and decode -----------------------------------------------------------------------------------
 
 // A preset's model with the given attention, randomly initialised (speed does not depend on the values).
 static void bench_model_init(Model *m, const char *preset_name, const char *attn, int vocab) {
@@ -40,7 +97,7 @@ static void bench_model_init(Model *m, const char *preset_name, const char *attn
     model_init_weights(m, 1);
 }
 
-static void bench_train(const char *preset_name, const char *attn, const Corpus *c, int vocab, int steps) {
+static void bench_train(const char *preset_name, const char *attn, const Corpus *c, int vocab, int steps, int json) {
     TrainConfig tc = preset_find(preset_name)->train;
     Model m;
     bench_model_init(&m, preset_name, attn, vocab);
@@ -59,9 +116,15 @@ static void bench_train(const char *preset_name, const char *attn, const Corpus 
     }
     qsort(times, steps, sizeof(double), cmp_double);
     double med = times[steps / 2];
-    printf("train  %-12s %-6s %6.2fM params  B=%-3d T=%-4d  %8.1f ms/step  %9.0f tokens/s  (median of %d)\n",
-           preset_name, attn, m.n_params / 1e6, tc.batch_size, tc.seq_len, med * 1e3,
-           tc.batch_size * tc.seq_len / med, steps);
+    if (json)
+        printf("{\"bench\": \"train\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"B\": %d, \"T\": %d, "
+               "\"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, \"runs\": %d}\n",
+               preset_name, attn, m.n_params, tc.batch_size, tc.seq_len, med * 1e3,
+               tc.batch_size * tc.seq_len / med, steps);
+    else
+        printf("train  %-12s %-6s %6.2fM params  B=%-3d T=%-4d  %8.1f ms/step  %9.0f tokens/s  (median of %d)\n",
+               preset_name, attn, m.n_params / 1e6, tc.batch_size, tc.seq_len, med * 1e3,
+               tc.batch_size * tc.seq_len / med, steps);
     fflush(stdout);
     common_free(in);
     common_free(tg);
@@ -69,7 +132,7 @@ static void bench_train(const char *preset_name, const char *attn, const Corpus 
     model_free(&m);
 }
 
-static void bench_decode(const char *preset_name, const char *attn, int vocab, int runs) {
+static void bench_decode(const char *preset_name, const char *attn, int vocab, int runs, int json) {
     Model m;
     bench_model_init(&m, preset_name, attn, vocab);
     const ModelConfig mc = m.cfg;
@@ -88,21 +151,20 @@ static void bench_decode(const char *preset_name, const char *attn, int vocab, i
     }
     qsort(times, runs, sizeof(double), cmp_double);
     double med = times[runs / 2];
-    printf("decode %-12s %-6s %6.2fM params  %d tokens from empty cache  %9.0f tokens/s  KV %zu bytes  (median of %d)\n",
-           preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
+    if (json)
+        printf("{\"bench\": \"decode\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"tokens\": %d, "
+               "\"tokens_per_s\": %.1f, \"kv_bytes\": %zu, \"runs\": %d}\n",
+               preset_name, attn, m.n_params, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
+    else
+        printf("decode %-12s %-6s %6.2fM params  %d tokens from empty cache  %9.0f tokens/s  KV %zu bytes  (median of %d)\n",
+               preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
     fflush(stdout);
     decode_state_free(&ds);
     kv_cache_free(kv);
     model_free(&m);
 }
 
-int main(int argc, char **argv) {
-    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (argc > 1 && !quick) {
-        fprintf(stderr, "usage: build/bench [--quick]   (--quick skips the shakespeare preset)\n");
-        return 1;
-    }
-    describe_machine();
+static int bench_train_decode(const BenchOpts *o) {
     char err[ERR_LEN];
     Corpus c;
     Tokenizer tok;
@@ -110,15 +172,260 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench: %s (run from the repository root)\n", err);
         return 1;
     }
-    bench_train("baby", "mha", &c, tok.vocab_size, 15);
-    bench_train("small", "mha", &c, tok.vocab_size, 9);
-    bench_train("small", "gqa:8", &c, tok.vocab_size, 9);
-    bench_train("small", "mqa", &c, tok.vocab_size, 9);
-    if (!quick) bench_train("shakespeare", "mha", &c, tok.vocab_size, 3);
-    bench_decode("baby", "mha", tok.vocab_size, 9);
-    bench_decode("small", "mha", tok.vocab_size, 9);
-    bench_decode("small", "mqa", tok.vocab_size, 9);
-    if (!quick) bench_decode("shakespeare", "mha", tok.vocab_size, 5);
+    bench_train("baby", "mha", &c, tok.vocab_size, 15, o->json);
+    bench_train("small", "mha", &c, tok.vocab_size, 9, o->json);
+    bench_train("small", "gqa:8", &c, tok.vocab_size, 9, o->json);
+    bench_train("small", "mqa", &c, tok.vocab_size, 9, o->json);
+    if (!o->quick) bench_train("shakespeare", "mha", &c, tok.vocab_size, 3, o->json);
+    bench_decode("baby", "mha", tok.vocab_size, 9, o->json);
+    bench_decode("small", "mha", tok.vocab_size, 9, o->json);
+    bench_decode("small", "mqa", tok.vocab_size, 9, o->json);
+    if (!o->quick) bench_decode("shakespeare", "mha", tok.vocab_size, 5, o->json);
     corpus_free(&c);
     return 0;
+}
+
+// --- attention: naive vs flash -----------------------------------------------------------------------------
+
+// One sequence length's buffers: inputs, the production naive output (the reference), the counted naive's and
+// flash's outputs, naive's (B, NH, T, T) probabilities and flash's log-sum-exp.
+typedef struct {
+    int T;
+    size_t nq, nkv;
+    float *q, *k, *v, *ref, *out_counted, *out_flash, *att, *lse;
+} AttnBufs;
+
+static float *random_floats(size_t n, Rng *rng) {
+    float *x = common_calloc(n, sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = rng_normal(rng);
+    return x;
+}
+
+static void attn_bufs_init(AttnBufs *a, const BenchOpts *o, int T) {
+    a->T = T;
+    a->nq = (size_t)o->B * T * o->NH * o->d;
+    a->nkv = (size_t)o->B * T * o->NKV * o->d;
+    Rng rng;
+    rng_init(&rng, 1000 + (uint64_t)T); // fixed seeds: every figure reproducible
+    a->q = random_floats(a->nq, &rng);
+    a->k = random_floats(a->nkv, &rng);
+    a->v = random_floats(a->nkv, &rng);
+    a->ref = common_calloc(a->nq, sizeof(float));
+    a->out_counted = common_calloc(a->nq, sizeof(float));
+    a->out_flash = common_calloc(a->nq, sizeof(float));
+    a->att = common_calloc((size_t)o->B * o->NH * T * T, sizeof(float));
+    a->lse = common_calloc((size_t)o->B * o->NH * T, sizeof(float));
+}
+
+static void attn_bufs_free(AttnBufs *a) {
+    common_free(a->q), common_free(a->k), common_free(a->v), common_free(a->ref);
+    common_free(a->out_counted), common_free(a->out_flash), common_free(a->att), common_free(a->lse);
+}
+
+static void run_naive(const BenchOpts *o, AttnBufs *a) {
+    attention_forward_cpu(a->ref, a->att, a->q, a->k, a->v, o->B, a->T, o->NH, o->NKV, o->d);
+}
+
+static void run_flash(const BenchOpts *o, AttnBufs *a) {
+    FlashTiles tiles = {o->M, 0, 0};
+    attention_flash_forward_cpu(a->out_flash, a->lse, a->q, a->k, a->v, o->B, a->T, o->NH, o->NKV, o->d, &tiles,
+                                NULL);
+}
+
+// Best wall time in ms of o->runs runs after one warm-up (the counters are off: these are the real ops).
+static double best_ms(const BenchOpts *o, AttnBufs *a, void (*fn)(const BenchOpts *, AttnBufs *)) {
+    fn(o, a);
+    double best = 1e30;
+    for (int r = 0; r < o->runs; r++) {
+        double t0 = common_now();
+        fn(o, a);
+        double ms = (common_now() - t0) * 1e3;
+        best = ms < best ? ms : best;
+    }
+    return best;
+}
+
+static double max_abs_diff(const float *x, const float *y, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = x[i] > y[i] ? (double)x[i] - y[i] : (double)y[i] - x[i];
+        m = d > m ? d : m;
+    }
+    return m;
+}
+
+typedef struct {
+    const char *algo;
+    double ms, diff;
+    AttnIO io;
+    uint64_t formula;
+} AttnResult;
+
+static void fmt_bytes(char *buf, size_t n, double bytes) {
+    if (bytes >= 1024.0 * 1024 * 1024) snprintf(buf, n, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+    else if (bytes >= 1024.0 * 1024) snprintf(buf, n, "%.2f MiB", bytes / (1024.0 * 1024));
+    else if (bytes >= 1024.0) snprintf(buf, n, "%.1f KiB", bytes / 1024.0);
+    else snprintf(buf, n, "%.0f B", bytes);
+}
+
+static void print_attention_result(const BenchOpts *o, int T, int Br, int Bc, const AttnResult *r) {
+    uint64_t moved = attn_io_total_bytes(&r->io);
+    int flash = strcmp(r->algo, "flash") == 0;
+    if (o->json) {
+        printf("{\"bench\": \"attention\", \"algo\": \"%s\", \"T\": %d, \"d\": %d, \"M\": %d, \"B\": %d, \"NH\": %d, "
+               "\"NKV\": %d, ",
+               r->algo, T, o->d, o->M, o->B, o->NH, o->NKV);
+        if (flash) printf("\"Br\": %d, \"Bc\": %d, ", Br, Bc);
+        else printf("\"Br\": null, \"Bc\": null, ");
+        printf("\"ms\": %.3f, \"bytes_moved\": %llu, \"bytes_read\": %llu, \"bytes_written\": %llu, "
+               "\"bytes_formula\": %llu, \"intermediate_bytes\": %llu, \"max_abs_diff\": %.3g, \"runs\": %d}\n",
+               r->ms, (unsigned long long)moved, (unsigned long long)attn_io_read_bytes(&r->io),
+               (unsigned long long)attn_io_write_bytes(&r->io), (unsigned long long)r->formula,
+               (unsigned long long)r->io.intermediate_bytes, r->diff, o->runs);
+    } else {
+        char mv[32], fm[32], im[32];
+        fmt_bytes(mv, sizeof(mv), (double)moved);
+        fmt_bytes(fm, sizeof(fm), (double)r->formula);
+        fmt_bytes(im, sizeof(im), (double)r->io.intermediate_bytes);
+        printf("%-6s %6d %10.3f %13s %13s %8.3f %14s %11.3g\n", r->algo, T, r->ms, mv, fm,
+               (double)moved / (double)r->formula, im, r->diff);
+    }
+    fflush(stdout);
+}
+
+static void bench_attention_T(const BenchOpts *o, int T, int Br, int Bc) {
+    AttnBufs a;
+    attn_bufs_init(&a, o, T);
+    AttnResult naive = {"naive", 0, 0, {0}, attention_naive_io_formula(o->B, T, o->NH, o->d)};
+    AttnResult flash = {"flash", 0, 0, {0}, attention_flash_io_formula(o->B, T, o->NH, o->d, Br)};
+    naive.ms = best_ms(o, &a, run_naive);
+    flash.ms = best_ms(o, &a, run_flash);
+    // Counting runs, apart from the timed ones. The counted naive is attention_forward_cpu step for step, so its
+    // difference from the timed op's output is 0; flash is compared with the timed naive output.
+    attention_forward_counted_cpu(a.out_counted, a.att, a.q, a.k, a.v, o->B, T, o->NH, o->NKV, o->d, &naive.io);
+    FlashTiles tiles = {o->M, 0, 0};
+    attention_flash_forward_cpu(a.out_flash, a.lse, a.q, a.k, a.v, o->B, T, o->NH, o->NKV, o->d, &tiles, &flash.io);
+    naive.diff = max_abs_diff(a.out_counted, a.ref, a.nq);
+    flash.diff = max_abs_diff(a.out_flash, a.ref, a.nq);
+    print_attention_result(o, T, Br, Bc, &naive);
+    print_attention_result(o, T, Br, Bc, &flash);
+    attn_bufs_free(&a);
+}
+
+static int bench_attention(const BenchOpts *o) {
+    int Br, Bc;
+    flash_tiles_resolve(&(FlashTiles){o->M, 0, 0}, o->d, &Br, &Bc);
+    if (!o->json) {
+        printf("attention, causal fp32: B=%d NH=%d NKV=%d d=%d; flash tiles from M=%d floats (%.1f KiB): Br=%d Bc=%d; "
+               "best of %d runs\n",
+               o->B, o->NH, o->NKV, o->d, o->M, o->M * 4.0 / 1024, Br, Bc, o->runs);
+        printf("bytes moved: slow-memory traffic counted by the code; formula: the IO analysis' dense closed form\n"
+               "(naive 4(4Td+4T^2) B NH, flash 4(2Td+2Td*ceil(T/Br)+T) B NH); intermediate: T x T buffers / tiles\n");
+        printf("%-6s %6s %10s %13s %13s %8s %14s %11s\n", "algo", "T", "ms", "bytes moved", "formula", "ratio",
+               "intermediate", "max|diff|");
+    }
+    for (int i = 0; i < o->n_ts; i++) bench_attention_T(o, o->ts[i], Br, Bc);
+    return 0;
+}
+
+// --- flags -------------------------------------------------------------------------------------------------
+
+// Parses "128,256,..." into o->ts; returns -1 with a message in err on a malformed list.
+static int parse_t_list(const char *s, BenchOpts *o, char *err) {
+    o->n_ts = 0;
+    const char *p = s;
+    while (1) {
+        char *end;
+        long t = strtol(p, &end, 10);
+        if (end == p || (*end != ',' && *end != 0) || t < 1 || t > 65536) {
+            err_set(err, "--attention-t expects comma-separated lengths in 1..65536, got '%s'", s);
+            return -1;
+        }
+        if (o->n_ts == MAX_TS) {
+            err_set(err, "--attention-t takes at most %d lengths", MAX_TS);
+            return -1;
+        }
+        o->ts[o->n_ts++] = (int)t;
+        if (*end == 0) return 0;
+        p = end + 1;
+    }
+}
+
+// Reads the current --attention-* flag into o; returns 0, -1 (message in err), or 1 when it is no such flag.
+static int parse_attention_flag(Args *a, BenchOpts *o, char *err) {
+    struct {
+        const char *name;
+        int *dst, lo, hi;
+    } ints[] = {{"--attention-m", &o->M, 1, 1 << 26},        {"--attention-d", &o->d, 1, 4096},
+                {"--attention-batch", &o->B, 1, 1024},       {"--attention-heads", &o->NH, 1, 1024},
+                {"--attention-kv-heads", &o->NKV, 1, 1024}, {"--attention-runs", &o->runs, 1, 100}};
+    if (args_is(a, "--attention-t")) {
+        const char *v;
+        if (args_string(a, &v) != 0) return err_set(err, "%s", a->err), -1;
+        return parse_t_list(v, o, err);
+    }
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (args_is(a, ints[i].name)) {
+            if (args_int(a, ints[i].lo, ints[i].hi, ints[i].dst) != 0) return err_set(err, "%s", a->err), -1;
+            return 0;
+        }
+    return 1;
+}
+
+// The whole command line into o; returns 0, 2 for --help, or -1 with one line in err.
+static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
+    static char first_attention_flag[128];
+    *o = (BenchOpts){.M = FLASH_DEFAULT_M, .d = 64, .B = 1, .NH = 1, .NKV = 0, .runs = 3};
+    memcpy(o->ts, DEFAULT_TS, sizeof(DEFAULT_TS));
+    o->n_ts = (int)(sizeof(DEFAULT_TS) / sizeof(DEFAULT_TS[0]));
+    Args a;
+    args_init(&a, argc, argv);
+    int r;
+    while ((r = args_next(&a)) != 0) {
+        if (r < 0) return err_set(err, "%s", a.err), -1;
+        if (args_is(&a, "--help") || args_is(&a, "-h")) return 2;
+        if (args_is(&a, "--quick") || args_is(&a, "--json") || args_is(&a, "--attention")) {
+            if (a.value) return err_set(err, "%s takes no value", a.flag), -1;
+            int *dst = args_is(&a, "--quick") ? &o->quick : args_is(&a, "--json") ? &o->json : &o->attention;
+            *dst = 1;
+            continue;
+        }
+        int k = parse_attention_flag(&a, o, err);
+        if (k < 0) return -1;
+        if (k > 0) return err_set(err, "unknown flag '%s' (see --help)", a.flag), -1;
+        if (!o->attention_flag) { // a.flag is overwritten by the next flag: keep a copy of the name
+            snprintf(first_attention_flag, sizeof(first_attention_flag), "%s", a.flag);
+            o->attention_flag = first_attention_flag;
+        }
+    }
+    if (o->attention_flag && !o->attention) return err_set(err, "%s needs --attention", o->attention_flag), -1;
+    if (o->quick && o->attention)
+        return err_set(err, "--quick applies to the training/decode benchmarks, not --attention "
+                            "(shorten the run with --attention-t)"), -1;
+    if (o->NKV == 0) o->NKV = o->NH;
+    if (o->NH % o->NKV != 0)
+        return err_set(err, "--attention-kv-heads %d must divide --attention-heads %d", o->NKV, o->NH), -1;
+    for (int i = 0; i < o->n_ts; i++) { // naive needs (B, NH, T, T) floats: refuse before allocating them
+        double bytes = 4.0 * o->B * o->NH * (double)o->ts[i] * o->ts[i];
+        if (bytes > 4.0 * 1024 * 1024 * 1024)
+            return err_set(err, "T=%d needs a %.1f GiB (B, NH, T, T) buffer for the naive attention (limit 4 GiB)",
+                           o->ts[i], bytes / (1024.0 * 1024 * 1024)), -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    BenchOpts o;
+    char err[ERR_LEN];
+    int r = parse_flags(argc, argv, &o, err);
+    if (r == 2) {
+        usage(stdout);
+        return 0;
+    }
+    if (r != 0) {
+        fprintf(stderr, "bench: %s\n", err);
+        return 1;
+    }
+    describe_machine(o.json);
+    return o.attention ? bench_attention(&o) : bench_train_decode(&o);
 }

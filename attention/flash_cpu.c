@@ -1,0 +1,273 @@
+// FlashAttention's forward on the CPU and the IO-counting twin of the naive attention (see flash_cpu.h).
+//
+// "Loading a tile" is literal here: Q_i, K_j and V_j are copied from the strided (T, HD) head views into small
+// contiguous per-thread buffers that stand for the on-chip SRAM, and the counters are bumped at those copies
+// and at the final stores. The tile products are CBLAS sgemm calls on those buffers.
+#include "flash_cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "../common/common.h"
+
+#define F (sizeof(float))
+
+void flash_tiles_resolve(const FlashTiles *cfg, int HD, int *Br, int *Bc) {
+    CHECK(HD >= 1);
+    FlashTiles c = cfg ? *cfg : (FlashTiles){FLASH_DEFAULT_M, 0, 0};
+    if (c.M <= 0) c.M = FLASH_DEFAULT_M;
+    CHECK(c.Br >= 0 && c.Bc >= 0);
+    // Algorithm 1, line 1: Bc = ceil(M / 4d) so that Q_i, K_j, V_j and O_i (each at most Bc x d) fill M.
+    int bc = (int)(((long)c.M + 4L * HD - 1) / (4L * HD));
+    int br = bc < HD ? bc : HD;
+    *Bc = c.Bc ? c.Bc : bc;
+    *Br = c.Br ? c.Br : br;
+}
+
+uint64_t attn_io_read_bytes(const AttnIO *io) {
+    return io->q_load + io->k_load + io->v_load + io->o_load + io->stat_load + io->s_load + io->p_load;
+}
+
+uint64_t attn_io_write_bytes(const AttnIO *io) { return io->o_store + io->stat_store + io->s_store + io->p_store; }
+
+uint64_t attn_io_total_bytes(const AttnIO *io) { return attn_io_read_bytes(io) + attn_io_write_bytes(io); }
+
+// Folds one thread's counts into the caller's struct (called once per thread, under a critical section).
+static void attn_io_add(AttnIO *dst, const AttnIO *src) {
+    dst->q_load += src->q_load;
+    dst->k_load += src->k_load;
+    dst->v_load += src->v_load;
+    dst->o_load += src->o_load;
+    dst->o_store += src->o_store;
+    dst->stat_load += src->stat_load;
+    dst->stat_store += src->stat_store;
+    dst->s_store += src->s_store;
+    dst->s_load += src->s_load;
+    dst->p_store += src->p_store;
+    dst->p_load += src->p_load;
+    dst->intermediate_bytes += src->intermediate_bytes;
+}
+
+// --- flash -------------------------------------------------------------------------------------------------
+
+// One thread's on-chip stand-in: every buffer is sized by the tiles, never by T.
+typedef struct {
+    int Br, Bc, HD;
+    float *q;   // (Br, HD)  Q_i, pre-multiplied by the softmax scale
+    float *k;   // (Bc, HD)  K_j
+    float *v;   // (Bc, HD)  V_j
+    float *s;   // (Br, Bc)  S_ij, then P~_ij in place
+    float *acc; // (Br, HD)  O_i, unnormalised
+    float *m;   // (Br)      running max
+    float *l;   // (Br)      running sum of exp(s - m)
+    float *block;
+    size_t bytes;
+} FlashWork;
+
+static void flash_work_init(FlashWork *w, int Br, int Bc, int HD) {
+    size_t nq = (size_t)Br * HD, nk = (size_t)Bc * HD, ns = (size_t)Br * Bc;
+    size_t n = nq + 2 * nk + ns + nq + 2 * (size_t)Br;
+    w->Br = Br, w->Bc = Bc, w->HD = HD;
+    w->block = common_calloc(n, F);
+    w->bytes = n * F;
+    w->q = w->block;
+    w->k = w->q + nq;
+    w->v = w->k + nk;
+    w->s = w->v + nk;
+    w->acc = w->s + ns;
+    w->m = w->acc + nq;
+    w->l = w->m + Br;
+}
+
+// Copies rows [r0, r0 + n) of a strided (T, HD) head view into a contiguous tile, times `mul`.
+static void load_rows(float *dst, const float *src, int ld, int r0, int n, int HD, float mul) {
+    for (int r = 0; r < n; r++) {
+        const float *row = src + (size_t)(r0 + r) * ld;
+        float *d = dst + (size_t)r * HD;
+        for (int c = 0; c < HD; c++) d[c] = row[c] * mul;
+    }
+}
+
+// Online softmax over one tile: S (nr, nc) at rows r0.., keys c0.. becomes P~ = exp(S - m_new) (0 where the
+// causal mask hides key > query), and m, l and the accumulator rows are rescaled by exp(m_old - m_new) so that
+// acc / l stays the softmax-weighted sum of every tile seen so far.
+static void flash_softmax_tile(FlashWork *w, int r0, int nr, int c0, int nc) {
+    for (int r = 0; r < nr; r++) {
+        float *srow = w->s + (size_t)r * w->Bc;
+        int nvalid = r0 + r - c0 + 1; // keys c0 .. query row are visible
+        if (nvalid > nc) nvalid = nc;
+        if (nvalid <= 0) { // a diagonal tile's row that sees none of this tile's keys
+            memset(srow, 0, (size_t)nc * F);
+            continue;
+        }
+        float mx = srow[0];
+        for (int s = 1; s < nvalid; s++) mx = srow[s] > mx ? srow[s] : mx;
+        float m_new = w->m[r] > mx ? w->m[r] : mx;
+        float alpha = expf(w->m[r] - m_new); // m starts at -inf, so the first tile gives alpha = 0
+        float sum = 0.0f;
+        for (int s = 0; s < nvalid; s++) {
+            srow[s] = expf(srow[s] - m_new);
+            sum += srow[s];
+        }
+        for (int s = nvalid; s < nc; s++) srow[s] = 0.0f;
+        w->l[r] = alpha * w->l[r] + sum;
+        w->m[r] = m_new;
+        float *arow = w->acc + (size_t)r * w->HD;
+        for (int c = 0; c < w->HD; c++) arow[c] *= alpha;
+    }
+}
+
+// One query tile of one head: rows [r0, r0 + nr). Counts into io when it is non-NULL.
+static void flash_query_tile(FlashWork *w, float *oh, float *lseh, const float *qh, const float *kh,
+                             const float *vh, int ldq, int ldkv, int T, int r0, int nr, float scale, AttnIO *io) {
+    int HD = w->HD, Bc = w->Bc;
+    load_rows(w->q, qh, ldq, r0, nr, HD, scale); // folding the scale in here saves a pass over every S tile
+    if (io) io->q_load += (uint64_t)nr * HD * F;
+    // O_i, l_i, m_i start on chip (0, 0, -inf) and stay there across the key loop: nothing to load for them.
+    memset(w->acc, 0, (size_t)nr * HD * F);
+    memset(w->l, 0, (size_t)nr * F);
+    for (int r = 0; r < nr; r++) w->m[r] = -INFINITY;
+    int r1 = r0 + nr;
+    for (int c0 = 0; c0 < r1; c0 += Bc) { // key tiles wholly above the diagonal (c0 >= r1) are skipped
+        int nc = T - c0 < Bc ? T - c0 : Bc;
+        load_rows(w->k, kh, ldkv, c0, nc, HD, 1.0f);
+        load_rows(w->v, vh, ldkv, c0, nc, HD, 1.0f);
+        if (io) {
+            io->k_load += (uint64_t)nc * HD * F;
+            io->v_load += (uint64_t)nc * HD * F;
+        }
+        // S_ij (nr, nc) = (scale Q_i) K_j^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nc, HD, 1.0f, w->q, HD, w->k, HD, 0.0f, w->s, Bc);
+        flash_softmax_tile(w, r0, nr, c0, nc);
+        // O_i += P~_ij V_j (the rescale by alpha already happened row by row)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, HD, nc, 1.0f, w->s, Bc, w->v, HD, 1.0f, w->acc,
+                    HD);
+    }
+    for (int r = 0; r < nr; r++) { // every row saw key 0, so l > 0 and m is finite
+        float inv = 1.0f / w->l[r];
+        const float *arow = w->acc + (size_t)r * HD;
+        float *orow = oh + (size_t)(r0 + r) * ldq;
+        for (int c = 0; c < HD; c++) orow[c] = arow[c] * inv;
+        lseh[r0 + r] = w->m[r] + logf(w->l[r]);
+    }
+    if (io) {
+        io->o_store += (uint64_t)nr * HD * F;
+        io->stat_store += (uint64_t)nr * F;
+    }
+}
+
+void attention_flash_forward_cpu(float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                                 int T, int NH, int NKV, int HD, const FlashTiles *tiles, AttnIO *io) {
+    CHECK(B >= 1 && T >= 1 && NH >= 1 && NKV >= 1 && NH % NKV == 0 && HD >= 1);
+    int Br, Bc;
+    flash_tiles_resolve(tiles, HD, &Br, &Bc);
+    int C = NH * HD, KVC = NKV * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    // No more threads than (batch, head) pairs: each thread pays for a workspace, so an idle one would only
+    // add to the intermediate memory.
+    int nthreads = omp_get_max_threads();
+    if ((long)nthreads > (long)B * NH) nthreads = B * NH;
+#pragma omp parallel num_threads(nthreads)
+    {
+        FlashWork w;
+        flash_work_init(&w, Br, Bc, HD);
+        AttnIO local = {0}, *lio = io ? &local : NULL;
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                const float *qh = q + (size_t)b * T * C + h * HD;           // (T, HD) stride C
+                const float *kh = k + (size_t)b * T * KVC + (h / rep) * HD; // (T, HD) stride KVC
+                const float *vh = v + (size_t)b * T * KVC + (h / rep) * HD;
+                float *oh = out + (size_t)b * T * C + h * HD;
+                float *lseh = lse + ((size_t)b * NH + h) * T;
+                for (int r0 = 0; r0 < T; r0 += Br) {
+                    int nr = T - r0 < Br ? T - r0 : Br;
+                    flash_query_tile(&w, oh, lseh, qh, kh, vh, C, KVC, T, r0, nr, scale, lio);
+                }
+            }
+        }
+        if (io) {
+            local.intermediate_bytes += w.bytes;
+#pragma omp critical(attn_io_merge)
+            attn_io_add(io, &local);
+        }
+        common_free(w.block);
+    }
+}
+
+// --- naive, counted ----------------------------------------------------------------------------------------
+
+// The softmax of attention_forward_cpu over one row of P (in place), returning how many entries it read:
+// the max and exp passes look at s <= t only, the whole row of T is written (zeros above the diagonal). The
+// row is one slow-memory read of what it looks at and one write: its three passes run over a row that stays
+// in fast memory (T floats <= M for every T benchmarked), as in the paper's accounting of Algorithm 0.
+static int naive_softmax_row(float *row, int t, int T) {
+    float mx = row[0];
+    for (int s = 1; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
+    float sum = 0.0f;
+    for (int s = 0; s <= t; s++) {
+        row[s] = expf(row[s] - mx);
+        sum += row[s];
+    }
+    float inv = 1.0f / sum;
+    for (int s = 0; s <= t; s++) row[s] *= inv;
+    for (int s = t + 1; s < T; s++) row[s] = 0.0f;
+    return t + 1;
+}
+
+void attention_forward_counted_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B,
+                                   int T, int NH, int NKV, int HD, AttnIO *io) {
+    CHECK(B >= 1 && T >= 1 && NH >= 1 && NKV >= 1 && NH % NKV == 0 && HD >= 1);
+    int C = NH * HD, KVC = NKV * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    uint64_t th = (uint64_t)T * HD * F, tt = (uint64_t)T * T * F;
+#pragma omp parallel
+    {
+        AttnIO local = {0};
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                const float *qh = q + (size_t)b * T * C + h * HD;
+                const float *kh = k + (size_t)b * T * KVC + (h / rep) * HD;
+                const float *vh = v + (size_t)b * T * KVC + (h / rep) * HD;
+                float *p = att + ((size_t)b * NH + h) * T * T;
+                // S = scale Q K^T: reads Q and K, writes all of S (the upper triangle too; masked below)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, scale, qh, C, kh, KVC, 0.0f, p, T);
+                uint64_t s_read = 0;
+                for (int t = 0; t < T; t++) s_read += (uint64_t)naive_softmax_row(p + (size_t)t * T, t, T);
+                // O = P V: reads all of P and V, writes O
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, p, T, vh, KVC, 0.0f,
+                            out + (size_t)b * T * C + h * HD, C);
+                if (io) {
+                    local.q_load += th;
+                    local.k_load += th;
+                    local.s_store += tt;
+                    local.s_load += s_read * F;
+                    local.p_store += tt;
+                    local.p_load += tt;
+                    local.v_load += th;
+                    local.o_store += th;
+                }
+            }
+        }
+        if (io) {
+#pragma omp critical(attn_io_merge)
+            attn_io_add(io, &local);
+        }
+    }
+    if (io) io->intermediate_bytes += (uint64_t)B * NH * tt; // the (B, NH, T, T) buffer this call fills
+}
+
+// --- closed forms ------------------------------------------------------------------------------------------
+
+uint64_t attention_naive_io_formula(int B, int T, int NH, int HD) {
+    uint64_t t = (uint64_t)T, d = (uint64_t)HD;
+    return (uint64_t)B * NH * (4 * t * d + 4 * t * t) * F;
+}
+
+uint64_t attention_flash_io_formula(int B, int T, int NH, int HD, int Br) {
+    uint64_t t = (uint64_t)T, d = (uint64_t)HD, tr = (t + (uint64_t)Br - 1) / (uint64_t)Br;
+    return (uint64_t)B * NH * (2 * t * d + 2 * t * d * tr + t) * F;
+}
