@@ -10,7 +10,8 @@ Where the build file goes (paths in it are relative to the repository root; alwa
 so several configurations (say build/ and build-asan/) can live side by side.
 
 Targets: all (default: the library and every program: train, infer, serve, bench, tests), test (build and run the Criterion tests),
-bench (build and run the benchmarks), plus any output path such as build/train.
+bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
+plus any output path such as build/train.
 """
 
 import argparse
@@ -424,6 +425,8 @@ def write_ninja(n, v):
     n.rule('ar', 'rm -f $out && ar crs $out $in', description='AR $out')
     n.rule('link', '$cc $ldflags -o $out $in $libs', description='LINK $out')
     n.rule('run', 'cd $root && env $run_env $in $args', description='RUN $in', pool='console')
+    n.rule('report', 'cd $root && $python scripts/report.py --bin $builddir', description='REPORT (scripts/report.py --quick)',
+           pool='console')
     n.rule('configure', '$python configure.py $configure_args', description='CONFIGURE',
            generator=True, pool='console')
     n.newline()
@@ -467,6 +470,9 @@ def write_ninja(n, v):
     if 'bench' in v['programs']:
         n.build(['$builddir/.run/bench'], 'run', ['$builddir/bench'])
         n.build(['bench'], 'phony', ['$builddir/.run/bench'])
+        n.comment('ninja report: train, evaluate and write report/REPORT.md (resumes; see scripts/report.py).')
+        n.build(['$builddir/.run/report'], 'report', [], implicit=['$builddir/' + p for p in ('train', 'infer', 'bench')])
+        n.build(['report'], 'phony', ['$builddir/.run/report'])
     n.newline()
 
     n.build([v['ninja_file']], 'configure', implicit=['configure.py'])

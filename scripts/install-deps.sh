@@ -13,6 +13,7 @@ packages=(
     libstb-dev                 # stb_ds.h (hash maps, dynamic arrays), stb_image_write.h
     libmicrohttpd-dev          # build/serve: the HTTP server (thread per connection, chunked SSE)
     libjansson-dev             # build/serve: JSON requests and responses
+    gnuplot-nox                # ninja report: the plots (pngcairo)
 )
 
 sudo=()
