@@ -7,6 +7,11 @@
 //
 // Blocks are reserved at admission (ceil((prompt + max_tokens) / block) per request), so a running request
 // never finds the pool empty: requests wait in the queue until their worst case fits.
+//
+// Requests with reuse "lsh" or "semshare" begin one step later, outside the lock (serve/reuse.c): the store
+// lookup and, on a hit, the prefill from the reference, whose prompt K/V lands in the request's blocks (its
+// reservation covers them like any prompt's); from then on they decode in the batch like the rest. A miss
+// decodes its prompt in the batch and is stored once the pool holds all of it.
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +86,36 @@ static void finish_locked(Engine *e, Req *r, int status, const char *msg) {
     unref_locked(r);
 }
 
+uint64_t engine_private_salt(Engine *e) {
+    uint64_t salt = XXH64(&e->private_salt, sizeof e->private_salt, 0x6b766c6162ULL);
+    e->private_salt++;
+    return salt;
+}
+
+static int is_store_method(const Req *r) { return r->reuse == REUSE_LSH || r->reuse == REUSE_SEMSHARE; }
+
+// A begun request's counters: the prefix pool's for the requests that looked their prompt up in it (prefix,
+// and lsh/semshare misses), the store's for lsh/semshare.
+static void account_locked(Engine *e, Req *r) {
+    e->prompt_tokens += r->n_prompt;
+    e->reused_tokens += r->reused;
+    int pooled = r->reuse == REUSE_PREFIX || (is_store_method(r) && !r->reuse_hit);
+    Tenant *t = (pooled || is_store_method(r)) ? tenant_locked(e, r->tenant, 1) : NULL;
+    if (t && pooled) {
+        t->requests++;
+        t->prompt_tokens += r->n_prompt;
+        t->query_blocks += (r->n_prompt - 1) / e->block;
+        t->hit_blocks += r->reused / e->block;
+        t->reused_tokens += r->reused;
+        t->hits += r->reused > 0;
+    }
+    reuse_account_locked(e, r, t);
+}
+
+// Moves queued requests into the running set while their worst case fits the pool (blocks are reserved for
+// prompt + max_tokens, whatever reuse saves: a hit's prompt is written into the pool too). Prefix and
+// private requests begin here; lsh/semshare ones are marked to begin outside the lock (their lookup and a
+// hit's prefill are model work).
 static void admit_locked(Engine *e) {
     while (e->head && e->n_active < SERVE_MAX_ACTIVE) {
         Req *r = e->head;
@@ -95,32 +130,52 @@ static void admit_locked(Engine *e) {
             continue;
         }
         r->seq = (KVSeq){0};
-        r->seq.salt = r->private_cache ? XXH64(&e->private_salt, sizeof e->private_salt, 0x6b766c6162ULL) : r->salt;
-        e->private_salt++;
-        char err[ERR_LEN];
-        int reused = kv_paged_begin(e->pool, &r->seq, r->prompt, r->n_prompt, KV_PRIORITY_DEFAULT, err);
-        if (reused < 0) {
-            finish_locked(e, r, 500, err);
-            continue;
-        }
-        r->reused = reused;
-        r->pos = reused;
         r->reserved = need;
         e->reserved_blocks += need;
         rng_init(&r->rng, r->seed);
-        e->prompt_tokens += r->n_prompt;
-        e->reused_tokens += reused;
-        Tenant *t = r->private_cache ? NULL : tenant_locked(e, r->tenant, 1);
-        if (t) {
-            t->requests++;
-            t->prompt_tokens += r->n_prompt;
-            t->query_blocks += (r->n_prompt - 1) / e->block;
-            t->hit_blocks += reused / e->block;
-            t->reused_tokens += reused;
-            t->hits += reused > 0;
-        }
         e->active[e->n_active++] = r;
+        if (is_store_method(r)) {
+            r->prepare = 1;
+            continue;
+        }
+        r->seq.salt = r->reuse == REUSE_NONE ? engine_private_salt(e) : r->salt;
+        char err[ERR_LEN];
+        int reused = kv_paged_begin(e->pool, &r->seq, r->prompt, r->n_prompt, KV_PRIORITY_DEFAULT, err);
+        if (reused < 0) {
+            e->n_active--;
+            finish_locked(e, r, 500, err);
+            continue;
+        }
+        r->reused = r->pos = r->reuse_reused = reused;
+        r->reuse_hit = reused > 0;
+        account_locked(e, r);
     }
+}
+
+// Begins the admitted lsh/semshare requests of active[0..n), outside the lock: rc[i] 1 when begun, -1 on a
+// failure (its message in errs[i]), 0 for the others.
+static void prepare_all(Engine *e, int n, int *rc, char (*errs)[ERR_LEN]) {
+    for (int i = 0; i < n; i++) {
+        Req *r = e->active[i];
+        rc[i] = r->prepare ? (reuse_begin(e, r, errs[i]) == 0 ? 1 : -1) : 0;
+    }
+}
+
+// Under the lock again: counts the begun requests and finishes the failed ones.
+static void settle_locked(Engine *e, int n, const int *rc, char (*errs)[ERR_LEN]) {
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        Req *r = e->active[i];
+        if (rc[i] != 0) r->prepare = 0;
+        if (rc[i] < 0) {
+            finish_locked(e, r, 500, errs[i]);
+            continue;
+        }
+        if (rc[i] > 0) account_locked(e, r);
+        e->active[kept++] = r;
+    }
+    for (int i = n; i < e->n_active; i++) e->active[kept++] = e->active[i];
+    e->n_active = kept;
 }
 
 // One batched pass advancing each of the n requests by a token: a prompt token, or the last sampled one.
@@ -145,6 +200,10 @@ static void step_all(Engine *e, Req **reqs, int n, int *produced, char (*errs)[E
         Req *r = reqs[i];
         r->pos++;
         produced[i] = -1;
+        if (r->store_after && r->pos == r->n_prompt) { // the pool now holds the whole prompt, every layer
+            reuse_insert(e, r);
+            r->store_after = 0;
+        }
         if (r->pos < r->n_prompt) continue;
         r->last = sample_next(e->db.logits + (size_t)i * V, V, &r->sc, &r->rng, e->probs, e->idx);
         produced[i] = e->tok->id_to_byte[r->last];
@@ -164,6 +223,29 @@ static void clear_locked(Engine *e) {
     kv_pool_free(old);
     e->pool = fresh;
     e->cleared_blocks = st.blocks_cached;
+    e->cleared_entries = reuse_clear(e);
+}
+
+// The stats handlers read, after each change.
+static void publish_locked(Engine *e) {
+    kv_pool_stats(e->pool, &e->snap);
+    reuse_publish_locked(e);
+}
+
+// Runs the lookups (and hits' prefills) of newly admitted lsh/semshare requests outside the lock; 0 when none
+// are left running afterwards.
+static int prepare_locked(Engine *e) {
+    int n = e->n_active, pending = 0, rc[SERVE_MAX_ACTIVE];
+    char errs[SERVE_MAX_ACTIVE][ERR_LEN];
+    for (int i = 0; i < n; i++) pending |= e->active[i]->prepare;
+    if (!pending) return n;
+    pthread_mutex_unlock(&e->mu);
+    prepare_all(e, n, rc, errs);
+    pthread_mutex_lock(&e->mu);
+    settle_locked(e, n, rc, errs);
+    publish_locked(e);
+    pthread_cond_broadcast(&e->progress);
+    return e->n_active;
 }
 
 static void *engine_main(void *arg) {
@@ -176,7 +258,7 @@ static void *engine_main(void *arg) {
             clear_locked(e);
             e->clear_pending = 0;
             e->clear_epoch++;
-            kv_pool_stats(e->pool, &e->snap);
+            publish_locked(e);
             pthread_cond_broadcast(&e->progress);
         }
         if (!e->clear_pending) admit_locked(e);
@@ -184,6 +266,7 @@ static void *engine_main(void *arg) {
             pthread_cond_wait(&e->work, &e->mu);
             continue;
         }
+        if (prepare_locked(e) == 0) continue;
         int n = e->n_active;
         pthread_mutex_unlock(&e->mu);
         step_all(e, e->active, n, produced, errs);
@@ -202,7 +285,7 @@ static void *engine_main(void *arg) {
         }
         for (int i = n; i < e->n_active; i++) e->active[kept++] = e->active[i]; // none today: admission is locked
         e->n_active = kept;
-        kv_pool_stats(e->pool, &e->snap);
+        publish_locked(e);
         pthread_cond_broadcast(&e->progress);
     }
     for (int i = 0; i < e->n_active; i++) finish_locked(e, e->active[i], 503, "server is shutting down");
@@ -219,16 +302,22 @@ static void *engine_main(void *arg) {
     return NULL;
 }
 
-int engine_start(Engine *e, const Model *m, const Tokenizer *tok, int block, int n_blocks, int max_tokens,
-                 int max_queue, char *err) {
+int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineConfig *cfg, char *err) {
     memset(e, 0, sizeof(*e));
     const ModelConfig *c = &m->cfg;
-    e->model = m, e->tok = tok, e->block = block, e->max_tokens = max_tokens, e->max_queue = max_queue;
+    int block = cfg->block;
+    e->model = m, e->tok = tok, e->block = block, e->max_tokens = cfg->max_tokens, e->max_queue = cfg->max_queue;
+    e->shared_reuse = cfg->shared_reuse, e->reuse_budget = cfg->reuse_budget;
     e->context = c->block_size;
-    e->n_blocks = n_blocks ? n_blocks : 16 * ((c->block_size + block - 1) / block);
+    e->n_blocks = cfg->n_blocks ? cfg->n_blocks : 16 * ((c->block_size + block - 1) / block);
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), c->block_size, c->rope_theta, 0};
     if (kv_pool_init(&e->pool, &shape, block, e->n_blocks, err) != 0) return -1;
-    kv_pool_stats(e->pool, &e->snap);
+    if (reuse_init(e, cfg, err) != 0) {
+        kv_pool_free(e->pool);
+        reuse_free(e);
+        return -1;
+    }
+    publish_locked(e); // no other thread yet
     decode_batch_init(&e->db, c, SERVE_MAX_ACTIVE, c->block_size);
     e->probs = common_calloc(c->vocab_size, sizeof(float));
     e->idx = common_calloc(c->vocab_size, sizeof(int));
@@ -248,6 +337,7 @@ void engine_stop(Engine *e) {
     CHECK(pthread_join(e->thread, NULL) == 0);
     kv_pool_free(e->pool);
     e->pool = NULL;
+    reuse_free(e);
     decode_batch_free(&e->db);
     common_free(e->probs);
     common_free(e->idx);
@@ -290,13 +380,14 @@ void engine_release(Engine *e, Req *r) {
     pthread_mutex_unlock(&e->mu);
 }
 
-int64_t engine_clear(Engine *e) {
+int64_t engine_clear(Engine *e, int64_t *entries) {
     pthread_mutex_lock(&e->mu);
     int64_t epoch = e->clear_epoch;
     e->clear_pending = 1;
     pthread_cond_signal(&e->work);
     while (e->clear_epoch == epoch && !e->stopping) pthread_cond_wait(&e->progress, &e->mu);
     int64_t n = e->clear_epoch == epoch ? 0 : e->cleared_blocks;
+    if (entries) *entries = e->clear_epoch == epoch ? 0 : e->cleared_entries;
     pthread_mutex_unlock(&e->mu);
     return n;
 }

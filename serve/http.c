@@ -120,6 +120,52 @@ static int get_int(json_t *root, const char *key, long long lo, long long hi, lo
     return 0;
 }
 
+typedef struct {
+    ReuseMethod method;
+    float threshold, min_overlap;
+} ReuseAsk;
+
+// The reuse fields of a /v1/generate body: "reuse" (default "prefix", or "none" with kv "full", which takes
+// nothing else) and, for lsh/semshare only, "threshold" (cosine, (0, 1]) and "min_overlap" ([0, 1]), each
+// defaulting to the store's. -1 with a 400 message.
+static int get_reuse(json_t *root, int private_cache, ReuseAsk *a, char *err) {
+    KVReuseStoreConfig dflt;
+    kv_reuse_store_config_default(&dflt);
+    *a = (ReuseAsk){private_cache ? REUSE_NONE : REUSE_PREFIX, dflt.threshold, dflt.min_overlap};
+    json_t *v = json_object_get(root, "reuse");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return err_set(err, "'reuse' must be a string: \"prefix\", \"lsh\", \"semshare\" or \"none\""), -1;
+        int m = 0;
+        while (m < REUSE_METHODS && strcmp(json_string_value(v), reuse_method_names[m]) != 0) m++;
+        if (m == REUSE_METHODS)
+            return err_set(err, "unsupported reuse '%.64s': valid methods are prefix, lsh, semshare, none",
+                           json_string_value(v)), -1;
+        if (private_cache && m != REUSE_NONE)
+            return err_set(err, "kv \"full\" is a private cache: it takes reuse \"none\" only, not \"%s\"",
+                           reuse_method_names[m]), -1;
+        a->method = (ReuseMethod)m;
+    }
+    const char *knobs[2] = {"threshold", "min_overlap"};
+    for (int i = 0; i < 2; i++) {
+        json_t *k = json_object_get(root, knobs[i]);
+        if (k && !json_is_null(k) && a->method != REUSE_LSH && a->method != REUSE_SEMSHARE)
+            return err_set(err, "'%s' applies to reuse \"lsh\" or \"semshare\" only, not \"%s\"", knobs[i],
+                           reuse_method_names[a->method]), -1;
+    }
+    json_t *t = json_object_get(root, "threshold");
+    if (t && !json_is_null(t)) { // (0, 1]: get_number takes closed ranges only
+        if (!json_is_number(t)) return err_set(err, "'threshold' must be a number"), -1;
+        double x = json_number_value(t);
+        if (!(x > 0 && x <= 1)) return err_set(err, "'threshold' must be in (0, 1], got %g", x), -1;
+        a->threshold = (float)x;
+    }
+    double overlap = a->min_overlap;
+    if (get_number(root, "min_overlap", 0, 1, &overlap, err) != 0) return -1;
+    a->min_overlap = (float)overlap;
+    return 0;
+}
+
 // Validates a completion body into a new Req; NULL with a 400 message. Unknown fields are ignored (OpenAI
 // clients send model, user, n, ...).
 static Req *parse_completion(const Upload *u, int generate, const char *tenant, int *stream, char *err) {
@@ -148,6 +194,7 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
         char paged[32];
         snprintf(paged, sizeof paged, "paged:%d", e->block);
         int private_cache = 0;
+        ReuseAsk ask = {REUSE_PREFIX, 0, 0};
         if (generate && kv && !json_is_null(kv)) {
             if (!json_is_string(kv)) err_set(err, "'kv' must be a string: \"full\" or \"%s\"", paged);
             else if (strcmp(json_string_value(kv), "full") == 0) private_cache = 1;
@@ -156,6 +203,7 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
                         "or \"%s\" (its shared pool)", json_string_value(kv), paged);
             if (err[0]) goto out;
         }
+        if (generate && get_reuse(root, private_cache, &ask, err) != 0) goto out;
         if (bad >= 0) {
             unsigned char ch = (unsigned char)text[bad];
             if (ch >= 32 && ch < 127) err_set(err, "prompt character '%c' (byte %ld) is not in the model's vocabulary", ch, bad);
@@ -178,14 +226,36 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
                 r->seed = (uint64_t)seed;
                 r->private_cache = private_cache;
                 snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
-                r->salt = XXH64(tenant, strlen(tenant), 0x74656e616e74ULL);
+                // --shared-reuse: one prefix salt and one store scope for everyone ("" is no tenant's name)
+                const char *scope = e->shared_reuse ? "" : tenant;
+                r->salt = XXH64(scope, strlen(scope), 0x74656e616e74ULL);
+                r->scope = XXH64(scope, strlen(scope), 0x7265757365ULL);
                 *stream = json_is_true(st);
+                r->reuse = ask.method, r->threshold = ask.threshold, r->min_overlap = ask.min_overlap;
             }
         }
     }
 out:
     json_decref(root);
     return r;
+}
+
+// The "reuse" report: what was reused and from where. reused_tokens: prompt tokens whose K/V the request did
+// not compute (prefix blocks, or a hit's reference rows); recomputed_tokens: the rest (a semshare hit's
+// partial layers counted as (token, layer) pairs / layers, rounded up).
+static json_t *reuse_json(const Req *r) {
+    int store = r->reuse == REUSE_LSH || r->reuse == REUSE_SEMSHARE;
+    json_t *o = json_pack("{s:s, s:b}", "method", reuse_method_names[r->reuse], "hit", r->reuse_hit);
+    json_object_set_new(o, "similarity", store && r->has_similarity ? json_real(r->similarity) : json_null());
+    char ref[32];
+    snprintf(ref, sizeof ref, "ref-%016llx", (unsigned long long)r->ref_hash);
+    int hit = store && r->reuse_hit;
+    json_object_set_new(o, "reference", hit ? json_string(ref) : json_null());
+    json_object_set_new(o, "reference_tokens", hit ? json_integer(r->ref_tokens) : json_null());
+    json_object_set_new(o, "reused_tokens", json_integer(r->reuse_reused));
+    json_object_set_new(o, "recomputed_tokens", json_integer(r->n_prompt - r->reuse_reused));
+    json_object_set_new(o, "scope", json_string(http.e->shared_reuse ? "shared" : "tenant"));
+    return o;
 }
 
 static json_t *completion_json(const Req *r, int64_t id, int generate, const char *text, size_t n, int final) {
@@ -199,10 +269,12 @@ static json_t *completion_json(const Req *r, int64_t id, int generate, const cha
     json_object_set_new(o, "usage", json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", r->n_prompt,
                                               "completion_tokens", r->n_out, "total_tokens", r->n_prompt + r->n_out,
                                               "prompt_tokens_details", "cached_tokens", r->reused));
-    if (generate)
+    if (generate) {
         json_object_set_new(o, "cache", json_pack("{s:b, s:i, s:i, s:s, s:s}", "hit", r->reused > 0, "reused_tokens",
                                                   r->reused, "prompt_tokens", r->n_prompt, "scope", r->tenant, "kv",
                                                   r->private_cache ? "full" : "paged"));
+        json_object_set_new(o, "reuse", reuse_json(r));
+    }
     return o;
 }
 
@@ -309,6 +381,12 @@ static enum MHD_Result cache_stats(struct MHD_Connection *c) {
     return send_json(c, 200, stats_json(http.e, scoped ? tenant : NULL));
 }
 
+static enum MHD_Result cache_clear(struct MHD_Connection *c) {
+    int64_t entries = 0, blocks = engine_clear(http.e, &entries);
+    return send_json(c, 200, json_pack("{s:I, s:I}", "cleared_blocks", (json_int_t)blocks, "cleared_reuse_entries",
+                                       (json_int_t)entries));
+}
+
 static enum MHD_Result route(struct MHD_Connection *c, const char *url, const char *method, const Upload *u) {
     static const struct {
         const char *path, *method;
@@ -324,7 +402,7 @@ static enum MHD_Result route(struct MHD_Connection *c, const char *url, const ch
     case 0: return send_json(c, 200, json_pack("{s:s, s:s}", "status", "ok", "model", http.model));
     case 1: return send_text(c, 200, metrics_text(http.e), "text/plain; version=0.0.4");
     case 2: return cache_stats(c);
-    case 3: return send_json(c, 200, json_pack("{s:I}", "cleared_blocks", (json_int_t)engine_clear(http.e)));
+    case 3: return cache_clear(c);
     default: return completion(c, u, i == 5);
     }
 }

@@ -1,5 +1,6 @@
 // build/serve: an HTTP server for a kvlab checkpoint (OpenAI-shaped completions, a per-tenant paged KV pool
-// with prefix reuse, cache stats, Prometheus metrics). The main thread parses flags, loads the model, starts
+// with prefix reuse, cross-request reuse of similar prompts (reuse lsh/semshare), cache stats, Prometheus
+// metrics). The main thread parses flags, loads the model, starts
 // the engine thread (engine.c) and libmicrohttpd (http.c), then sleeps in sigwait until SIGINT or SIGTERM and
 // shuts everything down in order: engine first (fails what is still running, which wakes every handler),
 // then the HTTP threads, then the memory.
@@ -16,9 +17,11 @@
 static const char *usage =
     "usage: build/serve --ckpt FILE [--host ADDR] [--port N] [flags]\n"
     "\n"
-    "Serves a checkpoint over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\" and a\n"
-    "\"cache\" report), GET /v1/cache/stats, POST /v1/cache/clear, GET /health, GET /metrics (Prometheus).\n"
-    "Tenants (X-Tenant header, or Authorization: Bearer KEY) never share cached prefixes.\n"
+    "Serves a checkpoint over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\",\n"
+    "\"reuse\": prefix|lsh|semshare|none with \"threshold\" and \"min_overlap\", and \"cache\" and \"reuse\"\n"
+    "reports), GET /v1/cache/stats, POST /v1/cache/clear, GET /health, GET /metrics (Prometheus).\n"
+    "Tenants (X-Tenant header, or Authorization: Bearer KEY) share no cached prefixes or stored prompts\n"
+    "unless --shared-reuse.\n"
     "\n"
     "  --ckpt FILE        checkpoint written by build/train (required)\n"
     "  --host ADDR        address to listen on                        [127.0.0.1]\n"
@@ -29,6 +32,11 @@ static const char *usage =
     "  --max-body BYTES   largest request body (413 above)             [1048576]\n"
     "  --max-queue N      requests waiting for the engine (503 above)  [64]\n"
     "  --threads N        OpenMP threads of the engine                 [OpenMP default]\n"
+    "  --shared-reuse     one scope for all tenants: each reuses the others' cached prefixes and\n"
+    "                     stored prompts (off: only its own)\n"
+    "  --reuse-budget-mb N  memory of the reuse store (LRU eviction)  [64]\n"
+    "  --reuse-calib FILE text whose mean embedding centres the store's similarities\n"
+    "                     [the vocabulary's mean: then unrelated texts look alike]\n"
     "\n"
     "Stop with SIGINT or SIGTERM (clean shutdown, exit status 0).\n";
 
@@ -38,13 +46,13 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *host;
-    int port, block, pool_blocks, max_tokens, max_body, max_queue, threads;
+    const char *ckpt, *host, *reuse_calib;
+    int port, block, pool_blocks, max_tokens, max_body, max_queue, threads, shared_reuse, reuse_budget_mb;
 } Flags;
 
 static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     *f = (Flags){.host = "127.0.0.1", .port = 8080, .block = 16, .max_tokens = 1024, .max_body = 1 << 20,
-                 .max_queue = 64};
+                 .max_queue = 64, .reuse_budget_mb = 64};
     Args a;
     args_init(&a, argc, argv);
     int r;
@@ -62,6 +70,9 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--max-body")) rc = args_int(&a, 64, 1 << 30, &f->max_body);
         else if (args_is(&a, "--max-queue")) rc = args_int(&a, 1, 1 << 16, &f->max_queue);
         else if (args_is(&a, "--threads")) rc = args_int(&a, 1, 1024, &f->threads);
+        else if (args_is(&a, "--shared-reuse")) f->shared_reuse = 1;
+        else if (args_is(&a, "--reuse-budget-mb")) rc = args_int(&a, 1, 1 << 20, &f->reuse_budget_mb);
+        else if (args_is(&a, "--reuse-calib")) rc = args_string(&a, &f->reuse_calib);
         else {
             err_set(err, "unknown flag '%s' (see --help)", a.flag);
             return -1;
@@ -71,6 +82,23 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (r < 0) return err_set(err, "%s", a.err), -1;
     if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
     return 0;
+}
+
+// --reuse-calib: the file's symbols the model knows, as token ids (*ids NULL without the flag).
+static int load_calib(const char *path, const Tokenizer *tok, int **ids, size_t *n, char *err) {
+    *ids = NULL, *n = 0;
+    if (!path) return 0;
+    size_t len;
+    char why[ERR_LEN];
+    unsigned char *text = common_read_file(path, &len, why);
+    if (!text) return err_set(err, "--reuse-calib: %s", why), -1;
+    *ids = common_calloc(len + 1, sizeof(int));
+    *n = tokenizer_encode(tok, text, len, *ids, NULL);
+    free(text);
+    if (*n > 0) return 0;
+    common_free(*ids);
+    *ids = NULL;
+    return err_set(err, "--reuse-calib '%s' holds no symbol of the model's vocabulary", path), -1;
 }
 
 int main(int argc, char **argv) {
@@ -88,8 +116,19 @@ int main(int argc, char **argv) {
     sigaddset(&stop, SIGTERM);
     CHECK(pthread_sigmask(SIG_BLOCK, &stop, NULL) == 0);
     signal(SIGPIPE, SIG_IGN);
+    int *calib;
+    size_t n_calib;
+    if (load_calib(f.reuse_calib, &tok, &calib, &n_calib, err) != 0) {
+        model_free(&m);
+        return die(err);
+    }
+    EngineConfig ec = {.block = f.block, .n_blocks = f.pool_blocks, .max_tokens = f.max_tokens, .max_queue = f.max_queue,
+                       .shared_reuse = f.shared_reuse, .reuse_budget = (size_t)f.reuse_budget_mb << 20,
+                       .calib = calib, .n_calib = n_calib};
     Engine e;
-    if (engine_start(&e, &m, &tok, f.block, f.pool_blocks, f.max_tokens, f.max_queue, err) != 0) {
+    int rc = engine_start(&e, &m, &tok, &ec, err);
+    common_free(calib); // the store keeps the centre only
+    if (rc != 0) {
         model_free(&m);
         return die(err);
     }
@@ -103,8 +142,9 @@ int main(int argc, char **argv) {
         return die(err);
     }
     int ipv6 = strchr(f.host, ':') != NULL;
-    fprintf(stderr, "serve: listening on http://%s%s%s:%d (model %s, context %d, pool %d blocks of %d)\n",
-            ipv6 ? "[" : "", f.host, ipv6 ? "]" : "", port, name, m.cfg.block_size, e.n_blocks, e.block);
+    fprintf(stderr, "serve: listening on http://%s%s%s:%d (model %s, context %d, pool %d blocks of %d, reuse store %d MiB, %s scope)\n",
+            ipv6 ? "[" : "", f.host, ipv6 ? "]" : "", port, name, m.cfg.block_size, e.n_blocks, e.block,
+            f.reuse_budget_mb, f.shared_reuse ? "shared" : "tenant");
     int sig = 0;
     while (sigwait(&stop, &sig) != 0) {
     }

@@ -2,6 +2,10 @@
 // state) and the requests HTTP handler threads hand it. Handlers never touch the model or the pool: they
 // enqueue a Req, then wait on the engine's condition variable for its tokens. One mutex guards everything a
 // handler can see (queue, request outputs, counters, a stats snapshot); the engine drops it while computing.
+//
+// Cross-request reuse (serve/reuse.c): besides the pool's exact prefix sharing, a request may ask for reuse
+// "lsh" or "semshare": its prompt is looked up in a KVReuseStore of earlier prompts (kv/reuse.h) and, on a
+// hit, prefilled from the reference's K/V before it joins the batched decode like any other request.
 #ifndef KVLAB_SERVE_H
 #define KVLAB_SERVE_H
 
@@ -11,6 +15,7 @@
 #include "../data/tokenizer.h"
 #include "../infer/sample.h"
 #include "../kv/paged.h"
+#include "../kv/reuse.h"
 #include "../layers/decode.h"
 
 enum {
@@ -19,9 +24,22 @@ enum {
     SERVE_MAX_ACTIVE = 64,    // requests advanced together each engine round
 };
 
+// A request's "reuse": the pool's exact prefix sharing, a store lookup (lsh, semshare), or nothing at all.
+typedef enum { REUSE_PREFIX, REUSE_LSH, REUSE_SEMSHARE, REUSE_NONE, REUSE_METHODS } ReuseMethod;
+extern const char *const reuse_method_names[REUSE_METHODS];
+
+// Store lookups of reuse lsh/semshare requests (per tenant and in all).
+typedef struct {
+    int64_t lookups, hits, misses;
+    int64_t rejected;          // candidates of the prompt's LSH bucket below the threshold or the n-gram overlap
+    int64_t reused_tokens;     // prompt tokens of hits whose K/V came from the reference
+    int64_t recomputed_tokens; // prompt tokens of hits computed again (through all layers, or the equivalent)
+} ReuseCounters;
+
 typedef struct {
     char name[SERVE_TENANT_LEN + 1];
     int64_t requests, prompt_tokens, query_blocks, hit_blocks, reused_tokens, hits;
+    ReuseCounters reuse;
 } Tenant;
 
 typedef struct Req {
@@ -30,12 +48,23 @@ typedef struct Req {
     int n_prompt, max_tokens;
     SampleConfig sc;
     uint64_t seed, salt;
-    int private_cache; // kv "full": a salt of its own, so it neither reuses nor is reused
+    int private_cache; // kv "full": reuse "none" then (a salt of its own: it neither reuses nor is reused)
     char tenant[SERVE_TENANT_LEN + 1];
+    ReuseMethod reuse;
+    float threshold, min_overlap; // lsh/semshare: what a stored prompt must reach to be reused
+    uint64_t scope;               // lsh/semshare: the store scope (the tenant's, or the shared one)
     // outputs, under Engine.mu
     char *out;        // max_tokens + 1 bytes
     int n_out;        // bytes of out produced so far
     int reused;       // prompt tokens taken from the pool (-1 until admitted)
+    // reuse outputs, final before done
+    int reuse_hit;        // lsh/semshare: the store had a reference; prefix: blocks were reused
+    int reuse_reused;     // prompt tokens whose K/V this request did not compute (any method)
+    int has_similarity;   // lsh/semshare: a candidate of the bucket was compared
+    float similarity;     // its centred cosine: the reference's, or on a miss the best rejected one
+    uint64_t ref_hash;    // XXH64 of the reference's tokens (hits)
+    int ref_tokens;       // the reference's length (hits)
+    int rejected;         // lsh/semshare: candidates of the bucket that fell short
     int done;         // finished (or failed)
     int status;       // 200, or the HTTP status of a failure
     char error[ERR_LEN]; // failure message
@@ -46,13 +75,26 @@ typedef struct Req {
     KVSeq seq;
     Rng rng;
     int pos, last, reserved;
+    int prepare;     // lsh/semshare: admitted, the lookup and the sequence's start are still to do
+    int store_after; // lsh/semshare miss: its prompt's K/V goes into the store once the pool holds it all
 } Req;
+
+// build/serve's knobs the engine needs (serve/main.c's flags).
+typedef struct {
+    int block, n_blocks, max_tokens, max_queue;
+    int shared_reuse;     // --shared-reuse: every tenant in one scope (prefix salt and reuse store)
+    size_t reuse_budget;  // bytes the reuse store may hold
+    const int *calib;     // tokens whose mean embedding centres the store's similarities; NULL = the
+    size_t n_calib;       // vocabulary's mean embedding (every symbol once)
+} EngineConfig;
 
 typedef struct {
     // fixed after engine_start
     const Model *model;
     const Tokenizer *tok;
     int block, n_blocks, max_tokens, max_queue, context;
+    int shared_reuse;
+    size_t reuse_budget;
     // engine-private
     KVPool *pool;
     DecodeBatch db;                 // one row per active request, advanced together each round
@@ -61,6 +103,13 @@ typedef struct {
     Req *active[SERVE_MAX_ACTIVE];
     int n_active, reserved_blocks;
     uint64_t private_salt;
+    KVReuseStore *store;            // earlier prompts' K/V for reuse lsh/semshare (serve/reuse.c)
+    KVReuseStoreConfig store_cfg;
+    KVSemShareConfig semshare;
+    KVReuseWork rw;                 // a hit's prefill; also the gather buffer of an insert
+    int *map;                       // (context) semshare's token map
+    float *row_k, *row_v;           // (n_kv_head * head_dim) one position's rows of one layer
+    int64_t store_skipped;          // prompts too large for the store's budget
     pthread_t thread;
     // under mu
     pthread_mutex_t mu;
@@ -68,17 +117,19 @@ typedef struct {
     pthread_cond_t progress; // handlers wait: tokens, completion, clear done
     Req *head, *tail;
     int queued, stopping, clear_pending;
-    int64_t clear_epoch, cleared_blocks;
+    int64_t clear_epoch, cleared_blocks, cleared_entries;
     KVPagedStats snap; // pool stats after the last round
+    KVReuseStats store_snap; // reuse store stats after the last round
+    int64_t store_skipped_snap;
+    ReuseCounters reuse; // all tenants
     Tenant *tenants;   // SERVE_MAX_TENANTS
     int n_tenants;
     int64_t tokens_generated, prompt_tokens, reused_tokens, next_id;
     int64_t status_counts[6]; // by serve_status_index
 } Engine;
 
-// Starts the engine thread over a loaded model; -1 with a message when the pool cannot be made.
-int engine_start(Engine *e, const Model *m, const Tokenizer *tok, int block, int n_blocks, int max_tokens,
-                 int max_queue, char *err);
+// Starts the engine thread over a loaded model; -1 with a message when the pool or the store cannot be made.
+int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineConfig *cfg, char *err);
 // Fails every queued and running request with 503, stops the thread and frees the model-side state.
 void engine_stop(Engine *e);
 // After engine_stop and once no handler can touch e (HTTP stopped): frees the rest.
@@ -88,14 +139,32 @@ void engine_free(Engine *e);
 int engine_submit(Engine *e, Req *r);
 // Drops the caller's reference (marks r cancelled if still running); frees r when the engine is done with it.
 void engine_release(Engine *e, Req *r);
-// Frees cached (unheld) blocks; waits until no request is running. Returns how many cached blocks it dropped.
-int64_t engine_clear(Engine *e);
+// Frees cached (unheld) blocks and empties the reuse store; waits until no request is running. Returns how
+// many cached blocks it dropped; *entries (may be NULL): how many stored prompts.
+int64_t engine_clear(Engine *e, int64_t *entries);
 // The tenant's counters (copied) under mu; 0 when the tenant has none yet.
 int engine_tenant(Engine *e, const char *name, Tenant *out);
+// A sequence salt no other sequence has (kv "full", reuse "none", reuse hits); engine thread only.
+uint64_t engine_private_salt(Engine *e);
 // Requests-by-status counters: the index of an HTTP status (200 400 404 405 413 other).
 int serve_status_index(int status);
 extern const int serve_status_codes[6];
 void engine_count_status(Engine *e, int status);
+
+// The reuse side of the engine (serve/reuse.c), all on the engine thread. reuse_init/reuse_free: the store,
+// the work and their buffers. reuse_begin: an admitted lsh/semshare request's lookup and sequence start (on a
+// hit its prompt but the last token is in the pool from the reference; on a miss it begins on the prefix
+// pool like a prefix request); -1 with a message. reuse_insert: a miss's prompt K/V from the pool into the
+// store. reuse_clear: empties the store, returning how many prompts it held. reuse_publish_locked: the
+// store's stats into the snapshot handlers read.
+int reuse_init(Engine *e, const EngineConfig *cfg, char *err);
+void reuse_free(Engine *e);
+int reuse_begin(Engine *e, Req *r, char *err);
+void reuse_insert(Engine *e, Req *r);
+int64_t reuse_clear(Engine *e);
+void reuse_publish_locked(Engine *e);
+// The request's counters once it has begun (its tenant's and all), under mu.
+void reuse_account_locked(Engine *e, const Req *r, Tenant *t);
 
 // A new request with room for its prompt and output.
 Req *req_new(int n_prompt, int max_tokens);

@@ -3,6 +3,9 @@
 // over plain sockets (a minimal HTTP/1.1 client below). Covers the endpoints, prefix reuse within a tenant
 // and never across tenants, SSE streaming, concurrent requests not corrupting each other, a client that
 // disconnects mid-stream, each kind of bad input (and that the server keeps serving), and SIGTERM -> exit 0.
+// Cross-request reuse (reuse lsh/semshare): hits on a repeated prompt that sample exactly what a request
+// without reuse samples, tenant scoping and --shared-reuse, the per-request threshold/min_overlap knobs, the
+// counters, and a full queue answering 503 while the server stays healthy.
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -27,8 +31,7 @@ typedef struct {
     int port;
 } Server;
 
-static Server server_start(const char *const *extra) {
-    const char *ckpt = cliutil_train_tiny(cliutil_write_corpus(), "tiny.ckpt");
+static Server server_start_ckpt(const char *ckpt, const char *const *extra) {
     const char *build = getenv("KVLAB_BUILD");
     char exe[512], log[256];
     snprintf(exe, sizeof exe, "%s/serve", build && *build ? build : "build");
@@ -44,6 +47,7 @@ static Server server_start(const char *const *extra) {
         int fe = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644), fi = open("/dev/null", O_RDWR);
         if (fe < 0 || fi < 0) _exit(126);
         dup2(fi, 0), dup2(fi, 1), dup2(fe, 2);
+        prctl(PR_SET_PDEATHSIG, SIGTERM); // a failed assertion ends the test process: take the server with it
         setenv("OMP_WAIT_POLICY", "passive", 0);
         setenv("OMP_NUM_THREADS", "1", 0);
         execv(exe, (char *const *)argv);
@@ -58,6 +62,10 @@ static Server server_start(const char *const *extra) {
     }
     cr_assert_gt(s.port, 0, "no 'listening on' line from build/serve");
     return s;
+}
+
+static Server server_start(const char *const *extra) {
+    return server_start_ckpt(cliutil_train_tiny(cliutil_write_corpus(), "tiny.ckpt"), extra);
 }
 
 static void server_stop(Server *s) {
@@ -310,6 +318,260 @@ Test(serve, bad_input_keeps_serving) {
               strstr(r.body, "kvlab_requests_total{status=\"413\"} 2") &&
               strstr(r.body, "kvlab_requests_total{status=\"404\"} 1") &&
               strstr(r.body, "kvlab_requests_total{status=\"405\"} 2"), "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+}
+
+// --- cross-request reuse ----------------------------------------------------------------------------------
+
+// The text right after "key": inside the object that starts at obj (the first such key).
+static const char *json_at(const char *obj, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(obj, pat);
+    cr_assert_not_null(p, "no %s in %s", key, obj);
+    return p + strlen(pat);
+}
+
+static double json_num(const char *obj, const char *key) {
+    const char *p = json_at(obj, key);
+    char *end;
+    double x = strtod(p, &end);
+    cr_assert(end != p, "%s is not a number in %s", key, obj);
+    return x;
+}
+
+// The "reuse" object of a /v1/generate response.
+static const char *reuse_of(const Resp *r) {
+    cr_assert_eq(r->status, 200, "%s", r->body);
+    const char *o = strstr(r->body, "\"reuse\":{");
+    cr_assert_not_null(o, "no reuse report in %s", r->body);
+    return o;
+}
+
+static Resp generate(int port, const char *tenant, const char *body) {
+    char hdr[128];
+    snprintf(hdr, sizeof hdr, "X-Tenant: %s\r\n", tenant);
+    Resp r = http(port, "POST", "/v1/generate", hdr, body);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    return r;
+}
+
+#define ASK(prompt, n, extra) "{\"prompt\":\"" prompt "\",\"max_tokens\":" #n ",\"temperature\":0" extra "}"
+#define SAMPLED(prompt, extra) "{\"prompt\":\"" prompt "\",\"max_tokens\":12,\"temperature\":1,\"seed\":7" extra "}"
+#define REORDERED "fox brown quick the" // PROMPT's words reversed: the same symbols, so the same mean embedding
+
+// Asserts a miss of reuse `method` that found no usable reference, and returns the response's text.
+static void expect_miss(Resp r, const char *method, char *text, size_t len) {
+    const char *o = reuse_of(&r);
+    char want[64];
+    snprintf(want, sizeof want, "{\"method\":\"%s\",\"hit\":false", method);
+    cr_assert(strstr(o, want) && strstr(o, "\"reference\":null,\"reference_tokens\":null"), "%s", o);
+    if (text) json_str(r.body, "text", text, len);
+    free(r.body);
+}
+
+Test(serve, reuse_lsh_hits_within_a_tenant) {
+    Server s = server_start(NULL);
+    char none[64], got[64], ref[32], sampled[64];
+    // the reference: no reuse at all, greedy and sampled
+    Resp r = generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"none\""));
+    const char *o = reuse_of(&r);
+    cr_assert(strstr(o, "{\"method\":\"none\",\"hit\":false,\"similarity\":null,\"reference\":null,"
+                        "\"reference_tokens\":null,\"reused_tokens\":0,\"recomputed_tokens\":19,\"scope\":\"tenant\"}"), "%s", o);
+    json_str(r.body, "text", none, sizeof none);
+    free(r.body);
+    r = generate(s.port, "alice", SAMPLED(PROMPT, ",\"reuse\":\"none\""));
+    json_str(r.body, "text", sampled, sizeof sampled);
+    free(r.body);
+
+    // the first lsh request misses (nothing stored) and is stored; the same text as without reuse
+    expect_miss(generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"lsh\"")), "lsh", got, sizeof got);
+    cr_assert_str_eq(got, none);
+    // the repeat hits its stored prompt: similarity 1, every prompt token but the last reused, the same text
+    r = generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"lsh\""));
+    o = reuse_of(&r);
+    cr_assert(strstr(o, "{\"method\":\"lsh\",\"hit\":true,"), "%s", o);
+    cr_assert_float_eq(json_num(o, "similarity"), 1.0, 1e-5, "%s", o);
+    json_str(o, "reference", ref, sizeof ref);
+    cr_assert(strlen(ref) == 20 && strncmp(ref, "ref-", 4) == 0 && strspn(ref + 4, "0123456789abcdef") == 16, "%s", ref);
+    cr_assert(strstr(o, "\"reference_tokens\":19,\"reused_tokens\":18,\"recomputed_tokens\":1,\"scope\":\"tenant\""), "%s", o);
+    cr_assert(strstr(r.body, "\"cache\":{\"hit\":false,\"reused_tokens\":0"), "a hit takes nothing from the prefix pool: %s", r.body);
+    json_str(r.body, "text", got, sizeof got);
+    cr_assert_str_eq(got, none, "greedy text changed with the lsh hit");
+    free(r.body);
+    // sampling too: the hit's K/V is the reference's bit for bit, so the same seed samples the same text
+    r = generate(s.port, "alice", SAMPLED(PROMPT, ",\"reuse\":\"lsh\""));
+    cr_assert(strstr(reuse_of(&r), "\"hit\":true"), "%s", r.body);
+    json_str(r.body, "text", got, sizeof got);
+    cr_assert_str_eq(got, sampled, "sampled text changed with the lsh hit");
+    free(r.body);
+    // semshare finds the same reference (its partial recomputation need not give the same text)
+    r = generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"semshare\""));
+    o = reuse_of(&r);
+    cr_assert(strstr(o, "{\"method\":\"semshare\",\"hit\":true,"), "%s", o);
+    cr_assert_float_eq(json_num(o, "similarity"), 1.0, 1e-5, "%s", o);
+    json_str(o, "reference", got, sizeof got);
+    cr_assert_str_eq(got, ref);
+    cr_assert(json_num(o, "reused_tokens") > 0 && json_num(o, "reused_tokens") + json_num(o, "recomputed_tokens") == 19, "%s", o);
+    free(r.body);
+
+    // another tenant never sees alice's stored prompt
+    expect_miss(generate(s.port, "bob", ASK(PROMPT, 8, ",\"reuse\":\"lsh\"")), "lsh", got, sizeof got);
+    cr_assert_str_eq(got, none);
+    // unrelated prompts never hit, whichever method
+    expect_miss(generate(s.port, "alice", ASK("a lazy dog sleeps", 8, ",\"reuse\":\"lsh\"")), "lsh", NULL, 0);
+    expect_miss(generate(s.port, "alice", ASK("it runs into woods", 8, ",\"reuse\":\"semshare\"")), "semshare", NULL, 0);
+
+    // the knobs: reordered words have PROMPT's mean embedding (cosine 1) but few of its 4-grams
+    r = generate(s.port, "alice", ASK(REORDERED, 8, ",\"reuse\":\"lsh\",\"min_overlap\":0"));
+    o = reuse_of(&r);
+    cr_assert(strstr(o, "\"hit\":true"), "cosine alone (min_overlap 0) should take PROMPT: %s", o);
+    json_str(o, "reference", got, sizeof got);
+    cr_assert_str_eq(got, ref);
+    free(r.body);
+    r = generate(s.port, "alice", ASK(REORDERED, 8, ",\"reuse\":\"lsh\",\"min_overlap\":0.9,\"threshold\":0.5"));
+    o = reuse_of(&r);
+    cr_assert(strstr(o, "\"hit\":false") && strstr(o, "\"reference\":null"), "%s", o);
+    cr_assert_float_eq(json_num(o, "similarity"), 1.0, 1e-5, "a rejected candidate's similarity is reported: %s", o);
+    free(r.body);
+
+    // the counters: alice's lsh/semshare requests, and the store (alice's 4 misses, bob's 1)
+    r = http(s.port, "GET", "/v1/cache/stats", "X-Tenant: alice\r\n", NULL);
+    o = strstr(r.body, "\"reuse\":{");
+    cr_assert(o && strstr(o, "{\"scope\":\"tenant\",\"lookups\":8,\"hits\":4,\"misses\":4,\"rejected\":1,"), "%s", r.body);
+    cr_assert(strstr(o, "\"store\":{\"entries\":5,"), "%s", o);
+    free(r.body);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    cr_assert(strstr(r.body, "kvlab_reuse_scope{scope=\"tenant\"} 1") &&
+              strstr(r.body, "kvlab_reuse_lookups_total{scope=\"tenant\"} 9") &&
+              strstr(r.body, "kvlab_reuse_hits_total{scope=\"tenant\"} 4") &&
+              strstr(r.body, "kvlab_reuse_misses_total{scope=\"tenant\"} 5") &&
+              strstr(r.body, "kvlab_reuse_store_entries{scope=\"tenant\"} 5"), "%s", r.body);
+    free(r.body);
+    // clear empties the store too: the repeat misses again
+    r = http(s.port, "POST", "/v1/cache/clear", NULL, "");
+    cr_assert(strstr(r.body, "\"cleared_reuse_entries\":5"), "%s", r.body);
+    free(r.body);
+    expect_miss(generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"lsh\"")), "lsh", NULL, 0);
+    server_stop(&s);
+}
+
+Test(serve, reuse_shared_scope_and_tight_pool) {
+    // 8 blocks of 4: room for two requests of 19 + 13 tokens at once, so the rest wait for blocks
+    Server s = server_start(ARGS("--shared-reuse", "--pool-blocks", "16"));
+    char first[64], got[64];
+    expect_miss(generate(s.port, "alice", ASK(PROMPT, 13, ",\"reuse\":\"lsh\"")), "lsh", first, sizeof first);
+    // bob reuses alice's stored prompt, and her cached prefix blocks
+    Resp r = generate(s.port, "bob", ASK(PROMPT, 13, ",\"reuse\":\"lsh\""));
+    const char *o = reuse_of(&r);
+    cr_assert(strstr(o, "\"hit\":true") && strstr(o, "\"scope\":\"shared\""), "%s", o);
+    free(r.body);
+    r = generate(s.port, "bob", ASK(PROMPT, 13, ""));
+    cr_assert(strstr(r.body, "\"cache\":{\"hit\":true,\"reused_tokens\":16"), "%s", r.body);
+    free(r.body);
+    // several hits at once, more than the pool holds together: each begins (its prompt written into its
+    // reserved blocks) when blocks are free, and each gives the text the miss gave
+    const char *tenants[4] = {"X-Tenant: a\r\n", "X-Tenant: b\r\n", "X-Tenant: c\r\n", "X-Tenant: d\r\n"};
+    int fds[4];
+    for (int i = 0; i < 4; i++) fds[i] = send_request(s.port, "POST", "/v1/generate", tenants[i], ASK(PROMPT, 13, ",\"reuse\":\"lsh\""));
+    for (int i = 0; i < 4; i++) {
+        r = read_response(fds[i]);
+        cr_assert(strstr(reuse_of(&r), "\"hit\":true"), "%s", r.body);
+        json_str(r.body, "text", got, sizeof got);
+        cr_assert_str_eq(got, first);
+        free(r.body);
+    }
+    r = http(s.port, "GET", "/v1/cache/stats", NULL, NULL);
+    cr_assert(strstr(r.body, "\"reuse\":{\"scope\":\"shared\",\"lookups\":6,\"hits\":5,\"misses\":1,"), "%s", r.body);
+    cr_assert(strstr(r.body, "\"blocks_used\":0"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    cr_assert(strstr(r.body, "kvlab_reuse_scope{scope=\"shared\"} 1") &&
+              strstr(r.body, "kvlab_reuse_hits_total{scope=\"shared\"} 5"), "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+}
+
+Test(serve, reuse_bad_input_keeps_serving) {
+    Server s = server_start(NULL);
+    const struct {
+        const char *body, *phrase;
+    } bad[] = {
+        {"{\"prompt\":\"the\",\"reuse\":5}", "'reuse' must be a string"},
+        {"{\"prompt\":\"the\",\"reuse\":\"sim\"}", "unsupported reuse 'sim': valid methods are prefix, lsh, semshare, none"},
+        {"{\"prompt\":\"the\",\"reuse\":\"lsh\",\"threshold\":\"0.5\"}", "'threshold' must be a number"},
+        {"{\"prompt\":\"the\",\"reuse\":\"lsh\",\"threshold\":0}", "'threshold' must be in (0, 1], got 0"},
+        {"{\"prompt\":\"the\",\"reuse\":\"semshare\",\"threshold\":1.5}", "'threshold' must be in (0, 1], got 1.5"},
+        {"{\"prompt\":\"the\",\"reuse\":\"lsh\",\"min_overlap\":true}", "'min_overlap' must be a number"},
+        {"{\"prompt\":\"the\",\"reuse\":\"lsh\",\"min_overlap\":-0.1}", "'min_overlap' must be in [0, 1], got -0.1"},
+        {"{\"prompt\":\"the\",\"threshold\":0.9}", "'threshold' applies to reuse \\\"lsh\\\" or \\\"semshare\\\" only, not \\\"prefix\\\""},
+        {"{\"prompt\":\"the\",\"reuse\":\"none\",\"min_overlap\":0.5}", "not \\\"none\\\""},
+        {"{\"prompt\":\"the\",\"kv\":\"full\",\"reuse\":\"lsh\"}", "kv \\\"full\\\" is a private cache"},
+    };
+    int n = (int)(sizeof bad / sizeof bad[0]);
+    for (int i = 0; i < n; i++) expect_error(http(s.port, "POST", "/v1/generate", NULL, bad[i].body), 400, bad[i].phrase);
+    // kv "full" implies reuse "none"; /v1/completions ignores the reuse fields (unknown to OpenAI clients)
+    Resp r = generate(s.port, "default", "{\"prompt\":\"the\",\"max_tokens\":2,\"kv\":\"full\"}");
+    cr_assert(strstr(reuse_of(&r), "\"method\":\"none\""), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the\",\"max_tokens\":2,\"reuse\":7}");
+    cr_assert(r.status == 200 && !strstr(r.body, "\"reuse\""), "%s", r.body);
+    free(r.body);
+    r = generate(s.port, "default", ASK(PROMPT, 4, ",\"reuse\":\"lsh\",\"threshold\":1,\"min_overlap\":1"));
+    cr_assert(strstr(reuse_of(&r), "\"hit\":false"), "%s", r.body);
+    free(r.body);
+    expect_health(s.port);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    char want[64];
+    snprintf(want, sizeof want, "kvlab_requests_total{status=\"400\"} %d\n", n);
+    cr_assert(strstr(r.body, want), "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+}
+
+// A model slow enough (4 layers of width 256: tens of ms per request) that requests sent together overlap.
+static const char *train_slow(void) {
+    const char *ckpt = cliutil_tmp("slow.ckpt");
+    Run r = RUN("train", "--preset", "tiny", "--layers", "4", "--width", "256", "--hidden", "1024", "--steps", "1",
+                "--batch", "1", "--eval-windows", "1", "--data", cliutil_write_corpus(), "--out", ckpt, "--quiet");
+    cliutil_expect_ok(&r, "train a slow model");
+    cliutil_run_free(&r);
+    return ckpt;
+}
+
+Test(serve, full_queue_503_then_healthy) {
+    // each request needs the whole pool (3 + 29 tokens = 8 blocks of 4), so they run one at a time: while one
+    // runs (or before the engine has taken it) the next waits in the queue and the others find it full
+    Server s = server_start_ckpt(train_slow(), ARGS("--max-queue", "1", "--pool-blocks", "8"));
+    enum { N = 6 };
+    int fds[N], ok = 0, busy = 0;
+    for (int i = 0; i < N; i++)
+        fds[i] = send_request(s.port, "POST", "/v1/generate", NULL, "{\"prompt\":\"the\",\"max_tokens\":29,\"reuse\":\"lsh\"}");
+    for (int i = 0; i < N; i++) {
+        Resp r = read_response(fds[i]);
+        if (r.status == 200) {
+            char text[64];
+            json_str(r.body, "text", text, sizeof text);
+            cr_assert_eq(strlen(text), 29, "%s", r.body);
+            ok++;
+            free(r.body);
+        } else {
+            expect_error(r, 503, "server busy: 1 requests already queued; retry later");
+            busy++;
+        }
+    }
+    cr_assert(ok >= 1 && busy >= 1, "%d answered, %d refused: expected the first to be answered and at least one "
+              "refused", ok, busy);
+    expect_health(s.port);
+    Resp r = generate(s.port, "default", "{\"prompt\":\"the\",\"max_tokens\":29,\"reuse\":\"lsh\"}");
+    cr_assert(strstr(reuse_of(&r), "\"hit\":true"), "%s", r.body);
+    free(r.body);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    char want[64];
+    snprintf(want, sizeof want, "kvlab_requests_total{status=\"other\"} %d\n", busy);
+    cr_assert(strstr(r.body, want) && strstr(r.body, "kvlab_queue_length 0") && strstr(r.body, "kvlab_requests_active 0") &&
+              strstr(r.body, "kvlab_pool_blocks{state=\"used\"} 0"), "%s", r.body);
     free(r.body);
     server_stop(&s);
 }
