@@ -128,6 +128,31 @@ typedef struct {
 // The reuse fields of a /v1/generate body: "reuse" (default "prefix", or "none" with kv "full", which takes
 // nothing else) and, for lsh/semshare only, "threshold" (cosine, (0, 1]) and "min_overlap" ([0, 1]), each
 // defaulting to the store's. -1 with a 400 message.
+// The request's "kv": "full" (a private cache), or a spec over the server's pool, SELECT+paged:B with the
+// server's block size, the pool's row format (or none) and a selection the pool applies to whole blocks.
+static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err) {
+    char paged[32];
+    snprintf(paged, sizeof paged, "paged:%d", http.e->block);
+    if (!json_is_string(kv))
+        return err_set(err, "'kv' must be a string: \"full\", \"%s\" or \"SELECT+%s\"", paged, paged), -1;
+    const char *text = json_string_value(kv);
+    if (strcmp(text, "full") == 0) return *private_cache = 1, 0;
+    KVSpec spec;
+    char why[ERR_LEN];
+    if (json_string_length(kv) >= 64 || kv_spec_parse(&spec, text, why) != 0 || !spec.paged_block)
+        return err_set(err, "unsupported kv spec '%.64s': this server accepts \"full\" (a private cache, no reuse) "
+                       "or its shared pool, \"%s\", with an optional selection: window:W, sink:S,window:W or "
+                       "h2o:H,R, e.g. \"window:64+%s\"", text, paged, paged), -1;
+    if (spec.paged_block != http.e->block)
+        return err_set(err, "kv '%.64s': this server's pool has blocks of %d tokens (\"%s\")", text, http.e->block,
+                       paged), -1;
+    int bits = spec.format == KV_FMT_F16 ? 16 : spec.bits; // a format term, if any, must be the pool's
+    if (spec.format != KV_FMT_F32 && (bits != http.e->kv_bits || (spec.group && spec.group != http.e->kv_group)))
+        return err_set(err, "kv '%.64s': this server's pool holds %d-bit rows (--kv-format)", text, http.e->kv_bits), -1;
+    if (kv_paged_policy(policy, &spec, why) != 0) return err_set(err, "%s", why), -1;
+    return 0;
+}
+
 static int get_reuse(json_t *root, int private_cache, ReuseAsk *a, char *err) {
     KVReuseStoreConfig dflt;
     kv_reuse_store_config_default(&dflt);
@@ -191,19 +216,16 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
         size_t n = json_string_length(p);
         long bad = tokenizer_find_oov(e->tok, (const unsigned char *)text, n);
         json_t *kv = json_object_get(root, "kv");
-        char paged[32];
-        snprintf(paged, sizeof paged, "paged:%d", e->block);
         int private_cache = 0;
+        KVSeqPolicy policy = {0};
         ReuseAsk ask = {REUSE_PREFIX, 0, 0};
-        if (generate && kv && !json_is_null(kv)) {
-            if (!json_is_string(kv)) err_set(err, "'kv' must be a string: \"full\" or \"%s\"", paged);
-            else if (strcmp(json_string_value(kv), "full") == 0) private_cache = 1;
-            else if (strcmp(json_string_value(kv), paged) != 0)
-                err_set(err, "unsupported kv spec '%.64s': this server accepts \"full\" (a private cache, no reuse) "
-                        "or \"%s\" (its shared pool)", json_string_value(kv), paged);
-            if (err[0]) goto out;
-        }
+        if (generate && kv && !json_is_null(kv) && get_kv(kv, &private_cache, &policy, err) != 0) goto out;
         if (generate && get_reuse(root, private_cache, &ask, err) != 0) goto out;
+        if (policy.select != KV_SEL_FULL && (ask.method == REUSE_LSH || ask.method == REUSE_SEMSHARE)) {
+            err_set(err, "reuse \"%s\" stores whole prompts: it needs every block, so no selection in 'kv'",
+                    reuse_method_names[ask.method]);
+            goto out;
+        }
         if (bad >= 0) {
             unsigned char ch = (unsigned char)text[bad];
             if (ch >= 32 && ch < 127) err_set(err, "prompt character '%c' (byte %ld) is not in the model's vocabulary", ch, bad);
@@ -225,6 +247,8 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
                 r->sc = (SampleConfig){.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p};
                 r->seed = (uint64_t)seed;
                 r->private_cache = private_cache;
+                r->policy = policy;
+                snprintf(r->kv, sizeof r->kv, "%s", kv && json_is_string(kv) ? json_string_value(kv) : "");
                 snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
                 // --shared-reuse: one prefix salt and one store scope for everyone ("" is no tenant's name)
                 const char *scope = e->shared_reuse ? "" : tenant;
@@ -272,7 +296,7 @@ static json_t *completion_json(const Req *r, int64_t id, int generate, const cha
     if (generate) {
         json_object_set_new(o, "cache", json_pack("{s:b, s:i, s:i, s:s, s:s}", "hit", r->reused > 0, "reused_tokens",
                                                   r->reused, "prompt_tokens", r->n_prompt, "scope", r->tenant, "kv",
-                                                  r->private_cache ? "full" : "paged"));
+                                                  r->private_cache ? "full" : r->kv[0] ? r->kv : "paged"));
         json_object_set_new(o, "reuse", reuse_json(r));
     }
     return o;

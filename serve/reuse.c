@@ -155,9 +155,8 @@ void reuse_insert(Engine *e, Req *r) {
             size_t lane = ((size_t)l * NKV + g) * cap * HD;
             for (int p = 0; p < n; p += B) {
                 int b = r->seq.table[p / B], rows = n - p < B ? n - p : B;
-                size_t bytes = (size_t)rows * HD * sizeof(float);
-                memcpy(e->rw.k + lane + (size_t)p * HD, kv_pool_k(e->pool, b, l, g), bytes);
-                memcpy(e->rw.v + lane + (size_t)p * HD, kv_pool_v(e->pool, b, l, g), bytes);
+                kv_pool_read(e->pool, 0, b, l, g, rows, e->rw.k + lane + (size_t)p * HD); // decoded if not fp32
+                kv_pool_read(e->pool, 1, b, l, g, rows, e->rw.v + lane + (size_t)p * HD);
             }
         }
     char err[ERR_LEN];

@@ -49,6 +49,8 @@ typedef struct Req {
     SampleConfig sc;
     uint64_t seed, salt;
     int private_cache; // kv "full": reuse "none" then (a salt of its own: it neither reuses nor is reused)
+    KVSeqPolicy policy; // kv "SELECT+paged:B": the blocks its sequence keeps (full selection by default)
+    char kv[64];       // the kv spec as asked (reported back)
     char tenant[SERVE_TENANT_LEN + 1];
     ReuseMethod reuse;
     float threshold, min_overlap; // lsh/semshare: what a stored prompt must reach to be reused
@@ -82,6 +84,7 @@ typedef struct Req {
 // build/serve's knobs the engine needs (serve/main.c's flags).
 typedef struct {
     int block, n_blocks, max_tokens, max_queue;
+    int kv_bits;          // --kv-format: the pool's rows, 32 (fp32), 16, 8, 4 or 2 bits
     int shared_reuse;     // --shared-reuse: every tenant in one scope (prefix salt and reuse store)
     size_t reuse_budget;  // bytes the reuse store may hold
     const int *calib;     // tokens whose mean embedding centres the store's similarities; NULL = the
@@ -92,7 +95,7 @@ typedef struct {
     // fixed after engine_start
     const Model *model;
     const Tokenizer *tok;
-    int block, n_blocks, max_tokens, max_queue, context;
+    int block, n_blocks, max_tokens, max_queue, context, kv_bits, kv_group;
     int shared_reuse;
     size_t reuse_budget;
     // engine-private

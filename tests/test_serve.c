@@ -530,6 +530,40 @@ Test(serve, reuse_bad_input_keeps_serving) {
     server_stop(&s);
 }
 
+// Per-request kv specs over the shared pool: a selection the pool applies to whole blocks, the pool's own row
+// format; everything else is a 400 that names what this server accepts. A window request's dropped blocks go
+// back to the pool: nothing is held once it is done.
+Test(serve, kv_specs_over_the_pool) {
+    Server s = server_start(ARGS("--kv-format", "int8"));
+    Resp r = generate(s.port, "default", ASK(PROMPT, 12, ",\"kv\":\"window:8+paged:4\""));
+    cr_assert(strstr(r.body, "\"kv\":\"window:8+paged:4\"") && strstr(r.body, "\"completion_tokens\":12"), "%s", r.body);
+    free(r.body);
+    r = generate(s.port, "default", ASK(PROMPT, 4, ",\"kv\":\"sink:4,window:8+paged:4+int8\""));
+    free(r.body);
+    r = generate(s.port, "default", ASK(PROMPT, 4, ",\"kv\":\"h2o:4,4+paged:4\",\"reuse\":\"none\""));
+    free(r.body);
+    const struct {
+        const char *body, *phrase;
+    } bad[] = {
+        {"{\"prompt\":\"the\",\"kv\":\"window:8+paged:8\"}", "blocks of 4 tokens"},
+        {"{\"prompt\":\"the\",\"kv\":\"tova:8+paged:4\"}", "unsupported kv spec 'tova:8+paged:4'"},
+        {"{\"prompt\":\"the\",\"kv\":\"window:8\"}", "\\\"window:64+paged:4\\\""},
+        {"{\"prompt\":\"the\",\"kv\":\"paged:4+int4\"}", "8-bit rows"},
+        {"{\"prompt\":\"the\",\"kv\":\"window:8+paged:4\",\"reuse\":\"lsh\"}", "no selection in 'kv'"},
+        {"{\"prompt\":\"the\",\"kv\":[1]}", "'kv' must be a string"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect_error(http(s.port, "POST", "/v1/generate", NULL, bad[i].body), 400, bad[i].phrase);
+    expect_health(s.port);
+    r = http(s.port, "GET", "/metrics", NULL, NULL);
+    cr_assert(strstr(r.body, "kvlab_pool_blocks{state=\"used\"} 0"), "%s", r.body);
+    free(r.body);
+    server_stop(&s);
+    Run run = RUN("serve", "--ckpt", "x.ckpt", "--kv-format", "int3");
+    EXPECT_ERROR(&run, "serve", "bad --kv-format 'int3': valid formats are fp32, fp16, int8, int4, int2");
+    cliutil_run_free(&run);
+}
+
 // A model slow enough (4 layers of width 256: tens of ms per request) that requests sent together overlap.
 static const char *train_slow(void) {
     const char *ckpt = cliutil_tmp("slow.ckpt");
