@@ -462,7 +462,7 @@ def write_ninja(n, v):
         n.newline()
 
     n.comment('ninja test / ninja bench: build, then run from the repository root (always re-run).')
-    progs = ['$builddir/' + p for p in ('train', 'infer', 'serve') if p in v['programs']]
+    progs = ['$builddir/' + p for p in ('train', 'infer', 'serve', 'bench') if p in v['programs']]  # tests run them
     if 'tests' in v['programs']:
         n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
                 variables={'args': '--jobs 2'})

@@ -142,7 +142,9 @@ class Runner:
 
 
 def data_args(args):
-    return [a for i, a in enumerate(args) if a == '--data' or (i > 0 and args[i - 1] == '--data')]
+    """The flags a resumed run still needs (the checkpoint fixes the rest): --data and --device."""
+    keep = ('--data', '--device')
+    return [a for i, a in enumerate(args) if a in keep or (i > 0 and args[i - 1] in keep)]
 
 
 def read_jsonl(path):

@@ -73,6 +73,25 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
     cr_assert_eq(rc, 0, "%s", out);
     cr_assert(!strstr(out, " done ") && strstr(out, "kept"), "nothing reruns:\n%s", out);
     free(out);
+    // a training run that stopped at a checkpoint continues from it (build/train --resume) to its last step
+    char ckpt[400], log[400], done[420], eval[400];
+    snprintf(ckpt, sizeof ckpt, "%s/work/attn-mha.ckpt", dir);
+    snprintf(log, sizeof log, "%s/raw/train-attn-mha.jsonl", dir);
+    snprintf(done, sizeof done, "%s.done", ckpt);
+    snprintf(eval, sizeof eval, "%s/raw/t2-eval-mha.jsonl", dir);
+    cr_assert_eq(remove(done), 0);
+    cr_assert_eq(remove(eval), 0);
+    Run t = RUN("train", "--preset", "baby", "--steps", "40", "--attn", "mha", "--seed", "3", "--stop-after", "20",
+                "--out", ckpt, "--log", log, "--quiet");
+    cr_assert_eq(t.status, 0, "%s", t.err);
+    cliutil_run_free(&t);
+    rc = report(args, &out);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert(strstr(out, "done       tier 2: train mha") && strstr(out, "done       tier 2: evaluate mha"), "%s", out);
+    free(out);
+    char *steps = cliutil_read_file(log, NULL);
+    cr_assert(steps && strstr(steps, "{\"step\": 21,") && strstr(steps, "{\"step\": 40,"), "resumed at 21, ran to 40");
+    free(steps);
     // the output belongs to the smoke scale: another scale must start fresh
     snprintf(args, sizeof args, "--quick --out '%s'", dir);
     rc = report(args, &out);
