@@ -217,6 +217,16 @@ static void block_release(KVPool *p, int b) {
 
 // ---- sequences -------------------------------------------------------------------------------------------
 
+// The seed of a sequence's block 0: its salt, mixed with its policy when it drops blocks. A block's K/V at
+// layers >= 1 depends on what earlier attention saw, which the policy decides, so only sequences with the
+// same policy may share blocks (the fields are hashed one by one: the struct has padding).
+static uint64_t seq_seed(const KVSeq *seq) {
+    const KVSeqPolicy *pol = &seq->policy;
+    if (pol->select == KV_SEL_FULL) return seq->salt;
+    int64_t f[5] = {pol->select, pol->sink, pol->window, pol->heavy, pol->recent};
+    return XXH64(f, sizeof(f), seq->salt ^ 0x706f6c696379ULL);
+}
+
 int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int priority, char *err) {
     CHECK(seq->n_tokens == 0 && arrlen(seq->table) == 0);
     if (priority < 0 || priority > KV_PRIORITY_MAX) {
@@ -229,7 +239,7 @@ int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int p
     }
     seq->priority = priority;
     int B = p->block, eligible = n_prompt > 0 ? (n_prompt - 1) / B : 0; // leave the last token to compute
-    uint64_t seed = seq->salt;
+    uint64_t seed = seq_seed(seq);
     int hits = 0;
     for (; hits < eligible; hits++) {
         const int *t = tokens + (size_t)hits * B;
@@ -245,6 +255,7 @@ int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int p
     }
     seq->n_tokens = hits * B;
     seq->last_hash = seed;
+    if (hits) kv_paged_enforce(p, seq); // the state a cold run has after its last reused token (h2o: scores 0)
     p->requests++;
     p->query_blocks += eligible;
     p->hit_blocks += hits;
@@ -287,7 +298,7 @@ static int block_copy_on_write(KVPool *p, KVSeq *seq) {
 // previous block's hash, kept in the sequence since a policy may have dropped that block already.
 static void block_register(KVPool *p, KVSeq *seq, ptrdiff_t i, int b) {
     KVBlock *x = &p->blocks[b];
-    uint64_t seed = i == 0 ? seq->salt : seq->last_hash;
+    uint64_t seed = i == 0 ? seq_seed(seq) : seq->last_hash;
     x->hash = p->hash(p->tokens + (size_t)b * p->block, p->block, seed);
     x->hashed = 1;
     seq->last_hash = x->hash;

@@ -18,9 +18,14 @@
 //   every full block that lies entirely before the newest W tokens; sink:S,window:W also keeps the blocks
 //   holding the first S tokens; h2o:H,R keeps the blocks overlapping the newest R tokens and, of the rest,
 //   those with the most attention accumulated over all layers and heads, up to ceil((H+R)/B) + 1 blocks.
-//   So a sequence holds from its budget to its budget plus a block of tokens, never less than the
-//   unpaged policy. A dropped block leaves a hole (-1) in the table; positions are never re-indexed (no
-//   StreamingLLM position shift, so a stream should stay within the trained context's RoPE range).
+//   So a sequence never holds less than the unpaged policy, and at most: window W + B - 1 tokens; sink
+//   ceil(S/B)*B + W + B - 1; h2o ceil((H+R)/B)*B + B. A dropped block leaves a hole (-1) in the table;
+//   positions are never re-indexed (no StreamingLLM position shift, so a stream should stay within the
+//   trained context's RoPE range). A block's K/V beyond layer 0 depends on what attention saw, which the
+//   policy decides, so the policy is mixed into the seed of block 0's hash: only sequences with the same
+//   salt and the same policy share blocks. Dropped full blocks stay cached for such sequences.
+// - attention_decode_paged decodes non-fp32 rows into the pool's scratch: one thread per pool (as for
+//   everything else here).
 #ifndef KVLAB_PAGED_H
 #define KVLAB_PAGED_H
 
@@ -86,13 +91,14 @@ typedef struct {
     int64_t requests, query_blocks, hit_blocks, prefill_saved, evictions, cow;
 } KVPool;
 
-// A sequence: zero-initialise it (KVSeq s = {0}), then kv_paged_begin or kv_paged_fork.
-// Which blocks a sequence keeps (kv_paged_set_policy); all zero = every block (full selection).
+// Which blocks a sequence keeps (from a spec: kv_paged_policy); all zero = every block (full selection).
 typedef struct {
     KVSelect select; // KV_SEL_FULL, KV_SEL_WINDOW, KV_SEL_SINK or KV_SEL_H2O
     int sink, window, heavy, recent;
 } KVSeqPolicy;
 
+// A sequence: zero-initialise it (KVSeq s = {0}), set its salt and policy, then kv_paged_begin or
+// kv_paged_fork.
 typedef struct {
     int *table;      // stb_ds array of block ids; token t lives in block table[t / block], slot t % block;
                      // KV_BLOCK_DROPPED where a policy dropped the block
@@ -148,7 +154,8 @@ void kv_pool_read(const KVPool *pool, int value, int block, int layer, int head,
 // registered and whose tokens are equal, and stops at the first miss. Returns the number of prompt tokens
 // reused (a multiple of the block size): they need no prefill, and seq->n_tokens is set to it. The whole
 // prompt is never reused: at least the last prompt token is left to compute, so the caller gets its logits.
-// -1 with a message on a bad priority or prompt length.
+// seq's policy then applies to the reused blocks (what a cold run holds after the last reused token; h2o's
+// block scores start at 0). -1 with a message on a bad priority or prompt length.
 int kv_paged_begin(KVPool *pool, KVSeq *seq, const int *tokens, int n_prompt, int priority, char *err);
 // dst (empty) shares all of src's blocks (parallel sampling, beam search); the first write to a shared
 // partial block copies it.

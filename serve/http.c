@@ -125,9 +125,6 @@ typedef struct {
     float threshold, min_overlap;
 } ReuseAsk;
 
-// The reuse fields of a /v1/generate body: "reuse" (default "prefix", or "none" with kv "full", which takes
-// nothing else) and, for lsh/semshare only, "threshold" (cosine, (0, 1]) and "min_overlap" ([0, 1]), each
-// defaulting to the store's. -1 with a 400 message.
 // The request's "kv": "full" (a private cache), or a spec over the server's pool, SELECT+paged:B with the
 // server's block size, the pool's row format (or none) and a selection the pool applies to whole blocks.
 static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err) {
@@ -153,6 +150,9 @@ static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err
     return 0;
 }
 
+// The reuse fields of a /v1/generate body: "reuse" (default "prefix", or "none" with kv "full", which takes
+// nothing else) and, for lsh/semshare only, "threshold" (cosine, (0, 1]) and "min_overlap" ([0, 1]), each
+// defaulting to the store's. -1 with a 400 message.
 static int get_reuse(json_t *root, int private_cache, ReuseAsk *a, char *err) {
     KVReuseStoreConfig dflt;
     kv_reuse_store_config_default(&dflt);

@@ -170,17 +170,24 @@ Test(paged_compose, window_keeps_the_blocks_of_the_newest_tokens) {
         cr_assert(held >= (T < W ? T : W) && held < W + B, "T %d: %d tokens held", T, held);
         check_pool(p);
     }
-    // dropped full blocks stay cached: a new full-selection request with the same tokens finds every one
+    // dropped full blocks stay cached: a request with the same tokens and the same policy finds every one
+    // (and then holds only the window's); one with another policy (here: every block) finds none, since
+    // beyond layer 0 a block's K/V depends on what the policy let attention see
     KVPagedStats st;
     kv_pool_stats(p, &st);
     cr_assert_eq(st.blocks_used, held_blocks(&s));
     cr_assert_eq(st.blocks_cached, 30 / B - (held_blocks(&s) - 1), "every dropped block is cached");
     int toks[30];
     for (int t = 0; t < 30; t++) toks[t] = 100 + t;
-    KVSeq r = {0};
+    KVSeq r = {.policy = s.policy}, f = {0};
     char err[ERR_LEN];
     cr_assert_eq(kv_paged_begin(p, &r, toks, 30, KV_PRIORITY_DEFAULT, err), 28, "%s", err); // 7 full blocks
+    cr_assert_eq(held_blocks(&r), 2, "the policy applies to reused blocks: 20..27 hold the window of 6");
+    cr_assert(r.table[5] != KV_BLOCK_DROPPED && r.table[6] == s.table[6], "block 5 back from the cache, 6 shared");
+    cr_assert_eq(kv_paged_begin(p, &f, toks, 30, KV_PRIORITY_DEFAULT, err), 0, "%s", err);
+    check_pool(p);
     kv_paged_end(p, &r);
+    kv_paged_end(p, &f);
     kv_paged_end(p, &s);
     check_pool(p);
     kv_pool_free(p);

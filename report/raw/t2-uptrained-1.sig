@@ -1,0 +1,1 @@
+5a0ebec87bd2d70173dabf0b1df8cf46adabf92bc28a8e49cf37b1e4e0c740e4

@@ -1,0 +1,1 @@
+d185169a4db4694b8a4e9afabab78bf11001cebbf6dcbb672aa43bb5cb69b557
