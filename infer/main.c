@@ -86,6 +86,7 @@ static const char *usage =
     "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid   (README.md explains each)\n"
     "          | paged:BLOCK: the pool of BLOCK-token blocks, with full, window, sink or h2o selection\n"
     "            (whole blocks dropped) and fp32, fp16 or int rows; --eval tier takes paged:BLOCK alone\n"
+    "          | tier:N: with paged:BLOCK alone, the fast tier's N blocks for --eval tier (as --fast N)\n"
     "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=full+int8+hadamard,\n"
     "       --kv=window:64+paged:16+int4\n";
 
@@ -172,8 +173,11 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     int tier = f->eval && strcmp(f->eval, "tier") == 0;
     if ((prefix || tier) && !f->spec.paged_block)
         return err_set(err, "--eval prefix and --eval tier need a paged --kv (paged:BLOCK, or SELECT+paged:BLOCK)"), -1;
-    if (tier && strchr(f->kv, '+'))
-        return err_set(err, "--eval tier runs the plain fp32 pool: --kv paged:BLOCK with no other terms"), -1;
+    if (tier && strchr(f->kv, '+') && !f->spec.tier_fast)
+        return err_set(err, "--eval tier runs the plain fp32 pool: --kv paged:BLOCK[+tier:N] with no other terms"), -1;
+    if (f->spec.tier_fast && !tier) return err_set(err, "--kv ...+tier:N applies to --eval tier"), -1;
+    if (f->spec.tier_fast && f->fast >= 0 && f->fast != f->spec.tier_fast)
+        return err_set(err, "--fast %d and tier:%d disagree; give one", f->fast, f->spec.tier_fast), -1;
     if (f->pool_blocks && !prefix) return err_set(err, "--pool-blocks applies to --eval prefix"), -1;
     if (!tier && (f->fast >= 0 || f->prefetch || f->transfer_us >= 0 || f->slow_file || f->slow_cold))
         return err_set(err, "--fast, --prefetch, --transfer-us, --slow-file and --slow-cold apply to --eval tier"), -1;
@@ -246,7 +250,8 @@ static int run_prefix(Model *m, Tokenizer *tok, const Flags *f, char *err) {
 }
 
 static int run_tier(Model *m, Tokenizer *tok, const Flags *f, char *err) {
-    KVTierConfig tc = {.block = f->spec.paged_block, .fast_blocks = f->fast >= 0 ? f->fast : 0,
+    KVTierConfig tc = {.block = f->spec.paged_block,
+                       .fast_blocks = f->fast >= 0 ? f->fast : f->spec.tier_fast,
                        .transfer_us = f->transfer_us >= 0 ? f->transfer_us : 0.0,
                        .context = f->kc.context ? f->kc.context : m->cfg.block_size,
                        .slow_file = f->slow_file, .slow_cold = f->slow_cold};

@@ -11,7 +11,7 @@ const char *const kv_spec_forms =
     "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L] | paged:BLOCK, "
     "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
     "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid | "
-    "+paged:BLOCK (with full, window, sink or h2o and fp32, fp16 or int rows)";
+    "+paged:BLOCK (with full, window, sink or h2o and fp32, fp16 or int rows) | +tier:N (with paged:BLOCK alone)";
 
 // Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
 static int parse_ints(const char *s, int *out, int max) {
@@ -73,6 +73,10 @@ static int parse_select(KVSpec *sp, const char *t) {
 
 static int parse_term(KVSpec *sp, const char *t) {
     int v;
+    if (strncmp(t, "tier:", 5) == 0) {
+        if (sp->tier_fast || parse_ints(t + 5, &v, 1) != 1 || v < 2) return -1;
+        return sp->tier_fast = v, 0;
+    }
     if (strncmp(t, "paged:", 6) == 0) {
         if (sp->paged_block || parse_ints(t + 6, &v, 1) != 1 || v < 1 || v > 4096) return -1;
         return sp->paged_block = v, 0;
@@ -156,6 +160,11 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
     if (!ok) {
         err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);
+        return -1;
+    }
+    if (sp->tier_fast && (!sp->paged_block || sp->select != KV_SEL_FULL || sp->format != KV_FMT_F32 || sp->rank ||
+                          sp->hadamard || sp->merge_from || sp->pyramid)) {
+        err_set(err, "bad --kv '%s': tier:N (N >= 2 fast blocks) goes with paged:BLOCK alone, e.g. paged:16+tier:4", text);
         return -1;
     }
     // the pool drops whole blocks and holds per-token rows: say which part does not compose

@@ -5,7 +5,7 @@
 //   SELECT  := full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]
 //              | paged:BLOCK  (= full+paged:BLOCK)
 //   TERM    := fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R | hadamard
-//              | fpkeep:S,R | minicache:L[,A] | pyramid | paged:BLOCK
+//              | fpkeep:S,R | minicache:L[,A] | pyramid | paged:BLOCK | tier:N
 //
 // Numbers are token counts per layer and key/value head: W newest tokens; S first tokens (attention sinks,
 // positions then assigned within the cache); H heavy hitters by accumulated attention + R most recent; B
@@ -25,7 +25,8 @@
 // each key head by an orthonormal Walsh-Hadamard transform before quantizing. pyramid spreads the same total
 // budget over layers linearly, more in lower layers (PyramidKV), instead of uniformly. paged:BLOCK holds the
 // cache in a pool of BLOCK-token blocks with prefix sharing across requests (kv/paged.h); it composes with
-// full, window, sink and h2o selection (whole blocks dropped) and fp16 or int rows, nothing else.
+// full, window, sink and h2o selection (whole blocks dropped) and fp16 or int rows, nothing else. tier:N
+// (with paged:BLOCK alone, for `--eval tier`) keeps N blocks in the fast tier, as --fast N does.
 #ifndef KVLAB_KV_SPEC_H
 #define KVLAB_KV_SPEC_H
 
@@ -53,6 +54,7 @@ typedef struct {
     int hadamard;
     int pyramid;
     int paged_block; // paged: tokens per block (0 = not paged)
+    int tier_fast;   // tier:N: the fast tier holds N blocks (--eval tier; 0 = not given)
     char text[128];  // the spec as given
 } KVSpec;
 

@@ -111,6 +111,18 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+int8", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "--eval tier runs the plain fp32 pool");
     cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "paged:4+tier:3");
+    EXPECT_ERROR(&r, "infer", "--kv ...+tier:N applies to --eval tier");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+tier:3", "--fast", "4", "--data", corpus);
+    EXPECT_ERROR(&r, "infer", "--fast 4 and tier:3 disagree");
+    cliutil_run_free(&r);
+    // the spec's tier:N is --fast N
+    r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+tier:3", "--data", corpus, "--prefetch",
+            "reactive", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"fast_blocks\": 3,") && strstr(r.out, "\"top1_agree\": 1"), "%s", r.out);
+    cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
     EXPECT_ERROR(&r, "infer", "--fast, --prefetch, --transfer-us, --slow-file and --slow-cold apply to --eval tier");
     cliutil_run_free(&r);

@@ -275,7 +275,8 @@ Test(paged_compose, attention_skips_dropped_blocks) {
 
 Test(paged_compose, spec_forms) {
     const char *good[] = {"paged:16", "full+paged:16", "window:64+paged:16+int4", "paged:16+int8:8",
-                          "sink:4,window:60+paged:8+fp16", "h2o:16,16+paged:16", "full+int2+paged:4"};
+                          "sink:4,window:60+paged:8+fp16", "h2o:16,16+paged:16", "full+int2+paged:4",
+                          "paged:16+tier:4"};
     KVSpec sp;
     char err[ERR_LEN];
     for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
@@ -287,7 +288,9 @@ Test(paged_compose, spec_forms) {
     const char *bad[][2] = {{"tova:32+paged:16", "selection"}, {"snapkv:32+paged:16", "selection"},
                             {"paged:16+kivi4", "rows"},        {"paged:16+lowrank:4", "rows"},
                             {"paged:16+hadamard", "valid"},    {"paged:16+paged:8", "valid"},
-                            {"full+paged:0", "valid"},         {"window:8+paged:16+pyramid", "rows"}};
+                            {"full+paged:0", "valid"},         {"window:8+paged:16+pyramid", "rows"},
+                            {"window:8+paged:16+tier:4", "tier:N"}, {"full+tier:4", "tier:N"},
+                            {"paged:16+tier:1", "valid"},      {"paged:16+int4+tier:4", "tier:N"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
         err[0] = 0;
         cr_assert_eq(kv_spec_parse(&sp, bad[i][0], err), -1, "%s accepted", bad[i][0]);
