@@ -89,17 +89,30 @@ class Runner:
                     h.update(str(os.stat(os.path.join(ROOT, c)).st_mtime_ns).encode())
         return h.hexdigest()
 
-    def _run(self, cmd, stdout=None, ok_if=None):
+    def _run(self, cmd, stdout=None, ok_if=None, show=False):
+        """Runs cmd from the repository root: its stdout to the file stdout (or nowhere), or with show, every line
+        it prints echoed as it comes (training's validation lines: progress within a long step). A failure stops
+        the report with the command and its last words, unless they contain ok_if."""
         # evaluations run single-threaded: on these small models OpenMP's fork/join costs more than it gives
         # (BENCHMARKS.md measures the same way); training uses every core
         env = dict(self.env, OMP_NUM_THREADS='1') if not cmd[0].endswith('/train') else self.env
         prefix = 'OMP_NUM_THREADS=1 ' if not cmd[0].endswith('/train') else ''
         self.commands.append(prefix + ' '.join(shlex.quote(c) for c in cmd) +
                              (' > ' + os.path.relpath(stdout, ROOT) if stdout else ''))
-        with open(stdout, 'w') if stdout else open(os.devnull, 'w') as f:
-            p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
-        if p.returncode != 0 and not (ok_if and ok_if in p.stderr):
-            sys.exit('report: step failed (exit %d): %s\n%s' % (p.returncode, ' '.join(cmd), p.stderr.strip()[-2000:]))
+        if show:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1)
+            last = []
+            for line in proc.stdout:
+                print('             ' + line.rstrip(), flush=True)
+                last = (last + [line])[-20:]
+            rc, said = proc.wait(), ''.join(last)
+        else:
+            with open(stdout, 'w') if stdout else open(os.devnull, 'w') as f:
+                p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
+            rc, said = p.returncode, p.stderr
+        if rc != 0 and not (ok_if and ok_if in said):
+            sys.exit('report: step failed (exit %d): %s\n%s' % (rc, ' '.join(cmd), said.strip()[-2000:]))
 
     def json_step(self, name, what, cmds):
         """Runs each command (its stdout: JSON lines) and keeps their output together as raw/NAME.jsonl."""
@@ -139,11 +152,13 @@ class Runner:
             return ckpt
         t = time.time()
         if os.path.exists(ckpt):  # an earlier run stopped after a checkpoint: continue it exactly
-            cmd = [BIN + '/train', '--resume', ckpt, '--out', ckpt, '--log', log, '--quiet'] + data_args(args)
+            cmd = [BIN + '/train', '--resume', ckpt, '--out', ckpt, '--log', log] + data_args(args)
         else:
-            cmd = [BIN + '/train'] + args + ['--out', ckpt, '--log', log, '--quiet']
-        # a run stopped after its last checkpoint but before .done: train says so, and the run is complete
-        self._run(cmd, ok_if='the checkpoint is already at step')
+            cmd = [BIN + '/train'] + args + ['--out', ckpt, '--log', log]
+        # its progress shows (a live line on a terminal, validation lines otherwise); a run stopped after its
+        # last checkpoint but before .done: train says so, and the run is complete
+        print('             training: %s' % what, flush=True)
+        self._run(cmd, ok_if='the checkpoint is already at step', show=True)
         open(done, 'w').close()
         self._progress('%s (%.1f s)' % (what, time.time() - t), 'done')
         return ckpt
