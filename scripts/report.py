@@ -8,7 +8,7 @@ attention heat maps with build/infer (stb_image_write), and writes the report.
 
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
---quick (the default) takes about 10 minutes on a 2-core CPU (9 min 36 s measured from scratch); --full is the GPU scale (longer training,
+--quick (the default) takes about 11 minutes on a 2-core CPU (10 min 42 s measured from scratch); --full is the GPU scale (longer training,
 the trained contexts of BENCHMARKS.md, more heads). Seeds are fixed, so a rerun gives the same numbers up to
 timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept in
 report/raw/ (a step counts as finished once its output file is complete), an interrupted training run
@@ -37,9 +37,9 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
         context=128, streams=8, recall_per_distance=20, stream_factor=16,
-        # tier 2: the baby shape (4 heads: MHA, GQA with 2 groups, MQA), equal steps
-        attn_preset=['--preset', 'baby', '--steps', '1500'], attn=['mha', 'gqa:2', 'mqa'], convert=[2, 1],
-        uptrain_steps=75,  # 5% of the pretraining steps (the GQA paper's alpha)
+        # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
+        attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
+        convert=[4, 2, 1], uptrain_steps=75,  # 5% of the pretraining steps (the GQA paper's alpha)
         bench_t='128,256,512,1024,2048,4096',
     ),
     'smoke': dict(  # checks the pipeline in a few minutes; its numbers mean nothing
@@ -52,7 +52,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
         context=256, streams=8, recall_per_distance=20, stream_factor=16,
-        attn_preset=['--preset', 'small'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'], convert=[4, 1],
+        attn_preset=['--preset', 'small'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'], convert=[8, 4, 1],
         uptrain_steps=60,
         bench_t='128,256,512,1024,2048,4096,8192',
     ),
@@ -145,7 +145,14 @@ class Runner:
         """build/train to work/NAME.ckpt with a JSON-lines log raw/train-NAME.jsonl; resumes an interrupted run."""
         ckpt = os.path.join(self.work, name + '.ckpt')
         log = os.path.join(self.raw, 'train-' + name + '.jsonl')
-        done = ckpt + '.done'
+        done, given = ckpt + '.done', ckpt + '.args'
+        want = '\0'.join(args)
+        if (open(given).read() if os.path.exists(given) else None) != want:  # new, or its settings changed
+            for f in (ckpt, done, log):
+                if os.path.exists(f):
+                    os.remove(f)
+            with open(given, 'w') as f:
+                f.write(want)
         if os.path.exists(done):
             self._progress(what, 'kept')
             self.commands.append('# kept: build/train ' + ' '.join(shlex.quote(a) for a in args))
