@@ -9,7 +9,7 @@ attention heat maps with build/infer (stb_image_write), and writes the report.
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
 --quick (the default) takes about 11 minutes on a 2-core CPU (10 min 42 s measured from scratch); --full is the GPU scale (longer training,
-the trained contexts of BENCHMARKS.md, more heads). Seeds are fixed, so a rerun gives the same numbers up to
+the trained contexts of BENCHMARKS.md, more heads; 28 min on the same CPU). Seeds are fixed, so a rerun gives the same numbers up to
 timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept in
 report/raw/ (a step counts as finished once its output file is complete), an interrupted training run
 continues from its last checkpoint with build/train --resume. --fresh starts over.
