@@ -1,4 +1,5 @@
-// FlashAttention's forward on the CPU and the IO-counting twin of the naive attention (see flash_cpu.h).
+// FlashAttention's forward on the CPU and the IO counters (see flash_cpu.h); the counted naive attention is
+// attention_forward_counted_cpu in attention.c, the training op itself.
 //
 // "Loading a tile" is literal here: Q_i, K_j and V_j are copied from the strided (T, HD) head views into small
 // contiguous per-thread buffers that stand for the on-chip SRAM, and the counters are bumped at those copies
@@ -34,8 +35,7 @@ uint64_t attn_io_write_bytes(const AttnIO *io) { return io->o_store + io->stat_s
 
 uint64_t attn_io_total_bytes(const AttnIO *io) { return attn_io_read_bytes(io) + attn_io_write_bytes(io); }
 
-// Folds one thread's counts into the caller's struct (called once per thread, under a critical section).
-static void attn_io_add(AttnIO *dst, const AttnIO *src) {
+void attn_io_add(AttnIO *dst, const AttnIO *src) {
     dst->q_load += src->q_load;
     dst->k_load += src->k_load;
     dst->v_load += src->v_load;
@@ -195,69 +195,6 @@ void attention_flash_forward_cpu(float *out, float *lse, const float *q, const f
         }
         common_free(w.block);
     }
-}
-
-// --- naive, counted ----------------------------------------------------------------------------------------
-
-// The softmax of attention_forward_cpu over one row of P (in place), returning how many entries it read:
-// the max and exp passes look at s <= t only, the whole row of T is written (zeros above the diagonal). The
-// row is one slow-memory read of what it looks at and one write: its three passes run over a row that stays
-// in fast memory (T floats <= M for every T benchmarked), as in the paper's accounting of Algorithm 0.
-static int naive_softmax_row(float *row, int t, int T) {
-    float mx = row[0];
-    for (int s = 1; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
-    float sum = 0.0f;
-    for (int s = 0; s <= t; s++) {
-        row[s] = expf(row[s] - mx);
-        sum += row[s];
-    }
-    float inv = 1.0f / sum;
-    for (int s = 0; s <= t; s++) row[s] *= inv;
-    for (int s = t + 1; s < T; s++) row[s] = 0.0f;
-    return t + 1;
-}
-
-void attention_forward_counted_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B,
-                                   int T, int NH, int NKV, int HD, AttnIO *io) {
-    CHECK(B >= 1 && T >= 1 && NH >= 1 && NKV >= 1 && NH % NKV == 0 && HD >= 1);
-    int C = NH * HD, KVC = NKV * HD, rep = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HD);
-    uint64_t th = (uint64_t)T * HD * F, tt = (uint64_t)T * T * F;
-#pragma omp parallel
-    {
-        AttnIO local = {0};
-#pragma omp for collapse(2) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < NH; h++) {
-                const float *qh = q + (size_t)b * T * C + h * HD;
-                const float *kh = k + (size_t)b * T * KVC + (h / rep) * HD;
-                const float *vh = v + (size_t)b * T * KVC + (h / rep) * HD;
-                float *p = att + ((size_t)b * NH + h) * T * T;
-                // S = scale Q K^T: reads Q and K, writes all of S (the upper triangle too; masked below)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, scale, qh, C, kh, KVC, 0.0f, p, T);
-                uint64_t s_read = 0;
-                for (int t = 0; t < T; t++) s_read += (uint64_t)naive_softmax_row(p + (size_t)t * T, t, T);
-                // O = P V: reads all of P and V, writes O
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, p, T, vh, KVC, 0.0f,
-                            out + (size_t)b * T * C + h * HD, C);
-                if (io) {
-                    local.q_load += th;
-                    local.k_load += th;
-                    local.s_store += tt;
-                    local.s_load += s_read * F;
-                    local.p_store += tt;
-                    local.p_load += tt;
-                    local.v_load += th;
-                    local.o_store += th;
-                }
-            }
-        }
-        if (io) {
-#pragma omp critical(attn_io_merge)
-            attn_io_add(io, &local);
-        }
-    }
-    if (io) io->intermediate_bytes += (uint64_t)B * NH * tt; // the (B, NH, T, T) buffer this call fills
 }
 
 // --- closed forms ------------------------------------------------------------------------------------------

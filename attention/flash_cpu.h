@@ -1,4 +1,4 @@
-// FlashAttention's forward on the CPU, and an IO-counting twin of the naive attention_forward_cpu, so the two
+// FlashAttention's forward on the CPU, and the naive attention_forward_cpu with IO counting, so the two
 // can be compared the way the FlashAttention paper (Dao et al. 2022) compares them: bytes moved between "slow
 // memory" (HBM on a GPU; DRAM here) and an on-chip budget of M floats (SRAM; here: cache-sized tiles).
 //
@@ -42,6 +42,8 @@ typedef struct {
 uint64_t attn_io_read_bytes(const AttnIO *io);
 uint64_t attn_io_write_bytes(const AttnIO *io);
 uint64_t attn_io_total_bytes(const AttnIO *io); // read + write
+// Adds src's counts to dst (a thread folds its own counts in once, under a critical section).
+void attn_io_add(AttnIO *dst, const AttnIO *src);
 
 // Causal FlashAttention forward (FlashAttention-2 loop order): per (batch, head) and query tile Q_i of Br rows,
 // loop over the key/value tiles K_j, V_j of Bc rows that the causal mask does not fully hide, keeping the
@@ -52,12 +54,10 @@ uint64_t attn_io_total_bytes(const AttnIO *io); // read + write
 void attention_flash_forward_cpu(float *out, float *lse, const float *q, const float *k, const float *v, int B,
                                  int T, int NH, int NKV, int HD, const FlashTiles *tiles, AttnIO *io);
 
-// attention_forward_cpu step for step (same sgemm calls, same softmax loop, so the same floats bit for bit:
-// the tests hold it to that), with the paper's Algorithm 0 traffic counted where it happens: S = Q K^T reads
-// Q, K and writes S; the softmax reads each row of S (the causal part it looks at) and writes the row of P in
-// place; O = P V reads P, V and writes O. att is the caller's (B,NH,T,T) buffer, as for attention_forward_cpu;
-// io->intermediate_bytes adds its size. (It is a twin rather than a hook inside attention_forward_cpu so the
-// training path stays untouched.)
+// attention_forward_cpu (attention/attention.c: it is that op, which calls it with io NULL), with the paper's
+// Algorithm 0 traffic counted where it happens: S = Q K^T reads Q, K and writes S; the softmax reads each row
+// of S (the causal part it looks at) and writes the row of P in place; O = P V reads P, V and writes O. att is
+// the caller's (B,NH,T,T) buffer; io->intermediate_bytes adds its size.
 void attention_forward_counted_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B,
                                    int T, int NH, int NKV, int HD, AttnIO *io);
 

@@ -20,7 +20,7 @@ static const float *block_rows(const KVPool *pool, int value, int b, int layer, 
 
 void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
                             int layer, int NH, int NKV, int HD) {
-    int Tc = kv_paged_held(pool, seq), B = pool->block, rep = NH / NKV, n_blocks = kv_paged_blocks(seq);
+    int Tc = kv_paged_held(pool, seq), rep = NH / NKV, n_blocks = kv_paged_blocks(seq);
     CHECK(Tc > 0 && NKV == pool->n_kv_head && HD == pool->head_dim && NH % NKV == 0);
     CHECK(layer >= 0 && layer < pool->n_layer);
     float scale = 1.0f / sqrtf((float)HD);
@@ -30,11 +30,10 @@ void attention_decode_paged(float *out, float *att, const float *q, const KVPool
             if (pass == 1)
                 for (int h = g * rep; h < (g + 1) * rep; h++) softmax_inplace_cpu(att + (size_t)h * Tc, Tc);
             int off = 0;
-            for (int i = 0; i < n_blocks && i * B < seq->n_tokens; i++) { // a view may cut n_tokens short
-                int b = seq->table[i];
-                if (b == KV_BLOCK_DROPPED) continue;
-                int rows = seq->n_tokens - i * B < B ? seq->n_tokens - i * B : B;
-                const float *rows_g = block_rows(pool, pass, b, layer, g, rows); // keys, then values
+            for (int i = 0; i < n_blocks; i++) {
+                int rows = kv_paged_rows(pool, seq, i); // 0: dropped, or past a view's n_tokens
+                if (!rows) continue;
+                const float *rows_g = block_rows(pool, pass, seq->table[i], layer, g, rows); // keys, then values
                 for (int h = g * rep; h < (g + 1) * rep; h++) {
                     float *p = att + (size_t)h * Tc + off;
                     if (pass == 0)

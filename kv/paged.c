@@ -370,22 +370,23 @@ int kv_paged_policy(KVSeqPolicy *pol, const KVSpec *spec, char *err) {
 
 int kv_paged_blocks(const KVSeq *seq) { return (int)arrlen(seq->table); }
 
+int kv_paged_rows(const KVPool *p, const KVSeq *seq, int i) {
+    int rows = seq->n_tokens - i * p->block; // a view may cut n_tokens short of the table
+    if (i >= arrlen(seq->table) || rows <= 0 || seq->table[i] == KV_BLOCK_DROPPED) return 0;
+    return rows < p->block ? rows : p->block;
+}
+
 int kv_paged_held(const KVPool *p, const KVSeq *seq) {
-    int held = 0, B = p->block;
-    for (ptrdiff_t i = 0; i < arrlen(seq->table) && (int)i * B < seq->n_tokens; i++) { // a view may cut n_tokens
-        if (seq->table[i] == KV_BLOCK_DROPPED) continue;
-        int rows = seq->n_tokens - (int)i * B;
-        held += rows < B ? rows : B;
-    }
+    int held = 0;
+    for (int i = 0; i < arrlen(seq->table); i++) held += kv_paged_rows(p, seq, i);
     return held;
 }
 
 void kv_paged_observe(const KVPool *p, KVSeq *seq, const float *att, int NH) {
     if (seq->policy.select != KV_SEL_H2O) return; // only h2o ranks blocks by attention
-    int Tc = kv_paged_held(p, seq), B = p->block, off = 0;
-    for (ptrdiff_t i = 0; i < arrlen(seq->table) && (int)i * B < seq->n_tokens; i++) {
-        if (seq->table[i] == KV_BLOCK_DROPPED) continue;
-        int rows = seq->n_tokens - (int)i * B < B ? seq->n_tokens - (int)i * B : B;
+    int Tc = kv_paged_held(p, seq), off = 0;
+    for (int i = 0; i < arrlen(seq->table); i++) {
+        int rows = kv_paged_rows(p, seq, i);
         double mass = 0.0;
         for (int h = 0; h < NH; h++)
             for (int r = 0; r < rows; r++) mass += att[(size_t)h * Tc + off + r];

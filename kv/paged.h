@@ -175,6 +175,8 @@ void kv_paged_end(KVPool *pool, KVSeq *seq);
 int kv_paged_policy(KVSeqPolicy *policy, const KVSpec *spec, char *err);
 // Entries of seq's block table (dropped ones included).
 int kv_paged_blocks(const KVSeq *seq);
+// Rows table entry i holds: 0 for a dropped block (or one past n_tokens), else min(block, what is left).
+int kv_paged_rows(const KVPool *pool, const KVSeq *seq, int i);
 // Tokens of seq whose K/V the table still holds (n_tokens minus the dropped blocks' tokens).
 int kv_paged_held(const KVPool *pool, const KVSeq *seq);
 // Adds one layer's attention probabilities att (NH, kv_paged_held) to the blocks' scores (h2o's evidence).

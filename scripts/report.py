@@ -17,13 +17,14 @@ continues from its last checkpoint with build/train --resume. --fresh starts ove
 import argparse
 import hashlib
 import json
-import math
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+
+from report_write import read_jsonl, storage_specs, system_specs, tier1_specs, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = 'build'  # --bin: the build directory whose programs run
@@ -89,16 +90,22 @@ class Runner:
                     h.update(str(os.stat(os.path.join(ROOT, c)).st_mtime_ns).encode())
         return h.hexdigest()
 
-    def _run(self, cmd, stdout=None, ok_if=None, show=False):
+    def _log(self, cmd, appends_to=None, kept=False):
+        """Records cmd for commands.sh as a shell line (evaluations single-threaded, see _run)."""
+        line = ('' if cmd[0].endswith('/train') else 'OMP_NUM_THREADS=1 ') + ' '.join(shlex.quote(c) for c in cmd)
+        if appends_to:
+            line += ' >> ' + shlex.quote(os.path.relpath(appends_to, ROOT))
+        self.commands.append(line + ('  # kept from an earlier run' if kept else ''))
+
+    def _run(self, cmd, stdout=None, ok_if=None, show=False, log_as=None):
         """Runs cmd from the repository root: its stdout to the file stdout (or nowhere), or with show, every line
         it prints echoed as it comes (training's validation lines: progress within a long step). A failure stops
         the report with the command and its last words, unless they contain ok_if."""
         # evaluations run single-threaded: on these small models OpenMP's fork/join costs more than it gives
         # (BENCHMARKS.md measures the same way); training uses every core
-        env = dict(self.env, OMP_NUM_THREADS='1') if not cmd[0].endswith('/train') else self.env
-        prefix = 'OMP_NUM_THREADS=1 ' if not cmd[0].endswith('/train') else ''
-        self.commands.append(prefix + ' '.join(shlex.quote(c) for c in cmd) +
-                             (' > ' + os.path.relpath(stdout, ROOT) if stdout else ''))
+        train = cmd[0].endswith('/train')
+        env = self.env if train else dict(self.env, OMP_NUM_THREADS='1')
+        self._log(cmd, log_as)
         if show:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1)
@@ -122,14 +129,15 @@ class Runner:
         old = open(sig_path).read().strip() if os.path.exists(sig_path) else None
         if os.path.exists(path) and old == sig:
             self._progress(what, 'kept')
-            self.commands.extend('# kept: ' + ' '.join(shlex.quote(c) for c in c_) for c_ in cmds)
+            for cmd in cmds:
+                self._log(cmd, path, kept=True)
             return read_jsonl(path)
         t = time.time()
         tmp = path + '.part'
         with open(tmp, 'w') as out:
             for cmd in cmds:
                 part = tmp + '.1'
-                self._run(cmd, part)
+                self._run(cmd, part, log_as=path)
                 with open(part) as f:
                     for line in f:
                         if line.strip().startswith('{'):
@@ -155,13 +163,15 @@ class Runner:
                 f.write(want)
         if os.path.exists(done):
             self._progress(what, 'kept')
-            self.commands.append('# kept: build/train ' + ' '.join(shlex.quote(a) for a in args))
+            self._log([BIN + '/train'] + args + ['--out', os.path.relpath(ckpt, ROOT), '--log', os.path.relpath(log, ROOT)],
+                      kept=True)
             return ckpt
         t = time.time()
+        rc, rl = os.path.relpath(ckpt, ROOT), os.path.relpath(log, ROOT)  # commands run from the root
         if os.path.exists(ckpt):  # an earlier run stopped after a checkpoint: continue it exactly
-            cmd = [BIN + '/train', '--resume', ckpt, '--out', ckpt, '--log', log] + data_args(args)
+            cmd = [BIN + '/train', '--resume', rc, '--out', rc, '--log', rl] + data_args(args)
         else:
-            cmd = [BIN + '/train'] + args + ['--out', ckpt, '--log', log]
+            cmd = [BIN + '/train'] + args + ['--out', rc, '--log', rl]
         # its progress shows (a live line on a terminal, validation lines otherwise); a run stopped after its
         # last checkpoint but before .done: train says so, and the run is complete
         print('             training: %s' % what, flush=True)
@@ -186,387 +196,7 @@ def data_args(args):
     return [a for i, a in enumerate(args) if a in keep or (i > 0 and args[i - 1] in keep)]
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
-
-
-def train_log(path):
-    """The last entry per step (a resumed run appends steps again)."""
-    by_step = {}
-    for r in read_jsonl(path):
-        by_step[r['step']] = r
-    return [by_step[s] for s in sorted(by_step)]
-
-
-# ---- plots -----------------------------------------------------------------------------------------------------
-
-def gnuplot(out_png, script, data, work, size='900,560'):
-    """Draws one PNG: data is {name: rows}; the script refers to each as 'NAME.dat' in work/plot/."""
-    d = os.path.join(work, 'plot')
-    os.makedirs(d, exist_ok=True)
-    for name, rows in data.items():
-        with open(os.path.join(d, name + '.dat'), 'w') as f:
-            for r in rows:
-                f.write(' '.join(str(x) for x in r) + '\n') if r is not None else f.write('\n\n')
-    gp = os.path.join(d, os.path.basename(out_png) + '.gp')
-    with open(gp, 'w') as f:
-        f.write("set terminal pngcairo size %s font 'sans,11'\nset output '%s'\n" % (size, os.path.abspath(out_png)))
-        f.write("set grid\nset key outside right\n" + script)
-    p = subprocess.run(['gnuplot', os.path.basename(gp)], cwd=d, stderr=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        sys.exit('report: gnuplot failed on %s:\n%s' % (gp, p.stderr))
-
-
-# ---- formatting ------------------------------------------------------------------------------------------------
-
-def pct(x, ref):
-    return '%+.2f%%' % (100.0 * (x / ref - 1.0))
-
-
-def table(header, rows):
-    out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    out += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
-    return '\n'.join(out)
-
-
-def by_spec(rows):
-    return {r['spec']: r for r in rows}
-
-
-
-# ---- the report ------------------------------------------------------------------------------------------------
-
-def write_report(out, sc, scale, res, R):
-    C = sc['context']
-    img = os.path.join(out, 'img')
-    work = R.work
-    md = []
-    w = md.append
-    full_q, full_r = res['full'][0], res['full'][1]
-    ppl_full = full_q['ppl_full']
-    fp16 = full_q['fp16_bytes_per_token']
-    w('# KV-cache management, reproduced on kvlab models\n')
-    w('Generated by `python3 scripts/report.py --%s` (`ninja report`); every number below comes from that run. '
-      'Raw results: [raw/](raw/) (JSON lines, one file per step); the exact commands: [commands.sh](commands.sh). '
-      'Seeds are fixed: a rerun gives the same numbers up to timing noise (tokens/s, ms). Timings are from a '
-      'CPU (%s), single process; the models are character-level and tiny (under a million parameters), so '
-      'read the trends, not the absolute values.\n' % (scale, os.cpu_count() and '%d cores' % os.cpu_count()))
-    w('![KV memory against perplexity](img/tier1-memory-ppl.png)\n')
-
-    # ---- tier 1 ----
-    w('## Tier 1: token level\n')
-    w('**The question:** at a fixed KV memory budget, which tokens should a cache keep, and how should it '
-      'store them, to stay closest to the full cache (perplexity, KL, top-1 agreement) and keep what a '
-      'long-range task needs (recall)?\n')
-    log = train_log(os.path.join(R.raw, 'train-recall.jsonl'))
-    vals = [r for r in log if 'val_loss' in r]
-    w('Model: the recall recipe (a dense-copy warm-up, then half recall sequences, half Shakespeare) at context '
-      '%d, %d steps in all; final validation loss %.4f. Streaming eval: %d streams of %d tokens of the '
-      'validation split, scoring after %d; recall: %d sequences per distance. Full cache: perplexity %.4f, '
-      'recall %.3f (%.3f of value characters).\n' % (
-          C, len(train_log(os.path.join(R.raw, 'train-recall-warmup.jsonl'))) + len(log),
-          vals[-1]['val_loss'] if vals else float('nan'), sc['streams'], C, C // 2, sc['recall_per_distance'],
-          ppl_full, full_r['recall_acc'], full_r['recall_char_acc']))
-    specs = tier1_specs(C)
-    q = by_spec(res['t1_quality'])
-    rc = by_spec(res['t1_recall'])
-    rows, plot = [], {}
-    for b, name, spec in specs:
-        a, r = q[spec], rc[spec]
-        rows.append(['`%s`' % spec, b, '%.3fx' % (a['bytes_per_token'] / fp16), '%.4f' % a['ppl'], pct(a['ppl'], ppl_full),
-                     '%.2e' % a['kl'], '%.3f' % a['top1_agree'], '%.2f' % r['recall_acc'], '%.3f' % r['recall_char_acc']])
-        plot.setdefault(name, []).append((a['bytes_per_token'] / fp16, 100 * (a['ppl'] / ppl_full - 1), r['recall_acc'], b))
-    w('### Selection policies across budgets\n')
-    w(table(['spec', 'budget (tokens)', 'KV bytes vs fp16', 'ppl', 'Δppl', 'KL', 'top-1', 'recall', 'recall chars'], rows) + '\n')
-    w('Bytes are what each cache holds at the end of a stream (positions and scores included) against a full '
-      'fp16 cache (%.0f bytes/token); caches here are fp32, so the full cache is 2x. `l2norm` keeps its first '
-      'two layers whole, and SnapKV compresses once at the end of the prompt and then appends every decoded token, '
-      'so both hold more than their budget at the end of a stream.\n' % fp16)
-    names = list(plot)
-    stor = by_spec(res['storage'])
-    data = {n.replace('+', '_'): sorted(plot[n]) for n in names}
-    data['storage'] = [(stor[s]['bytes_per_token'] / fp16, 100 * (stor[s]['ppl'] / ppl_full - 1), s.replace('full+', ''))
-                       for s in storage_specs(C)]
-    # a log scale for the cost; a change of 0.01% or less (or a gain) is drawn at the floor
-    lines = ', '.join("'%s.dat' u 1:($2>0.01?$2:0.01) w lp pt 7 t '%s'" % (n.replace('+', '_'), n) for n in names)
-    gnuplot(os.path.join(img, 'tier1-memory-ppl.png'),
-            "set title 'Tier 1: KV memory against perplexity (context %d)'\n"
-            "set xlabel 'KV bytes held / full fp16 cache'\nset ylabel 'perplexity increase vs full cache (%%)'\n"
-            "set logscale y\nset yrange [0.008:*]\nset key outside right top reverse Left font ',10'\n"
-            "set label 'at the floor: 0.01%% or less' at graph 0.02, graph 0.04 font ',9' tc 'gray40'\n"
-            "plot %s, 'storage.dat' u 1:($2>0.01?$2:0.01) w p pt 5 ps 1.2 lc 'gray40' t 'storage terms (full selection)', "
-            "'storage.dat' u 1:($2>0.01?$2:0.01):3 w labels font ',8' offset 0,0.7 tc 'gray40' notitle\n" % (C, lines),
-            data, work, size='1100,600')
-    gnuplot(os.path.join(img, 'tier1-recall.png'),
-            "set title 'Tier 1: recall against budget (context %d)'\nset xlabel 'budget (tokens per layer and head)'\n"
-            "set ylabel 'recall (exact)'\nset yrange [0:1.05]\nset logscale x 2\n"
-            "plot %s, %.3f w l dt 2 lc 'black' t 'full cache'\n" % (
-                C, ', '.join("'%s.dat' u 4:3 w lp pt 7 t '%s'" % (n.replace('+', '_'), n) for n in names), full_r['recall_acc']),
-            data, work)
-    w('![recall against budget](img/tier1-recall.png)\n')
-    # recall by distance at 1/4
-    b4 = C // 4
-    dist_rows = []
-    for b, name, spec in [(0, 'full', 'full')] + [s for s in specs if s[0] == b4]:
-        r = full_r if spec == 'full' else rc[spec]
-        d = r['recall_acc_by_distance']
-        dist_rows.append(['`%s`' % spec] + ['%.2f' % d[k] for k in sorted(d, key=int)])
-    w('Recall by distance between the definition and the query, budget %d (a quarter of the context):\n' % b4)
-    w(table(['spec'] + ['d=%s' % k for k in sorted(full_r['recall_acc_by_distance'], key=int)], dist_rows) + '\n')
-    # conclusions from the numbers
-    at = {name: q[spec] for b, name, spec in specs if b == b4}
-    best = min(at, key=lambda n: at[n]['ppl'])
-    worst = max(at, key=lambda n: at[n]['ppl'])
-    rat = {name: rc[spec]['recall_acc'] for b, name, spec in specs if b == b4}
-    far = max(full_r['recall_acc_by_distance'], key=int)
-    far_ok = [name for b, name, spec in specs if b == b4 and rc[spec]['recall_acc_by_distance'][far] >= 0.5]
-    w('### Streaming far past the cache (StreamingLLM)\n')
-    st = by_spec(res['stream'])
-    win, sink = st['window:%d' % (C // 2)], st['sink:4,window:%d' % (C // 2 - 4)]
-    data = {'win': list(zip(win['curve_position'], win['curve_ppl'])), 'sink': list(zip(sink['curve_position'], sink['curve_ppl'])),
-            'full': list(zip(win['curve_position'], win['curve_ppl_full']))}
-    gnuplot(os.path.join(img, 'tier1-streaming.png'),
-            "set title 'Streaming %d tokens through a cache of %d (trained context %d)'\nset xlabel 'position'\n"
-            "set ylabel 'perplexity'\nset logscale y\nset arrow from %d, graph 0 to %d, graph 1 nohead dt 2\n"
-            "plot 'win.dat' w lp pt 7 t 'window:%d', 'sink.dat' w lp pt 5 t 'sink:4,window:%d', "
-            "'full.dat' w lp pt 9 t 'full cache'\n" % (win['context'], C // 2, C, C, C, C // 2, C // 2 - 4), data, work)
-    w('![perplexity against position](img/tier1-streaming.png)\n')
-    w(table(['spec', 'tokens', 'ppl (whole stream)', 'ppl last 1/16', 'full cache ppl last 1/16', 'bytes/token'],
-            [['`%s`' % x['spec'], x['context'], '%.4f' % x['ppl'], '%.4f' % x['curve_ppl'][-1], '%.4f' % x['curve_ppl_full'][-1],
-              '%.0f' % x['bytes_per_token']] for x in (win, sink)]) + '\n')
-    ratio = win['curve_ppl'][-1] / sink['curve_ppl'][-1]
-    w('### Storage: quantization, low rank, cross-layer merging\n')
-    srows = []
-    sr = by_spec(res['storage_recall'])
-    for s in storage_specs(C):
-        a = stor[s]
-        srows.append(['`%s`' % s, '%.3fx' % (a['bytes_per_token'] / fp16), '%.4f' % a['ppl'], pct(a['ppl'], ppl_full),
-                      '%.2e' % a['kl'], '%.3f' % a['top1_agree'], '%.2f' % sr[s]['recall_acc'] if s in sr else ''])
-    w(table(['spec', 'KV bytes vs fp16', 'ppl', 'Δppl', 'KL', 'top-1', 'recall'], srows) + '\n')
-    w('Per-token formats (`int8/int4/int2`) quantize each token\'s key and value rows in groups of channels; '
-      'KIVI quantizes keys per channel over groups of tokens and keeps the newest in fp32 (group and residual '
-      'scaled to this context: `%s`); low rank keeps R coefficients per head on a calibrated basis (head dimension %d); '
-      'MiniCache merges layer pairs from layer 2.\n' % (storage_specs(C)[6], 32))  # the recall model is baby-shaped
-    i8, i4, i2 = stor['full+int8'], stor['full+int4'], stor['full+int2']
-    k2 = stor[storage_specs(C)[7]]
-    w('### What the numbers say\n')
-    w('- At a quarter of the context, the best policy by perplexity is **%s** (%s, recall %.2f, holding %.2fx of a '
-      'full fp16 cache) and the worst **%s** (%s, recall %.2f, holding %.2fx). Recall at the longest distance (%s '
-      'tokens) survives in: %s.' % (
-          best, pct(at[best]['ppl'], ppl_full), rat[best], at[best]['bytes_per_token'] / fp16, worst,
-          pct(at[worst]['ppl'], ppl_full), rat[worst], at[worst]['bytes_per_token'] / fp16, far,
-          ', '.join(far_ok) if far_ok else 'no policy at this budget'))
-    wins = [name for name in at if q_by(rc, specs, b4, name)['recall_acc'] > rat.get('window', 0)]
-    w('- Perplexity and recall disagree: a policy can stay close to the full cache on text and still drop the one '
-      'definition a query needs. Better recall than the plain window at this budget: %s. The papers\' attention-'
-      'based policies (H2O, TOVA, SnapKV) keep what was attended so far, which a definition nobody has asked about '
-      'yet has not been.' % (', '.join(wins) if wins else 'none'))
-    w('- Streaming %d tokens (%dx the trained context) through %d cached tokens: window-only ends at perplexity %.3f, '
-      'sink+window at %.3f (%.2fx). %s' % (win['context'], win['context'] // C, C // 2, win['curve_ppl'][-1],
-                                          sink['curve_ppl'][-1], ratio,
-          'As in StreamingLLM, keeping the first tokens matters once they leave the window.' if ratio > 1.5 else
-          'Unlike StreamingLLM (window-only perplexity in the thousands on Llama-2), window-only does not collapse '
-          'here: these small models grow weak attention sinks (see the heat maps), a difference from the paper, '
-          'not a bug (BENCHMARKS.md measured the same on the 256-token models).'))
-    w('- The full cache itself degrades past the trained context (last bucket %.3f): RoPE positions it never saw.' % win['curve_ppl_full'][-1])
-    w('- int8 costs %s at %.2fx of fp16 (llama.cpp reports +0.005 ppl for q8_0 K+V); int4 %s at %.2fx; int2 %s at %.2fx, '
-      'and KIVI-2 %s at %.2fx: the per-channel key layout is what makes 2 bits usable, as the KIVI paper argues.\n' % (
-          pct(i8['ppl'], ppl_full), i8['bytes_per_token'] / fp16, pct(i4['ppl'], ppl_full), i4['bytes_per_token'] / fp16,
-          pct(i2['ppl'], ppl_full), i2['bytes_per_token'] / fp16, pct(k2['ppl'], ppl_full), k2['bytes_per_token'] / fp16))
-    heat_section(md, res, C)
-
-    # ---- tier 2 ----
-    w('## Tier 2: model level\n')
-    w('**The question:** how much KV memory does sharing key/value heads across query heads save (GQA, MQA), '
-      'what does it cost in quality when trained from scratch, and can a trained MHA model be converted '
-      '(the GQA paper\'s mean-pooling plus a little uptraining)?\n')
-    arows, data = [], {}
-    for attn in sc['attn']:
-        e, e_long = res['attn'][attn]
-        lg = train_log(os.path.join(R.raw, 'train-attn-%s.jsonl' % attn.replace(':', '')))
-        vl = [r for r in lg if 'val_loss' in r]
-        data['train_' + attn.replace(':', '')] = [(r['step'], r['train_loss']) for r in lg[::10]]
-        data['val_' + attn.replace(':', '')] = [(r['step'], r['val_loss']) for r in vl]
-        arows.append(['`%s`' % attn, '%.4f' % vl[-1]['val_loss'], '%.4f' % e['ppl_full'], '%.0f' % e['fp16_bytes_per_token'],
-                      '%.0f' % e['decode_tokens_per_s'], '%.0f' % e_long['decode_tokens_per_s']])
-    w(table(['attention', 'val loss', 'ppl (streaming)', 'KV bytes/token (fp16)', 'decode tok/s (ctx %d)' % res['attn'][sc['attn'][0]][0]['context'],
-             'decode tok/s (ctx 1024)'], arows) + '\n')
-    plots = ', '.join("'train_%s.dat' w l t '%s train', 'val_%s.dat' w lp pt 7 t '%s val'" % (a.replace(':', ''), a, a.replace(':', ''), a)
-                      for a in sc['attn'])
-    top = max(float(r[1]) for r in arows) + 0.6  # the warm-up's first losses would flatten the curves
-    gnuplot(os.path.join(img, 'tier2-loss.png'), "set title 'Tier 2: MHA vs GQA vs MQA, equal steps'\nset xlabel 'step'\n"
-            "set ylabel 'loss (nats/token)'\nset yrange [*:%.2f]\nplot %s\n" % (top, plots), data, work)
-    w('![loss curves](img/tier2-loss.png)\n')
-    crows = []
-    mha_ppl = res['attn'][sc['attn'][0]][0]['ppl_full']
-    for G, v in res['convert'].items():
-        p0, p1 = v['pooled'][0]['ppl_full'], v['uptrained'][0]['ppl_full']
-        crows.append(['MHA → %d kv heads' % G, '%.4f (%s)' % (p0, pct(p0, mha_ppl)), '%.4f (%s)' % (p1, pct(p1, mha_ppl)),
-                      '%.0f' % v['pooled'][0]['fp16_bytes_per_token']])
-    w('Conversion of the trained MHA model (perplexity %.4f): key/value heads mean-pooled into groups, evaluated '
-      'as is and after %d uptraining steps (5%% of the %s pretraining steps, the paper\'s α):\n' % (
-          mha_ppl, sc['uptrain_steps'], sc['attn_preset'][-1] if sc['attn_preset'][-2] == '--steps' else 'preset'))
-    w(table(['conversion', 'ppl, mean-pooled', 'ppl, uptrained', 'KV bytes/token (fp16)'], crows) + '\n')
-    w('### What the numbers say\n')
-    first, last = arows[0], arows[-1]
-    w('- From scratch with equal steps: %s reaches validation loss %s, %s %s, with %s of the KV bytes per token '
-      '(the MQA paper: 29.9 → 30.2 perplexity on a far larger model).' % (
-          sc['attn'][0], first[1], sc['attn'][-1], last[1], '1/%d' % round(float(first[3]) / float(last[3]))))
-    G0 = list(res['convert'])[0]
-    v0 = res['convert'][G0]
-    w('- Mean-pooling without training costs %s; %d steps of uptraining bring it to %s. The GQA paper recovers '
-      'close-to-MHA quality with 5%% of pretraining on T5-XXL; at our scale the heads are narrow (and few), so pooling '
-      'loses more.\n' % (pct(v0['pooled'][0]['ppl_full'], mha_ppl), sc['uptrain_steps'], pct(v0['uptrained'][0]['ppl_full'], mha_ppl)))
-
-    # ---- tier 3 ----
-    w('## Tier 3: system level\n')
-    w('**The question:** where does attention spend memory and memory traffic, and what do systems do about it: '
-      'tiled attention that never materialises the T×T matrix (FlashAttention), paged caches with prefix '
-      'sharing, a slower tier with prefetch, and reuse across requests?\n')
-    flash_section(md, res, img, work)
-    system_section(md, res, C, fp16, ppl_full)
-    with open(os.path.join(out, 'REPORT.md'), 'w') as f:
-        f.write('\n'.join(md) + '\n')
-
-
-def q_by(rows, specs, b, name):
-    return rows[[spec for bb, n, spec in specs if bb == b and n == name][0]]
-
-
-def heat_section(md, res, C):
-    md.append('### Attention patterns: sinks and heavy hitters\n')
-    rows = res.get('heat') or []
-    layers = [r for r in rows if r.get('type') == 'attn_layer']
-    summ = [r for r in rows if r.get('type') == 'attn_summary']
-    u = summ[0]['uniform'] if summ else {}
-    f = lambda d, k: '%.3f' % d[k]
-    md.append('%d tokens of the validation text through the full cache; statistics over rows t ≥ %d, mean over heads '
-              '(the most extreme head in brackets), against what uniform attention would give at this length:\n' % (
-                  C, summ[0]['first_row'] if summ else 16))
-    md.append(table(['layer', 'on token 0', 'on tokens 0-3', 'top 10% keys (H2O score)', 'last 16 keys'],
-                    [[r['layer']] + ['%s (%s)' % (f(r['mean'], k), f(r['max'], k)) for k in ('sink1', 'sink4', 'heavy', 'recent')]
-                     for r in layers] + ([['uniform'] + [f(u, k) for k in ('sink1', 'sink4', 'heavy', 'recent')]] if u else [])) + '\n')
-    md.append('Each image: one layer, its heads left to right; row t is what token t paid to keys 0..t (the future '
-              'grey); log colour scale from 1e-3 (dark) to 1 (yellow). ![summary](img/attn-summary.png)\n')
-    for l in range(len(layers)):
-        md.append('![layer %d](img/attn-layer%d.png)' % (l, l))
-    md.append('')
-    if summ:
-        m = summ[0]['max']
-        sink_note = ('A head with a clear sink exists (up to %.2f of its attention on token 0, %.1fx uniform).' % (m['sink1'], m['sink1'] / u['sink1'])
-                     if m['sink1'] > 3 * u['sink1'] else
-                     'No head puts much more than uniform attention on token 0: these models grew no attention sink, '
-                     'unlike the large models of StreamingLLM, whose first tokens soak up most of the attention.')
-        heavy = summ[0]['mean']['heavy']
-        md.append('%s %s: the top 10%% of keys take %.3f of the attention on average (%.3f for the most concentrated '
-                  'head) against %.3f for uniform attention%s; the last 16 keys take %.3f against %.3f.\n' % (
-                      sink_note, 'Heavy hitters do show' if heavy > 1.2 * u['heavy'] else 'Heavy hitters barely show',
-                      heavy, m['heavy'], u['heavy'], ', the skew H2O relies on' if heavy > 1.2 * u['heavy'] else '',
-                      summ[0]['mean']['recent'], u['recent']))
-
-
-def flash_section(md, res, img, work):
-    rows = res['flash']
-    nv = sorted((r for r in rows if r.get('algo') == 'naive'), key=lambda r: r['T'])
-    fl = sorted((r for r in rows if r.get('algo') == 'flash'), key=lambda r: r['T'])
-    md.append('### Flash against naive attention (CPU, measured)\n')
-    md.append(table(['T', 'naive ms', 'flash ms', 'naive intermediate bytes', 'flash intermediate bytes',
-                     'naive bytes moved (formula)', 'flash bytes moved (formula)', 'max |diff|'],
-                    [[a['T'], '%.2f' % a['ms'], '%.2f' % b['ms'], a['intermediate_bytes'], b['intermediate_bytes'],
-                      '%d (%d)' % (a['bytes_moved'], a['bytes_formula']), '%d (%d)' % (b['bytes_moved'], b['bytes_formula']),
-                      '%.1e' % b['max_abs_diff']] for a, b in zip(nv, fl)]) + '\n')
-    data = {'nmem': [(r['T'], r['intermediate_bytes']) for r in nv], 'fmem': [(r['T'], r['intermediate_bytes']) for r in fl],
-            'nio': [(r['T'], r['bytes_moved']) for r in nv], 'fio': [(r['T'], r['bytes_moved']) for r in fl],
-            'nf': [(r['T'], r['bytes_formula']) for r in nv], 'ff': [(r['T'], r['bytes_formula']) for r in fl]}
-    gnuplot(os.path.join(img, 'tier3-flash.png'),
-            "set title 'Naive vs tiled (flash) attention, one head, d=%d, M=%d floats'\nset xlabel 'T (tokens)'\n"
-            "set ylabel 'bytes'\nset logscale xy\nset format y '10^{%%L}'\n"
-            "plot 'nmem.dat' w lp pt 7 t 'naive: intermediate memory', 'fmem.dat' w lp pt 5 t 'flash: intermediate memory', "
-            "'nio.dat' w lp pt 6 t 'naive: bytes moved (counted)', 'fio.dat' w lp pt 4 t 'flash: bytes moved (counted)', "
-            "'nf.dat' w l dt 2 t 'naive: IO formula', 'ff.dat' w l dt 2 t 'flash: IO formula'\n" % (nv[0]['d'], fl[0]['M']), data, work)
-    md.append('![flash vs naive](img/tier3-flash.png)\n')
-    a, b = nv[-1], fl[-1]
-    md.append('At T = %d the naive algorithm holds %.1f MB of scores and probabilities and moves %.1f MB through '
-              'slow memory; the tiled one holds %.1f KB whatever T is and moves %.1f MB (%.1fx less). The IO '
-              'analysis of the FlashAttention paper: Θ(Nd + N²) accesses for the standard algorithm, Θ(N²d²/M) for '
-              'the tiled one with on-chip memory M; the counted bytes follow the formulas (dashed). On a CPU the '
-              'caches play the part of SRAM; the paper reports up to 9x fewer HBM accesses and 7.6x faster attention '
-              'on GPT-2 on a GPU. %s\n' % (
-                  a['T'], a['intermediate_bytes'] / 1e6, a['bytes_moved'] / 1e6, b['intermediate_bytes'] / 1e3,
-                  b['bytes_moved'] / 1e6, a['bytes_moved'] / max(b['bytes_moved'], 1),
-                  'Here the tiled version is %.2fx the naive one\'s time at that T.' % (b['ms'] / a['ms'])))
-
-
-def system_section(md, res, C, fp16, ppl_full):
-    md.append('### Paged caches composed with formats and selection\n')
-    pg = res['paged']
-    md.append(table(['spec', 'KV bytes vs fp16', 'ppl', 'Δppl', 'KL', 'top-1'],
-                    [['`%s`' % r['spec'], '%.3fx' % (r['bytes_per_token'] / fp16), '%.4f' % r['ppl'], pct(r['ppl'], ppl_full),
-                      '%.2e' % r['kl'], '%.3f' % r['top1_agree']] for r in pg]) + '\n')
-    p = res['prefix'][0]
-    md.append('### Prefix sharing\n')
-    md.append('%d requests of %d tokens sharing their first %d (a system prompt), one pool: hit rate %.3f, %d of %d '
-              'prompt tokens reused, %.1f ms per request against %.1f ms through a full cache, logits equal to the '
-              'full cache\'s within %.1e.\n' % (p['requests'], p['context'], p['shared'], p['hit_rate'], p['prefill_saved'],
-                                                 p['prompt_tokens'], p['ms_per_request'], p['ms_per_request_full'],
-                                                 p['max_abs_logit_diff']))
-    md.append('### A slower tier with prefetch\n')
-    md.append('Both tiers are RAM on this machine, so each (block, layer) moved costs an injected %g µs (one '
-              'simulated link); the fast tier holds a budget of whole blocks.\n' % res['tier'][0]['transfer_us'])
-    md.append(table(['fast blocks of', 'mode', 'hit rate', 'stall ms/token', 'MB moved/token', 'prefetch accuracy', 'tok/s', 'top-1 vs full'],
-                    [['%d of %d' % (r['fast_blocks'], r['blocks']), r['prefetch'], '%.3f' % r['hit_rate'], '%.3f' % r['stall_ms_per_token'],
-                      '%.3f' % r['mb_moved_per_token'], '%.3f' % r['prefetch_accuracy'], '%.0f' % r['decode_tokens_per_s'],
-                      '%.3f' % r['top1_agree']] for r in res['tier']]) + '\n')
-    md.append('### Reuse across requests\n')
-    rows = []
-    for r in res['reuse']:
-        for cls, c in r['classes'].items():
-            rows.append([r['reuse'], cls, '%d/%d' % (c['hits'], c['pairs']), '%.3f' % c['sim_mean'], '%.3f' % c['layer_tokens_skipped'],
-                         '%.2f (%.2f)' % (c['ttft_ms'], c['ttft_full_ms']), '%.2e' % c['kl_gen'], '%.3f' % c['greedy_match']])
-    md.append(table(['method', 'prompt pair', 'hits', 'similarity', 'compute skipped', 'TTFT ms (full)', 'KL', 'greedy match'], rows) + '\n')
-    unrelated = [r['classes']['unrelated']['hits'] for r in res['reuse']]
-    md.append('### What the numbers say\n')
-    md.append('- Pages cost nothing in quality by themselves and compose: `%s` holds %.3fx of a full fp16 cache at %s.' % (
-        pg[-1]['spec'], pg[-1]['bytes_per_token'] / fp16, pct(pg[-1]['ppl'], ppl_full)))
-    md.append('- Prefix sharing turns shared prompt tokens into skipped prefill exactly (%.1fx faster per request here).' % (
-        p['ms_per_request_full'] / p['ms_per_request']))
-    t = res['tier']
-    react = [r for r in t if r['prefetch'] == 'reactive']
-    pred = [r for r in t if r['prefetch'] == 'predictive']
-    md.append('- Predictive prefetch changes the stall from %s to %s ms/token at the two fast-tier budgets; the '
-              'results stay identical to the resident cache (top-1 %s).' % (
-                  ' / '.join('%.3f' % r['stall_ms_per_token'] for r in react), ' / '.join('%.3f' % r['stall_ms_per_token'] for r in pred),
-                  ' / '.join('%.3f' % r['top1_agree'] for r in t)))
-    md.append('- Unrelated prompts never reuse (hits: %s); identical ones skip nearly all prefill.\n' % ', '.join(str(u) for u in unrelated))
-
-
 # ---- the steps ---------------------------------------------------------------------------------------------------
-
-def tier1_specs(C):
-    """Selection policies at budgets of 1/8, 1/4 and 1/2 of the context, and the per-layer (pyramid) variants."""
-    out = []
-    for b in (C // 8, C // 4, C // 2):
-        h = b // 2
-        out += [(b, 'window', 'window:%d' % b), (b, 'sink+window', 'sink:4,window:%d' % (b - 4)),
-                (b, 'h2o', 'h2o:%d,%d' % (h, h)), (b, 'tova', 'tova:%d' % b), (b, 'snapkv', 'snapkv:%d,%d' % (h, h)),
-                (b, 'l2norm', 'knorm:%d' % b), (b, 'h2o+pyramid', 'h2o:%d,%d+pyramid' % (h, h)),
-                (b, 'tova+pyramid', 'tova:%d+pyramid' % b)]
-    return out
-
-
-def storage_specs(C):
-    g, r = max(C // 8, 8), max(C // 4, 16)  # KIVI's group and residual scaled to the context (paper: 32, 128 at 4k+)
-    return ['full+fp16', 'full+int8', 'full+int4', 'full+int2', 'full+int4+hadamard', 'full+int2+fpkeep:4,%d' % r,
-            'full+kivi4:%d,%d' % (g, r), 'full+kivi2:%d,%d' % (g, r), 'full+lowrank:16', 'full+lowrank:8',
-            'full+minicache:2', 'full+minicache:2,90']
-
-
-def system_specs(C):
-    b = C // 4
-    return ['paged:16', 'paged:16+int8', 'paged:16+int4', 'window:%d+paged:16' % b, 'h2o:%d,%d+paged:16' % (b // 2, b // 2),
-            'window:%d+paged:16+int4' % b]
-
 
 def count_steps(sc):
     """Steps main() runs, for the progress lines."""
@@ -688,7 +318,7 @@ def main():
 
     with open(os.path.join(out, 'commands.sh'), 'w') as f:
         f.write('#!/bin/sh\n# The commands `python3 scripts/report.py --%s` ran, in order (from the repository root).\n' % scale)
-        f.write('# "# kept:" lines were finished in an earlier run of the same report and not run again.\n')
+        f.write('# Lines marked "kept" were finished by an earlier run of the same report and not run again.\n')
         f.write('\n'.join(R.commands) + '\n')
     write_report(out, sc, scale, res, R)
     print('report: wrote %s/REPORT.md (%.0f s)' % (a.out, time.time() - R.t0))

@@ -134,7 +134,8 @@ Test(flash_cpu, tiles_from_budget) {
     cr_assert(Br == 1 && Bc == 1, "M=1: Br %d Bc %d", Br, Bc);
 }
 
-// The counted twin computes exactly what attention_forward_cpu computes, and counts Algorithm 0's traffic.
+// The counted op computes exactly what attention_forward_cpu (the same code, io NULL) computes, and counts
+// Algorithm 0's traffic.
 Test(flash_cpu, counted_naive_is_attention_forward) {
     Case c;
     case_init(&c, 2, 19, 4, 2, 8, 21);
