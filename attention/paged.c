@@ -12,7 +12,7 @@
 
 // Block b's key (value 0) or value rows for kv head g: in place for fp32, else decoded into the pool's scratch.
 static const float *block_rows(const KVPool *pool, int value, int b, int layer, int g, int rows) {
-    if (pool->bits == 32) return value ? kv_pool_v(pool, b, layer, g) : kv_pool_k(pool, b, layer, g);
+    if (kv_pool_is_f32(pool)) return value ? kv_pool_v(pool, b, layer, g) : kv_pool_k(pool, b, layer, g);
     float *dst = pool->scratch + (size_t)value * pool->block * pool->head_dim;
     kv_pool_read(pool, value, b, layer, g, rows, dst);
     return dst;

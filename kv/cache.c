@@ -9,9 +9,11 @@
 
 #include "../common/common.h"
 #include "../layers/cpu_ops.h"
+#include "codec.h"
 #include "kv.h"
 #include "lowrank.h"
 #include "minicache.h"
+#include "policy.h"
 #include "quant.h"
 
 struct KVCache {
@@ -41,6 +43,8 @@ struct KVCache {
     int calibrated;        // lowrank: bases fitted
     float *coef;           // lowrank: (HD) scratch
     float *tmp;            // minicache: (4, HD) scratch
+    float *mean;           // (max cap) one lane's attention averaged over its group's query heads
+    Rng rng;               // the policy's random choices (random:B), seeded by the spec
 };
 
 // minicache: 1 for the first layer of a merged pair, 2 for the second, 0 otherwise.
@@ -55,37 +59,23 @@ static int pair_role(const KVCache *kv, int layer) {
 // A slot's original position; without eviction (full selection) slot s holds position s and no array is kept.
 int kv_lane_pos(const KVLane *lane, int s) { return lane->pos ? lane->pos[s] : s; }
 
-static int evicts_at_append(KVSelect s) { return s == KV_SEL_WINDOW || s == KV_SEL_SINK; }
-static int uses_scores(KVSelect s) { return s == KV_SEL_H2O || s == KV_SEL_TOVA || s == KV_SEL_SNAPKV || s == KV_SEL_KNORM; }
-
+// Rows go through the spec's codec (kv/codec.h); hadamard rotates keys before a quantized one.
 static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is_key) {
     int HD = kv->dim;
-    switch (kv->spec.format) {
-    case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
-    case KV_FMT_F16: quant_f16_encode_row((uint16_t *)dst, src, HD); break;
-    case KV_FMT_INT:
-        if (is_key && kv->spec.hadamard) {
-            memcpy(kv->row, src, HD * sizeof(float));
-            quant_hadamard(kv->row, HD);
-            src = kv->row;
-        }
-        quant_encode_row(dst, src, HD, kv->group, kv->spec.bits);
-        break;
-    case KV_FMT_KIVI: CHECK(!"KIVI rows are encoded in blocks (kivi_append)"); break;
+    CHECK(!kv->spec.codec->is_kivi); // KIVI rows are encoded in blocks (kivi_append)
+    if (is_key && kv->spec.hadamard) {
+        memcpy(kv->row, src, HD * sizeof(float));
+        quant_hadamard(kv->row, HD);
+        src = kv->row;
     }
+    kv->spec.codec->encode(dst, src, HD, &kv->spec);
 }
 
 static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is_key) {
     int HD = kv->dim;
-    switch (kv->spec.format) {
-    case KV_FMT_F32: memcpy(dst, src, HD * sizeof(float)); break;
-    case KV_FMT_F16: quant_f16_decode_row(dst, (const uint16_t *)src, HD); break;
-    case KV_FMT_INT:
-        quant_decode_row(dst, src, HD, kv->group, kv->spec.bits);
-        if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
-        break;
-    case KV_FMT_KIVI: CHECK(!"KIVI rows are decoded in blocks (kivi_view)"); break;
-    }
+    CHECK(!kv->spec.codec->is_kivi); // KIVI rows are decoded in blocks (kivi_view)
+    kv->spec.codec->decode(dst, src, HD, &kv->spec);
+    if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
 }
 
 // Rotates a head row (HD) to position p with the cache's RoPE table.
@@ -128,17 +118,18 @@ static void fpkeep_age(KVCache *kv, KVLane *lane, int newest) {
 }
 
 // Per-layer budgets: uniform, or PyramidKV's linear schedule (weights 2(L-l)/(L+1), mean 1) with the same
-// total. knorm leaves its first skip_layers whole.
+// total, then the policy's own per-layer rule (knorm leaves its first layers whole).
 static void set_budgets(KVCache *kv) {
+    const KVPolicy *pol = kv->spec.policy;
     int L = kv->shape.n_layer, b = kv_spec_budget(&kv->spec);
-    int floor_b = kv->spec.select == KV_SEL_SINK ? kv->spec.sink + 1 : kv->spec.select == KV_SEL_SNAPKV ? kv->spec.window + 1 : 1;
+    int floor_b = pol->min_budget ? pol->min_budget(&kv->spec) : 1;
     for (int l = 0; l < L; l++) {
         int bl = b;
         if (b && kv->spec.pyramid) bl = (int)lround((double)b * 2.0 * (L - l) / (L + 1));
         if (b && bl < floor_b) bl = floor_b;
-        if (kv->spec.select == KV_SEL_KNORM && l < kv->spec.skip_layers) bl = 0;
+        if (pol->layer_budget) bl = pol->layer_budget(&kv->spec, l, bl);
         kv->budget[l] = bl;
-        int unbounded = bl == 0 || kv->spec.select == KV_SEL_SNAPKV; // SnapKV grows again after the prompt
+        int unbounded = bl == 0 || pol->grows_after_prompt; // SnapKV grows again after the prompt
         kv->cap[l] = unbounded ? kv->shape.max_positions : bl + 1;
     }
 }
@@ -153,8 +144,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
         err_set(err, "--kv '%s': rank %d exceeds the head dimension %d", spec->text, spec->rank, HD);
         return -1;
     }
-    int group = spec->group ? spec->group : (dim < 32 ? dim : 32);
-    if (spec->format == KV_FMT_INT && dim % group != 0) {
+    int group = kv_codec_group(spec, dim);
+    if (spec->codec->row_bytes && spec->codec->row_bytes(dim, spec) == 0) {
         err_set(err, "--kv '%s': group size %d must divide the %s %d", spec->text, group,
                 spec->rank ? "rank" : "head dimension", dim);
         return -1;
@@ -176,15 +167,13 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     if (spec->rank) kv->basis = common_calloc((size_t)L * NKV * 2 * HD * spec->rank, sizeof(float));
     kv->coef = common_calloc(HD, sizeof(float));
     kv->tmp = common_calloc(4 * (size_t)HD, sizeof(float));
-    kv->row_bytes = spec->format == KV_FMT_F32 ? dim * sizeof(float)
-                    : spec->format == KV_FMT_F16 ? dim * sizeof(uint16_t)
-                    : spec->format == KV_FMT_INT ? quant_row_bytes(dim, group, spec->bits)
-                                                 : 0;
+    kv->row_bytes = spec->codec->row_bytes ? spec->codec->row_bytes(dim, spec) : 0;
+    rng_init(&kv->rng, spec->seed);
     kv->fpkeep = spec->fp_sink || spec->fp_recent;
-    kv->direct = spec->format == KV_FMT_F32 && !spec->rank && !spec->merge_from && spec->select != KV_SEL_SINK &&
+    kv->direct = spec->codec->lossless && !spec->rank && !spec->merge_from && !spec->policy->in_cache_positions &&
                  !shape->keep_prerope;
     kv->stride = kv->fpkeep && dim * sizeof(float) > kv->row_bytes ? dim * sizeof(float) : kv->row_bytes;
-    if (spec->format == KV_FMT_KIVI) {
+    if (spec->codec->is_kivi) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
         kv->kivi_key_bytes = quant_row_bytes(spec->group, spec->group, spec->bits);
         kv->kivi_val_bytes = quant_row_bytes(HD, kv->kivi_vgroup, spec->bits);
@@ -200,9 +189,9 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
         max_cap = kv->cap[l] > max_cap ? kv->cap[l] : max_cap;
         for (int g = 0; g < NKV; g++) {
             KVLane *lane = &kv->lanes[l * NKV + g];
-            if (spec->select != KV_SEL_FULL) lane->pos = common_calloc(kv->cap[l], sizeof(int));
+            if (!kv_spec_is_full(spec)) lane->pos = common_calloc(kv->cap[l], sizeof(int));
             lane->score = common_calloc(kv->cap[l], sizeof(float));
-            if (spec->format == KV_FMT_KIVI) {
+            if (spec->codec->is_kivi) {
                 size_t blocks = (size_t)kv->cap[l] / spec->group + 1;
                 lane->k = common_calloc(blocks * HD, kv->kivi_key_bytes);
                 lane->v = common_calloc(kv->cap[l], kv->kivi_val_bytes);
@@ -228,6 +217,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->vview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
     kv->keep = common_calloc(max_cap, sizeof(int));
     kv->pooled = common_calloc(max_cap, sizeof(float));
+    kv->mean = common_calloc(max_cap, sizeof(float));
     kv->row = common_calloc(HD, sizeof(float));
     // RoPE table computed exactly as layers/rope.c does, so a full cache reproduces the training forward
     int half = HD / 2;
@@ -254,7 +244,7 @@ void kv_cache_free(KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         common_free(kv->lanes[i].pos);
         common_free(kv->lanes[i].score);
-        if (kv->spec.format == KV_FMT_KIVI || i % kv->shape.n_kv_head == 0) { // else inside head 0's block
+        if (kv->spec.codec->is_kivi || i % kv->shape.n_kv_head == 0) { // else inside head 0's block
             common_free(kv->lanes[i].k);
             common_free(kv->lanes[i].v);
         }
@@ -265,7 +255,7 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].mag);
     }
     void *bufs[] = {kv->tmp, kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
-                    kv->pooled, kv->row, kv->rope_cos, kv->rope_sin};
+                    kv->pooled, kv->mean, kv->row, kv->rope_cos, kv->rope_sin};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
     common_free(kv);
 }
@@ -273,6 +263,7 @@ void kv_cache_free(KVCache *kv) {
 void kv_cache_reset(KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) kv->lanes[i].n = kv->lanes[i].n_res = 0;
     memset(kv->seen, 0, kv->shape.n_layer * sizeof(int));
+    rng_init(&kv->rng, kv->spec.seed);
 }
 
 void kv_cache_set_prefill(KVCache *kv, int prefill_len) { kv->prefill_len = prefill_len; }
@@ -288,15 +279,10 @@ static void lane_remove(const KVCache *kv, KVLane *lane, int slot) {
     lane->n--;
 }
 
-static int victim(const KVCache *kv, const KVLane *lane, int budget) {
-    switch (kv->spec.select) {
-    case KV_SEL_WINDOW: return kv_victim_window(lane, &kv->spec, budget);
-    case KV_SEL_SINK: return kv_victim_sink(lane, &kv->spec, budget);
-    case KV_SEL_H2O: return kv_victim_h2o(lane, &kv->spec, budget);
-    case KV_SEL_TOVA: return kv_victim_tova(lane, &kv->spec, budget);
-    case KV_SEL_KNORM: return kv_victim_knorm(lane, &kv->spec, budget);
-    default: CHECK(!"policy without per-step eviction"); return 0;
-    }
+static int victim(KVCache *kv, const KVLane *lane, int budget) {
+    int s = kv->spec.policy->victim(lane, &kv->spec, budget, &kv->rng);
+    CHECK(s >= 0 && s < lane->n);
+    return s;
 }
 
 // KIVI: the token joins the fp32 residual; when `residual` tokens wait, the oldest G are quantized: their
@@ -365,14 +351,9 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
         if (lane->pos) lane->pos[s] = pos;
         else CHECK(pos == s); // a full cache is fed positions 0, 1, 2, ... after each reset
         const float *kh = k_pre + g * HD;
-        float norm = 0.0f;
-        if (kv->spec.select == KV_SEL_KNORM) {
-            for (int i = 0; i < HD; i++) norm += kh[i] * kh[i];
-            norm = sqrtf(norm);
-        }
-        lane->score[s] = norm;
+        lane->score[s] = kv->spec.policy->enter_score ? kv->spec.policy->enter_score(kh, HD) : 0.0f;
         if (lane->merged) lane->merged[s] = 0;
-        if (kv->spec.format == KV_FMT_KIVI) {
+        if (kv->spec.codec->is_kivi) {
             kivi_append(kv, lane, kh, v + g * HD);
             continue;
         }
@@ -395,7 +376,7 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
         }
         if (lane->fp) fpkeep_age(kv, lane, pos);
         if (pair_role(kv, layer) == 2) minicache_pair(kv, &kv->lanes[(layer - 1) * NKV + g], lane, s, kh, v + g * HD);
-        if (budget && evicts_at_append(kv->spec.select) && lane->n > budget)
+        if (budget && kv->spec.policy->evict_at_append && lane->n > budget)
             lane_remove(kv, lane, victim(kv, lane, budget));
     }
     kv->seen[layer]++;
@@ -405,7 +386,7 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
 void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos,
                    size_t *head_stride) {
     int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head;
-    int n = kv->lanes[layer * NKV].n, in_cache = kv->spec.select == KV_SEL_SINK;
+    int n = kv->lanes[layer * NKV].n, in_cache = kv->spec.policy->in_cache_positions;
     *Tc = n;
     *qpos = in_cache ? n - 1 : kv_lane_pos(&kv->lanes[layer * NKV], n - 1);
     if (kv->direct) {
@@ -418,7 +399,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
         const KVLane *lane = &kv->lanes[layer * NKV + g];
         CHECK(lane->n == n);
         float *kg = kv->kview + (size_t)g * n * HD, *vg = kv->vview + (size_t)g * n * HD;
-        if (kv->spec.format == KV_FMT_KIVI) kivi_view(kv, lane, kg, vg);
+        if (kv->spec.codec->is_kivi) kivi_view(kv, lane, kg, vg);
         for (int s = 0; s < n; s++) {
             float *kr = kg + (size_t)s * HD;
             if (kv->spec.rank) {
@@ -433,7 +414,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
                 get_row(kv, src, s, 1, kr);
                 get_row(kv, src, s, 0, vr);
                 for (int i = 0; i < HD; i++) kr[i] *= lane->mag[2 * s], vr[i] *= lane->mag[2 * s + 1];
-            } else if (kv->spec.format != KV_FMT_KIVI) {
+            } else if (!kv->spec.codec->is_kivi) {
                 get_row(kv, lane, s, 1, kr);
                 get_row(kv, lane, s, 0, vg + (size_t)s * HD);
             }
@@ -445,26 +426,27 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
     *head_stride = (size_t)n * HD;
 }
 
+// After attention: the policy takes its evidence (the attention each slot got, averaged over the group's
+// query heads), then a lane over budget drops its victim, or SnapKV selects once at the end of the prompt.
 void kv_cache_observe(KVCache *kv, int layer, const float *att) {
-    KVSelect sel = kv->spec.select;
-    if (!uses_scores(sel)) return;
+    const KVPolicy *pol = kv->spec.policy;
+    int evicts_here = pol->victim && !pol->evict_at_append;
+    if (!pol->observe && !pol->select_prompt && !evicts_here) return;
     int NH = kv->shape.n_head, NKV = kv->shape.n_kv_head, rep = NH / NKV, budget = kv->budget[layer];
     int n = kv->lanes[layer * NKV].n, seen = kv->seen[layer];
-    int snap_vote = sel == KV_SEL_SNAPKV && kv->prefill_len > 0 && seen <= kv->prefill_len &&
-                    seen > kv->prefill_len - kv->spec.window;
     for (int g = 0; g < NKV; g++) {
         KVLane *lane = &kv->lanes[layer * NKV + g];
-        if (sel != KV_SEL_KNORM && (sel != KV_SEL_SNAPKV || snap_vote)) {
+        if (pol->observe) {
             for (int s = 0; s < n; s++) {
-                float a = 0.0f; // attention to slot s averaged over the group's query heads
+                float a = 0.0f;
                 for (int h = g * rep; h < (g + 1) * rep; h++) a += att[(size_t)h * n + s];
-                a /= rep;
-                lane->score[s] = sel == KV_SEL_TOVA ? a : lane->score[s] + a;
+                kv->mean[s] = a / rep;
             }
+            pol->observe(lane, &kv->spec, kv->mean, seen, kv->prefill_len);
         }
-        if (sel == KV_SEL_SNAPKV) {
-            if (snap_vote && seen == kv->prefill_len && n > budget) {
-                kv_snapkv_select(lane, &kv->spec, budget, kv->keep, kv->pooled);
+        if (pol->select_prompt) {
+            if (kv->prefill_len > 0 && seen == kv->prefill_len && n > budget) {
+                pol->select_prompt(lane, &kv->spec, budget, kv->keep, kv->pooled);
                 // keep[] is ascending: compact the kept slots to the front in order
                 size_t rb = kv->stride;
                 for (int j = 0; j < budget; j++) {
@@ -477,15 +459,15 @@ void kv_cache_observe(KVCache *kv, int layer, const float *att) {
                 }
                 lane->n = budget;
             }
-        } else if (budget && lane->n > budget) {
+        } else if (evicts_here && budget && lane->n > budget) {
             lane_remove(kv, lane, victim(kv, lane, budget));
         }
     }
 }
 
 size_t kv_cache_bytes(const KVCache *kv) {
-    size_t held = 0, per_token = 2 * kv->row_bytes + (kv->spec.select != KV_SEL_FULL ? sizeof(int) : 0) +
-                                 (uses_scores(kv->spec.select) ? sizeof(float) : 0);
+    size_t held = 0, per_token = 2 * kv->row_bytes + (!kv_spec_is_full(&kv->spec) ? sizeof(int) : 0) +
+                                 (kv->spec.policy->needs_scores ? sizeof(float) : 0);
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) {
         const KVLane *lane = &kv->lanes[i];
         held += (size_t)lane->n * per_token;
@@ -500,7 +482,7 @@ size_t kv_cache_bytes(const KVCache *kv) {
         }
         if (lane->fp) // fp32 slots hold full rows instead of encoded ones, plus a flag byte per slot
             for (int s = 0; s < lane->n; s++) held += 1 + (lane->fp[s] ? 2 * (kv->dim * sizeof(float) - kv->row_bytes) : 0);
-        if (kv->spec.format == KV_FMT_KIVI) { // quantized blocks and rows, plus the fp32 residual
+        if (kv->spec.codec->is_kivi) { // quantized blocks and rows, plus the fp32 residual
             int quantized = lane->n - lane->n_res, HD = kv->shape.head_dim;
             held += (size_t)(quantized / kv->spec.group) * HD * kv->kivi_key_bytes + (size_t)quantized * kv->kivi_val_bytes +
                     (size_t)lane->n_res * 2 * HD * sizeof(float) + sizeof(int);

@@ -1,10 +1,9 @@
-// The KV cache the decode step talks to. One engine (cache.c) holds, for every layer and key/value head, a
-// "lane" of tokens: their original positions, a policy score, and keys (before RoPE) and values encoded in
-// the storage format. A selection policy (one file each: window.c, h2o.c, tova.c, snapkv.c, knorm.c) picks
-// which token a lane drops when it is over its budget; the storage format (quant.c for fp16 and integer
-// rows, KIVI blocks in cache.c, lowrank.c, minicache.c) decides how rows are held. The decode step appends each token's pre-RoPE key and value, asks for a view (fp32,
-// keys rotated to their cache positions) to attend over, then reports the attention it computed so
-// score-based policies can use it.
+// The contiguous KV cache (cache.c): for every layer and key/value head a "lane" of tokens with their
+// original positions, a policy score, and keys (before RoPE) and values encoded by the spec's codec. The
+// selection policy (kv/policy.h, one file each) says which token a lane over budget drops; the codec
+// (kv/codec.h, one file each) how rows are held; low rank, MiniCache and KIVI's blocks are the engine's own.
+// The decode step appends each token's pre-RoPE key and value, asks for a view (fp32, keys rotated to their
+// cache positions) to attend over, then reports the attention it computed so score-based policies can use it.
 #ifndef KVLAB_KV_H
 #define KVLAB_KV_H
 
@@ -38,15 +37,6 @@ typedef struct KVCache KVCache;
 
 // The original position of a lane's slot s.
 int kv_lane_pos(const KVLane *lane, int s);
-
-// Which slot a lane over its budget drops (policy files implement these).
-int kv_victim_window(const KVLane *lane, const KVSpec *spec, int budget);
-int kv_victim_sink(const KVLane *lane, const KVSpec *spec, int budget);
-int kv_victim_h2o(const KVLane *lane, const KVSpec *spec, int budget);
-int kv_victim_tova(const KVLane *lane, const KVSpec *spec, int budget);
-int kv_victim_knorm(const KVLane *lane, const KVSpec *spec, int budget);
-// SnapKV's one-time selection at the end of the prompt: fills keep[0..budget) with the slots to keep.
-void kv_snapkv_select(const KVLane *lane, const KVSpec *spec, int budget, int *keep, float *pooled);
 
 int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err);
 void kv_cache_free(KVCache *kv);

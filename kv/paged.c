@@ -8,13 +8,15 @@
 #endif
 #include <stb/stb_ds.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
 
 #include "../common/common.h"
+#include "codec.h"
 #include "paged.h"
-#include "quant.h"
+#include "policy.h"
 
 enum { FREE_LIST = KV_PRIORITY_MAX + 1 };
 
@@ -51,12 +53,29 @@ static void list_remove(KVPool *p, int li, int b) {
 // ---- pool ------------------------------------------------------------------------------------------------
 
 int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err) {
-    return kv_pool_init_format(out, shape, block, n_blocks, 32, 0, err);
+    return kv_pool_init_format(out, shape, block, n_blocks, "fp32", err);
 }
 
-int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, int bits, int group,
+int kv_pool_parse_format(KVSpec *fmt, const char *format, char *err) {
+    char why[ERR_LEN];
+    if (!format) format = "fp32";
+    if (kv_spec_parse(fmt, format, why) == 0 && kv_spec_is_full(fmt) && !fmt->paged_block && fmt->codec->row_bytes &&
+        !fmt->rank && !fmt->hadamard && !fmt->fp_sink && !fmt->fp_recent && !fmt->merge_from && !fmt->tier_fast)
+        return 0;
+    char names[256];
+    size_t at = 0;
+    for (int i = 0; i < kv_codec_count; i++)
+        if (kv_codecs[i]->row_bytes)
+            at += (size_t)snprintf(names + at, sizeof(names) - at, "%s%s", at ? ", " : "", kv_codecs[i]->form);
+    err_set(err, "bad row format '%s': valid formats are %s", format, names);
+    return -1;
+}
+
+int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, const char *format,
                         char *err) {
     *out = NULL;
+    KVSpec fmt;
+    if (kv_pool_parse_format(&fmt, format, err) != 0) return -1;
     if (shape->n_layer < 1 || shape->n_kv_head < 1 || shape->head_dim < 1) {
         err_set(err, "paged KV: bad shape (%d layers, %d kv heads, head_dim %d)", shape->n_layer,
                 shape->n_kv_head, shape->head_dim);
@@ -71,12 +90,10 @@ int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blo
         return -1;
     }
     int HD = shape->head_dim;
-    if (group == 0) group = HD < 32 ? HD : 32;
-    size_t row_bytes = bits == 32 ? HD * sizeof(float) : bits == 16 ? HD * sizeof(uint16_t)
-                                                                    : quant_row_bytes(HD, group, bits);
+    size_t row_bytes = fmt.codec->row_bytes(HD, &fmt);
     if (row_bytes == 0) {
-        err_set(err, "paged KV: rows of %d bits in groups of %d do not fit head_dim %d (bits 32, 16, 8, 4 or 2; "
-                "the group must divide head_dim)", bits, group, HD);
+        err_set(err, "paged KV: %s rows in groups of %d do not fit head_dim %d (the group must divide it)", format,
+                kv_codec_group(&fmt, HD), HD);
         return -1;
     }
     size_t per_block = (size_t)shape->n_layer * shape->n_kv_head * block * row_bytes; // bytes
@@ -87,7 +104,8 @@ int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blo
     KVPool *p = common_calloc(1, sizeof(KVPool));
     p->n_layer = shape->n_layer, p->n_kv_head = shape->n_kv_head, p->head_dim = HD;
     p->block = block, p->n_blocks = n_blocks;
-    p->bits = bits, p->group = bits <= 8 ? group : 0, p->row_bytes = row_bytes;
+    p->fmt = fmt;
+    p->row_bytes = row_bytes;
     p->k = calloc((size_t)n_blocks * per_block, 1);
     p->v = calloc((size_t)n_blocks * per_block, 1);
     p->scratch = calloc(2 * (size_t)block * HD, sizeof(float));
@@ -111,12 +129,14 @@ int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blo
 
 int kv_pool_init_spec(KVPool **out, const KVShape *shape, const KVSpec *spec, int n_blocks, char *err) {
     *out = NULL;
-    int bits = spec->format == KV_FMT_F32 ? 32 : spec->format == KV_FMT_F16 ? 16 : spec->format == KV_FMT_INT ? spec->bits : 0;
-    if (!spec->paged_block || !bits) {
-        err_set(err, "paged KV: '%s' is not a paged spec with fp32, fp16 or int rows", spec->text);
+    if (!spec->paged_block || !spec->codec->row_bytes) {
+        err_set(err, "paged KV: '%s' is not a paged spec with per-row storage", spec->text);
         return -1;
     }
-    return kv_pool_init_format(out, shape, spec->paged_block, n_blocks, bits, spec->group, err);
+    char format[64];
+    if (spec->group) snprintf(format, sizeof(format), "%s:%d", spec->codec->name, spec->group);
+    else snprintf(format, sizeof(format), "%s", spec->codec->name);
+    return kv_pool_init_format(out, shape, spec->paged_block, n_blocks, format, err);
 }
 
 void kv_pool_free(KVPool *p) {
@@ -131,32 +151,29 @@ uint8_t *kv_pool_rows(const KVPool *p, int value, int b, int layer, int head) {
     return (value ? p->v : p->k) + unit;
 }
 
+int kv_pool_is_f32(const KVPool *p) { return p->fmt.codec->lossless; }
+
 float *kv_pool_k(const KVPool *p, int b, int layer, int head) {
-    CHECK(p->bits == 32);
+    CHECK(kv_pool_is_f32(p));
     return (float *)(void *)kv_pool_rows(p, 0, b, layer, head);
 }
 
 float *kv_pool_v(const KVPool *p, int b, int layer, int head) {
-    CHECK(p->bits == 32);
+    CHECK(kv_pool_is_f32(p));
     return (float *)(void *)kv_pool_rows(p, 1, b, layer, head);
 }
 
 static void encode_row(const KVPool *p, uint8_t *dst, const float *src) {
-    if (p->bits == 32) memcpy(dst, src, p->row_bytes);
-    else if (p->bits == 16) quant_f16_encode_row((uint16_t *)(void *)dst, src, p->head_dim);
-    else quant_encode_row(dst, src, p->head_dim, p->group, p->bits);
+    p->fmt.codec->encode(dst, src, p->head_dim, &p->fmt);
 }
 
 static void decode_rows(const KVPool *p, float *dst, const uint8_t *src, int rows) {
     int HD = p->head_dim;
-    if (p->bits == 32) {
+    if (kv_pool_is_f32(p)) {
         memcpy(dst, src, (size_t)rows * p->row_bytes);
         return;
     }
-    for (int r = 0; r < rows; r++, dst += HD, src += p->row_bytes) {
-        if (p->bits == 16) quant_f16_decode_row(dst, (const uint16_t *)(const void *)src, HD);
-        else quant_decode_row(dst, src, HD, p->group, p->bits);
-    }
+    for (int r = 0; r < rows; r++) p->fmt.codec->decode(dst + (size_t)r * HD, src + (size_t)r * p->row_bytes, HD, &p->fmt);
 }
 
 void kv_pool_read(const KVPool *p, int value, int b, int layer, int head, int rows, float *dst) {
@@ -222,9 +239,12 @@ static void block_release(KVPool *p, int b) {
 // same policy may share blocks (the fields are hashed one by one: the struct has padding).
 static uint64_t seq_seed(const KVSeq *seq) {
     const KVSeqPolicy *pol = &seq->policy;
-    if (pol->select == KV_SEL_FULL) return seq->salt;
-    int64_t f[5] = {pol->select, pol->sink, pol->window, pol->heavy, pol->recent};
-    return XXH64(f, sizeof(f), seq->salt ^ 0x706f6c696379ULL);
+    if (!pol->policy || kv_spec_is_full(&pol->spec)) return seq->salt;
+    const KVSpec *sp = &pol->spec;
+    int64_t f[9] = {sp->sink, sp->window, sp->heavy, sp->recent, sp->keep, sp->kernel, sp->skip_layers,
+                    (int64_t)sp->seed, 0};
+    uint64_t h = XXH64(pol->policy->name, strlen(pol->policy->name), seq->salt ^ 0x706f6c696379ULL);
+    return XXH64(f, sizeof(f), h);
 }
 
 int kv_paged_begin(KVPool *p, KVSeq *seq, const int *tokens, int n_prompt, int priority, char *err) {
@@ -355,17 +375,17 @@ void kv_paged_end(KVPool *p, KVSeq *seq) {
 // ---- selection policies over blocks ---------------------------------------------------------------------
 
 int kv_paged_policy(KVSeqPolicy *pol, const KVSpec *spec, char *err) {
-    *pol = (KVSeqPolicy){.select = spec->select};
-    switch (spec->select) {
-    case KV_SEL_FULL: return 0;
-    case KV_SEL_WINDOW: return pol->window = spec->window, 0;
-    case KV_SEL_SINK: return pol->sink = spec->sink, pol->window = spec->window, 0;
-    case KV_SEL_H2O: return pol->heavy = spec->heavy, pol->recent = spec->recent, 0;
-    default:
-        err_set(err, "paged KV: '%s': the pool drops whole blocks by full, window, sink or h2o selection only",
-                spec->text);
+    memset(pol, 0, sizeof(*pol));
+    if (kv_spec_is_full(spec)) return 0;
+    if (!spec->policy->block_victim) {
+        err_set(err, "paged KV: '%s': %s does not drop whole blocks (the pool runs full selection or a policy "
+                "with a block victim: window, sink, h2o, random)", spec->text, spec->policy->name);
         return -1;
     }
+    pol->policy = spec->policy;
+    pol->spec = *spec;
+    rng_init(&pol->rng, spec->seed);
+    return 0;
 }
 
 int kv_paged_blocks(const KVSeq *seq) { return (int)arrlen(seq->table); }
@@ -383,7 +403,7 @@ int kv_paged_held(const KVPool *p, const KVSeq *seq) {
 }
 
 void kv_paged_observe(const KVPool *p, KVSeq *seq, const float *att, int NH) {
-    if (seq->policy.select != KV_SEL_H2O) return; // only h2o ranks blocks by attention
+    if (!seq->policy.policy || !seq->policy.policy->observe) return; // only policies that take evidence
     int Tc = kv_paged_held(p, seq), off = 0;
     for (int i = 0; i < arrlen(seq->table); i++) {
         int rows = kv_paged_rows(p, seq, i);
@@ -402,31 +422,20 @@ static void drop_block(KVPool *p, KVSeq *seq, ptrdiff_t i) {
 }
 
 int kv_paged_enforce(KVPool *p, KVSeq *seq) {
-    const KVSeqPolicy *pol = &seq->policy;
-    int B = p->block, n = seq->n_tokens, dropped = 0;
-    if (pol->select == KV_SEL_FULL || n == 0) return 0;
-    ptrdiff_t last = (n - 1) / B; // the block being written is always kept
-    if (pol->select == KV_SEL_WINDOW || pol->select == KV_SEL_SINK) {
-        int first_kept = n - pol->window; // positions before it are outside the window
-        for (ptrdiff_t i = 0; i < last; i++) {
-            if (seq->table[i] == KV_BLOCK_DROPPED || (i + 1) * B > first_kept) continue;
-            if (pol->select == KV_SEL_SINK && i * B < pol->sink) continue; // holds a sink token
-            drop_block(p, seq, i), dropped++;
-        }
-        return dropped;
+    KVSeqPolicy *pol = &seq->policy;
+    int n = seq->n_tokens, dropped = 0, nb = (int)arrlen(seq->table);
+    if (!pol->policy || n == 0) return 0;
+    int *held = common_calloc((size_t)nb, sizeof(int));
+    for (int i = 0; i < nb; i++) held[i] = seq->table[i] != KV_BLOCK_DROPPED;
+    KVBlockSet set = {.held = held, .score = seq->score, .n_blocks = nb, .block = p->block, .n_tokens = n};
+    int victim;
+    while ((victim = pol->policy->block_victim(&set, &pol->spec, &pol->rng)) >= 0) {
+        CHECK(victim < (n - 1) / p->block && held[victim]); // never the block being written, never twice
+        drop_block(p, seq, victim);
+        held[victim] = 0;
+        dropped++;
     }
-    // h2o: the newest R tokens' blocks stay; the others compete on accumulated attention
-    int budget = (pol->heavy + pol->recent + B - 1) / B + 1, held = 0;
-    for (ptrdiff_t i = 0; i <= last; i++) held += seq->table[i] != KV_BLOCK_DROPPED;
-    while (held > budget) {
-        ptrdiff_t victim = -1;
-        for (ptrdiff_t i = 0; i < last; i++) {
-            if (seq->table[i] == KV_BLOCK_DROPPED || (i + 1) * B > n - pol->recent) continue;
-            if (victim < 0 || seq->score[i] < seq->score[victim]) victim = i; // ties: the oldest
-        }
-        if (victim < 0) break; // every held block is recent
-        drop_block(p, seq, victim), dropped++, held--;
-    }
+    common_free(held);
     return dropped;
 }
 

@@ -16,7 +16,8 @@
 // - Selection: a sequence may carry a policy that drops whole blocks (a block spans all layers and heads, so
 //   there is one decision per block, not one per layer and head as in the unpaged cache): window:W drops
 //   every full block that lies entirely before the newest W tokens; sink:S,window:W also keeps the blocks
-//   holding the first S tokens; h2o:H,R keeps the blocks overlapping the newest R tokens and, of the rest,
+//   holding the first S tokens; random:B,R drops a random block outside the newest R while more than
+//   ceil(B/BLOCK) + 1 are held; h2o:H,R keeps the blocks overlapping the newest R tokens and, of the rest,
 //   those with the most attention accumulated over all layers and heads, up to ceil((H+R)/B) + 1 blocks.
 //   So a sequence never holds less than the unpaged policy, and at most: window W + B - 1 tokens; sink
 //   ceil(S/B)*B + W + B - 1; h2o ceil((H+R)/B)*B + B. A dropped block leaves a hole (-1) in the table;
@@ -32,7 +33,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/common.h"
 #include "kv.h"
+#include "policy.h"
 #include "spec.h"
 
 enum {
@@ -77,8 +80,7 @@ typedef struct {
     int n_layer, n_kv_head, head_dim;
     int block;            // tokens per block (BLOCK)
     int n_blocks;
-    int bits;             // row format: 32 (fp32), 16 (fp16), 8, 4 or 2 (integer groups)
-    int group;            // integer formats: channels per group
+    KVSpec fmt;           // row format: its codec (kv/codec.h) and group; full selection, nothing else
     size_t row_bytes;     // one token's row of one head, encoded
     uint8_t *k, *v;       // (n_blocks, n_layer, n_kv_head, block) rows of row_bytes; keys rotated
     float *scratch;       // (2, block, head_dim): one block's rows decoded for attention
@@ -93,8 +95,9 @@ typedef struct {
 
 // Which blocks a sequence keeps (from a spec: kv_paged_policy); all zero = every block (full selection).
 typedef struct {
-    KVSelect select; // KV_SEL_FULL, KV_SEL_WINDOW, KV_SEL_SINK or KV_SEL_H2O
-    int sink, window, heavy, recent;
+    const KVPolicy *policy; // NULL: full selection; else a policy with a block victim (kv/policy.h)
+    KVSpec spec;            // its parameters
+    Rng rng;                // its random choices (random:B), seeded by the spec
 } KVSeqPolicy;
 
 // A sequence: zero-initialise it (KVSeq s = {0}), set its salt and policy, then kv_paged_begin or
@@ -131,10 +134,15 @@ typedef struct {
 // A pool of n_blocks blocks of `block` tokens for shape's layers and kv heads, fp32 rows. -1 with a message
 // in err on a bad block size or pool size.
 int kv_pool_init(KVPool **out, const KVShape *shape, int block, int n_blocks, char *err);
-// The same with rows in `bits` (32, 16, 8, 4, 2) and integer groups of `group` channels (0 = 32, or the head
-// dimension if smaller). -1 with a message when the group does not divide the head dimension.
-int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, int bits, int group,
+// The same with rows in a storage term of the codec registry: "fp32", "fp16", "fp8[:G]", "int8[:G]",
+// "int4[:G]", "int2[:G]" (NULL = fp32). -1 with a message for another term or a group that does not divide
+// the head dimension.
+int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blocks, const char *format,
                         char *err);
+// Reads a row format term (as kv_pool_init_format takes it) into fmt; -1 with the valid formats in err.
+int kv_pool_parse_format(KVSpec *fmt, const char *format, char *err);
+// Whether the pool holds fp32 rows (attention may read them in place).
+int kv_pool_is_f32(const KVPool *pool);
 // The pool a paged spec describes (spec->paged_block, its format and group).
 int kv_pool_init_spec(KVPool **out, const KVShape *shape, const KVSpec *spec, int n_blocks, char *err);
 void kv_pool_free(KVPool *pool);

@@ -4,7 +4,7 @@
 // the window itself stays. Tokens after the prompt are appended without eviction.
 #include <stdlib.h>
 
-#include "kv.h"
+#include "policy.h"
 
 static const float *vote_keys;
 
@@ -16,7 +16,7 @@ static int by_vote_desc(const void *a, const void *b) {
 
 static int ascending(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
-void kv_snapkv_select(const KVLane *lane, const KVSpec *spec, int budget, int *keep, float *pooled) {
+static void snapkv_select(const KVLane *lane, const KVSpec *spec, int budget, int *keep, float *pooled) {
     int n = lane->n, window = spec->window < budget ? spec->window : budget - 1;
     int prefix = n - window, half = spec->kernel / 2, top = budget - window;
     for (int s = 0; s < prefix; s++) {
@@ -32,3 +32,34 @@ void kv_snapkv_select(const KVLane *lane, const KVSpec *spec, int budget, int *k
     for (int j = 0; j < window; j++) keep[top + j] = prefix + j;
     qsort(keep, budget, sizeof(int), ascending);
 }
+
+static int snapkv_parse(KVSpec *spec, const char *args) {
+    int v[3], n = kv_parse_ints(args, v, 3);
+    if (n < 1 || v[0] < 1) return -1;
+    spec->keep = v[0];
+    spec->window = n > 1 ? v[1] : 32;
+    spec->kernel = n > 2 ? v[2] : 5;
+    return spec->window > 0 && spec->kernel % 2 == 1 ? 0 : -1; // a centred average pool needs an odd kernel
+}
+
+static int snapkv_budget(const KVSpec *spec) { return spec->keep + spec->window; }
+static int snapkv_min_budget(const KVSpec *spec) { return spec->window + 1; }
+
+// The votes: attention the prompt's last W queries pay each key.
+static void snapkv_observe(KVLane *lane, const KVSpec *spec, const float *att, int seen, int prompt) {
+    if (prompt <= 0 || seen > prompt || seen <= prompt - spec->window) return;
+    for (int s = 0; s < lane->n; s++) lane->score[s] += att[s];
+}
+
+const KVPolicy kv_policy_snapkv = {
+    .name = "snapkv",
+    .form = "snapkv:B[,W[,K]]",
+    .help = "at the end of the prompt, the B most voted tokens by its last W queries (pool K) plus those W",
+    .parse = snapkv_parse,
+    .budget = snapkv_budget,
+    .min_budget = snapkv_min_budget,
+    .needs_scores = 1,
+    .observe = snapkv_observe,
+    .select_prompt = snapkv_select,
+    .grows_after_prompt = 1,
+};

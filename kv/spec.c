@@ -1,3 +1,6 @@
+// The --kv grammar (spec.h): the first term names a policy from the registry (or, when it names none, full
+// selection and the term is read as a storage or placement term); the other terms are a codec from the
+// registry or one of the modifiers parsed here. Composition rules follow the parse, each with its own message.
 #include "spec.h"
 
 #include <errno.h>
@@ -6,16 +9,12 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "codec.h"
+#include "policy.h"
 
-const char *const kv_spec_forms =
-    "full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L] | paged:BLOCK, "
-    "then optional +fp16 | +int8[:G] | +int4[:G] | +int2[:G] | +kivi2[:G[,R]] | +kivi4[:G[,R]] (full only) | "
-    "+lowrank:R | +fpkeep:S,R (with int) | +minicache:L[,A] (full, fp32/fp16) | +hadamard | +pyramid | "
-    "+paged:BLOCK (with full, window, sink or h2o and fp32, fp16 or int rows) | +tier:N (with paged:BLOCK alone)";
-
-// Parses "a,b,c" non-negative integers; returns how many were read, -1 on a malformed list.
-static int parse_ints(const char *s, int *out, int max) {
+int kv_parse_ints(const char *s, int *out, int max) {
     int n = 0;
+    if (!s) return 0;
     while (*s) {
         if (n == max) return -1;
         char *end;
@@ -35,161 +34,163 @@ static int parse_ints(const char *s, int *out, int max) {
     return n;
 }
 
-static int parse_select(KVSpec *sp, const char *t) {
-    int v[3], n;
-    if (strcmp(t, "full") == 0) return sp->select = KV_SEL_FULL, 0;
-    if (strncmp(t, "paged:", 6) == 0 && parse_ints(t + 6, v, 1) == 1 && v[0] >= 1 && v[0] <= 4096)
-        return sp->select = KV_SEL_FULL, sp->paged_block = v[0], 0;
-    if (strncmp(t, "window:", 7) == 0 && parse_ints(t + 7, v, 1) == 1)
-        return sp->select = KV_SEL_WINDOW, sp->window = v[0], 0;
-    if (strncmp(t, "sink:", 5) == 0) {
-        const char *w = strstr(t, ",window:");
-        char num[32];
-        size_t len = w ? (size_t)(w - (t + 5)) : 0;
-        if (!w || len == 0 || len >= sizeof(num)) return -1;
-        memcpy(num, t + 5, len);
-        num[len] = 0;
-        if (parse_ints(num, v, 1) != 1 || parse_ints(w + 8, v + 1, 1) != 1) return -1;
-        return sp->select = KV_SEL_SINK, sp->sink = v[0], sp->window = v[1], 0;
-    }
-    if (strncmp(t, "h2o:", 4) == 0 && parse_ints(t + 4, v, 2) == 2)
-        return sp->select = KV_SEL_H2O, sp->heavy = v[0], sp->recent = v[1], 0;
-    if (strncmp(t, "tova:", 5) == 0 && parse_ints(t + 5, v, 1) == 1) return sp->select = KV_SEL_TOVA, sp->keep = v[0], 0;
-    if (strncmp(t, "snapkv:", 7) == 0 && (n = parse_ints(t + 7, v, 3)) >= 1) {
-        sp->select = KV_SEL_SNAPKV;
-        sp->keep = v[0];
-        sp->window = n > 1 ? v[1] : 32;
-        sp->kernel = n > 2 ? v[2] : 5;
-        return sp->kernel % 2 == 1 ? 0 : -1; // a centred average pool needs an odd kernel
-    }
-    if (strncmp(t, "knorm:", 6) == 0 && (n = parse_ints(t + 6, v, 2)) >= 1) {
-        sp->select = KV_SEL_KNORM;
-        sp->keep = v[0];
-        sp->skip_layers = n > 1 ? v[1] : 2;
-        return 0;
-    }
-    return -1;
+const char *kv_spec_forms(void) {
+    static char forms[1024];
+    if (forms[0]) return forms;
+    size_t at = 0;
+    for (int i = 0; i < kv_policy_count; i++)
+        at += (size_t)snprintf(forms + at, sizeof(forms) - at, "%s%s", i ? " | " : "", kv_policies[i]->form);
+    at += (size_t)snprintf(forms + at, sizeof(forms) - at, " | paged:BLOCK, then optional");
+    for (int i = 0; i < kv_codec_count; i++)
+        at += (size_t)snprintf(forms + at, sizeof(forms) - at, " +%s", kv_codecs[i]->form);
+    snprintf(forms + at, sizeof(forms) - at,
+             " | +lowrank:R | +fpkeep:S,R | +minicache:L[,A] | +hadamard | +pyramid | +paged:BLOCK | +tier:N "
+             "(a bare storage term means full selection: int4 = full+int4)");
+    return forms;
 }
 
-static int parse_term(KVSpec *sp, const char *t) {
-    int v;
+// The modifiers: what is shared (minicache), where rows live (paged, tier), how they are transformed
+// (lowrank, hadamard, fpkeep) and how budgets spread (pyramid). 1 = not a modifier, -1 = malformed.
+static int parse_modifier(KVSpec *sp, const char *t) {
+    int v[2], n;
     if (strncmp(t, "tier:", 5) == 0) {
-        if (sp->tier_fast || parse_ints(t + 5, &v, 1) != 1 || v < 2) return -1;
-        return sp->tier_fast = v, 0;
+        if (sp->tier_fast || kv_parse_ints(t + 5, v, 1) != 1 || v[0] < 2) return -1;
+        sp->tier_fast = v[0];
+        return 0;
     }
     if (strncmp(t, "paged:", 6) == 0) {
-        if (sp->paged_block || parse_ints(t + 6, &v, 1) != 1 || v < 1 || v > 4096) return -1;
-        return sp->paged_block = v, 0;
+        if (sp->paged_block || kv_parse_ints(t + 6, v, 1) != 1 || v[0] < 1 || v[0] > 4096) return -1;
+        sp->paged_block = v[0];
+        return 0;
     }
-    if (strcmp(t, "fp16") == 0) {
-        if (sp->format != KV_FMT_F32) return -1;
-        return sp->format = KV_FMT_F16, 0;
+    if (strcmp(t, "hadamard") == 0) {
+        if (sp->hadamard) return -1;
+        sp->hadamard = 1;
+        return 0;
     }
-    if (strcmp(t, "hadamard") == 0) return sp->hadamard ? -1 : (sp->hadamard = 1, 0);
     if (strncmp(t, "fpkeep:", 7) == 0) {
-        int v[2];
-        if (sp->fp_sink || sp->fp_recent || parse_ints(t + 7, v, 2) != 2 || v[0] + v[1] < 1) return -1;
-        return sp->fp_sink = v[0], sp->fp_recent = v[1], 0;
+        if (sp->fp_sink || sp->fp_recent || kv_parse_ints(t + 7, v, 2) != 2 || v[0] + v[1] < 1) return -1;
+        sp->fp_sink = v[0];
+        sp->fp_recent = v[1];
+        return 0;
     }
     if (strncmp(t, "minicache:", 10) == 0) {
-        int v[2], n;
-        if (sp->merge_from || (n = parse_ints(t + 10, v, 2)) < 1) return -1;
+        if (sp->merge_from || (n = kv_parse_ints(t + 10, v, 2)) < 1) return -1;
         sp->merge_from = v[0] + 1;
         sp->merge_angle = n > 1 ? v[1] : 45;
         return sp->merge_angle <= 180 ? 0 : -1;
     }
     if (strncmp(t, "lowrank:", 8) == 0) {
-        int r;
-        if (sp->rank || parse_ints(t + 8, &r, 1) != 1 || r < 1) return -1;
-        return sp->rank = r, 0;
+        if (sp->rank || kv_parse_ints(t + 8, v, 1) != 1 || v[0] < 1) return -1;
+        sp->rank = v[0];
+        return 0;
     }
-    if (strcmp(t, "pyramid") == 0) return sp->pyramid ? -1 : (sp->pyramid = 1, 0);
-    if (strncmp(t, "kivi2", 5) == 0 || strncmp(t, "kivi4", 5) == 0) {
-        if (sp->format != KV_FMT_F32) return -1;
-        sp->format = KV_FMT_KIVI;
-        sp->bits = t[4] - '0';
-        sp->group = 32;
-        sp->residual = 128;
-        if (t[5] == 0) return 0;
-        int v[2], n;
-        if (t[5] != ':' || (n = parse_ints(t + 6, v, 2)) < 1 || v[0] < 1) return -1;
-        sp->group = v[0];
-        sp->residual = n > 1 ? v[1] : (128 / v[0] > 0 ? 128 / v[0] : 1) * v[0];
-        return sp->residual >= sp->group && sp->residual % sp->group == 0 ? 0 : -1;
+    if (strcmp(t, "pyramid") == 0) {
+        if (sp->pyramid) return -1;
+        sp->pyramid = 1;
+        return 0;
     }
-    int bits = 0;
-    if (strncmp(t, "int8", 4) == 0) bits = 8;
-    else if (strncmp(t, "int4", 4) == 0) bits = 4;
-    else if (strncmp(t, "int2", 4) == 0) bits = 2;
-    if (!bits || sp->format != KV_FMT_F32) return -1;
-    sp->format = KV_FMT_INT;
-    sp->bits = bits;
-    if (t[4] == 0) return 0;
-    int g;
-    if (t[4] != ':' || parse_ints(t + 5, &g, 1) != 1 || g < 1) return -1;
-    sp->group = g;
-    return 0;
+    return 1;
+}
+
+// The term's name (up to ':') and its arguments (after it, NULL when bare).
+static const char *term_args(const char *t, size_t *name_len) {
+    const char *colon = strchr(t, ':');
+    *name_len = colon ? (size_t)(colon - t) : strlen(t);
+    return colon ? colon + 1 : NULL;
+}
+
+// A storage or placement term; -1 when it is malformed or a second codec.
+static int parse_term(KVSpec *sp, const char *t, int *codec_given) {
+    size_t len;
+    const char *args = term_args(t, &len);
+    const KVCodec *c = kv_codec_find(t, len);
+    if (c) {
+        if (*codec_given) return -1;
+        *codec_given = 1;
+        sp->codec = c;
+        return c->parse ? c->parse(sp, args) : (args ? -1 : 0);
+    }
+    return parse_modifier(sp, t) == 0 ? 0 : -1;
+}
+
+static int fail(char *err, const char *text, const char *term, const char *why) {
+    if (term) err_set(err, "bad --kv '%s': term '%s' %s; valid forms are %s", text, term, why, kv_spec_forms());
+    else err_set(err, "bad --kv '%s': %s; valid forms are %s", text, why, kv_spec_forms());
+    return -1;
+}
+
+// "full, window, sink, h2o or random": the policies that run on pages, from the registry.
+static const char *paged_policies(void) {
+    static char msg[256];
+    if (msg[0]) return msg;
+    const char *names[32];
+    int n = 0;
+    for (int i = 0; i < kv_policy_count && n < 32; i++)
+        if (!kv_policies[i]->budget || kv_policies[i]->block_victim) names[n++] = kv_policies[i]->name;
+    size_t at = (size_t)snprintf(msg, sizeof(msg), "paged:BLOCK composes with ");
+    for (int i = 0; i < n; i++)
+        at += (size_t)snprintf(msg + at, sizeof(msg) - at, "%s%s", names[i],
+                               i + 2 < n ? ", " : i + 2 == n ? " or " : " selection only");
+    return msg;
+}
+
+// Composition rules, checked after every term parsed: NULL when the spec composes.
+static const char *composition_error(const KVSpec *sp) {
+    int full = kv_spec_is_full(sp);
+    if (sp->hadamard && !sp->codec->quantized && !sp->codec->is_kivi)
+        return "hadamard rotates keys before a quantized format (int8/int4/int2, fp8, kivi)";
+    if (sp->codec->is_kivi && !full) return "kivi groups span tokens: it goes with full selection only";
+    if (sp->rank && (sp->codec->is_kivi || sp->hadamard)) return "lowrank coefficients take per-token formats only";
+    if ((sp->fp_sink || sp->fp_recent) && (!sp->codec->quantized || sp->codec->is_kivi))
+        return "fpkeep keeps tokens in fp32 under a per-token quantized format (int8/int4/int2, fp8)";
+    if (sp->merge_from && (!full || sp->rank || (sp->codec != &kv_codec_f32 && strcmp(sp->codec->name, "fp16"))))
+        return "minicache merges full caches held in fp32 or fp16 rows";
+    if (sp->pyramid && kv_spec_budget(sp) == 0) return "pyramid spreads a budget: it needs an evicting policy";
+    if (sp->tier_fast && (!sp->paged_block || !full || sp->codec != &kv_codec_f32 || sp->rank || sp->hadamard ||
+                          sp->merge_from || sp->pyramid))
+        return "tier:N (N >= 2 fast blocks) goes with paged:BLOCK alone, e.g. paged:16+tier:4";
+    if (sp->paged_block && !sp->policy->block_victim && !full)
+        return paged_policies();
+    if (sp->paged_block && (!sp->codec->row_bytes || sp->rank || sp->hadamard || sp->fp_sink || sp->fp_recent ||
+                            sp->merge_from || sp->pyramid))
+        return "paged:BLOCK holds rows of a per-row format (fp32, fp16, fp8, int8/int4/int2), with no other terms";
+    return NULL;
 }
 
 int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     memset(sp, 0, sizeof(*sp));
-    if (strlen(text) >= sizeof(sp->text)) {
-        err_set(err, "--kv spec is too long (%zu characters)", strlen(text));
+    sp->codec = &kv_codec_f32;
+    size_t n = strlen(text);
+    if (n >= sizeof(sp->text)) {
+        err_set(err, "--kv spec is too long (%zu characters)", n);
         return -1;
     }
     snprintf(sp->text, sizeof(sp->text), "%s", text);
+    if (n == 0 || text[0] == '+' || text[n - 1] == '+' || strstr(text, "++"))
+        return fail(err, text, NULL, "empty term");
     char buf[128];
     snprintf(buf, sizeof(buf), "%s", text);
     char *save = NULL, *tok = strtok_r(buf, "+", &save);
-    int ok = tok != NULL && text[0] != '+' && text[strlen(text) - 1] != '+' && !strstr(text, "++");
-    if (ok) ok = parse_select(sp, tok) == 0;
-    // every count must be positive except knorm's skipped layers
-    if (ok) ok = (sp->select != KV_SEL_WINDOW || sp->window > 0) &&
-                 (sp->select != KV_SEL_SINK || (sp->sink > 0 && sp->window > 0)) &&
-                 (sp->select != KV_SEL_H2O || (sp->heavy > 0 && sp->recent > 0)) &&
-                 (sp->select != KV_SEL_TOVA || sp->keep > 0) &&
-                 (sp->select != KV_SEL_SNAPKV || (sp->keep > 0 && sp->window > 0 && sp->kernel > 0)) &&
-                 (sp->select != KV_SEL_KNORM || sp->keep > 0);
-    while (ok && (tok = strtok_r(NULL, "+", &save))) ok = parse_term(sp, tok) == 0;
-    if (ok && sp->hadamard && sp->format != KV_FMT_INT && sp->format != KV_FMT_KIVI) ok = 0; // only before quantizing
-    if (ok && sp->format == KV_FMT_KIVI && sp->select != KV_SEL_FULL) ok = 0; // groups span tokens: no eviction
-    if (ok && sp->rank && (sp->format == KV_FMT_KIVI || sp->hadamard)) ok = 0; // coefficients: per-token formats
-    if (ok && (sp->fp_sink || sp->fp_recent) && sp->format != KV_FMT_INT) ok = 0; // only an int format has outliers to spare
-    if (ok && sp->merge_from && (sp->select != KV_SEL_FULL || sp->rank || (sp->format != KV_FMT_F32 && sp->format != KV_FMT_F16)))
-        ok = 0; // merged slots must line up across the pair, in rows that hold directions faithfully
-    if (ok && sp->pyramid && kv_spec_budget(sp) == 0) ok = 0;
-    if (!ok) {
-        err_set(err, "bad --kv '%s': valid forms are %s", text, kv_spec_forms);
-        return -1;
+    size_t len;
+    const char *args = term_args(tok, &len);
+    const KVPolicy *pol = kv_policy_find(tok, len);
+    int codec_given = 0;
+    if (pol) {
+        sp->policy = pol;
+        if (pol->parse(sp, args) != 0) return fail(err, text, tok, "is malformed");
+    } else {
+        sp->policy = kv_policy_find("full", 4);
+        if (parse_term(sp, tok, &codec_given) != 0) return fail(err, text, tok, "is not a policy or storage term");
     }
-    if (sp->tier_fast && (!sp->paged_block || sp->select != KV_SEL_FULL || sp->format != KV_FMT_F32 || sp->rank ||
-                          sp->hadamard || sp->merge_from || sp->pyramid)) {
-        err_set(err, "bad --kv '%s': tier:N (N >= 2 fast blocks) goes with paged:BLOCK alone, e.g. paged:16+tier:4", text);
-        return -1;
-    }
-    // the pool drops whole blocks and holds per-token rows: say which part does not compose
-    if (sp->paged_block && sp->select != KV_SEL_FULL && sp->select != KV_SEL_WINDOW && sp->select != KV_SEL_SINK &&
-        sp->select != KV_SEL_H2O) {
-        err_set(err, "bad --kv '%s': paged:BLOCK composes with full, window, sink or h2o selection only", text);
-        return -1;
-    }
-    if (sp->paged_block && (sp->format == KV_FMT_KIVI || sp->rank || sp->hadamard || sp->fp_sink || sp->fp_recent ||
-                            sp->merge_from || sp->pyramid)) {
-        err_set(err, "bad --kv '%s': paged:BLOCK holds fp32, fp16 or int8/int4/int2 rows, with no other terms", text);
-        return -1;
-    }
+    while ((tok = strtok_r(NULL, "+", &save)))
+        if (parse_term(sp, tok, &codec_given) != 0) return fail(err, text, tok, "is malformed, unknown or repeated");
+    const char *why = composition_error(sp);
+    if (why) return fail(err, text, NULL, why);
     return 0;
 }
 
-int kv_spec_budget(const KVSpec *sp) {
-    switch (sp->select) {
-    case KV_SEL_FULL: return 0;
-    case KV_SEL_WINDOW: return sp->window;
-    case KV_SEL_SINK: return sp->sink + sp->window;
-    case KV_SEL_H2O: return sp->heavy + sp->recent;
-    case KV_SEL_TOVA: return sp->keep;
-    case KV_SEL_SNAPKV: return sp->keep + sp->window;
-    case KV_SEL_KNORM: return sp->keep;
-    }
-    return 0;
-}
+int kv_spec_budget(const KVSpec *sp) { return sp->policy->budget ? sp->policy->budget(sp) : 0; }
+int kv_spec_is_full(const KVSpec *sp) { return sp->policy->budget == NULL; }
+const char *kv_spec_policy_name(const KVSpec *sp) { return sp->policy->name; }
+const char *kv_spec_codec_name(const KVSpec *sp) { return sp->codec->name; }

@@ -218,7 +218,7 @@ static void clear_locked(Engine *e) {
     KVShape shape = {e->model->cfg.n_layer, e->model->cfg.n_head, e->model->cfg.n_kv_head,
                      model_head_dim(&e->model->cfg), e->context, e->model->cfg.rope_theta, 0};
     char err[ERR_LEN];
-    CHECK(kv_pool_init_format(&fresh, &shape, e->block, e->n_blocks, e->kv_bits, 0, err) == 0);
+    CHECK(kv_pool_init_format(&fresh, &shape, e->block, e->n_blocks, e->kv_format, err) == 0);
     fresh->requests = old->requests, fresh->query_blocks = old->query_blocks, fresh->hit_blocks = old->hit_blocks;
     fresh->prefill_saved = old->prefill_saved, fresh->evictions = old->evictions, fresh->cow = old->cow;
     kv_pool_free(old);
@@ -312,9 +312,8 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     e->context = c->block_size;
     e->n_blocks = cfg->n_blocks ? cfg->n_blocks : 16 * ((c->block_size + block - 1) / block);
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), c->block_size, c->rope_theta, 0};
-    e->kv_bits = cfg->kv_bits ? cfg->kv_bits : 32;
-    if (kv_pool_init_format(&e->pool, &shape, block, e->n_blocks, e->kv_bits, 0, err) != 0) return -1;
-    e->kv_group = e->pool->group;
+    e->kv_format = cfg->kv_format ? cfg->kv_format : "fp32";
+    if (kv_pool_init_format(&e->pool, &shape, block, e->n_blocks, e->kv_format, err) != 0) return -1;
     if (reuse_init(e, cfg, err) != 0) {
         kv_pool_free(e->pool);
         reuse_free(e);

@@ -12,6 +12,7 @@
 #include <microhttpd.h>
 #include <xxhash.h>
 
+#include "../kv/codec.h"
 #include "serve.h"
 
 typedef struct {
@@ -143,9 +144,9 @@ static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err
     if (spec.paged_block != http.e->block)
         return err_set(err, "kv '%.64s': this server's pool has blocks of %d tokens (\"%s\")", text, http.e->block,
                        paged), -1;
-    int bits = spec.format == KV_FMT_F16 ? 16 : spec.bits; // a format term, if any, must be the pool's
-    if (spec.format != KV_FMT_F32 && (bits != http.e->kv_bits || (spec.group && spec.group != http.e->kv_group)))
-        return err_set(err, "kv '%.64s': this server's pool holds %d-bit rows (--kv-format)", text, http.e->kv_bits), -1;
+    const KVSpec *rows = &http.e->pool->fmt; // a format term, if any, must be the pool's
+    if (spec.codec != &kv_codec_f32 && (spec.codec != rows->codec || (spec.group && spec.group != rows->group)))
+        return err_set(err, "kv '%.64s': this server's pool holds %s rows (--kv-format)", text, http.e->kv_format), -1;
     if (kv_paged_policy(policy, &spec, why) != 0) return err_set(err, "%s", why), -1;
     return 0;
 }
@@ -221,7 +222,7 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
         ReuseAsk ask = {REUSE_PREFIX, 0, 0};
         if (generate && kv && !json_is_null(kv) && get_kv(kv, &private_cache, &policy, err) != 0) goto out;
         if (generate && get_reuse(root, private_cache, &ask, err) != 0) goto out;
-        if (policy.select != KV_SEL_FULL && (ask.method == REUSE_LSH || ask.method == REUSE_SEMSHARE)) {
+        if (policy.policy && (ask.method == REUSE_LSH || ask.method == REUSE_SEMSHARE)) {
             err_set(err, "reuse \"%s\" stores whole prompts: it needs every block, so no selection in 'kv'",
                     reuse_method_names[ask.method]);
             goto out;

@@ -28,7 +28,7 @@ static const char *usage =
     "  --port N           TCP port; 0 = any free port (printed)        [8080]\n"
     "  --block B          KV pool block size in tokens                 [16]\n"
     "  --pool-blocks N    blocks in the KV pool              [16 contexts' worth]\n"
-    "  --kv-format F      the pool's rows: fp32, fp16, int8, int4 or int2 (groups of 32 channels)  [fp32]\n"
+    "  --kv-format F      the pool's rows: fp32, fp16, fp8[:G], int8[:G], int4[:G] or int2[:G] (G = 32)  [fp32]\n"
     "  --max-tokens N     largest max_tokens a request may ask for     [1024]\n"
     "  --max-body BYTES   largest request body (413 above)             [1048576]\n"
     "  --max-queue N      requests waiting for the engine (503 above)  [64]\n"
@@ -48,7 +48,6 @@ static int die(const char *msg) {
 
 typedef struct {
     const char *ckpt, *host, *reuse_calib, *kv_format;
-    int kv_bits;
     int port, block, pool_blocks, max_tokens, max_body, max_queue, threads, shared_reuse, reuse_budget_mb;
 } Flags;
 
@@ -84,12 +83,10 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     }
     if (r < 0) return err_set(err, "%s", a.err), -1;
     if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
-    const char *formats[] = {"fp32", "fp16", "int8", "int4", "int2"};
-    const int bits[] = {32, 16, 8, 4, 2};
-    for (int i = 0; i < 5 && !f->kv_bits; i++)
-        if (strcmp(f->kv_format ? f->kv_format : "fp32", formats[i]) == 0) f->kv_bits = bits[i];
-    if (!f->kv_bits)
-        return err_set(err, "bad --kv-format '%s': valid formats are fp32, fp16, int8, int4, int2", f->kv_format), -1;
+    if (!f->kv_format) f->kv_format = "fp32";
+    KVSpec fmt;
+    char why[ERR_LEN];
+    if (kv_pool_parse_format(&fmt, f->kv_format, why) != 0) return err_set(err, "--kv-format: %s", why), -1;
     return 0;
 }
 
@@ -131,7 +128,7 @@ int main(int argc, char **argv) {
         model_free(&m);
         return die(err);
     }
-    EngineConfig ec = {.block = f.block, .n_blocks = f.pool_blocks, .kv_bits = f.kv_bits, .max_tokens = f.max_tokens, .max_queue = f.max_queue,
+    EngineConfig ec = {.block = f.block, .n_blocks = f.pool_blocks, .kv_format = f.kv_format, .max_tokens = f.max_tokens, .max_queue = f.max_queue,
                        .shared_reuse = f.shared_reuse, .reuse_budget = (size_t)f.reuse_budget_mb << 20,
                        .calib = calib, .n_calib = n_calib};
     Engine e;

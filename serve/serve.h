@@ -84,7 +84,7 @@ typedef struct Req {
 // build/serve's knobs the engine needs (serve/main.c's flags).
 typedef struct {
     int block, n_blocks, max_tokens, max_queue;
-    int kv_bits;          // --kv-format: the pool's rows, 32 (fp32), 16, 8, 4 or 2 bits
+    const char *kv_format; // --kv-format: the pool's rows, a codec term (kv/codec.h): fp32, fp16, int4, ...
     int shared_reuse;     // --shared-reuse: every tenant in one scope (prefix salt and reuse store)
     size_t reuse_budget;  // bytes the reuse store may hold
     const int *calib;     // tokens whose mean embedding centres the store's similarities; NULL = the
@@ -95,7 +95,8 @@ typedef struct {
     // fixed after engine_start
     const Model *model;
     const Tokenizer *tok;
-    int block, n_blocks, max_tokens, max_queue, context, kv_bits, kv_group;
+    int block, n_blocks, max_tokens, max_queue, context;
+    const char *kv_format; // the pool's row format (--kv-format)
     int shared_reuse;
     size_t reuse_budget;
     // engine-private

@@ -65,7 +65,7 @@ Test(cli_kv, kv_eval_prefix) {
     EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need a paged --kv");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "tova:8+paged:8", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "composes with full, window, sink or h2o selection only");
+    EXPECT_ERROR(&r, "infer", "composes with full, window, sink, h2o or random selection only");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "paged:0", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "bad --kv 'paged:0'");

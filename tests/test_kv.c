@@ -4,7 +4,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "../kv/codec.h"
 #include "../kv/kv.h"
+#include "../kv/policy.h"
 #include "../kv/minicache.h"
 #include "../layers/decode.h"
 
@@ -23,14 +25,14 @@ Test(kv, spec_accepts_valid_forms) {
     cr_assert_eq(kv_spec_parse(&sp, "knorm:32", err), 0);
     cr_assert_eq(sp.skip_layers, 2);
     cr_assert_eq(kv_spec_parse(&sp, "sink:4,window:60+int4:16", err), 0);
-    cr_assert(sp.select == KV_SEL_SINK && sp.sink == 4 && sp.window == 60 && sp.bits == 4 && sp.group == 16);
+    cr_assert(sp.policy == kv_policy_find("sink", 4) && sp.sink == 4 && sp.window == 60 && sp.bits == 4 && sp.group == 16);
 }
 
 Test(kv, spec_rejects_bad_forms) {
     const char *bad[] = {"", "ful", "window", "window:", "window:0", "window:-3", "window:8,", "window:8x",
                          "sink:4", "sink:0,window:8", "sink:4,window:", "h2o:16", "h2o:16,0", "tova:", "snapkv:8,4,2",
                          "knorm:0", "full+int3", "full+int4:0", "full+fp16+int8", "full+hadamard", "full+pyramid",
-                         "window:8++int4", "+int4", "window:8+", "int4", "window:8+window:4"};
+                         "window:8++int4", "+int4", "window:8+", "int4+int8", "window:8+window:4", "random:4,4", "fp8:0", "paged:8+tova:4"};
     char err[ERR_LEN];
     KVSpec sp;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -308,7 +310,7 @@ Test(kv, kivi_layout) {
     char err[ERR_LEN];
     KVSpec sp;
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi2", err), 0, "%s", err);
-    cr_assert(sp.format == KV_FMT_KIVI && sp.bits == 2 && sp.group == 32 && sp.residual == 128);
+    cr_assert(sp.codec->is_kivi && sp.bits == 2 && sp.group == 32 && sp.residual == 128);
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,8", err), 0, "%s", err);
     cr_assert_eq(kv_spec_parse(&sp, "window:8+kivi4", err), -1, "KIVI groups span tokens: no eviction");
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,6", err), -1, "R must be a multiple of G");

@@ -19,8 +19,11 @@ enum { L = 2, NH = 4, NKV = 2, HD = 8, ROW = NKV * HD };
 static KVPool *pool_of(int block, int n_blocks, int bits, int group) {
     KVShape shape = {L, NH, NKV, HD, 1024, 10000.0f, 0};
     KVPool *p;
-    char err[ERR_LEN];
-    cr_assert_eq(kv_pool_init_format(&p, &shape, block, n_blocks, bits, group, err), 0, "%s", err);
+    char err[ERR_LEN], format[32];
+    if (bits >= 16) snprintf(format, sizeof(format), "fp%d", bits);
+    else if (group) snprintf(format, sizeof(format), "int%d:%d", bits, group);
+    else snprintf(format, sizeof(format), "int%d", bits);
+    cr_assert_eq(kv_pool_init_format(&p, &shape, block, n_blocks, format, err), 0, "%s", err);
     return p;
 }
 
@@ -124,10 +127,10 @@ Test(paged_compose, bad_format_is_an_error) {
     KVShape shape = {L, NH, NKV, HD, 1024, 10000.0f, 0};
     KVPool *p;
     char err[ERR_LEN] = "";
-    cr_assert_eq(kv_pool_init_format(&p, &shape, 4, 4, 4, 3, err), -1);
+    cr_assert_eq(kv_pool_init_format(&p, &shape, 4, 4, "int4:3", err), -1);
     cr_assert(strstr(err, "group"), "%s", err);
     cr_assert_null(p);
-    cr_assert_eq(kv_pool_init_format(&p, &shape, 4, 4, 5, 0, err), -1);
+    cr_assert_eq(kv_pool_init_format(&p, &shape, 4, 4, "int5", err), -1);
     cr_assert_null(p);
 }
 
@@ -283,7 +286,7 @@ Test(paged_compose, spec_forms) {
         cr_assert_eq(kv_spec_parse(&sp, good[i], err), 0, "%s: %s", good[i], err);
     cr_assert_eq(kv_spec_parse(&sp, "window:64+paged:16+int4", err), 0);
     cr_assert_eq(sp.paged_block, 16);
-    cr_assert_eq(sp.select, KV_SEL_WINDOW);
+    cr_assert(sp.policy == kv_policy_find("window", 6));
     cr_assert_eq(sp.bits, 4);
     const char *bad[][2] = {{"tova:32+paged:16", "selection"}, {"snapkv:32+paged:16", "selection"},
                             {"paged:16+kivi4", "rows"},        {"paged:16+lowrank:4", "rows"},

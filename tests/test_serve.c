@@ -548,7 +548,7 @@ Test(serve, kv_specs_over_the_pool) {
         {"{\"prompt\":\"the\",\"kv\":\"window:8+paged:8\"}", "blocks of 4 tokens"},
         {"{\"prompt\":\"the\",\"kv\":\"tova:8+paged:4\"}", "unsupported kv spec 'tova:8+paged:4'"},
         {"{\"prompt\":\"the\",\"kv\":\"window:8\"}", "\\\"window:64+paged:4\\\""},
-        {"{\"prompt\":\"the\",\"kv\":\"paged:4+int4\"}", "8-bit rows"},
+        {"{\"prompt\":\"the\",\"kv\":\"paged:4+int4\"}", "int8 rows"},
         {"{\"prompt\":\"the\",\"kv\":\"window:8+paged:4\",\"reuse\":\"lsh\"}", "no selection in 'kv'"},
         {"{\"prompt\":\"the\",\"kv\":[1]}", "'kv' must be a string"},
     };
@@ -560,7 +560,7 @@ Test(serve, kv_specs_over_the_pool) {
     free(r.body);
     server_stop(&s);
     Run run = RUN("serve", "--ckpt", "x.ckpt", "--kv-format", "int3");
-    EXPECT_ERROR(&run, "serve", "bad --kv-format 'int3': valid formats are fp32, fp16, int8, int4, int2");
+    EXPECT_ERROR(&run, "serve", "bad row format 'int3': valid formats are fp32, fp16, fp8[:G], int8[:G], int4[:G], int2[:G]");
     cliutil_run_free(&run);
 }
 

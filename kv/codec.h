@@ -1,0 +1,46 @@
+// A storage format for KV rows: how one head's row of `dim` floats is held. Each format is one codec file in
+// kv/ (its parse, row bytes, encode, decode) plus one line in kv/registry.c; the contiguous cache (cache.c)
+// and the paged pool (paged.c) encode and decode through these hooks only.
+//
+// KIVI is the one layout that is not per row (keys are quantized per channel across a block of tokens): its
+// codec entry parses and names it, and cache.c holds its blocks.
+#ifndef KVLAB_KV_CODEC_H
+#define KVLAB_KV_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spec.h"
+
+struct KVCodec {
+    const char *name; // the spec term: int4
+    const char *form; // its grammar: int4[:G]
+    const char *help; // one line
+    // Reads the term's arguments (after "name:", NULL when bare) into spec (bits, group, residual). -1 when
+    // malformed.
+    int (*parse)(KVSpec *spec, const char *args);
+    // Bytes of one encoded row of dim values with the spec's group; 0 when the configuration does not fit
+    // (a group that does not divide dim). NULL: not a row format (KIVI).
+    size_t (*row_bytes)(int dim, const KVSpec *spec);
+    void (*encode)(uint8_t *dst, const float *src, int dim, const KVSpec *spec);
+    void (*decode)(float *dst, const uint8_t *src, int dim, const KVSpec *spec);
+    int lossless;  // 1: decode(encode(x)) == x (fp32)
+    int is_kivi;   // KIVI's block layout (full selection only, not paged)
+    int quantized; // an integer-like format: hadamard and fpkeep apply to it
+};
+
+extern const KVCodec *const kv_codecs[];
+extern const int kv_codec_count;
+// The codec named `name` (the term up to ':'), or NULL.
+const KVCodec *kv_codec_find(const char *name, size_t len);
+// fp32, the default.
+extern const KVCodec kv_codec_f32;
+
+// fp8.c's scalar conversions (E4M3: round to nearest, ties to even, saturating at 448).
+uint8_t kv_f32_to_fp8(float x);
+float kv_fp8_to_f32(uint8_t code);
+
+// The channels per group a spec's codec uses on rows of dim values: spec->group, or min(32, dim).
+int kv_codec_group(const KVSpec *spec, int dim);
+
+#endif

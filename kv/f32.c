@@ -1,0 +1,35 @@
+// fp32 rows: the format the model computes in, so the cache is exact. The default codec.
+#include <string.h>
+
+#include "codec.h"
+
+static int f32_parse(KVSpec *spec, const char *args) {
+    (void)spec;
+    return args ? -1 : 0;
+}
+
+static size_t f32_row_bytes(int dim, const KVSpec *spec) {
+    (void)spec;
+    return (size_t)dim * sizeof(float);
+}
+
+static void f32_encode(uint8_t *dst, const float *src, int dim, const KVSpec *spec) {
+    (void)spec;
+    memcpy(dst, src, (size_t)dim * sizeof(float));
+}
+
+static void f32_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
+    (void)spec;
+    memcpy(dst, src, (size_t)dim * sizeof(float));
+}
+
+const KVCodec kv_codec_f32 = {
+    .name = "fp32",
+    .form = "fp32",
+    .help = "32-bit floats (exact; the default)",
+    .parse = f32_parse,
+    .row_bytes = f32_row_bytes,
+    .encode = f32_encode,
+    .decode = f32_decode,
+    .lossless = 1,
+};
