@@ -1,6 +1,7 @@
-// Checkpoint writer and reader (layout in checkpoint.h). Every field goes through an explicit little-endian
-// encoder so the file is the same on every host and no struct padding leaks in. Both directions stream the
-// payload through XXH64 in fixed chunks: no copy of the weights is held in memory besides the Model itself.
+// Checkpoint writer and reader (layout in checkpoint.h). Every field goes through the little-endian encoder
+// of common/le.h so the file is the same on every host and no struct padding leaks in. Both directions stream
+// the payload through XXH64 in fixed chunks: no copy of the weights is held in memory besides the Model
+// itself. The training section passes through as bytes; this file never looks inside it.
 #include "checkpoint.h"
 
 #include <errno.h>
@@ -11,39 +12,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define HEADER_HASHED_BYTES 84    // header bytes covered by the header checksum (everything before it)
-#define TRAIN_CONFIG_BYTES 68     // 14 x 4-byte fields + u64 seed + f32 recall mix
-#define TRAIN_STATE_FIXED_BYTES 20 // i32 step, u64 data_rng, u64 dropout_rng
-#define CHUNK_FLOATS 4096          // floats converted per chunk (16 KiB on the stack)
+#include "../common/le.h"
 
-// ---- little-endian field encoding ----
-
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-static uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#define HEADER_HASHED_BYTES 84 // header bytes covered by the header checksum (everything before it)
+#define CHUNK_FLOATS 4096      // floats converted per chunk (16 KiB on the stack)
+#define CHUNK_BYTES (CHUNK_FLOATS * 4)
 
 typedef struct {
     ModelConfig cfg;
@@ -54,52 +27,51 @@ typedef struct {
 static void header_encode(unsigned char h[CHECKPOINT_HEADER_BYTES], const Header *hd) {
     const ModelConfig *c = &hd->cfg;
     memcpy(h, CHECKPOINT_MAGIC, 8);
-    put_u32(h + 8, hd->version);
-    put_u32(h + 12, hd->header_bytes);
-    put_u32(h + 16, hd->flags);
-    put_u32(h + 20, (uint32_t)c->vocab_size);
-    put_u32(h + 24, (uint32_t)c->n_layer);
-    put_u32(h + 28, (uint32_t)c->n_head);
-    put_u32(h + 32, (uint32_t)c->n_kv_head);
-    put_u32(h + 36, (uint32_t)c->n_embd);
-    put_u32(h + 40, (uint32_t)c->n_hidden);
-    put_u32(h + 44, (uint32_t)c->block_size);
-    put_u32(h + 48, f32_bits(c->rope_theta));
-    put_u32(h + 52, f32_bits(c->norm_eps));
-    put_u32(h + 56, f32_bits(c->dropout));
-    put_u64(h + 60, hd->n_params);
-    put_u64(h + 68, hd->payload_bytes);
-    put_u64(h + 76, hd->payload_hash);
-    put_u64(h + 84, XXH64(h, HEADER_HASHED_BYTES, 0));
+    le_put_u32(h + 8, hd->version);
+    le_put_u32(h + 12, hd->header_bytes);
+    le_put_u32(h + 16, hd->flags);
+    le_put_u32(h + 20, (uint32_t)c->vocab_size);
+    le_put_u32(h + 24, (uint32_t)c->n_layer);
+    le_put_u32(h + 28, (uint32_t)c->n_head);
+    le_put_u32(h + 32, (uint32_t)c->n_kv_head);
+    le_put_u32(h + 36, (uint32_t)c->n_embd);
+    le_put_u32(h + 40, (uint32_t)c->n_hidden);
+    le_put_u32(h + 44, (uint32_t)c->block_size);
+    le_put_f32(h + 48, c->rope_theta);
+    le_put_f32(h + 52, c->norm_eps);
+    le_put_f32(h + 56, c->dropout);
+    le_put_u64(h + 60, hd->n_params);
+    le_put_u64(h + 68, hd->payload_bytes);
+    le_put_u64(h + 76, hd->payload_hash);
+    le_put_u64(h + 84, XXH64(h, HEADER_HASHED_BYTES, 0));
 }
 
 static void header_decode(Header *hd, const unsigned char h[CHECKPOINT_HEADER_BYTES]) {
     ModelConfig *c = &hd->cfg;
-    hd->version = get_u32(h + 8);
-    hd->header_bytes = get_u32(h + 12);
-    hd->flags = get_u32(h + 16);
-    c->vocab_size = (int32_t)get_u32(h + 20);
-    c->n_layer = (int32_t)get_u32(h + 24);
-    c->n_head = (int32_t)get_u32(h + 28);
-    c->n_kv_head = (int32_t)get_u32(h + 32);
-    c->n_embd = (int32_t)get_u32(h + 36);
-    c->n_hidden = (int32_t)get_u32(h + 40);
-    c->block_size = (int32_t)get_u32(h + 44);
-    c->rope_theta = bits_f32(get_u32(h + 48));
-    c->norm_eps = bits_f32(get_u32(h + 52));
-    c->dropout = bits_f32(get_u32(h + 56));
-    hd->n_params = get_u64(h + 60);
-    hd->payload_bytes = get_u64(h + 68);
-    hd->payload_hash = get_u64(h + 76);
-    hd->header_hash = get_u64(h + 84);
+    hd->version = le_get_u32(h + 8);
+    hd->header_bytes = le_get_u32(h + 12);
+    hd->flags = le_get_u32(h + 16);
+    c->vocab_size = (int32_t)le_get_u32(h + 20);
+    c->n_layer = (int32_t)le_get_u32(h + 24);
+    c->n_head = (int32_t)le_get_u32(h + 28);
+    c->n_kv_head = (int32_t)le_get_u32(h + 32);
+    c->n_embd = (int32_t)le_get_u32(h + 36);
+    c->n_hidden = (int32_t)le_get_u32(h + 40);
+    c->block_size = (int32_t)le_get_u32(h + 44);
+    c->rope_theta = le_get_f32(h + 48);
+    c->norm_eps = le_get_f32(h + 52);
+    c->dropout = le_get_f32(h + 56);
+    hd->n_params = le_get_u64(h + 60);
+    hd->payload_bytes = le_get_u64(h + 68);
+    hd->payload_hash = le_get_u64(h + 76);
+    hd->header_hash = le_get_u64(h + 84);
 }
 
-// Payload bytes for a vocabulary and parameter count; -1 if it would not fit in 64 bits.
-static int payload_size(uint64_t vocab, uint64_t n_params, int with_state, uint64_t *out) {
+// Payload bytes of the tokenizer and weights (the training section comes after them); -1 if it would not fit
+// in 64 bits.
+static int model_payload_size(uint64_t vocab, uint64_t n_params, uint64_t *out) {
     if (vocab > 256 || n_params > (UINT64_MAX / 16)) return -1;
-    uint64_t bytes = 4 + vocab + 4 * n_params;
-    if (with_state) bytes += TRAIN_CONFIG_BYTES + TRAIN_STATE_FIXED_BYTES + 8 * n_params;
-    *out = bytes;
+    *out = 4 + vocab + 4 * n_params;
     return 0;
 }
 
@@ -124,42 +96,16 @@ static void writer_put(Writer *w, const void *p, size_t n) {
 }
 static void writer_u32(Writer *w, uint32_t v) {
     unsigned char b[4];
-    put_u32(b, v);
+    le_put_u32(b, v);
     writer_put(w, b, 4);
 }
-static void writer_i32(Writer *w, int v) { writer_u32(w, (uint32_t)v); }
-static void writer_f32(Writer *w, float v) { writer_u32(w, f32_bits(v)); }
-static void writer_u64(Writer *w, uint64_t v) {
-    unsigned char b[8];
-    put_u64(b, v);
-    writer_put(w, b, 8);
-}
 static void writer_f32s(Writer *w, const float *x, size_t n) {
-    unsigned char buf[CHUNK_FLOATS * 4];
+    unsigned char buf[CHUNK_BYTES];
     for (size_t i = 0; i < n; i += CHUNK_FLOATS) {
         size_t k = n - i < CHUNK_FLOATS ? n - i : CHUNK_FLOATS;
-        for (size_t j = 0; j < k; j++) put_u32(buf + 4 * j, f32_bits(x[i + j]));
+        for (size_t j = 0; j < k; j++) le_put_f32(buf + 4 * j, x[i + j]);
         writer_put(w, buf, 4 * k);
     }
-}
-
-static void writer_train_config(Writer *w, const TrainConfig *tc) {
-    writer_i32(w, tc->batch_size);
-    writer_i32(w, tc->seq_len);
-    writer_i32(w, tc->max_steps);
-    writer_i32(w, tc->warmup_steps);
-    writer_f32(w, tc->lr);
-    writer_f32(w, tc->min_lr);
-    writer_f32(w, tc->weight_decay);
-    writer_f32(w, tc->beta1);
-    writer_f32(w, tc->beta2);
-    writer_f32(w, tc->adam_eps);
-    writer_f32(w, tc->grad_clip);
-    writer_i32(w, tc->grad_accum);
-    writer_i32(w, tc->eval_interval);
-    writer_i32(w, tc->eval_windows);
-    writer_u64(w, tc->seed);
-    writer_f32(w, tc->recall_mix);
 }
 
 // fsyncs the directory holding path so the rename itself is durable.
@@ -183,8 +129,8 @@ static int sync_parent_dir(const char *path) {
 
 // Writes header and payload to f, flushes and fsyncs it. Returns 0, or -1 with errno set and *step naming
 // the call that failed.
-static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *tok, const TrainConfig *tc,
-                        const TrainState *s, const char **step) {
+static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *tok, const unsigned char *train_bytes,
+                        size_t train_size, const char **step) {
     unsigned char h[CHECKPOINT_HEADER_BYTES];
     header_encode(h, hd); // placeholder checksum; rewritten below once the payload hash is known
     *step = "write";
@@ -199,22 +145,15 @@ static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *to
     Writer w = {.f = f, .hash = hash};
     writer_u32(&w, (uint32_t)tok->vocab_size);
     writer_put(&w, tok->id_to_byte, (size_t)tok->vocab_size);
-    // tensors that live on a device are written from a host copy
-    float *host = m->ops->on_device || (s && s->ops && s->ops->on_device) ? common_calloc(m->n_params, sizeof(float)) : NULL;
-    if (m->ops->on_device) model_params_download(m, host);
-    writer_f32s(&w, m->ops->on_device ? host : m->params_memory, m->n_params);
-    if (hd->flags & CHECKPOINT_FLAG_TRAIN_STATE) {
-        writer_train_config(&w, tc);
-        writer_i32(&w, s->step);
-        writer_u64(&w, s->data_rng.state);
-        writer_u64(&w, s->dropout_rng.state);
-        const float *moments[2] = {s->m, s->v};
-        for (int i = 0; i < 2; i++) {
-            if (s->ops && s->ops->on_device) s->ops->mem_download(host, moments[i], m->n_params * sizeof(float));
-            writer_f32s(&w, s->ops && s->ops->on_device ? host : moments[i], m->n_params);
-        }
+    // weights that live on a device are written from a host copy
+    float *host = NULL;
+    if (m->ops->on_device) {
+        host = common_calloc(m->n_params, sizeof(float));
+        model_params_download(m, host);
     }
+    writer_f32s(&w, host ? host : m->params_memory, m->n_params);
     common_free(host);
+    if (train_bytes) writer_put(&w, train_bytes, train_size);
     hd->payload_hash = XXH64_digest(hash);
     XXH64_freeState(hash);
     if (w.err_no) {
@@ -236,8 +175,8 @@ static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *to
     return 0;
 }
 
-int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, const TrainConfig *tc,
-                    const TrainState *s, char *err) {
+int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, const unsigned char *train_bytes,
+                    size_t train_size, char *err) {
     CHECK(path && m && tok && m->params_memory);
     CHECK(m->n_params == model_param_count(&m->cfg));
     if (tok->vocab_size != m->cfg.vocab_size) {
@@ -246,11 +185,14 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
                 path, tok->vocab_size, m->cfg.vocab_size);
         return -1;
     }
-    int with_state = tc && s;
-    if (with_state) CHECK(s->m && s->v);
+    if (train_bytes) CHECK(train_size > 0);
     Header hd = {.cfg = m->cfg, .version = CHECKPOINT_VERSION, .header_bytes = CHECKPOINT_HEADER_BYTES,
-                 .flags = with_state ? CHECKPOINT_FLAG_TRAIN_STATE : 0, .n_params = m->n_params};
-    CHECK(payload_size((uint64_t)tok->vocab_size, hd.n_params, with_state, &hd.payload_bytes) == 0);
+                 .flags = train_bytes ? CHECKPOINT_FLAG_TRAIN_STATE : 0, .n_params = m->n_params};
+    CHECK(model_payload_size((uint64_t)tok->vocab_size, hd.n_params, &hd.payload_bytes) == 0);
+    if (train_bytes) {
+        CHECK(train_size <= UINT64_MAX - hd.payload_bytes);
+        hd.payload_bytes += train_size;
+    }
 
     // The temp name carries the pid so concurrent savers never share one; a stale one of ours is overwritten.
     size_t tmp_len = strlen(path) + 32;
@@ -270,7 +212,7 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
         close(fd);
         errno = e;
     } else {
-        rc = write_stream(f, &hd, m, tok, tc, s, &step);
+        rc = write_stream(f, &hd, m, tok, train_bytes, train_size, &step);
         int e = errno;
         if (fclose(f) != 0 && rc == 0) {
             step = "close";
@@ -323,43 +265,29 @@ static void reader_get(Reader *r, void *p, size_t n) {
 static uint32_t reader_u32(Reader *r) {
     unsigned char b[4] = {0};
     reader_get(r, b, 4);
-    return get_u32(b);
+    return le_get_u32(b);
 }
-static int reader_i32(Reader *r) { return (int32_t)reader_u32(r); }
-static float reader_f32(Reader *r) { return bits_f32(reader_u32(r)); }
-static uint64_t reader_u64(Reader *r) {
-    unsigned char b[8] = {0};
-    reader_get(r, b, 8);
-    return get_u64(b);
-}
-// Reads n floats into x, or only hashes them when x is NULL.
+// Reads n floats into x.
 static void reader_f32s(Reader *r, float *x, size_t n) {
-    unsigned char buf[CHUNK_FLOATS * 4];
+    unsigned char buf[CHUNK_BYTES];
     for (size_t i = 0; i < n && !r->failed; i += CHUNK_FLOATS) {
         size_t k = n - i < CHUNK_FLOATS ? n - i : CHUNK_FLOATS;
         reader_get(r, buf, 4 * k);
-        if (x && !r->failed)
-            for (size_t j = 0; j < k; j++) x[i + j] = bits_f32(get_u32(buf + 4 * j));
+        if (!r->failed)
+            for (size_t j = 0; j < k; j++) x[i + j] = le_get_f32(buf + 4 * j);
     }
 }
-
-static void reader_train_config(Reader *r, TrainConfig *tc) {
-    tc->batch_size = reader_i32(r);
-    tc->seq_len = reader_i32(r);
-    tc->max_steps = reader_i32(r);
-    tc->warmup_steps = reader_i32(r);
-    tc->lr = reader_f32(r);
-    tc->min_lr = reader_f32(r);
-    tc->weight_decay = reader_f32(r);
-    tc->beta1 = reader_f32(r);
-    tc->beta2 = reader_f32(r);
-    tc->adam_eps = reader_f32(r);
-    tc->grad_clip = reader_f32(r);
-    tc->grad_accum = reader_i32(r);
-    tc->eval_interval = reader_i32(r);
-    tc->eval_windows = reader_i32(r);
-    tc->seed = reader_u64(r);
-    tc->recall_mix = reader_f32(r);
+// Reads n bytes into x, or only hashes them (in chunks) when x is NULL.
+static void reader_bytes(Reader *r, unsigned char *x, uint64_t n) {
+    if (x) {
+        reader_get(r, x, (size_t)n);
+        return;
+    }
+    unsigned char buf[CHUNK_BYTES];
+    for (uint64_t i = 0; i < n && !r->failed; i += CHUNK_BYTES) {
+        size_t k = n - i < CHUNK_BYTES ? (size_t)(n - i) : CHUNK_BYTES;
+        reader_get(r, buf, k);
+    }
 }
 
 // Validates the header against itself and the file length; fills hd. Nothing is allocated.
@@ -376,7 +304,7 @@ static int check_header(const char *path, FILE *f, uint64_t file_len, Header *hd
         return -1;
     }
     if (want >= 12) {
-        uint32_t version = get_u32(h + 8);
+        uint32_t version = le_get_u32(h + 8);
         if (version > CHECKPOINT_VERSION) {
             err_set(err, "'%s': checkpoint version %u is newer than this build supports (%d)", path, version,
                     CHECKPOINT_VERSION);
@@ -434,19 +362,35 @@ static int check_header(const char *path, FILE *f, uint64_t file_len, Header *hd
         return -1;
     }
     uint64_t expected = 0;
-    int with_state = (hd->flags & CHECKPOINT_FLAG_TRAIN_STATE) != 0;
-    if (payload_size((uint64_t)hd->cfg.vocab_size, hd->n_params, with_state, &expected) != 0 ||
-        expected != hd->payload_bytes) {
+    if (model_payload_size((uint64_t)hd->cfg.vocab_size, hd->n_params, &expected) != 0) {
+        err_set(err, "checkpoint '%s' is inconsistent: %llu parameters do not fit a 64-bit payload size", path,
+                (unsigned long long)hd->n_params);
+        return -1;
+    }
+    int with_train = (hd->flags & CHECKPOINT_FLAG_TRAIN_STATE) != 0;
+    if (!with_train && hd->payload_bytes != expected) {
         err_set(err, "checkpoint '%s' is inconsistent: the payload is %llu bytes, its config needs %llu",
                 path, (unsigned long long)hd->payload_bytes, (unsigned long long)expected);
+        return -1;
+    }
+    if (with_train && hd->payload_bytes <= expected) {
+        err_set(err,
+                "checkpoint '%s' is inconsistent: the payload is %llu bytes, its config needs %llu before the "
+                "training section its flags promise",
+                path, (unsigned long long)hd->payload_bytes, (unsigned long long)expected);
+        return -1;
+    }
+    if (with_train && hd->payload_bytes - expected > SIZE_MAX) {
+        err_set(err, "checkpoint '%s' has a training section too large for this host", path);
         return -1;
     }
     return 0;
 }
 
-int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, TrainConfig *tc,
-                    TrainState *s, int *has_state, char *err) {
+int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, unsigned char **train_bytes,
+                    size_t *train_size, int *has_train, char *err) {
     CHECK(path && m && ops && tok);
+    CHECK(!train_bytes || train_size);
     FILE *f = fopen(path, "rb");
     if (!f) {
         err_set(err, "cannot open checkpoint '%s': %s", path, strerror(errno));
@@ -470,10 +414,13 @@ int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, 
     }
 
     // The sizes are now consistent with the file: allocate and stream the payload straight into place.
-    int file_state = (hd.flags & CHECKPOINT_FLAG_TRAIN_STATE) != 0;
-    int want_state = file_state && tc && s;
+    int file_train = (hd.flags & CHECKPOINT_FLAG_TRAIN_STATE) != 0;
+    uint64_t model_bytes = 0;
+    CHECK(model_payload_size((uint64_t)hd.cfg.vocab_size, hd.n_params, &model_bytes) == 0);
+    uint64_t section_size = file_train ? hd.payload_bytes - model_bytes : 0; // check_header: fits a size_t
+    unsigned char *section = NULL;
+    if (file_train && train_bytes) section = common_calloc((size_t)section_size, 1);
     model_init(m, &hd.cfg, ops);
-    if (want_state) train_state_init(s, m->n_params, 0);
     XXH64_state_t *hash = XXH64_createState();
     CHECK(hash);
     XXH64_reset(hash, 0);
@@ -483,17 +430,7 @@ int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, 
     uint32_t tok_vocab = reader_u32(&r);
     reader_get(&r, bytes, (size_t)hd.cfg.vocab_size);
     reader_f32s(&r, m->params_memory, m->n_params);
-    TrainConfig ltc;
-    int step = 0;
-    uint64_t data_rng = 0, dropout_rng = 0;
-    if (file_state) {
-        reader_train_config(&r, &ltc);
-        step = reader_i32(&r);
-        data_rng = reader_u64(&r);
-        dropout_rng = reader_u64(&r);
-        reader_f32s(&r, want_state ? s->m : NULL, m->n_params);
-        reader_f32s(&r, want_state ? s->v : NULL, m->n_params);
-    }
+    reader_bytes(&r, section, section_size);
     uint64_t digest = XXH64_digest(hash);
     XXH64_freeState(hash);
     fclose(f);
@@ -515,26 +452,16 @@ int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, 
         err_set(err, "checkpoint '%s' has a bad tokenizer: %s", path, reason);
         goto fail;
     }
-    if (want_state) {
-        if (step < 0) {
-            err_set(err, "checkpoint '%s' has a negative training step %d", path, step);
-            goto fail;
-        }
-        if (train_config_validate(&ltc, &hd.cfg, reason) != 0) {
-            err_set(err, "checkpoint '%s' has an invalid training config: %s", path, reason);
-            goto fail;
-        }
-        *tc = ltc;
-        s->step = step;
-        s->data_rng.state = data_rng;
-        s->dropout_rng.state = dropout_rng;
-    }
     *tok = ltok;
-    if (has_state) *has_state = file_state;
+    if (train_bytes) {
+        *train_bytes = section;
+        *train_size = (size_t)section_size;
+    }
+    if (has_train) *has_train = file_train;
     return 0;
 
 fail:
-    if (want_state) train_state_free(s);
+    common_free(section);
     model_free(m);
     return -1;
 }

@@ -49,6 +49,21 @@ void crossentropy_backward_cuda(float *dlogits, const float *probs, const int *t
 void crossentropy_fused_forward_backward_cuda(float *losses, float *dlogits, const float *logits, const int *targets,
                                               float dloss, int N, int V);
 
+// layers/adamw.cu, the optimizer step on the GPU. A CUDA train step mirrors the CPU one (train/trainer.c):
+//   scale_cuda(grads, n, 1.0f / grad_accum);          // average over micro-batches
+//   float norm = grad_norm_cuda(grads, n);            // before clipping
+//   if (clip > 0 && norm > clip) scale_cuda(grads, n, clip / (norm + 1e-6f));
+//   adamw_update_cuda(...) per parameter tensor (weight decay per tensor as on the CPU)
+// adamw_update_cuda: the same float arithmetic as adamw_update_cpu (bias corrections computed on the host with
+// powf, no FMA contraction on the device): bit-identical to the CPU. Asynchronous.
+void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                       float beta2, float eps, float weight_decay, int t);
+// sqrt(sum grads[i]^2), accumulated in double in a fixed order (two-pass block reduction: the same bits every
+// run for the same n), returned to the host: synchronises the stream.
+float grad_norm_cuda(const float *grads, size_t n);
+// x (n) *= s. Asynchronous.
+void scale_cuda(float *x, size_t n, float s);
+
 extern const Ops ops_cuda;
 
 #ifdef __cplusplus

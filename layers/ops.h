@@ -21,7 +21,7 @@ typedef struct {
     void (*mem_upload)(void *dst, const void *src, size_t bytes);   // host -> backend
     void (*mem_download)(void *dst, const void *src, size_t bytes); // backend -> host
 
-    // Optimizer pieces (train/adamw.c): x (n) *= s; sqrt(sum x^2) accumulated in double in a fixed order;
+    // Optimizer pieces (layers/adamw.c): x (n) *= s; sqrt(sum x^2) accumulated in double in a fixed order;
     // one AdamW update (t is the 1-based step).
     void (*scale)(float *x, size_t n, float s);
     float (*grad_norm)(const float *x, size_t n);

@@ -4,8 +4,6 @@
 
 #include <string.h>
 
-#include "../train/trainer.h"
-
 static void *mem_alloc_cpu(size_t bytes) { return common_calloc(bytes ? bytes : 1, 1); }
 static void mem_copy_cpu(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 
@@ -18,7 +16,7 @@ const Ops ops_cpu = {
     .mem_download = mem_copy_cpu,
     .scale = scale_cpu,
     .grad_norm = grad_norm_cpu,
-    .adamw_update = adamw_update,
+    .adamw_update = adamw_update_cpu,
     .encoder_forward = encoder_forward_cpu,
     .encoder_backward = encoder_backward_cpu,
     .rmsnorm_forward = rmsnorm_forward_cpu,

@@ -4,7 +4,6 @@
 // error, so the table cannot silently drift from ops.h).
 #include "../common/cuda_check.cuh"
 #include "../common/device.h"
-#include "../train/adamw_cuda.h"
 #include "cuda_ops.h"
 #include "ops.h"
 

@@ -1,5 +1,5 @@
 // Backend-ops tests, suite `backend_ops` (ggml test-backend-ops style): every CUDA op of layers/cuda_ops.h and
-// the optimizer pieces of train/adamw_cuda.h against the CPU reference on the same random, odd-shaped inputs
+// the optimizer ops of layers/adamw.cu against the CPU reference on the same random, odd-shaped inputs
 // (B=3, T=17, C=67, sizes that are not multiples of any block size, V=65 and V=1000). Overwritten outputs
 // start as NaN on the device; accumulated outputs start with the same random values on both sides, so the
 // += is checked too. Every device buffer carries guard words that must survive. Without a usable GPU (or in a
@@ -17,8 +17,6 @@
 
 #include "../layers/cpu_ops.h"
 #include "../layers/cuda_ops.h"
-#include "../train/adamw_cuda.h"
-#include "../train/trainer.h"
 #include "backend_util.h"
 
 #define TOL_EXACT 0.0
@@ -354,7 +352,7 @@ static void run_crossentropy_fused(void) {
 
 // --- optimizer ----------------------------------------------------------------------------------------------
 
-// AdamW against adamw_update; grad_norm and scale against grad_norm_cpu and scale_cpu (train/adamw.c).
+// AdamW against adamw_update_cpu; grad_norm and scale against grad_norm_cpu and scale_cpu (layers/adamw.c).
 static void run_adamw(void) {
     size_t n = 1000 + 7;
     float *p = bk_host_random(n, 47, 1.0f), *m = bk_host_random(n, 48, 0.01f), *v = bk_host_random(n, 49, 0.01f);
@@ -364,7 +362,7 @@ static void run_adamw(void) {
         float *g = bk_host_random(n, 50 + t, 0.5f);
         float *d_g = bk_dev_from_host(g, n);
         float wd = t == 2 ? 0.0f : 0.1f;
-        adamw_update(p, g, m, v, n, 3e-3f, 0.9f, 0.95f, 1e-8f, wd, t);
+        adamw_update_cpu(p, g, m, v, n, 3e-3f, 0.9f, 0.95f, 1e-8f, wd, t);
         adamw_update_cuda(d_p, d_g, d_m, d_v, n, 3e-3f, 0.9f, 0.95f, 1e-8f, wd, t);
         bk_check_guard(d_g, n, "adamw grads");
         bk_dev_free(d_g);

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "../checkpoints/checkpoint.h"
+#include "../train/state_io.h"
 
 static char dir[64];
 static char path[128];
@@ -76,7 +77,7 @@ static TrainConfig train_config(void) {
 static void save_ok(const char *p, const Model *m, const Tokenizer *tok, const TrainConfig *tc,
                     const TrainState *s) {
     char err[ERR_LEN] = "";
-    cr_assert_eq(checkpoint_save(p, m, tok, tc, s, err), 0, "save failed: %s", err);
+    cr_assert_eq(train_save_checkpoint(p, m, tok, tc, s, err), 0, "save failed: %s", err);
 }
 
 static unsigned char *slurp(const char *p, size_t *len) {
@@ -100,7 +101,7 @@ static void expect_load_error(const char *p, const char *want) {
     TrainConfig tc;
     TrainState s;
     char err[ERR_LEN] = "";
-    int rc = checkpoint_load(p, &m, &ops_cpu, &tok, &tc, &s, NULL, err);
+    int rc = train_load_checkpoint(p, &m, &ops_cpu, &tok, &tc, &s, NULL, err);
     cr_assert_eq(rc, -1, "loading %s should fail with '%s'", p, want);
     cr_assert_not_null(strstr(err, want), "error '%s' should contain '%s'", err, want);
     cr_assert_not_null(strstr(err, p), "error '%s' should name the file", err);
@@ -145,7 +146,7 @@ Test(checkpoint, round_trip_weights_tokenizer_config) {
     TrainState s = {.step = -7};
     int has_state = -1;
     char err[ERR_LEN] = "";
-    cr_assert_eq(checkpoint_load(path, &back, &ops_cpu, &tok_back, &tc, &s, &has_state, err), 0, "%s", err);
+    cr_assert_eq(train_load_checkpoint(path, &back, &ops_cpu, &tok_back, &tc, &s, &has_state, err), 0, "%s", err);
     cr_assert_eq(has_state, 0);
     cr_assert_eq(tc.batch_size, -7, "tc must be untouched without training state");
     cr_assert_eq(s.step, -7, "s must be untouched without training state");
@@ -180,7 +181,7 @@ Test(checkpoint, round_trip_training_state) {
 
     int has_state = -1;
     char err[ERR_LEN] = "";
-    int rc = checkpoint_load(path, &back, &ops_cpu, &tok_back, &tc_back, &s_back, &has_state, err);
+    int rc = train_load_checkpoint(path, &back, &ops_cpu, &tok_back, &tc_back, &s_back, &has_state, err);
     cr_assert_eq(rc, 0, "%s", err);
     cr_assert_eq(has_state, 1);
     cr_assert_eq(memcmp(back.params_memory, m.params_memory, m.n_params * sizeof(float)), 0);
@@ -288,7 +289,7 @@ Test(checkpoint, every_flipped_byte_of_a_state_file_is_rejected) {
         TrainConfig tc_back;
         TrainState s_back;
         char err[ERR_LEN] = "";
-        cr_assert_eq(checkpoint_load(path, &back, &ops_cpu, &tok, &tc_back, &s_back, NULL, err), -1,
+        cr_assert_eq(train_load_checkpoint(path, &back, &ops_cpu, &tok, &tc_back, &s_back, NULL, err), -1,
                      "flip at %zu", i);
         buf[i] ^= 0x80;
     }
@@ -407,7 +408,7 @@ Test(checkpoint, save_rejects_tokenizer_model_mismatch) {
     make_model(&m, 0.0f);
     char err[ERR_LEN] = "";
     cr_assert_eq(tokenizer_from_bytes(&tok, (const unsigned char *)"abc", 3, err), 0);
-    cr_assert_eq(checkpoint_save(path, &m, &tok, NULL, NULL, err), -1);
+    cr_assert_eq(checkpoint_save(path, &m, &tok, NULL, 0, err), -1);
     cr_assert_not_null(strstr(err, "tokenizer has 3 symbols but the model's vocab_size is 11"), "%s", err);
     cr_assert_eq(access(path, F_OK), -1, "nothing may be written");
     model_free(&m);
@@ -449,7 +450,7 @@ Test(checkpoint, save_into_missing_directory_fails_cleanly) {
     char bad[192];
     snprintf(bad, sizeof bad, "%s/no-such-dir/model.ckpt", dir);
     char err[ERR_LEN] = "";
-    cr_assert_eq(checkpoint_save(bad, &m, &tok, NULL, NULL, err), -1);
+    cr_assert_eq(checkpoint_save(bad, &m, &tok, NULL, 0, err), -1);
     cr_assert_not_null(strstr(err, "cannot save checkpoint"), "%s", err);
     cr_assert_not_null(strstr(err, bad), "%s", err);
     cr_assert_not_null(strstr(err, "No such file or directory"), "%s", err);
@@ -473,7 +474,7 @@ static void check_failed_save_keeps_old(void (*sabotage)(void), void (*undo)(voi
 
     sabotage();
     char err[ERR_LEN] = "";
-    cr_assert_eq(checkpoint_save(path, &b, &tok, &tc, &s, err), -1);
+    cr_assert_eq(train_save_checkpoint(path, &b, &tok, &tc, &s, err), -1);
     undo();
     cr_assert_not_null(strstr(err, "cannot save checkpoint"), "%s", err);
     cr_assert_not_null(strstr(err, want), "'%s' should contain '%s'", err, want);
@@ -529,9 +530,55 @@ Test(checkpoint, failed_rename_removes_temp_file) {
     snprintf(inner, sizeof inner, "%s/keep", path);
     spit(inner, (const unsigned char *)"x", 1);
     char err[ERR_LEN] = "";
-    cr_assert_eq(checkpoint_save(path, &m, &tok, NULL, NULL, err), -1);
+    cr_assert_eq(checkpoint_save(path, &m, &tok, NULL, 0, err), -1);
     cr_assert_not_null(strstr(err, "rename of"), "%s", err);
     cr_assert_eq(count_entries(dir), 1, "the temp file must be removed");
     cr_assert_eq(count_entries(path), 1);
     model_free(&m);
+}
+
+Test(checkpoint, training_section_is_opaque_bytes_handed_back) {
+    Model m, back;
+    Tokenizer tok, tok_back;
+    make_model(&m, 0.25f);
+    make_tokenizer(&tok);
+    const unsigned char section[] = "any bytes: checkpoints/ never looks inside";
+    char err[ERR_LEN] = "";
+    cr_assert_eq(checkpoint_save(path, &m, &tok, section, sizeof section, err), 0, "%s", err);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq((size_t)st.st_size, CHECKPOINT_HEADER_BYTES + 4 + 11 + 4 * m.n_params + sizeof section);
+
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    int has_train = -1;
+    cr_assert_eq(checkpoint_load(path, &back, &ops_cpu, &tok_back, &bytes, &size, &has_train, err), 0, "%s", err);
+    cr_assert_eq(has_train, 1);
+    cr_assert_eq(size, sizeof section);
+    cr_assert_eq(memcmp(bytes, section, size), 0);
+    cr_assert_eq(memcmp(back.params_memory, m.params_memory, m.n_params * sizeof(float)), 0);
+    common_free(bytes);
+    model_free(&back);
+
+    // a training loader refuses a section of the wrong length, naming the file
+    expect_load_error(path, "training section of 43 bytes");
+    model_free(&m);
+}
+
+Test(checkpoint, training_section_size_follows_the_documented_layout) {
+    Model m;
+    Tokenizer tok;
+    make_model(&m, 0.0f);
+    make_tokenizer(&tok);
+    TrainConfig tc = train_config();
+    TrainState s;
+    train_state_init(&s, m.n_params, 7);
+    save_ok(path, &m, &tok, &tc, &s);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    // header, tokenizer, weights, then TrainConfig (68) + step and RNGs (20) + the two AdamW moments
+    cr_assert_eq((size_t)st.st_size, CHECKPOINT_HEADER_BYTES + 4 + 11 + 4 * m.n_params + 68 + 20 + 8 * m.n_params);
+    cr_assert_eq(train_state_section_size(m.n_params), (size_t)(68 + 20 + 8 * m.n_params));
+    model_free(&m);
+    train_state_free(&s);
 }

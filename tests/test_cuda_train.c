@@ -8,6 +8,7 @@
 #include "../checkpoints/checkpoint.h"
 #include "../common/device.h"
 #include "../data/loader.h"
+#include "../train/state_io.h"
 #include "../train/trainer.h"
 
 #define STEPS 10
@@ -98,12 +99,12 @@ Test(cuda_train, checkpoint_across_devices) {
     TrainConfig tc = train_config();
     char path[64];
     snprintf(path, sizeof(path), "/tmp/kvlab-test-cuda-%d.ckpt", (int)getpid());
-    cr_assert_eq(checkpoint_save(path, &m, &tok, &tc, &st, err), 0, "%s", err);
+    cr_assert_eq(train_save_checkpoint(path, &m, &tok, &tc, &st, err), 0, "%s", err);
     Model back;
     Tokenizer tok_back;
     TrainState st_back;
     int has_state = 0;
-    cr_assert_eq(checkpoint_load(path, &back, &ops_cpu, &tok_back, &tc, &st_back, &has_state, err), 0, "%s", err);
+    cr_assert_eq(train_load_checkpoint(path, &back, &ops_cpu, &tok_back, &tc, &st_back, &has_state, err), 0, "%s", err);
     cr_expect(has_state);
     cr_expect(memcmp(back.params_memory, before, m.n_params * sizeof(float)) == 0);
     cr_expect(st_back.m[12345 % m.n_params] == (float)(12345 % m.n_params));

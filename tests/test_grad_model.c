@@ -7,9 +7,9 @@
 #include <math.h>
 #include <string.h>
 
+#include "../layers/cpu_ops.h"
 #include "../layers/model.h"
 #include "../layers/ops.h"
-#include "../train/trainer.h"
 #include "grad_util.h"
 
 TestSuite(model, .init = gradutil_one_thread);
@@ -319,7 +319,7 @@ Test(model, overfit_one_batch) {
         if (step == 1) first = m.mean_loss;
         model_zero_grad(&m);
         model_backward(&m, tokens, targets, B, T);
-        adamw_update(m.params_memory, m.grads_memory, mom, var, m.n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, step);
+        adamw_update_cpu(m.params_memory, m.grads_memory, mom, var, m.n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, step);
     }
     model_forward(&m, tokens, targets, B, T, 0);
     cr_log_info("overfit: loss %.4f -> %.5f after %d AdamW steps (%.2f s)", first, m.mean_loss, STEPS,

@@ -8,6 +8,7 @@
 #include "../common/args.h"
 #include "../data/recall.h"
 #include "presets.h"
+#include "state_io.h"
 #include "../common/progress.h"
 
 static const char *usage =
@@ -187,7 +188,7 @@ int main(int argc, char **argv) {
     if (!backend) goto fail;
     if (f.resume) {
         if (check_resume_flags(&f, err) != 0) goto fail;
-        if (checkpoint_load(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) goto fail;
+        if (train_load_checkpoint(f.resume, &model, &ops_cpu, &tok, &tc, &st, &have_state, err) != 0) goto fail;
         if (!have_state) {
             snprintf(err, sizeof(err), "'%s' holds weights only, no training state to resume (use --init-from)", f.resume);
             goto fail;
@@ -305,7 +306,7 @@ int main(int argc, char **argv) {
             fprintf(log, "\"lr\": %.9g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f}\n", lr, norm, tokens_per_step / dt);
             fflush(log);
         }
-        if (evaluate && checkpoint_save(out, &model, &tok, &tc, &st, err) != 0) {
+        if (evaluate && train_save_checkpoint(out, &model, &tok, &tc, &st, err) != 0) {
             progress_end(&prog);
             fprintf(stderr, "train: %s\n", err);
             rc = 1;

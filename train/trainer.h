@@ -46,14 +46,6 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops);
 // Learning rate at optimizer step `step` (0-based).
 float schedule_lr(const TrainConfig *tc, int step);
 
-// One AdamW update of params from grads; returns nothing. t is the 1-based step count.
-void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, int t);
-
-// x (n) *= s; and sqrt(sum x^2), accumulated in double in index order.
-void scale_cpu(float *x, size_t n, float s);
-float grad_norm_cpu(const float *x, size_t n);
-
 // One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW. Returns the mean train loss;
 // *grad_norm receives the norm before clipping. inputs/targets are (B, T) scratch owned by the caller.
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,

@@ -1,9 +1,10 @@
 // MHA -> GQA/MQA conversion (Ainslie et al. 2023, section 2.1): each new key/value head is the mean of the
 // key (and value) projection heads of its group; the rest of the model is copied. Uptraining then continues
-// from the converted weights.
-#include <string.h>
+// from the converted weights. A model operation (declared in model.h), so train --init-from and infer's pooled
+// key/value heads share it from here.
+#include "model.h"
 
-#include "../layers/model.h"
+#include <string.h>
 
 int model_convert_kv_heads(Model *dst, const Model *src, int new_kv_heads, char *err) {
     const ModelConfig *sc = &src->cfg;

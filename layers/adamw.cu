@@ -1,14 +1,14 @@
-// AdamW, the global gradient norm and gradient scaling on the GPU (see adamw_cuda.h). The update uses
-// round-to-nearest intrinsics in the CPU's evaluation order, so nvcc cannot fuse multiply-adds the CPU does
-// not, and the result is bit-identical to adamw_update. The norm reduces in double: each block sums its
-// grid-strided elements and then its threads in a fixed tree, one block sums the per-block partials the same
-// way; the grid depends only on n, so the same n gives the same bits every run.
+// AdamW, the global gradient norm and gradient scaling on the GPU (declared in cuda_ops.h; the CPU reference
+// is adamw.c). The update uses round-to-nearest intrinsics in the CPU's evaluation order, so nvcc cannot fuse
+// multiply-adds the CPU does not, and the result is bit-identical to adamw_update_cpu. The norm reduces in
+// double: each block sums its grid-strided elements and then its threads in a fixed tree, one block sums the
+// per-block partials the same way; the grid depends only on n, so the same n gives the same bits every run.
 #include <math.h>
 
 #include "../common/common.h"
 #include "../common/cuda_check.cuh"
 #include "../common/device.h"
-#include "adamw_cuda.h"
+#include "cuda_ops.h"
 
 #define OPT_THREADS 256       // power of two (tree reductions)
 #define NORM_MAX_BLOCKS 1024
@@ -74,7 +74,7 @@ __global__ void scale_kernel(float *x, size_t n, float s) {
 extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                                   float beta1, float beta2, float eps, float weight_decay, int t) {
     if (n == 0) return;
-    // on the host, exactly as adamw_update computes them
+    // on the host, exactly as adamw_update_cpu computes them
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
     adamw_update_kernel<<<opt_grid(n, 1u << 20), OPT_THREADS, 0, cuda_stream()>>>(params, grads, m, v, n, lr, beta1,
                                                                                   beta2, eps, weight_decay, bc1, bc2);
