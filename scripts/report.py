@@ -2,17 +2,21 @@
 """Reproduces the course report on KV-cache management on models trained here, tier by tier: `ninja report`.
 
 Every number in report/REPORT.md comes from this run: the script trains the models, runs the evaluations
-through build/train, build/infer and build/bench, keeps each step's raw output as JSON lines under
-report/raw/, writes the exact commands to report/commands.sh, draws the plots with gnuplot (pngcairo) and the
-attention heat maps with build/infer (stb_image_write), and writes the report.
+through build/train, build/infer and build/bench, keeps the results the report cites as JSON lines under
+report/raw/ (each evaluation step's output, and each training run's loss curve), writes the exact commands to
+report/commands.sh, draws the plots with gnuplot (pngcairo) and the attention heat maps with build/infer
+(stb_image_write), and writes the report. Everything else goes to report/work/ (not committed): models, the
+per-step training logs, the validation text, each step's signature (what its results depend on) and meta.json
+(the scale of the run).
 
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
 --quick (the default) takes about 11 minutes on a 2-core CPU (10 min 42 s measured from scratch); --full is the GPU scale (longer training,
 the trained contexts of BENCHMARKS.md, more heads; 28 min on the same CPU). Seeds are fixed, so a rerun gives the same numbers up to
-timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept in
-report/raw/ (a step counts as finished once its output file is complete), an interrupted training run
-continues from its last checkpoint with build/train --resume. --fresh starts over.
+timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept (an
+evaluation counts as finished once its output file in report/raw/ is complete and its signature in report/work/
+matches; a training run once report/work/NAME.ckpt.done exists), an interrupted training run continues from its
+last checkpoint with build/train --resume. --fresh starts over.
 """
 import argparse
 import hashlib
@@ -24,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from report_write import read_jsonl, storage_specs, system_specs, tier1_specs, write_report
+from report_write import loss_curve, read_jsonl, storage_specs, system_specs, tier1_specs, train_log, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = 'build'  # --bin: the build directory whose programs run
@@ -122,9 +126,10 @@ class Runner:
             sys.exit('report: step failed (exit %d): %s\n%s' % (rc, ' '.join(cmd), said.strip()[-2000:]))
 
     def json_step(self, name, what, cmds):
-        """Runs each command (its stdout: JSON lines) and keeps their output together as raw/NAME.jsonl."""
+        """Runs each command (its stdout: JSON lines) and keeps their output together as raw/NAME.jsonl; the
+        signature of what produced it goes to work/NAME.sig."""
         path = os.path.join(self.raw, name + '.jsonl')
-        sig_path = os.path.join(self.raw, name + '.sig')
+        sig_path = os.path.join(self.work, name + '.sig')
         sig = self._signature(cmds)
         old = open(sig_path).read().strip() if os.path.exists(sig_path) else None
         if os.path.exists(path) and old == sig:
@@ -149,18 +154,40 @@ class Runner:
         self._progress('%s (%.1f s)' % (what, time.time() - t), 'done')
         return read_jsonl(path)
 
+    def _write_curve(self, log, curve):
+        """raw/train-NAME.jsonl: the loss curve (report_write.loss_curve) of the per-step log work/train-NAME.jsonl,
+        its lines as build/train wrote them."""
+        keep = {r['step'] for r in loss_curve(train_log(log))}
+        last = {}  # step -> its last line (a resumed run logs its steps again)
+        with open(log) as f:
+            for line in f:
+                if line.strip():
+                    last[json.loads(line)['step']] = line if line.endswith('\n') else line + '\n'
+        with open(curve + '.part', 'w') as f:
+            f.writelines(last[s] for s in sorted(keep))
+        os.replace(curve + '.part', curve)
+
     def train_step(self, name, what, args):
-        """build/train to work/NAME.ckpt with a JSON-lines log raw/train-NAME.jsonl; resumes an interrupted run."""
+        """build/train to work/NAME.ckpt with its per-step JSON-lines log in work/train-NAME.jsonl and the loss curve
+        the report plots in raw/train-NAME.jsonl; resumes an interrupted run."""
         ckpt = os.path.join(self.work, name + '.ckpt')
-        log = os.path.join(self.raw, 'train-' + name + '.jsonl')
+        log = os.path.join(self.work, 'train-' + name + '.jsonl')
+        curve = os.path.join(self.raw, 'train-' + name + '.jsonl')
         done, given = ckpt + '.done', ckpt + '.args'
         want = '\0'.join(args)
         if (open(given).read() if os.path.exists(given) else None) != want:  # new, or its settings changed
-            for f in (ckpt, done, log):
+            for f in (ckpt, done, log, curve):
                 if os.path.exists(f):
                     os.remove(f)
             with open(given, 'w') as f:
                 f.write(want)
+        if os.path.exists(done) and not os.path.exists(curve):  # the curve was deleted: rebuild it, or retrain
+            if os.path.exists(log):
+                self._write_curve(log, curve)
+            else:
+                for f in (ckpt, done):
+                    if os.path.exists(f):
+                        os.remove(f)
         if os.path.exists(done):
             self._progress(what, 'kept')
             self._log([BIN + '/train'] + args + ['--out', os.path.relpath(ckpt, ROOT), '--log', os.path.relpath(log, ROOT)],
@@ -176,6 +203,7 @@ class Runner:
         # last checkpoint but before .done: train says so, and the run is complete
         print('             training: %s' % what, flush=True)
         self._run(cmd, ok_if='the checkpoint is already at step', show=True)
+        self._write_curve(log, curve)
         open(done, 'w').close()
         self._progress('%s (%.1f s)' % (what, time.time() - t), 'done')
         return ckpt
@@ -229,7 +257,7 @@ def main():
     if a.fresh:
         for d in ('raw', 'work', 'img'):
             shutil.rmtree(os.path.join(out, d), ignore_errors=True)
-    meta_path = os.path.join(out, 'raw', 'meta.json')
+    meta_path = os.path.join(out, 'work', 'meta.json')
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
