@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-LIB_DIRS = ['common', 'layers', 'attention', 'kv', 'data', 'checkpoints', 'train', 'infer']
+LIB_DIRS = ['common', 'layers', 'attention', 'kv', 'data', 'checkpoints', 'decode', 'train', 'infer']
 SANITIZE = '-fsanitize=address,undefined'
 ASAN_OPTIONS = 'detect_leaks=1:abort_on_error=1'
 UBSAN_OPTIONS = 'print_stacktrace=1:halt_on_error=1'

@@ -3,7 +3,7 @@
 // sgemm calls on strided views (lda = row width), so no head is ever copied out. The forward parallelises
 // over batch x query heads; the backward over batch x kv heads, because every query head of a group adds
 // into the same dK/dV rows (a fixed order, so results are deterministic).
-#include "../layers/cpu_ops.h"
+#include "attention.h"
 #include "flash_cpu.h"
 
 #include <cblas.h>

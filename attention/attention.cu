@@ -21,8 +21,8 @@
 //             over key tiles. Each output element has exactly one owner block: deterministic, no atomics.
 #include <math.h>
 
+#include "../common/common.h"
 #include "../common/cuda_check.cuh"
-#include "../layers/cuda_ops.h"
 #include "attention_cuda.h"
 
 #define FULL_MASK 0xffffffffu

@@ -1,7 +1,7 @@
 // The CUDA-only attention variants that have no CPU twin in the ops table: flash attention (tiled, online
 // softmax, no (T, T) matrix in device memory) for training, and decode against a group-quantized cache with
-// the dequantization fused into the kernel. The naive attention_forward/backward_cuda and the fp32
-// attention_decode_cuda are declared in layers/cuda_ops.h beside the other ops.
+// the dequantization fused into the kernel; and the naive attention_forward/backward_cuda and the fp32
+// attention_decode_cuda that the ops table (layers/ops_cuda.cu) takes.
 //
 // Every pointer is a device pointer; every op is queued on cuda_stream() (asynchronous). Plain C: callers
 // never need CUDA headers. Defined only in builds with CUDA (KVLAB_CUDA).
@@ -14,6 +14,13 @@
 #ifdef __cplusplus
 extern "C" { // also included from .cu files
 #endif
+
+void attention_forward_cuda(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
+                            int NH, int NKV, int HD);
+void attention_backward_cuda(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
+                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
+void attention_decode_cuda(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
+                           size_t head_stride, int NH, int NKV, int HD);
 
 // Largest head dimension the flash kernels take (any HD in 1..ATTENTION_FLASH_MAX_HD; a multiple of 4 wastes
 // nothing, other sizes are zero-padded in shared memory).

@@ -1,6 +1,6 @@
 // One new query per head against the cached keys and values (the decode step). The scores and the output
 // are matrix-vector products, done with CBLAS sgemv on the head-major cache view.
-#include "../layers/cpu_ops.h"
+#include "attention.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -10,8 +10,8 @@
 #include <cuda_fp16.h>
 #include <math.h>
 
+#include "../common/common.h"
 #include "../common/cuda_check.cuh"
-#include "../layers/cuda_ops.h"
 #include "attention_cuda.h"
 
 #define FULL_MASK 0xffffffffu

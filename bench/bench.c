@@ -14,7 +14,7 @@
 #include "../attention/flash_cpu.h"
 #include "../common/args.h"
 #include "../layers/cpu_ops.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "../train/presets.h"
 
 #define MAX_TS 64
@@ -141,7 +141,7 @@ static void bench_decode(const char *preset_name, const char *attn, int vocab, i
     KVShape shape = {mc.n_layer, mc.n_head, mc.n_kv_head, model_head_dim(&mc), mc.block_size, mc.rope_theta, 0};
     CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
-    decode_state_init(&ds, &mc, mc.block_size);
+    decode_state_init(&ds, &mc, 1, mc.block_size);
     double times[32];
     for (int r = 0; r < runs + 1; r++) { // the first run warms up
         kv_cache_reset(kv);

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 
 #include "../kv/kv.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 
 // stb_image_write is compiled into this file only, with static linkage so nothing clashes if another file
 // ever includes it too, and without its stdio writers: we write through our own callback so a failed fwrite
@@ -40,29 +40,17 @@ static int check_args(const Model *m, const int *tokens, int T, char *err) {
 }
 
 typedef struct {
-    KVCache *kv;
     float *att; // (L, NH, T, T)
-    int T;
-} CollectCtx;
+    int NH, T;
+} Collect;
 
-// The full cache's attention (decode.c's attend_cache), plus a copy of the probabilities: s->att is scratch
-// the next layer overwrites, so each layer's rows are saved here while they are still there.
-static int attend_collect(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
-    CollectCtx *cc = ctx;
-    const ModelConfig *c = &m->cfg;
-    int NH = c->n_head, NKV = c->n_kv_head, HD = model_head_dim(c), T = cc->T;
-    if (kv_cache_append(cc->kv, l, pos, s->k, s->v) != 0) return -1;
-    const float *kc, *vc;
-    int Tc, qpos;
-    size_t head_stride;
-    kv_cache_view(cc->kv, l, &kc, &vc, &Tc, &qpos, &head_stride);
-    CHECK(Tc == pos + 1 && Tc <= s->capacity); // a full cache holds every key so far: row pos has pos+1
-    m->ops->rope_forward(s->q, 1, 1, NH, HD, qpos, c->rope_theta);
-    m->ops->attention_decode(s->atty, s->att, s->q, kc, vc, Tc, head_stride, NH, NKV, HD);
-    kv_cache_observe(cc->kv, l, s->att);
-    for (int h = 0; h < NH; h++)
-        memcpy(cc->att + (((size_t)l * NH + h) * T + pos) * T, s->att + (size_t)h * Tc, (size_t)Tc * sizeof(float));
-    return 0;
+// A copy of each layer's probabilities: s->att is scratch the next layer overwrites.
+static void collect(void *ctx, int l, int pos, const float *att, int Tc) {
+    Collect *cc = ctx;
+    int T = cc->T;
+    CHECK(Tc == pos + 1); // a full cache holds every key so far: row pos has pos+1
+    for (int h = 0; h < cc->NH; h++)
+        memcpy(cc->att + (((size_t)l * cc->NH + h) * T + pos) * T, att + (size_t)h * Tc, (size_t)Tc * sizeof(float));
 }
 
 int attn_maps_collect(const Model *m, const int *tokens, int T, float *att, char *err) {
@@ -73,10 +61,14 @@ int attn_maps_collect(const Model *m, const int *tokens, int T, float *att, char
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
     if (kv_full_init(&kv, &shape, err) != 0) return -1;
     DecodeState ds;
-    decode_state_init(&ds, c, T);
-    CollectCtx ctx = {kv, att, T};
+    decode_state_init(&ds, c, 1, T);
+    Collect cc = {att, c->n_head, T};
+    DecodeCache dc = {.kv = kv, .watch = collect, .watch_ctx = &cc};
+    KVStore st = decode_store_cache(&dc);
+    KVStore *stores[] = {&st};
     int rc = 0;
-    for (int t = 0; t < T && rc == 0; t++) rc = model_decode_step_with(m, &ds, tokens[t], t, attend_collect, &ctx);
+    for (int t = 0; t < T && rc == 0; t++)
+        rc = decode_forward(m, &ds, stores, 1, &tokens[t], &t, 1, DECODE_LOGITS_ALL, err) < 0 ? -1 : 0;
     decode_state_free(&ds);
     kv_cache_free(kv);
     if (rc != 0) err_set(err, "the full KV cache refused a token (%d positions)", T);

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "../layers/decode.h"
+#include "../decode/step.h"
 
 size_t kv_peak_rss_bytes(void) {
     struct rusage ru;
@@ -24,7 +24,7 @@ int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char 
     KVCache *full;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     DecodeState ds;
-    decode_state_init(&ds, c, T);
+    decode_state_init(&ds, c, 1, T);
     size_t per_lane = (size_t)windows * T * HD;
     float *keys = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
     float *vals = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
@@ -72,8 +72,8 @@ int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, con
         kv_cache_free(p->comp);
         return -1;
     }
-    decode_state_init(&p->dfull, c, context);
-    decode_state_init(&p->dcomp, c, context);
+    decode_state_init(&p->dfull, c, 1, context);
+    decode_state_init(&p->dcomp, c, 1, context);
     return 0;
 }
 

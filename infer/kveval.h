@@ -10,7 +10,7 @@
 #include "../data/loader.h"
 #include "../data/tokenizer.h"
 #include "../kv/kv.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "../layers/model.h"
 
 typedef struct {

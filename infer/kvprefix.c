@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "kveval.h"
 
 static int argmax(const float *x, int n) {
@@ -35,8 +35,8 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     KVCache *full = NULL;
     if (kv_full_init(&full, &shape, err) != 0) return kv_pool_free(pool), -1;
     DecodeState dp, df;
-    decode_state_init(&dp, c, T);
-    decode_state_init(&df, c, T);
+    decode_state_init(&dp, c, 1, T);
+    decode_state_init(&df, c, 1, T);
     int *req = common_calloc((size_t)T, sizeof(int));
     size_t stride = (n - S - (size_t)(T - S)) / (size_t)R; // each request's own text from a different place
     double t_paged = 0.0, t_full = 0.0, frag = 0.0, util = 0.0, max_diff = 0.0;

@@ -1,7 +1,7 @@
 #include <stdio.h>
 
 #include "../data/recall.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "kveval.h"
 
 static int argmax(const float *x, int n) {

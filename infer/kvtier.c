@@ -11,64 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kv/tier.h"
+#include "kvtier.h"
 
-typedef struct {
-    KVPool *pool;
-    KVSeq *seq;
-    KVTier *tier;
-    int token;
-    char *err;
-    float *q_log;  // top_k only: (layer, NH*HD) this step's rotated queries, for the coverage oracle
-    int *sel_log;  // (layer, k1) the blocks each layer read, -1 past the last
-    int k1;        // top_k + 1
-} TierCtx;
-
-static int attend_tier(void *ctx, const Model *m, DecodeState *s, int l, int pos) {
-    TierCtx *c = ctx;
-    const ModelConfig *mc = &m->cfg;
-    int NH = mc->n_head, HD = model_head_dim(mc);
-    if (decode_paged_store(m, c->pool, c->seq, l, pos, c->token, s->q, s->k, s->v, c->err) != 0) return -1;
-    CHECK(c->seq->n_tokens <= s->capacity);
-    if (kv_tier_append(c->tier, l, pos, s->k, s->v, c->err) != 0) return -1;
-    if (kv_tier_attend(c->tier, s->atty, s->att, s->q, l, NH, c->err) != 0) return -1;
-    if (c->q_log) {
-        const int *blocks;
-        int nb = kv_tier_read_blocks(c->tier, &blocks);
-        CHECK(nb <= c->k1);
-        memcpy(c->q_log + (size_t)l * NH * HD, s->q, (size_t)NH * HD * sizeof(float));
-        for (int j = 0; j < c->k1; j++) c->sel_log[l * c->k1 + j] = j < nb ? blocks[j] : -1;
-    }
-    return 0;
-}
-
-int kv_tier_decode_step(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, KVTier *t, int token, int pos,
-                        char *err) {
-    TierCtx c = {pool, seq, t, token, err, NULL, NULL, 0};
-    return model_decode_step_with(m, s, token, pos, attend_tier, &c);
-}
-
-int kv_tier_parse_mode(KVTierConfig *cfg, const char *text, char *err) {
-    static const char *names[] = {"resident", "reactive", "predictive"};
-    for (int i = 0; i < 3; i++)
-        if (strcmp(text, names[i]) == 0) return cfg->mode = (KVTierMode)i, cfg->top_k = 0, 0;
-    if (strncmp(text, "skip:", 5) == 0) {
-        char *end;
-        long k = strtol(text + 5, &end, 10);
-        if (text[5] >= '0' && text[5] <= '9' && *end == 0 && k >= 1 && k <= 1 << 20)
-            return cfg->mode = KV_TIER_PREDICTIVE, cfg->top_k = (int)k, 0;
-    }
-    err_set(err, "--prefetch: bad mode '%s' (valid: resident | reactive | predictive | skip:K with K >= 1)", text);
-    return -1;
-}
-
-const char *kv_tier_mode_name(const KVTierConfig *cfg, char *buf) {
-    static const char *names[] = {"resident", "reactive", "predictive"};
-    if (cfg->top_k > 0 && cfg->mode == KV_TIER_PREDICTIVE) snprintf(buf, 32, "skip:%d", cfg->top_k);
-    else if (cfg->top_k > 0) snprintf(buf, 32, "%s+skip:%d", names[cfg->mode], cfg->top_k);
-    else snprintf(buf, 32, "%s", names[cfg->mode]);
-    return buf;
-}
 
 static int argmax(const float *x, int n) {
     int best = 0;
@@ -125,7 +69,7 @@ int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig
     kv_tier_free(tier), tier = NULL;
     if (kv_full_init(&full, &shape, err) != 0) return kv_pool_free(pool), -1;
     DecodeState ds;
-    decode_state_init(&ds, c, T);
+    decode_state_init(&ds, c, 1, T);
     // the reference first: a full cache over the whole stream, logits kept for the tier's steps
     float *ref = common_calloc((size_t)steps * V, sizeof(float));
     for (int t = 0; t < T; t++) {
@@ -138,16 +82,15 @@ int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig
     int K1 = cfg->top_k > 0 ? cfg->top_k + 1 : 0, NHD = c->n_head * model_head_dim(c);
     float *q_log = K1 ? common_calloc((size_t)steps * c->n_layer * NHD, sizeof(float)) : NULL;
     int *sel_log = K1 ? common_calloc((size_t)steps * c->n_layer * K1, sizeof(int)) : NULL;
-    TierCtx ctx = {pool, &seq, tier, 0, err, NULL, NULL, K1};
+    DecodeTier ctx = {pool, &seq, tier, NULL, NULL, K1};
     double secs = 0.0, max_diff = 0.0;
     int agree = 0;
     *out = (KVTierResult){0};
     for (int t = P; t < T && rc == 0; t++) {
-        ctx.token = tokens[t];
         ctx.q_log = q_log ? q_log + (size_t)(t - P) * c->n_layer * NHD : NULL;
         ctx.sel_log = sel_log ? sel_log + (size_t)(t - P) * c->n_layer * K1 : NULL;
         double t0 = common_now();
-        rc = model_decode_step_with(m, &ds, tokens[t], t, attend_tier, &ctx);
+        rc = decode_tier_step(m, &ds, &ctx, tokens[t], t, err);
         if (t == P) kv_tier_reset_stats(tier); // the warm-up step
         else secs += common_now() - t0;
         if (rc != 0) break;

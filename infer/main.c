@@ -5,13 +5,13 @@
 
 #include "../checkpoints/checkpoint.h"
 #include "../common/args.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "eval.h"
 #include "attnmap.h"
 #include "kveval.h"
-#include "../kv/reuse.h"
-#include "../kv/tier.h"
-#include "sample.h"
+#include "kvreuse.h"
+#include "kvtier.h"
+#include "../decode/sample.h"
 
 static const char *usage =
     "usage: build/infer --ckpt FILE --prompt TEXT [-n N] [sampling flags]\n"
@@ -402,7 +402,7 @@ static int run_generate(Model *m, const Tokenizer *tok, const Flags *f, char *er
     KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
     CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
-    decode_state_init(&ds, c, T);
+    decode_state_init(&ds, c, 1, T);
     float *probs = common_calloc(V, sizeof(float));
     int *idx = common_calloc(V, sizeof(int));
     Rng rng;

@@ -25,7 +25,7 @@
 //   trained context's RoPE range). A block's K/V beyond layer 0 depends on what attention saw, which the
 //   policy decides, so the policy is mixed into the seed of block 0's hash: only sequences with the same
 //   salt and the same policy share blocks. Dropped full blocks stay cached for such sequences.
-// - attention_decode_paged decodes non-fp32 rows into the pool's scratch: one thread per pool (as for
+// - decode/paged_attention.c decodes non-fp32 rows into the pool's scratch: one thread per pool (as for
 //   everything else here).
 #ifndef KVLAB_PAGED_H
 #define KVLAB_PAGED_H
@@ -192,12 +192,5 @@ void kv_paged_observe(const KVPool *pool, KVSeq *seq, const float *att, int NH);
 // Applies seq's policy after a decode step (every layer written): drops the blocks it no longer keeps; they
 // stay cached for prefix reuse like ended ones. Returns the number dropped.
 int kv_paged_enforce(KVPool *pool, KVSeq *seq);
-
-// attention/paged.c: attention_decode_cpu over a block table. q (NH, HD) rotated to its position; out (NH, HD);
-// att (NH, Tc) probabilities over the held tokens in table order, Tc = kv_paged_held(pool, seq); reads layer's
-// keys and values through seq's table (decoding each block's rows when the pool is not fp32), skipping dropped
-// blocks.
-void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
-                            int layer, int NH, int NKV, int HD);
 
 #endif

@@ -232,15 +232,6 @@ int kv_reuse_insert(KVReuseStore *s, uint64_t scope, const int *tokens, int n, c
 
 void kv_reuse_stats(const KVReuseStore *s, KVReuseStats *st) { *st = s->st; }
 
-const char *const kv_reuse_class_names[KV_REUSE_CLASSES] = {"identical", "edit", "reorder", "unrelated"};
-
-void kv_reuse_config_default(KVReuseConfig *cfg, const Model *m) {
-    *cfg = (KVReuseConfig){.context = m->cfg.block_size, .pairs = 8, .gen = 16, .edits = 4, .lsh_recompute = 1,
-                           .seed = 1};
-    kv_reuse_store_config_default(&cfg->store);
-    kv_semshare_config_default(&cfg->semshare);
-}
-
 // --- SemShareKV: fuzzy token matching ------------------------------------------------------------------
 
 // Deep-layer pruning is off (deep_keep = 1) because it costs fidelity at our scale: on recall-mha (4 layers,

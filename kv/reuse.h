@@ -57,7 +57,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../layers/decode.h"
 #include "../layers/model.h"
 
 typedef struct {
@@ -137,91 +136,5 @@ void kv_semshare_keep_counts(const KVSemShareConfig *cfg, int n_layer, int n, in
 // map[i] = the reference token (index into ref) new token i takes its KV from.
 void kv_semshare_map(const Model *m, const KVSemShareConfig *cfg, const int *ref, int n_ref, const int *tokens,
                      int n, int *map);
-
-// The prefill engine (infer/kvreuse.c): a prompt processed layer by layer as a batch, where a layer runs
-// only for the tokens still active, attending over the cache (reused rows included). With every token active
-// it is the full recomputation the methods are compared with.
-typedef struct {
-    int cap, n;          // positions the cache can hold / holds
-    float *k, *v;        // (L, NKV, cap, HD) keys rotated to their positions; values
-    float *x, *xn, *q, *kk, *vv, *atty, *proj, *h1, *h3, *hg; // (cap, C | KVC | H) rows of active tokens
-    float *rstd, *att;   // (cap), (cap, NH, cap)
-    int *pos, *keep;     // (cap) positions of the active rows; selection scratch
-    DecodeState ds;      // the steps after the prompt; ds.logits holds the latest logits
-    // What each layer's lanes hold. Without pruning row i is position i (rows[l] == n). A pruned layer's
-    // kept rows are compacted to the front (keys still rotated to their original positions) and decoded
-    // tokens are appended after them; such a work's k, v must not be given to kv_reuse_insert.
-    int *rows;           // (L) rows each layer's lanes hold: its kept prompt positions, then decoded ones
-    int *row_pos;        // (L, cap) the position of each row, ascending
-    float *votes;        // (L, cap) pruning scratch: attention the observation window paid each position
-} KVReuseWork;
-
-typedef struct {
-    long long layer_tokens, layer_tokens_full; // (token, layer) pairs that ran attention + MLP / all of them
-    double flops, flops_full;                  // estimated multiply-adds x 2 of the prompt's layers
-} KVReuseCost;
-
-void kv_reuse_work_init(KVReuseWork *w, const Model *m, int cap);
-void kv_reuse_work_free(KVReuseWork *w);
-// Bytes of keys and values the lanes hold (rows[l] per layer, all key/value heads, fp32).
-size_t kv_reuse_work_bytes(const Model *m, const KVReuseWork *w);
-// Each prefill leaves the last prompt token's logits in w->ds.logits and w->n = n; cost (may be NULL)
-// accumulates. lsh: e from the store (same positions); semshare: map from kv_semshare_map, then with
-// sc->deep_keep < 1 each layer's lanes pruned to kv_semshare_keep_counts tokens (w->rows, w->row_pos).
-void kv_reuse_prefill_full(const Model *m, KVReuseWork *w, const int *tokens, int n, KVReuseCost *cost);
-void kv_reuse_prefill_lsh(const Model *m, KVReuseWork *w, const KVReuseEntry *e, const int *tokens, int n,
-                          int recompute_diff, KVReuseCost *cost);
-void kv_reuse_prefill_semshare(const Model *m, KVReuseWork *w, const KVReuseEntry *e, const int *map,
-                               const KVSemShareConfig *sc, const int *tokens, int n, KVReuseCost *cost);
-// One generated token at position w->n, attending in each layer over the rows that layer holds; -1 when the
-// cache is full.
-int kv_reuse_decode(const Model *m, KVReuseWork *w, int token);
-
-// The workload (infer/kvreuse.c, `--eval reuse --reuse lsh|semshare`): for `pairs` pairs per similarity
-// class, the first prompt is processed in full and stored, the second looked up and processed with reuse,
-// and compared with its full recomputation over its last prompt token and `gen` greedy tokens.
-enum { KV_REUSE_IDENTICAL, KV_REUSE_EDIT, KV_REUSE_REORDER, KV_REUSE_UNRELATED, KV_REUSE_CLASSES };
-enum { KV_REUSE_MAX_LAYERS = 64 }; // layers whose kept tokens the workload reports (deeper ones are not)
-
-typedef struct {
-    int context;         // tokens per prompt (--context) [model context]
-    int pairs;           // pairs per class (--streams) [8]
-    int gen;             // greedy tokens compared after the prompt [16]
-    int edits;           // tokens replaced in a small edit [4]
-    int lsh_recompute;   // lsh: also recompute tokens differing at the same position [1]
-    uint64_t seed;       // edits [1]
-    KVReuseStoreConfig store; // --threshold sets store.threshold
-    KVSemShareConfig semshare;
-    const int *calib;    // centre of the mean embeddings; NULL = the evaluated tokens
-    size_t n_calib;
-} KVReuseConfig;
-
-typedef struct {
-    int pairs, hits;
-    double sim_mean, sim_min, sim_max; // centred cosine of the pair's mean embeddings
-    double raw_sim_mean;               // the same without centring
-    double same_token;                 // semshare hits: tokens mapped to a reference token with their id
-    double layer_tokens_skipped;       // fraction of (token, layer) pairs not run
-    double flops_skipped;              // fraction of estimated prompt FLOPs not spent
-    double ttft_ms, ttft_full_ms;      // mean: lookup + prefill with reuse / full recomputation
-    double kl_last, kl_gen;            // mean KL(full || reuse): last prompt token; over the gen tokens
-    double top1;                       // fraction of the gen distributions whose argmax agrees
-    double greedy_match;               // fraction of pairs generating the same gen tokens
-    double kv_bytes, kv_bytes_full;    // mean K/V bytes held after the prefill with reuse / the full prompt's
-    double kept[KV_REUSE_MAX_LAYERS];  // mean prompt tokens each layer holds after the prefill with reuse
-} KVReuseClassResult;
-
-typedef struct {
-    KVReuseClassResult cls[KV_REUSE_CLASSES];
-    KVReuseStats store;
-    size_t entry_bytes;                // one stored request
-    int n_layer;                       // entries of cls[].kept reported: min(layers, KV_REUSE_MAX_LAYERS)
-} KVReuseResult;
-
-extern const char *const kv_reuse_class_names[KV_REUSE_CLASSES];
-void kv_reuse_config_default(KVReuseConfig *cfg, const Model *m);
-int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t n, const KVReuseConfig *cfg,
-                  KVReuseResult *out, char *err);
-void kv_reuse_print_json(const char *method, const KVReuseConfig *cfg, const KVReuseResult *r);
 
 #endif

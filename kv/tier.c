@@ -520,3 +520,25 @@ void kv_tier_reset_stats(KVTier *t) {
     for (int i = 0; i < t->n_slots; i++) t->slots[i].prefetched = 0; // not a prefetch of these stats
     UNLOCK(t);
 }
+
+int kv_tier_parse_mode(KVTierConfig *cfg, const char *text, char *err) {
+    static const char *names[] = {"resident", "reactive", "predictive"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(text, names[i]) == 0) return cfg->mode = (KVTierMode)i, cfg->top_k = 0, 0;
+    if (strncmp(text, "skip:", 5) == 0) {
+        char *end;
+        long k = strtol(text + 5, &end, 10);
+        if (text[5] >= '0' && text[5] <= '9' && *end == 0 && k >= 1 && k <= 1 << 20)
+            return cfg->mode = KV_TIER_PREDICTIVE, cfg->top_k = (int)k, 0;
+    }
+    err_set(err, "--prefetch: bad mode '%s' (valid: resident | reactive | predictive | skip:K with K >= 1)", text);
+    return -1;
+}
+
+const char *kv_tier_mode_name(const KVTierConfig *cfg, char *buf) {
+    static const char *names[] = {"resident", "reactive", "predictive"};
+    if (cfg->top_k > 0 && cfg->mode == KV_TIER_PREDICTIVE) snprintf(buf, 32, "skip:%d", cfg->top_k);
+    else if (cfg->top_k > 0) snprintf(buf, 32, "%s+skip:%d", names[cfg->mode], cfg->top_k);
+    else snprintf(buf, 32, "%s", names[cfg->mode]);
+    return buf;
+}

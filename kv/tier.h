@@ -50,8 +50,6 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#include "../layers/decode.h"
-#include "../layers/model.h"
 #include "paged.h"
 
 typedef enum { KV_TIER_RESIDENT, KV_TIER_REACTIVE, KV_TIER_PREDICTIVE } KVTierMode;
@@ -172,32 +170,5 @@ int kv_tier_read_blocks(const KVTier *t, const int **blocks);
 void kv_tier_drain(KVTier *t);
 void kv_tier_stats(KVTier *t, KVTierStats *st);
 void kv_tier_reset_stats(KVTier *t);
-
-// infer/kvtier.c: the decode step through the pool with attention over the tier (kv_paged_append, then
-// kv_tier_append and kv_tier_attend for each layer). -1 with a message when the pool is out of blocks or
-// the slow file fails.
-int kv_tier_decode_step(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, KVTier *t, int token, int pos,
-                        char *err);
-
-// The tier under one stream (`--eval tier`): tokens[0..context), the first `prefill` fed into the pool
-// without the tier, then decoded one at a time through it, each step's logits compared with a full cache.
-// Stats exclude the first tier step (it warms the cold arena) and a slow file's prefill spill; logits include it.
-typedef struct {
-    int blocks, fast_blocks;    // blocks of the context; blocks' worth the arena holds
-    size_t unit_bytes, fast_bytes, pool_bytes;
-    int decode_tokens;          // context - prefill, the first a warm-up
-    KVTierStats st;
-    double hit_rate;            // hits / reads
-    double prefetch_accuracy;   // prefetch_used / prefetch_issued (0 without prefetches)
-    double mass_covered;        // share of the full attention's mass in the blocks read (1 unless top_k)
-    double max_abs_logit_diff;  // vs the full cache, over every tier step
-    double top1_agree;
-    double decode_tokens_per_s; // tier steps after the warm-up (the mass_covered oracle not timed)
-    double stall_ms_per_token, mb_moved_per_token;
-} KVTierResult;
-
-int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig *cfg, KVTierResult *out,
-                 char *err);
-void kv_tier_print_json(const KVTierConfig *cfg, const KVTierResult *r);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "../attention/attention.h"
 #include "../common/common.h"
 
 void encoder_forward_cpu(float *out, const int *tokens, const float *wte, int B, int T, int C);
@@ -19,14 +20,6 @@ void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const f
 double rope_angle(int pos, int i, int HD, float theta);
 void rope_forward_cpu(float *x, int B, int T, int NH, int HD, int pos0, float theta);
 void rope_backward_cpu(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
-void attention_forward_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
-                           int NH, int NKV, int HD);
-void attention_backward_cpu(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
-                            const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
-// p (n) = softmax(p), max-subtracted, in place (the decode attention's row; attention/decode.c).
-void softmax_inplace_cpu(float *p, int n);
-void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
-                          size_t head_stride, int NH, int NKV, int HD);
 void swiglu_forward_cpu(float *out, const float *a, const float *b, size_t N);
 void swiglu_backward_cpu(float *da, float *db, const float *dout, const float *a, const float *b, size_t N);
 void residual_forward_cpu(float *out, const float *a, const float *b, const float *scale_b, size_t N);

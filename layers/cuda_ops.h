@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "../common/common.h"
+#include "../attention/attention_cuda.h"
 #include "ops.h"
 
 #ifdef __cplusplus
@@ -25,13 +26,6 @@ void matmul_backward_cuda(float *dinp, float *dweight, const float *dout, const 
                           int N, int IN, int OUT);
 void rope_forward_cuda(float *x, int B, int T, int NH, int HD, int pos0, float theta);
 void rope_backward_cuda(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
-// attention/attention.cu and attention/decode.cu
-void attention_forward_cuda(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
-                            int NH, int NKV, int HD);
-void attention_backward_cuda(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
-                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD);
-void attention_decode_cuda(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
-                           size_t head_stride, int NH, int NKV, int HD);
 void swiglu_forward_cuda(float *out, const float *a, const float *b, size_t N);
 void swiglu_backward_cuda(float *da, float *db, const float *dout, const float *a, const float *b, size_t N);
 void residual_forward_cuda(float *out, const float *a, const float *b, const float *scale_b, size_t N);

@@ -4,7 +4,7 @@
 Two rules, one line per violation on stdout, exit status 1 if there is any (0 when clean):
 
 1. includes: a source file (.c .h .cu .cuh) may `#include "../X/..."` only when folder X sits on a lower floor
-   than its own folder. Floors: common 0; layers 1; attention, data 2; checkpoints, kv 3; decode 4; the programs
+   than its own folder. Floors: common 0; attention 1; layers, data 2; checkpoints, kv 3; decode 4; the programs
    train, infer, serve, bench 5. A program may not include another program's folder (same floor), with one
    documented exception below.
 2. headers: a header declares only what its own folder defines. A function declared in X/foo.h but defined
@@ -20,8 +20,8 @@ import sys
 
 FLOORS = {
     'common': 0,
-    'layers': 1,
-    'attention': 2,
+    'attention': 1,
+    'layers': 2,
     'data': 2,
     'checkpoints': 3,
     'kv': 3,

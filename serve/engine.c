@@ -320,7 +320,7 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
         return -1;
     }
     publish_locked(e); // no other thread yet
-    decode_batch_init(&e->db, c, SERVE_MAX_ACTIVE, c->block_size);
+    decode_state_init(&e->db, c, SERVE_MAX_ACTIVE, c->block_size);
     e->probs = common_calloc(c->vocab_size, sizeof(float));
     e->idx = common_calloc(c->vocab_size, sizeof(int));
     e->tenants = common_calloc(SERVE_MAX_TENANTS, sizeof(Tenant));
@@ -340,7 +340,7 @@ void engine_stop(Engine *e) {
     kv_pool_free(e->pool);
     e->pool = NULL;
     reuse_free(e);
-    decode_batch_free(&e->db);
+    decode_state_free(&e->db);
     common_free(e->probs);
     common_free(e->idx);
 }

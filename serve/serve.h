@@ -13,10 +13,10 @@
 #include <stdint.h>
 
 #include "../data/tokenizer.h"
-#include "../infer/sample.h"
+#include "../decode/sample.h"
 #include "../kv/paged.h"
-#include "../kv/reuse.h"
-#include "../layers/decode.h"
+#include "../decode/reuse.h"
+#include "../decode/step.h"
 
 enum {
     SERVE_TENANT_LEN = 64,    // longest tenant name (X-Tenant header)
@@ -101,7 +101,7 @@ typedef struct {
     size_t reuse_budget;
     // engine-private
     KVPool *pool;
-    DecodeBatch db;                 // one row per active request, advanced together each round
+    DecodeState db;                 // one row per active request, advanced together each round
     float *probs;
     int *idx;
     Req *active[SERVE_MAX_ACTIVE];

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../layers/decode.h"
+#include "../decode/step.h"
 #include "../layers/model.h"
 
 // scale multiplies the initial weights (larger = sharper attention, larger logits); tol_rel = 0 asks for
@@ -29,7 +29,7 @@ static void check_decode_matches_forward(int n_kv_head, float scale, float tol_r
     KVShape shape = {cfg.n_layer, cfg.n_head, cfg.n_kv_head, model_head_dim(&cfg), T, cfg.rope_theta, 0};
     cr_assert_eq(kv_full_init(&kv, &shape, err), 0, "%s", err);
     DecodeState ds;
-    decode_state_init(&ds, &cfg, T);
+    decode_state_init(&ds, &cfg, 1, T);
     float max_err = 0.0f, max_abs = 0.0f;
     for (int t = 0; t < T; t++) {
         cr_assert_eq(model_decode_step(&m, &ds, kv, tokens[t], t), 0);
@@ -81,8 +81,8 @@ static void check_paged_matches_full(int n_kv_head, int block) {
     KVPool *pool;
     cr_assert_eq(kv_pool_init(&pool, &shape, block, 2 * ((T + block - 1) / block), err), 0, "%s", err);
     DecodeState full_s, paged_s;
-    decode_state_init(&full_s, &cfg, T);
-    decode_state_init(&paged_s, &cfg, T);
+    decode_state_init(&full_s, &cfg, 1, T);
+    decode_state_init(&paged_s, &cfg, 1, T);
     const int *reqs[2] = {a, b};
     int reused_b = -1;
     for (int r = 0; r < 2; r++) {
@@ -138,9 +138,9 @@ Test(decode, batch_paged_matches_single) {
     KVSeq a[S] = {{0}}, b[S] = {{0}};
     for (int s = 0; s < S; s++) a[s].salt = b[s].salt = (uint64_t)s + 1;
     DecodeState ds;
-    DecodeBatch db;
-    decode_state_init(&ds, &cfg, T);
-    decode_batch_init(&db, &cfg, S, T);
+    DecodeState db;
+    decode_state_init(&ds, &cfg, 1, T);
+    decode_state_init(&db, &cfg, S, T);
     int start[S] = {0, 5, 11}; // sequence s joins at round start[s], so positions differ within a batch
     float max_err = 0.0f, ref[S][13];
     for (int round = 0; round < T + 11; round++) {
@@ -168,7 +168,7 @@ Test(decode, batch_paged_matches_single) {
     }
     cr_assert_eq(kv_pool_validate(batched, err), 0, "%s", err);
     decode_state_free(&ds);
-    decode_batch_free(&db);
+    decode_state_free(&db);
     kv_pool_free(single);
     kv_pool_free(batched);
     model_free(&m);

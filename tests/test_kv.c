@@ -8,7 +8,7 @@
 #include "../kv/kv.h"
 #include "../kv/policy.h"
 #include "../kv/minicache.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 
 // ---- specs -----------------------------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ Test(kv, streaming_past_trained_context_stays_finite) {
     KVCache *kv;
     cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
     DecodeState ds;
-    decode_state_init(&ds, &cfg, 8);
+    decode_state_init(&ds, &cfg, 1, 8);
     for (int t = 0; t < n; t++) {
         cr_assert_eq(model_decode_step(&m, &ds, kv, t % cfg.vocab_size, t), 0);
         for (int i = 0; i < cfg.vocab_size; i++) cr_assert(isfinite(ds.logits[i]), "step %d", t);

@@ -12,7 +12,7 @@
 #include "../kv/paged.h"
 #include "../kv/quant.h"
 #include "../layers/cpu_ops.h"
-#include "../layers/decode.h"
+#include "../decode/step.h"
 
 enum { L = 2, NH = 4, NKV = 2, HD = 8, ROW = NKV * HD };
 

@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../kv/reuse.h"
+#include "../infer/kvreuse.h"
 
 enum { V = 32, T = 40 };
 
@@ -205,7 +205,7 @@ Test(reuse, engine_full_prefill_matches_decode_step) {
     char err[ERR_LEN];
     cr_assert_eq(kv_full_init(&kv, &shape, err), 0, "%s", err);
     DecodeState ds;
-    decode_state_init(&ds, &m.cfg, T + 4);
+    decode_state_init(&ds, &m.cfg, 1, T + 4);
     for (int t = 0; t < T; t++) cr_assert_eq(model_decode_step(&m, &ds, kv, a[t], t), 0);
     KVReuseWork w;
     kv_reuse_work_init(&w, &m, T + 4);
@@ -588,7 +588,7 @@ Test(reuse, semshare_prune_decode_reads_only_kept_rows) {
                 w.k[lane_floats(&w, l, g) + i] = w.v[lane_floats(&w, l, g) + i] = NAN;
     }
     DecodeState ds;
-    decode_state_init(&ds, &m.cfg, T + 4);
+    decode_state_init(&ds, &m.cfg, 1, T + 4);
     float changed = 0.0f;
     for (int g = 1; g < 4; g++) {
         cr_assert_eq(kv_reuse_decode(&m, &w, a[g]), 0);

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../kv/tier.h"
+#include "../infer/kvtier.h"
 #include "../layers/cpu_ops.h"
 
 typedef struct {
@@ -273,7 +273,7 @@ Test(tier, decode_logits_equal_the_full_cache) {
         cr_assert_eq(kv_pool_init(&pool, &shape, B, T / B, err), 0, "%s", err);
         cr_assert_eq(kv_full_init(&full, &shape, err), 0, "%s", err);
         DecodeState dt, df;
-        decode_state_init(&dt, c, T), decode_state_init(&df, c, T);
+        decode_state_init(&dt, c, 1, T), decode_state_init(&df, c, 1, T);
         KVSeq seq = {0};
         cr_assert_eq(kv_paged_begin(pool, &seq, NULL, 0, 35, err), 0);
         for (int t = 0; t < P; t++) {
@@ -286,7 +286,7 @@ Test(tier, decode_logits_equal_the_full_cache) {
         cr_assert_eq(kv_tier_init(&tier, pool, &seq, &cfg, err), 0, "%s", err);
         float max_err = 0.0f;
         for (int t = P; t < T; t++) {
-            cr_assert_eq(kv_tier_decode_step(&m, &dt, pool, &seq, tier, tokens[t], t, err), 0, "%s", err);
+            cr_assert_eq(decode_tier_step(&m, &dt, &(DecodeTier){pool, &seq, tier, NULL, NULL, 0}, tokens[t], t, err), 0, "%s", err);
             cr_assert_eq(model_decode_step(&m, &df, full, tokens[t], t), 0);
             for (int i = 0; i < c->vocab_size; i++) max_err = fmaxf(max_err, fabsf(dt.logits[i] - df.logits[i]));
             if (mi == 0) memcpy(first[t], dt.logits, sizeof(first[t]));

@@ -7,8 +7,8 @@
 #include <math.h>
 
 #include "../common/common.h"
-#include "../kv/paged.h"
 #include "../layers/cpu_ops.h"
+#include "step.h"
 
 // Block b's key (value 0) or value rows for kv head g: in place for fp32, else decoded into the pool's scratch.
 static const float *block_rows(const KVPool *pool, int value, int b, int layer, int g, int rows) {

@@ -1,0 +1,136 @@
+// decode_forward: the inference layer body, once (step.h). The same ops in the same order as the training
+// forward, on n rows: one matrix product per weight for all rows, attention per store.
+#include "step.h"
+
+#include <string.h>
+
+void decode_state_init(DecodeState *s, const ModelConfig *c, int max_rows, int capacity) {
+    size_t C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, R = (size_t)max_rows;
+    CHECK(max_rows >= 1 && capacity >= 1);
+    size_t n = R * (5 * C + 2 * KVC + 3 * H + 1 + c->vocab_size) + (size_t)c->n_head * capacity;
+    float *p = common_calloc(n, sizeof(float));
+    float **rows_c[] = {&s->x, &s->xn, &s->q, &s->atty, &s->proj};
+    float **rows_h[] = {&s->h1, &s->h3, &s->hg};
+    for (int i = 0; i < 5; i++) {
+        *rows_c[i] = p;
+        p += R * C;
+    }
+    s->k = p;
+    p += R * KVC;
+    s->v = p;
+    p += R * KVC;
+    for (int i = 0; i < 3; i++) {
+        *rows_h[i] = p;
+        p += R * H;
+    }
+    s->rstd = p;
+    p += R;
+    s->logits = p;
+    p += R * c->vocab_size;
+    s->att = p;
+    s->tokens = common_calloc(2 * R, sizeof(int));
+    s->pos = s->tokens + R;
+    s->max_rows = max_rows;
+    s->capacity = capacity;
+}
+
+void decode_state_free(DecodeState *s) {
+    common_free(s->x);
+    common_free(s->tokens);
+    memset(s, 0, sizeof(*s));
+}
+
+static int attend_rows(const Model *m, DecodeState *s, KVStore *const *stores, int n_stores, int layer, int n,
+                       char *err) {
+    if (n_stores == 1) return stores[0]->ops->attend(stores[0], m, s, layer, 0, n, err);
+    for (int i = 0; i < n; i++)
+        if (stores[i]->ops->attend(stores[i], m, s, layer, i, 1, err) != 0) return -1;
+    return 0;
+}
+
+int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n_stores, const int *tokens,
+                   const int *pos, int n, int logits, char *err) {
+    const Ops *op = m->ops;
+    const ModelConfig *c = &m->cfg;
+    const ParamTensors *p = &m->params;
+    int C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden;
+    CHECK(n >= 1 && n <= s->max_rows && (n_stores == 1 || n_stores == n));
+    memmove(s->tokens, tokens, (size_t)n * sizeof(int));
+    memmove(s->pos, pos, (size_t)n * sizeof(int));
+    op->encoder_forward(s->x, s->tokens, p->wte, 1, n, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t lC = (size_t)l * C, lCC = lC * C, lKC = (size_t)l * KVC * C, lHC = (size_t)l * H * C;
+        op->rmsnorm_forward(s->xn, s->rstd, s->x, p->attn_norm + lC, n, C, c->norm_eps);
+        op->matmul_forward(s->k, s->xn, p->wk + lKC, n, C, KVC);
+        op->matmul_forward(s->v, s->xn, p->wv + lKC, n, C, KVC);
+        if (n_stores == 1 && stores[0]->ops->select_rows) {
+            n = stores[0]->ops->select_rows(stores[0], m, s, l, n);
+            CHECK(n >= 1);
+        }
+        op->matmul_forward(s->q, s->xn, p->wq + lCC, n, C, C);
+        if (attend_rows(m, s, stores, n_stores, l, n, err) != 0) return -1;
+        op->matmul_forward(s->proj, s->atty, p->wo + lCC, n, C, C);
+        op->residual_forward(s->x, s->x, s->proj, NULL, (size_t)n * C);
+        op->rmsnorm_forward(s->xn, s->rstd, s->x, p->mlp_norm + lC, n, C, c->norm_eps);
+        op->matmul_forward(s->h1, s->xn, p->w1 + lHC, n, C, H);
+        op->matmul_forward(s->h3, s->xn, p->w3 + lHC, n, C, H);
+        op->swiglu_forward(s->hg, s->h1, s->h3, (size_t)n * H);
+        op->matmul_forward(s->proj, s->hg, p->w2 + lHC, n, H, C);
+        op->residual_forward(s->x, s->x, s->proj, NULL, (size_t)n * C);
+    }
+    int first = logits == DECODE_LOGITS_LAST ? n - 1 : 0, rows = n - first;
+    op->rmsnorm_forward(s->xn, s->rstd, s->x + (size_t)first * C, p->final_norm, rows, C, c->norm_eps);
+    op->matmul_forward(s->logits, s->xn, p->wte, rows, C, c->vocab_size);
+    for (int i = 0; i < n_stores; i++)
+        if (stores[i]->ops->step_end) stores[i]->ops->step_end(stores[i]);
+    return n;
+}
+
+int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos) {
+    DecodeCache c = {.kv = kv};
+    KVStore st = decode_store_cache(&c);
+    KVStore *stores[] = {&st};
+    return decode_forward(m, s, stores, 1, &token, &pos, 1, DECODE_LOGITS_ALL, NULL) < 0 ? -1 : 0;
+}
+
+int model_decode_step_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *seq, int token, int pos,
+                            char *err) {
+    DecodePaged pg = {pool, seq};
+    KVStore st = decode_store_paged(&pg);
+    KVStore *stores[] = {&st};
+    return decode_forward(m, s, stores, 1, &token, &pos, 1, DECODE_LOGITS_ALL, err) < 0 ? -1 : 0;
+}
+
+int model_decode_batch_paged(const Model *m, DecodeState *s, KVPool *pool, KVSeq *const *seqs, const int *tokens,
+                             const int *pos, int n, char *err) {
+    CHECK(n >= 1 && n <= s->max_rows);
+    DecodePaged pg[n];
+    KVStore st[n], *stores[n];
+    for (int i = 0; i < n; i++) {
+        pg[i] = (DecodePaged){pool, seqs[i]};
+        st[i] = decode_store_paged(&pg[i]);
+        stores[i] = &st[i];
+    }
+    return decode_forward(m, s, stores, n, tokens, pos, n, DECODE_LOGITS_ALL, err) < 0 ? -1 : 0;
+}
+
+typedef struct {
+    DecodeAttendFn attend;
+    void *ctx;
+} FnStore;
+
+static int fn_attend(KVStore *st, const Model *m, DecodeState *s, int l, int row0, int n, char *err) {
+    (void)err;
+    FnStore *f = st->ctx;
+    CHECK(row0 == 0 && n == 1);
+    return f->attend(f->ctx, m, s, l, s->pos[0]) != 0 ? -1 : 0;
+}
+
+static const KVStoreOps fn_ops = {.attend = fn_attend};
+
+int model_decode_step_with(const Model *m, DecodeState *s, int token, int pos, DecodeAttendFn attend, void *ctx) {
+    FnStore f = {attend, ctx};
+    KVStore st = {&fn_ops, &f};
+    KVStore *stores[] = {&st};
+    return decode_forward(m, s, stores, 1, &token, &pos, 1, DECODE_LOGITS_ALL, NULL) < 0 ? -1 : 0;
+}
