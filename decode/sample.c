@@ -11,10 +11,15 @@ static int by_prob_desc(const void *a, const void *b) {
     return *(const int *)a - *(const int *)b; // stable tie-break by id
 }
 
-int sample_next(const float *logits, int V, const SampleConfig *sc, Rng *rng, float *p, int *idx) {
+int sample_argmax(const float *logits, int V) {
     int best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
+    return best;
+}
+
+int sample_next(const float *logits, int V, const SampleConfig *sc, Rng *rng, float *p, int *idx) {
+    int best = sample_argmax(logits, V);
     if (sc->temperature <= 0.0f) return best;
     float sum = 0.0f;
     for (int i = 0; i < V; i++) {

@@ -24,31 +24,7 @@ typedef struct {
 
 enum { KV_EVAL_MAX_CURVE = 64 };
 
-// The two caches every comparison runs in lockstep: the full fp32 cache and the one under test (calibrated
-// on calib tokens when it needs it), with a decode state each, for streams of up to `context` tokens.
-// A paged spec (SELECT+paged:B[+FORMAT]) runs its side through a pool of one sequence instead of comp.
-typedef struct {
-    KVCache *full, *comp;
-    KVPool *pool;
-    KVSeq seq;
-    DecodeState dfull, dcomp;
-} KVPair;
-
-int kv_pair_init(KVPair *p, const Model *m, const KVSpec *spec, int context, const int *calib, size_t n_calib,
-                 char *err);
-void kv_pair_reset(KVPair *p, int prefill);
-void kv_pair_free(KVPair *p);
-// Token `token` at position pos through the cache under test (logits in p->dcomp.logits).
-void kv_pair_step(KVPair *p, const Model *m, int token, int pos);
-// Bytes the cache under test holds (a paged sequence: its blocks' rows, its table and scores).
-size_t kv_pair_bytes(const KVPair *p);
-
-// Peak resident memory of this process so far, in bytes (0 if unknown).
-size_t kv_peak_rss_bytes(void);
-
-// Fits a low-rank cache's bases from the keys and values the model produces on tokens (windows of the
-// model's context, at most 8), through a full cache. No-op for caches that need no calibration.
-int kv_calibrate(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err);
+// The lockstep pair, the cache handle, calibration and the metrics these evaluations share: evalcore.h.
 
 typedef struct {
     size_t tokens;               // tokens scored

@@ -6,15 +6,9 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../decode/step.h"
+#include "evalcore.h"
 #include "kveval.h"
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
+#include "../decode/sample.h"
 
 int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVPrefixConfig *pc,
                    KVPrefixResult *out, char *err) {
@@ -32,11 +26,13 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     KVSeqPolicy policy;
     if (kv_paged_policy(&policy, spec, err) != 0 || kv_pool_init_spec(&pool, &shape, spec, n_blocks, err) != 0)
         return -1;
-    KVCache *full = NULL;
-    if (kv_full_init(&full, &shape, err) != 0) return kv_pool_free(pool), -1;
-    DecodeState dp, df;
+    EvalCache full;
+    if (evalcore_cache_init_full(&full, m, T, err) != 0) {
+        kv_pool_free(pool);
+        return -1;
+    }
+    DecodeState dp;
     decode_state_init(&dp, c, 1, T);
-    decode_state_init(&df, c, 1, T);
     int *req = common_calloc((size_t)T, sizeof(int));
     size_t stride = (n - S - (size_t)(T - S)) / (size_t)R; // each request's own text from a different place
     double t_paged = 0.0, t_full = 0.0, frag = 0.0, util = 0.0, max_diff = 0.0;
@@ -59,12 +55,12 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
                 break;
             }
         double t1 = common_now();
-        kv_cache_reset(full);
-        for (int t = 0; t < T && rc == 0; t++) CHECK(model_decode_step(m, &df, full, req[t], t) == 0);
+        if (rc == 0) CHECK(evalcore_cache_prefill(&full, m, req, T, err) == 0);
         double t2 = common_now();
         if (rc == 0) { // the last prompt token's logits: what a request's first generated token comes from
-            for (int i = 0; i < c->vocab_size; i++) max_diff = fmax(max_diff, fabs(dp.logits[i] - df.logits[i]));
-            agree += argmax(dp.logits, c->vocab_size) == argmax(df.logits, c->vocab_size);
+            const float *ref = full.ds.logits;
+            for (int i = 0; i < c->vocab_size; i++) max_diff = fmax(max_diff, fabs(dp.logits[i] - ref[i]));
+            agree += sample_argmax(dp.logits, c->vocab_size) == sample_argmax(ref, c->vocab_size);
             KVPagedStats st;
             kv_pool_stats(pool, &st);
             frag += st.fragmentation;
@@ -96,20 +92,32 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
     }
     common_free(req);
     decode_state_free(&dp);
-    decode_state_free(&df);
-    kv_cache_free(full);
+    evalcore_cache_free(&full);
     kv_pool_free(pool);
     return rc;
 }
 
 void kv_prefix_print_json(const KVSpec *spec, const KVPrefixConfig *pc, const KVPrefixResult *r) {
-    printf("{\"spec\": \"%s\", \"task\": \"prefix\", \"requests\": %d, \"context\": %d, \"shared\": %d, "
-           "\"pool_blocks\": %d, \"prompt_tokens\": %zu, \"computed_tokens\": %zu, \"prefill_saved\": %lld, "
-           "\"hit_rate\": %.6g, \"evictions\": %lld, \"fragmentation\": %.6g, \"utilisation\": %.6g, "
-           "\"pool_bytes\": %zu, \"peak_bytes_used\": %zu, \"max_abs_logit_diff\": %.3g, \"top1_agree\": %.6g, "
-           "\"ms_per_request\": %.4g, \"ms_per_request_full\": %.4g}\n",
-           spec->text, pc->requests, pc->context, pc->shared, r->pool_blocks, r->prompt_tokens, r->computed_tokens,
-           (long long)r->prefill_saved, r->hit_rate, (long long)r->evictions, r->fragmentation, r->utilisation,
-           r->pool_bytes, r->peak_bytes_used, r->max_abs_logit_diff, r->top1_agree, r->ms_per_request,
-           r->ms_per_request_full);
+    EvalJson j;
+    evalcore_json_begin(&j, stdout);
+    evalcore_json_str(&j, "spec", spec->text);
+    evalcore_json_str(&j, "task", "prefix");
+    evalcore_json_int(&j, "requests", pc->requests);
+    evalcore_json_int(&j, "context", pc->context);
+    evalcore_json_int(&j, "shared", pc->shared);
+    evalcore_json_int(&j, "pool_blocks", r->pool_blocks);
+    evalcore_json_int(&j, "prompt_tokens", (long long)r->prompt_tokens);
+    evalcore_json_int(&j, "computed_tokens", (long long)r->computed_tokens);
+    evalcore_json_int(&j, "prefill_saved", r->prefill_saved);
+    evalcore_json_num(&j, "hit_rate", r->hit_rate);
+    evalcore_json_int(&j, "evictions", r->evictions);
+    evalcore_json_num(&j, "fragmentation", r->fragmentation);
+    evalcore_json_num(&j, "utilisation", r->utilisation);
+    evalcore_json_int(&j, "pool_bytes", (long long)r->pool_bytes);
+    evalcore_json_int(&j, "peak_bytes_used", (long long)r->peak_bytes_used);
+    evalcore_json_fmt(&j, "max_abs_logit_diff", "%.3g", r->max_abs_logit_diff);
+    evalcore_json_num(&j, "top1_agree", r->top1_agree);
+    evalcore_json_fmt(&j, "ms_per_request", "%.4g", r->ms_per_request);
+    evalcore_json_fmt(&j, "ms_per_request_full", "%.4g", r->ms_per_request_full);
+    evalcore_json_end(&j);
 }

@@ -1,15 +1,11 @@
+// Long-range recall through a cache under test (kveval.h): recall sequences streamed through evalcore.h's
+// lockstep pair, each value character checked against both caches' top-1.
 #include <stdio.h>
 
 #include "../data/recall.h"
-#include "../decode/step.h"
+#include "evalcore.h"
 #include "kveval.h"
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
+#include "../decode/sample.h"
 
 int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, const Corpus *corpus, int context,
                    int per_distance, uint64_t seed, KVRecallResult *out, char *err) {
@@ -31,8 +27,8 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
         if (d >= lo) out->distance[out->n_distances++] = d;
     out->distance[out->n_distances++] = hi;
 
-    KVPair pair;
-    if (kv_pair_init(&pair, m, spec, context, corpus->tokens, corpus->n_train, err) != 0) return -1;
+    EvalPair pair;
+    if (evalcore_pair_init(&pair, m, spec, context, corpus->tokens, corpus->n_train, err) != 0) return -1;
     int *seq = common_calloc(context, sizeof(int));
     Rng rng;
     rng_init(&rng, seed);
@@ -42,15 +38,14 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
         int h = 0, hf = 0;
         for (int i = 0; i < per_distance; i++) {
             int ans = recall_sequence(tok, corpus, &rng, context, out->distance[di], seq, NULL);
-            kv_pair_reset(&pair, ans);
+            evalcore_pair_reset(&pair, ans);
             int ok = 1, ok_full = 1;
             fed = ans + RECALL_VAL_LEN - 1;
             for (int t = 0; t < ans + RECALL_VAL_LEN - 1; t++) {
-                CHECK(model_decode_step(m, &pair.dfull, pair.full, seq[t], t) == 0);
-                kv_pair_step(&pair, m, seq[t], t);
+                evalcore_pair_step(&pair, m, seq[t], t);
                 if (t >= ans - 1) { // predicts a value character
-                    int right = argmax(pair.dcomp.logits, c->vocab_size) == seq[t + 1];
-                    int right_full = argmax(pair.dfull.logits, c->vocab_size) == seq[t + 1];
+                    int right = sample_argmax(pair.comp.ds.logits, c->vocab_size) == seq[t + 1];
+                    int right_full = sample_argmax(pair.full.ds.logits, c->vocab_size) == seq[t + 1];
                     ok &= right;
                     ok_full &= right_full;
                     chars += right;
@@ -70,23 +65,31 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     out->acc_all_full = (double)hits_full / total;
     out->char_acc = (double)chars / (total * RECALL_VAL_LEN);
     out->char_acc_full = (double)chars_full / (total * RECALL_VAL_LEN);
-    out->kv_bytes = kv_pair_bytes(&pair);
+    out->kv_bytes = evalcore_cache_bytes(&pair.comp);
     out->bytes_per_token = (double)out->kv_bytes / fed;
-    out->fp16_bytes_per_token = (double)c->n_layer * 2 * model_kv_dim(c) * 2;
-    out->peak_rss_bytes = kv_peak_rss_bytes();
+    out->fp16_bytes_per_token = evalcore_fp16_bytes_per_token(c);
+    out->peak_rss_bytes = evalcore_peak_rss_bytes();
     common_free(seq);
-    kv_pair_free(&pair);
+    evalcore_pair_free(&pair);
     return 0;
 }
 
 void kv_recall_print_json(const KVSpec *spec, int context, int per_distance, const KVRecallResult *r) {
-    printf("{\"spec\": \"%s\", \"task\": \"recall\", \"context\": %d, \"per_distance\": %d, \"recall_acc\": %.6g, "
-           "\"recall_acc_full\": %.6g, \"recall_char_acc\": %.6g, \"recall_char_acc_full\": %.6g, \"kv_bytes\": %zu, \"bytes_per_token\": %.6g, \"fp16_bytes_per_token\": %.6g, "
-           "\"peak_rss_bytes\": %zu, \"recall_acc_by_distance\": {",
-           spec->text, context, per_distance, r->acc_all, r->acc_all_full, r->char_acc, r->char_acc_full, r->kv_bytes, r->bytes_per_token,
-           r->fp16_bytes_per_token, r->peak_rss_bytes);
-    for (int i = 0; i < r->n_distances; i++) printf("%s\"%d\": %.6g", i ? ", " : "", r->distance[i], r->acc[i]);
-    printf("}, \"recall_acc_full_by_distance\": {");
-    for (int i = 0; i < r->n_distances; i++) printf("%s\"%d\": %.6g", i ? ", " : "", r->distance[i], r->acc_full[i]);
-    printf("}}\n");
+    EvalJson j;
+    evalcore_json_begin(&j, stdout);
+    evalcore_json_str(&j, "spec", spec->text);
+    evalcore_json_str(&j, "task", "recall");
+    evalcore_json_int(&j, "context", context);
+    evalcore_json_int(&j, "per_distance", per_distance);
+    evalcore_json_num(&j, "recall_acc", r->acc_all);
+    evalcore_json_num(&j, "recall_acc_full", r->acc_all_full);
+    evalcore_json_num(&j, "recall_char_acc", r->char_acc);
+    evalcore_json_num(&j, "recall_char_acc_full", r->char_acc_full);
+    evalcore_json_int(&j, "kv_bytes", (long long)r->kv_bytes);
+    evalcore_json_num(&j, "bytes_per_token", r->bytes_per_token);
+    evalcore_json_num(&j, "fp16_bytes_per_token", r->fp16_bytes_per_token);
+    evalcore_json_int(&j, "peak_rss_bytes", (long long)r->peak_rss_bytes);
+    evalcore_json_num_map(&j, "recall_acc_by_distance", r->distance, r->acc, r->n_distances);
+    evalcore_json_num_map(&j, "recall_acc_full_by_distance", r->distance, r->acc_full, r->n_distances);
+    evalcore_json_end(&j);
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../decode/sample.h"
 #include "kvreuse.h"
 
 const char *const kv_reuse_class_names[KV_REUSE_CLASSES] = {"identical", "edit", "reorder", "unrelated"};
@@ -18,16 +19,9 @@ void kv_reuse_config_default(KVReuseConfig *cfg, const Model *m) {
 
 // --- the workload -------------------------------------------------------------------------------------
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 // KL(p || q) of the softmaxes of two logit vectors, in nats.
 static double kl_logits(const float *p, const float *q, int V) {
-    double mp = p[argmax(p, V)], mq = q[argmax(q, V)], zp = 0.0, zq = 0.0, kl = 0.0;
+    double mp = p[sample_argmax(p, V)], mq = q[sample_argmax(q, V)], zp = 0.0, zq = 0.0, kl = 0.0;
     for (int i = 0; i < V; i++) zp += exp(p[i] - mp), zq += exp(q[i] - mq);
     for (int i = 0; i < V; i++) {
         double lp = p[i] - mp - log(zp), lq = q[i] - mq - log(zq);
@@ -103,7 +97,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
             for (int s = 0; s < G; s++) {
                 if (s > 0) CHECK(kv_reuse_decode(m, &wf, gen[s - 1]) == 0);
                 memcpy(ref + (size_t)s * V, wf.ds.logits, (size_t)V * sizeof(float));
-                gen[s] = argmax(wf.ds.logits, V);
+                gen[s] = sample_argmax(wf.ds.logits, V);
             }
             t0 = common_now(); // the second with reuse: lookup, KV loading, the partial prefill, any pruning
             const KVReuseEntry *e = kv_reuse_lookup(store, 0, b, T, NULL);
@@ -128,7 +122,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
                 double kl = kl_logits(ref + (size_t)s * V, wr.ds.logits, V);
                 if (s == 0) r->kl_last += kl / P;
                 r->kl_gen += kl / ((double)P * G);
-                agree += argmax(wr.ds.logits, V) == gen[s];
+                agree += sample_argmax(wr.ds.logits, V) == gen[s];
             }
             r->top1 += (double)agree / ((double)P * G);
             r->greedy_match += (agree == G) / (double)P;

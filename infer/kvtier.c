@@ -11,15 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../decode/sample.h"
 #include "kvtier.h"
 
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
 
 // Mean over (step, layer) of the full attention's mass (mean over heads) in the blocks that step read.
 static double coverage(const Model *m, const KVPool *pool, const KVSeq *seq, const float *q_log, const int *sel_log,
@@ -96,7 +90,7 @@ int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig
         if (rc != 0) break;
         const float *r = ref + (size_t)(t - P) * V;
         for (int i = 0; i < V; i++) max_diff = fmax(max_diff, fabs(ds.logits[i] - r[i]));
-        agree += argmax(ds.logits, V) == argmax(r, V);
+        agree += sample_argmax(ds.logits, V) == sample_argmax(r, V);
     }
     if (rc == 0) {
         kv_tier_stats(tier, &out->st);

@@ -37,6 +37,8 @@ struct KVPolicy {
     int evict_at_append; // 1: a lane over budget drops a slot as soon as a token arrives (no attention needed)
     int in_cache_positions; // 1: keys are rotated to their slot in the cache, not their original position
                             // (StreamingLLM), so a stream may outgrow the trained context
+    int bounded_reach;      // 1: every kept token lies within the budget of the newest one (or is a sink at
+                            // a cache position), so query-key distances stay bounded on an endless stream
     int needs_scores;    // 1: the lane keeps a score per slot (charged in the cache's bytes)
     // The score a token enters with; k is its key before RoPE (head_dim values). NULL: 0.
     float (*enter_score)(const float *k, int head_dim);

@@ -46,6 +46,7 @@ const KVPolicy kv_policy_sink = {
     .min_budget = sink_min_budget,
     .evict_at_append = 1,
     .in_cache_positions = 1,
+    .bounded_reach = 1,
     .victim = sink_victim,
     .block_victim = sink_block_victim,
 };

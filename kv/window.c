@@ -34,6 +34,7 @@ const KVPolicy kv_policy_window = {
     .parse = window_parse,
     .budget = window_budget,
     .evict_at_append = 1,
+    .bounded_reach = 1,
     .victim = window_victim,
     .block_victim = window_block_victim,
 };

@@ -124,7 +124,7 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     cr_assert(strstr(r.out, "\"fast_blocks\": 3,") && strstr(r.out, "\"top1_agree\": 1"), "%s", r.out);
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "full", "--fast", "4");
-    EXPECT_ERROR(&r, "infer", "--fast, --prefetch, --transfer-us, --slow-file and --slow-cold apply to --eval tier");
+    EXPECT_ERROR(&r, "infer", "--fast does not apply to kv (it is a flag of tier)");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4", "--data", corpus, "--slow-cold");
     EXPECT_ERROR(&r, "infer", "--slow-cold needs --slow-file PATH");
@@ -153,7 +153,7 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     EXPECT_ERROR(&r, "infer", "--eval reuse needs --reuse lsh|semshare");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--reuse", "lsh");
-    EXPECT_ERROR(&r, "infer", "apply to --eval reuse");
+    EXPECT_ERROR(&r, "infer", "--reuse does not apply to score (it is a flag of reuse)");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "reuse", "--reuse", "lsh", "--data", corpus, "--streams", "2",
             "--context", "24", "--json");
@@ -178,7 +178,7 @@ Test(cli_kv, eval_attention) {
     EXPECT_ERROR(&r, "infer", "--eval attention needs --out DIR");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--out", "/tmp");
-    EXPECT_ERROR(&r, "infer", "--out applies to --eval attention");
+    EXPECT_ERROR(&r, "infer", "--out does not apply to score (it is a flag of attention)");
     cliutil_run_free(&r);
     char dir[256], png[300];
     snprintf(dir, sizeof(dir), "%s.maps", corpus);

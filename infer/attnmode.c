@@ -1,0 +1,74 @@
+// `build/infer attention` (old spelling: --eval attention): attention heat maps and sink / heavy-hitter /
+// recent-window statistics over the --data text's validation split, through the full cache (attnmap.h).
+#include <stdio.h>
+
+#include "attnmap.h"
+#include "mode.h"
+
+typedef struct {
+    ModeCommon common;
+    const char *out, *data;
+    int context, json;
+} AttentionOpts;
+
+static void attention_set_defaults(void *p) {
+    AttentionOpts *o = p;
+    o->data = "data/tinyshakespeare.txt";
+}
+
+static int attention_run(void *p, char *err) {
+    AttentionOpts *o = p;
+    if (!o->out) {
+        err_set(err, "--eval attention needs --out DIR (an existing directory for the PNGs)");
+        return -1;
+    }
+    Model m;
+    Tokenizer tok;
+    if (mode_load_model(&o->common, 0, &m, &tok, err) != 0) return -1;
+    Corpus corpus;
+    if (corpus_load(&corpus, &tok, o->data, 0, NULL, err) != 0) {
+        model_free(&m);
+        return -1;
+    }
+    int T = o->context ? o->context : m.cfg.block_size;
+    int rc = -1;
+    AttnMapStats st;
+    if ((size_t)T > corpus.n_tokens - corpus.n_train)
+        err_set(err, "--eval attention: the validation split has %zu tokens, fewer than --context %d",
+                corpus.n_tokens - corpus.n_train, T);
+    else
+        rc = attn_maps(&m, corpus.tokens + corpus.n_train, T, o->out, "attn", &st, err);
+    if (rc == 0) {
+        if (o->json) attn_map_stats_print_json(stdout, &st);
+        else attn_map_stats_print_text(stdout, &st);
+        attn_map_stats_free(&st);
+    }
+    corpus_free(&corpus);
+    model_free(&m);
+    return rc;
+}
+
+static const ModeFlag attention_flags[] = {
+    MODE_COMMON_FLAGS,
+    {"--out", NULL, MODE_FLAG_STRING, offsetof(AttentionOpts, out), 0, 0, "DIR",
+     "an existing directory for attn-layer{L}.png and attn-summary.png (required)"},
+    {"--context", NULL, MODE_FLAG_INT, offsetof(AttentionOpts, context), 2, 1 << 20, "N",
+     "tokens of the validation split   [model context, at most 1024]"},
+    {"--json", NULL, MODE_FLAG_SWITCH, offsetof(AttentionOpts, json), 0, 0, NULL,
+     "one JSON line per layer and a summary instead of text"},
+    {"--data", NULL, MODE_FLAG_STRING, offsetof(AttentionOpts, data), 0, 0, "FILE",
+     "the text (its validation split)   [data/tinyshakespeare.txt]"},
+    {0},
+};
+
+const Mode mode_attention = {
+    .name = "attention",
+    .summary = "attention heat maps and sink / heavy-hitter statistics (old spelling: --eval attention)",
+    .usage = "build/infer attention --ckpt FILE --out DIR [--context N] [--data FILE] [--json]",
+    .about = "Runs --context tokens of the --data text's validation split through the full cache, writes one PNG\n"
+             "per layer and a summary into DIR, and prints sink, heavy-hitter and recent-window statistics.\n",
+    .flags = attention_flags,
+    .opts_size = sizeof(AttentionOpts),
+    .defaults = attention_set_defaults,
+    .run = attention_run,
+};

@@ -1,0 +1,167 @@
+// `build/infer score` (old spelling: --eval FILE) and `build/infer kv` (old spelling: --eval FILE --kv SPEC):
+// a text file's loss and perplexity through the full forward pass, and the streaming comparison of a KV
+// cache against the full cache on that file (kveval.h).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eval.h"
+#include "kveval.h"
+#include "mode.h"
+
+// The file's tokens (bytes outside the vocabulary skipped and counted in *n_oov); NULL with a message.
+static int *score_read_tokens(const Tokenizer *tok, const char *path, size_t *n, size_t *n_oov, char *err) {
+    size_t len;
+    unsigned char *text = common_read_file(path, &len, err);
+    if (!text) return NULL;
+    int *ids = common_calloc(len + 1, sizeof(int));
+    *n = tokenizer_encode(tok, text, len, ids, n_oov);
+    free(text);
+    return ids;
+}
+
+typedef struct {
+    ModeCommon common;
+    const char *file;
+} ScoreOpts;
+
+static int score_run(void *p, char *err) {
+    ScoreOpts *o = p;
+    if (!o->file) {
+        err_set(err, "--eval FILE is required (see build/infer score --help)");
+        return -1;
+    }
+    Model m;
+    Tokenizer tok;
+    if (mode_load_model(&o->common, 1, &m, &tok, err) != 0) return -1;
+    size_t n = 0;
+    size_t n_oov = 0;
+    int *ids = score_read_tokens(&tok, o->file, &n, &n_oov, err);
+    int rc = -1;
+    EvalResult r;
+    if (ids && eval_tokens(&m, ids, n, &r, err) == 0) {
+        printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", o->file, r.n_scored, r.mean_loss,
+               r.perplexity);
+        if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
+        rc = 0;
+    } else if (ids) {
+        err_set(err, "'%s': %zu usable tokens (%zu bytes outside the vocabulary skipped); need at least 2", o->file,
+                n, n_oov);
+    }
+    common_free(ids);
+    model_free(&m);
+    return rc;
+}
+
+static const ModeFlag score_flags[] = {
+    MODE_COMMON_FLAGS,
+    {"--eval", NULL, MODE_FLAG_STRING, offsetof(ScoreOpts, file), 0, 0, "FILE", "the text to score (required)"},
+    {0},
+};
+
+const Mode mode_score = {
+    .name = "score",
+    .summary = "loss and perplexity of a text file, full forward pass (old spelling: --eval FILE)",
+    .usage = "build/infer score --ckpt FILE --eval FILE",
+    .about = "Scores FILE in consecutive windows of the model's context (each token but the first is predicted\n"
+             "once, from the tokens before it in its window); characters outside the vocabulary are skipped and\n"
+             "counted.\n",
+    .flags = score_flags,
+    .opts_size = sizeof(ScoreOpts),
+    .run = score_run,
+};
+
+typedef struct {
+    ModeCommon common;
+    const char *file, *kv, *data;
+    int context, prefill, streams, curve, json;
+} KvOpts;
+
+static void kv_set_defaults(void *p) {
+    KvOpts *o = p;
+    o->data = "data/tinyshakespeare.txt";
+}
+
+static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const KVSpec *spec, char *err) {
+    size_t n = 0;
+    int *ids = score_read_tokens(tok, o->file, &n, NULL, err);
+    if (!ids) return -1;
+    KVEvalConfig kc = {.context = o->context ? o->context : m->cfg.block_size, .curve = o->curve};
+    kc.prefill = o->prefill ? o->prefill : kc.context / 2;
+    kc.streams = o->streams ? o->streams : 8;
+    Corpus calib; // low-rank bases come from the training corpus, not the text being scored
+    int rc = mode_load_calibration(spec, tok, o->data, &calib, err);
+    KVEvalResult r;
+    if (rc == 0) {
+        kc.calib = calib.tokens;
+        kc.n_calib = calib.n_train;
+        rc = kv_eval_streams(m, spec, ids, n, &kc, &r, err);
+        corpus_free(&calib);
+    }
+    if (rc == 0 && o->json) kv_eval_print_json(spec, &kc, &r);
+    else if (rc == 0)
+        printf("eval: %s --kv=%s: %zu tokens scored (%d streams of %d, scoring after %d): ppl %.4f (full cache "
+               "%.4f), KL %.3g, top-1 agreement %.4f, KV %zu bytes = %.1f bytes/token (fp16 full: %.1f), "
+               "decode %.0f tokens/s\n",
+               o->file, spec->text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.ppl_full, r.kl,
+               r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.decode_tokens_per_s);
+    common_free(ids);
+    return rc;
+}
+
+static int kv_run(void *p, char *err) {
+    KvOpts *o = p;
+    if (!o->file || !o->kv) {
+        err_set(err, "kv needs --eval FILE and --kv SPEC (see build/infer kv --help)");
+        return -1;
+    }
+    KVSpec spec;
+    if (kv_spec_parse(&spec, o->kv, err) != 0) return -1;
+    if (spec.tier_fast) {
+        err_set(err, "--kv ...+tier:N applies to --eval tier");
+        return -1;
+    }
+    if (o->curve && !o->json) {
+        err_set(err, "--curve applies to the streaming eval with --json (--eval FILE --kv SPEC --json)");
+        return -1;
+    }
+    Model m;
+    Tokenizer tok;
+    if (mode_load_model(&o->common, 0, &m, &tok, err) != 0) return -1;
+    int rc = kv_run_streams(&m, &tok, o, &spec, err);
+    model_free(&m);
+    return rc;
+}
+
+static const ModeFlag kv_flags[] = {
+    MODE_COMMON_FLAGS,
+    {"--eval", NULL, MODE_FLAG_STRING, offsetof(KvOpts, file), 0, 0, "FILE", "the text to stream (required)"},
+    {"--kv", NULL, MODE_FLAG_STRING, offsetof(KvOpts, kv), 0, 0, "SPEC", "the KV cache under test (required)"},
+    {"--context", NULL, MODE_FLAG_INT, offsetof(KvOpts, context), 2, 1 << 20, "N",
+     "tokens per stream, may exceed the trained context   [model context]"},
+    {"--prefill", NULL, MODE_FLAG_INT, offsetof(KvOpts, prefill), 1, 1 << 20, "N",
+     "tokens fed before scoring (SnapKV compresses here)   [context/2]"},
+    {"--streams", NULL, MODE_FLAG_INT, offsetof(KvOpts, streams), 1, 1 << 16, "N",
+     "streams at evenly spaced offsets of the file   [8]"},
+    {"--json", NULL, MODE_FLAG_SWITCH, offsetof(KvOpts, json), 0, 0, NULL, "one JSON object instead of text"},
+    {"--curve", NULL, MODE_FLAG_INT, offsetof(KvOpts, curve), 1, KV_EVAL_MAX_CURVE, "N",
+     "with --json: perplexity against position in N buckets of the scored positions"},
+    {"--data", NULL, MODE_FLAG_STRING, offsetof(KvOpts, data), 0, 0, "FILE",
+     "+lowrank:R calibrates on this text's training split   [data/tinyshakespeare.txt]"},
+    {0},
+};
+
+const Mode mode_kv = {
+    .name = "kv",
+    .summary = "a KV cache against the full cache, streaming over a file (old spelling: --eval FILE --kv SPEC)",
+    .usage = "build/infer kv --ckpt FILE --eval FILE --kv SPEC [--context N] [--prefill N] [--streams N] [--json]",
+    .about = "--streams streams of --context tokens at evenly spaced offsets of FILE are fed one token at a time\n"
+             "through the cache under test and, in lockstep, the full fp32 cache; every token after the first\n"
+             "--prefill is predicted through the cache under test. Reports perplexity through both, KL(full ||\n"
+             "cache) per token, top-1 agreement, KV bytes held (per token, against a full fp16 cache), prefill\n"
+             "and decode tokens/s, peak RSS.\n",
+    .flags = kv_flags,
+    .opts_size = sizeof(KvOpts),
+    .defaults = kv_set_defaults,
+    .run = kv_run,
+};
