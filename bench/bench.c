@@ -138,7 +138,7 @@ static void bench_decode(const char *preset_name, const char *attn, int vocab, i
     const ModelConfig mc = m.cfg;
     KVCache *kv;
     char err[ERR_LEN];
-    KVShape shape = {mc.n_layer, mc.n_head, mc.n_kv_head, model_head_dim(&mc), mc.block_size, mc.rope_theta, 0};
+    KVShape shape = decode_kv_shape(&mc, mc.block_size);
     CHECK(kv_full_init(&kv, &shape, err) == 0);
     DecodeState ds;
     decode_state_init(&ds, &mc, 1, mc.block_size);

@@ -4,6 +4,10 @@
 
 #include <string.h>
 
+KVShape decode_kv_shape(const ModelConfig *c, int max_positions) {
+    return (KVShape){c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), max_positions, c->rope_theta, 0};
+}
+
 void decode_state_init(DecodeState *s, const ModelConfig *c, int max_rows, int capacity) {
     size_t C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, R = (size_t)max_rows;
     CHECK(max_rows >= 1 && capacity >= 1);

@@ -11,6 +11,9 @@
 #include "../kv/paged.h"
 #include "../layers/model.h"
 
+// The cache shape of a model, for streams of up to max_positions tokens.
+KVShape decode_kv_shape(const ModelConfig *cfg, int max_positions);
+
 // Buffers of one step, for up to max_rows rows (llama2.c's RunState). Row r of each (rows, width) buffer is
 // at r * width.
 typedef struct {

@@ -58,7 +58,7 @@ int attn_maps_collect(const Model *m, const int *tokens, int T, float *att, char
     const ModelConfig *c = &m->cfg;
     memset(att, 0, (size_t)c->n_layer * c->n_head * T * T * sizeof(float)); // the future stays zero
     KVCache *kv;
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
+    KVShape shape = decode_kv_shape(c, T);
     if (kv_full_init(&kv, &shape, err) != 0) return -1;
     DecodeState ds;
     decode_state_init(&ds, c, 1, T);

@@ -18,7 +18,8 @@ int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, siz
         err_set(err, "low-rank calibration needs at least %d tokens, got %zu", T, n);
         return -1;
     }
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, HD, T, c->rope_theta, .keep_prerope = 1};
+    KVShape shape = decode_kv_shape(c, T);
+    shape.keep_prerope = 1;
     KVCache *full;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     DecodeState ds;
@@ -54,7 +55,7 @@ int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, siz
 int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int max_positions, const int *calib,
                         size_t n_calib, char *err) {
     const ModelConfig *mc = &m->cfg;
-    KVShape shape = {mc->n_layer, mc->n_head, mc->n_kv_head, model_head_dim(mc), max_positions, mc->rope_theta, 0};
+    KVShape shape = decode_kv_shape(mc, max_positions);
     *c = (EvalCache){.n_layer = mc->n_layer};
     if (spec->paged_block) { // one sequence: room for a stream, and a block to spare
         int n_blocks = (max_positions + spec->paged_block - 1) / spec->paged_block + 1;

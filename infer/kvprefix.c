@@ -21,7 +21,7 @@ int kv_eval_prefix(const Model *m, const KVSpec *spec, const int *tokens, size_t
         return err_set(err, "--eval prefix: the text has %zu tokens, fewer than %d requests of %d need", n, R, T), -1;
     int per_request = (T + B - 1) / B;
     int n_blocks = pc->pool_blocks ? pc->pool_blocks : 2 * per_request;
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
+    KVShape shape = decode_kv_shape(c, T);
     KVPool *pool;
     KVSeqPolicy policy;
     if (kv_paged_policy(&policy, spec, err) != 0 || kv_pool_init_spec(&pool, &shape, spec, n_blocks, err) != 0)

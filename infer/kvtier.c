@@ -53,7 +53,7 @@ int kv_eval_tier(const Model *m, const int *tokens, size_t n, const KVTierConfig
                        "the first tier step warms the fast tier up, the rest are measured", P, T), -1;
     if ((size_t)T > n) return err_set(err, "--eval tier: the text has %zu tokens, fewer than --context %d", n, T), -1;
     int blocks = (T + B - 1) / B, steps = T - P;
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), T, c->rope_theta, 0};
+    KVShape shape = decode_kv_shape(c, T);
     KVPool *pool;
     if (kv_pool_init(&pool, &shape, B, blocks, err) != 0) return -1;
     KVCache *full;

@@ -215,8 +215,7 @@ static void clear_locked(Engine *e) {
     KVPagedStats st;
     kv_pool_stats(e->pool, &st);
     KVPool *old = e->pool, *fresh;
-    KVShape shape = {e->model->cfg.n_layer, e->model->cfg.n_head, e->model->cfg.n_kv_head,
-                     model_head_dim(&e->model->cfg), e->context, e->model->cfg.rope_theta, 0};
+    KVShape shape = decode_kv_shape(&e->model->cfg, e->context);
     char err[ERR_LEN];
     CHECK(kv_pool_init_format(&fresh, &shape, e->block, e->n_blocks, e->kv_format, err) == 0);
     fresh->requests = old->requests, fresh->query_blocks = old->query_blocks, fresh->hit_blocks = old->hit_blocks;
@@ -311,7 +310,7 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     e->shared_reuse = cfg->shared_reuse, e->reuse_budget = cfg->reuse_budget;
     e->context = c->block_size;
     e->n_blocks = cfg->n_blocks ? cfg->n_blocks : 16 * ((c->block_size + block - 1) / block);
-    KVShape shape = {c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), c->block_size, c->rope_theta, 0};
+    KVShape shape = decode_kv_shape(c, c->block_size);
     e->kv_format = cfg->kv_format ? cfg->kv_format : "fp32";
     if (kv_pool_init_format(&e->pool, &shape, block, e->n_blocks, e->kv_format, err) != 0) return -1;
     if (reuse_init(e, cfg, err) != 0) {
