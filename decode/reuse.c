@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../layers/cpu_ops.h"
 #include "reuse.h"
 
 void kv_reuse_work_init(KVReuseWork *w, const Model *m, int cap) {
@@ -329,4 +330,62 @@ int kv_reuse_decode(const Model *m, KVReuseWork *w, int token) {
     CHECK(decode_forward(m, &w->ds, stores, 1, &token, &w->n, 1, DECODE_LOGITS_ALL, NULL) == 1);
     w->n++;
     return 0;
+}
+
+// --- the model side of the store ----------------------------------------------------------------------
+
+int decode_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreConfig *cfg, const int *calib,
+                            size_t n_calib, char *err) {
+    if (m->ops->on_device) {
+        err_set(err, "reuse: runs on the CPU backend only");
+        return -1;
+    }
+    KVShape shape = decode_kv_shape(&m->cfg, m->cfg.block_size);
+    return kv_reuse_store_init(out, m->params.wte, m->cfg.vocab_size, m->cfg.n_embd, &shape, cfg, calib, n_calib, err);
+}
+
+// Rows (n, D): unit content vectors (the token's embedding plus decay^d times its d-th predecessor's, d <=
+// window), then sqrt(pos_weight / F) * [cos(t w_f), sin(t w_f)] for the F = head_dim/2 RoPE frequencies, so
+// a dot product of two rows is cos(content) + pos_weight * mean_f cos((i - j) w_f).
+static void match_features(const Model *m, const KVSemShareConfig *sc, const int *tok, int n, float *f, int D) {
+    int C = m->cfg.n_embd, HD = model_head_dim(&m->cfg), F = HD / 2;
+    float ps = sqrtf(sc->pos_weight / (float)F);
+    for (int t = 0; t < n; t++) {
+        float *row = f + (size_t)t * D;
+        memset(row, 0, (size_t)D * sizeof(float));
+        float w = 1.0f;
+        for (int d = 0; d <= sc->window && d <= t; d++, w *= sc->decay) {
+            const float *e = m->params.wte + (size_t)tok[t - d] * C;
+            for (int i = 0; i < C; i++) row[i] += w * e[i];
+        }
+        double nn = 0.0;
+        for (int i = 0; i < C; i++) nn += (double)row[i] * row[i];
+        float inv = nn > 0.0 ? (float)(1.0 / sqrt(nn)) : 0.0f;
+        for (int i = 0; i < C; i++) row[i] *= inv;
+        for (int i = 0; i < F; i++) {
+            double ang = rope_angle(t, i, HD, m->cfg.rope_theta);
+            row[C + 2 * i] = ps * (float)cos(ang);
+            row[C + 2 * i + 1] = ps * (float)sin(ang);
+        }
+    }
+}
+
+void decode_semshare_map(const Model *m, const KVSemShareConfig *sc, const int *ref, int n_ref, const int *tokens,
+                     int n, int *map) {
+    int D = m->cfg.n_embd + model_head_dim(&m->cfg);
+    float *fr = common_calloc((size_t)n_ref * D, sizeof(float)), *fn = common_calloc((size_t)n * D, sizeof(float));
+    float *score = common_calloc((size_t)n * n_ref, sizeof(float));
+    match_features(m, sc, ref, n_ref, fr, D);
+    match_features(m, sc, tokens, n, fn, D);
+    m->ops->matmul_forward(score, fn, fr, n, D, n_ref); // (n, n_ref) = fn @ fr^T
+    for (int i = 0; i < n; i++) {
+        const float *row = score + (size_t)i * n_ref;
+        int best = 0;
+        for (int j = 1; j < n_ref; j++)
+            if (row[j] > row[best]) best = j;
+        map[i] = best;
+    }
+    common_free(fr);
+    common_free(fn);
+    common_free(score);
 }

@@ -45,4 +45,12 @@ void kv_reuse_prefill_semshare(const Model *m, KVReuseWork *w, const KVReuseEntr
 // cache is full.
 int kv_reuse_decode(const Model *m, KVReuseWork *w, int token);
 
+// The store of kv/reuse.h over this model's embeddings (the CPU backend only: it reads them on the host).
+int decode_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreConfig *cfg, const int *calib,
+                            size_t n_calib, char *err);
+// map[i] = the reference token (index into ref) new token i takes its KV from: the best match of content
+// (embeddings of the token and its predecessors) plus position (RoPE frequencies), one matrix product.
+void decode_semshare_map(const Model *m, const KVSemShareConfig *cfg, const int *ref, int n_ref, const int *tokens,
+                         int n, int *map);
+
 #endif

@@ -59,7 +59,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
         return err_set(err, "--eval reuse: the text has %zu tokens, fewer than %d windows of %d need", n, 5 * P, T), -1;
     if (kv_semshare_config_validate(&cfg->semshare, err) != 0) return -1;
     KVReuseStore *store;
-    if (kv_reuse_store_init(&store, m, &cfg->store, cfg->calib ? cfg->calib : tokens, cfg->calib ? cfg->n_calib : n,
+    if (decode_reuse_store_init(&store, m, &cfg->store, cfg->calib ? cfg->calib : tokens, cfg->calib ? cfg->n_calib : n,
                             err) != 0)
         return -1;
     int cap = T + G, rc = 0;
@@ -103,7 +103,7 @@ int kv_eval_reuse(const Model *m, const char *method, const int *tokens, size_t 
             const KVReuseEntry *e = kv_reuse_lookup(store, 0, b, T, NULL);
             if (e && lsh) kv_reuse_prefill_lsh(m, &wr, e, b, T, cfg->lsh_recompute, &cost[cls]);
             else if (e) {
-                kv_semshare_map(m, &cfg->semshare, e->tokens, e->n, b, T, map);
+                decode_semshare_map(m, &cfg->semshare, e->tokens, e->n, b, T, map);
                 kv_reuse_prefill_semshare(m, &wr, e, map, &cfg->semshare, b, T, &cost[cls]);
             } else kv_reuse_prefill_full(m, &wr, b, T, &cost[cls]);
             r->ttft_ms += 1e3 * (common_now() - t0) / P;

@@ -8,11 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../layers/cpu_ops.h"
+#include "../common/common.h"
+
 
 struct KVReuseStore {
-    const Model *m;
-    int C, L, NKV, HD;
+    const float *wte;         // (vocab, C) the model's token embeddings (borrowed)
+    int vocab, C, L, NKV, HD;
     KVReuseStoreConfig cfg;
     float *planes;            // (planes, C) N(0, 1) hyperplane normals
     float *center;            // (C)
@@ -25,8 +26,8 @@ void kv_reuse_store_config_default(KVReuseStoreConfig *cfg) {
                                 .budget_bytes = (size_t)64 << 20, .seed = 1234};
 }
 
-int kv_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreConfig *cfg, const int *calib,
-                        size_t n_calib, char *err) {
+int kv_reuse_store_init(KVReuseStore **out, const float *wte, int vocab, int width, const KVShape *shape,
+                        const KVReuseStoreConfig *cfg, const int *calib, size_t n_calib, char *err) {
     if (cfg->planes < 1 || cfg->planes > 64)
         return err_set(err, "reuse: LSH hyperplanes must be 1..64 (got %d)", cfg->planes), -1;
     if (cfg->radius < 0 || cfg->radius > cfg->planes)
@@ -36,11 +37,9 @@ int kv_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreCo
     if (!(cfg->min_overlap >= 0.0f && cfg->min_overlap <= 1.0f))
         return err_set(err, "reuse: the n-gram overlap must be in [0, 1] (got %g)", cfg->min_overlap), -1;
     if (cfg->budget_bytes == 0) return err_set(err, "reuse: the store's byte budget must be > 0"), -1;
-    if (m->ops->on_device) return err_set(err, "reuse: runs on the CPU backend only"), -1;
     KVReuseStore *s = common_calloc(1, sizeof(*s));
-    const ModelConfig *c = &m->cfg;
-    *s = (KVReuseStore){.m = m, .C = c->n_embd, .L = c->n_layer, .NKV = c->n_kv_head, .HD = model_head_dim(c),
-                        .cfg = *cfg};
+    *s = (KVReuseStore){.wte = wte, .vocab = vocab, .C = width, .L = shape->n_layer, .NKV = shape->n_kv_head,
+                        .HD = shape->head_dim, .cfg = *cfg};
     s->planes = common_calloc((size_t)cfg->planes * s->C, sizeof(float));
     s->center = common_calloc((size_t)s->C, sizeof(float));
     Rng rng;
@@ -48,8 +47,8 @@ int kv_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreCo
     for (size_t i = 0; i < (size_t)cfg->planes * s->C; i++) s->planes[i] = rng_normal(&rng);
     if (calib && n_calib > 0) {
         for (size_t t = 0; t < n_calib; t++) {
-            CHECK(calib[t] >= 0 && calib[t] < c->vocab_size);
-            const float *row = m->params.wte + (size_t)calib[t] * s->C;
+            CHECK(calib[t] >= 0 && calib[t] < vocab);
+            const float *row = wte + (size_t)calib[t] * s->C;
             for (int i = 0; i < s->C; i++) s->center[i] += row[i];
         }
         for (int i = 0; i < s->C; i++) s->center[i] /= (float)n_calib;
@@ -103,11 +102,11 @@ void kv_reuse_store_free(KVReuseStore *s) {
 
 void kv_reuse_embed(const KVReuseStore *s, const int *tokens, int n, int centred, float *mean) {
     CHECK(n > 0);
-    const float *wte = s->m->params.wte;
+    const float *wte = s->wte;
     double acc[s->C];
     memset(acc, 0, sizeof(acc));
     for (int t = 0; t < n; t++) {
-        CHECK(tokens[t] >= 0 && tokens[t] < s->m->cfg.vocab_size);
+        CHECK(tokens[t] >= 0 && tokens[t] < s->vocab);
         const float *row = wte + (size_t)tokens[t] * s->C;
         for (int i = 0; i < s->C; i++) acc[i] += row[i];
     }
@@ -273,50 +272,4 @@ void kv_semshare_keep_counts(const KVSemShareConfig *c, int n_layer, int n, int 
         long k = lround(f * n);
         keep[l] = k < protect ? protect : k > n ? n : (int)k;
     }
-}
-
-// Rows (n, D): unit content vectors (the token's embedding plus decay^d times its d-th predecessor's, d <=
-// window), then sqrt(pos_weight / F) * [cos(t w_f), sin(t w_f)] for the F = head_dim/2 RoPE frequencies, so
-// a dot product of two rows is cos(content) + pos_weight * mean_f cos((i - j) w_f).
-static void match_features(const Model *m, const KVSemShareConfig *sc, const int *tok, int n, float *f, int D) {
-    int C = m->cfg.n_embd, HD = model_head_dim(&m->cfg), F = HD / 2;
-    float ps = sqrtf(sc->pos_weight / (float)F);
-    for (int t = 0; t < n; t++) {
-        float *row = f + (size_t)t * D;
-        memset(row, 0, (size_t)D * sizeof(float));
-        float w = 1.0f;
-        for (int d = 0; d <= sc->window && d <= t; d++, w *= sc->decay) {
-            const float *e = m->params.wte + (size_t)tok[t - d] * C;
-            for (int i = 0; i < C; i++) row[i] += w * e[i];
-        }
-        double nn = 0.0;
-        for (int i = 0; i < C; i++) nn += (double)row[i] * row[i];
-        float inv = nn > 0.0 ? (float)(1.0 / sqrt(nn)) : 0.0f;
-        for (int i = 0; i < C; i++) row[i] *= inv;
-        for (int i = 0; i < F; i++) {
-            double ang = rope_angle(t, i, HD, m->cfg.rope_theta);
-            row[C + 2 * i] = ps * (float)cos(ang);
-            row[C + 2 * i + 1] = ps * (float)sin(ang);
-        }
-    }
-}
-
-void kv_semshare_map(const Model *m, const KVSemShareConfig *sc, const int *ref, int n_ref, const int *tokens,
-                     int n, int *map) {
-    int D = m->cfg.n_embd + model_head_dim(&m->cfg);
-    float *fr = common_calloc((size_t)n_ref * D, sizeof(float)), *fn = common_calloc((size_t)n * D, sizeof(float));
-    float *score = common_calloc((size_t)n * n_ref, sizeof(float));
-    match_features(m, sc, ref, n_ref, fr, D);
-    match_features(m, sc, tokens, n, fn, D);
-    m->ops->matmul_forward(score, fn, fr, n, D, n_ref); // (n, n_ref) = fn @ fr^T
-    for (int i = 0; i < n; i++) {
-        const float *row = score + (size_t)i * n_ref;
-        int best = 0;
-        for (int j = 1; j < n_ref; j++)
-            if (row[j] > row[best]) best = j;
-        map[i] = best;
-    }
-    common_free(fr);
-    common_free(fn);
-    common_free(score);
 }

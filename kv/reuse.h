@@ -57,7 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../layers/model.h"
+#include "kv.h"
 
 typedef struct {
     int planes;          // LSH hyperplanes = signature bits, 1..64 [16]
@@ -92,7 +92,8 @@ typedef struct KVReuseStore KVReuseStore;
 
 void kv_reuse_store_config_default(KVReuseStoreConfig *cfg);
 // centre: the mean embedding of calib (n_calib tokens); calib NULL = no centring (raw cosines).
-int kv_reuse_store_init(KVReuseStore **out, const Model *m, const KVReuseStoreConfig *cfg, const int *calib,
+int kv_reuse_store_init(KVReuseStore **out, const float *wte, int vocab, int width, const KVShape *shape,
+                        const KVReuseStoreConfig *cfg, const int *calib,
                         size_t n_calib, char *err);
 void kv_reuse_store_free(KVReuseStore *s);
 void kv_reuse_clear(KVReuseStore *s);
@@ -133,8 +134,4 @@ int kv_semshare_config_validate(const KVSemShareConfig *cfg, char *err);
 // Prompt tokens (of n) each of n_layer layers keeps after a semshare prefill: n * deep_keep^(l/(L-1))
 // rounded, at least the protected min(n, deep_sink + deep_recent), so non-increasing with depth; n when off.
 void kv_semshare_keep_counts(const KVSemShareConfig *cfg, int n_layer, int n, int *keep);
-// map[i] = the reference token (index into ref) new token i takes its KV from.
-void kv_semshare_map(const Model *m, const KVSemShareConfig *cfg, const int *ref, int n_ref, const int *tokens,
-                     int n, int *map);
-
 #endif

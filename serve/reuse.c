@@ -35,7 +35,7 @@ int reuse_init(Engine *e, const EngineConfig *cfg, char *err) {
         for (int i = 0; i < m->cfg.vocab_size; i++) vocab[i] = i;
         calib = vocab, n_calib = (size_t)m->cfg.vocab_size;
     }
-    int rc = kv_reuse_store_init(&e->store, m, &e->store_cfg, calib, n_calib, err);
+    int rc = decode_reuse_store_init(&e->store, m, &e->store_cfg, calib, n_calib, err);
     common_free(vocab);
     if (rc != 0) return -1;
     kv_semshare_config_default(&e->semshare);
@@ -133,7 +133,7 @@ int reuse_begin(Engine *e, Req *r, char *err) {
     if (r->reuse == REUSE_LSH) {
         kv_reuse_prefill_lsh(m, &e->rw, ref, r->prompt, n, 1, &cost);
     } else {
-        kv_semshare_map(m, &e->semshare, ref->tokens, ref->n, r->prompt, n, e->map);
+        decode_semshare_map(m, &e->semshare, ref->tokens, ref->n, r->prompt, n, e->map);
         kv_reuse_prefill_semshare(m, &e->rw, ref, e->map, &e->semshare, r->prompt, n, &cost);
     }
     int L = m->cfg.n_layer, recomputed = (int)((cost.layer_tokens + L - 1) / L);

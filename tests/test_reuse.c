@@ -29,7 +29,7 @@ static KVReuseStore *new_store(const Model *m, KVReuseStoreConfig *sc) {
     random_tokens(calib, 2000, 99);
     KVReuseStore *s;
     char err[ERR_LEN];
-    cr_assert_eq(kv_reuse_store_init(&s, m, sc, calib, 2000, err), 0, "%s", err);
+    cr_assert_eq(decode_reuse_store_init(&s, m, sc, calib, 2000, err), 0, "%s", err);
     return s;
 }
 
@@ -268,7 +268,7 @@ Test(reuse, semshare_identical_maps_to_self) {
     int a[T], map[T];
     random_tokens(a, T, 7);
     a[20] = a[10], a[21] = a[11], a[22] = a[12]; // a repeated trigram: position must break the tie
-    kv_semshare_map(&m, &ss, a, T, a, T, map);
+    decode_semshare_map(&m, &ss, a, T, a, T, map);
     for (int i = 0; i < T; i++) cr_assert_eq(map[i], i, "token %d mapped to %d", i, map[i]);
     KVReuseStoreConfig sc;
     kv_reuse_store_config_default(&sc);
@@ -307,7 +307,7 @@ Test(reuse, semshare_rerotates_keys_to_new_positions) {
     random_tokens(a, T, 8);
     memcpy(b, a + T / 2, (T / 2) * sizeof(int));
     memcpy(b + T / 2, a, (T / 2) * sizeof(int));
-    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    decode_semshare_map(&m, &ss, a, T, b, T, map);
     int moved = 0;
     for (int i = 0; i < T; i++) {
         cr_assert_eq(a[map[i]], b[i]);
@@ -426,7 +426,7 @@ Test(reuse, semshare_prune_off_is_bit_identical) {
     kv_semshare_config_default(&ss);
     cr_assert_eq(ss.deep_keep, 1.0f, "pruning is off by default");
     other = ss, other.deep_sink = 0, other.deep_recent = 1, other.deep_window = T;
-    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    decode_semshare_map(&m, &ss, a, T, b, T, map);
     KVReuseWork w, t;
     kv_reuse_work_init(&w, &m, T + 4);
     kv_reuse_work_init(&t, &m, T + 4);
@@ -489,7 +489,7 @@ Test(reuse, semshare_prune_keeps_configured_rows) {
     KVSemShareConfig ss, off;
     prune_config(&ss);
     off = ss, off.deep_keep = 1.0f;
-    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    decode_semshare_map(&m, &ss, a, T, b, T, map);
     kv_semshare_keep_counts(&ss, 3, T, keep);
     cr_assert(keep[0] == T && keep[1] == 22 && keep[2] == 12, "40 * 0.3^(l/2): 40, 21.9, 12");
     KVReuseWork w, f;
@@ -570,7 +570,7 @@ Test(reuse, semshare_prune_decode_reads_only_kept_rows) {
     KVSemShareConfig ss, off;
     prune_config(&ss);
     off = ss, off.deep_keep = 1.0f;
-    kv_semshare_map(&m, &ss, a, T, b, T, map);
+    decode_semshare_map(&m, &ss, a, T, b, T, map);
     int keep[3];
     kv_semshare_keep_counts(&ss, 3, T, keep);
     KVReuseWork w, f, u;
@@ -635,7 +635,7 @@ Test(reuse, semshare_prune_keeps_the_most_attended) {
     KVSemShareConfig ss;
     prune_config(&ss);
     ss.deep_window = 1;
-    kv_semshare_map(&m, &ss, a, T, a, T, map);
+    decode_semshare_map(&m, &ss, a, T, a, T, map);
     kv_semshare_keep_counts(&ss, 3, T, keep);
     KVReuseWork w, f; // cap > T: a vote read with the wrong row stride would show
     kv_reuse_work_init(&w, &m, T + 4);
@@ -706,7 +706,7 @@ Test(reuse, bad_configs_rejected_with_one_line) {
     for (int i = 0; i < 6; i++) kv_reuse_store_config_default(&bad[i]);
     bad[0].planes = 0, bad[1].planes = 65, bad[2].threshold = 1.5f, bad[3].threshold = NAN, bad[4].radius = 17;
     bad[5].budget_bytes = 0;
-    for (int i = 0; i < 6; i++) expect_one_line(kv_reuse_store_init(&s, &m, &bad[i], NULL, 0, err), err);
+    for (int i = 0; i < 6; i++) expect_one_line(decode_reuse_store_init(&s, &m, &bad[i], NULL, 0, err), err);
     int tok[400];
     random_tokens(tok, 400, 12);
     KVReuseConfig cfg, c2;
