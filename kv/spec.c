@@ -4,6 +4,7 @@
 #include "spec.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,12 @@ int kv_parse_ints(const char *s, int *out, int max) {
     return n;
 }
 
-const char *kv_spec_forms(void) {
-    static char forms[1024];
-    if (forms[0]) return forms;
+// The registries' forms and the pool's policies, written once (the server parses specs on several threads).
+static char forms[1024], paged_msg[256];
+static pthread_once_t messages_once = PTHREAD_ONCE_INIT;
+static void write_messages(void);
+
+static void write_forms(void) {
     size_t at = 0;
     for (int i = 0; i < kv_policy_count; i++)
         at += (size_t)snprintf(forms + at, sizeof(forms) - at, "%s%s", i ? " | " : "", kv_policies[i]->form);
@@ -46,6 +50,10 @@ const char *kv_spec_forms(void) {
     snprintf(forms + at, sizeof(forms) - at,
              " | +lowrank:R | +fpkeep:S,R | +minicache:L[,A] | +hadamard | +pyramid | +paged:BLOCK | +tier:N "
              "(a bare storage term means full selection: int4 = full+int4)");
+}
+
+const char *kv_spec_forms(void) {
+    pthread_once(&messages_once, write_messages);
     return forms;
 }
 
@@ -121,18 +129,26 @@ static int fail(char *err, const char *text, const char *term, const char *why) 
 }
 
 // "full, window, sink, h2o or random": the policies that run on pages, from the registry.
-static const char *paged_policies(void) {
-    static char msg[256];
-    if (msg[0]) return msg;
+static void write_paged_policies(void) {
+    char *msg = paged_msg;
     const char *names[32];
     int n = 0;
     for (int i = 0; i < kv_policy_count && n < 32; i++)
         if (!kv_policies[i]->budget || kv_policies[i]->block_victim) names[n++] = kv_policies[i]->name;
-    size_t at = (size_t)snprintf(msg, sizeof(msg), "paged:BLOCK composes with ");
+    size_t at = (size_t)snprintf(msg, sizeof(paged_msg), "paged:BLOCK composes with ");
     for (int i = 0; i < n; i++)
-        at += (size_t)snprintf(msg + at, sizeof(msg) - at, "%s%s", names[i],
+        at += (size_t)snprintf(msg + at, sizeof(paged_msg) - at, "%s%s", names[i],
                                i + 2 < n ? ", " : i + 2 == n ? " or " : " selection only");
-    return msg;
+}
+
+static void write_messages(void) {
+    write_forms();
+    write_paged_policies();
+}
+
+static const char *paged_policies(void) {
+    pthread_once(&messages_once, write_messages);
+    return paged_msg;
 }
 
 // Composition rules, checked after every term parsed: NULL when the spec composes.
