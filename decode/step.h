@@ -2,7 +2,7 @@
 // forward (layers/transformer.c), attending through a KV store. The single-token decode step is n = 1, the
 // server's batch is one row per request (each with its own store), the reuse prefill is the whole prompt
 // through one store that may drop rows layer by layer. A store is the model-side face of a KV structure
-// (decode/cache_store.c, paged_store.c, tier_store.c, reuse_store.c): it keeps each row's key and value and
+// (decode/cache_store.c, paged_store.c, tier_store.c, reuse.c): it keeps each row's key and value and
 // computes its attention.
 #ifndef KVLAB_DECODE_STEP_H
 #define KVLAB_DECODE_STEP_H

@@ -132,7 +132,7 @@ static const ModeFlag generate_flags[] = {
      "nucleus: the smallest set with mass >= P   [1.0]"},
     {"--seed", NULL, MODE_FLAG_U64, offsetof(GenerateOpts, seed), 0, 0, "S", "sampling seed (same seed, same text)   [1337]"},
     {"--kv", NULL, MODE_FLAG_STRING, offsetof(GenerateOpts, kv), 0, 0, "SPEC",
-     "KV cache to generate through, any spec (README: KV-cache techniques)   [full]"},
+     "KV cache to generate through, any spec (docs/kv.md; build/infer --help lists them)   [full]"},
     {"--data", NULL, MODE_FLAG_STRING, offsetof(GenerateOpts, data), 0, 0, "FILE",
      "+lowrank:R calibrates on this text's training split   [data/tinyshakespeare.txt]"},
     {0},

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../kv/codec.h"
+#include "../kv/policy.h"
 
 #include "mode.h"
 
@@ -16,13 +18,15 @@ static void main_print_help(void) {
            "Generates text from a trained checkpoint through any KV cache, and measures what a KV cache costs\n"
            "and saves. Modes:\n\n");
     for (int i = 0; i < mode_count; i++) printf("  %-12s %s\n", mode_table[i]->name, mode_table[i]->summary);
-    printf("\nKV specs (--kv): SELECT[+TERM...]\n"
-           "  SELECT: full | window:W | sink:S,window:W | h2o:H,R | tova:B | snapkv:B[,W[,K]] | knorm:B[,L]\n"
-           "          | paged:BLOCK (= full+paged:BLOCK)\n"
-           "  TERM:   fp16 | int8[:G] | int4[:G] | int2[:G] | kivi2[:G[,R]] | kivi4[:G[,R]] | lowrank:R\n"
-           "          | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid | paged:BLOCK | tier:N\n"
-           "  e.g. --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=window:64+paged:16+int4\n"
-           "  (README.md explains each technique.)\n");
+    printf("\nKV specs (--kv): SELECT[+TERM...], or TERM[+TERM...] with full selection (int4 = full+int4)\n"
+           "  selection policies (kv/registry.c):\n");
+    for (int i = 0; i < kv_policy_count; i++)
+        printf("    %-22s %s\n", kv_policies[i]->form, kv_policies[i]->help);
+    printf("  storage formats:\n");
+    for (int i = 0; i < kv_codec_count; i++) printf("    %-22s %s\n", kv_codecs[i]->form, kv_codecs[i]->help);
+    printf("  modifiers: lowrank:R | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid | paged:BLOCK | tier:N\n"
+           "  e.g. --kv int4, --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=window:64+paged:16+fp8\n"
+           "  (docs/kv.md explains each technique and what composes.)\n");
 }
 
 // The old spellings: which mode --prompt / --eval select. *skip is set to "--eval" when the flag only named

@@ -65,6 +65,10 @@ extern const int kv_policy_count;
 // The policy named `name` (the term up to ':'), or NULL.
 const KVPolicy *kv_policy_find(const char *name, size_t len);
 
+// The forms of the policies that run on pages ("window:W, sink:S,window:W, h2o:H,R or random:B[,R[,SEED]]")
+// into buf (cap bytes), for messages.
+void kv_policy_block_forms(char *buf, size_t cap);
+
 // Helpers the policy files share.
 // The newest `recent` slots of a lane (a per-layer budget can be smaller: then budget - 1) are protected.
 int kv_policy_protected(int recent, int budget);

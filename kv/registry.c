@@ -1,6 +1,7 @@
 // The registries: every selection policy and every storage codec the --kv grammar knows, one line each. A
 // new technique is its own file plus one line here; the caches, the pool, the parser, --help and the error
 // messages read these tables.
+#include <stdio.h>
 #include <string.h>
 
 #include "codec.h"
@@ -50,6 +51,17 @@ const KVCodec *kv_codec_find(const char *name, size_t len) {
     for (int i = 0; i < kv_codec_count; i++)
         if (strlen(kv_codecs[i]->name) == len && strncmp(kv_codecs[i]->name, name, len) == 0) return kv_codecs[i];
     return NULL;
+}
+
+void kv_policy_block_forms(char *buf, size_t cap) {
+    const char *forms[64];
+    int n = 0;
+    for (int i = 0; i < kv_policy_count && n < 64; i++)
+        if (kv_policies[i]->block_victim) forms[n++] = kv_policies[i]->form;
+    size_t at = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && at < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, "%s%s", i == 0 ? "" : i + 1 == n ? " or " : ", ", forms[i]);
 }
 
 int kv_codec_group(const KVSpec *spec, int dim) { return spec->group ? spec->group : (dim < 32 ? dim : 32); }

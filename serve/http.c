@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "../kv/codec.h"
+#include "../kv/policy.h"
 #include "serve.h"
 
 typedef struct {
@@ -137,10 +138,13 @@ static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err
     if (strcmp(text, "full") == 0) return *private_cache = 1, 0;
     KVSpec spec;
     char why[ERR_LEN];
-    if (json_string_length(kv) >= 64 || kv_spec_parse(&spec, text, why) != 0 || !spec.paged_block)
+    if (json_string_length(kv) >= 64 || kv_spec_parse(&spec, text, why) != 0 || !spec.paged_block) {
+        char forms[256];
+        kv_policy_block_forms(forms, sizeof(forms));
         return err_set(err, "unsupported kv spec '%.64s': this server accepts \"full\" (a private cache, no reuse) "
-                       "or its shared pool, \"%s\", with an optional selection: window:W, sink:S,window:W or "
-                       "h2o:H,R, e.g. \"window:64+%s\"", text, paged, paged), -1;
+                       "or its shared pool, \"%s\", with an optional selection: %s, e.g. \"window:64+%s\"", text,
+                       paged, forms, paged), -1;
+    }
     if (spec.paged_block != http.e->block)
         return err_set(err, "kv '%.64s': this server's pool has blocks of %d tokens (\"%s\")", text, http.e->block,
                        paged), -1;

@@ -7,6 +7,7 @@
 #include <stb/stb_ds.h>
 #include <xxhash.h>
 
+#include "../decode/step.h"
 #include "../kv/paged.h"
 #include "../layers/cpu_ops.h"
 
