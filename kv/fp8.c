@@ -6,18 +6,27 @@
 // scale 0. Relative error per value: at most 2^-4 (half a mantissa step) for values of at least 2^-6 of the
 // scale's range; smaller ones are subnormal codes with an absolute error of at most scale * 2^-10.
 #include <math.h>
+#include <pthread.h>
+#include <string.h>
 
 #include "codec.h"
 #include "quant.h"
 
 enum { FP8_MAX_CODE = 0x7E }; // 448 = 1.75 * 2^8
 
+// Built from the bits (no libm call: this decodes every held value at every step): a normal code's exponent
+// field E and mantissa m are the float's exponent E - 7 + 127 and its top 3 mantissa bits.
 float kv_fp8_to_f32(uint8_t code) {
-    int exp = (code >> 3) & 0xF, mant = code & 7;
+    uint32_t exp = (code >> 3) & 0xFu, mant = code & 7u;
     float mag;
-    if (exp == 0xF && mant == 7) mag = NAN; // never produced by the encoder
-    else if (exp == 0) mag = ldexpf((float)mant, -9);
-    else mag = ldexpf((float)(8 + mant), exp - 10);
+    if (exp == 0) {
+        mag = (float)mant * 0x1p-9f; // subnormal: m * 2^-9, exact
+    } else if (exp == 0xF && mant == 7) {
+        mag = NAN; // never produced by the encoder
+    } else {
+        uint32_t bits = ((exp + 120u) << 23) | (mant << 20);
+        memcpy(&mag, &bits, sizeof(mag));
+    }
     return code & 0x80 ? -mag : mag;
 }
 
@@ -71,11 +80,20 @@ static void fp8_encode(uint8_t *dst, const float *src, int dim, const KVSpec *sp
     }
 }
 
+// Every code's value, for the decode loop (one load per value; rows are decoded at every attention step).
+static float fp8_table[256];
+static pthread_once_t fp8_table_once = PTHREAD_ONCE_INIT;
+
+static void fp8_table_fill(void) {
+    for (int c = 0; c < 256; c++) fp8_table[c] = kv_fp8_to_f32((uint8_t)c);
+}
+
 static void fp8_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
     int g = kv_codec_group(spec, dim);
+    pthread_once(&fp8_table_once, fp8_table_fill);
     for (int at = 0; at < dim; at += g) {
         float scale = quant_f16_to_f32((uint16_t)(src[0] | (src[1] << 8)));
-        for (int i = 0; i < g; i++) dst[at + i] = kv_fp8_to_f32(src[2 + i]) * scale;
+        for (int i = 0; i < g; i++) dst[at + i] = fp8_table[src[2 + i]] * scale;
         src += 2 + g;
     }
 }
