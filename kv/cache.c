@@ -68,13 +68,13 @@ static void encode_row(const KVCache *kv, uint8_t *dst, const float *src, int is
         quant_hadamard(kv->row, HD);
         src = kv->row;
     }
-    kv->spec.codec->encode(dst, src, HD, &kv->spec);
+    kv->spec.codec->encode(kv->spec.codec, dst, src, HD, kv->group);
 }
 
 static void decode_row(const KVCache *kv, float *dst, const uint8_t *src, int is_key) {
     int HD = kv->dim;
     CHECK(!kv->spec.codec->is_kivi); // KIVI rows are decoded in blocks (kivi_view)
-    kv->spec.codec->decode(dst, src, HD, &kv->spec);
+    kv->spec.codec->decode(kv->spec.codec, dst, src, HD, kv->group);
     if (is_key && kv->spec.hadamard) quant_hadamard(dst, HD); // orthonormal and its own inverse
 }
 
@@ -145,7 +145,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
         return -1;
     }
     int group = kv_codec_group(spec, dim);
-    if (spec->codec->row_bytes && spec->codec->row_bytes(dim, spec) == 0) {
+    if (spec->codec->row_bytes && spec->codec->row_bytes(spec->codec, dim, group) == 0) {
         err_set(err, "--kv '%s': group size %d must divide the %s %d", spec->text, group,
                 spec->rank ? "rank" : "head dimension", dim);
         return -1;
@@ -167,7 +167,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     if (spec->rank) kv->basis = common_calloc((size_t)L * NKV * 2 * HD * spec->rank, sizeof(float));
     kv->coef = common_calloc(HD, sizeof(float));
     kv->tmp = common_calloc(4 * (size_t)HD, sizeof(float));
-    kv->row_bytes = spec->codec->row_bytes ? spec->codec->row_bytes(dim, spec) : 0;
+    kv->row_bytes = spec->codec->row_bytes ? spec->codec->row_bytes(spec->codec, dim, group) : 0;
     rng_init(&kv->rng, spec->seed);
     kv->fpkeep = spec->fp_sink || spec->fp_recent;
     kv->direct = spec->codec->lossless && !spec->rank && !spec->merge_from && !spec->policy->in_cache_positions &&
@@ -175,8 +175,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->stride = kv->fpkeep && dim * sizeof(float) > kv->row_bytes ? dim * sizeof(float) : kv->row_bytes;
     if (spec->codec->is_kivi) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
-        kv->kivi_key_bytes = quant_row_bytes(spec->group, spec->group, spec->bits);
-        kv->kivi_val_bytes = quant_row_bytes(HD, kv->kivi_vgroup, spec->bits);
+        kv->kivi_key_bytes = quant_row_bytes(spec->group, spec->group, spec->codec->bits);
+        kv->kivi_val_bytes = quant_row_bytes(HD, kv->kivi_vgroup, spec->codec->bits);
         kv->block = common_calloc((size_t)spec->group * HD, sizeof(float));
     }
     kv->budget = common_calloc(L, sizeof(int));
@@ -288,7 +288,7 @@ static int victim(KVCache *kv, const KVLane *lane, int budget) {
 // KIVI: the token joins the fp32 residual; when `residual` tokens wait, the oldest G are quantized: their
 // keys per channel (one group of G values per channel), their values per token.
 static void kivi_append(KVCache *kv, KVLane *lane, const float *k, const float *v) {
-    int HD = kv->shape.head_dim, G = kv->spec.group, R = kv->spec.residual, bits = kv->spec.bits;
+    int HD = kv->shape.head_dim, G = kv->spec.group, R = kv->spec.residual, bits = kv->spec.codec->bits;
     memcpy(lane->res_k + (size_t)lane->n_res * HD, k, HD * sizeof(float));
     memcpy(lane->res_v + (size_t)lane->n_res * HD, v, HD * sizeof(float));
     lane->n_res++;
@@ -313,12 +313,12 @@ static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
     for (int b = 0; b < quantized / G; b++) {
         float *blk = kg + (size_t)b * G * HD;
         for (int c = 0; c < HD; c++)
-            quant_decode_col(blk, lane->k + ((size_t)b * HD + c) * kv->kivi_key_bytes, G, HD, c, kv->spec.bits);
+            quant_decode_col(blk, lane->k + ((size_t)b * HD + c) * kv->kivi_key_bytes, G, HD, c, kv->spec.codec->bits);
         if (kv->spec.hadamard)
             for (int j = 0; j < G; j++) quant_hadamard(blk + (size_t)j * HD, HD);
     }
     for (int s = 0; s < quantized; s++)
-        quant_decode_row(vg + (size_t)s * HD, lane->v + (size_t)s * kv->kivi_val_bytes, HD, kv->kivi_vgroup, kv->spec.bits);
+        quant_decode_row(vg + (size_t)s * HD, lane->v + (size_t)s * kv->kivi_val_bytes, HD, kv->kivi_vgroup, kv->spec.codec->bits);
     memcpy(kg + (size_t)quantized * HD, lane->res_k, (size_t)lane->n_res * HD * sizeof(float));
     memcpy(vg + (size_t)quantized * HD, lane->res_v, (size_t)lane->n_res * HD * sizeof(float));
 }

@@ -16,14 +16,16 @@ struct KVCodec {
     const char *name; // the spec term: int4
     const char *form; // its grammar: int4[:G]
     const char *help; // one line
-    // Reads the term's arguments (after "name:", NULL when bare) into spec (bits, group, residual). -1 when
+    int bits;         // bits per stored value (32, 16, 8, 4, 2)
+    // Reads the term's arguments (after "name:", NULL when bare) into spec (group; KIVI: residual). -1 when
     // malformed.
     int (*parse)(KVSpec *spec, const char *args);
-    // Bytes of one encoded row of dim values with the spec's group; 0 when the configuration does not fit
-    // (a group that does not divide dim). NULL: not a row format (KIVI).
-    size_t (*row_bytes)(int dim, const KVSpec *spec);
-    void (*encode)(uint8_t *dst, const float *src, int dim, const KVSpec *spec);
-    void (*decode)(float *dst, const uint8_t *src, int dim, const KVSpec *spec);
+    // Bytes of one encoded row of dim values in groups of `group` channels (kv_codec_group); 0 when that does
+    // not fit (a group that does not divide dim). NULL: not a row format (KIVI). Pure functions of their
+    // arguments: thread safe.
+    size_t (*row_bytes)(const KVCodec *codec, int dim, int group);
+    void (*encode)(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group);
+    void (*decode)(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group);
     int lossless;  // 1: decode(encode(x)) == x (fp32)
     int is_kivi;   // KIVI's block layout (full selection only, not paged)
     int quantized; // an integer-like format: hadamard and fpkeep apply to it

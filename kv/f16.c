@@ -7,18 +7,21 @@ static int f16_parse(KVSpec *spec, const char *args) {
     return args ? -1 : 0;
 }
 
-static size_t f16_row_bytes(int dim, const KVSpec *spec) {
-    (void)spec;
+static size_t f16_row_bytes(const KVCodec *codec, int dim, int group) {
+    (void)codec;
+    (void)group;
     return (size_t)dim * sizeof(uint16_t);
 }
 
-static void f16_encode(uint8_t *dst, const float *src, int dim, const KVSpec *spec) {
-    (void)spec;
+static void f16_encode(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group) {
+    (void)codec;
+    (void)group;
     quant_f16_encode_row((uint16_t *)(void *)dst, src, dim);
 }
 
-static void f16_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
-    (void)spec;
+static void f16_decode(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group) {
+    (void)codec;
+    (void)group;
     quant_f16_decode_row(dst, (const uint16_t *)(const void *)src, dim);
 }
 
@@ -26,6 +29,7 @@ const KVCodec kv_codec_f16 = {
     .name = "fp16",
     .form = "fp16",
     .help = "IEEE half precision",
+    .bits = 16,
     .parse = f16_parse,
     .row_bytes = f16_row_bytes,
     .encode = f16_encode,

@@ -8,18 +8,21 @@ static int f32_parse(KVSpec *spec, const char *args) {
     return args ? -1 : 0;
 }
 
-static size_t f32_row_bytes(int dim, const KVSpec *spec) {
-    (void)spec;
+static size_t f32_row_bytes(const KVCodec *codec, int dim, int group) {
+    (void)codec;
+    (void)group;
     return (size_t)dim * sizeof(float);
 }
 
-static void f32_encode(uint8_t *dst, const float *src, int dim, const KVSpec *spec) {
-    (void)spec;
+static void f32_encode(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group) {
+    (void)codec;
+    (void)group;
     memcpy(dst, src, (size_t)dim * sizeof(float));
 }
 
-static void f32_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
-    (void)spec;
+static void f32_decode(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group) {
+    (void)codec;
+    (void)group;
     memcpy(dst, src, (size_t)dim * sizeof(float));
 }
 
@@ -27,6 +30,7 @@ const KVCodec kv_codec_f32 = {
     .name = "fp32",
     .form = "fp32",
     .help = "32-bit floats (exact; the default)",
+    .bits = 32,
     .parse = f32_parse,
     .row_bytes = f32_row_bytes,
     .encode = f32_encode,

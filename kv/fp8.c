@@ -49,21 +49,20 @@ uint8_t kv_f32_to_fp8(float x) {
 
 static int fp8_parse(KVSpec *spec, const char *args) {
     int g;
-    spec->bits = 8;
     if (!args) return 0;
     if (kv_parse_ints(args, &g, 1) != 1 || g < 1) return -1;
     spec->group = g;
     return 0;
 }
 
-static size_t fp8_row_bytes(int dim, const KVSpec *spec) {
-    int g = kv_codec_group(spec, dim);
+static size_t fp8_row_bytes(const KVCodec *codec, int dim, int g) {
+    (void)codec;
     if (dim < 1 || g < 1 || dim % g != 0) return 0;
     return (size_t)(dim / g) * (2 + (size_t)g);
 }
 
-static void fp8_encode(uint8_t *dst, const float *src, int dim, const KVSpec *spec) {
-    int g = kv_codec_group(spec, dim);
+static void fp8_encode(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int g) {
+    (void)codec;
     for (int at = 0; at < dim; at += g) {
         float amax = 0.0f;
         for (int i = 0; i < g; i++) amax = fmaxf(amax, fabsf(src[at + i]));
@@ -88,8 +87,8 @@ static void fp8_table_fill(void) {
     for (int c = 0; c < 256; c++) fp8_table[c] = kv_fp8_to_f32((uint8_t)c);
 }
 
-static void fp8_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
-    int g = kv_codec_group(spec, dim);
+static void fp8_decode(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int g) {
+    (void)codec;
     pthread_once(&fp8_table_once, fp8_table_fill);
     for (int at = 0; at < dim; at += g) {
         float scale = quant_f16_to_f32((uint16_t)(src[0] | (src[1] << 8)));
@@ -102,6 +101,7 @@ const KVCodec kv_codec_fp8 = {
     .name = "fp8",
     .form = "fp8[:G]",
     .help = "FP8 E4M3 per token with an fp16 scale per group of G channels (32), as vLLM's fp8 KV cache",
+    .bits = 8,
     .parse = fp8_parse,
     .row_bytes = fp8_row_bytes,
     .encode = fp8_encode,

@@ -3,41 +3,37 @@
 #include "codec.h"
 #include "quant.h"
 
-static int int_parse(KVSpec *spec, const char *args, int bits) {
+static int int_parse(KVSpec *spec, const char *args) {
     int g;
-    spec->bits = bits;
     if (!args) return 0;
     if (kv_parse_ints(args, &g, 1) != 1 || g < 1) return -1;
     spec->group = g;
     return 0;
 }
 
-static int int8_parse(KVSpec *spec, const char *args) { return int_parse(spec, args, 8); }
-static int int4_parse(KVSpec *spec, const char *args) { return int_parse(spec, args, 4); }
-static int int2_parse(KVSpec *spec, const char *args) { return int_parse(spec, args, 2); }
-
-static size_t int_row_bytes(int dim, const KVSpec *spec) {
-    return quant_row_bytes(dim, kv_codec_group(spec, dim), spec->bits);
+static size_t int_row_bytes(const KVCodec *codec, int dim, int group) {
+    return quant_row_bytes(dim, group, codec->bits);
 }
 
-static void int_encode(uint8_t *dst, const float *src, int dim, const KVSpec *spec) {
-    quant_encode_row(dst, src, dim, kv_codec_group(spec, dim), spec->bits);
+static void int_encode(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group) {
+    quant_encode_row(dst, src, dim, group, codec->bits);
 }
 
-static void int_decode(float *dst, const uint8_t *src, int dim, const KVSpec *spec) {
-    quant_decode_row(dst, src, dim, kv_codec_group(spec, dim), spec->bits);
+static void int_decode(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group) {
+    quant_decode_row(dst, src, dim, group, codec->bits);
 }
 
-#define INT_CODEC(BITS)                                                                    \
-    const KVCodec kv_codec_int##BITS = {                                                   \
-        .name = "int" #BITS,                                                               \
-        .form = "int" #BITS "[:G]",                                                        \
-        .help = #BITS "-bit integers per token, groups of G channels (32) with fp16 scale and minimum", \
-        .parse = int##BITS##_parse,                                                        \
-        .row_bytes = int_row_bytes,                                                        \
-        .encode = int_encode,                                                              \
-        .decode = int_decode,                                                              \
-        .quantized = 1,                                                                    \
+#define INT_CODEC(BITS)                                                                                   \
+    const KVCodec kv_codec_int##BITS = {                                                                  \
+        .name = "int" #BITS,                                                                              \
+        .form = "int" #BITS "[:G]",                                                                       \
+        .help = #BITS "-bit integers per token, groups of G channels (32) with fp16 scale and minimum",   \
+        .bits = BITS,                                                                                     \
+        .parse = int_parse,                                                                               \
+        .row_bytes = int_row_bytes,                                                                       \
+        .encode = int_encode,                                                                             \
+        .decode = int_decode,                                                                             \
+        .quantized = 1,                                                                                   \
     }
 
 INT_CODEC(8);

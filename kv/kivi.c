@@ -3,9 +3,8 @@
 // Not a row format: cache.c holds its blocks; this entry names and parses it.
 #include "codec.h"
 
-static int kivi_parse(KVSpec *spec, const char *args, int bits) {
+static int kivi_parse(KVSpec *spec, const char *args) {
     int v[2], n;
-    spec->bits = bits;
     spec->group = 32;
     spec->residual = 128;
     if (!args) return 0;
@@ -15,14 +14,13 @@ static int kivi_parse(KVSpec *spec, const char *args, int bits) {
     return spec->residual >= spec->group && spec->residual % spec->group == 0 ? 0 : -1;
 }
 
-static int kivi2_parse(KVSpec *spec, const char *args) { return kivi_parse(spec, args, 2); }
-static int kivi4_parse(KVSpec *spec, const char *args) { return kivi_parse(spec, args, 4); }
 
 const KVCodec kv_codec_kivi2 = {
     .name = "kivi2",
     .form = "kivi2[:G[,R]]",
     .help = "KIVI 2-bit: keys per channel over G tokens (32), values per token, newest R (128) in fp32",
-    .parse = kivi2_parse,
+    .bits = 2,
+    .parse = kivi_parse,
     .is_kivi = 1,
 };
 
@@ -30,6 +28,7 @@ const KVCodec kv_codec_kivi4 = {
     .name = "kivi4",
     .form = "kivi4[:G[,R]]",
     .help = "KIVI 4-bit (as kivi2)",
-    .parse = kivi4_parse,
+    .bits = 4,
+    .parse = kivi_parse,
     .is_kivi = 1,
 };

@@ -90,10 +90,11 @@ int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blo
         return -1;
     }
     int HD = shape->head_dim;
-    size_t row_bytes = fmt.codec->row_bytes(HD, &fmt);
+    int group = kv_codec_group(&fmt, HD);
+    size_t row_bytes = fmt.codec->row_bytes(fmt.codec, HD, group);
     if (row_bytes == 0) {
         err_set(err, "paged KV: %s rows in groups of %d do not fit head_dim %d (the group must divide it)", format,
-                kv_codec_group(&fmt, HD), HD);
+                group, HD);
         return -1;
     }
     size_t per_block = (size_t)shape->n_layer * shape->n_kv_head * block * row_bytes; // bytes
@@ -104,7 +105,8 @@ int kv_pool_init_format(KVPool **out, const KVShape *shape, int block, int n_blo
     KVPool *p = common_calloc(1, sizeof(KVPool));
     p->n_layer = shape->n_layer, p->n_kv_head = shape->n_kv_head, p->head_dim = HD;
     p->block = block, p->n_blocks = n_blocks;
-    p->fmt = fmt;
+    p->codec = fmt.codec;
+    p->group = group;
     p->row_bytes = row_bytes;
     p->k = calloc((size_t)n_blocks * per_block, 1);
     p->v = calloc((size_t)n_blocks * per_block, 1);
@@ -151,7 +153,7 @@ uint8_t *kv_pool_rows(const KVPool *p, int value, int b, int layer, int head) {
     return (value ? p->v : p->k) + unit;
 }
 
-int kv_pool_is_f32(const KVPool *p) { return p->fmt.codec->lossless; }
+int kv_pool_is_f32(const KVPool *p) { return p->codec->lossless; }
 
 float *kv_pool_k(const KVPool *p, int b, int layer, int head) {
     CHECK(kv_pool_is_f32(p));
@@ -164,7 +166,7 @@ float *kv_pool_v(const KVPool *p, int b, int layer, int head) {
 }
 
 static void encode_row(const KVPool *p, uint8_t *dst, const float *src) {
-    p->fmt.codec->encode(dst, src, p->head_dim, &p->fmt);
+    p->codec->encode(p->codec, dst, src, p->head_dim, p->group);
 }
 
 static void decode_rows(const KVPool *p, float *dst, const uint8_t *src, int rows) {
@@ -173,7 +175,7 @@ static void decode_rows(const KVPool *p, float *dst, const uint8_t *src, int row
         memcpy(dst, src, (size_t)rows * p->row_bytes);
         return;
     }
-    for (int r = 0; r < rows; r++) p->fmt.codec->decode(dst + (size_t)r * HD, src + (size_t)r * p->row_bytes, HD, &p->fmt);
+    for (int r = 0; r < rows; r++) p->codec->decode(p->codec, dst + (size_t)r * HD, src + (size_t)r * p->row_bytes, HD, p->group);
 }
 
 void kv_pool_read(const KVPool *p, int value, int b, int layer, int head, int rows, float *dst) {

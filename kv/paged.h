@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "../common/common.h"
+#include "codec.h"
 #include "kv.h"
 #include "policy.h"
 #include "spec.h"
@@ -80,7 +81,8 @@ typedef struct {
     int n_layer, n_kv_head, head_dim;
     int block;            // tokens per block (BLOCK)
     int n_blocks;
-    KVSpec fmt;           // row format: its codec (kv/codec.h) and group; full selection, nothing else
+    int group;            // the row format's channels per group (kv_codec_group)
+    const KVCodec *codec; // the row format (kv/codec.h): fp32, fp16, fp8, int8/int4/int2
     size_t row_bytes;     // one token's row of one head, encoded
     uint8_t *k, *v;       // (n_blocks, n_layer, n_kv_head, block) rows of row_bytes; keys rotated
     float *scratch;       // (2, block, head_dim): one block's rows decoded for attention

@@ -36,7 +36,6 @@ typedef struct {
     int skip_layers; // knorm: first layers left whole
     uint64_t seed;   // random: the victims' RNG seed
     const KVCodec *codec; // how rows are stored (after a parse never NULL: fp32 is a codec)
-    int bits;        // int and fp8 formats: 8, 4, 2 (the code width)
     int group;       // int, fp8: channels per group (0 = default); kivi: tokens per key group (32)
     int residual;    // kivi: newest tokens kept in fp32 before their group is quantized (128)
     int rank;        // lowrank: keys and values held as R coefficients on a calibrated basis (0 = off)

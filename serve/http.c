@@ -148,8 +148,8 @@ static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err
     if (spec.paged_block != http.e->block)
         return err_set(err, "kv '%.64s': this server's pool has blocks of %d tokens (\"%s\")", text, http.e->block,
                        paged), -1;
-    const KVSpec *rows = &http.e->pool->fmt; // a format term, if any, must be the pool's
-    if (spec.codec != &kv_codec_f32 && (spec.codec != rows->codec || (spec.group && spec.group != rows->group)))
+    const KVPool *pool = http.e->pool; // a format term, if any, must be the pool's
+    if (spec.codec != &kv_codec_f32 && (spec.codec != pool->codec || (spec.group && spec.group != pool->group)))
         return err_set(err, "kv '%.64s': this server's pool holds %s rows (--kv-format)", text, http.e->kv_format), -1;
     if (kv_paged_policy(policy, &spec, why) != 0) return err_set(err, "%s", why), -1;
     return 0;

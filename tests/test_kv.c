@@ -25,7 +25,7 @@ Test(kv, spec_accepts_valid_forms) {
     cr_assert_eq(kv_spec_parse(&sp, "knorm:32", err), 0);
     cr_assert_eq(sp.skip_layers, 2);
     cr_assert_eq(kv_spec_parse(&sp, "sink:4,window:60+int4:16", err), 0);
-    cr_assert(sp.policy == kv_policy_find("sink", 4) && sp.sink == 4 && sp.window == 60 && sp.bits == 4 && sp.group == 16);
+    cr_assert(sp.policy == kv_policy_find("sink", 4) && sp.sink == 4 && sp.window == 60 && sp.codec->bits == 4 && sp.group == 16);
 }
 
 Test(kv, spec_rejects_bad_forms) {
@@ -310,7 +310,7 @@ Test(kv, kivi_layout) {
     char err[ERR_LEN];
     KVSpec sp;
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi2", err), 0, "%s", err);
-    cr_assert(sp.codec->is_kivi && sp.bits == 2 && sp.group == 32 && sp.residual == 128);
+    cr_assert(sp.codec->is_kivi && sp.codec->bits == 2 && sp.group == 32 && sp.residual == 128);
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,8", err), 0, "%s", err);
     cr_assert_eq(kv_spec_parse(&sp, "window:8+kivi4", err), -1, "KIVI groups span tokens: no eviction");
     cr_assert_eq(kv_spec_parse(&sp, "full+kivi4:4,6", err), -1, "R must be a multiple of G");

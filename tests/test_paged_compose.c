@@ -287,7 +287,7 @@ Test(paged_compose, spec_forms) {
     cr_assert_eq(kv_spec_parse(&sp, "window:64+paged:16+int4", err), 0);
     cr_assert_eq(sp.paged_block, 16);
     cr_assert(sp.policy == kv_policy_find("window", 6));
-    cr_assert_eq(sp.bits, 4);
+    cr_assert_eq(sp.codec->bits, 4);
     const char *bad[][2] = {{"tova:32+paged:16", "selection"}, {"snapkv:32+paged:16", "selection"},
                             {"paged:16+kivi4", "rows"},        {"paged:16+lowrank:4", "rows"},
                             {"paged:16+hadamard", "valid"},    {"paged:16+paged:8", "valid"},

@@ -214,8 +214,8 @@ Test(registry, fp8_rows_hold_the_bound_and_the_layout) {
     char err[ERR_LEN];
     cr_assert_eq(kv_spec_parse(&sp, "fp8:16", err), 0, "%s", err);
     enum { D = 64 };
-    cr_assert_eq(sp.codec->row_bytes(D, &sp), 4 * (2 + 16));
-    cr_assert_eq(sp.codec->row_bytes(40, &sp), 0, "a group that does not divide the row");
+    cr_assert_eq(sp.codec->row_bytes(sp.codec, D, kv_codec_group(&sp, D)), 4 * (2 + 16));
+    cr_assert_eq(sp.codec->row_bytes(sp.codec, 40, kv_codec_group(&sp, 40)), 0, "a group that does not divide the row");
     Rng rng;
     rng_init(&rng, 9);
     float x[D], y[D];
@@ -224,8 +224,8 @@ Test(registry, fp8_rows_hold_the_bound_and_the_layout) {
         float spread = ldexpf(1.0f, (int)rng_below(&rng, 16) - 8);
         for (int i = 0; i < D; i++) x[i] = rng_normal(&rng) * spread * (i % 16 == 3 ? 30.0f : 1.0f); // outliers
         if (trial == 0) memset(x, 0, sizeof(x));
-        sp.codec->encode(row, x, D, &sp);
-        sp.codec->decode(y, row, D, &sp);
+        sp.codec->encode(sp.codec, row, x, D, 16);
+        sp.codec->decode(sp.codec, y, row, D, 16);
         for (int g = 0; g < D / 16; g++) {
             float amax = 0.0f;
             for (int i = 0; i < 16; i++) amax = fmaxf(amax, fabsf(x[g * 16 + i]));
@@ -259,8 +259,8 @@ Test(registry, fp8_pool_rows_read_back_as_encoded) {
     kv_pool_read(p, 0, s.table[0], 1, 1, 4, got);
     for (int t = 0; t < 4; t++) {
         for (int i = 0; i < NKV * HD; i++) k[i] = sinf(0.7f * (float)(t * 16 + i)) * (1.0f + (float)(i % 5));
-        p->fmt.codec->encode(enc, k + HD, HD, &p->fmt);
-        p->fmt.codec->decode(want, enc, HD, &p->fmt);
+        p->codec->encode(p->codec, enc, k + HD, HD, p->group);
+        p->codec->decode(p->codec, want, enc, HD, p->group);
         cr_assert(memcmp(got + t * HD, want, sizeof(want)) == 0, "row %d", t);
     }
     kv_paged_end(p, &s);
