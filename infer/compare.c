@@ -65,7 +65,7 @@ static int compare_run_prompts(const Model *m, const KVSpec *spec, const Corpus 
     int P = r->prompt_len;
     int n = r->n;
     if (n_val < (size_t)P) {
-        err_set(err, "compare-gen: the validation split has %zu tokens, fewer than --prompt-len %d", n_val, P);
+        err_set(err, "the validation split has %zu tokens, fewer than --prompt-len %d", n_val, P);
         return -1;
     }
     KVSpec full;

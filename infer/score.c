@@ -118,11 +118,11 @@ static int kv_run(void *p, char *err) {
     KVSpec spec;
     if (kv_spec_parse(&spec, o->kv, err) != 0) return -1;
     if (spec.tier_fast) {
-        err_set(err, "--kv ...+tier:N applies to --eval tier");
+        err_set(err, "--kv ...+tier:N applies to the tier mode (--eval tier)");
         return -1;
     }
     if (o->curve && !o->json) {
-        err_set(err, "--curve applies to the streaming eval with --json (--eval FILE --kv SPEC --json)");
+        err_set(err, "--curve applies to the streaming eval with --json (build/infer kv --eval FILE --kv SPEC --json)");
         return -1;
     }
     Model m;

@@ -102,11 +102,11 @@ static int prefix_run(void *p, char *err) {
     KVSpec spec;
     if (kv_spec_parse(&spec, o->kv, err) != 0) return -1;
     if (!spec.paged_block) {
-        err_set(err, "--eval prefix and --eval tier need a paged --kv (paged:BLOCK, or SELECT+paged:BLOCK)");
+        err_set(err, "prefix (--eval prefix) needs a paged --kv (paged:BLOCK, or SELECT+paged:BLOCK)");
         return -1;
     }
     if (spec.tier_fast) {
-        err_set(err, "--kv ...+tier:N applies to --eval tier");
+        err_set(err, "--kv ...+tier:N applies to the tier mode (--eval tier)");
         return -1;
     }
     Model m;
@@ -179,7 +179,7 @@ static void tier_set_defaults(void *p) {
 // The tier's flags against its spec; fills tc. -1 with a message.
 static int tier_check_flags(const TierOpts *o, const KVSpec *spec, KVTierConfig *tc, char *err) {
     if (!spec->paged_block) {
-        err_set(err, "--eval prefix and --eval tier need a paged --kv (paged:BLOCK, or SELECT+paged:BLOCK)");
+        err_set(err, "tier (--eval tier) needs a paged --kv: paged:BLOCK[+tier:N]");
         return -1;
     }
     if (strchr(o->kv, '+') && !spec->tier_fast) {

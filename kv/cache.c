@@ -154,6 +154,16 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
         err_set(err, "--kv '%s': hadamard needs a power-of-two head dimension, this model has %d", spec->text, HD);
         return -1;
     }
+    if (spec->merge_from && spec->merge_from >= shape->n_layer) {
+        err_set(err, "--kv '%s': minicache:%d merges layers %d and %d, this model has %d layers (0..%d)", spec->text,
+                spec->merge_from - 1, spec->merge_from - 1, spec->merge_from, shape->n_layer, shape->n_layer - 1);
+        return -1;
+    }
+    if (spec->policy->layer_budget && spec->skip_layers >= shape->n_layer) {
+        err_set(err, "--kv '%s': %s leaves its first %d layers whole, this model has %d: nothing would be evicted",
+                spec->text, spec->policy->name, spec->skip_layers, shape->n_layer);
+        return -1;
+    }
     if (shape->max_positions < 1) {
         err_set(err, "KV cache needs room for at least one position");
         return -1;

@@ -100,7 +100,7 @@ static void fp8_decode(const KVCodec *codec, float *dst, const uint8_t *src, int
 const KVCodec kv_codec_fp8 = {
     .name = "fp8",
     .form = "fp8[:G]",
-    .help = "FP8 E4M3 per token with an fp16 scale per group of G channels (32), as vLLM's fp8 KV cache",
+    .help = "FP8 E4M3 per token with an fp16 scale per G channels (32, or the head dimension if smaller), as vLLM's fp8",
     .bits = 8,
     .parse = fp8_parse,
     .row_bytes = fp8_row_bytes,

@@ -27,7 +27,7 @@ static void int_decode(const KVCodec *codec, float *dst, const uint8_t *src, int
     const KVCodec kv_codec_int##BITS = {                                                                  \
         .name = "int" #BITS,                                                                              \
         .form = "int" #BITS "[:G]",                                                                       \
-        .help = #BITS "-bit integers per token, groups of G channels (32) with fp16 scale and minimum",   \
+        .help = #BITS "-bit integers per token, groups of G channels (32, or the head dimension if smaller), fp16 scale and minimum",   \
         .bits = BITS,                                                                                     \
         .parse = int_parse,                                                                               \
         .row_bytes = int_row_bytes,                                                                       \

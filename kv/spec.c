@@ -108,18 +108,32 @@ static const char *term_args(const char *t, size_t *name_len) {
     return colon ? colon + 1 : NULL;
 }
 
-// A storage or placement term; -1 when it is malformed or a second codec.
-static int parse_term(KVSpec *sp, const char *t, int *codec_given) {
+// What is wrong with a term, for the message.
+enum { TERM_OK = 0, TERM_MALFORMED = -1, TERM_SECOND_CODEC = -2, TERM_POLICY = -3, TERM_UNKNOWN = -4 };
+
+static const char *term_problem(int rc) {
+    switch (rc) {
+    case TERM_SECOND_CODEC: return "is a second storage format (a spec holds one)";
+    case TERM_POLICY: return "is a selection policy: it goes first";
+    case TERM_UNKNOWN: return "is not a policy, a storage format or a modifier";
+    default: return "is malformed or repeated";
+    }
+}
+
+// A storage or placement term.
+static int parse_term(KVSpec *sp, const char *t) {
     size_t len;
     const char *args = term_args(t, &len);
     const KVCodec *c = kv_codec_find(t, len);
     if (c) {
-        if (*codec_given) return -1;
-        *codec_given = 1;
+        if (sp->codec_named) return TERM_SECOND_CODEC;
+        sp->codec_named = 1;
         sp->codec = c;
-        return c->parse ? c->parse(sp, args) : (args ? -1 : 0);
+        return (c->parse ? c->parse(sp, args) : (args ? -1 : 0)) == 0 ? TERM_OK : TERM_MALFORMED;
     }
-    return parse_modifier(sp, t) == 0 ? 0 : -1;
+    if (kv_policy_find(t, len)) return TERM_POLICY;
+    int rc = parse_modifier(sp, t);
+    return rc == 0 ? TERM_OK : rc > 0 ? TERM_UNKNOWN : TERM_MALFORMED;
 }
 
 static int fail(char *err, const char *text, const char *term, const char *why) {
@@ -191,16 +205,16 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
     size_t len;
     const char *args = term_args(tok, &len);
     const KVPolicy *pol = kv_policy_find(tok, len);
-    int codec_given = 0;
+    int rc;
     if (pol) {
         sp->policy = pol;
         if (pol->parse(sp, args) != 0) return fail(err, text, tok, "is malformed");
     } else {
-        sp->policy = kv_policy_find("full", 4);
-        if (parse_term(sp, tok, &codec_given) != 0) return fail(err, text, tok, "is not a policy or storage term");
+        sp->policy = &kv_policy_full;
+        if ((rc = parse_term(sp, tok)) != TERM_OK) return fail(err, text, tok, term_problem(rc));
     }
     while ((tok = strtok_r(NULL, "+", &save)))
-        if (parse_term(sp, tok, &codec_given) != 0) return fail(err, text, tok, "is malformed, unknown or repeated");
+        if ((rc = parse_term(sp, tok)) != TERM_OK) return fail(err, text, tok, term_problem(rc));
     const char *why = composition_error(sp);
     if (why) return fail(err, text, NULL, why);
     return 0;

@@ -36,6 +36,7 @@ typedef struct {
     int skip_layers; // knorm: first layers left whole
     uint64_t seed;   // random: the victims' RNG seed
     const KVCodec *codec; // how rows are stored (after a parse never NULL: fp32 is a codec)
+    int codec_named;      // 1 when the spec names its storage term (fp32 included), 0 for the default
     int group;       // int, fp8: channels per group (0 = default); kivi: tokens per key group (32)
     int residual;    // kivi: newest tokens kept in fp32 before their group is quantized (128)
     int rank;        // lowrank: keys and values held as R coefficients on a calibrated basis (0 = off)

@@ -149,7 +149,7 @@ static int get_kv(json_t *kv, int *private_cache, KVSeqPolicy *policy, char *err
         return err_set(err, "kv '%.64s': this server's pool has blocks of %d tokens (\"%s\")", text, http.e->block,
                        paged), -1;
     const KVPool *pool = http.e->pool; // a format term, if any, must be the pool's
-    if (spec.codec != &kv_codec_f32 && (spec.codec != pool->codec || (spec.group && spec.group != pool->group)))
+    if (spec.codec_named && (spec.codec != pool->codec || kv_codec_group(&spec, pool->head_dim) != pool->group))
         return err_set(err, "kv '%.64s': this server's pool holds %s rows (--kv-format)", text, http.e->kv_format), -1;
     if (kv_paged_policy(policy, &spec, why) != 0) return err_set(err, "%s", why), -1;
     return 0;

@@ -62,7 +62,7 @@ Test(cli_kv, kv_eval_prefix) {
     EXPECT_ERROR(&r, "infer", "--curve 4: need 0..64 buckets");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "full", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "--eval prefix and --eval tier need a paged --kv");
+    EXPECT_ERROR(&r, "infer", "prefix (--eval prefix) needs a paged --kv");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "prefix", "--kv", "tova:8+paged:8", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "composes with full, window, sink, h2o or random selection only");
@@ -106,13 +106,13 @@ Test(cli_kv, kv_eval_tier_and_reuse) {
     const char *corpus = cliutil_write_corpus();
     const char *ckpt = cliutil_train_tiny(corpus, "kv.ckpt");
     Run r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "full", "--data", corpus);
-    EXPECT_ERROR(&r, "infer", "need a paged --kv");
+    EXPECT_ERROR(&r, "infer", "needs a paged --kv");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+int8", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "--eval tier runs the plain fp32 pool");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", corpus, "--kv", "paged:4+tier:3");
-    EXPECT_ERROR(&r, "infer", "--kv ...+tier:N applies to --eval tier");
+    EXPECT_ERROR(&r, "infer", "--kv ...+tier:N applies to the tier mode");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--eval", "tier", "--kv", "paged:4+tier:3", "--fast", "4", "--data", corpus);
     EXPECT_ERROR(&r, "infer", "--fast 4 and tier:3 disagree");

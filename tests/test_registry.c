@@ -73,6 +73,41 @@ Test(registry, unknown_names_are_refused_naming_the_term) {
     }
 }
 
+// A bad spec's message says what is wrong with which term.
+Test(registry, spec_errors_name_the_term_and_the_problem) {
+    const char *cases[][3] = {
+        {"int4+int8", "'int8'", "second storage format"},
+        {"paged:8+tova:4", "'tova:4'", "selection policy: it goes first"},
+        {"int4+window:8", "'window:8'", "selection policy: it goes first"},
+        {"window:8+lru", "'lru'", "not a policy, a storage format or a modifier"},
+        {"random:4,4", "'random:4,4'", "malformed"},
+        {"fp8:0", "'fp8:0'", "malformed"},
+    };
+    char err[ERR_LEN];
+    KVSpec sp;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cr_assert_eq(kv_spec_parse(&sp, cases[i][0], err), -1, "'%s' accepted", cases[i][0]);
+        cr_assert(strstr(err, cases[i][1]) && strstr(err, cases[i][2]), "%s: %s", cases[i][0], err);
+    }
+}
+
+// Modifiers out of the model's range are refused when the cache is made, not run as something else.
+Test(registry, out_of_range_layers_are_refused_at_init) {
+    const char *bad[] = {"minicache:1", "knorm:4,2"}; // the test shape has L = 2 layers
+    char err[ERR_LEN];
+    KVSpec sp;
+    KVShape shape = {2, 4, 2, 8, 64, 10000.0f, 0};
+    KVCache *kv;
+    for (size_t i = 0; i < 2; i++) {
+        cr_assert_eq(kv_spec_parse(&sp, bad[i], err), 0, "%s", err);
+        cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), -1, "'%s' accepted", bad[i]);
+        cr_assert(strstr(err, "this model has 2"), "%s", err);
+    }
+    cr_assert_eq(kv_spec_parse(&sp, "minicache:0", err), 0, "%s", err);
+    cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
+    kv_cache_free(kv);
+}
+
 // ---- random:B ---------------------------------------------------------------------------------------------
 
 enum { L = 2, NH = 4, NKV = 2, HD = 8, MAXP = 128 };

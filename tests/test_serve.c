@@ -549,6 +549,7 @@ Test(serve, kv_specs_over_the_pool) {
         {"{\"prompt\":\"the\",\"kv\":\"tova:8+paged:4\"}", "unsupported kv spec 'tova:8+paged:4'"},
         {"{\"prompt\":\"the\",\"kv\":\"window:8\"}", "\\\"window:64+paged:4\\\""},
         {"{\"prompt\":\"the\",\"kv\":\"paged:4+int4\"}", "int8 rows"},
+        {"{\"prompt\":\"the\",\"kv\":\"paged:4+fp32\"}", "int8 rows"}, // a named fp32 is a format term too
         {"{\"prompt\":\"the\",\"kv\":\"window:8+paged:4\",\"reuse\":\"lsh\"}", "no selection in 'kv'"},
         {"{\"prompt\":\"the\",\"kv\":[1]}", "'kv' must be a string"},
     };
