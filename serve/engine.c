@@ -86,12 +86,6 @@ static void finish_locked(Engine *e, Req *r, int status, const char *msg) {
     unref_locked(r);
 }
 
-uint64_t engine_private_salt(Engine *e) {
-    uint64_t salt = XXH64(&e->private_salt, sizeof e->private_salt, 0x6b766c6162ULL);
-    e->private_salt++;
-    return salt;
-}
-
 static int is_store_method(const Req *r) { return r->reuse == REUSE_LSH || r->reuse == REUSE_SEMSHARE; }
 
 // A begun request's counters: the prefix pool's for the requests that looked their prompt up in it (prefix,
@@ -138,7 +132,7 @@ static void admit_locked(Engine *e) {
             r->prepare = 1;
             continue;
         }
-        r->seq.salt = r->reuse == REUSE_NONE ? engine_private_salt(e) : r->salt;
+        r->seq.salt = r->reuse == REUSE_NONE ? serve_private_salt(e) : r->salt;
         r->seq.policy = r->policy;
         char err[ERR_LEN];
         int reused = kv_paged_begin(e->pool, &r->seq, r->prompt, r->n_prompt, KV_PRIORITY_DEFAULT, err);

@@ -138,7 +138,7 @@ int reuse_begin(Engine *e, Req *r, char *err) {
     }
     int L = m->cfg.n_layer, recomputed = (int)((cost.layer_tokens + L - 1) / L);
     r->reuse_reused = n - recomputed;
-    r->seq.salt = engine_private_salt(e);
+    r->seq.salt = serve_private_salt(e);
     int begun = kv_paged_begin(e->pool, &r->seq, r->prompt, n, KV_PRIORITY_DEFAULT, err); // 0: a salt of its own
     if (begun < 0) return -1;
     r->reused = begun;

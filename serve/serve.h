@@ -149,7 +149,7 @@ int64_t engine_clear(Engine *e, int64_t *entries);
 // The tenant's counters (copied) under mu; 0 when the tenant has none yet.
 int engine_tenant(Engine *e, const char *name, Tenant *out);
 // A sequence salt no other sequence has (kv "full", reuse "none", reuse hits); engine thread only.
-uint64_t engine_private_salt(Engine *e);
+uint64_t serve_private_salt(Engine *e);
 // Requests-by-status counters: the index of an HTTP status (200 400 404 405 413 other).
 int serve_status_index(int status);
 extern const int serve_status_codes[6];
