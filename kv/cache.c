@@ -44,6 +44,7 @@ struct KVCache {
     float *coef;           // lowrank: (HD) scratch
     float *tmp;            // minicache: (4, HD) scratch
     float *mean;           // (max cap) one lane's attention averaged over its group's query heads
+    int clamped_from;      // the largest per-layer budget above max_positions (clamped to it), 0 if none
     Rng rng;               // the policy's random choices (random:B), seeded by the spec
 };
 
@@ -128,6 +129,10 @@ static void set_budgets(KVCache *kv) {
         if (b && kv->spec.pyramid) bl = (int)lround((double)b * 2.0 * (L - l) / (L + 1));
         if (b && bl < floor_b) bl = floor_b;
         if (pol->layer_budget) bl = pol->layer_budget(&kv->spec, l, bl);
+        if (bl > kv->shape.max_positions) { // never reached: a stream holds at most max_positions tokens
+            if (bl > kv->clamped_from) kv->clamped_from = bl;
+            bl = kv->shape.max_positions;
+        }
         kv->budget[l] = bl;
         int unbounded = bl == 0 || pol->grows_after_prompt; // SnapKV grows again after the prompt
         kv->cap[l] = unbounded ? kv->shape.max_positions : bl + 1;
@@ -516,6 +521,8 @@ int kv_lowrank_fit(KVCache *kv, int layer, int head, const float *keys, const fl
     return 0;
 }
 
+
+int kv_cache_clamped_budget(const KVCache *kv) { return kv->clamped_from; }
 
 int kv_cache_tokens(const KVCache *kv, int layer) { return kv->lanes[layer * kv->shape.n_kv_head].n; }
 int kv_cache_layer_budget(const KVCache *kv, int layer) { return kv->budget[layer]; }

@@ -59,6 +59,9 @@ void kv_cache_observe(KVCache *kv, int layer, const float *att);
 size_t kv_cache_bytes(const KVCache *kv);     // held: values, scales, positions (when evicting), scores, metadata
 int kv_cache_tokens(const KVCache *kv, int layer); // tokens held per head
 int kv_cache_layer_budget(const KVCache *kv, int layer); // 0 = unbounded
+// A budget larger than the stream can hold is clamped to max_positions at init (nothing is allocated for it):
+// the largest such budget asked for, 0 when none was (callers say so to the user).
+int kv_cache_clamped_budget(const KVCache *kv);
 const KVLane *kv_cache_lane(const KVCache *kv, int layer, int head);
 
 // Low rank (lowrank.c): whether the cache needs its bases fitted before use, and the fit from n samples of

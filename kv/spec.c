@@ -18,6 +18,8 @@ int kv_parse_ints(const char *s, int *out, int max) {
     if (!s) return 0;
     while (*s) {
         if (n == max) return -1;
+        if (*s < '0' || *s > '9') return -1; // no blank, sign or other prefix strtol would skip or take
+        if (*s == '0' && s[1] >= '0' && s[1] <= '9') return -1; // no leading zeros: one spelling per number
         char *end;
         errno = 0;
         long x = strtol(s, &end, 10);
@@ -196,6 +198,12 @@ int kv_spec_parse(KVSpec *sp, const char *text, char *err) {
         err_set(err, "--kv spec is too long (%zu characters)", n);
         return -1;
     }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)text[i] <= ' ' || (unsigned char)text[i] >= 0x7f) {
+            err_set(err, "bad --kv: byte %zu is a blank or control character (0x%02x); a spec is printable ASCII "
+                    "without spaces", i, (unsigned char)text[i]);
+            return -1;
+        }
     snprintf(sp->text, sizeof(sp->text), "%s", text);
     if (n == 0 || text[0] == '+' || text[n - 1] == '+' || strstr(text, "++"))
         return fail(err, text, NULL, "empty term");

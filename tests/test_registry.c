@@ -91,6 +91,49 @@ Test(registry, spec_errors_name_the_term_and_the_problem) {
     }
 }
 
+// A spec is printable ASCII, numbers have one spelling: blanks, signs, leading zeros and control characters
+// are refused (a newline would otherwise break the one-line error), naming the byte.
+Test(registry, specs_refuse_blanks_leading_zeros_and_control_characters) {
+    const char *bad[] = {"window: 4", "window:4 ", " window:4", "snapkv:00000000000000000000004", "window:04",
+                         "window:+4", "h2o:4, 4", "window:4\n+int4", "int4\t", "window:\x7f"};
+    char err[ERR_LEN];
+    KVSpec sp;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(kv_spec_parse(&sp, bad[i], err), -1, "'%s' accepted", bad[i]);
+        cr_assert(!strchr(err, '\n') && strstr(err, "bad --kv"), "%s", err);
+    }
+    cr_assert_eq(kv_spec_parse(&sp, "window:0", err), -1, "a zero window means nothing");
+    cr_assert_eq(kv_spec_parse(&sp, "knorm:8,0", err), 0, "zero is spelt 0: %s", err);
+    cr_assert_eq(kv_spec_parse(&sp, "window:4\n", err), -1);
+    cr_assert(strstr(err, "byte 8") && strstr(err, "0x0a"), "%s", err);
+}
+
+// A budget beyond what the stream can hold is clamped at init: nothing is allocated for it, and the cache
+// says it clamped so the program can tell the user.
+Test(registry, budgets_beyond_the_stream_are_clamped) {
+    char err[ERR_LEN];
+    KVSpec sp;
+    KVShape shape = {2, 4, 2, 8, 64, 10000.0f, 0};
+    KVCache *kv;
+    cr_assert_eq(kv_spec_parse(&sp, "h2o:16777216,16777216", err), 0, "%s", err);
+    cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
+    cr_assert_eq(kv_cache_clamped_budget(kv), 2 * 16777216);
+    cr_assert_eq(kv_cache_layer_budget(kv, 0), 64);
+    float k[2 * 8] = {0}, v[2 * 8] = {0}, att[4 * 64];
+    for (int i = 0; i < 4 * 64; i++) att[i] = 1.0f / 64;
+    for (int t = 0; t < 64; t++)
+        for (int l = 0; l < 2; l++) {
+            cr_assert_eq(kv_cache_append(kv, l, t, k, v), 0);
+            kv_cache_observe(kv, l, att);
+        }
+    cr_assert_eq(kv_cache_tokens(kv, 1), 64, "a clamped budget keeps every token of the stream");
+    kv_cache_free(kv);
+    cr_assert_eq(kv_spec_parse(&sp, "window:32", err), 0, "%s", err);
+    cr_assert_eq(kv_cache_init(&kv, &sp, &shape, err), 0, "%s", err);
+    cr_assert_eq(kv_cache_clamped_budget(kv), 0);
+    kv_cache_free(kv);
+}
+
 // Modifiers out of the model's range are refused when the cache is made, not run as something else.
 Test(registry, out_of_range_layers_are_refused_at_init) {
     const char *bad[] = {"minicache:1", "knorm:4,2"}; // the test shape has L = 2 layers
