@@ -129,8 +129,8 @@ static int sync_parent_dir(const char *path) {
 
 // Writes header and payload to f, flushes and fsyncs it. Returns 0, or -1 with errno set and *step naming
 // the call that failed.
-static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *tok, const unsigned char *train_bytes,
-                        size_t train_size, const char **step) {
+static int write_stream(FILE *f, Header *hd, const float *weights, const Tokenizer *tok,
+                        const unsigned char *train_bytes, size_t train_size, const char **step) {
     unsigned char h[CHECKPOINT_HEADER_BYTES];
     header_encode(h, hd); // placeholder checksum; rewritten below once the payload hash is known
     *step = "write";
@@ -145,14 +145,7 @@ static int write_stream(FILE *f, Header *hd, const Model *m, const Tokenizer *to
     Writer w = {.f = f, .hash = hash};
     writer_u32(&w, (uint32_t)tok->vocab_size);
     writer_put(&w, tok->id_to_byte, (size_t)tok->vocab_size);
-    // weights that live on a device are written from a host copy
-    float *host = NULL;
-    if (m->ops->on_device) {
-        host = common_calloc(m->n_params, sizeof(float));
-        model_params_download(m, host);
-    }
-    writer_f32s(&w, host ? host : m->params_memory, m->n_params);
-    common_free(host);
+    writer_f32s(&w, weights, (size_t)hd->n_params);
     if (train_bytes) writer_put(&w, train_bytes, train_size);
     hd->payload_hash = XXH64_digest(hash);
     XXH64_freeState(hash);
@@ -194,6 +187,26 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
         hd.payload_bytes += train_size;
     }
 
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        err_set(err, "cannot save checkpoint '%s': it is a %s, not a regular file; refusing to replace it", path,
+                checkpoint_file_kind(st.st_mode));
+        return -1;
+    }
+    // weights that live on a device are checked and written from a host copy
+    float *host = NULL;
+    if (m->ops->on_device) {
+        host = common_calloc(m->n_params, sizeof(float));
+        model_params_download(m, host);
+    }
+    const float *weights = host ? host : m->params_memory;
+    char what[128];
+    if (model_params_describe_nonfinite(&m->cfg, weights, what, sizeof what)) {
+        err_set(err, "cannot save checkpoint '%s': %s (non-finite weights are never saved)", path, what);
+        common_free(host);
+        return -1;
+    }
+    checkpoint_remove_stale_temps(path);
     // The temp name carries the pid so concurrent savers never share one; a stale one of ours is overwritten.
     size_t tmp_len = strlen(path) + 32;
     char *tmp = common_calloc(tmp_len, 1);
@@ -204,6 +217,7 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
     if (fd < 0) {
         err_set(err, "cannot save checkpoint '%s': cannot create '%s': %s", path, tmp, strerror(errno));
         common_free(tmp);
+        common_free(host);
         return -1;
     }
     FILE *f = fdopen(fd, "wb");
@@ -212,7 +226,7 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
         close(fd);
         errno = e;
     } else {
-        rc = write_stream(f, &hd, m, tok, train_bytes, train_size, &step);
+        rc = write_stream(f, &hd, weights, tok, train_bytes, train_size, &step);
         int e = errno;
         if (fclose(f) != 0 && rc == 0) {
             step = "close";
@@ -227,11 +241,13 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
     }
     if (rc != 0) {
         int e = errno;
+        common_free(host);
         unlink(tmp);
         err_set(err, "cannot save checkpoint '%s': %s of '%s' failed: %s", path, step, tmp, strerror(e));
         common_free(tmp);
         return -1;
     }
+    common_free(host);
     common_free(tmp);
     if (sync_parent_dir(path) != 0) {
         err_set(err, "saved checkpoint '%s' but could not fsync its directory: %s", path, strerror(errno));
@@ -450,6 +466,10 @@ int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, 
     }
     if (tokenizer_from_bytes(&ltok, bytes, hd.cfg.vocab_size, reason) != 0) {
         err_set(err, "checkpoint '%s' has a bad tokenizer: %s", path, reason);
+        goto fail;
+    }
+    if (model_params_describe_nonfinite(&hd.cfg, m->params_memory, reason, sizeof reason)) {
+        err_set(err, "checkpoint '%s' has non-finite weights: %s", path, reason);
         goto fail;
     }
     *tok = ltok;

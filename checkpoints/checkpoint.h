@@ -26,10 +26,12 @@
 //       u8[S]    the training section, S = payload size - (4 + V + 4 n_params) > 0 bytes
 //
 // Writes go to "<path>.tmp.<pid>", are flushed, fsynced and closed, then renamed over path and the directory
-// fsynced: a failed save leaves the previous file at path untouched. The reader checks, in order: length
+// fsynced: a failed save leaves the previous file at path untouched. A saver killed mid-write leaves its temp
+// file behind; the next save of the same path removes those whose process no longer exists. A save refuses
+// weights that are not all finite and a path that is a device, FIFO or socket. The reader checks, in order: length
 // against the header, magic, version, header size and checksum, flags, file length against the header's
 // payload size, the config, n_params, payload size (exact without a training section, larger than the model's
-// part with one), payload checksum, tokenizer; any failure is one line in err naming the file and -1, with
+// part with one), payload checksum, tokenizer, weights all finite (a NaN or infinity names its tensor); any failure is one line in err naming the file and -1, with
 // nothing left allocated. The training section's own fields are checked by train/ when it decodes them.
 #ifndef KVLAB_CHECKPOINT_H
 #define KVLAB_CHECKPOINT_H
@@ -47,7 +49,9 @@
 // Saves weights + tokenizer, and train_size bytes of training section when train_bytes is non-NULL
 // (train_size > 0; stored verbatim). Returns 0, or -1 with a one-line message in err (ERR_LEN bytes); the file
 // at path is then unchanged, except when only the directory fsync after the rename failed ("saved checkpoint
-// ... but could not fsync").
+// ... but could not fsync"). Refused before anything is written: a NaN or infinite weight (the message names
+// the tensor), a path that exists and is neither a regular file nor a directory (a rename over a directory
+// fails on its own). Stale temp files of path (checkpoint_remove_stale_temps) are removed first.
 int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, const unsigned char *train_bytes,
                     size_t train_size, char *err);
 // Loads into an uninitialised Model (calls model_init(m, &cfg, ops) then copies the weights).
@@ -58,5 +62,20 @@ int checkpoint_save(const char *path, const Model *m, const Tokenizer *tok, cons
 // allocated.
 int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, unsigned char **train_bytes,
                     size_t *train_size, int *has_train, char *err);
+
+// Checks, before a program starts work, that a checkpoint can be saved at path: if something exists there it
+// must be a regular file, and unless replace_any it must start with the checkpoint magic (a corpus or any other
+// file is never replaced by accident); the directory must take a new file (a temp file is created and
+// removed). Returns 0; -2 when path is a regular file that is not a checkpoint (and !replace_any); -1 for any
+// other refusal; the message in err is one line naming path.
+int checkpoint_check_target(const char *path, int replace_any, char *err);
+
+// Removes the temp files "<path>.tmp.<pid>" next to path whose process no longer exists (kill(pid, 0) fails
+// with ESRCH): a saver killed during a save leaves one. The caller's own pid and live processes' files are
+// left alone. Returns how many were removed.
+int checkpoint_remove_stale_temps(const char *path);
+
+// "regular file", "directory", "FIFO", "character device", ... for a st_mode.
+const char *checkpoint_file_kind(unsigned mode);
 
 #endif

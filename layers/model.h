@@ -53,6 +53,12 @@ size_t model_param_count(const ModelConfig *cfg);
 void model_param_point(ParamTensors *t, float *memory, const ModelConfig *cfg);
 // Which tensors get weight decay (the matrices, not the norm gains).
 int model_param_is_decayed(int tensor_index);
+// The field name of tensor i in ParamTensors ("wte", "attn_norm", ...).
+const char *model_param_name(int tensor_index);
+// Finds the first NaN or infinite element of params (n_params floats in ParamTensors order, host memory):
+// returns 1 and writes "tensor NAME holds VALUE at element I" (I counted inside the tensor) into what, or
+// returns 0 when every weight is finite.
+int model_params_describe_nonfinite(const ModelConfig *cfg, const float *params, char *what, size_t len);
 
 #define NUM_ACT_TENSORS 23
 typedef struct {
@@ -140,6 +146,14 @@ void model_init_weights(Model *m, uint64_t seed);
 void model_alloc_acts(Model *m, int B, int T);
 // Activations only (forward passes without backward): scoring and evaluation.
 void model_alloc_inference_acts(Model *m, int B, int T);
+// Element counts of the buffers model_alloc_acts(B, T) allocates: a (ActTensors order) and g (GradActs
+// order). Counted in double so that a size no machine could hold is still a number to compare, never a
+// wrapped size_t.
+void model_act_counts(const ModelConfig *cfg, int B, int T, double a[NUM_ACT_TENSORS],
+                      double g[NUM_GRAD_ACT_TENSORS]);
+// Bytes of the activations and activation gradients model_alloc_acts(B, T) allocates (the parameter
+// gradients, n_params floats, come on top).
+double model_train_act_bytes(const ModelConfig *cfg, int B, int T);
 
 // Forward over tokens (B, T). With targets (B, T) fills acts.losses and mean_loss; train != 0 applies
 // dropout. T may be smaller than the allocated act_T.

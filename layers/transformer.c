@@ -69,6 +69,28 @@ void model_param_point(ParamTensors *t, float *memory, const ModelConfig *c) {
 
 int model_param_is_decayed(int i) { return !(i == 1 || i == 6 || i == 10); }
 
+const char *model_param_name(int i) {
+    static const char *const names[NUM_PARAM_TENSORS] = {"wte", "attn_norm", "wq", "wk", "wv", "wo",
+                                                         "mlp_norm", "w1", "w3", "w2", "final_norm"};
+    CHECK(i >= 0 && i < NUM_PARAM_TENSORS);
+    return names[i];
+}
+
+int model_params_describe_nonfinite(const ModelConfig *c, const float *params, char *what, size_t len) {
+    size_t s[NUM_PARAM_TENSORS];
+    model_param_sizes(c, s);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        for (size_t j = 0; j < s[i]; j++) {
+            if (!isfinite(params[j])) {
+                snprintf(what, len, "tensor %s holds %g at element %zu", model_param_name(i), (double)params[j], j);
+                return 1;
+            }
+        }
+        params += s[i];
+    }
+    return 0;
+}
+
 void model_init(Model *m, const ModelConfig *cfg, const Ops *ops) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
@@ -144,17 +166,47 @@ void model_init_weights(Model *m, uint64_t seed) {
     }
 }
 
+void model_act_counts(const ModelConfig *c, int B, int T, double a[NUM_ACT_TENSORS],
+                      double g[NUM_GRAD_ACT_TENSORS]) {
+    double L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
+    double NH = c->n_head, BT = (double)B * T, TT = (double)T * T, drop = c->dropout > 0.0f;
+    double acts[NUM_ACT_TENSORS] = {
+        (L + 1) * BT * C, L * BT * C, L * BT, L * BT * C, L * BT * KVC, L * BT * KVC, L * B * NH * TT,
+        L * BT * C, L * BT * C, drop * L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT * H, L * BT * H,
+        L * BT * H, L * BT * C, drop * L * BT * C, BT * C, BT, BT * V, BT * V, BT};
+    double grads[NUM_GRAD_ACT_TENSORS] = {BT * C, BT * C, BT * C, BT * C, BT * C, BT * KVC, BT * KVC,
+                                          BT * H, BT * H, BT * H, BT * V, B * NH * TT};
+    memcpy(a, acts, sizeof acts);
+    memcpy(g, grads, sizeof grads);
+}
+
+double model_train_act_bytes(const ModelConfig *c, int B, int T) {
+    double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
+    model_act_counts(c, B, T, a, g);
+    double n = 0.0;
+    for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
+    for (int i = 0; i < NUM_GRAD_ACT_TENSORS; i++) n += g[i];
+    return n * sizeof(float);
+}
+
+// Element counts as sizes; the callers sized the run first (train/), so a count past 2^53 is a bug.
+static void counts_to_sizes(const double *x, size_t *out, int count) {
+    for (int i = 0; i < count; i++) {
+        CHECK(x[i] >= 0.0 && x[i] < 9007199254740992.0);
+        out[i] = (size_t)x[i];
+    }
+}
+
 static void alloc_acts(Model *m, int B, int T, int with_grads) {
     if (m->acts_memory && B <= m->act_B && T <= m->act_T && (m->grads_memory || !with_grads)) return;
     free_acts(m);
     const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
-    size_t L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
-    size_t NH = c->n_head, BT = (size_t)B * T, TT = (size_t)T * T, drop = c->dropout > 0.0f;
-    size_t a[NUM_ACT_TENSORS] = {
-        (L + 1) * BT * C, L * BT * C, L * BT, L * BT * C, L * BT * KVC, L * BT * KVC, L * B * NH * TT,
-        L * BT * C, L * BT * C, drop * L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT * H, L * BT * H,
-        L * BT * H, L * BT * C, drop * L * BT * C, BT * C, BT, BT * V, BT * V, BT};
+    size_t BT = (size_t)B * T;
+    double ad[NUM_ACT_TENSORS], gd[NUM_GRAD_ACT_TENSORS];
+    model_act_counts(c, B, T, ad, gd);
+    size_t a[NUM_ACT_TENSORS];
+    counts_to_sizes(ad, a, NUM_ACT_TENSORS);
     ActTensors *t = &m->acts;
     float **af[NUM_ACT_TENSORS] = {&t->resid, &t->ln1, &t->ln1_rstd, &t->q, &t->k, &t->v, &t->att, &t->atty,
                                    &t->attproj, &t->attdrop, &t->resid_mid, &t->ln2, &t->ln2_rstd, &t->h1,
@@ -173,8 +225,8 @@ static void alloc_acts(Model *m, int B, int T, int with_grads) {
     }
     if (!with_grads) return;
 
-    size_t g[NUM_GRAD_ACT_TENSORS] = {BT * C, BT * C, BT * C, BT * C, BT * C, BT * KVC, BT * KVC,
-                                      BT * H, BT * H, BT * H, BT * V, B * NH * TT};
+    size_t g[NUM_GRAD_ACT_TENSORS];
+    counts_to_sizes(gd, g, NUM_GRAD_ACT_TENSORS);
     GradActs *d = &m->grad_acts;
     float **gf[NUM_GRAD_ACT_TENSORS] = {&d->dx, &d->dln, &d->dbranch, &d->datty, &d->dq, &d->dk, &d->dv,
                                         &d->dhg, &d->dh1, &d->dh3, &d->dlogits, &d->scratch};

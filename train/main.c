@@ -7,7 +7,9 @@
 #include "../checkpoints/checkpoint.h"
 #include "../common/args.h"
 #include "../data/recall.h"
+#include "budget.h"
 #include "presets.h"
+#include "run.h"
 #include "state_io.h"
 #include "../common/progress.h"
 
@@ -22,25 +24,33 @@ static const char *usage =
     "  --layers N --width C --heads H --hidden N --context T --dropout P\n"
     "  --batch B --steps N --lr X --min-lr X --warmup N --weight-decay X --beta2 X\n"
     "  --grad-clip X (0 = off) --grad-accum N --eval-interval N (0 = end only) --eval-windows N\n"
+    "                       bounds, far past any real run: --batch 1..65536, --grad-accum 1..1024,\n"
+    "                       --eval-windows 1..16384, batch x context <= 2^30 tokens, --lr and --min-lr in\n"
+    "                       [1e-9, 10]; a run that needs more memory than the machine has is refused\n"
     "  --seed S             data order, initialisation and dropout   [1337]\n"
     "  --mix recall:F       replace a fraction F of training windows by long-range recall sequences\n"
     "                       (a \"$kk:vvvv;\" definition repeated later; see data/recall.h)   [0]\n"
     "  --device cpu|cuda    where to train; checkpoints load and save on the host either way   [cpu]\n"
     "files:\n"
     "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
-    "  --out CKPT           checkpoint written at each evaluation and at the end\n"
-    "                       [checkpoints/<preset>-<attn>.ckpt]\n"
+    "  --out CKPT           checkpoint written at each evaluation and at the end; checked before training:\n"
+    "                       it must be absent, a kvlab checkpoint, or (with --force) a regular file, and\n"
+    "                       its directory must take new files   [checkpoints/<preset>-<attn>.ckpt]\n"
+    "  --force              let --out replace a regular file that is not a kvlab checkpoint\n"
     "  --resume CKPT        continue a run exactly (settings come from the checkpoint; --steps may extend it)\n"
     "  --init-from CKPT     start from a checkpoint's weights with a fresh optimiser; with --attn gqa:G|mqa\n"
     "                       its key/value heads are mean-pooled into G groups first (uptraining);\n"
     "                       --context N may extend the checkpoint's context (RoPE: no learned positions)\n"
     "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
-    "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, tokens_per_s\n"
+    "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, grad_norm,\n"
+    "                       tokens_per_s; a number that is not finite is null; a failed write stops the run\n"
+    "a non-finite loss, validation loss, gradient norm or weight stops the run (exit 1) before anything is\n"
+    "saved: the last good checkpoint is kept\n"
     "  --quiet              no progress lines (the banner and the summary remain)\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device;
-    int stop_after, quiet;
+    int stop_after, quiet, force;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
     float dropout, lr, min_lr, weight_decay, beta2, grad_clip, mix;
@@ -80,24 +90,25 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--log")) rc = args_string(&a, &f->log);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "--quiet")) f->quiet = 1;
-        else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, 1 << 30, &f->stop_after);
+        else if (args_is(&a, "--force")) f->force = 1;
+        else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, TRAIN_MAX_STEPS, &f->stop_after);
         else if (args_is(&a, "--layers")) rc = args_int(&a, 1, 256, &f->layers);
         else if (args_is(&a, "--width")) rc = args_int(&a, 2, 65536, &f->width);
         else if (args_is(&a, "--heads")) rc = args_int(&a, 1, 1024, &f->heads);
         else if (args_is(&a, "--hidden")) rc = args_int(&a, 1, 1 << 20, &f->hidden);
         else if (args_is(&a, "--context")) rc = args_int(&a, 1, 1 << 16, &f->context);
-        else if (args_is(&a, "--batch")) rc = args_int(&a, 1, 1 << 16, &f->batch);
-        else if (args_is(&a, "--steps")) rc = args_int(&a, 1, 1 << 30, &f->steps);
-        else if (args_is(&a, "--warmup")) rc = args_int(&a, 0, 1 << 30, &f->warmup);
-        else if (args_is(&a, "--grad-accum")) rc = args_int(&a, 1, 1 << 16, &f->grad_accum);
-        else if (args_is(&a, "--eval-interval")) rc = args_int(&a, 0, 1 << 30, &f->eval_interval);
-        else if (args_is(&a, "--eval-windows")) rc = args_int(&a, 1, 1 << 20, &f->eval_windows);
+        else if (args_is(&a, "--batch")) rc = args_int(&a, 1, TRAIN_MAX_BATCH, &f->batch);
+        else if (args_is(&a, "--steps")) rc = args_int(&a, 1, TRAIN_MAX_STEPS, &f->steps);
+        else if (args_is(&a, "--warmup")) rc = args_int(&a, 0, TRAIN_MAX_STEPS, &f->warmup);
+        else if (args_is(&a, "--grad-accum")) rc = args_int(&a, 1, TRAIN_MAX_GRAD_ACCUM, &f->grad_accum);
+        else if (args_is(&a, "--eval-interval")) rc = args_int(&a, 0, TRAIN_MAX_STEPS, &f->eval_interval);
+        else if (args_is(&a, "--eval-windows")) rc = args_int(&a, 1, TRAIN_MAX_EVAL_WINDOWS, &f->eval_windows);
         else if (args_is(&a, "--dropout")) rc = args_float(&a, 0.0f, 0.99f, &f->dropout);
-        else if (args_is(&a, "--lr")) rc = args_float(&a, 1e-9f, 10.0f, &f->lr);
-        else if (args_is(&a, "--min-lr")) rc = args_float(&a, 0.0f, 10.0f, &f->min_lr);
-        else if (args_is(&a, "--weight-decay")) rc = args_float(&a, 0.0f, 0.99f, &f->weight_decay);
-        else if (args_is(&a, "--beta2")) rc = args_float(&a, 0.0f, 0.9999f, &f->beta2);
-        else if (args_is(&a, "--grad-clip")) rc = args_float(&a, 0.0f, 1e9f, &f->grad_clip);
+        else if (args_is(&a, "--lr")) rc = args_float(&a, TRAIN_MIN_LR, TRAIN_MAX_LR, &f->lr);
+        else if (args_is(&a, "--min-lr")) rc = args_float(&a, 0.0f, TRAIN_MAX_LR, &f->min_lr);
+        else if (args_is(&a, "--weight-decay")) rc = args_float(&a, 0.0f, TRAIN_MAX_WEIGHT_DECAY, &f->weight_decay);
+        else if (args_is(&a, "--beta2")) rc = args_float(&a, 0.0f, TRAIN_MAX_BETA2, &f->beta2);
+        else if (args_is(&a, "--grad-clip")) rc = args_float(&a, 0.0f, TRAIN_MAX_GRAD_CLIP, &f->grad_clip);
         else if (args_is(&a, "--seed")) rc = args_u64(&a, &f->seed), f->seed_given = 1;
         else if (args_is(&a, "--mix")) {
             const char *v = args_value(&a);
@@ -183,7 +194,8 @@ int main(int argc, char **argv) {
     ModelConfig mc = preset->model;
     int have_state = 0;
     Corpus corpus = {0};
-    FILE *log = NULL;
+    TrainLog log = {0};
+    int rc = 0;
     const Ops *backend = ops_for_device(f.device, err); // before any file is read or written
     if (!backend) goto fail;
     if (f.resume) {
@@ -240,12 +252,17 @@ int main(int argc, char **argv) {
     if (fresh) {
         mc.vocab_size = tok.vocab_size;
         if (model_config_validate(&mc, err) != 0) goto fail;
-        model_init(&model, &mc, &ops_cpu);
-        model_init_weights(&model, tc.seed);
     } else {
         model.cfg.dropout = mc.dropout;
+        mc = model.cfg;
     }
-    if (train_config_validate(&tc, &model.cfg, err) != 0) goto fail;
+    // the settings and the memory they need are checked before the model is allocated
+    if (train_config_validate(&tc, &mc, err) != 0) goto fail;
+    if (train_budget_check(&mc, &tc, train_budget_machine_bytes(), err) != 0) goto fail;
+    if (fresh) {
+        model_init(&model, &mc, &ops_cpu);
+        model_init_weights(&model, tc.seed);
+    }
     if (corpus_check_context(&corpus, tc.seq_len, err) != 0) goto fail;
     if (tc.recall_mix > 0.0f && recall_check_vocab(&tok, err) != 0) goto fail;
     if (tc.recall_mix > 0.0f && tc.seq_len + 1 < 2 * RECALL_ITEM_LEN + 1) {
@@ -268,10 +285,13 @@ int main(int argc, char **argv) {
     const char *run_name = f.resume ? "resumed" : f.init_from ? "uptrained" : f.preset;
     snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", run_name, attn);
     const char *out = f.out ? f.out : (f.resume ? f.resume : out_default);
-    if (f.log && !(log = fopen(f.log, f.resume ? "a" : "w"))) {
-        snprintf(err, sizeof(err), "cannot open log file '%s' for writing", f.log);
-        goto fail;
+    int target = checkpoint_check_target(out, f.force, err);
+    if (target == -2) {
+        size_t n = strlen(err);
+        snprintf(err + n, sizeof(err) - n, " (--force replaces it)");
     }
+    if (target != 0) goto fail;
+    if (f.log && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
 
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params\n",
             run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
@@ -283,49 +303,20 @@ int main(int argc, char **argv) {
     model_to_backend(&model, backend);
     train_state_to_backend(&st, model.n_params, backend);
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
-    int *inputs = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
-    int *targets = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
     int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
-    Progress prog;
-    progress_init(&prog, st.step, last, common_stderr_is_tty(), f.quiet);
-    float train_loss = 0.0f, val_loss = -1.0f;
-    double t_start = common_now();
-    long tokens_per_step = (long)tc.batch_size * tc.seq_len * tc.grad_accum;
-    int rc = 0;
-    while (st.step < last) {
-        double t0 = common_now();
-        float lr = schedule_lr(&tc, st.step), norm;
-        train_loss = train_step(&model, &st, &tc, &corpus, inputs, targets, &norm);
-        double dt = common_now() - t0;
-        int evaluate = st.step == last || (tc.eval_interval > 0 && st.step % tc.eval_interval == 0);
-        if (evaluate) val_loss = train_eval(&model, &tc, &corpus, inputs, targets);
-        progress_update(&prog, st.step, train_loss, evaluate ? val_loss : -1.0f, lr, tokens_per_step / dt);
-        if (log) {
-            fprintf(log, "{\"step\": %d, \"train_loss\": %.9g, ", st.step, train_loss);
-            if (evaluate) fprintf(log, "\"val_loss\": %.9g, ", val_loss);
-            fprintf(log, "\"lr\": %.9g, \"grad_norm\": %.6g, \"tokens_per_s\": %.1f}\n", lr, norm, tokens_per_step / dt);
-            fflush(log);
-        }
-        if (evaluate && train_save_checkpoint(out, &model, &tok, &tc, &st, err) != 0) {
-            progress_end(&prog);
-            fprintf(stderr, "train: %s\n", err);
-            rc = 1;
-            break;
-        }
-    }
-    progress_end(&prog);
-    double elapsed = common_now() - t_start;
-    if (rc == 0)
-        fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
-                st.step, train_loss, val_loss, elapsed, (double)(st.step - prog.first) * tokens_per_step / elapsed, out);
-    common_free(inputs);
-    common_free(targets);
+    TrainRun loop = {.model = &model, .st = &st, .tc = &tc, .corpus = &corpus, .tok = &tok, .out = out,
+                    .log = &log, .last = last, .quiet = f.quiet};
+    rc = train_run_loop(&loop, err);
+    if (rc != 0) goto fail;
+    if (train_log_close(&log, err) != 0) goto fail;
+    fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
+            st.step, loop.train_loss, loop.val_loss, loop.elapsed, loop.tokens_per_s, out);
     if (0) {
     fail:
         fprintf(stderr, "train: %s\n", err);
         rc = 1;
     }
-    if (log) fclose(log);
+    train_log_close(&log, NULL);
     train_state_free(&st);
     corpus_free(&corpus);
     model_free(&src);

@@ -6,24 +6,47 @@
 
 #include "trainer.h"
 
+// lo <= v <= hi, or -1 with the setting named in err.
+static int check_int(const char *name, int v, int lo, int hi, char *err) {
+    if (v >= lo && v <= hi) return 0;
+    err_set(err, "%s %d is outside %d..%d", name, v, lo, hi);
+    return -1;
+}
+
+// lo <= v <= hi (so never NaN, and infinite only past the range), or -1 with the setting named in err.
+static int check_float(const char *name, float v, float lo, float hi, char *err) {
+    if (v >= lo && v <= hi) return 0;
+    err_set(err, "%s %g is outside [%g, %g]", name, v, lo, hi);
+    return -1;
+}
+
 int train_config_validate(const TrainConfig *tc, const ModelConfig *mc, char *err) {
-    if (tc->batch_size < 1) return err_set(err, "batch size must be at least 1 (got %d)", tc->batch_size), -1;
-    if (tc->seq_len < 1 || tc->seq_len > mc->block_size)
-        return err_set(err, "context %d must be in 1..block_size (%d)", tc->seq_len, mc->block_size), -1;
-    if (tc->max_steps < 1) return err_set(err, "steps must be at least 1 (got %d)", tc->max_steps), -1;
-    if (tc->warmup_steps < 0) return err_set(err, "warmup must be >= 0 (got %d)", tc->warmup_steps), -1;
-    if (!(tc->lr > 0.0f && tc->lr < 10.0f)) return err_set(err, "lr %g must be in (0, 10)", tc->lr), -1;
-    if (!(tc->min_lr >= 0.0f && tc->min_lr <= tc->lr)) return err_set(err, "min lr %g must be in [0, lr]", tc->min_lr), -1;
-    if (!(tc->weight_decay >= 0.0f && tc->weight_decay < 1.0f))
-        return err_set(err, "weight decay %g must be in [0, 1)", tc->weight_decay), -1;
-    if (!(tc->beta1 >= 0.0f && tc->beta1 < 1.0f) || !(tc->beta2 >= 0.0f && tc->beta2 < 1.0f))
-        return err_set(err, "Adam betas must be in [0, 1)"), -1;
-    if (!(tc->grad_clip >= 0.0f)) return err_set(err, "grad clip %g must be >= 0", tc->grad_clip), -1;
-    if (tc->grad_accum < 1) return err_set(err, "grad accumulation must be at least 1 (got %d)", tc->grad_accum), -1;
-    if (tc->eval_interval < 0) return err_set(err, "eval interval must be >= 0 (got %d)", tc->eval_interval), -1;
-    if (tc->eval_windows < 1) return err_set(err, "eval windows must be at least 1 (got %d)", tc->eval_windows), -1;
-    if (!(tc->recall_mix >= 0.0f && tc->recall_mix <= 1.0f))
-        return err_set(err, "recall mix %g must be in [0, 1]", tc->recall_mix), -1;
+    if (check_int("batch size", tc->batch_size, 1, TRAIN_MAX_BATCH, err) != 0) return -1;
+    if (check_int("context", tc->seq_len, 1, mc->block_size, err) != 0) return -1;
+    if ((long long)tc->batch_size * tc->seq_len > TRAIN_MAX_MICRO_TOKENS) {
+        err_set(err, "batch %d x context %d is more than %d tokens per micro-batch", tc->batch_size, tc->seq_len,
+                TRAIN_MAX_MICRO_TOKENS);
+        return -1;
+    }
+    if (check_int("steps", tc->max_steps, 1, TRAIN_MAX_STEPS, err) != 0) return -1;
+    if (check_int("warmup", tc->warmup_steps, 0, TRAIN_MAX_STEPS, err) != 0) return -1;
+    if (check_float("lr", tc->lr, TRAIN_MIN_LR, TRAIN_MAX_LR, err) != 0) return -1;
+    if (check_float("min lr", tc->min_lr, 0.0f, tc->lr, err) != 0) return -1;
+    if (check_float("weight decay", tc->weight_decay, 0.0f, TRAIN_MAX_WEIGHT_DECAY, err) != 0) return -1;
+    if (!(tc->beta1 >= 0.0f && tc->beta1 < 1.0f)) {
+        err_set(err, "Adam beta1 %g must be in [0, 1)", tc->beta1);
+        return -1;
+    }
+    if (check_float("Adam beta2", tc->beta2, 0.0f, TRAIN_MAX_BETA2, err) != 0) return -1;
+    if (!(tc->adam_eps > 0.0f && tc->adam_eps < 1.0f)) {
+        err_set(err, "Adam epsilon %g must be in (0, 1)", tc->adam_eps);
+        return -1;
+    }
+    if (check_float("grad clip", tc->grad_clip, 0.0f, TRAIN_MAX_GRAD_CLIP, err) != 0) return -1;
+    if (check_int("grad accumulation", tc->grad_accum, 1, TRAIN_MAX_GRAD_ACCUM, err) != 0) return -1;
+    if (check_int("eval interval", tc->eval_interval, 0, TRAIN_MAX_STEPS, err) != 0) return -1;
+    if (check_int("eval windows", tc->eval_windows, 1, TRAIN_MAX_EVAL_WINDOWS, err) != 0) return -1;
+    if (check_float("recall mix", tc->recall_mix, 0.0f, 1.0f, err) != 0) return -1;
     return 0;
 }
 
@@ -64,21 +87,25 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
                  float *grad_norm) {
     int B = tc->batch_size, T = tc->seq_len;
+    if (grad_norm) *grad_norm = NAN;
     model_zero_grad(m);
     m->dropout_rng = s->dropout_rng;
     double loss = 0.0;
     for (int micro = 0; micro < tc->grad_accum; micro++) {
         loader_train_batch(c, &s->data_rng, B, T, tc->recall_mix, inputs, targets);
         model_forward(m, inputs, targets, B, T, 1);
+        if (!isfinite(m->mean_loss)) return m->mean_loss; // diverged: no backward of a non-finite loss
         model_backward(m, inputs, targets, B, T);
         loss += m->mean_loss;
     }
-    s->dropout_rng = m->dropout_rng;
     // the gradients summed over micro-batches: average them, then the global norm and clipping
     const Ops *op = m->ops;
     if (tc->grad_accum > 1) op->scale(m->grads_memory, m->n_params, 1.0f / tc->grad_accum);
     float norm = op->grad_norm(m->grads_memory, m->n_params);
     if (grad_norm) *grad_norm = norm;
+    float mean = (float)(loss / tc->grad_accum);
+    if (!isfinite(norm)) return mean; // diverged: no update
+    s->dropout_rng = m->dropout_rng;
     if (tc->grad_clip > 0.0f && norm > tc->grad_clip) op->scale(m->grads_memory, m->n_params, tc->grad_clip / (norm + 1e-6f));
     float lr = schedule_lr(tc, s->step);
     size_t sizes[NUM_PARAM_TENSORS], off = 0;
@@ -90,7 +117,7 @@ float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c
         off += sizes[i];
     }
     s->step++;
-    return (float)(loss / tc->grad_accum);
+    return mean;
 }
 
 float train_eval(Model *m, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets) {

@@ -36,6 +36,23 @@ typedef struct {
     Rng dropout_rng;    // copied in and out of Model.dropout_rng around each step
 } TrainState;
 
+// The ranges of the settings: the command line parses its flags with these same bounds, and
+// train_config_validate checks them again, for flags and for the settings a checkpoint stores alike (one
+// validator for both). The upper bounds are far past any real run; they keep a typo from asking for a run
+// that never ends.
+#define TRAIN_MAX_BATCH 65536          // sequences per micro-batch
+#define TRAIN_MAX_STEPS (1 << 30)      // also bounds warmup, eval interval and --stop-after
+#define TRAIN_MAX_GRAD_ACCUM 1024      // micro-batches per optimizer step
+#define TRAIN_MAX_EVAL_WINDOWS 16384   // validation windows per evaluation
+#define TRAIN_MAX_MICRO_TOKENS (1 << 30) // batch x context: the forward indexes B*T in an int
+#define TRAIN_MIN_LR 1e-9f
+#define TRAIN_MAX_LR 10.0f             // --lr and --min-lr are in [TRAIN_MIN_LR, TRAIN_MAX_LR], both ends included
+#define TRAIN_MAX_WEIGHT_DECAY 0.99f
+#define TRAIN_MAX_BETA2 0.9999f
+#define TRAIN_MAX_GRAD_CLIP 1e9f
+
+// Checks every field against the ranges above (NaN and infinities refused) and the context against the
+// model's block size. Returns 0, or -1 with a one-line reason in err.
 int train_config_validate(const TrainConfig *tc, const ModelConfig *mc, char *err);
 
 void train_state_init(TrainState *s, size_t n_params, uint64_t seed);
@@ -48,6 +65,9 @@ float schedule_lr(const TrainConfig *tc, int step);
 
 // One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW. Returns the mean train loss;
 // *grad_norm receives the norm before clipping. inputs/targets are (B, T) scratch owned by the caller.
+// Divergence: when a micro-batch's loss is not finite (returned at once, without its backward; *grad_norm
+// is then NaN) or the gradient norm is not finite, nothing is updated: weights, moments and the step stay as
+// they were. The caller checks the loss and *grad_norm with isfinite and stops.
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
                  float *grad_norm);
 
