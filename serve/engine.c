@@ -12,10 +12,10 @@
 // lookup and, on a hit, the prefill from the reference, whose prompt K/V lands in the request's blocks (its
 // reservation covers them like any prompt's); from then on they decode in the batch like the rest. A miss
 // decodes its prompt in the batch and is stored once the pool holds all of it.
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <xxhash.h>
+#include <time.h>
 
 #include "serve.h"
 
@@ -74,6 +74,24 @@ int engine_tenant(Engine *e, const char *name, Tenant *out) {
     return t != NULL;
 }
 
+int engine_clear_tenant(Engine *e, const char *name) {
+    pthread_mutex_lock(&e->mu);
+    Tenant *t = tenant_locked(e, name, 1);
+    if (t) t->epoch++;
+    pthread_mutex_unlock(&e->mu);
+    return t ? 0 : -1;
+}
+
+// The request's prefix salt and store scope: keyed hashes of its tenant's name and clear epoch (of "" under
+// --shared-reuse, no tenant's name: everyone's scope), so no client can name another tenant's scope.
+static void scope_locked(Engine *e, Req *r) {
+    const char *name = e->shared_reuse ? "" : r->tenant;
+    const Tenant *t = e->shared_reuse ? NULL : tenant_locked(e, name, 0);
+    uint64_t epoch = t ? (uint64_t)t->epoch : 0;
+    r->salt = tenant_hash(e->auth, TENANT_DOMAIN_SALT, epoch, name);
+    r->scope = tenant_hash(e->auth, TENANT_DOMAIN_STORE, epoch, name);
+}
+
 static void finish_locked(Engine *e, Req *r, int status, const char *msg) {
     if (r->reused >= 0) kv_paged_end(e->pool, &r->seq); // its blocks stay cached for later prompts
     e->reserved_blocks -= r->reserved;
@@ -127,6 +145,7 @@ static void admit_locked(Engine *e) {
         r->reserved = need;
         e->reserved_blocks += need;
         rng_init(&r->rng, r->seed);
+        scope_locked(e, r);
         e->active[e->n_active++] = r;
         if (is_store_method(r)) {
             r->prepare = 1;
@@ -301,7 +320,9 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     const ModelConfig *c = &m->cfg;
     int block = cfg->block;
     e->model = m, e->tok = tok, e->block = block, e->max_tokens = cfg->max_tokens, e->max_queue = cfg->max_queue;
-    e->shared_reuse = cfg->shared_reuse, e->reuse_budget = cfg->reuse_budget;
+    e->shared_reuse = cfg->shared_reuse;
+    e->reuse_budget = cfg->reuse_budget;
+    e->auth = cfg->auth;
     e->context = c->block_size;
     e->n_blocks = cfg->n_blocks ? cfg->n_blocks : 16 * ((c->block_size + block - 1) / block);
     KVShape shape = decode_kv_shape(c, c->block_size);
@@ -319,7 +340,11 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     e->tenants = common_calloc(SERVE_MAX_TENANTS, sizeof(Tenant));
     CHECK(pthread_mutex_init(&e->mu, NULL) == 0);
     CHECK(pthread_cond_init(&e->work, NULL) == 0);
-    CHECK(pthread_cond_init(&e->progress, NULL) == 0);
+    pthread_condattr_t ca; // handlers wait on progress with a timeout (engine_wait): a monotonic one
+    CHECK(pthread_condattr_init(&ca) == 0);
+    CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0);
+    CHECK(pthread_cond_init(&e->progress, &ca) == 0);
+    pthread_condattr_destroy(&ca);
     CHECK(pthread_create(&e->thread, NULL, engine_main, e) == 0);
     return 0;
 }
@@ -373,6 +398,24 @@ void engine_release(Engine *e, Req *r) {
     if (!r->done) r->cancelled = 1;
     unref_locked(r);
     pthread_mutex_unlock(&e->mu);
+}
+
+int engine_wait(Engine *e, const Req *r, int seen, int ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    while (!r->done && (seen < 0 || r->n_out == seen) && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&e->progress, &e->mu, &until);
+    int ready = r->done || (seen >= 0 && r->n_out != seen);
+    pthread_mutex_unlock(&e->mu);
+    return ready;
 }
 
 int64_t engine_clear(Engine *e, int64_t *entries) {

@@ -3,6 +3,7 @@
 // responses, whole or streamed as server-sent events. Handlers hand validated requests to the engine
 // (engine.c) and wait on its condition variable; nothing here touches the model or the KV pool.
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
-#include <xxhash.h>
+#include <sys/socket.h>
 
 #include "../kv/codec.h"
 #include "../kv/policy.h"
@@ -20,13 +21,18 @@ typedef struct {
     Engine *e;
     size_t max_body;
     const char *model;
+    const TenantAuth *auth;
+    unsigned conn_timeout;
 } Http;
 
 typedef struct { // one request on a connection
     char *body;
     size_t len;
     int too_big;
+    size_t dropped; // body bytes read and dropped past max_body; the connection is closed past max_body more
 } Upload;
+
+enum { DISCONNECT_POLL_MS = 50 }; // how often a handler waiting for its request looks at the client's socket
 
 static Http http; // one server per process
 
@@ -82,24 +88,11 @@ static json_t *text_json(const char *s, size_t n) {
 
 // --- requests ------------------------------------------------------------------------------------------------
 
-// The tenant scope: Authorization: Bearer KEY (shown as key:HASH, never the key), else X-Tenant, else
-// "default". ':' is not allowed in X-Tenant names, so a header cannot claim a key's scope.
+// The caller's tenant (serve/tenant.c): its bearer key, X-Tenant when a gateway sets it, or "default".
 static int tenant_of(struct MHD_Connection *c, char *out, char *err) {
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (auth && strncmp(auth, "Bearer ", 7) == 0 && auth[7]) {
-        snprintf(out, SERVE_TENANT_LEN + 1, "key:%016llx", (unsigned long long)XXH64(auth + 7, strlen(auth + 7), 0));
-        return 0;
-    }
     const char *t = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tenant");
-    if (!t) t = "default";
-    size_t n = strlen(t);
-    if (n == 0 || n > SERVE_TENANT_LEN) return err_set(err, "X-Tenant must be 1 to %d characters", SERVE_TENANT_LEN), -1;
-    for (size_t i = 0; i < n; i++)
-        if (!(t[i] == '-' || t[i] == '_' || t[i] == '.' || (t[i] >= '0' && t[i] <= '9') ||
-              ((t[i] | 32) >= 'a' && (t[i] | 32) <= 'z')))
-            return err_set(err, "X-Tenant may hold letters, digits, '-', '_' and '.' only"), -1;
-    memcpy(out, t, n + 1);
-    return 0;
+    return tenant_identify(http.auth, auth, t, out, err);
 }
 
 static int get_number(json_t *root, const char *key, double lo, double hi, double *out, char *err) {
@@ -254,11 +247,7 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
                 r->private_cache = private_cache;
                 r->policy = policy;
                 snprintf(r->kv, sizeof r->kv, "%s", kv && json_is_string(kv) ? json_string_value(kv) : "");
-                snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
-                // --shared-reuse: one prefix salt and one store scope for everyone ("" is no tenant's name)
-                const char *scope = e->shared_reuse ? "" : tenant;
-                r->salt = XXH64(scope, strlen(scope), 0x74656e616e74ULL);
-                r->scope = XXH64(scope, strlen(scope), 0x7265757365ULL);
+                snprintf(r->tenant, sizeof r->tenant, "%s", tenant); // its salt and scope: at admission
                 *stream = json_is_true(st);
                 r->reuse = ask.method, r->threshold = ask.threshold, r->min_overlap = ask.min_overlap;
             }
@@ -331,14 +320,28 @@ static void stream_event(Stream *s, json_t *obj) {
     free(j);
 }
 
+// An SSE comment: while a request waits (queued, or for the pool) the stream still sends something every
+// half --conn-timeout, so the connection timeout closes only a client that stopped reading.
+static void stream_keepalive(Stream *s) {
+    if (s->len + 16 > s->cap) {
+        s->cap = s->len + 16;
+        s->buf = realloc(s->buf, s->cap);
+        CHECK(s->buf);
+    }
+    s->len += (size_t)sprintf(s->buf + s->len, ": waiting\n\n");
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
     Stream *s = cls;
     Engine *e = http.e;
     if (s->off == s->len) {
         if (s->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         s->off = s->len = 0;
+        if (!engine_wait(e, s->r, s->sent, (int)(http.conn_timeout * 1000 / 2))) {
+            stream_keepalive(s);
+            return stream_read(cls, pos, out, max);
+        }
         pthread_mutex_lock(&e->mu);
-        while (s->sent == s->r->n_out && !s->r->done) pthread_cond_wait(&e->progress, &e->mu);
         Req *r = s->r;
         int n = r->n_out, done = r->done;
         pthread_mutex_unlock(&e->mu); // out[sent..n) is final once published; the rest is read after done
@@ -362,6 +365,17 @@ static void stream_free(void *cls) { // the response is done: finished, or the c
     engine_release(http.e, s->r);
     free(s->buf);
     free(s);
+}
+
+// Whether the client closed its side (or reset the connection) while its request was running: what is left
+// to read is an end of file or an error. Bytes waiting (a pipelined request) say nothing.
+static int client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!info) return 0;
+    char b;
+    ssize_t n = recv(info->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return 0;
+    return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 static enum MHD_Result completion(struct MHD_Connection *c, const Upload *u, int generate) {
@@ -391,9 +405,16 @@ static enum MHD_Result completion(struct MHD_Connection *c, const Upload *u, int
         engine_count_status(e, 200);
         return rc;
     }
-    pthread_mutex_lock(&e->mu);
-    while (!r->done) pthread_cond_wait(&e->progress, &e->mu);
-    pthread_mutex_unlock(&e->mu);
+    // The engine works while this thread waits, so libmicrohttpd watches neither the socket nor the clock:
+    // no timeout runs out meanwhile, and a client that goes away cancels the request, as a dropped stream does.
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    while (!engine_wait(e, r, -1, DISCONNECT_POLL_MS)) {
+        if (client_gone(c)) {
+            engine_release(e, r);
+            return MHD_NO; // closes the connection
+        }
+    }
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, http.conn_timeout);
     enum MHD_Result rc = r->status == 200 ? send_json(c, 200, completion_json(r, id, generate, r->out, r->n_out, 1))
                                           : send_error(c, r->status, "%s", r->error);
     engine_release(e, r);
@@ -402,18 +423,53 @@ static enum MHD_Result completion(struct MHD_Connection *c, const Upload *u, int
 
 // --- cache and server endpoints -----------------------------------------------------------------------------
 
-static enum MHD_Result cache_stats(struct MHD_Connection *c) {
-    char err[ERR_LEN], tenant[SERVE_TENANT_LEN + 1];
-    int scoped = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization") ||
-                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Tenant");
-    if (scoped && tenant_of(c, tenant, err)) return send_error(c, 400, "%s", err);
-    return send_json(c, 200, stats_json(http.e, scoped ? tenant : NULL));
+// ?scope= of the cache endpoints: 0 for the caller's tenant (none, or "tenant"), 1 for "all" (the admin's
+// global form), -1 after answering 400 or 403.
+static int cache_scope(struct MHD_Connection *c, enum MHD_Result *rc) {
+    const char *scope = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "scope");
+    if (!scope || strcmp(scope, "tenant") == 0) return 0;
+    if (strcmp(scope, "all") != 0) {
+        *rc = send_error(c, 400, "unknown scope '%.32s': \"tenant\" (the caller's, the default) or \"all\" (admin)", scope);
+        return -1;
+    }
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (tenant_is_admin(http.auth, auth)) return 1;
+    if (!http.auth->admin_key)
+        *rc = send_error(c, 403, "scope=all is disabled on this server (start it with --admin-key-file)");
+    else *rc = send_error(c, 403, "scope=all takes the admin key (Authorization: Bearer ADMIN_KEY)");
+    return -1;
 }
 
+static enum MHD_Result cache_stats(struct MHD_Connection *c) {
+    char err[ERR_LEN], tenant[SERVE_TENANT_LEN + 1];
+    enum MHD_Result rc = MHD_NO;
+    int global = cache_scope(c, &rc);
+    if (global < 0) return rc;
+    if (global) return send_json(c, 200, stats_json(http.e, NULL));
+    if (tenant_of(c, tenant, err)) return send_error(c, 400, "%s", err);
+    return send_json(c, 200, stats_json(http.e, tenant));
+}
+
+// The caller's clear forgets its own cached prefixes and stored prompts; the admin's (scope=all) frees every
+// block and entry at once.
 static enum MHD_Result cache_clear(struct MHD_Connection *c) {
-    int64_t entries = 0, blocks = engine_clear(http.e, &entries);
-    return send_json(c, 200, json_pack("{s:I, s:I}", "cleared_blocks", (json_int_t)blocks, "cleared_reuse_entries",
-                                       (json_int_t)entries));
+    char err[ERR_LEN], tenant[SERVE_TENANT_LEN + 1];
+    enum MHD_Result rc = MHD_NO;
+    int global = cache_scope(c, &rc);
+    if (global < 0) return rc;
+    if (global) {
+        int64_t entries = 0;
+        int64_t blocks = engine_clear(http.e, &entries);
+        return send_json(c, 200, json_pack("{s:s, s:I, s:I}", "scope", "all", "cleared_blocks", (json_int_t)blocks,
+                                           "cleared_reuse_entries", (json_int_t)entries));
+    }
+    if (tenant_of(c, tenant, err)) return send_error(c, 400, "%s", err);
+    if (http.e->shared_reuse)
+        return send_error(c, 403, "with --shared-reuse every tenant shares one cache: clearing it takes scope=all "
+                                  "and the admin key");
+    if (engine_clear_tenant(http.e, tenant) != 0)
+        return send_error(c, 503, "too many tenants to record a clear (%d); ask the admin for scope=all", SERVE_MAX_TENANTS);
+    return send_json(c, 200, json_pack("{s:s, s:b}", "scope", tenant, "cleared", 1));
 }
 
 static enum MHD_Result route(struct MHD_Connection *c, const char *url, const char *method, const Upload *u) {
@@ -448,6 +504,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*data_size) { // a chunk of the body: keep at most max_body bytes, drop the rest
+        if (u->too_big) u->dropped += *data_size;
+        if (u->dropped > http.max_body) return MHD_NO; // a body without end (a chunk of 2^64-1): close
         if (!u->too_big && u->len + *data_size > http.max_body) {
             u->too_big = 1;
             free(u->body);
@@ -472,26 +530,34 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     *con_cls = NULL;
 }
 
-struct MHD_Daemon *http_start(Engine *e, const char *host, int port, size_t max_body, const char *model_name,
-                              int *bound_port, char *err) {
-    http = (Http){.e = e, .max_body = max_body, .model = model_name};
-    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+struct MHD_Daemon *http_start(Engine *e, const HttpConfig *cfg, int *bound_port, char *err) {
+    http = (Http){.e = e, .max_body = cfg->max_body, .model = cfg->model_name, .auth = cfg->auth,
+                  .conn_timeout = cfg->conn_timeout};
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
     struct sockaddr *addr = (struct sockaddr *)&a4;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
-    if (inet_pton(AF_INET, host, &a4.sin_addr) != 1) {
-        if (inet_pton(AF_INET6, host, &a6.sin6_addr) != 1)
-            return err_set(err, "bad --host '%s': give an IPv4 or IPv6 address (e.g. 127.0.0.1, ::1)", host), NULL;
+    if (inet_pton(AF_INET, cfg->host, &a4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, cfg->host, &a6.sin6_addr) != 1) {
+            err_set(err, "bad --host '%s': give an IPv4 or IPv6 address (e.g. 127.0.0.1, ::1)", cfg->host);
+            return NULL;
+        }
         addr = (struct sockaddr *)&a6;
         flags |= MHD_USE_IPv6;
     }
-    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-                                            addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                                            MHD_OPTION_CONNECTION_LIMIT, 256u, MHD_OPTION_CONNECTION_TIMEOUT, 120u,
-                                            MHD_OPTION_END);
-    if (!d) return err_set(err, "cannot listen on %s port %d (in use, or not an address of this machine)", host, port), NULL;
+    // A connection that stays silent conn_timeout seconds while it sends (a request line that never ends,
+    // a body that stops) is closed; one address holds at most max_conns_per_ip of the max_conns slots.
+    struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, NULL,
+                                            MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+                                            NULL, MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns,
+                                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_conns_per_ip,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout, MHD_OPTION_END);
+    if (!d) {
+        err_set(err, "cannot listen on %s port %d (in use, or not an address of this machine)", cfg->host, cfg->port);
+        return NULL;
+    }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    *bound_port = info ? info->port : port;
+    *bound_port = info ? info->port : cfg->port;
     return d;
 }
 

@@ -20,8 +20,8 @@ static const char *usage =
     "Serves a checkpoint over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\",\n"
     "\"reuse\": prefix|lsh|semshare|none with \"threshold\" and \"min_overlap\", and \"cache\" and \"reuse\"\n"
     "reports), GET /v1/cache/stats, POST /v1/cache/clear, GET /health, GET /metrics (Prometheus).\n"
-    "Tenants (X-Tenant header, or Authorization: Bearer KEY) share no cached prefixes or stored prompts\n"
-    "unless --shared-reuse.\n"
+    "Tenants (Authorization: Bearer KEY, or X-Tenant with --trust-tenant-header, else one anonymous tenant)\n"
+    "share no cached prefixes or stored prompts unless --shared-reuse.\n"
     "\n"
     "  --ckpt FILE        checkpoint written by build/train (required)\n"
     "  --host ADDR        address to listen on                        [127.0.0.1]\n"
@@ -38,6 +38,15 @@ static const char *usage =
     "  --reuse-budget-mb N  memory of the reuse store (LRU eviction)  [64]\n"
     "  --reuse-calib FILE text whose mean embedding centres the store's similarities\n"
     "                     [the vocabulary's mean: then unrelated texts look alike]\n"
+    "  --trust-tenant-header  X-Tenant names the tenant: only behind a gateway that sets it (without this\n"
+    "                     flag X-Tenant is ignored: anyone could claim anyone's cache)\n"
+    "  --scope-secret-file FILE  at least 16 random bytes that key the tenants' scopes (stable across\n"
+    "                     restarts and servers)                    [192 bytes of /dev/urandom at start]\n"
+    "  --admin-key-file FILE  the admin's bearer key (one line): opens ?scope=all of /v1/cache/stats and\n"
+    "                     /v1/cache/clear                          [none: they answer 403]\n"
+    "  --max-conns N      connections at once                          [256]\n"
+    "  --max-conns-per-ip N  connections from one address              [32]\n"
+    "  --conn-timeout S   seconds a connection may stay silent while it sends its request  [5]\n"
     "\n"
     "Stop with SIGINT or SIGTERM (clean shutdown, exit status 0).\n";
 
@@ -47,13 +56,15 @@ static int die(const char *msg) {
 }
 
 typedef struct {
-    const char *ckpt, *host, *reuse_calib, *kv_format;
+    const char *ckpt, *host, *reuse_calib, *kv_format, *scope_secret_file, *admin_key_file;
     int port, block, pool_blocks, max_tokens, max_body, max_queue, threads, shared_reuse, reuse_budget_mb;
+    int trust_tenant_header, max_conns, max_conns_per_ip, conn_timeout;
 } Flags;
 
 static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     *f = (Flags){.host = "127.0.0.1", .port = 8080, .block = 16, .max_tokens = 1024, .max_body = 1 << 20,
-                 .max_queue = 64, .reuse_budget_mb = 64};
+                 .max_queue = 64, .reuse_budget_mb = 64, .max_conns = 256, .max_conns_per_ip = 32,
+                 .conn_timeout = 5};
     Args a;
     args_init(&a, argc, argv);
     int r;
@@ -75,6 +86,12 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--shared-reuse")) f->shared_reuse = 1;
         else if (args_is(&a, "--reuse-budget-mb")) rc = args_int(&a, 1, 1 << 20, &f->reuse_budget_mb);
         else if (args_is(&a, "--reuse-calib")) rc = args_string(&a, &f->reuse_calib);
+        else if (args_is(&a, "--trust-tenant-header")) f->trust_tenant_header = 1;
+        else if (args_is(&a, "--scope-secret-file")) rc = args_string(&a, &f->scope_secret_file);
+        else if (args_is(&a, "--admin-key-file")) rc = args_string(&a, &f->admin_key_file);
+        else if (args_is(&a, "--max-conns")) rc = args_int(&a, 1, 1 << 16, &f->max_conns);
+        else if (args_is(&a, "--max-conns-per-ip")) rc = args_int(&a, 1, 1 << 16, &f->max_conns_per_ip);
+        else if (args_is(&a, "--conn-timeout")) rc = args_int(&a, 1, 3600, &f->conn_timeout);
         else {
             err_set(err, "unknown flag '%s' (see --help)", a.flag);
             return -1;
@@ -83,6 +100,10 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     }
     if (r < 0) return err_set(err, "%s", a.err), -1;
     if (!f->ckpt) return err_set(err, "--ckpt FILE is required (see --help)"), -1;
+    if (f->max_conns_per_ip > f->max_conns) {
+        err_set(err, "--max-conns-per-ip %d is over --max-conns %d", f->max_conns_per_ip, f->max_conns);
+        return -1;
+    }
     if (!f->kv_format) f->kv_format = "fp32";
     KVSpec fmt;
     char why[ERR_LEN];
@@ -112,9 +133,17 @@ int main(int argc, char **argv) {
     Flags f;
     if (parse_flags(&f, argc, argv, err) != 0) return die(err);
     if (f.threads) omp_set_num_threads(f.threads);
+    TenantAuth auth;
+    if (tenant_auth_init(&auth, f.scope_secret_file, f.admin_key_file, f.trust_tenant_header, err) != 0) {
+        tenant_auth_free(&auth);
+        return die(err);
+    }
     Model m;
     Tokenizer tok;
-    if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) return die(err);
+    if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) {
+        tenant_auth_free(&auth);
+        return die(err);
+    }
     // Signals are taken by sigwait below: block them before any thread exists, so every thread inherits that.
     sigset_t stop;
     sigemptyset(&stop);
@@ -126,25 +155,31 @@ int main(int argc, char **argv) {
     size_t n_calib;
     if (load_calib(f.reuse_calib, &tok, &calib, &n_calib, err) != 0) {
         model_free(&m);
+        tenant_auth_free(&auth);
         return die(err);
     }
     EngineConfig ec = {.block = f.block, .n_blocks = f.pool_blocks, .kv_format = f.kv_format, .max_tokens = f.max_tokens, .max_queue = f.max_queue,
                        .shared_reuse = f.shared_reuse, .reuse_budget = (size_t)f.reuse_budget_mb << 20,
-                       .calib = calib, .n_calib = n_calib};
+                       .calib = calib, .n_calib = n_calib, .auth = &auth};
     Engine e;
     int rc = engine_start(&e, &m, &tok, &ec, err);
     common_free(calib); // the store keeps the centre only
     if (rc != 0) {
         model_free(&m);
+        tenant_auth_free(&auth);
         return die(err);
     }
     const char *name = strrchr(f.ckpt, '/') ? strrchr(f.ckpt, '/') + 1 : f.ckpt;
+    HttpConfig hc = {.host = f.host, .model_name = name, .port = f.port, .max_body = (size_t)f.max_body,
+                     .max_conns = (unsigned)f.max_conns, .max_conns_per_ip = (unsigned)f.max_conns_per_ip,
+                     .conn_timeout = (unsigned)f.conn_timeout, .auth = &auth};
     int port = 0;
-    struct MHD_Daemon *d = http_start(&e, f.host, f.port, (size_t)f.max_body, name, &port, err);
+    struct MHD_Daemon *d = http_start(&e, &hc, &port, err);
     if (!d) {
         engine_stop(&e);
         engine_free(&e);
         model_free(&m);
+        tenant_auth_free(&auth);
         return die(err);
     }
     int ipv6 = strchr(f.host, ':') != NULL;
@@ -159,5 +194,6 @@ int main(int argc, char **argv) {
     http_stop(d);
     engine_free(&e);
     model_free(&m);
+    tenant_auth_free(&auth);
     return 0;
 }

@@ -40,21 +40,43 @@ typedef struct {
     char name[SERVE_TENANT_LEN + 1];
     int64_t requests, prompt_tokens, query_blocks, hit_blocks, reused_tokens, hits;
     ReuseCounters reuse;
+    int64_t epoch; // the tenant's clears: mixed into its salt and store scope, so a clear forgets what it cached
 } Tenant;
+
+// Tenancy (serve/tenant.c): who a request belongs to and the keyed hashes of its scopes.
+enum { SERVE_SECRET_LEN = 192 }; // XXH3 secret bytes (at least XXH3_SECRET_SIZE_MIN)
+typedef enum { TENANT_DOMAIN_KEY = 1, TENANT_DOMAIN_SALT, TENANT_DOMAIN_STORE } TenantDomain;
+typedef struct {
+    unsigned char secret[SERVE_SECRET_LEN]; // keys every tenant hash: /dev/urandom, or --scope-secret-file
+    int trust_tenant_header;                // --trust-tenant-header: a gateway sets X-Tenant, so it names the tenant
+    char *admin_key;                        // --admin-key-file's key; NULL: the global cache forms answer 403
+} TenantAuth;
+// The secret (from secret_file, or 192 bytes of /dev/urandom) and the admin key (admin_key_file may be NULL);
+// -1 with a message.
+int tenant_auth_init(TenantAuth *a, const char *secret_file, const char *admin_key_file, int trust_header, char *err);
+void tenant_auth_free(TenantAuth *a);
+// The caller's tenant (SERVE_TENANT_LEN + 1 bytes) from its headers, either may be NULL: a bearer key's
+// key:HASH, else X-Tenant when trusted, else "default". -1 with a 400 message for a malformed trusted X-Tenant.
+int tenant_identify(const TenantAuth *a, const char *authorization, const char *x_tenant, char *out, char *err);
+// Whether authorization is "Bearer " + the admin key (0 when there is none).
+int tenant_is_admin(const TenantAuth *a, const char *authorization);
+// XXH3 of (domain, epoch, name) under the server secret: a key's name, a tenant's prefix salt or store scope.
+uint64_t tenant_hash(const TenantAuth *a, uint64_t domain, uint64_t epoch, const char *name);
 
 typedef struct Req {
     // set by the handler before enqueueing, read-only afterwards
     int *prompt;
     int n_prompt, max_tokens;
     SampleConfig sc;
-    uint64_t seed, salt;
+    uint64_t seed;
+    uint64_t salt;     // set at admission: the tenant's prefix salt (keyed, with its clear epoch)
     int private_cache; // kv "full": reuse "none" then (a salt of its own: it neither reuses nor is reused)
     KVSeqPolicy policy; // kv "SELECT+paged:B": the blocks its sequence keeps (full selection by default)
     char kv[64];       // the kv spec as asked (reported back)
     char tenant[SERVE_TENANT_LEN + 1];
     ReuseMethod reuse;
     float threshold, min_overlap; // lsh/semshare: what a stored prompt must reach to be reused
-    uint64_t scope;               // lsh/semshare: the store scope (the tenant's, or the shared one)
+    uint64_t scope;               // set at admission: the store scope (the tenant's, or the shared one)
     // outputs, under Engine.mu
     char *out;        // max_tokens + 1 bytes
     int n_out;        // bytes of out produced so far
@@ -89,6 +111,7 @@ typedef struct {
     size_t reuse_budget;  // bytes the reuse store may hold
     const int *calib;     // tokens whose mean embedding centres the store's similarities; NULL = the
     size_t n_calib;       // vocabulary's mean embedding (every symbol once)
+    const TenantAuth *auth; // the secret that keys tenants' salts and scopes (outlives the engine)
 } EngineConfig;
 
 typedef struct {
@@ -99,6 +122,7 @@ typedef struct {
     const char *kv_format; // the pool's row format (--kv-format)
     int shared_reuse;
     size_t reuse_budget;
+    const TenantAuth *auth;
     // engine-private
     KVPool *pool;
     DecodeState db;                 // one row per active request, advanced together each round
@@ -148,6 +172,11 @@ void engine_release(Engine *e, Req *r);
 int64_t engine_clear(Engine *e, int64_t *entries);
 // The tenant's counters (copied) under mu; 0 when the tenant has none yet.
 int engine_tenant(Engine *e, const char *name, Tenant *out);
+// Forgets the tenant's cached prefixes and stored prompts: later requests get a new salt and store scope (the
+// old blocks and entries age out, LRU). -1 when the tenant table is full.
+int engine_clear_tenant(Engine *e, const char *name);
+// Waits up to ms for r to finish, or (seen >= 0) to have more than `seen` output bytes; 1 when it did.
+int engine_wait(Engine *e, const Req *r, int seen, int ms);
 // A sequence salt no other sequence has (kv "full", reuse "none", reuse hits); engine thread only.
 uint64_t serve_private_salt(Engine *e);
 // Requests-by-status counters: the index of an HTTP status (200 400 404 405 413 other).
@@ -181,9 +210,17 @@ json_t *stats_json(Engine *e, const char *tenant);
 char *metrics_text(Engine *e);
 
 // HTTP (serve/http.c): starts libmicrohttpd on host:port; the real port lands in *bound_port.
+typedef struct {
+    const char *host, *model_name;
+    int port;
+    size_t max_body;
+    unsigned max_conns;        // connections at once (--max-conns)
+    unsigned max_conns_per_ip; // of those, from one address (--max-conns-per-ip)
+    unsigned conn_timeout;     // seconds a connection may stay silent while it sends (--conn-timeout)
+    const TenantAuth *auth;
+} HttpConfig;
 struct MHD_Daemon;
-struct MHD_Daemon *http_start(Engine *e, const char *host, int port, size_t max_body, const char *model_name,
-                              int *bound_port, char *err);
+struct MHD_Daemon *http_start(Engine *e, const HttpConfig *cfg, int *bound_port, char *err);
 void http_stop(struct MHD_Daemon *d);
 
 #endif

@@ -1,5 +1,6 @@
-// build/serve's reports: GET /v1/cache/stats as JSON (the pool's hit rate, prefill saved, fragmentation and
-// utilisation, for one tenant's requests or for all; the reuse store's lookups and contents) and GET /metrics
+// build/serve's reports: GET /v1/cache/stats as JSON (the caller's hit rate, prefill saved and reuse
+// lookups; with ?scope=all and the admin key, everyone's, the pool's fragmentation and utilisation and the
+// reuse store's contents) and GET /metrics
 // in the Prometheus text format. Both read the counters and the pool and store snapshots the engine
 // publishes under its mutex; neither touches the pool or the store. Both say the reuse scope: "tenant" (a
 // tenant reuses only its own prefixes and stored prompts) or "shared" (--shared-reuse: everyone's).
@@ -13,16 +14,32 @@
 
 static const char *scope_name(const Engine *e) { return e->shared_reuse ? "shared" : "tenant"; }
 
-// The reuse report: lookups of the tenant's (or all) lsh/semshare requests, and the store as a whole.
-static json_t *reuse_stats_json(const Engine *e, const ReuseCounters *c, const KVReuseStats *st, int64_t skipped) {
-    json_t *store = json_pack("{s:i, s:I, s:I, s:I, s:I, s:I}", "entries", st->entries, "bytes", (json_int_t)st->bytes,
-                              "budget_bytes", (json_int_t)e->reuse_budget, "inserts", (json_int_t)st->inserts,
-                              "evictions", (json_int_t)st->evictions, "too_large", (json_int_t)skipped);
+// The reuse report: lookups of the tenant's (or all) lsh/semshare requests; the store's contents in the
+// global form only, its budget in both.
+static json_t *reuse_stats_json(const Engine *e, const ReuseCounters *c, const KVReuseStats *st, int64_t skipped,
+                                int global) {
+    json_t *store = json_pack("{s:I}", "budget_bytes", (json_int_t)e->reuse_budget);
+    if (global) {
+        json_object_set_new(store, "entries", json_integer(st->entries));
+        json_object_set_new(store, "bytes", json_integer((json_int_t)st->bytes));
+        json_object_set_new(store, "inserts", json_integer((json_int_t)st->inserts));
+        json_object_set_new(store, "evictions", json_integer((json_int_t)st->evictions));
+        json_object_set_new(store, "too_large", json_integer((json_int_t)skipped));
+    }
     return json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:o}", "scope", scope_name(e), "lookups",
                      (json_int_t)c->lookups, "hits", (json_int_t)c->hits, "misses", (json_int_t)c->misses, "rejected",
                      (json_int_t)c->rejected, "hit_rate", c->lookups ? (double)c->hits / c->lookups : 0.0,
                      "reused_tokens", (json_int_t)c->reused_tokens, "recomputed_tokens",
                      (json_int_t)c->recomputed_tokens, "store", store);
+}
+
+// The pool's occupancy (global form) or its size only (a tenant's: other tenants' activity is not its to see).
+static json_t *pool_stats_json(const KVPagedStats *st, int global) {
+    if (!global) return json_pack("{s:i}", "blocks_total", st->blocks_total);
+    return json_pack("{s:i, s:i, s:i, s:i, s:f, s:f, s:I, s:I, s:I}", "blocks_total", st->blocks_total, "blocks_used",
+                     st->blocks_used, "blocks_cached", st->blocks_cached, "blocks_free", st->blocks_free,
+                     "fragmentation", st->fragmentation, "utilisation", st->utilisation, "evictions",
+                     (json_int_t)st->evictions, "bytes", (json_int_t)st->bytes, "bytes_used", (json_int_t)st->bytes_used);
 }
 
 json_t *stats_json(Engine *e, const char *tenant) {
@@ -44,13 +61,8 @@ json_t *stats_json(Engine *e, const char *tenant) {
                           "prefill_saved", (json_int_t)t.reused_tokens);
     if (tenant) json_object_set_new(o, "prompt_tokens", json_integer(t.prompt_tokens));
     else json_object_set_new(o, "tenants", json_integer(n_tenants));
-    json_object_set_new(o, "pool", json_pack("{s:i, s:i, s:i, s:i, s:f, s:f, s:I, s:I, s:I}", "blocks_total",
-                                             st.blocks_total, "blocks_used", st.blocks_used, "blocks_cached",
-                                             st.blocks_cached, "blocks_free", st.blocks_free, "fragmentation",
-                                             st.fragmentation, "utilisation", st.utilisation, "evictions",
-                                             (json_int_t)st.evictions, "bytes", (json_int_t)st.bytes, "bytes_used",
-                                             (json_int_t)st.bytes_used));
-    json_object_set_new(o, "reuse", reuse_stats_json(e, &t.reuse, &rs, skipped));
+    json_object_set_new(o, "pool", pool_stats_json(&st, tenant == NULL));
+    json_object_set_new(o, "reuse", reuse_stats_json(e, &t.reuse, &rs, skipped, tenant == NULL));
     return o;
 }
 

@@ -23,154 +23,15 @@
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "test_serve_util.h"
 
 TestSuite(serve, .init = cliutil_setup, .fini = cliutil_teardown, .timeout = 60);
-
-typedef struct {
-    pid_t pid;
-    int port;
-} Server;
-
-static Server server_start_ckpt(const char *ckpt, const char *const *extra) {
-    const char *build = getenv("KVLAB_BUILD");
-    char exe[512], log[256];
-    snprintf(exe, sizeof exe, "%s/serve", build && *build ? build : "build");
-    snprintf(log, sizeof log, "%s", cliutil_tmp("serve.log"));
-    const char *argv[32] = {exe, "--ckpt", ckpt, "--port", "0", "--block", "4", NULL};
-    int k = 7;
-    for (int i = 0; extra && extra[i]; i++) argv[k++] = extra[i];
-    argv[k] = NULL;
-    fflush(NULL);
-    Server s = {.pid = fork()};
-    cr_assert_neq(s.pid, -1);
-    if (s.pid == 0) {
-        int fe = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644), fi = open("/dev/null", O_RDWR);
-        if (fe < 0 || fi < 0) _exit(126);
-        dup2(fi, 0), dup2(fi, 1), dup2(fe, 2);
-        prctl(PR_SET_PDEATHSIG, SIGTERM); // a failed assertion ends the test process: take the server with it
-        setenv("OMP_WAIT_POLICY", "passive", 0);
-        setenv("OMP_NUM_THREADS", "1", 0);
-        execv(exe, (char *const *)argv);
-        _exit(127);
-    }
-    for (int tries = 0; tries < 1000 && !s.port; tries++) { // up to 10 s (ASan start-up is slow)
-        char *text = cliutil_read_file(log, NULL);
-        const char *p = text ? strstr(text, "serve: listening on http://127.0.0.1:") : NULL;
-        if (p) s.port = atoi(p + strlen("serve: listening on http://127.0.0.1:"));
-        free(text);
-        if (!s.port) usleep(10000);
-    }
-    cr_assert_gt(s.port, 0, "no 'listening on' line from build/serve");
-    return s;
-}
-
-static Server server_start(const char *const *extra) {
-    return server_start_ckpt(cliutil_train_tiny(cliutil_write_corpus(), "tiny.ckpt"), extra);
-}
-
-static void server_stop(Server *s) {
-    cr_assert_eq(kill(s->pid, SIGTERM), 0);
-    int ws;
-    while (waitpid(s->pid, &ws, 0) < 0) cr_assert_eq(errno, EINTR);
-    char *log = cliutil_read_file(cliutil_tmp("serve.log"), NULL);
-    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "serve should exit 0 on SIGTERM; stderr:\n%s", log);
-    free(log);
-}
-
-static int connect_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval tv = {.tv_sec = 20};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
-    return fd;
-}
-
-// Sends one request (Connection: close). headers: extra header lines, each ending in \r\n, or NULL.
-static int send_request(int port, const char *method, const char *path, const char *headers, const char *body) {
-    int fd = connect_to(port);
-    size_t blen = body ? strlen(body) : 0;
-    char *req = malloc(blen + 1024);
-    int n = snprintf(req, 1024, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
-                     headers ? headers : "");
-    if (body) n += sprintf(req + n, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
-    n += sprintf(req + n, "\r\n");
-    if (body) memcpy(req + n, body, blen), n += (int)blen;
-    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    free(req);
-    return fd;
-}
-
-typedef struct {
-    int status;
-    char *body; // de-chunked, NUL-terminated
-} Resp;
-
-// Reads the whole response (until the server closes) and parses the status line and the body.
-static Resp read_response(int fd) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    ssize_t got;
-    while ((got = recv(fd, buf + n, cap - n - 1, 0)) > 0)
-        if ((n += (size_t)got) + 1 == cap) buf = realloc(buf, cap *= 2);
-    close(fd);
-    buf[n] = 0;
-    Resp r = {0};
-    cr_assert(sscanf(buf, "HTTP/1.1 %d", &r.status) == 1, "no status line in: %s", buf);
-    char *body = strstr(buf, "\r\n\r\n");
-    cr_assert_not_null(body);
-    *body = 0;
-    body += 4;
-    int chunked = strstr(buf, "chunked") != NULL;
-    r.body = calloc(strlen(body) + 1, 1);
-    if (!chunked) strcpy(r.body, body);
-    else
-        for (size_t k = 0, len; (len = strtoul(body, &body, 16)) > 0; body += 2 + len + 2) {
-            memcpy(r.body + k, body + 2, len);
-            k += len;
-        }
-    free(buf);
-    return r;
-}
-
-static Resp http(int port, const char *method, const char *path, const char *headers, const char *body) {
-    return read_response(send_request(port, method, path, headers, body));
-}
-
-// The string value after "key": in a JSON text (no escapes: the tiny vocabulary has none); copied to out.
-static void json_str(const char *json, const char *key, char *out, size_t len) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char *p = strstr(json, pat);
-    cr_assert_not_null(p, "no %s in %s", key, json);
-    p += strlen(pat);
-    const char *q = strchr(p, '"');
-    cr_assert_not_null(q);
-    snprintf(out, len, "%.*s", (int)(q - p), p);
-}
-
-static void expect_error(Resp r, int status, const char *phrase) {
-    cr_assert_eq(r.status, status, "expected %d, got %d: %s", status, r.status, r.body);
-    cr_assert(strstr(r.body, "{\"error\":{\"message\":\""), "error shape: %s", r.body);
-    cr_assert(strstr(r.body, "invalid_request_error"), "%s", r.body);
-    cr_assert(strstr(r.body, phrase), "expected \"%s\" in %s", phrase, r.body);
-    free(r.body);
-}
-
-static void expect_health(int port) {
-    Resp r = http(port, "GET", "/health", NULL, NULL);
-    cr_assert_eq(r.status, 200);
-    cr_assert(strstr(r.body, "\"status\":\"ok\""), "%s", r.body);
-    free(r.body);
-}
 
 #define PROMPT "the quick brown fox"
 #define GREEDY(n) "{\"prompt\":\"" PROMPT "\",\"max_tokens\":" #n ",\"temperature\":0}"
 
 Test(serve, completions_cache_and_tenants) {
-    Server s = server_start(NULL);
+    Server s = server_start(ARGS("--trust-tenant-header", "--admin-key-file", admin_key_file()));
     expect_health(s.port);
     Resp r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"the lazy dog\",\"max_tokens\":7,\"seed\":3}");
     cr_assert_eq(r.status, 200, "%s", r.body);
@@ -211,7 +72,7 @@ Test(serve, completions_cache_and_tenants) {
     cr_assert_str_eq(hit, "alice");
     cr_assert(strstr(r.body, "\"requests\":2,\"query_blocks\":8,\"hit_blocks\":4,\"hit_rate\":0.5"), "%s", r.body);
     free(r.body);
-    r = http(s.port, "GET", "/v1/cache/stats", NULL, NULL);
+    r = http(s.port, "GET", "/v1/cache/stats?scope=all", ADMIN_HDR, NULL);
     cr_assert(strstr(r.body, "\"scope\":\"all\"") && strstr(r.body, "\"fragmentation\"") &&
               strstr(r.body, "\"utilisation\"") && strstr(r.body, "\"prefill_saved\":16"), "%s", r.body);
     free(r.body);
@@ -226,8 +87,8 @@ Test(serve, completions_cache_and_tenants) {
     cr_assert_str_eq(text, b);
     free(r1.body), free(r2.body);
 
-    // clear drops the cached blocks: alice misses again
-    r = http(s.port, "POST", "/v1/cache/clear", NULL, "");
+    // the admin's clear drops the cached blocks: alice misses again
+    r = http(s.port, "POST", "/v1/cache/clear?scope=all", ADMIN_HDR, "");
     cr_assert(r.status == 200 && strstr(r.body, "\"cleared_blocks\":"), "%s", r.body);
     free(r.body);
     r = http(s.port, "POST", "/v1/generate", "X-Tenant: alice\r\n", GREEDY(8));
@@ -270,7 +131,7 @@ Test(serve, streaming_and_disconnect) {
 }
 
 Test(serve, bad_input_keeps_serving) {
-    Server s = server_start(ARGS("--max-body", "1024", "--max-tokens", "20"));
+    Server s = server_start(ARGS("--max-body", "1024", "--max-tokens", "20", "--trust-tenant-header"));
     expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"the\""), 400, "malformed JSON");
     expect_error(http(s.port, "POST", "/v1/completions", NULL, "[1, 2]"), 400, "JSON object");
     expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"max_tokens\": 3}"), 400, "'prompt' is required");
@@ -324,39 +185,6 @@ Test(serve, bad_input_keeps_serving) {
 
 // --- cross-request reuse ----------------------------------------------------------------------------------
 
-// The text right after "key": inside the object that starts at obj (the first such key).
-static const char *json_at(const char *obj, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(obj, pat);
-    cr_assert_not_null(p, "no %s in %s", key, obj);
-    return p + strlen(pat);
-}
-
-static double json_num(const char *obj, const char *key) {
-    const char *p = json_at(obj, key);
-    char *end;
-    double x = strtod(p, &end);
-    cr_assert(end != p, "%s is not a number in %s", key, obj);
-    return x;
-}
-
-// The "reuse" object of a /v1/generate response.
-static const char *reuse_of(const Resp *r) {
-    cr_assert_eq(r->status, 200, "%s", r->body);
-    const char *o = strstr(r->body, "\"reuse\":{");
-    cr_assert_not_null(o, "no reuse report in %s", r->body);
-    return o;
-}
-
-static Resp generate(int port, const char *tenant, const char *body) {
-    char hdr[128];
-    snprintf(hdr, sizeof hdr, "X-Tenant: %s\r\n", tenant);
-    Resp r = http(port, "POST", "/v1/generate", hdr, body);
-    cr_assert_eq(r.status, 200, "%s", r.body);
-    return r;
-}
-
 #define ASK(prompt, n, extra) "{\"prompt\":\"" prompt "\",\"max_tokens\":" #n ",\"temperature\":0" extra "}"
 #define SAMPLED(prompt, extra) "{\"prompt\":\"" prompt "\",\"max_tokens\":12,\"temperature\":1,\"seed\":7" extra "}"
 #define REORDERED "fox brown quick the" // PROMPT's words reversed: the same symbols, so the same mean embedding
@@ -372,7 +200,7 @@ static void expect_miss(Resp r, const char *method, char *text, size_t len) {
 }
 
 Test(serve, reuse_lsh_hits_within_a_tenant) {
-    Server s = server_start(NULL);
+    Server s = server_start(ARGS("--trust-tenant-header", "--admin-key-file", admin_key_file()));
     char none[64], got[64], ref[32], sampled[64];
     // the reference: no reuse at all, greedy and sampled
     Resp r = generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"none\""));
@@ -440,7 +268,11 @@ Test(serve, reuse_lsh_hits_within_a_tenant) {
     r = http(s.port, "GET", "/v1/cache/stats", "X-Tenant: alice\r\n", NULL);
     o = strstr(r.body, "\"reuse\":{");
     cr_assert(o && strstr(o, "{\"scope\":\"tenant\",\"lookups\":8,\"hits\":4,\"misses\":4,\"rejected\":1,"), "%s", r.body);
-    cr_assert(strstr(o, "\"store\":{\"entries\":5,"), "%s", o);
+    cr_assert(!strstr(o, "\"entries\""), "the store's contents are the admin's to see: %s", o);
+    free(r.body);
+    r = http(s.port, "GET", "/v1/cache/stats?scope=all", ADMIN_HDR, NULL);
+    o = strstr(r.body, "\"store\":{");
+    cr_assert(o && strstr(o, "\"entries\":5,"), "%s", r.body);
     free(r.body);
     r = http(s.port, "GET", "/metrics", NULL, NULL);
     cr_assert(strstr(r.body, "kvlab_reuse_scope{scope=\"tenant\"} 1") &&
@@ -449,8 +281,8 @@ Test(serve, reuse_lsh_hits_within_a_tenant) {
               strstr(r.body, "kvlab_reuse_misses_total{scope=\"tenant\"} 5") &&
               strstr(r.body, "kvlab_reuse_store_entries{scope=\"tenant\"} 5"), "%s", r.body);
     free(r.body);
-    // clear empties the store too: the repeat misses again
-    r = http(s.port, "POST", "/v1/cache/clear", NULL, "");
+    // the admin's clear empties the store too: the repeat misses again
+    r = http(s.port, "POST", "/v1/cache/clear?scope=all", ADMIN_HDR, "");
     cr_assert(strstr(r.body, "\"cleared_reuse_entries\":5"), "%s", r.body);
     free(r.body);
     expect_miss(generate(s.port, "alice", ASK(PROMPT, 8, ",\"reuse\":\"lsh\"")), "lsh", NULL, 0);
@@ -459,7 +291,8 @@ Test(serve, reuse_lsh_hits_within_a_tenant) {
 
 Test(serve, reuse_shared_scope_and_tight_pool) {
     // 8 blocks of 4: room for two requests of 19 + 13 tokens at once, so the rest wait for blocks
-    Server s = server_start(ARGS("--shared-reuse", "--pool-blocks", "16"));
+    Server s = server_start(ARGS("--shared-reuse", "--pool-blocks", "16", "--trust-tenant-header", "--admin-key-file",
+                                 admin_key_file()));
     char first[64], got[64];
     expect_miss(generate(s.port, "alice", ASK(PROMPT, 13, ",\"reuse\":\"lsh\"")), "lsh", first, sizeof first);
     // bob reuses alice's stored prompt, and her cached prefix blocks
@@ -482,7 +315,7 @@ Test(serve, reuse_shared_scope_and_tight_pool) {
         cr_assert_str_eq(got, first);
         free(r.body);
     }
-    r = http(s.port, "GET", "/v1/cache/stats", NULL, NULL);
+    r = http(s.port, "GET", "/v1/cache/stats?scope=all", ADMIN_HDR, NULL);
     cr_assert(strstr(r.body, "\"reuse\":{\"scope\":\"shared\",\"lookups\":6,\"hits\":5,\"misses\":1,"), "%s", r.body);
     cr_assert(strstr(r.body, "\"blocks_used\":0"), "%s", r.body);
     free(r.body);
@@ -563,16 +396,6 @@ Test(serve, kv_specs_over_the_pool) {
     Run run = RUN("serve", "--ckpt", "x.ckpt", "--kv-format", "int3");
     EXPECT_ERROR(&run, "serve", "bad row format 'int3': valid formats are fp32, fp16, fp8[:G], int8[:G], int4[:G], int2[:G]");
     cliutil_run_free(&run);
-}
-
-// A model slow enough (4 layers of width 256: tens of ms per request) that requests sent together overlap.
-static const char *train_slow(void) {
-    const char *ckpt = cliutil_tmp("slow.ckpt");
-    Run r = RUN("train", "--preset", "tiny", "--layers", "4", "--width", "256", "--hidden", "1024", "--steps", "1",
-                "--batch", "1", "--eval-windows", "1", "--data", cliutil_write_corpus(), "--out", ckpt, "--quiet");
-    cliutil_expect_ok(&r, "train a slow model");
-    cliutil_run_free(&r);
-    return ckpt;
 }
 
 Test(serve, full_queue_503_then_healthy) {
