@@ -407,11 +407,8 @@ int checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, 
                     size_t *train_size, int *has_train, char *err) {
     CHECK(path && m && ops && tok);
     CHECK(!train_bytes || train_size);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        err_set(err, "cannot open checkpoint '%s': %s", path, strerror(errno));
-        return -1;
-    }
+    FILE *f = common_open_regular(path, "checkpoint", NULL, err); // a FIFO is refused, never waited on
+    if (!f) return -1;
     struct stat st;
     if (fstat(fileno(f), &st) != 0) {
         err_set(err, "cannot stat checkpoint '%s': %s", path, strerror(errno));

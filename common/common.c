@@ -1,8 +1,10 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -70,39 +72,72 @@ void err_set(char *err, const char *fmt, ...) {
     va_end(ap);
 }
 
-unsigned char *common_read_file(const char *path, size_t *len, char *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        err_set(err, "cannot open '%s': %s", path, strerror(errno));
+FILE *common_open_regular(const char *path, const char *what, uint64_t *size, char *err) {
+    const char *sep = what ? " " : "";
+    if (!what) what = "";
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        err_set(err, "cannot open %s%s'%s': %s", what, sep, path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) != 0) goto fail;
-    if (S_ISDIR(st.st_mode)) {
-        errno = EISDIR;
-        goto fail;
-    }
-    if (fseek(f, 0, SEEK_END) != 0) goto fail;
-    long size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) goto fail;
-    unsigned char *buf = malloc((size_t)size + 1);
-    if (!buf) {
-        fclose(f);
-        err_set(err, "'%s' is too large to read (%ld bytes)", path, size);
+    if (fstat(fd, &st) != 0) {
+        err_set(err, "cannot stat %s%s'%s': %s", what, sep, path, strerror(errno));
+        close(fd);
         return NULL;
     }
-    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+    if (!S_ISREG(st.st_mode)) {
+        err_set(err, "%s%s'%s' is not a regular file", what, sep, path);
+        close(fd);
+        return NULL;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1) {
+        err_set(err, "cannot read %s%s'%s': %s", what, sep, path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        err_set(err, "cannot read %s%s'%s': %s", what, sep, path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (size) *size = (uint64_t)st.st_size;
+    return f;
+}
+
+unsigned char *common_read_file(const char *path, size_t *len, char *err) {
+    uint64_t size = 0;
+    FILE *f = common_open_regular(path, NULL, &size, err);
+    if (!f) return NULL;
+    unsigned char *buf = size < SIZE_MAX ? malloc((size_t)size + 1) : NULL;
+    if (!buf) {
+        fclose(f);
+        err_set(err, "'%s' is too large to read (%llu bytes)", path, (unsigned long long)size);
+        return NULL;
+    }
+    errno = 0;
+    size_t got = fread(buf, 1, (size_t)size, f);
+    int failed = ferror(f);
+    int why = errno;
+    fclose(f);
+    if (failed || got != (size_t)size) {
         free(buf);
-        goto fail;
+        if (failed) err_set(err, "cannot read '%s': %s", path, strerror(why ? why : EIO));
+        else err_set(err, "cannot read '%s': it shrank while being read", path);
+        return NULL;
     }
     buf[size] = 0;
-    fclose(f);
     *len = (size_t)size;
     return buf;
-fail:
-    err_set(err, "cannot read '%s': %s", path, errno ? strerror(errno) : "not a regular file");
-    fclose(f);
-    return NULL;
+}
+
+uint64_t common_physical_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0) return 0;
+    return (uint64_t)pages * (uint64_t)page;
 }
 
 int common_stderr_is_tty(void) { return isatty(STDERR_FILENO); }

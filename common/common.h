@@ -43,8 +43,20 @@ uint64_t rng_below(Rng *rng, uint64_t n);         // [0, n)
 #define ERR_LEN 512
 void err_set(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// Read a whole file; returns NULL and fills err on failure. *len receives the byte count.
+// Opens an existing file for reading without ever blocking in the open: the open is non-blocking, then
+// fstat, and anything but a regular file (a FIFO, a device such as /dev/zero, a directory, a socket) is
+// refused before a byte is read. Every reader of a user's file goes through it. what names the file in the
+// messages ("checkpoint" gives "cannot open checkpoint 'P': ..."; NULL for none): "cannot open [what ]'P':
+// <strerror>" or "[what ]'P' is not a regular file". Returns a blocking stream, *size (may be NULL) its
+// length in bytes; NULL with one line in err.
+FILE *common_open_regular(const char *path, const char *what, uint64_t *size, char *err);
+
+// Reads a whole regular file (common_open_regular); returns NULL and fills err on failure. *len receives
+// the byte count; the buffer holds one more byte, a 0.
 unsigned char *common_read_file(const char *path, size_t *len, char *err);
+
+// Bytes of physical memory (sysconf), or 0 when the system does not say.
+uint64_t common_physical_bytes(void);
 
 // Whether stderr is a terminal (live progress display only there).
 int common_stderr_is_tty(void);

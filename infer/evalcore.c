@@ -250,9 +250,15 @@ void evalcore_json_int(EvalJson *j, const char *key, long long value) {
 
 void evalcore_json_num(EvalJson *j, const char *key, double value) { evalcore_json_fmt(j, key, "%.6g", value); }
 
+// A number, or null where it is not finite (JSON has no nan or inf).
+static void json_put_num(FILE *f, const char *fmt, double value) {
+    if (isfinite(value)) fprintf(f, fmt, value);
+    else fputs("null", f);
+}
+
 void evalcore_json_fmt(EvalJson *j, const char *key, const char *fmt, double value) {
     json_put_key(j, key);
-    fprintf(j->f, fmt, value);
+    json_put_num(j->f, fmt, value);
 }
 
 void evalcore_json_int_array(EvalJson *j, const char *key, const int *v, int n) {
@@ -265,13 +271,19 @@ void evalcore_json_int_array(EvalJson *j, const char *key, const int *v, int n) 
 void evalcore_json_num_array(EvalJson *j, const char *key, const double *v, int n) {
     json_put_key(j, key);
     fputc('[', j->f);
-    for (int i = 0; i < n; i++) fprintf(j->f, "%s%.6g", i ? ", " : "", v[i]);
+    for (int i = 0; i < n; i++) {
+        if (i) fputs(", ", j->f);
+        json_put_num(j->f, "%.6g", v[i]);
+    }
     fputc(']', j->f);
 }
 
 void evalcore_json_num_map(EvalJson *j, const char *key, const int *keys, const double *v, int n) {
     json_put_key(j, key);
     fputc('{', j->f);
-    for (int i = 0; i < n; i++) fprintf(j->f, "%s\"%d\": %.6g", i ? ", " : "", keys[i], v[i]);
+    for (int i = 0; i < n; i++) {
+        fprintf(j->f, "%s\"%d\": ", i ? ", " : "", keys[i]);
+        json_put_num(j->f, "%.6g", v[i]);
+    }
     fputc('}', j->f);
 }

@@ -28,8 +28,9 @@ int genstream_init(GenStream *g, const Model *m, const KVSpec *spec, size_t max_
     // a streaming cache sees every position of the stream (its RoPE table); the others at most T
     int could_stream = spec->policy->bounded_reach;
     size_t positions = could_stream && max_tokens > (size_t)T ? max_tokens : (size_t)T;
-    if (positions > (size_t)1 << 24) {
-        err_set(err, "a stream of %zu tokens is longer than generation supports (%d)", max_tokens, 1 << 24);
+    if (positions > (size_t)GENSTREAM_MAX_TOKENS) {
+        err_set(err, "a stream of %zu tokens (prompt and generated) is longer than generation supports (%d)",
+                max_tokens, GENSTREAM_MAX_TOKENS);
         return -1;
     }
     if (evalcore_cache_init(&g->cache, m, spec, (int)positions, calib, n_calib, err) != 0) return -1;

@@ -27,6 +27,10 @@ typedef struct {
     size_t n_prefill, n_decode; // tokens fed in each
 } GenStream;
 
+// The longest stream: a streaming cache's RoPE table and attention row are sized for every position of the
+// stream, so this bounds what a run allocates (generate -n says "at most 1048576").
+#define GENSTREAM_MAX_TOKENS (1 << 20)
+
 // A stream of at most max_tokens tokens (prompt + generated) through `spec`; calib / n_calib: low-rank
 // calibration tokens. -1 with a message when the model cannot take the spec.
 int genstream_init(GenStream *g, const Model *m, const KVSpec *spec, size_t max_tokens, const int *calib,

@@ -66,6 +66,11 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
 // (else leaves calib empty). -1 with a message naming the file.
 int mode_load_calibration(const KVSpec *spec, Tokenizer *tok, const char *data, Corpus *calib, char *err);
 
+// The longest --context (and --prefill) an evaluation mode takes: the longest context a checkpoint can have
+// (model_config_validate). Run time grows with the square of it, so a larger value only meant a run that never
+// ends; --help says "at most 65536".
+#define MODE_MAX_CONTEXT 65536
+
 // The flag-table entries of ModeCommon, for the modes' tables (offsets are ModeCommon's, at offset 0).
 #define MODE_COMMON_FLAGS                                                                                      \
     {"--ckpt", NULL, MODE_FLAG_STRING, offsetof(ModeCommon, ckpt), 0, 0, "FILE",                               \

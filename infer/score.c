@@ -1,6 +1,7 @@
 // `build/infer score` (old spelling: --eval FILE) and `build/infer kv` (old spelling: --eval FILE --kv SPEC):
 // a text file's loss and perplexity through the full forward pass, and the streaming comparison of a KV
 // cache against the full cache on that file (kveval.h).
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +40,17 @@ static int score_run(void *p, char *err) {
     int *ids = score_read_tokens(&tok, o->file, &n, &n_oov, err);
     int rc = -1;
     EvalResult r;
-    if (ids && eval_tokens(&m, ids, n, &r, err) == 0) {
+    if (ids && n >= 2 && eval_tokens(&m, ids, n, EVAL_PATH_AUTO, &r, err) == 0) {
         printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", o->file, r.n_scored, r.mean_loss,
                r.perplexity);
         if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
         rc = 0;
-    } else if (ids) {
+        if (!isfinite(r.mean_loss)) { // printed above; the exit status must not call it a result
+            err_set(err, "the loss of '%s' is not finite (%g): the checkpoint's outputs overflow", o->file,
+                    r.mean_loss);
+            rc = -1;
+        }
+    } else if (ids && n < 2) {
         err_set(err, "'%s': %zu usable tokens (%zu bytes outside the vocabulary skipped); need at least 2", o->file,
                 n, n_oov);
     }
@@ -63,9 +69,12 @@ const Mode mode_score = {
     .name = "score",
     .summary = "loss and perplexity of a text file, full forward pass (old spelling: --eval FILE)",
     .usage = "build/infer score --ckpt FILE --eval FILE",
-    .about = "Scores FILE in consecutive windows of the model's context (each token but the first is predicted\n"
-             "once, from the tokens before it in its window); characters outside the vocabulary are skipped and\n"
-             "counted.\n",
+    .about = "Scores FILE in consecutive windows of the model's context, or of the whole text when it is shorter\n"
+             "(each token but the first is predicted once, from the tokens before it in its window); characters\n"
+             "outside the vocabulary are skipped and counted. A window whose full forward would need over 1 GiB\n"
+             "of activations streams through a full KV cache instead (memory linear in the window); one that\n"
+             "cannot fit this machine's memory is refused, naming the size. A loss that is not finite is printed,\n"
+             "then exits 1.\n",
     .flags = score_flags,
     .opts_size = sizeof(ScoreOpts),
     .run = score_run,
@@ -105,6 +114,11 @@ static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const
                "decode %.0f tokens/s\n",
                o->file, spec->text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.ppl_full, r.kl,
                r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.decode_tokens_per_s);
+    if (rc == 0 && (!isfinite(r.ppl) || !isfinite(r.ppl_full))) { // printed above, then an error
+        err_set(err, "the perplexity of '%s' is not finite (%g through --kv=%s, %g through the full cache): the "
+                     "checkpoint's outputs overflow", o->file, r.ppl, spec->text, r.ppl_full);
+        rc = -1;
+    }
     common_free(ids);
     return rc;
 }
@@ -137,9 +151,9 @@ static const ModeFlag kv_flags[] = {
     MODE_COMMON_FLAGS,
     {"--eval", NULL, MODE_FLAG_STRING, offsetof(KvOpts, file), 0, 0, "FILE", "the text to stream (required)"},
     {"--kv", NULL, MODE_FLAG_STRING, offsetof(KvOpts, kv), 0, 0, "SPEC", "the KV cache under test (required)"},
-    {"--context", NULL, MODE_FLAG_INT, offsetof(KvOpts, context), 2, 1 << 20, "N",
-     "tokens per stream, may exceed the trained context   [model context]"},
-    {"--prefill", NULL, MODE_FLAG_INT, offsetof(KvOpts, prefill), 1, 1 << 20, "N",
+    {"--context", NULL, MODE_FLAG_INT, offsetof(KvOpts, context), 2, MODE_MAX_CONTEXT, "N",
+     "tokens per stream, may exceed the trained context, at most 65536   [model context]"},
+    {"--prefill", NULL, MODE_FLAG_INT, offsetof(KvOpts, prefill), 1, MODE_MAX_CONTEXT, "N",
      "tokens fed before scoring (SnapKV compresses here)   [context/2]"},
     {"--streams", NULL, MODE_FLAG_INT, offsetof(KvOpts, streams), 1, 1 << 16, "N",
      "streams at evenly spaced offsets of the file   [8]"},
