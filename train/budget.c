@@ -15,13 +15,6 @@ TrainBudget train_budget_of(const ModelConfig *mc, const TrainConfig *tc) {
     return b;
 }
 
-double train_budget_machine_bytes(void) {
-    long pages = sysconf(_SC_PHYS_PAGES);
-    long page = sysconf(_SC_PAGESIZE);
-    if (pages <= 0 || page <= 0) return 0.0;
-    return (double)pages * (double)page;
-}
-
 void train_budget_format(char *out, size_t len, double bytes) {
     static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
     int u = 0;

@@ -13,9 +13,6 @@ typedef struct {
 // The bytes of a run of tc on a model of config mc (both valid).
 TrainBudget train_budget_of(const ModelConfig *mc, const TrainConfig *tc);
 
-// The physical memory of this machine in bytes (sysconf), or 0 when it cannot be known.
-double train_budget_machine_bytes(void);
-
 // Refuses a run whose total exceeds limit_bytes (0: no limit): -1 with one line in err naming the larger part
 // (activations for this batch and context, or the model and its optimizer state), its size and the limit.
 int train_budget_check(const ModelConfig *mc, const TrainConfig *tc, double limit_bytes, char *err);

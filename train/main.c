@@ -258,7 +258,7 @@ int main(int argc, char **argv) {
     }
     // the settings and the memory they need are checked before the model is allocated
     if (train_config_validate(&tc, &mc, err) != 0) goto fail;
-    if (train_budget_check(&mc, &tc, train_budget_machine_bytes(), err) != 0) goto fail;
+    if (train_budget_check(&mc, &tc, (double)common_physical_bytes(), err) != 0) goto fail;
     if (fresh) {
         model_init(&model, &mc, &ops_cpu);
         model_init_weights(&model, tc.seed);
