@@ -71,6 +71,12 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
         c->kv = NULL;
         return -1;
     }
+    static int clamp_noted; // once per run: the evaluations make many caches of one spec
+    if (c->kv && kv_cache_clamped_budget(c->kv) && !clamp_noted) {
+        fprintf(stderr, "infer: note: --kv '%s' keeps up to %d tokens per layer and head; a stream here holds at most "
+                "%d, so that is its budget\n", spec->text, kv_cache_clamped_budget(c->kv), max_positions);
+        clamp_noted = 1;
+    }
     decode_state_init(&c->ds, mc, 1, max_positions);
     return 0;
 }

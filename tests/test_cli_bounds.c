@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -191,4 +192,20 @@ Test(cli_bounds, endless_or_huge_values_are_refused) {
     cliutil_expect_ok(&r, "infer generate --help");
     cr_assert(strstr(r.out, "at most 1048576"), "%s", r.out);
     cliutil_run_free(&r);
+}
+
+// A KV budget larger than any stream of the run is clamped (nothing allocated for it) and the user is told.
+Test(cli_bounds, a_huge_kv_budget_is_clamped_and_said) {
+    const char *ckpt = cliutil_train_tiny(cliutil_write_corpus(), "clamp.ckpt");
+    Run r = RUN("infer", "generate", "--ckpt", ckpt, "--prompt", "the", "-n", "16", "--kv", "h2o:16777216,16777216");
+    cliutil_expect_ok(&r, "generate through a clamped h2o budget");
+    cr_assert(strstr(r.err, "note: --kv 'h2o:16777216,16777216' keeps up to 33554432 tokens"), "%s", r.err);
+    cliutil_run_free(&r);
+    Run a = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "-n", "16", "--seed", "2", "--kv", "h2o:16777216,16777216");
+    Run b = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "-n", "16", "--seed", "2");
+    cliutil_expect_ok(&a, "clamped");
+    cliutil_expect_ok(&b, "full");
+    cr_assert_str_eq(a.out, b.out, "a budget past the stream keeps every token, as the full cache does");
+    cliutil_run_free(&a);
+    cliutil_run_free(&b);
 }
