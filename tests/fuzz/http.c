@@ -11,11 +11,21 @@
 // /v1/generate. Invariants: a refusal is one non-empty line; an accepted request has a prompt of 1..context-1
 // in-vocabulary tokens, prompt + max_tokens within the context and the pool, sampling knobs in range and a
 // selection only where reuse allows it; nothing leaks (ASan).
+// Note: this is the body validation only; request lines, headers (tenant_of) and routing need a libmicrohttpd
+// connection and are not reached here.
 #include "../../serve/http.c"
 
 #include <math.h>
 
 #include "fuzz.h"
+
+// Known (RELIABILITY.md, finding http-1; reported, to be fixed in serve/http.c by its owner): a 400 message
+// that echoes body text cut at a byte count ('%.64s', or send_error's 512 bytes) can end inside a UTF-8
+// character; error_json then fails and send_json's CHECK aborts the whole server. Until that fix lands the
+// check below is not fatal; -DFUZZ_HTTP_KNOWN_NON_UTF8=0 makes it fatal (set it to 0 with the fix).
+#ifndef FUZZ_HTTP_KNOWN_NON_UTF8
+#define FUZZ_HTTP_KNOWN_NON_UTF8 1
+#endif
 
 enum { CONTEXT = 64, BLOCK = 4, N_BLOCKS = 32, MAX_TOKENS = 48 };
 
@@ -46,9 +56,15 @@ static void check_one(const uint8_t *data, size_t size, int generate) {
     char err[ERR_LEN] = "";
     int stream = -1;
     Req *r = parse_completion(&u, generate, "default", &stream, err);
-    if (!r) {
+    if (!r) { // the 400 the handler sends: send_error's 512-byte message inside error_json, then send_json
         fuzz_check(err[0] != 0, "a refusal without a message");
-        fuzz_check(strchr(err, '\n') == NULL, "a refusal over several lines: %s", err);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err);
+        json_t *j = error_json(msg);
+        // (a newline echoed from the body is fine here: the JSON string escapes it)
+        fuzz_check(j != NULL || FUZZ_HTTP_KNOWN_NON_UTF8, "the 400 message is not UTF-8, so send_json would "
+                   "abort the server (CHECK(text)): %s", msg);
+        json_decref(j);
         return;
     }
     fuzz_check(stream == 0 || stream == 1, "stream %d", stream);
