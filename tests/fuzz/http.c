@@ -20,8 +20,9 @@
 #include "fuzz.h"
 
 // Known (RELIABILITY.md, finding http-1; reported, to be fixed in serve/http.c by its owner): a 400 message
-// that echoes body text cut at a byte count ('%.64s', or send_error's 512 bytes) can end inside a UTF-8
-// character; error_json then fails and send_json's CHECK aborts the whole server. Until that fix lands the
+// that echoes request text cut at a byte count (jansson's "near '...'" error text, '%.64s' of kv and reuse,
+// send_error's 512 bytes) can end inside a UTF-8 character; error_json then fails and send_json's CHECK
+// aborts the whole server. Until that fix lands the
 // check below is not fatal; -DFUZZ_HTTP_KNOWN_NON_UTF8=0 makes it fatal (set it to 0 with the fix).
 #ifndef FUZZ_HTTP_KNOWN_NON_UTF8
 #define FUZZ_HTTP_KNOWN_NON_UTF8 1
