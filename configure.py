@@ -11,7 +11,8 @@ so several configurations (say build/ and build-asan/) can live side by side.
 
 Targets: all (default: the library and every program: train, infer, serve, bench, tests), test (build and run the Criterion tests),
 bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
-plus any output path such as build/train.
+fuzz (the libFuzzer targets of tests/fuzz/, built with clang into <builddir>-fuzz/ when clang with libFuzzer is
+found; run them with scripts/fuzz.sh), plus any output path such as build/train.
 """
 
 import argparse
@@ -28,6 +29,10 @@ SANITIZE = '-fsanitize=address,undefined'
 ASAN_OPTIONS = 'detect_leaks=1:abort_on_error=1'
 UBSAN_OPTIONS = 'print_stacktrace=1:halt_on_error=1'
 LSAN_SUPP = 'tests/lsan.supp'
+FUZZ_DIR = 'tests/fuzz'          # one fuzz_<target>.c per input surface (tests/fuzz/fuzz.h)
+FUZZ_SHARED = ('fuzz_common.c',)  # helpers of every target, not a target
+FUZZ_MAIN = 'main_libfuzzer.c'    # the libFuzzer entry point: fuzz build only, never in build/tests
+FUZZ_SANITIZE = '-fsanitize=fuzzer,address,undefined'
 
 
 # --- a ninja_syntax-style writer ------------------------------------------------------------------
@@ -198,6 +203,30 @@ int main(void) {
 '''
 
 
+PROBE_LIBFUZZER = r'''#include <stddef.h>
+#include <stdint.h>
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return size > 0 && data[0] == 'k'; }
+'''
+
+
+def probe_fuzz(fuzz_cc):
+    """Whether fuzz_cc links a libFuzzer target under ASan + UBSan (the fuzz build); (ok, note)."""
+    cc0 = shlex.split(fuzz_cc)[0] if shlex.split(fuzz_cc) else ''
+    if not shutil.which(cc0):
+        return False, '%s not found (Debian package: clang)' % fuzz_cc
+    probe = Prober(fuzz_cc, ['-std=c11', '-D_GNU_SOURCE'])
+    try:
+        ok, err, _ = probe.build(PROBE_LIBFUZZER, [FUZZ_SANITIZE], [FUZZ_SANITIZE])
+        if ok:
+            ok, err, _ = probe.build(PROBE_OPENMP, ['-fopenmp'], ['-fopenmp'])
+            if not ok:
+                return False, '%s has no OpenMP (Debian package: libomp-dev): %s' % (fuzz_cc, err)
+    finally:
+        probe.close()
+    return ok, ('' if ok else '%s cannot link %s: %s' % (fuzz_cc, FUZZ_SANITIZE, err))
+
+
 def find_nvcc():
     nvcc = shutil.which('nvcc')
     if not nvcc and os.access('/usr/local/cuda/bin/nvcc', os.X_OK):
@@ -229,6 +258,10 @@ def parse_args():
                    help='where objects and programs go (default: %(default)s)')
     p.add_argument('--cc', default=os.environ.get('CC') or 'cc', metavar='CC',
                    help='C compiler (default: $CC, else cc; currently %(default)s)')
+    p.add_argument('--fuzz-cc', default='clang', metavar='CC',
+                   help='clang for `ninja fuzz` (libFuzzer targets in <builddir>-fuzz/; default: %(default)s); '
+                        'without one the rest of the build is unchanged and `ninja fuzz` says why')
+    p.add_argument('--no-fuzz', action='store_true', help='write no libFuzzer edges even when clang has libFuzzer')
     args = p.parse_args()
     args.builddir = os.path.normpath(args.builddir)
     if not re.fullmatch(r'[A-Za-z0-9._/+-]+', args.builddir) or args.builddir == '.':
@@ -242,9 +275,10 @@ def main():
     os.chdir(root)
     builddir = args.builddir
     ninja_file = 'build.ninja' if builddir == 'build' else os.path.join(builddir, 'build.ninja')
-    configure_args = ['--cc', args.cc, '--builddir', builddir, '--cuda-arch', args.cuda_arch]
+    configure_args = ['--cc', args.cc, '--builddir', builddir, '--cuda-arch', args.cuda_arch,
+                      '--fuzz-cc', args.fuzz_cc]
     configure_args += [f for f, on in (('--debug', args.debug), ('--sanitize', args.sanitize),
-                                       ('--no-cuda', args.no_cuda)) if on]
+                                       ('--no-cuda', args.no_cuda), ('--no-fuzz', args.no_fuzz)) if on]
 
     # Flags.
     opt = ['-O0', '-g'] if args.debug else ['-O3']
@@ -322,6 +356,24 @@ def main():
         programs['bench'] = sources('bench', '.c')
     if sources('tests', '.c'):
         programs['tests'] = sources('tests', '.c')
+    # Fuzz targets: the tests binary replays their corpora (tests/test_fuzz_replay.c) through the same
+    # fuzz_<target> functions; the http target includes serve/http.c, so it links serve's other objects.
+    fuzz_c = [s for s in sources(FUZZ_DIR, '.c') if os.path.basename(s) != FUZZ_MAIN]
+    fuzz_targets = [os.path.basename(s)[:-2] for s in fuzz_c if os.path.basename(s) not in FUZZ_SHARED]
+    fuzz_serve = [s for s in sources('serve', '.c') if os.path.basename(s) not in ('main.c', 'http.c')]
+    if 'tests' in programs and fuzz_c:
+        programs['tests'] = programs['tests'] + fuzz_c
+    if args.no_fuzz:
+        fuzz_ok, fuzz_note = False, 'off (--no-fuzz)'
+    else:
+        fuzz_ok, fuzz_note = probe_fuzz(args.fuzz_cc)
+        if fuzz_ok:
+            fuzz_note = '%s, %d targets (%s) in %s-fuzz/' % (args.fuzz_cc, len(fuzz_targets),
+                                                            ' '.join(fuzz_targets), builddir)
+    print('checking for libFuzzer (%s %s)... %s' % (args.fuzz_cc, FUZZ_SANITIZE,
+                                                   'skipped' if args.no_fuzz else 'yes' if fuzz_ok else 'no'))
+    if not fuzz_ok and not args.no_fuzz:
+        print('  %s\n  -> `ninja fuzz` will say so; everything else builds as usual' % fuzz_note)
 
     # CUDA.
     nvcc = None if args.no_cuda else find_nvcc()
@@ -361,7 +413,8 @@ def main():
             args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
             cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
             blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, lib_c=lib_c, lib_cu=lib_cu,
-            programs=programs))
+            programs=programs, fuzz_ok=fuzz_ok, fuzz_note=fuzz_note, fuzz_c=fuzz_c, fuzz_targets=fuzz_targets,
+            fuzz_serve=fuzz_serve))
     os.replace(tmp_file, ninja_file)
 
     # Summary.
@@ -371,6 +424,7 @@ def main():
     print('features: OpenMP, CBLAS (OpenBLAS, %s), Criterion, xxHash, stb, libmicrohttpd, jansson%s'
           % (blas_note, ', ASan+UBSan' if args.sanitize else ''))
     print('cuda:     %s' % cuda_note)
+    print('fuzz:     %s' % fuzz_note)
     print('sources:  %d library (.c), %d library (.cu); programs: %s'
           % (len(lib_c), len(lib_cu), ', '.join(sorted(programs)) or 'none yet'))
     print('wrote %s (builddir %s)' % (ninja_file, builddir))
@@ -456,7 +510,14 @@ def write_ninja(n, v):
             n.build([obj(src)], 'cc', [src])
         out = '$builddir/' + name
         extra = {'tests': '$test_libs', 'serve': '$serve_libs'}.get(name)
-        n.build([out], 'link', [obj(s) for s in srcs] + ([lib] if lib_objs else []),
+        link_objs = [obj(s) for s in srcs]
+        if name == 'tests' and v['fuzz_c']:  # the http fuzz target includes serve/http.c: serve's other parts
+            for src in v['fuzz_serve']:
+                if 'serve' not in v['programs'] or src not in v['programs']['serve']:
+                    n.build([obj(src)], 'cc', [src])
+                link_objs.append(obj(src))
+            extra = '$test_libs $serve_libs'
+        n.build([out], 'link', link_objs + ([lib] if lib_objs else []),
                 variables={'libs': extra + ' $libs'} if extra else None)
         outputs.append(out)
         n.newline()
@@ -474,10 +535,59 @@ def write_ninja(n, v):
         n.build(['$builddir/.run/report'], 'report', [], implicit=['$builddir/' + p for p in ('train', 'infer', 'bench')])
         n.build(['report'], 'phony', ['$builddir/.run/report'])
     n.newline()
+    write_fuzz(n, v, obj)
 
     n.build([v['ninja_file']], 'configure', implicit=['configure.py'])
     n.build(['all'], 'phony', outputs)
     n.default(['all'])
+
+
+def write_fuzz(n, v, obj):
+    """`ninja fuzz`: every tests/fuzz target as a libFuzzer program in <builddir>-fuzz/ (clang, ASan + UBSan,
+    CPU only), or, without clang's libFuzzer, a `fuzz` target that says why and fails."""
+    args = v['args']
+    fuzzdir = v['builddir'] + '-fuzz'
+    n.comment('ninja fuzz: the libFuzzer targets of %s (run them: scripts/fuzz.sh TARGET SECONDS).' % FUZZ_DIR)
+    if not v['fuzz_ok']:
+        n.rule('fuzz_missing', 'echo %s; false' % shlex.quote('ninja fuzz: ' + v['fuzz_note']),
+               description='FUZZ (unavailable)', pool='console')
+        n.build(['fuzz'], 'fuzz_missing')
+        n.newline()
+        return
+    fuzz_cflags = ['-O1', '-g', '-fno-omit-frame-pointer', '-std=c11', '-D_GNU_SOURCE', '-I.', '-Wall', '-Wextra',
+                   '-Wno-unused-parameter', '-fopenmp', '-fsanitize=fuzzer-no-link,address,undefined',
+                   '-fno-sanitize-recover=all']
+    n.variable('fuzzdir', fuzzdir)
+    n.variable('fuzz_cc', escape(args.fuzz_cc))
+    n.variable('fuzz_cflags', escape(' '.join(fuzz_cflags)))
+    n.variable('fuzz_ldflags', escape('-fopenmp ' + FUZZ_SANITIZE))
+    n.variable('fuzz_libs', '$serve_libs -lxxhash -lopenblas -lm')
+    n.rule('fuzz_cc', '$fuzz_cc -MMD -MF $out.d $fuzz_cflags $defines -c $in -o $out',
+           description='FUZZ-CC $out', depfile='$out.d', deps='gcc')
+    n.rule('fuzz_link', '$fuzz_cc $fuzz_ldflags -o $out $in $fuzz_libs', description='FUZZ-LINK $out')
+
+    def fobj(src):
+        return obj(src).replace('$builddir/', '$fuzzdir/', 1)
+
+    lib_objs = []
+    for src in v['lib_c']:
+        n.build([fobj(src)], 'fuzz_cc', [src])
+        lib_objs.append(fobj(src))
+    n.build(['$fuzzdir/libkvlab.a'], 'ar', lib_objs)
+    shared = []
+    for src in v['fuzz_serve'] + v['fuzz_c']:
+        n.build([fobj(src)], 'fuzz_cc', [src])
+        shared.append(fobj(src))
+    main_src = os.path.join(FUZZ_DIR, FUZZ_MAIN)
+    outs = []
+    for t in v['fuzz_targets']:
+        main_obj = '$fuzzdir/obj/%s/main_%s.o' % (FUZZ_DIR, t)
+        n.build([main_obj], 'fuzz_cc', [main_src], variables={'defines': '-DFUZZ_TARGET=fuzz_' + t})
+        out = '$fuzzdir/fuzz_' + t
+        n.build([out], 'fuzz_link', [main_obj] + shared + ['$fuzzdir/libkvlab.a'])
+        outs.append(out)
+    n.build(['fuzz'], 'phony', outs)
+    n.newline()
 
 
 if __name__ == '__main__':
