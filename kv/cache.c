@@ -210,8 +210,10 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
                 size_t blocks = (size_t)kv->cap[l] / spec->group + 1;
                 lane->k = common_calloc(blocks * HD, kv->kivi_key_bytes);
                 lane->v = common_calloc(kv->cap[l], kv->kivi_val_bytes);
-                lane->res_k = common_calloc((size_t)spec->residual * HD, sizeof(float));
-                lane->res_v = common_calloc((size_t)spec->residual * HD, sizeof(float));
+                // the residual never holds more than the lane can: R larger than the stream stays unfilled
+                size_t res_rows = (size_t)(spec->residual < kv->cap[l] ? spec->residual : kv->cap[l]);
+                lane->res_k = common_calloc(res_rows * HD, sizeof(float));
+                lane->res_v = common_calloc(res_rows * HD, sizeof(float));
             } else { // one block per layer, head g at g * cap rows, so a direct view needs no copy
                 if (g == 0) {
                     lane->k = common_calloc((size_t)NKV * kv->cap[l], kv->stride);

@@ -55,21 +55,6 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *o
     return send_text(c, status, text, "application/json");
 }
 
-static json_t *error_json(const char *msg) {
-    return json_pack("{s:{s:s, s:s}}", "error", "message", msg, "type",
-                     "invalid_request_error");
-}
-
-__attribute__((format(printf, 3, 4))) static enum MHD_Result send_error(struct MHD_Connection *c, int status,
-                                                                        const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return send_json(c, status, error_json(msg));
-}
-
 // Output bytes as a JSON string: UTF-8 when they are, else each byte as the code point of the same value.
 static json_t *text_json(const char *s, size_t n) {
     json_t *j = json_stringn(s, n);
@@ -85,6 +70,24 @@ static json_t *text_json(const char *s, size_t n) {
     common_free(u);
     return j;
 }
+
+// An error answer. The message may quote request bytes that are not UTF-8 (a cut character, a spec, a URL):
+// they go through text_json, so the answer is always valid JSON and never NULL.
+static json_t *error_json(const char *msg) {
+    return json_pack("{s:{s:o, s:s}}", "error", "message", text_json(msg, strlen(msg)), "type",
+                     "invalid_request_error");
+}
+
+__attribute__((format(printf, 3, 4))) static enum MHD_Result send_error(struct MHD_Connection *c, int status,
+                                                                        const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return send_json(c, status, error_json(msg));
+}
+
 
 // --- requests ------------------------------------------------------------------------------------------------
 
