@@ -13,6 +13,7 @@
 
 #include "../attention/flash_cpu.h"
 #include "../common/args.h"
+#include "../common/runtime.h"
 #include "../layers/cpu_ops.h"
 #include "../decode/step.h"
 #include "../train/presets.h"
@@ -31,6 +32,7 @@ static const int DEFAULT_TS[] = {128, 256, 512, 1024, 2048, 4096};
 static void usage(FILE *f) {
     fprintf(f,
             "usage: build/bench [--quick] [--json]\n"
+            "       build/bench --blas     (the BLAS kernels, CPU features and OpenMP wait policy in use)\n"
             "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
             "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
             "                   [--attention-runs R]\n"
@@ -77,10 +79,25 @@ static void describe_machine(int json) {
     if (json) {
         printf("{\"bench\": \"machine\", \"cpu\": ");
         json_string(model);
-        printf(", \"omp_threads\": %d}\n", omp_get_max_threads());
+        printf(", \"omp_threads\": %d, \"blas\": ", omp_get_max_threads());
+        json_string(common_blas_kernels());
+        printf(", \"omp_wait_policy\": ");
+        json_string(common_runtime_wait_policy());
+        printf("}\n");
     } else {
-        printf("machine: %s, %d OpenMP threads\n", model, omp_get_max_threads());
+        printf("machine: %s, %d OpenMP threads (wait policy %s), %s\n", model, omp_get_max_threads(),
+               common_runtime_wait_policy(), common_blas_kernels());
     }
+}
+
+// bench --blas: what the runtime start-up chose (common/runtime.h), for people and for tests/test_runtime.c.
+static void describe_runtime(void) {
+    __builtin_cpu_init();
+    printf("blas: %s\n", common_blas_kernels());
+    printf("cpu: avx512f %d, avx2 %d, fma %d\n", __builtin_cpu_supports("avx512f") != 0,
+           __builtin_cpu_supports("avx2") != 0, __builtin_cpu_supports("fma") != 0);
+    printf("omp_wait_policy: %s\n", common_runtime_wait_policy());
+    printf("reexecuted: %d\n", common_runtime_reexecuted());
 }
 
 // --- training and decode -----------------------------------------------------------------------------------
@@ -384,6 +401,7 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
     while ((r = args_next(&a)) != 0) {
         if (r < 0) return err_set(err, "%s", a.err), -1;
         if (args_is(&a, "--help") || args_is(&a, "-h")) return 2;
+        if (args_is(&a, "--blas")) return 3;
         if (args_is(&a, "--quick") || args_is(&a, "--json") || args_is(&a, "--attention")) {
             if (a.value) return err_set(err, "%s takes no value", a.flag), -1;
             int *dst = args_is(&a, "--quick") ? &o->quick : args_is(&a, "--json") ? &o->json : &o->attention;
@@ -415,11 +433,16 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
 }
 
 int main(int argc, char **argv) {
+    common_runtime_init(argc, argv);
     BenchOpts o;
     char err[ERR_LEN];
     int r = parse_flags(argc, argv, &o, err);
     if (r == 2) {
         usage(stdout);
+        return 0;
+    }
+    if (r == 3) {
+        describe_runtime();
         return 0;
     }
     if (r != 0) {

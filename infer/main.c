@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/runtime.h"
 #include "../kv/codec.h"
 #include "../kv/policy.h"
 
@@ -27,6 +28,7 @@ static void main_print_help(void) {
     printf("  modifiers: lowrank:R | fpkeep:S,R | minicache:L[,A] | hadamard | pyramid | paged:BLOCK | tier:N\n"
            "  e.g. --kv int4, --kv=sink:4,window:60+int4, --kv=h2o:16,16+pyramid, --kv=window:64+paged:16+fp8\n"
            "  (docs/kv.md explains each technique and what composes.)\n");
+    printf("\nBLAS: %s\n", common_blas_kernels());
 }
 
 // The old spellings: which mode --prompt / --eval select. *skip is set to "--eval" when the flag only named
@@ -67,6 +69,7 @@ static const Mode *main_find_legacy_mode(int argc, char **argv, const char **ski
 }
 
 int main(int argc, char **argv) {
+    common_runtime_init(argc, argv);
     char err[ERR_LEN];
     if (argc < 2) {
         fprintf(stderr, "infer: name a mode and give --ckpt FILE (see build/infer --help)\n");

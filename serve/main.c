@@ -12,6 +12,7 @@
 
 #include "../checkpoints/checkpoint.h"
 #include "../common/args.h"
+#include "../common/runtime.h"
 #include "serve.h"
 
 static const char *usage =
@@ -129,6 +130,7 @@ static int load_calib(const char *path, const Tokenizer *tok, int **ids, size_t 
 }
 
 int main(int argc, char **argv) {
+    common_runtime_init(argc, argv);
     char err[ERR_LEN];
     Flags f;
     if (parse_flags(&f, argc, argv, err) != 0) return die(err);

@@ -6,6 +6,7 @@
 
 #include "../checkpoints/checkpoint.h"
 #include "../common/args.h"
+#include "../common/runtime.h"
 #include "../data/recall.h"
 #include "budget.h"
 #include "presets.h"
@@ -175,6 +176,7 @@ static void apply_overrides(const Flags *f, ModelConfig *mc, TrainConfig *tc) {
 }
 
 int main(int argc, char **argv) {
+    common_runtime_init(argc, argv);
     char err[ERR_LEN];
     Flags f;
     if (parse_flags(&f, argc, argv, err) != 0) return die(err);
@@ -293,9 +295,9 @@ int main(int argc, char **argv) {
     if (target != 0) goto fail;
     if (f.log && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
 
-    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params\n",
+    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s\n",
             run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
-            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6);
+            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels());
     fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x %d, steps %d..%d, checkpoint %s\n",
             corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
             st.step, tc.max_steps, out);
