@@ -50,17 +50,17 @@ void common_runtime_init(int argc, char **argv) {
     }
     const char *force = common_runtime_core_for(openblas_get_corename(), cpu_avx512f(), cpu_avx2_fma());
     int set_core = force && !getenv("OPENBLAS_CORETYPE");
-    int set_wait = !getenv("OMP_WAIT_POLICY");
+    int set_wait = !getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT");
     if (!(set_core || set_wait) || !argv || !argv[0]) return;
     if (set_core) setenv("OPENBLAS_CORETYPE", force, 1);
-    if (set_wait) setenv("OMP_WAIT_POLICY", "passive", 1);
+    if (set_wait) setenv("GOMP_SPINCOUNT", RUNTIME_SPINCOUNT, 1);
     setenv(RUNTIME_MARKER, "1", 1);
     fflush(NULL);
     execv("/proc/self/exe", argv);
     // exec failed: go on as the libraries started, and undo the settings so the diagnostics stay true
     unsetenv(RUNTIME_MARKER);
     if (set_core) unsetenv("OPENBLAS_CORETYPE");
-    if (set_wait) unsetenv("OMP_WAIT_POLICY");
+    if (set_wait) unsetenv("GOMP_SPINCOUNT");
 }
 
 const char *common_blas_kernels(void) {
@@ -79,8 +79,12 @@ const char *common_blas_kernels(void) {
 }
 
 const char *common_runtime_wait_policy(void) {
-    const char *p = getenv("OMP_WAIT_POLICY");
-    return p && *p ? p : "unset (libgomp default)";
+    static char text[96];
+    const char *p = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    if (p && *p) snprintf(text, sizeof text, "%s", p);
+    else if (spin && *spin) snprintf(text, sizeof text, "spin %s then sleep (GOMP_SPINCOUNT)", spin);
+    else snprintf(text, sizeof text, "unset (libgomp default)");
+    return text;
 }
 
 int common_runtime_reexecuted(void) {

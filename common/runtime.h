@@ -6,11 +6,15 @@
 
 // The marker that the re-executed program finds; it is removed again so child processes start clean.
 #define RUNTIME_MARKER "KVLAB_RUNTIME_INIT"
+// The spin count a waiting OpenMP thread uses unless the user chose a wait policy (measured: BENCHMARKS.md).
+#define RUNTIME_SPINCOUNT "10000"
 
 // Call first in main. Unless the user set them:
 //   OPENBLAS_CORETYPE  SkylakeX (AVX-512) or Haswell (AVX2+FMA) when OpenBLAS picked generic kernels;
-//   OMP_WAIT_POLICY    passive (the machines are shared: spinning threads collapse under load; a user
-//                      who owns the machine can export OMP_WAIT_POLICY=active).
+//   GOMP_SPINCOUNT     10000 when neither it nor OMP_WAIT_POLICY is set: a waiting OpenMP thread spins that
+//                      long, then sleeps. The default spin (300,000) collapses throughput when the machine is
+//                      shared (2-core VM, one core busy: decode 219-673 tokens/s against 2,871-3,875); passive
+//                      (no spin) costs quiet decode 12x (580 against 7,200); 10,000 keeps quiet speed.
 // When it changed either, it re-executes /proc/self/exe once with the same argv (never twice: the marker
 // stops it); when that fails the program goes on as it is.
 void common_runtime_init(int argc, char **argv);
@@ -21,7 +25,8 @@ const char *common_runtime_core_for(const char *core, int avx512f, int avx2_fma)
 // "OpenBLAS 0.3.21, SkylakeX kernels, openmp" (a static string) for diagnostics.
 const char *common_blas_kernels(void);
 
-// The OpenMP wait policy the program runs with: "passive", "active", or "unset (libgomp default)".
+// The OpenMP wait policy the program runs with: OMP_WAIT_POLICY's value, "spin N then sleep (GOMP_SPINCOUNT)",
+// or "unset (libgomp default)".
 const char *common_runtime_wait_policy(void);
 
 // Whether this process was re-executed by common_runtime_init.
