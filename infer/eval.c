@@ -10,17 +10,7 @@
 enum { EVAL_STREAM_ROWS = 64 };
 
 uint64_t eval_forward_bytes(const ModelConfig *c, int T) {
-    // mirrors alloc_acts (layers/transformer.c) for B = 1 without gradients, dropout buffers counted
-    uint64_t L = (uint64_t)c->n_layer;
-    uint64_t C = (uint64_t)c->n_embd;
-    uint64_t KVC = (uint64_t)model_kv_dim(c);
-    uint64_t H = (uint64_t)c->n_hidden;
-    uint64_t V = (uint64_t)c->vocab_size;
-    uint64_t NH = (uint64_t)c->n_head;
-    uint64_t t = (uint64_t)T;
-    uint64_t per_token = (L + 1) * C + 9 * L * C + 2 * L + 2 * L * KVC + 3 * L * H + C + 2 + 2 * V;
-    uint64_t attention = L * NH * t * t;
-    return 4 * (per_token * t + attention);
+    return (uint64_t)model_inference_act_bytes(c, 1, T); // what model_alloc_inference_acts(1, T) takes
 }
 
 uint64_t eval_stream_bytes(const ModelConfig *c, int T) {

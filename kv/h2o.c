@@ -30,10 +30,10 @@ static int h2o_block_victim(const KVBlockSet *b, const KVSpec *spec, Rng *rng) {
     (void)rng;
     int budget = (spec->heavy + spec->recent + b->block - 1) / b->block + 1, held = 0, victim = -1;
     int last = (b->n_tokens - 1) / b->block;
-    for (int i = 0; i <= last && i < b->n_blocks; i++) held += b->held[i];
+    for (int i = 0; i <= last && i < b->n_blocks; i++) held += kv_block_held(b, i);
     if (held <= budget) return -1;
     for (int i = 0; i < last && i < b->n_blocks; i++) {
-        if (!b->held[i] || (i + 1) * b->block > b->n_tokens - spec->recent) continue;
+        if (!kv_block_held(b, i) || (i + 1) * b->block > b->n_tokens - spec->recent) continue;
         if (victim < 0 || b->score[i] < b->score[victim]) victim = i; // ties: the oldest
     }
     return victim;

@@ -427,17 +427,14 @@ int kv_paged_enforce(KVPool *p, KVSeq *seq) {
     KVSeqPolicy *pol = &seq->policy;
     int n = seq->n_tokens, dropped = 0, nb = (int)arrlen(seq->table);
     if (!pol->policy || n == 0) return 0;
-    int *held = common_calloc((size_t)nb, sizeof(int));
-    for (int i = 0; i < nb; i++) held[i] = seq->table[i] != KV_BLOCK_DROPPED;
-    KVBlockSet set = {.held = held, .score = seq->score, .n_blocks = nb, .block = p->block, .n_tokens = n};
+    KVBlockSet set = {.table = seq->table, .score = seq->score, .n_blocks = nb, .block = p->block, .n_tokens = n};
     int victim;
     while ((victim = pol->policy->block_victim(&set, &pol->spec, &pol->rng)) >= 0) {
-        CHECK(victim < (n - 1) / p->block && held[victim]); // never the block being written, never twice
+        // never the block being written, never a dropped one
+        CHECK(victim < (n - 1) / p->block && kv_block_held(&set, victim));
         drop_block(p, seq, victim);
-        held[victim] = 0;
         dropped++;
     }
-    common_free(held);
     return dropped;
 }
 

@@ -75,7 +75,6 @@ typedef struct {
 
 typedef uint64_t (*KVBlockHashFn)(const int *tokens, int n, uint64_t seed);
 
-enum { KV_BLOCK_DROPPED = -1 }; // a table entry a selection policy dropped
 
 typedef struct {
     int n_layer, n_kv_head, head_dim;

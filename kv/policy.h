@@ -15,8 +15,10 @@
 #include "kv.h"
 
 // A paged sequence's blocks as a policy sees them: block i covers tokens [i*block, min((i+1)*block, n)).
+enum { KV_BLOCK_DROPPED = -1 }; // a table entry a selection policy dropped
+
 typedef struct {
-    const int *held;     // (n_blocks) 1 while the table holds block i, 0 once dropped
+    const int *table;    // (n_blocks) the sequence's block table: KV_BLOCK_DROPPED where a block was dropped
     const float *score;  // (n_blocks) attention mass block i received, summed over layers and heads
     int n_blocks, block, n_tokens; // the last block (the one being written) is never a victim
 } KVBlockSet;
@@ -68,6 +70,9 @@ const KVPolicy *kv_policy_find(const char *name, size_t len);
 // The forms of the policies that run on pages ("window:W, sink:S,window:W, h2o:H,R or random:B[,R[,SEED]]")
 // into buf (cap bytes), for messages.
 void kv_policy_block_forms(char *buf, size_t cap);
+
+// Whether block i of a set is still held.
+static inline int kv_block_held(const KVBlockSet *b, int i) { return b->table[i] != KV_BLOCK_DROPPED; }
 
 // Helpers the policy files share.
 // The newest `recent` slots of a lane (a per-layer budget can be smaller: then budget - 1) are protected.

@@ -23,14 +23,14 @@ static int random_victim(const KVLane *lane, const KVSpec *spec, int budget, Rng
 static int random_block_victim(const KVBlockSet *b, const KVSpec *spec, Rng *rng) {
     int budget = (spec->keep + b->block - 1) / b->block + 1, held = 0, candidates = 0;
     int last = (b->n_tokens - 1) / b->block;
-    for (int i = 0; i <= last && i < b->n_blocks; i++) held += b->held[i];
+    for (int i = 0; i <= last && i < b->n_blocks; i++) held += kv_block_held(b, i);
     if (held <= budget) return -1;
     for (int i = 0; i < last && i < b->n_blocks; i++)
-        candidates += b->held[i] && (i + 1) * b->block <= b->n_tokens - spec->recent;
+        candidates += kv_block_held(b, i) && (i + 1) * b->block <= b->n_tokens - spec->recent;
     if (candidates == 0) return -1;
     int pick = (int)rng_below(rng, (uint64_t)candidates);
     for (int i = 0; i < last && i < b->n_blocks; i++)
-        if (b->held[i] && (i + 1) * b->block <= b->n_tokens - spec->recent && pick-- == 0) return i;
+        if (kv_block_held(b, i) && (i + 1) * b->block <= b->n_tokens - spec->recent && pick-- == 0) return i;
     return -1;
 }
 

@@ -33,7 +33,7 @@ static int sink_block_victim(const KVBlockSet *b, const KVSpec *spec, Rng *rng) 
     (void)rng;
     int last = (b->n_tokens - 1) / b->block;
     for (int i = 0; i < last && i < b->n_blocks; i++)
-        if (b->held[i] && i * b->block >= spec->sink && (i + 1) * b->block <= b->n_tokens - spec->window) return i;
+        if (kv_block_held(b, i) && i * b->block >= spec->sink && (i + 1) * b->block <= b->n_tokens - spec->window) return i;
     return -1;
 }
 

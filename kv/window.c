@@ -23,7 +23,7 @@ static int window_block_victim(const KVBlockSet *b, const KVSpec *spec, Rng *rng
     (void)rng;
     int last = (b->n_tokens - 1) / b->block; // the block being written always stays
     for (int i = 0; i < last && i < b->n_blocks; i++)
-        if (b->held[i] && (i + 1) * b->block <= b->n_tokens - spec->window) return i;
+        if (kv_block_held(b, i) && (i + 1) * b->block <= b->n_tokens - spec->window) return i;
     return -1;
 }
 

@@ -154,6 +154,8 @@ void model_act_counts(const ModelConfig *cfg, int B, int T, double a[NUM_ACT_TEN
 // Bytes of the activations and activation gradients model_alloc_acts(B, T) allocates (the parameter
 // gradients, n_params floats, come on top).
 double model_train_act_bytes(const ModelConfig *cfg, int B, int T);
+// Bytes of the activations model_alloc_inference_acts(B, T) allocates (no gradients).
+double model_inference_act_bytes(const ModelConfig *cfg, int B, int T);
 
 // Forward over tokens (B, T). With targets (B, T) fills acts.losses and mean_loss; train != 0 applies
 // dropout. T may be smaller than the allocated act_T.

@@ -189,6 +189,14 @@ double model_train_act_bytes(const ModelConfig *c, int B, int T) {
     return n * sizeof(float);
 }
 
+double model_inference_act_bytes(const ModelConfig *c, int B, int T) {
+    double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
+    model_act_counts(c, B, T, a, g);
+    double n = 0.0;
+    for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
+    return n * sizeof(float);
+}
+
 // Element counts as sizes; the callers sized the run first (train/), so a count past 2^53 is a bug.
 static void counts_to_sizes(const double *x, size_t *out, int count) {
     for (int i = 0; i < count; i++) {
