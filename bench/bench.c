@@ -6,6 +6,9 @@
 // (attention/flash_cpu.c) as T grows: time (best of a few runs), slow-memory bytes moved as counted by the code
 // next to the IO analysis' closed form, the memory each allocates for intermediates, and the largest output
 // difference. --json prints one JSON object per line instead of the tables.
+//
+// build/bench --busy: every training/decode row again beside a process spinning on one core (busy.c), with the
+// ratio. build/bench --large: prefill and decode at the shape of a 135M-parameter model (large.c).
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,27 +20,24 @@
 #include "../layers/cpu_ops.h"
 #include "../decode/step.h"
 #include "../train/presets.h"
-
-#define MAX_TS 64
-
-typedef struct {
-    int json, quick, attention;
-    const char *attention_flag; // the first --attention-* flag given (an error without --attention)
-    int ts[MAX_TS], n_ts;       // sequence lengths
-    int M, d, B, NH, NKV, runs;
-} BenchOpts;
+#include "bench.h"
 
 static const int DEFAULT_TS[] = {128, 256, 512, 1024, 2048, 4096};
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: build/bench [--quick] [--json]\n"
+            "usage: build/bench [--quick] [--json] [--busy]\n"
+            "       build/bench --large [--large-contexts LIST] [--json] [--busy]\n"
             "       build/bench --blas     (the BLAS kernels, CPU features and OpenMP wait policy in use)\n"
             "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
             "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
             "                   [--attention-runs R]\n"
             "  --quick               skip the shakespeare preset (training and decode benchmarks)\n"
             "  --json                one JSON object per line instead of the human tables\n"
+            "  --busy                each row again beside a process spinning on the last CPU, with busy/quiet\n"
+            "  --large               prefill and decode at the 135M shape (width 576, 30 layers, 9/3 heads, hidden\n"
+            "                        1536, vocabulary 49152, random weights): minutes, and ~1 GiB per 8k context\n"
+            "  --large-contexts LIST context lengths for --large (default 2048; up to 8192)\n"
             "  --attention           naive vs flash causal attention as T grows (instead of training/decode)\n"
             "  --attention-t LIST    comma-separated sequence lengths (default 128,256,512,1024,2048,4096)\n"
             "  --attention-m M       flash's on-chip budget in floats (default %d = 64 KiB: tiles Bc = ceil(M/4d),\n"
@@ -54,7 +54,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 // Writes s as a JSON string literal (quotes, backslashes and control characters escaped).
-static void json_string(const char *s) {
+void bench_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -78,11 +78,11 @@ static void describe_machine(int json) {
     if (f) fclose(f);
     if (json) {
         printf("{\"bench\": \"machine\", \"cpu\": ");
-        json_string(model);
+        bench_json_string(model);
         printf(", \"omp_threads\": %d, \"blas\": ", omp_get_max_threads());
-        json_string(common_blas_kernels());
+        bench_json_string(common_blas_kernels());
         printf(", \"omp_wait_policy\": ");
-        json_string(common_runtime_wait_policy());
+        bench_json_string(common_runtime_wait_policy());
         printf("}\n");
     } else {
         printf("machine: %s, %d OpenMP threads (wait policy %s), %s\n", model, omp_get_max_threads(),
@@ -114,7 +114,18 @@ static void bench_model_init(Model *m, const char *preset_name, const char *attn
     model_init_weights(m, 1);
 }
 
-static void bench_train(const char *preset_name, const char *attn, const Corpus *c, int vocab, int steps, int json) {
+typedef struct {
+    const char *preset, *attn;
+    const Corpus *corpus;
+    int vocab, runs, json;
+} RowSpec;
+
+// One training row: the median step time of r->runs steps after two warm-up steps; returns tokens/s.
+static double bench_train(void *ctx, const char *load) {
+    const RowSpec *r = ctx;
+    const char *preset_name = r->preset, *attn = r->attn;
+    const Corpus *c = r->corpus;
+    int vocab = r->vocab, steps = r->runs, json = r->json;
     TrainConfig tc = preset_find(preset_name)->train;
     Model m;
     bench_model_init(&m, preset_name, attn, vocab);
@@ -135,21 +146,26 @@ static void bench_train(const char *preset_name, const char *attn, const Corpus 
     double med = times[steps / 2];
     if (json)
         printf("{\"bench\": \"train\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"B\": %d, \"T\": %d, "
-               "\"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, \"runs\": %d}\n",
+               "\"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, \"runs\": %d, \"load\": \"%s\"}\n",
                preset_name, attn, m.n_params, tc.batch_size, tc.seq_len, med * 1e3,
-               tc.batch_size * tc.seq_len / med, steps);
+               tc.batch_size * tc.seq_len / med, steps, load ? load : "quiet");
     else
-        printf("train  %-12s %-6s %6.2fM params  B=%-3d T=%-4d  %8.1f ms/step  %9.0f tokens/s  (median of %d)\n",
+        printf("train  %-12s %-6s %6.2fM params  B=%-3d T=%-4d  %8.1f ms/step  %9.0f tokens/s  (median of %d)%s%s\n",
                preset_name, attn, m.n_params / 1e6, tc.batch_size, tc.seq_len, med * 1e3,
-               tc.batch_size * tc.seq_len / med, steps);
+               tc.batch_size * tc.seq_len / med, steps, load ? "  " : "", load ? load : "");
     fflush(stdout);
     common_free(in);
     common_free(tg);
     train_state_free(&st);
     model_free(&m);
+    return tc.batch_size * tc.seq_len / med;
 }
 
-static void bench_decode(const char *preset_name, const char *attn, int vocab, int runs, int json) {
+// One decode row: 1 token at a time from an empty full cache to the context, median of r->runs; tokens/s.
+static double bench_decode(void *ctx, const char *load) {
+    const RowSpec *r = ctx;
+    const char *preset_name = r->preset, *attn = r->attn;
+    int vocab = r->vocab, runs = r->runs, json = r->json;
     Model m;
     bench_model_init(&m, preset_name, attn, vocab);
     const ModelConfig mc = m.cfg;
@@ -170,15 +186,18 @@ static void bench_decode(const char *preset_name, const char *attn, int vocab, i
     double med = times[runs / 2];
     if (json)
         printf("{\"bench\": \"decode\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"tokens\": %d, "
-               "\"tokens_per_s\": %.1f, \"kv_bytes\": %zu, \"runs\": %d}\n",
-               preset_name, attn, m.n_params, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
+               "\"tokens_per_s\": %.1f, \"kv_bytes\": %zu, \"runs\": %d, \"load\": \"%s\"}\n",
+               preset_name, attn, m.n_params, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs,
+               load ? load : "quiet");
     else
-        printf("decode %-12s %-6s %6.2fM params  %d tokens from empty cache  %9.0f tokens/s  KV %zu bytes  (median of %d)\n",
-               preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs);
+        printf("decode %-12s %-6s %6.2fM params  %d tokens from empty cache  %9.0f tokens/s  KV %zu bytes  (median of %d)%s%s\n",
+               preset_name, attn, m.n_params / 1e6, mc.block_size, mc.block_size / med, kv_cache_bytes(kv), runs,
+               load ? "  " : "", load ? load : "");
     fflush(stdout);
     decode_state_free(&ds);
     kv_cache_free(kv);
     model_free(&m);
+    return mc.block_size / med;
 }
 
 static int bench_train_decode(const BenchOpts *o) {
@@ -189,15 +208,22 @@ static int bench_train_decode(const BenchOpts *o) {
         fprintf(stderr, "bench: %s (run from the repository root)\n", err);
         return 1;
     }
-    bench_train("baby", "mha", &c, tok.vocab_size, 15, o->json);
-    bench_train("small", "mha", &c, tok.vocab_size, 9, o->json);
-    bench_train("small", "gqa:8", &c, tok.vocab_size, 9, o->json);
-    bench_train("small", "mqa", &c, tok.vocab_size, 9, o->json);
-    if (!o->quick) bench_train("shakespeare", "mha", &c, tok.vocab_size, 3, o->json);
-    bench_decode("baby", "mha", tok.vocab_size, 9, o->json);
-    bench_decode("small", "mha", tok.vocab_size, 9, o->json);
-    bench_decode("small", "mqa", tok.vocab_size, 9, o->json);
-    if (!o->quick) bench_decode("shakespeare", "mha", tok.vocab_size, 5, o->json);
+    const RowSpec train_rows[] = {{"baby", "mha", &c, tok.vocab_size, 15, o->json},
+                                  {"small", "mha", &c, tok.vocab_size, 9, o->json},
+                                  {"small", "gqa:8", &c, tok.vocab_size, 9, o->json},
+                                  {"small", "mqa", &c, tok.vocab_size, 9, o->json},
+                                  {"shakespeare", "mha", &c, tok.vocab_size, 3, o->json}};
+    const RowSpec decode_rows[] = {{"baby", "mha", NULL, tok.vocab_size, 9, o->json},
+                                   {"small", "mha", NULL, tok.vocab_size, 9, o->json},
+                                   {"small", "mqa", NULL, tok.vocab_size, 9, o->json},
+                                   {"shakespeare", "mha", NULL, tok.vocab_size, 5, o->json}};
+    double busy;
+    for (size_t i = 0; i < sizeof train_rows / sizeof train_rows[0]; i++)
+        if (!o->quick || strcmp(train_rows[i].preset, "shakespeare") != 0)
+            bench_quiet_busy(o, bench_train, (void *)&train_rows[i], &busy);
+    for (size_t i = 0; i < sizeof decode_rows / sizeof decode_rows[0]; i++)
+        if (!o->quick || strcmp(decode_rows[i].preset, "shakespeare") != 0)
+            bench_quiet_busy(o, bench_decode, (void *)&decode_rows[i], &busy);
     corpus_free(&c);
     return 0;
 }
@@ -348,18 +374,18 @@ static int bench_attention(const BenchOpts *o) {
 // --- flags -------------------------------------------------------------------------------------------------
 
 // Parses "128,256,..." into o->ts; returns -1 with a message in err on a malformed list.
-static int parse_t_list(const char *s, BenchOpts *o, char *err) {
+static int parse_t_list(const char *flag, const char *s, int max_t, BenchOpts *o, char *err) {
     o->n_ts = 0;
     const char *p = s;
     while (1) {
         char *end;
         long t = strtol(p, &end, 10);
-        if (end == p || (*end != ',' && *end != 0) || t < 1 || t > 65536) {
-            err_set(err, "--attention-t expects comma-separated lengths in 1..65536, got '%s'", s);
+        if (end == p || (*end != ',' && *end != 0) || t < 1 || t > max_t) {
+            err_set(err, "%s expects comma-separated lengths in 1..%d, got '%s'", flag, max_t, s);
             return -1;
         }
         if (o->n_ts == MAX_TS) {
-            err_set(err, "--attention-t takes at most %d lengths", MAX_TS);
+            err_set(err, "%s takes at most %d lengths", flag, MAX_TS);
             return -1;
         }
         o->ts[o->n_ts++] = (int)t;
@@ -379,7 +405,7 @@ static int parse_attention_flag(Args *a, BenchOpts *o, char *err) {
     if (args_is(a, "--attention-t")) {
         const char *v;
         if (args_string(a, &v) != 0) return err_set(err, "%s", a->err), -1;
-        return parse_t_list(v, o, err);
+        return parse_t_list("--attention-t", v, 65536, o, err);
     }
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
         if (args_is(a, ints[i].name)) {
@@ -397,15 +423,28 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
     o->n_ts = (int)(sizeof(DEFAULT_TS) / sizeof(DEFAULT_TS[0]));
     Args a;
     args_init(&a, argc, argv);
-    int r;
+    int r, large_contexts = 0;
     while ((r = args_next(&a)) != 0) {
         if (r < 0) return err_set(err, "%s", a.err), -1;
         if (args_is(&a, "--help") || args_is(&a, "-h")) return 2;
         if (args_is(&a, "--blas")) return 3;
-        if (args_is(&a, "--quick") || args_is(&a, "--json") || args_is(&a, "--attention")) {
-            if (a.value) return err_set(err, "%s takes no value", a.flag), -1;
-            int *dst = args_is(&a, "--quick") ? &o->quick : args_is(&a, "--json") ? &o->json : &o->attention;
-            *dst = 1;
+        struct {
+            const char *name;
+            int *dst;
+        } bools[] = {{"--quick", &o->quick}, {"--json", &o->json}, {"--attention", &o->attention},
+                     {"--busy", &o->busy}, {"--large", &o->large}};
+        int matched = 0;
+        for (size_t i = 0; i < sizeof bools / sizeof bools[0] && !matched; i++)
+            if (args_is(&a, bools[i].name)) {
+                if (a.value) return err_set(err, "%s takes no value", a.flag), -1;
+                *bools[i].dst = matched = 1;
+            }
+        if (matched) continue;
+        if (args_is(&a, "--large-contexts")) {
+            const char *v;
+            if (args_string(&a, &v) != 0) return err_set(err, "%s", a.err), -1;
+            if (parse_t_list("--large-contexts", v, 8192, o, err) != 0) return -1;
+            large_contexts = 1;
             continue;
         }
         int k = parse_attention_flag(&a, o, err);
@@ -417,6 +456,18 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
         }
     }
     if (o->attention_flag && !o->attention) return err_set(err, "%s needs --attention", o->attention_flag), -1;
+    if (large_contexts && !o->large) return err_set(err, "--large-contexts needs --large"), -1;
+    if (o->large && (o->attention || o->quick))
+        return err_set(err, "--large runs on its own (not with --attention or --quick)"), -1;
+    if (o->busy && o->attention) return err_set(err, "--busy applies to the training/decode rows and --large"), -1;
+    if (o->large) {
+        if (!large_contexts) o->ts[0] = 2048, o->n_ts = 1;
+        for (int i = 0; i < o->n_ts; i++)
+            if (o->ts[i] <= BENCH_LARGE_DECODE_TOKENS)
+                return err_set(err, "--large-contexts must exceed %d (the tokens decoded after the prompt), got %d",
+                               BENCH_LARGE_DECODE_TOKENS, o->ts[i]), -1;
+        return 0;
+    }
     if (o->quick && o->attention)
         return err_set(err, "--quick applies to the training/decode benchmarks, not --attention "
                             "(shorten the run with --attention-t)"), -1;
@@ -450,5 +501,6 @@ int main(int argc, char **argv) {
         return 1;
     }
     describe_machine(o.json);
+    if (o.large) return bench_large(&o);
     return o.attention ? bench_attention(&o) : bench_train_decode(&o);
 }

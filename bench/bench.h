@@ -1,0 +1,35 @@
+// What build/bench's files share (bench.c: flags, training/decode rows, attention; busy.c: the competing
+// process; large.c: rows at the shape of a 135M-parameter Llama-architecture model).
+#ifndef KVLAB_BENCH_H
+#define KVLAB_BENCH_H
+
+#include <sys/types.h>
+
+#define MAX_TS 64
+
+typedef struct {
+    int json, quick, attention, busy, large;
+    const char *attention_flag; // the first --attention-* flag given (an error without --attention)
+    int ts[MAX_TS], n_ts;       // sequence lengths (--attention-t, or --large-contexts)
+    int M, d, B, NH, NKV, runs;
+} BenchOpts;
+
+// A process that spins on the machine's last CPU until busy_stop: the "another job on one core" of issue 13.
+// Returns its pid, or -1 (with a line on stderr) when it could not be started.
+pid_t busy_start(void);
+void busy_stop(pid_t pid);
+
+// Runs measure(ctx) quietly and then (with o->busy) beside a busy process; returns the quiet figure and, in
+// *busy_value, the busy one (0 without --busy). measure returns a rate (higher is better).
+double bench_quiet_busy(const BenchOpts *o, double (*measure)(void *ctx, const char *load), void *ctx,
+                        double *busy_value);
+
+// build/bench --large: prefill and decode at the 135M shape (large.c); each context decodes this many tokens
+// after a prompt of the rest.
+#define BENCH_LARGE_DECODE_TOKENS 32
+int bench_large(const BenchOpts *o);
+
+// Writes s as a JSON string literal.
+void bench_json_string(const char *s);
+
+#endif
