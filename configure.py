@@ -9,7 +9,8 @@ Where the build file goes (paths in it are relative to the repository root; alwa
   --builddir DIR            ->  DIR/build.ninja         run: ninja -f DIR/build.ninja [target]
 so several configurations (say build/ and build-asan/) can live side by side.
 
-Targets: all (default: the library and every program: train, infer, serve, bench, tests), test (build and run the Criterion tests),
+Targets: all (default: the library, the CUDA backend libkvlab_cuda.so when nvcc is found, and every program:
+train, infer, serve, bench, tests), test (build and run the Criterion tests),
 bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
 fuzz (the libFuzzer targets of tests/fuzz/, built with clang into <builddir>-fuzz/ when clang with libFuzzer is
 found; run them with scripts/fuzz.sh), plus any output path such as build/train.
@@ -33,6 +34,8 @@ FUZZ_DIR = 'tests/fuzz'          # one fuzz_<target>.c per input surface (tests/
 FUZZ_SHARED = ('fuzz_common.c',)  # helpers of every target, not a target
 FUZZ_MAIN = 'main_libfuzzer.c'    # the libFuzzer entry point: fuzz build only, never in build/tests
 FUZZ_SANITIZE = '-fsanitize=fuzzer,address,undefined'
+CUDA_SO = 'libkvlab_cuda.so'      # the CUDA backend, loaded at run time by common/device.c
+CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point and the *_cuda ops
 
 
 # --- a ninja_syntax-style writer ------------------------------------------------------------------
@@ -289,7 +292,7 @@ def main():
         san = [SANITIZE, '-fno-sanitize-recover=all', '-fno-omit-frame-pointer']
         cflags += san + ([] if args.debug else ['-g'])
         ldflags += san
-    libs = ['-lxxhash', '-lopenblas', '-lm']
+    libs = ['-lxxhash', '-lopenblas', '-lm', '-ldl']
     test_libs = ['-lcriterion']
     serve_libs = ['-lmicrohttpd', '-ljansson']  # linked into build/serve only
 
@@ -375,26 +378,32 @@ def main():
     if not fuzz_ok and not args.no_fuzz:
         print('  %s\n  -> `ninja fuzz` will say so; everything else builds as usual' % fuzz_note)
 
-    # CUDA.
+    # CUDA: every .cu source goes into one shared object, $builddir/libkvlab_cuda.so, with the C helpers its
+    # kernels call (PIC copies from the folders that hold .cu sources, and common/). The programs never link the
+    # CUDA libraries: common/device.c loads the .so with dlopen when a run asks for --device cuda, so a CPU run
+    # starts in milliseconds and a few MiB (issue 13). Only the tests binary links the .so, to call the *_cuda
+    # ops directly (compiled with KVLAB_CUDA=1).
     nvcc = None if args.no_cuda else find_nvcc()
-    cuda_libs = []
+    cuda = None
     if args.no_cuda:
         cuda_note = 'off (--no-cuda)'
     elif not nvcc:
-        cuda_note = 'nvcc not found (CPU only)'
+        cuda_note = 'nvcc not found (CPU only; --device cuda says so)'
     elif not lib_cu:
         cuda_note = 'found at %s (no .cu sources yet)' % nvcc
     else:
-        cuda_note = 'found at %s, %d .cu sources, -arch=%s' % (nvcc, len(lib_cu), args.cuda_arch)
         cuda_root = os.path.dirname(os.path.dirname(nvcc))
         cuda_lib = os.path.join(cuda_root, 'lib64')
-        if os.path.isdir(cuda_lib):
-            cuda_libs += ['-L' + cuda_lib, '-Wl,-rpath,' + cuda_lib]
+        cuda_libs = ['-L' + cuda_lib, '-Wl,-rpath,' + cuda_lib] if os.path.isdir(cuda_lib) else []
         cuda_libs += ['-lcudart', '-lcublas', '-lcurand', '-lstdc++']
-        cflags += ['-DKVLAB_CUDA=1']
-        if os.path.isdir(os.path.join(cuda_root, 'include')) and cuda_root != '/usr':
-            cflags += ['-I' + os.path.join(cuda_root, 'include')]
-    libs = cuda_libs + libs
+        cu_dirs = {'common'} | {s.split(os.sep)[0] for s in lib_cu}
+        pic_c = [s for s in lib_c if s.split(os.sep)[0] in cu_dirs and s != os.path.join('common', 'device.c')]
+        cuda = dict(libs=cuda_libs, pic_c=pic_c, so='$builddir/' + CUDA_SO)
+        cuda_note = ('found at %s, %d .cu sources (-arch=%s), built as %s/%s, loaded by --device cuda'
+                     % (nvcc, len(lib_cu), args.cuda_arch, builddir, CUDA_SO))
+    stale_so = os.path.join(builddir, CUDA_SO)
+    if not cuda and os.path.exists(stale_so):  # from an earlier configuration with CUDA: programs would load it
+        os.remove(stale_so)
 
     # Criterion runs two test processes at once on two cores: OpenMP threads that spin while idle would
     # starve each other (measured: a 0.25 s suite took 17 s), so idle threads sleep during tests.
@@ -412,7 +421,7 @@ def main():
         write_ninja(Writer(f), dict(
             args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
             cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
-            blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, lib_c=lib_c, lib_cu=lib_cu,
+            blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, cuda=cuda, lib_c=lib_c, lib_cu=lib_cu,
             programs=programs, fuzz_ok=fuzz_ok, fuzz_note=fuzz_note, fuzz_c=fuzz_c, fuzz_targets=fuzz_targets,
             fuzz_serve=fuzz_serve))
     os.replace(tmp_file, ninja_file)
@@ -464,18 +473,26 @@ def write_ninja(n, v):
     n.variable('test_libs', escape(' '.join(v['test_libs'])))
     n.variable('serve_libs', escape(' '.join(v['serve_libs'])))
     n.variable('run_env', escape(' '.join(v['run_env'])))
-    if v['nvcc'] and v['lib_cu']:
+    cuda = v['cuda']
+    if cuda:
         n.variable('nvcc', escape(v['nvcc']))
         n.variable('cuda_flags', '-g -G -O0' if args.debug else '-O3')
+        n.variable('cuda_libs', escape(' '.join(cuda['libs'])))
     n.newline()
 
     n.rule('cc', '$cc -MMD -MF $out.d $cflags -c $in -o $out',
            description='CC $out', depfile='$out.d', deps='gcc')
-    if v['nvcc'] and v['lib_cu']:
-        # warnings are errors, ours and the host compiler's, so a CUDA build break never lands unnoticed
+    if cuda:
+        # warnings are errors, ours and the host compiler's, so a CUDA build break never lands unnoticed;
+        # position-independent: the objects go into libkvlab_cuda.so
         n.rule('cuda', '$nvcc -arch=$cuda_arch $cuda_flags -std=c++17 -Werror all-warnings '
-               '-Xcompiler=-Wall,-Wextra,-Werror -I. -DKVLAB_CUDA=1 -MD -MF $out.d -c $in -o $out',
+               '-Xcompiler=-Wall,-Wextra,-Werror,-fPIC -I. -DKVLAB_CUDA=1 -MD -MF $out.d -c $in -o $out',
                description='NVCC $out', depfile='$out.d', deps='gcc')
+        # no undefined symbol left for the program to supply; the library's references bind inside it
+        # (-Bsymbolic) and it exports only what the version script names
+        n.rule('solink', '$cc -shared -o $out $in $ldflags -Wl,-soname,%s -Wl,--no-undefined -Wl,-Bsymbolic '
+               '-Wl,--version-script,%s -Wl,--as-needed $cuda_libs $libs' % (CUDA_SO, CUDA_SO_EXPORTS),
+               description='LINK $out')
     n.rule('ar', 'rm -f $out && ar crs $out $in', description='AR $out')
     n.rule('link', '$cc $ldflags -o $out $in $libs', description='LINK $out')
     n.rule('run', 'cd $root && env $run_env $in $args', description='RUN $in', pool='console')
@@ -495,19 +512,36 @@ def write_ninja(n, v):
     for src in v['lib_c']:
         n.build([obj(src)], 'cc', [src])
         lib_objs.append(obj(src))
-    if v['nvcc']:
-        for src in v['lib_cu']:
-            n.build([obj(src)], 'cuda', [src])
-            lib_objs.append(obj(src))
     n.newline()
     if lib_objs:
         n.build([lib], 'ar', lib_objs)
         n.newline()
 
     outputs = [lib] if lib_objs else []
+    so = []  # the CUDA backend: every program depends on it, so `ninja build/infer` never pairs a stale one
+    if cuda:
+        n.comment('The CUDA backend, loaded by --device cuda (common/device.c): the .cu objects and PIC copies')
+        n.comment('of the C helpers they call (only the archive members they need are linked).')
+        cu_objs = []
+        for src in v['lib_cu']:
+            n.build([obj(src)], 'cuda', [src])
+            cu_objs.append(obj(src))
+        pic_objs = []
+        for src in cuda['pic_c']:
+            pic = obj(src).replace('$builddir/obj/', '$builddir/obj-pic/', 1)
+            n.build([pic], 'cc', [src], variables={'cflags': '$cflags -fPIC'})
+            pic_objs.append(pic)
+        n.build(['$builddir/libkvlab_pic.a'], 'ar', pic_objs)
+        n.build([cuda['so']], 'solink', cu_objs + ['$builddir/libkvlab_pic.a'], implicit=[CUDA_SO_EXPORTS])
+        so = [cuda['so']]
+        outputs += so
+        n.newline()
+
     for name, srcs in sorted(v['programs'].items()):
+        # the tests call the *_cuda ops directly (tests/backend_util.h): KVLAB_CUDA=1 and the .so linked
+        cuda_tests = name == 'tests' and cuda
         for src in srcs:
-            n.build([obj(src)], 'cc', [src])
+            n.build([obj(src)], 'cc', [src], variables={'cflags': '$cflags -DKVLAB_CUDA=1'} if cuda_tests else None)
         out = '$builddir/' + name
         extra = {'tests': '$test_libs', 'serve': '$serve_libs'}.get(name)
         link_objs = [obj(s) for s in srcs]
@@ -517,8 +551,10 @@ def write_ninja(n, v):
                     n.build([obj(src)], 'cc', [src])
                 link_objs.append(obj(src))
             extra = '$test_libs $serve_libs'
-        n.build([out], 'link', link_objs + ([lib] if lib_objs else []),
-                variables={'libs': extra + ' $libs'} if extra else None)
+        if cuda_tests:
+            extra = "%s -Wl,-rpath,'$$ORIGIN'" % extra
+        n.build([out], 'link', link_objs + ([lib] if lib_objs else []) + (so if cuda_tests else []),
+                implicit=[] if cuda_tests else so, variables={'libs': extra + ' $libs'} if extra else None)
         outputs.append(out)
         n.newline()
 
@@ -561,7 +597,7 @@ def write_fuzz(n, v, obj):
     n.variable('fuzz_cc', escape(args.fuzz_cc))
     n.variable('fuzz_cflags', escape(' '.join(fuzz_cflags)))
     n.variable('fuzz_ldflags', escape('-fopenmp ' + FUZZ_SANITIZE))
-    n.variable('fuzz_libs', '$serve_libs -lxxhash -lopenblas -lm')
+    n.variable('fuzz_libs', '$serve_libs -lxxhash -lopenblas -lm -ldl')
     n.rule('fuzz_cc', '$fuzz_cc -MMD -MF $out.d $fuzz_cflags $defines -c $in -o $out',
            description='FUZZ-CC $out', depfile='$out.d', deps='gcc')
     n.rule('fuzz_link', '$fuzz_cc $fuzz_ldflags -o $out $in $fuzz_libs', description='FUZZ-LINK $out')

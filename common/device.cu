@@ -1,4 +1,5 @@
-// common/device.h and common/cuda_check.cuh for builds with CUDA.
+// common/device.h and common/cuda_check.cuh inside libkvlab_cuda.so: the real device functions, which the
+// library hands to common/device.c (the loader every program has) through its entry point (layers/ops_cuda.cu).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

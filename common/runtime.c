@@ -1,7 +1,9 @@
 // Picks the BLAS kernels and the OpenMP wait policy before the libraries are used (issue 13): Debian 12's
 // OpenBLAS 0.3.21 does not know new Intel CPUs and runs its generic Prescott kernels on them (3x slower
 // sgemm), and spinning OpenMP waits collapse throughput on a shared machine. Both libraries read their
-// environment in constructors that run before main, so the settings take effect through one re-exec.
+// environment in constructors that run before main, so the settings take effect through one re-exec. A run
+// that only prints its usage computes nothing and skips it: a second process start doubles the cost of
+// `--help` (issue 13's budget: 10 ms).
 #include "runtime.h"
 
 #include <cblas.h>
@@ -11,6 +13,9 @@
 #include <unistd.h>
 
 static int reexecuted;
+// Set by a help-only start that skipped the re-exec: what a computing run forces, for the diagnostics.
+static const char *planned_core;
+static int planned_wait;
 
 // OpenBLAS cores whose kernels use AVX2 or better: anything else on an AVX2 CPU is a fallback.
 static const char *const MODERN_CORES[] = {"Haswell", "Zen", "Excavator", "SkylakeX", "Cooperlake",
@@ -41,8 +46,13 @@ static int cpu_avx2_fma(void) {
 #endif
 }
 
+int common_runtime_help_only(int argc, char **argv) {
+    for (int i = 1; i < argc && argv && argv[i]; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    return 0;
+}
+
 void common_runtime_init(int argc, char **argv) {
-    (void)argc;
     if (getenv(RUNTIME_MARKER)) { // the second start: the libraries have read the settings
         reexecuted = 1;
         unsetenv(RUNTIME_MARKER);
@@ -52,6 +62,11 @@ void common_runtime_init(int argc, char **argv) {
     int set_core = force && !getenv("OPENBLAS_CORETYPE");
     int set_wait = !getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT");
     if (!(set_core || set_wait) || !argv || !argv[0]) return;
+    if (common_runtime_help_only(argc, argv)) {
+        planned_core = set_core ? force : NULL;
+        planned_wait = set_wait;
+        return;
+    }
     if (set_core) setenv("OPENBLAS_CORETYPE", force, 1);
     if (set_wait) setenv("GOMP_SPINCOUNT", RUNTIME_SPINCOUNT, 1);
     setenv(RUNTIME_MARKER, "1", 1);
@@ -74,13 +89,15 @@ const char *common_blas_kernels(void) {
     }
     int par = openblas_get_parallel();
     const char *threads = par == 2 ? "openmp" : par == 1 ? "pthreads" : "sequential";
-    snprintf(text, sizeof text, "%s, %s kernels, %s", version, openblas_get_corename(), threads);
+    const char *core = planned_core ? planned_core : openblas_get_corename();
+    snprintf(text, sizeof text, "%s, %s kernels, %s", version, core, threads);
     return text;
 }
 
 const char *common_runtime_wait_policy(void) {
     static char text[96];
     const char *p = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    if (planned_wait) spin = RUNTIME_SPINCOUNT;
     if (p && *p) snprintf(text, sizeof text, "%s", p);
     else if (spin && *spin) snprintf(text, sizeof text, "spin %s then sleep (GOMP_SPINCOUNT)", spin);
     else snprintf(text, sizeof text, "unset (libgomp default)");

@@ -2,8 +2,12 @@
 // Each op is tested against ops_cpu in tests/test_backend_ops.c and tests/test_backend_attention.c.
 // Designated initializers in declaration order (nvcc accepts them in C++17; an out-of-order field is an
 // error, so the table cannot silently drift from ops.h).
+//
+// Also the entry point of libkvlab_cuda.so, the shared object every .cu source is linked into
+// (common/device_backend.h): kvlab_cuda_backend hands common/device.c this table and the device functions.
 #include "../common/cuda_check.cuh"
 #include "../common/device.h"
+#include "../common/device_backend.h"
 #include "cuda_ops.h"
 #include "ops.h"
 
@@ -45,3 +49,20 @@ extern "C" const Ops ops_cuda = {
     .crossentropy_forward = crossentropy_forward_cuda,
     .crossentropy_backward = crossentropy_backward_cuda,
 };
+
+static const DeviceCudaBackend backend = {
+    .abi = DEVICE_CUDA_ABI,
+    .ops_size = sizeof(Ops),
+    .ops = &ops_cuda,
+    .available = device_cuda_available,
+    .name = device_cuda_name,
+    .mem_alloc = device_malloc,
+    .mem_free = device_free,
+    .mem_upload = device_upload,
+    .mem_download = device_download,
+    .mem_set = device_memset,
+    .synchronize = device_synchronize,
+};
+
+// The library's one entry point (exported by layers/ops_cuda.map; everything else in it stays local).
+extern "C" const DeviceCudaBackend *kvlab_cuda_backend(void) { return &backend; }

@@ -7,8 +7,9 @@
 //   #endif
 //   Test(backend_ops, rmsnorm_forward) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_rmsnorm_forward); }
 // BACKEND_REQUIRE_CUDA() comes first, before any allocation, so a skipped test leaks nothing; BK_RUN calls
-// the body only in builds with CUDA (without CUDA the *_cuda symbols do not exist, so the bodies must not
-// even be compiled there).
+// the body only in builds with CUDA: there configure.py compiles the tests with KVLAB_CUDA=1 and links them
+// with libkvlab_cuda.so, which exports the *_cuda ops (layers/ops_cuda.map). Without CUDA those symbols do not
+// exist, so the bodies must not even be compiled there.
 //
 // Every device buffer made here has BK_GUARD 4-byte words after its n elements, filled with BK_GUARD_WORD;
 // bk_check_guard (and bk_expect_close) assert an op wrote nothing past its output.

@@ -1,11 +1,13 @@
 // Tests of the start-up every program runs (common/runtime.h, issue 13), suite `runtime`: kvlab never runs on
 // OpenBLAS's generic kernels on a CPU with AVX2 or AVX-512, a user's OPENBLAS_CORETYPE and OMP_WAIT_POLICY win,
-// the default wait is a short spin (GOMP_SPINCOUNT=10000), and the one re-exec cannot loop. The programs report through
+// the default wait is a short spin (GOMP_SPINCOUNT=10000), the one re-exec cannot loop, and a help-only run
+// skips it (one start, issue 13's 10 ms budget) while naming the kernels a computing run gets. The programs report through
 // `build/bench --blas`; it runs here with the test's own environment, not through RUN, whose child sets a
 // passive wait policy itself (cli_util.c) and would hide what the program chose.
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,11 +37,12 @@ static int cpu_avx2_fma(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-// Runs `$KVLAB_BUILD/bench --blas` with this process's environment; its stdout goes to out. Asserts exit 0.
-static void bench_blas(char *out, size_t len) {
+// Runs `$KVLAB_BUILD/<prog> <arg>` with this process's environment; its stdout goes to out, its stderr to the
+// file err_path (when not NULL). Asserts exit 0.
+static void run_prog(const char *prog, const char *arg, char *out, size_t len, const char *err_path) {
     const char *build = getenv("KVLAB_BUILD");
     char exe[512];
-    snprintf(exe, sizeof exe, "%s/bench", build && *build ? build : "build");
+    snprintf(exe, sizeof exe, "%s/%s", build && *build ? build : "build", prog);
     cr_assert_eq(access(exe, X_OK), 0, "%s is not an executable (build it first)", exe);
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
@@ -50,7 +53,13 @@ static void bench_blas(char *out, size_t len) {
         dup2(fds[1], 1);
         close(fds[0]);
         close(fds[1]);
-        execl(exe, exe, "--blas", (char *)NULL);
+        if (err_path) {
+            int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fe < 0) _exit(126);
+            dup2(fe, 2);
+            close(fe);
+        }
+        execl(exe, exe, arg, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -61,8 +70,10 @@ static void bench_blas(char *out, size_t len) {
     close(fds[0]);
     int ws;
     cr_assert_eq(waitpid(pid, &ws, 0), pid);
-    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "bench --blas failed:\n%s", out);
+    cr_assert(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "%s %s failed:\n%s", prog, arg, out);
 }
+
+static void bench_blas(char *out, size_t len) { run_prog("bench", "--blas", out, len, NULL); }
 
 // The core name from bench --blas's "blas: OpenBLAS X, CORE kernels, ..." line.
 static void reported_core(const char *out, char *core, size_t len) {
@@ -167,4 +178,39 @@ Test(runtime, diagnostics_name_the_kernels) {
     cliutil_expect_ok(&r, "train --preset tiny");
     cr_assert(strstr(r.err, "M params, OpenBLAS ") && strstr(r.err, " kernels, "), "train's start line:\n%s", r.err);
     cliutil_run_free(&r);
+}
+
+Test(runtime, help_only) {
+    char *help[] = {"infer", "--help", NULL}, *mode_help[] = {"infer", "generate", "--ckpt", "x", "-h", NULL};
+    char *blas[] = {"bench", "--blas", NULL}, *bare[] = {"train", NULL}, *value[] = {"infer", "--prompt", "help", NULL};
+    cr_assert_eq(common_runtime_help_only(2, help), 1);
+    cr_assert_eq(common_runtime_help_only(5, mode_help), 1);
+    cr_assert_eq(common_runtime_help_only(2, blas), 0);
+    cr_assert_eq(common_runtime_help_only(1, bare), 0);
+    cr_assert_eq(common_runtime_help_only(3, value), 0);
+    cr_assert_eq(common_runtime_help_only(1, help), 0, "only argv[1..argc) counts");
+}
+
+// `infer --help` starts once (the dynamic loader says "initialize program" once per start, LD_DEBUG=files) and
+// its BLAS line names the kernels that a computing run (bench --blas, re-executed) reports.
+Test(runtime, help_starts_once_and_names_the_kernels) {
+    unset_all();
+    char help[8192], blas[1024], core[64];
+    bench_blas(blas, sizeof blas);
+    reported_core(blas, core, sizeof core);
+    const char *err_path = cliutil_tmp("help.err");
+    setenv("LD_DEBUG", "files", 1);
+    run_prog("infer", "--help", help, sizeof help, err_path);
+    unsetenv("LD_DEBUG");
+    size_t n = 0;
+    char *err = cliutil_read_file(err_path, &n);
+    cr_assert(err && strstr(err, "libopenblas"), "LD_DEBUG=files reported nothing");
+    int starts = 0;
+    for (const char *p = err; (p = strstr(p, "initialize program:")); p++) starts++;
+    free(err);
+    cr_assert_eq(starts, 1, "infer --help started %d times (a re-exec doubles its start-up)", starts);
+    char line[256], want[128];
+    cliutil_last_line(help, line, sizeof line);
+    snprintf(want, sizeof want, ", %s kernels, ", core);
+    cr_assert(strstr(line, want), "infer --help says '%s'; a computing run uses %s kernels:\n%s", line, core, blas);
 }
