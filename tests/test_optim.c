@@ -1,7 +1,8 @@
 // The optimizer ops on the CPU (layers/adamw.c), suite `optim`: the vectorised AdamW update against the
 // plain scalar update written out here (bit for bit: the same float operations in the same order, no fused
 // multiply-add, on lengths that put elements in vector bodies, tails and several threads' chunks), the global
-// gradient norm against a long double reference and the same bits on 1 and 4 threads, and scale.
+// gradient norm against a long double reference and the same bits on 1 and 4 threads, and scale; train_step's
+// update (AdamW over pieces of every tensor in one parallel region) against one AdamW call per tensor.
 #include <criterion/criterion.h>
 
 #include <math.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "../layers/cpu_ops.h"
+#include "../train/trainer.h"
 #include "grad_util.h"
 
 TestSuite(optim, .fini = gradutil_one_thread);
@@ -93,4 +95,54 @@ Test(optim, scale) {
     omp_set_num_threads(1);
     for (int i = 0; i < N; i++) cr_assert(x[i] == 0.5f * (float)i, "element %d", i);
     common_free(x);
+}
+
+// train_step cuts the tensors into pieces of 65536 for one parallel region; the update must be the per-tensor
+// AdamW bit for bit (a model with tensors of several pieces, run on 4 threads). The gradients train_step leaves
+// (after clipping) are the ones the reference update is given.
+Test(optim, train_step_update_is_per_tensor_adamw) {
+    ModelConfig mc = {.vocab_size = 65, .n_layer = 2, .n_head = 4, .n_kv_head = 2, .n_embd = 192, .n_hidden = 512,
+                      .block_size = 16, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .dropout = 0.0f};
+    TrainConfig tc = {.batch_size = 4, .seq_len = 16, .max_steps = 10, .warmup_steps = 2, .lr = 1e-3f,
+                      .min_lr = 1e-4f, .weight_decay = 0.1f, .beta1 = 0.9f, .beta2 = 0.99f, .adam_eps = 1e-8f,
+                      .grad_clip = 1.0f, .grad_accum = 1, .eval_interval = 0, .eval_windows = 4, .seed = 3};
+    enum { NTOK = 4000 };
+    Rng rng;
+    rng_init(&rng, 990);
+    int *tokens = common_calloc(NTOK, sizeof(int));
+    for (int i = 0; i < NTOK; i++) tokens[i] = (int)rng_below(&rng, 65);
+    Corpus c = {tokens, NTOK, NTOK * 9 / 10, NULL};
+    Model m;
+    model_init(&m, &mc, &ops_cpu);
+    model_init_weights(&m, 991);
+    model_alloc_acts(&m, tc.batch_size, tc.seq_len);
+    TrainState st;
+    train_state_init(&st, m.n_params, 992);
+    int in[4 * 16], tg[4 * 16];
+    size_t sizes[NUM_PARAM_TENSORS], n = m.n_params;
+    model_param_sizes(&mc, sizes);
+    cr_assert(sizes[2] > 65536 && sizes[7] > 2 * 65536, "the test needs tensors of several pieces");
+    omp_set_num_threads(4);
+    for (int step = 0; step < 3; step++) {
+        float *p0 = gradutil_dup(m.params_memory, n), *m0 = gradutil_dup(st.m, n), *v0 = gradutil_dup(st.v, n);
+        float norm, lr = schedule_lr(&tc, st.step);
+        int t = st.step + 1;
+        train_step(&m, &st, &tc, &c, in, tg, &norm);
+        cr_assert(isfinite(norm));
+        size_t off = 0;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            float wd = model_param_is_decayed(i) ? tc.weight_decay : 0.0f;
+            adamw_update_cpu(p0 + off, m.grads_memory + off, m0 + off, v0 + off, sizes[i], lr, tc.beta1, tc.beta2,
+                             tc.adam_eps, wd, t);
+            off += sizes[i];
+        }
+        cr_expect(memcmp(p0, m.params_memory, n * sizeof(float)) == 0, "step %d: params differ", step);
+        cr_expect(memcmp(m0, st.m, n * sizeof(float)) == 0, "step %d: m differs", step);
+        cr_expect(memcmp(v0, st.v, n * sizeof(float)) == 0, "step %d: v differs", step);
+        common_free(p0), common_free(m0), common_free(v0);
+    }
+    omp_set_num_threads(1);
+    train_state_free(&st);
+    model_free(&m);
+    common_free(tokens);
 }
