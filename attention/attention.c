@@ -22,9 +22,7 @@
 #include "../common/par.h"
 #include "../common/vmath.h"
 
-#ifndef ATT_ROWS
-#define ATT_ROWS 32
-#endif
+#define ATT_ROWS 32 // query rows per causal block (measured at T 64 and 128: 16 and 64 no better)
 
 // The softmax over one row of P (in place), returning how many entries it read: the max and exp passes look
 // at s <= t only, the whole row of T is written (zeros above the diagonal). For the IO count the row is one

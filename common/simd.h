@@ -1,12 +1,13 @@
 // The float vector layer under common/vmath.c and the hot element-wise loops (AdamW, SwiGLU): one vector type
 // `vf` of VF_W lanes (AVX-512: 16, AVX2: 8, whichever the build targets; configure.py compiles with
-// -march=native), its arithmetic as static inline functions, and exp. VF_W is 0 on a build with neither, and
-// callers then run their scalar tail over the whole array.
+// -march=native), its arithmetic as static inline functions, lane masks for the partial vector at the end of an
+// array (so a tail costs one vector, not up to VF_W - 1 scalar steps), and exp. VF_W is 0 on a build with
+// neither, and callers then run their scalar loop over the whole array.
 //
 // exp is a Cody-Waite range reduction and a degree-6 polynomial, written twice with the same fused
-// multiply-adds in the same order (simd_exp_scalar for tails, vf_exp for vectors), so an element's result does
-// not depend on whether it fell in a vector or in the tail: within 2 ulp of expf over [-87, 88]; below -87.33
-// it returns 0, above 88 it returns exp(88) (never inf or NaN for a finite input). tests/test_vmath.c checks it.
+// multiply-adds in the same order (simd_exp_scalar for scalar builds, vf_exp for vectors), so both give the same
+// bits: within 2 ulp of expf over [-87, 88]; below -87.33 it returns 0, above 88 it returns exp(88) (never inf
+// or NaN for a finite input). tests/test_vmath.c checks both.
 #ifndef KVLAB_SIMD_H
 #define KVLAB_SIMD_H
 
@@ -85,6 +86,13 @@ static inline vf vf_exp(vf x) {
     vf y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
     return _mm512_mask_mov_ps(y, zero, _mm512_setzero_ps());
 }
+// Lane masks for partial vectors: lanes [0, n) of a vector (n clamped to [0, VF_W]); masked-off lanes of a load
+// read no memory and are zero, masked-off lanes of a store write none.
+typedef __mmask16 vmask;
+static inline vmask vmask_first(int n) { return n <= 0 ? 0 : n >= 16 ? 0xFFFF : (vmask)((1u << n) - 1); }
+static inline vf vf_load_mask(const float *p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline void vf_store_mask(float *p, vf v, vmask m) { _mm512_mask_storeu_ps(p, m, v); }
+static inline vf vf_select(vmask m, vf a, vf b) { return _mm512_mask_blend_ps(m, b, a); } // m ? a : b
 #elif defined(__AVX2__)
 #define VF_W 8
 typedef __m256 vf;
@@ -128,6 +136,14 @@ static inline vf vf_exp(vf x) {
     vf y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
     return _mm256_andnot_ps(zero, y);
 }
+typedef __m256i vmask;
+static inline vmask vmask_first(int n) {
+    n = n < 0 ? 0 : n > 8 ? 8 : n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline vf vf_load_mask(const float *p, vmask m) { return _mm256_maskload_ps(p, m); }
+static inline void vf_store_mask(float *p, vf v, vmask m) { _mm256_maskstore_ps(p, m, v); }
+static inline vf vf_select(vmask m, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
 #else
 #define VF_W 0
 #endif

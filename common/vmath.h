@@ -3,8 +3,8 @@
 // compiles with -march=native) with a scalar tail, and a scalar build for other CPUs (the vector layer is
 // common/simd.h). exp is a Cody-Waite range reduction and a degree-6 polynomial: within 2 ulp of expf over
 // [-87, 88]; below -87.33 it returns 0, above 88 it returns exp(88) (never inf or NaN for a finite input).
-// An element's result does not depend on where it falls (vector body or tail). tests/test_vmath.c checks
-// every function against libm or a double-precision reference.
+// An element's result does not depend on where it falls (vector body or the masked tail vector).
+// tests/test_vmath.c checks every function against libm or a double-precision reference.
 #ifndef KVLAB_VMATH_H
 #define KVLAB_VMATH_H
 
@@ -12,7 +12,7 @@
 
 // y[i] = exp(x[i]); y may equal x.
 void vmath_exp(float *y, const float *x, size_t n);
-// x[i] = exp(x[i] - shift), returns the sum of the results (accumulated in float lanes, then in double).
+// x[i] = exp(x[i] - shift), returns the sum of the results (accumulated in float lanes).
 float vmath_exp_shift_sum(float *x, size_t n, float shift);
 // max over x (n >= 1).
 float vmath_max(const float *x, size_t n);

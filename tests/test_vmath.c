@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/simd.h"
 #include "../common/vmath.h"
 
 // Distance in units in the last place between two positive finite floats.
@@ -156,5 +157,19 @@ Test(vmath, silu_mul_same_bits_in_vector_and_tail) {
         cr_assert(memcmp(y + off, ref + off, n * sizeof(float)) == 0, "silu_mul, offset %d", off);
         cr_assert(memcmp(yda + off, rda + off, n * sizeof(float)) == 0, "silu_mul_backward da, offset %d", off);
         cr_assert(memcmp(ydb + off, rdb + off, n * sizeof(float)) == 0, "silu_mul_backward db, offset %d", off);
+    }
+}
+
+// The scalar exp (what a build without AVX2 runs) gives the vector exp's bits.
+Test(vmath, scalar_exp_is_vector_exp) {
+    enum { N = 1 << 14 };
+    static float x[N], y[N];
+    Rng rng;
+    rng_init(&rng, 13);
+    for (int i = 0; i < N; i++) x[i] = -90.0f + 180.0f * rng_uniform(&rng);
+    vmath_exp(y, x, N);
+    for (int i = 0; i < N; i++) {
+        float s = simd_exp_scalar(x[i]);
+        cr_assert(memcmp(&s, &y[i], sizeof(float)) == 0, "exp(%.9g): scalar %.9g, vector %.9g", x[i], s, y[i]);
     }
 }
