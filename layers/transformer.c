@@ -255,7 +255,6 @@ static void alloc_acts(Model *m, int B, int T, int with_grads) {
 void model_alloc_acts(Model *m, int B, int T) { alloc_acts(m, B, T, 1); }
 void model_alloc_inference_acts(Model *m, int B, int T) { alloc_acts(m, B, T, 0); }
 
-
 // --- the schedule ----------------------------------------------------------------------------------------
 //
 // A forward or backward pass runs over chunks of whole sequences. Everything but the weight gradients works row
