@@ -3,7 +3,8 @@
 //
 // "Loading a tile" is literal here: Q_i, K_j and V_j are copied from the strided (T, HD) head views into small
 // contiguous per-thread buffers that stand for the on-chip SRAM, and the counters are bumped at those copies
-// and at the final stores. The tile products are CBLAS sgemm calls on those buffers.
+// and at the final stores. The tile products are CBLAS sgemm calls on those buffers; the online softmax's
+// max, exp and rescale run through common/vmath.h.
 #include "flash_cpu.h"
 
 #include <cblas.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/vmath.h"
 
 #define F (sizeof(float))
 
@@ -102,20 +104,14 @@ static void flash_softmax_tile(FlashWork *w, int r0, int nr, int c0, int nc) {
             memset(srow, 0, (size_t)nc * F);
             continue;
         }
-        float mx = srow[0];
-        for (int s = 1; s < nvalid; s++) mx = srow[s] > mx ? srow[s] : mx;
+        float mx = vmath_max(srow, nvalid);
         float m_new = w->m[r] > mx ? w->m[r] : mx;
         float alpha = expf(w->m[r] - m_new); // m starts at -inf, so the first tile gives alpha = 0
-        float sum = 0.0f;
-        for (int s = 0; s < nvalid; s++) {
-            srow[s] = expf(srow[s] - m_new);
-            sum += srow[s];
-        }
+        float sum = vmath_exp_shift_sum(srow, nvalid, m_new);
         for (int s = nvalid; s < nc; s++) srow[s] = 0.0f;
         w->l[r] = alpha * w->l[r] + sum;
         w->m[r] = m_new;
-        float *arow = w->acc + (size_t)r * w->HD;
-        for (int c = 0; c < w->HD; c++) arow[c] *= alpha;
+        if (alpha != 1.0f) vmath_scale(w->acc + (size_t)r * w->HD, w->HD, alpha);
     }
 }
 

@@ -55,9 +55,11 @@ void attention_flash_forward_cpu(float *out, float *lse, const float *q, const f
                                  int T, int NH, int NKV, int HD, const FlashTiles *tiles, AttnIO *io);
 
 // attention_forward_cpu (attention/attention.c: it is that op, which calls it with io NULL), with the paper's
-// Algorithm 0 traffic counted where it happens: S = Q K^T reads Q, K and writes S; the softmax reads each row
-// of S (the causal part it looks at) and writes the row of P in place; O = P V reads P, V and writes O. att is
-// the caller's (B,NH,T,T) buffer; io->intermediate_bytes adds its size.
+// Algorithm 0 traffic counted where it happens, block by causal block (query rows in blocks, each against the
+// keys it can see): S = Q K^T reads the block's Q rows and the visible K rows and writes that block of S; the
+// softmax reads each row of S (the causal part it looks at) and writes the whole row of P in place (zeros above
+// the diagonal); O = P V reads that block of P and the visible V rows and writes O. att is the caller's
+// (B,NH,T,T) buffer; io->intermediate_bytes adds its size.
 void attention_forward_counted_cpu(float *out, float *att, const float *q, const float *k, const float *v, int B,
                                    int T, int NH, int NKV, int HD, AttnIO *io);
 
@@ -68,7 +70,8 @@ void attention_forward_counted_cpu(float *out, float *att, const float *q, const
 //     and lse written once (Td + T): 2Td + 2Td Tr + T floats per head = Theta(T^2 d / Br), which with
 //     Br = M/(4d) (whenever M <= 4 d^2) is the paper's Theta(T^2 d^2 / M).
 // The causal code skips the tiles above the diagonal, so flash measures about (Tr + 1) / (2 Tr) of its dense
-// form in K/V traffic; naive computes the full S and reads only the causal half of each row in the softmax.
+// form in K/V traffic; naive skips the blocks of S above the diagonal likewise (it computes about half of S,
+// reads K and V once per query block) but still writes every row of P whole.
 uint64_t attention_naive_io_formula(int B, int T, int NH, int HD);
 uint64_t attention_flash_io_formula(int B, int T, int NH, int HD, int Br);
 

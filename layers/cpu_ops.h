@@ -28,7 +28,7 @@ void fill_zero_cpu(float *x, size_t N);
 void dropout_mask_cpu(float *keep, size_t N, float p, Rng *rng);
 void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
 void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
-// layers/adamw.c: one AdamW update (t is the 1-based step); x (n) *= s; sqrt(sum x^2) in double, index order.
+// layers/adamw.c: one AdamW update (t is the 1-based step); x (n) *= s; sqrt(sum x^2) in double, fixed blocks.
 void adamw_update_cpu(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                       float beta2, float eps, float weight_decay, int t);
 void scale_cpu(float *x, size_t n, float s);

@@ -1,28 +1,29 @@
-// Softmax + cross-entropy over the vocabulary, fused; the backward is probs - onehot(target).
+// Softmax + cross-entropy over the vocabulary, fused; the backward is probs - onehot(target). Each row's
+// softmax runs through common/vmath.h (vectorised max, exp with the running sum, scale); rows split across
+// threads when the whole pass pays for a parallel region (common/par.h).
 #include "cpu_ops.h"
 
 #include <math.h>
 
+#include "../common/par.h"
+#include "../common/vmath.h"
+
 void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, const int *targets, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (par_worth((size_t)N * V)) schedule(static)
     for (int n = 0; n < N; n++) {
         const float *z = logits + (size_t)n * V;
         float *p = probs + (size_t)n * V;
-        float mx = z[0];
-        for (int i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        float sum = 0.0f;
-        for (int i = 0; i < V; i++) {
-            p[i] = expf(z[i] - mx);
-            sum += p[i];
-        }
-        for (int i = 0; i < V; i++) p[i] /= sum;
+        float mx = vmath_max(z, V);
+        for (int i = 0; i < V; i++) p[i] = z[i];
+        float sum = vmath_exp_shift_sum(p, V, mx);
+        vmath_scale(p, V, 1.0f / sum);
         // -log softmax computed from the logits, not log(p), so a tiny probability stays finite
         if (targets && losses) losses[n] = -(z[targets[n]] - mx - logf(sum));
     }
 }
 
 void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for if (par_worth((size_t)N * V)) schedule(static)
     for (int n = 0; n < N; n++) {
         const float *p = probs + (size_t)n * V;
         float *d = dlogits + (size_t)n * V;

@@ -87,23 +87,36 @@ typedef struct {
     float *losses;     // (B, T)
 } ActTensors;
 
-// Gradients of activations. Only the residual stream's gradient crosses layers, so one layer's worth of
-// buffers is reused by every layer during the backward pass.
-#define NUM_GRAD_ACT_TENSORS 12
+// Gradients of activations. Only the residual stream's gradient crosses layers, so a layer's buffers are
+// reused by the layers below it; the ones the weight gradients read come in two sets (layer l uses set l % 2,
+// the residual stream's three: l % 3), so that the weight gradients of layer l can be computed while the
+// layer below already runs its backward (transformer.c: the chunked schedule).
+#define NUM_GRAD_ACT_TENSORS 16
 typedef struct {
-    float *dx;         // (B, T, C)   gradient of the residual stream at the current layer boundary
+    float *dres;       // (3, B, T, C) gradient of resid[l] (the residual stream entering layer l) in set l % 3
+    float *dmid;       // (2, B, T, C) gradient of resid_mid of layer l
+    float *dmlp;       // (2, B, T, C) gradient of mlp after the dropout scale; empty when dropout == 0
+    float *dproj;      // (2, B, T, C) gradient of attproj after the dropout scale; empty when dropout == 0
+    float *dh1;        // (2, B, T, H)
+    float *dh3;        // (2, B, T, H)
+    float *dq;         // (2, B, T, C)
+    float *dk;         // (2, B, T, KVC)
+    float *dv;         // (2, B, T, KVC)
     float *dln;        // (B, T, C)   gradient of a norm's output (ln1, ln2 or lnf)
-    float *dbranch;    // (B, T, C)   gradient of attproj or mlp (after the dropout scale)
+    float *dnorm;      // (B, T, C)   gradient a norm passes to its input, before the residual add
     float *datty;      // (B, T, C)
-    float *dq;         // (B, T, C)
-    float *dk;         // (B, T, KVC)
-    float *dv;         // (B, T, KVC)
     float *dhg;        // (B, T, H)
-    float *dh1;        // (B, T, H)
-    float *dh3;        // (B, T, H)
     float *dlogits;    // (B, T, V)
     float *scratch;    // (B, NH, T, T) attention backward
+    float *dnorm_w;    // (5, B, C)   norm weight gradients per chunk of sequences, summed in chunk order:
+                       //             attn_norm sets 0-1, mlp_norm sets 0-1, final_norm
 } GradActs;
+
+// How model_forward / model_backward spread a batch over the OpenMP threads (transformer.c):
+//   AUTO     chunked when the batch makes at least two chunks per thread, else whole (the default);
+//   WHOLE    every op over the whole batch, each op parallel inside (and the only schedule of a device backend);
+//   CHUNKED  one sequence per chunk whenever B >= 2 (tests use it to check the chunked path on small shapes).
+typedef enum { MODEL_SCHEDULE_AUTO, MODEL_SCHEDULE_WHOLE, MODEL_SCHEDULE_CHUNKED } ModelSchedule;
 
 typedef struct {
     ModelConfig cfg;
@@ -128,6 +141,7 @@ typedef struct {
 
     Rng dropout_rng;
     int dropout_active;   // whether the last forward drew dropout masks (the backward then applies them)
+    ModelSchedule schedule; // AUTO unless a test forces one
     float mean_loss;      // of the last forward with targets; -1 without targets
 } Model;
 
@@ -163,6 +177,9 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
 void model_zero_grad(Model *m);
 // Backward of the mean loss of the last forward, same tokens and targets (accumulates into grads).
 void model_backward(Model *m, const int *tokens, const int *targets, int B, int T);
+// How many chunks of sequences a pass over (B, T) runs in with m->schedule and the current OpenMP thread count
+// (1: the whole batch at once, each op parallel inside).
+int model_pass_chunks(Model *m, int B, int T);
 
 // MHA -> GQA/MQA conversion (the GQA paper's recipe): dst gets n_kv_head = new_kv_heads and each group's
 // key and value projection heads mean-pooled; everything else is copied. dst must be uninitialised.

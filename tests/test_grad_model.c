@@ -45,11 +45,13 @@ static double model_obj(void *p) {
 #define MODEL_MAX_TOL 2e-3
 #define MODEL_NORM_TOL 1e-2
 
-static void model_fd_case(int n_kv_head, float dropout, uint64_t seed) {
+static void model_fd_case(int n_kv_head, float dropout, ModelSchedule schedule, uint64_t seed) {
     enum { B = 2, T = 5, SAMPLES = 20 };
     ModelConfig cfg = gradutil_fd_config(n_kv_head, dropout);
     Model m;
     gradutil_make_fd_model(&m, &cfg, seed);
+    m.schedule = schedule;
+    cr_assert_eq(model_pass_chunks(&m, B, T), schedule == MODEL_SCHEDULE_CHUNKED ? B : 1);
     model_alloc_acts(&m, B, T);
     Rng rng;
     rng_init(&rng, seed + 1);
@@ -79,7 +81,8 @@ static void model_fd_case(int n_kv_head, float dropout, uint64_t seed) {
         size_t idx[SAMPLES], n = s[t] <= SAMPLES ? s[t] : SAMPLES;
         for (size_t k = 0; k < n; k++) idx[k] = s[t] <= SAMPLES ? k : (size_t)rng_below(&rng, s[t]);
         char name[64];
-        snprintf(name, sizeof name, "model kv %d%s %s", n_kv_head, train ? " dropout" : "", tensor_names[t]);
+        snprintf(name, sizeof name, "model kv %d%s%s %s", n_kv_head, train ? " dropout" : "",
+                 schedule == MODEL_SCHEDULE_CHUNKED ? " chunked" : "", tensor_names[t]);
         gradutil_expect_fd(
             name, gradutil_fd_check(m.params_memory + off, grads + off, s[t], idx, n, model_obj, &c, MODEL_EPS),
             MODEL_MAX_TOL, MODEL_NORM_TOL);
@@ -98,10 +101,65 @@ static void model_fd_case(int n_kv_head, float dropout, uint64_t seed) {
     model_free(&m);
 }
 
-Test(model, grad_fd_mha) { model_fd_case(4, 0.0f, 101); }
-Test(model, grad_fd_gqa) { model_fd_case(2, 0.0f, 102); }
-Test(model, grad_fd_mqa) { model_fd_case(1, 0.0f, 103); }
-Test(model, grad_fd_gqa_dropout) { model_fd_case(2, 0.25f, 104); }
+Test(model, grad_fd_mha) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_AUTO, 101); }
+Test(model, grad_fd_gqa) { model_fd_case(2, 0.0f, MODEL_SCHEDULE_AUTO, 102); }
+Test(model, grad_fd_mqa) { model_fd_case(1, 0.0f, MODEL_SCHEDULE_AUTO, 103); }
+Test(model, grad_fd_gqa_dropout) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_AUTO, 104); }
+// the chunked schedule (transformer.c: one sequence per chunk here), on its own finite differences
+Test(model, grad_fd_mha_chunked) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_CHUNKED, 105); }
+Test(model, grad_fd_gqa_dropout_chunked) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_CHUNKED, 106); }
+
+// The chunked schedule against the whole-batch one on a deeper model (4 layers: every set of the rotating
+// gradient buffers is used and reused) with an uneven batch, with and without dropout: the same loss, logits
+// and gradients up to float rounding (the products run over other row counts, the norm weights' gradients
+// sum per chunk), and a second backward accumulates.
+static void chunked_vs_whole_case(float dropout, int n_kv_head, uint64_t seed) {
+    enum { B = 5, T = 6 };
+    ModelConfig cfg = gradutil_fd_config(n_kv_head, dropout);
+    cfg.n_layer = 4;
+    Rng rng;
+    rng_init(&rng, seed);
+    int tokens[B * T], targets[B * T];
+    gradutil_random_tokens(tokens, B * T, cfg.vocab_size, &rng);
+    gradutil_random_tokens(targets, B * T, cfg.vocab_size, &rng);
+    Model m[2];
+    const ModelSchedule sched[2] = {MODEL_SCHEDULE_WHOLE, MODEL_SCHEDULE_CHUNKED};
+    for (int r = 0; r < 2; r++) {
+        gradutil_make_fd_model(&m[r], &cfg, seed + 1);
+        m[r].schedule = sched[r];
+        model_alloc_acts(&m[r], B, T);
+        rng_init(&m[r].dropout_rng, seed + 2);
+        model_forward(&m[r], tokens, targets, B, T, 1);
+        model_zero_grad(&m[r]);
+        model_backward(&m[r], tokens, targets, B, T);
+    }
+    cr_assert_eq(model_pass_chunks(&m[0], B, T), 1);
+    cr_assert_eq(model_pass_chunks(&m[1], B, T), B);
+    cr_expect(fabsf(m[0].mean_loss - m[1].mean_loss) <= 1e-6f * m[0].mean_loss, "loss whole %.9g, chunked %.9g",
+              m[0].mean_loss, m[1].mean_loss);
+    double lw = 0.0;
+    for (int i = 0; i < B * T * cfg.vocab_size; i++) lw = fmax(lw, fabs(m[0].acts.logits[i] - m[1].acts.logits[i]));
+    cr_expect(lw <= 1e-5, "logits differ by %.3e", lw);
+    double d = 0.0, scale = 0.0;
+    for (size_t i = 0; i < m[0].n_params; i++) {
+        d = fmax(d, fabs((double)m[0].grads_memory[i] - m[1].grads_memory[i]));
+        scale = fmax(scale, fabs(m[0].grads_memory[i]));
+    }
+    cr_log_info("chunked vs whole (dropout %g, kv %d): loss %.9g vs %.9g, gradients differ by %.1e (largest %.2e)",
+                dropout, n_kv_head, m[0].mean_loss, m[1].mean_loss, d, scale);
+    cr_expect(scale > 0.01 && d <= 1e-5 * scale, "gradients differ by %.3e (largest %.3e)", d, scale);
+    float *once = gradutil_dup(m[1].grads_memory, m[1].n_params);
+    model_backward(&m[1], tokens, targets, B, T);
+    gradutil_expect_accumulated("chunked model_backward", m[1].grads_memory, once, once, m[1].n_params);
+    common_free(once);
+    model_free(&m[0]), model_free(&m[1]);
+}
+
+Test(model, chunked_matches_whole) {
+    chunked_vs_whole_case(0.0f, 4, 111);
+    chunked_vs_whole_case(0.2f, 2, 112);
+    chunked_vs_whole_case(0.0f, 1, 113);
+}
 
 // --- GQA / MHA equivalences and conversion --------------------------------------------------------------
 

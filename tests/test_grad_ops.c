@@ -322,6 +322,9 @@ Test(grad, attention_gqa) { attention_case(2, 5, 4, 2, 6, 22); }
 Test(grad, attention_gqa_rep3) { attention_case(2, 5, 6, 2, 4, 23); }
 Test(grad, attention_mqa) { attention_case(2, 5, 4, 1, 6, 24); }
 Test(grad, attention_single_token) { attention_case(3, 1, 4, 2, 6, 25); }
+// T past one causal block of attention.c (32 query rows): a full block and a partial one, and two full blocks
+Test(grad, attention_causal_blocks) { attention_case(2, 37, 4, 2, 6, 26); }
+Test(grad, attention_causal_blocks_exact_multiple) { attention_case(1, 64, 2, 1, 4, 27); }
 
 // --- swiglu ---------------------------------------------------------------------------------------------
 

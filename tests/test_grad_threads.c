@@ -1,5 +1,6 @@
 // Gradient tests, suite `grad` (declared with its one-thread init in test_grad_ops.c): grad/threads_agree, the
-// threaded paths of the ops and of the whole model against one thread.
+// threaded paths of the ops and of the whole model against one thread; grad/chunked_threads_bit_identical, the
+// chunked schedule of the model on 1, 2 and 4 threads.
 #include <criterion/criterion.h>
 
 #include <math.h>
@@ -91,4 +92,50 @@ Test(grad, threads_agree) {
     cr_expect(fabsf(loss[0] - loss[1]) <= 1e-6f * loss[0], "model loss %.9g vs %.9g", loss[0], loss[1]);
     cr_expect(d <= 1e-6 * scale, "model gradients differ across thread counts by %.3e", d);
     common_free(grads[0]), common_free(grads[1]);
+}
+
+// The chunked schedule (layers/transformer.c) hands chunks and weight tasks to whichever thread is free; each
+// computes the same thing on any thread, so 1, 2 and 4 threads give the same bits (a race or a task that
+// depended on its thread would not). The automatic schedule aims at two chunks per thread.
+Test(grad, chunked_threads_bit_identical) {
+    enum { B = 6, T = 6 };
+    ModelConfig cfg = gradutil_fd_config(2, 0.2f);
+    cfg.n_layer = 3;
+    Rng rng;
+    rng_init(&rng, 720);
+    int tokens[B * T], targets[B * T];
+    gradutil_random_tokens(tokens, B * T, cfg.vocab_size, &rng);
+    gradutil_random_tokens(targets, B * T, cfg.vocab_size, &rng);
+    const int threads[3] = {1, 2, 4};
+    float *grads[3], *logits[3], loss[3];
+    size_t np = 0, nl = (size_t)B * T * cfg.vocab_size;
+    for (int r = 0; r < 3; r++) {
+        omp_set_num_threads(threads[r]);
+        Model m;
+        gradutil_make_fd_model(&m, &cfg, 721);
+        m.schedule = MODEL_SCHEDULE_CHUNKED;
+        model_alloc_acts(&m, B, T);
+        rng_init(&m.dropout_rng, 722);
+        model_forward(&m, tokens, targets, B, T, 1);
+        model_zero_grad(&m);
+        model_backward(&m, tokens, targets, B, T);
+        loss[r] = m.mean_loss;
+        grads[r] = gradutil_dup(m.grads_memory, m.n_params);
+        logits[r] = gradutil_dup(m.acts.logits, nl);
+        np = m.n_params;
+        // automatic: one thread runs the whole batch; 2 threads aim at 4 chunks (2 sequences each: 3 chunks),
+        // 4 threads at 8 (1 sequence each: 6 chunks)
+        m.schedule = MODEL_SCHEDULE_AUTO;
+        const int want[3] = {1, 3, 6};
+        cr_expect_eq(model_pass_chunks(&m, B, T), want[r], "%d threads: %d chunks", threads[r], model_pass_chunks(&m, B, T));
+        model_free(&m);
+    }
+    omp_set_num_threads(1);
+    for (int r = 1; r < 3; r++) {
+        cr_expect(memcmp(&loss[r], &loss[0], sizeof(float)) == 0, "%d threads: loss %.9g, 1 thread %.9g",
+                  threads[r], loss[r], loss[0]);
+        cr_expect(memcmp(logits[r], logits[0], nl * sizeof(float)) == 0, "%d threads: logits differ", threads[r]);
+        cr_expect(memcmp(grads[r], grads[0], np * sizeof(float)) == 0, "%d threads: gradients differ", threads[r]);
+    }
+    for (int r = 0; r < 3; r++) common_free(grads[r]), common_free(logits[r]);
 }

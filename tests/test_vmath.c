@@ -1,6 +1,7 @@
 // Tests of common/vmath.h against libm, suite `vmath`: exp within 2 ulp of expf over the whole range it
 // promises, the documented clamps at both ends, the same bits for an element in a vector as in the tail, and
-// the softmax pieces against a double-precision reference.
+// the softmax pieces, the dot product and SwiGLU's silu(a) * b (forward and backward) against a double-precision
+// reference.
 #include <criterion/criterion.h>
 
 #include <float.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/simd.h"
 #include "../common/vmath.h"
 
 // Distance in units in the last place between two positive finite floats.
@@ -93,4 +95,81 @@ Test(vmath, exp_shift_sum_returns_the_sum) {
     for (int i = 0; i < 37; i++) want += exp(-0.25 * i - 1.0);
     cr_expect_float_eq(s, want, 1e-5 * want);
     cr_expect_float_eq(x[36], exp(-9.0 - 1.0), 1e-9);
+}
+
+Test(vmath, dot_matches_double_reference) {
+    for (int n = 1; n <= 200; n += 13) {
+        float a[200], b[200];
+        Rng rng;
+        rng_init(&rng, 100 + (uint64_t)n);
+        double want = 0.0, mag = 0.0;
+        for (int i = 0; i < n; i++) {
+            a[i] = rng_normal(&rng), b[i] = rng_normal(&rng);
+            want += (double)a[i] * b[i];
+            mag += fabs((double)a[i] * b[i]);
+        }
+        float got = vmath_dot(a, b, n);
+        cr_expect(fabs(got - want) <= 1e-6 * mag, "n %d: %.9g vs %.9g", n, got, want);
+    }
+}
+
+// silu(a) * b and its backward against double precision, over the whole range a softmax-free gate sees
+// (including |a| past exp's clamps, where sigmoid saturates to 0 or 1).
+Test(vmath, silu_mul_matches_double_reference) {
+    enum { N = 1000 };
+    static float a[N], b[N], out[N], dout[N], da[N], db[N];
+    Rng rng;
+    rng_init(&rng, 11);
+    for (int i = 0; i < N; i++) {
+        a[i] = 8.0f * rng_normal(&rng), b[i] = rng_normal(&rng), dout[i] = rng_normal(&rng);
+        da[i] = 0.5f, db[i] = -0.25f; // the backward accumulates onto these
+    }
+    a[0] = 0.0f, a[1] = -100.0f, a[2] = 100.0f, a[3] = -88.5f, a[4] = 88.5f;
+    vmath_silu_mul(out, a, b, N);
+    vmath_silu_mul_backward(da, db, dout, a, b, N);
+    for (int i = 0; i < N; i++) {
+        double s = 1.0 / (1.0 + exp(-(double)a[i])), silu = a[i] * s, dsilu = s * (1.0 + a[i] * (1.0 - s));
+        double want = silu * b[i], wda = 0.5 + dout[i] * b[i] * dsilu, wdb = -0.25 + dout[i] * silu;
+        // relative 1e-6, plus exp's clamp below a = -88: sigmoid(a) there is 1 / (1 + exp(88)) ~ 6e-39, not e^a
+        cr_assert(fabs(out[i] - want) <= 1e-6 * fabs(want) + 1e-38 * fabs((double)a[i] * b[i]), "a %g b %g: out %.9g, want %.9g",
+                  a[i], b[i], out[i], want);
+        cr_assert(fabs(da[i] - wda) <= 1e-6 * (1.0 + fabs(wda)), "a %g: da %.9g, want %.9g", a[i], da[i], wda);
+        cr_assert(fabs(db[i] - wdb) <= 1e-6 * (1.0 + fabs(wdb)), "a %g: db %.9g, want %.9g", a[i], db[i], wdb);
+    }
+}
+
+Test(vmath, silu_mul_same_bits_in_vector_and_tail) {
+    enum { N = 53 };
+    float a[N], b[N], d[N], ref[N], y[N], rda[N], rdb[N], yda[N], ydb[N];
+    Rng rng;
+    rng_init(&rng, 12);
+    for (int i = 0; i < N; i++) a[i] = 6.0f * rng_normal(&rng), b[i] = rng_normal(&rng), d[i] = rng_normal(&rng);
+    for (int i = 0; i < N; i++) { // every element alone: the scalar tail
+        vmath_silu_mul(&ref[i], &a[i], &b[i], 1);
+        rda[i] = rdb[i] = 0.0f;
+        vmath_silu_mul_backward(&rda[i], &rdb[i], &d[i], &a[i], &b[i], 1);
+    }
+    for (int off = 0; off < 17; off++) {
+        size_t n = N - off;
+        memset(yda, 0, sizeof yda), memset(ydb, 0, sizeof ydb);
+        vmath_silu_mul(y + off, a + off, b + off, n);
+        vmath_silu_mul_backward(yda + off, ydb + off, d + off, a + off, b + off, n);
+        cr_assert(memcmp(y + off, ref + off, n * sizeof(float)) == 0, "silu_mul, offset %d", off);
+        cr_assert(memcmp(yda + off, rda + off, n * sizeof(float)) == 0, "silu_mul_backward da, offset %d", off);
+        cr_assert(memcmp(ydb + off, rdb + off, n * sizeof(float)) == 0, "silu_mul_backward db, offset %d", off);
+    }
+}
+
+// The scalar exp (what a build without AVX2 runs) gives the vector exp's bits.
+Test(vmath, scalar_exp_is_vector_exp) {
+    enum { N = 1 << 14 };
+    static float x[N], y[N];
+    Rng rng;
+    rng_init(&rng, 13);
+    for (int i = 0; i < N; i++) x[i] = -90.0f + 180.0f * rng_uniform(&rng);
+    vmath_exp(y, x, N);
+    for (int i = 0; i < N; i++) {
+        float s = simd_exp_scalar(x[i]);
+        cr_assert(memcmp(&s, &y[i], sizeof(float)) == 0, "exp(%.9g): scalar %.9g, vector %.9g", x[i], s, y[i]);
+    }
 }
