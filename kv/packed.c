@@ -1,0 +1,647 @@
+// packed.h: attention from encoded KV rows. One generic kernel per operation, inlined per format (and for the
+// common group of 32) so the format's decode folds into the loop. Along a row, a group's whole chunks of values
+// go the vector way, in the order they unpack fastest, then W values at a time, then one at a time; rows
+// whose groups do not fill vectors (small head dims or groups) are taken W rows at once, one per lane. A
+// scalar build (no AVX2/AVX-512) takes every value one at a time.
+#include "packed.h"
+
+#include <string.h>
+
+#include "codec.h"
+#include "quant.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+static const int format_bits[] = {8, 4, 2, 8, 16, 32};
+static const int format_header[] = {4, 4, 4, 2, 0, 0}; // bytes before a group's codes: scale (and minimum)
+
+PackedFormat packed_int_format(int bits) { return bits == 8 ? PACKED_INT8 : bits == 4 ? PACKED_INT4 : PACKED_INT2; }
+
+INLINE int has_min(PackedFormat f) { return f <= PACKED_INT2; }
+
+// An fp16 header field (little-endian).
+INLINE float half_at(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return quant_f16_to_f32(h);
+#endif
+}
+
+// An int group's header: its scale and minimum, converted together.
+INLINE void scale_min_at(const uint8_t *p, float *scale, float *min) {
+#if defined(__F16C__)
+    int32_t u;
+    memcpy(&u, p, 4); // little-endian host (x86)
+    __m128 x = _mm_cvtph_ps(_mm_cvtsi32_si128(u));
+    *scale = _mm_cvtss_f32(x);
+    *min = _mm_cvtss_f32(_mm_movehdup_ps(x));
+#else
+    *scale = half_at(p);
+    *min = half_at(p + 2);
+#endif
+}
+
+// Value i of a group's codes, before its scale and minimum.
+INLINE float value_at(PackedFormat f, const uint8_t *codes, int i) {
+    switch (f) {
+    case PACKED_INT8: return (float)codes[i];
+    case PACKED_INT4: return (float)((codes[i >> 1] >> ((i & 1) * 4)) & 15u);
+    case PACKED_INT2: return (float)((codes[i >> 2] >> ((i & 3) * 2)) & 3u);
+    case PACKED_FP8: return kv_fp8_to_f32(codes[i]);
+    case PACKED_F16: return half_at(codes + 2 * (size_t)i);
+    default: {
+        float x;
+        memcpy(&x, codes + 4 * (size_t)i, sizeof(x));
+        return x;
+    }
+    }
+}
+
+// --- vectors of W values ---------------------------------------------------------------------------------
+// vvalues: the W values of a group from value i on (i a multiple of W; p at the byte holding value i), in
+// order. vchunk: a chunk of chunk_len(f) values (one or two vectors) from p, in the order that decodes with
+// the fewest instructions: vector v, lane l holds the chunk's value chunk_pos(f, v, l). The kernels permute
+// the query (score) or their accumulator (accumulate) to match, once per call. vsum_lanes: W vectors to one,
+// lane k the sum of vector k's lanes.
+
+#if defined(__AVX512F__)
+#define W 16
+typedef __m512 vf;
+INLINE vf vzero(void) { return _mm512_setzero_ps(); }
+INLINE vf vset1(float x) { return _mm512_set1_ps(x); }
+INLINE vf vload(const float *p) { return _mm512_loadu_ps(p); }
+INLINE void vstore(float *p, vf x) { _mm512_storeu_ps(p, x); }
+INLINE vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE float vsum(vf x) { return _mm512_reduce_add_ps(x); }
+
+// Halves, quarters, then pairs and single lanes of 128-bit blocks: after the last step lane 4k + m holds the
+// sum of vector k + 4m.
+INLINE vf vsum_lanes(const vf *x) {
+    vf a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xDD));
+    vf d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), d);
+}
+
+// E4M3 codes (one per 32-bit lane) to floats: a normal code's exponent and mantissa shifted into place and
+// rebiased (7 -> 127), a subnormal one m * 2^-9, then the sign.
+INLINE vf fp8_lanes(__m512i x) {
+    __m512i m = _mm512_and_si512(x, _mm512_set1_epi32(0x7F));
+    __m512i normal = _mm512_add_epi32(_mm512_slli_epi32(m, 20), _mm512_set1_epi32(120 << 23));
+    vf sub = _mm512_mul_ps(_mm512_cvtepi32_ps(m), _mm512_set1_ps(0x1p-9f));
+    __mmask16 is_sub = _mm512_cmplt_epi32_mask(m, _mm512_set1_epi32(8));
+    vf mag = _mm512_mask_blend_ps(is_sub, _mm512_castsi512_ps(normal), sub);
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), sign));
+}
+
+INLINE vf vvalues(PackedFormat f, const uint8_t *p) {
+    switch (f) {
+    case PACKED_INT8: return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    case PACKED_INT4: { // 8 bytes: each byte to two lanes, shifted by 0 and 4
+        __m128i b = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)p),
+                                     _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+        __m512i x = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4,
+                                                                                  0, 4, 0, 4));
+        return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)));
+    }
+    case PACKED_INT2: { // 4 bytes: each byte to four lanes, shifted by 0, 2, 4, 6
+        int32_t u;
+        memcpy(&u, p, 4);
+        __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128(u), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+        __m512i x = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6,
+                                                                                  0, 2, 4, 6));
+        return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(3)));
+    }
+    case PACKED_FP8: return fp8_lanes(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    case PACKED_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    default: return _mm512_loadu_ps((const float *)p);
+    }
+}
+
+// One row per lane (short rows): 32-bit words gathered at base + offset[l], a field of them as floats.
+typedef __m512i vi;
+INLINE vi vrow_offsets(size_t stride) { return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)stride)); }
+INLINE vi vgather(const uint8_t *base, vi offsets) { return _mm512_i32gather_epi32(offsets, (const void *)base, 1); }
+INLINE vi vshift(vi x, int n) { return _mm512_srli_epi32(x, n); }
+INLINE vf vfield(vi x, int n, int mask) { return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(x, n), _mm512_set1_epi32(mask))); }
+INLINE vf vhalf_lo(vi x) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(x)); } // the fp16 in each lane's low half
+INLINE vf vbits(vi x) { return _mm512_castsi512_ps(x); }
+INLINE vi vi_and255(vi x) { return _mm512_and_si512(x, _mm512_set1_epi32(255)); }
+INLINE vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+
+INLINE void vchunk(PackedFormat f, const uint8_t *p, vf *c) {
+    if (f == PACKED_INT4) { // 16 bytes: low nibbles, then high nibbles
+        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+        c[0] = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)));
+        c[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 4));
+    } else if (f == PACKED_INT2) { // 8 bytes in both halves: shifts 0 | 2, then 4 | 6
+        int64_t u;
+        memcpy(&u, p, 8);
+        __m512i x = _mm512_cvtepu8_epi32(_mm_set1_epi64x(u)), three = _mm512_set1_epi32(3);
+        __m512i s0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        __m512i s1 = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+        c[0] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(x, s0), three));
+        c[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(x, s1), three));
+    } else {
+        c[0] = vvalues(f, p);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define W 8
+typedef __m256 vf;
+INLINE vf vzero(void) { return _mm256_setzero_ps(); }
+INLINE vf vset1(float x) { return _mm256_set1_ps(x); }
+INLINE vf vload(const float *p) { return _mm256_loadu_ps(p); }
+INLINE void vstore(float *p, vf x) { _mm256_storeu_ps(p, x); }
+INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE float vsum(vf x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Halves, then two horizontal adds: lane 4b + i then holds the sum of vector 2i + b.
+INLINE vf vsum_lanes(const vf *x) {
+    vf a[4];
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm256_add_ps(_mm256_permute2f128_ps(x[2 * i], x[2 * i + 1], 0x20),
+                             _mm256_permute2f128_ps(x[2 * i], x[2 * i + 1], 0x31));
+    vf d = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    return _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+INLINE vf fp8_lanes(__m256i x) { // as the AVX-512 version
+    __m256i m = _mm256_and_si256(x, _mm256_set1_epi32(0x7F));
+    __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(m, 20), _mm256_set1_epi32(120 << 23));
+    vf sub = _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(0x1p-9f));
+    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(8), m);
+    vf mag = _mm256_blendv_ps(_mm256_castsi256_ps(normal), sub, _mm256_castsi256_ps(is_sub));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(mag), sign));
+}
+
+INLINE vf vvalues(PackedFormat f, const uint8_t *p) {
+    switch (f) {
+    case PACKED_INT8: return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    case PACKED_INT4: {
+        int32_t u;
+        memcpy(&u, p, 4);
+        __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128(u), _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0));
+        __m256i x = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)));
+    }
+    case PACKED_INT2: {
+        int32_t u = p[0] | (p[1] << 8);
+        __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128(u), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0));
+        __m256i x = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(3)));
+    }
+    case PACKED_FP8: return fp8_lanes(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    case PACKED_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    default: return _mm256_loadu_ps((const float *)p);
+    }
+}
+
+typedef __m256i vi;
+INLINE vi vrow_offsets(size_t stride) { return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)stride)); }
+INLINE vi vgather(const uint8_t *base, vi offsets) { return _mm256_i32gather_epi32((const int *)(const void *)base, offsets, 1); }
+INLINE vi vshift(vi x, int n) { return _mm256_srli_epi32(x, n); }
+INLINE vf vfield(vi x, int n, int mask) { return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(x, n), _mm256_set1_epi32(mask))); }
+INLINE vf vhalf_lo(vi x) {
+    __m256i lo = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF));
+    return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+}
+INLINE vf vbits(vi x) { return _mm256_castsi256_ps(x); }
+INLINE vi vi_and255(vi x) { return _mm256_and_si256(x, _mm256_set1_epi32(255)); }
+INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+
+INLINE void vchunk(PackedFormat f, const uint8_t *p, vf *c) {
+    if (f == PACKED_INT4) { // 8 bytes: low nibbles, then high nibbles
+        __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+        c[0] = _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)));
+        c[1] = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4));
+    } else if (f == PACKED_INT2) { // 4 bytes in both halves: shifts 0 | 2, then 4 | 6
+        int32_t u;
+        memcpy(&u, p, 4);
+        __m256i x = _mm256_cvtepu8_epi32(_mm_set1_epi32(u)), three = _mm256_set1_epi32(3);
+        c[0] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), three));
+        c[1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), three));
+    } else {
+        c[0] = vvalues(f, p);
+    }
+}
+#endif
+
+
+#ifdef W
+INLINE int chunk_vectors(PackedFormat f) { return f == PACKED_INT4 || f == PACKED_INT2 ? 2 : 1; }
+INLINE int chunk_len(PackedFormat f) { return W * chunk_vectors(f); }
+INLINE int chunk_pos(PackedFormat f, int v, int l) {
+    if (f == PACKED_INT4) return 2 * l + v;                           // byte l, nibble v
+    if (f == PACKED_INT2) return 4 * (l % (W / 2)) + 2 * v + l / (W / 2); // byte l mod W/2, field 2v + l div W/2
+    return l;
+}
+#endif
+
+// --- the kernels ------------------------------------------------------------------------------------------
+
+INLINE size_t group_bytes(PackedFormat f, int g) {
+    return (size_t)format_header[f] + ((size_t)g * (size_t)format_bits[f] + 7) / 8;
+}
+
+// --- short rows: W rows at once, one per lane ---------------------------------------------------------------
+// A group whose values do not fill whole vectors (head dims or groups below W) would go one value at a time
+// along the row; instead W rows are taken together, each lane reading its row's header and codes as 32-bit
+// words (gathered), so every operation, the scale and minimum too, serves W rows. A word may reach up to 3
+// bytes past a row's last group: such rows are taken this way only when another row follows (stride >=
+// row bytes, so the bytes read belong to it).
+#ifdef W
+INLINE int by_lanes(PackedFormat f, int g, int dim) { return f >= PACKED_F16 ? dim % W != 0 : g % W != 0; }
+
+// Value m of a gathered word of codes.
+INLINE vf word_value(PackedFormat f, vi x, int m) {
+    switch (f) {
+    case PACKED_INT8: return vfield(x, 8 * m, 255);
+    case PACKED_INT4: return vfield(x, 4 * m, 15);
+    case PACKED_INT2: return vfield(x, 2 * m, 3);
+    case PACKED_FP8: return fp8_lanes(vi_and255(vshift(x, 8 * m)));
+    case PACKED_F16: return vhalf_lo(vshift(x, 16 * m));
+    default: return vbits(x);
+    }
+}
+
+// The rows [0, return value) whose words can be gathered: whole blocks of W, the last row only when nothing
+// is read past its end.
+INLINE int lane_rows(PackedFormat f, int g, int n, int dim) {
+    int hb = format_header[f], ng = dim / g, cb = (g * format_bits[f] + 7) / 8;
+    size_t gb = group_bytes(f, g), last_group = (size_t)(ng - 1) * gb;
+    size_t end = last_group + (size_t)hb + 4 * (size_t)((cb + 3) / 4);
+    if (hb && last_group + 4 > end) end = last_group + 4; // the header word
+    int usable = end > (size_t)ng * gb ? n - 1 : n;
+    return usable > 0 ? usable / W * W : 0;
+}
+
+INLINE void score_lanes(PackedFormat f, int g, float *scores, const float *q, const float *qsum, const uint8_t *rows,
+                        size_t stride, int n, int dim) {
+    int hb = format_header[f], bits = format_bits[f], ng = dim / g, cpw = 32 / bits, nw = ((g * bits + 7) / 8 + 3) / 4;
+    size_t gb = group_bytes(f, g);
+    vi off = vrow_offsets(stride);
+    for (int s0 = 0; s0 < n; s0 += W) {
+        const uint8_t *base = rows + (size_t)s0 * stride;
+        vf acc = vzero();
+        for (int j = 0; j < ng; j++) {
+            const uint8_t *gp = base + (size_t)j * gb;
+            const float *qg = q + j * g;
+            vf d = vzero();
+            for (int k = 0; k < nw; k++) {
+                vi x = vgather(gp + hb + 4 * k, off);
+                for (int m = 0; m < cpw && k * cpw + m < g; m++) d = vfma(word_value(f, x, m), vset1(qg[k * cpw + m]), d);
+            }
+            if (hb) {
+                vi h = vgather(gp, off);
+                acc = vfma(d, vhalf_lo(h), acc);
+                if (has_min(f)) acc = vfma(vhalf_lo(vshift(h, 16)), vset1(qsum[j]), acc);
+            } else {
+                acc = vadd(acc, d);
+            }
+        }
+        vstore(scores + s0, acc);
+    }
+}
+
+INLINE void accumulate_lanes(PackedFormat f, int g, float *out, const float *p, const uint8_t *rows, size_t stride,
+                             int n, int dim) {
+    int hb = format_header[f], bits = format_bits[f], ng = dim / g, cpw = 32 / bits, nw = ((g * bits + 7) / 8 + 3) / 4;
+    size_t gb = group_bytes(f, g);
+    float acc[dim * W], bias[ng * W]; // per channel and per group, one partial sum per lane
+    for (int i = 0; i < dim * W; i++) acc[i] = 0.0f;
+    for (int i = 0; i < ng * W; i++) bias[i] = 0.0f;
+    vi off = vrow_offsets(stride);
+    for (int s0 = 0; s0 < n; s0 += W) {
+        const uint8_t *base = rows + (size_t)s0 * stride;
+        vf pw = vload(p + s0);
+        for (int j = 0; j < ng; j++) {
+            const uint8_t *gp = base + (size_t)j * gb;
+            vf w = pw;
+            if (hb) {
+                vi h = vgather(gp, off);
+                w = vmul(pw, vhalf_lo(h));
+                if (has_min(f)) vstore(bias + j * W, vfma(pw, vhalf_lo(vshift(h, 16)), vload(bias + j * W)));
+            }
+            for (int k = 0; k < nw; k++) {
+                vi x = vgather(gp + hb + 4 * k, off);
+                for (int m = 0; m < cpw && k * cpw + m < g; m++) {
+                    float *a = acc + (size_t)(j * g + k * cpw + m) * W;
+                    vstore(a, vfma(word_value(f, x, m), w, vload(a)));
+                }
+            }
+        }
+    }
+    for (int j = 0; j < ng; j++) {
+        float b = vsum(vload(bias + j * W));
+        for (int i = j * g; i < (j + 1) * g; i++) out[i] += vsum(vload(acc + (size_t)i * W)) + b;
+    }
+}
+#endif
+
+#ifdef W
+// The values of a group in whole chunks; after them, W values at a time in order, then one at a time.
+INLINE int chunked(PackedFormat f, int g) { return g / chunk_len(f) * chunk_len(f); }
+#endif
+
+// x (dim, groups of g) in chunk order: within each group's chunks, position v * W + l holds chunk_pos(f, v, l).
+INLINE void to_chunk_order(PackedFormat f, int g, float *dst, const float *x, int dim) {
+#ifdef W
+    int full = chunked(f, g);
+#endif
+    for (int j = 0; j < dim; j += g) {
+        int i = 0;
+#ifdef W
+        for (; i < full; i += chunk_len(f))
+            for (int v = 0; v < chunk_vectors(f); v++)
+                for (int l = 0; l < W; l++) dst[j + i + v * W + l] = x[j + i + chunk_pos(f, v, l)];
+#endif
+        for (; i < g; i++) dst[j + i] = x[j + i];
+    }
+}
+
+// out += x in chunk order (the inverse of to_chunk_order).
+INLINE void add_from_chunk_order(PackedFormat f, int g, float *out, const float *x, int dim) {
+#ifdef W
+    int full = chunked(f, g);
+#endif
+    for (int j = 0; j < dim; j += g) {
+        int i = 0;
+#ifdef W
+        for (; i < full; i += chunk_len(f))
+            for (int v = 0; v < chunk_vectors(f); v++)
+                for (int l = 0; l < W; l++) out[j + i + chunk_pos(f, v, l)] += x[j + i + v * W + l];
+#endif
+        for (; i < g; i++) out[j + i] += x[j + i];
+    }
+}
+
+// One row's dot product with the chunk-ordered query qc: the vector part in *acc, the scalar part returned.
+#ifdef W
+INLINE float row_dot(PackedFormat f, int g, const float *qc, const float *qsum, const uint8_t *r, int ng,
+                     vf *acc) {
+#else
+INLINE float row_dot(PackedFormat f, int g, const float *qc, const float *qsum, const uint8_t *r, int ng) {
+#endif
+    int hb = format_header[f];
+    size_t gb = group_bytes(f, g);
+    float tail = 0.0f;
+#ifdef W
+    int bits = format_bits[f], full = chunked(f, g);
+#endif
+#ifdef W
+    vf a = vzero();
+#endif
+    for (int j = 0; j < ng; j++, r += gb) {
+        const float *qg = qc + j * g;
+        const uint8_t *codes = r + hb;
+        float dt = 0.0f;
+        int i = 0;
+#ifdef W
+        vf d = vzero(), c[2];
+        for (; i < full; i += chunk_len(f)) {
+            vchunk(f, codes + (size_t)i * bits / 8, c);
+            d = vfma(c[0], vload(qg + i), d);
+            if (chunk_vectors(f) == 2) d = vfma(c[1], vload(qg + i + W), d);
+        }
+        for (; i + W <= g; i += W) d = vfma(vvalues(f, codes + (size_t)i * bits / 8), vload(qg + i), d);
+#endif
+        for (; i < g; i++) dt += qg[i] * value_at(f, codes, i);
+        if (hb) {
+            float scale, min = 0.0f;
+            if (has_min(f)) scale_min_at(r, &scale, &min);
+            else scale = half_at(r);
+#ifdef W
+            a = vfma(d, vset1(scale), a);
+#endif
+            dt = dt * scale + min * qsum[j];
+        }
+#ifdef W
+        else a = vadd(a, d);
+#endif
+        tail += dt;
+    }
+#ifdef W
+    *acc = a;
+#endif
+    return tail;
+}
+
+INLINE void score_rows(PackedFormat f, int g, float *scores, const float *q, const uint8_t *rows, size_t stride,
+                       int n, int dim) {
+    int ng = dim / g;
+    float qc[dim], qsum[ng];
+    to_chunk_order(f, g, qc, q, dim);
+    for (int j = 0; j < ng; j++) {
+        float a = 0.0f;
+        for (int i = 0; i < g; i++) a += q[j * g + i];
+        qsum[j] = a;
+    }
+    int s = 0;
+#ifdef W
+    if (by_lanes(f, g, dim)) {
+        s = lane_rows(f, g, n, dim);
+        score_lanes(f, g, scores, q, qsum, rows, stride, s, dim);
+    }
+    for (; s + W <= n; s += W) { // W rows, then their W sums at once
+        vf acc[W];
+        float tail[W];
+        for (int k = 0; k < W; k++) tail[k] = row_dot(f, g, qc, qsum, rows + (size_t)(s + k) * stride, ng, &acc[k]);
+        vstore(scores + s, vadd(vsum_lanes(acc), vload(tail)));
+    }
+    for (; s < n; s++) {
+        vf acc;
+        float tail = row_dot(f, g, qc, qsum, rows + (size_t)s * stride, ng, &acc);
+        scores[s] = vsum(acc) + tail;
+    }
+#else
+    for (; s < n; s++) scores[s] = row_dot(f, g, qc, qsum, rows + (size_t)s * stride, ng);
+#endif
+}
+
+enum { TILE = 32 }; // rows whose weights are taken at once
+
+INLINE void accumulate_rows(PackedFormat f, int g, float *out, const float *p, const uint8_t *rows, size_t stride,
+                            int n, int dim) {
+#ifdef W
+    if (by_lanes(f, g, dim)) { // whole blocks of W rows by lanes, the rest as below
+        int done = lane_rows(f, g, n, dim);
+        accumulate_lanes(f, g, out, p, rows, stride, done, dim);
+        p += done, rows += (size_t)done * stride, n -= done;
+    }
+#endif
+    int hb = format_header[f], ng = dim / g;
+    size_t gb = group_bytes(f, g);
+#ifdef W
+    int bits = format_bits[f], full = chunked(f, g);
+#endif
+    // w[j * TILE + s]: row s's weight on group j's codes; bias: sum p * min; acc: the sums in chunk order
+    float w[TILE * ng], bias[ng], acc[dim];
+    for (int j = 0; j < ng; j++) bias[j] = 0.0f;
+    for (int i = 0; i < dim; i++) acc[i] = 0.0f;
+    for (int t0 = 0; t0 < n; t0 += TILE) {
+        int tn = n - t0 < TILE ? n - t0 : TILE;
+        const uint8_t *tile = rows + (size_t)t0 * stride;
+        for (int j = 0; j < ng; j++) {
+            float b[2] = {0.0f, 0.0f}; // two sums, so that consecutive rows do not wait on each other
+            for (int s = 0; s < tn; s++) {
+                const uint8_t *h = tile + (size_t)s * stride + j * gb;
+                float scale = 1.0f, min = 0.0f;
+                if (has_min(f)) scale_min_at(h, &scale, &min);
+                else if (hb) scale = half_at(h);
+                w[j * TILE + s] = p[t0 + s] * scale;
+                b[s & 1] += p[t0 + s] * min;
+            }
+            bias[j] += b[0] + b[1];
+        }
+        for (int j = 0; j < ng; j++) {
+            const uint8_t *codes = tile + j * gb + hb;
+            const float *wj = w + j * TILE;
+            float *o = acc + j * g;
+            int i = 0;
+#ifdef W
+            for (; i < full; i += chunk_len(f)) { // a chunk over the tile's rows, two rows at a time
+                const uint8_t *c = codes + (size_t)i * bits / 8;
+                vf a0[2] = {vzero(), vzero()}, a1[2] = {vzero(), vzero()}, x0[2], x1[2];
+                int s = 0;
+                for (; s + 2 <= tn; s += 2) {
+                    vchunk(f, c + (size_t)s * stride, x0);
+                    vchunk(f, c + (size_t)(s + 1) * stride, x1);
+                    for (int v = 0; v < chunk_vectors(f); v++) {
+                        a0[v] = vfma(x0[v], vset1(wj[s]), a0[v]);
+                        a1[v] = vfma(x1[v], vset1(wj[s + 1]), a1[v]);
+                    }
+                }
+                if (s < tn) {
+                    vchunk(f, c + (size_t)s * stride, x0);
+                    for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vfma(x0[v], vset1(wj[s]), a0[v]);
+                }
+                for (int v = 0; v < chunk_vectors(f); v++)
+                    vstore(o + i + v * W, vadd(vload(o + i + v * W), vadd(a0[v], a1[v])));
+            }
+            for (; i + W <= g; i += W) { // W values in order (a group shorter than a chunk)
+                const uint8_t *c = codes + (size_t)i * bits / 8;
+                vf a0 = vzero(), a1 = vzero();
+                int s = 0;
+                for (; s + 2 <= tn; s += 2) {
+                    a0 = vfma(vvalues(f, c + (size_t)s * stride), vset1(wj[s]), a0);
+                    a1 = vfma(vvalues(f, c + (size_t)(s + 1) * stride), vset1(wj[s + 1]), a1);
+                }
+                if (s < tn) a0 = vfma(vvalues(f, c + (size_t)s * stride), vset1(wj[s]), a0);
+                vstore(o + i, vadd(vload(o + i), vadd(a0, a1)));
+            }
+#endif
+            for (; i < g; i++) {
+                float a = 0.0f;
+                for (int s = 0; s < tn; s++) a += wj[s] * value_at(f, codes + (size_t)s * stride, i);
+                o[i] += a;
+            }
+        }
+    }
+    if (has_min(f))
+        for (int j = 0; j < ng; j++)
+            for (int i = 0; i < g; i++) acc[j * g + i] += bias[j];
+    add_from_chunk_order(f, g, out, acc, dim);
+}
+
+// Each format inlined once for groups of 32 (the default) and once for any group.
+#define BY_GROUP(kernel, F, g, ...) ((g) == 32 ? kernel(F, 32, __VA_ARGS__) : kernel(F, g, __VA_ARGS__))
+#define BY_FORMAT(kernel, f, g, ...)                                                                              \
+    switch (f) {                                                                                                  \
+    case PACKED_INT8: BY_GROUP(kernel, PACKED_INT8, g, __VA_ARGS__); break;                                       \
+    case PACKED_INT4: BY_GROUP(kernel, PACKED_INT4, g, __VA_ARGS__); break;                                       \
+    case PACKED_INT2: BY_GROUP(kernel, PACKED_INT2, g, __VA_ARGS__); break;                                       \
+    case PACKED_FP8: BY_GROUP(kernel, PACKED_FP8, g, __VA_ARGS__); break;                                         \
+    case PACKED_F16: kernel(PACKED_F16, dim, __VA_ARGS__); break;                                                 \
+    case PACKED_F32: kernel(PACKED_F32, dim, __VA_ARGS__); break;                                                 \
+    }
+
+void packed_score(PackedFormat f, float *scores, const float *q, const uint8_t *rows, size_t stride, int n, int dim,
+                  int g) {
+    BY_FORMAT(score_rows, f, g, scores, q, rows, stride, n, dim)
+}
+
+void packed_accumulate(PackedFormat f, float *out, const float *p, const uint8_t *rows, size_t stride, int n,
+                       int dim, int g) {
+    BY_FORMAT(accumulate_rows, f, g, out, p, rows, stride, n, dim)
+}
+
+// KIVI keys: token t of the block is min_c + scale_c * code_{c,t} in channel c, so q . key_t is
+// sum_c q_c min_c + sum_c (q_c scale_c) code_{c,t}: the first sum once per block, the second a chunk of tokens
+// at a time (a channel's codes for consecutive tokens are consecutive), put back in token order per chunk.
+INLINE void score_cols(PackedFormat f, int G, float *scores, const float *q, const uint8_t *block,
+                       size_t chan_bytes, int dim) {
+    float w[dim], k0 = 0.0f;
+    for (int c = 0; c < dim; c++) {
+        const uint8_t *h = block + (size_t)c * chan_bytes;
+        w[c] = q[c] * half_at(h);
+        k0 += q[c] * half_at(h + 2);
+    }
+    int t = 0;
+#ifdef W
+    int bits = format_bits[f], full = chunked(f, G);
+    for (; t < full; t += chunk_len(f)) {
+        const uint8_t *codes = block + 4 + (size_t)t * bits / 8;
+        vf a0[2] = {vzero(), vzero()}, a1[2] = {vzero(), vzero()}, x0[2], x1[2];
+        int c = 0;
+        for (; c + 2 <= dim; c += 2) {
+            vchunk(f, codes + (size_t)c * chan_bytes, x0);
+            vchunk(f, codes + (size_t)(c + 1) * chan_bytes, x1);
+            for (int v = 0; v < chunk_vectors(f); v++) {
+                a0[v] = vfma(x0[v], vset1(w[c]), a0[v]);
+                a1[v] = vfma(x1[v], vset1(w[c + 1]), a1[v]);
+            }
+        }
+        if (c < dim) {
+            vchunk(f, codes + (size_t)c * chan_bytes, x0);
+            for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vfma(x0[v], vset1(w[c]), a0[v]);
+        }
+        float sums[2 * W];
+        for (int v = 0; v < chunk_vectors(f); v++) vstore(sums + v * W, vadd(vadd(a0[v], a1[v]), vset1(k0)));
+        for (int v = 0; v < chunk_vectors(f); v++)
+            for (int l = 0; l < W; l++) scores[t + chunk_pos(f, v, l)] = sums[v * W + l];
+    }
+    for (; t + W <= G; t += W) { // W tokens in order (a block shorter than a chunk)
+        const uint8_t *codes = block + 4 + (size_t)t * bits / 8;
+        vf a = vset1(k0);
+        for (int c = 0; c < dim; c++) a = vfma(vvalues(f, codes + (size_t)c * chan_bytes), vset1(w[c]), a);
+        vstore(scores + t, a);
+    }
+#endif
+    for (; t < G; t++) {
+        float a = 0.0f;
+        for (int c = 0; c < dim; c++) a += w[c] * value_at(f, block + (size_t)c * chan_bytes + 4, t);
+        scores[t] = a + k0;
+    }
+}
+
+void packed_score_cols(float *scores, const float *q, const uint8_t *block, size_t chan_bytes, int G, int dim,
+                       int bits) {
+    switch (packed_int_format(bits)) {
+    case PACKED_INT4: BY_GROUP(score_cols, PACKED_INT4, G, scores, q, block, chan_bytes, dim); break;
+    case PACKED_INT2: BY_GROUP(score_cols, PACKED_INT2, G, scores, q, block, chan_bytes, dim); break;
+    default: BY_GROUP(score_cols, PACKED_INT8, G, scores, q, block, chan_bytes, dim); break;
+    }
+}
