@@ -201,8 +201,7 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
             }
         }
     }
-    kv->kview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
-    kv->vview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
+    kv->max_cap = max_cap; // the fp32 view is allocated when first asked for (kv_cache_attend needs none)
     kv->keep = common_calloc(max_cap, sizeof(int));
     kv->pooled = common_calloc(max_cap, sizeof(float));
     kv->mean = common_calloc(max_cap, sizeof(float));
@@ -396,6 +395,10 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
     for (int g = 0; g < NKV; g++) {
         const KVLane *lane = &kv->lanes[layer * NKV + g];
         CHECK(lane->n == n);
+        if (!kv->kview) {
+            kv->kview = common_calloc((size_t)NKV * kv->max_cap * HD, sizeof(float));
+            kv->vview = common_calloc((size_t)NKV * kv->max_cap * HD, sizeof(float));
+        }
         float *kg = kv->kview + (size_t)g * n * HD, *vg = kv->vview + (size_t)g * n * HD;
         if (kv->spec.codec->is_kivi) kivi_view(kv, lane, kg, vg);
         for (int s = 0; s < n; s++) {

@@ -22,7 +22,8 @@ struct KVCache {
     int direct;         // rotated fp32 rows: the view is the lanes themselves
     int group;          // int formats: channels per group
     KVLane *lanes;      // (L, NKV)
-    float *kview, *vview; // (NKV, max cap, HD) fp32 workspace
+    float *kview, *vview; // (NKV, max cap, HD) fp32 view workspace, allocated at the first view that needs it
+    int max_cap;          // the most slots of any layer's lanes
     float *rope_cos, *rope_sin; // (max_positions, HD/2)
     float *row;         // (HD) scratch
     int *keep;          // (max cap) SnapKV scratch
