@@ -1,12 +1,15 @@
 // Attention straight from encoded KV rows (kv/packed.h, the codecs' score/accumulate hooks, kv_cache_attend)
 // against decode-then-attend: the packed kernels against each codec's own decode and a double-precision dot
-// product, for every row codec, group size, odd lengths, strides and unaligned rows, and KIVI's key blocks;
+// product, for every row codec, group size, odd lengths, strides and unaligned rows (and nothing read past the
+// last row), and KIVI's key blocks;
 // then whole caches (GQA, fpkeep, Hadamard, KIVI, evicting policies) against the fp32 view through
 // attention_decode_cpu, outputs and probabilities; then greedy generation through a model with and without
 // the packed path; and the paged pool's attention over encoded blocks against its decoded rows.
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../attention/attention.h"
 #include "../decode/sample.h"
@@ -76,6 +79,24 @@ static void check_rows(const KVCodec *c, int dim, int g, int n, size_t pad, Rng 
         cr_assert(fabs(out[i] - ref) <= 4e-6 * mag + 1e-6, "%s dim %d group %d n %d channel %d: %.9g, decoded %.9g",
                   c->name, dim, g, n, i, out[i], ref);
     }
+    // the same rows ending against an unreadable page: nothing past the last row is read
+    static uint8_t *guarded;
+    long page = sysconf(_SC_PAGESIZE);
+    size_t span = (size_t)(n - 1) * stride + rb;
+    if (!guarded) {
+        guarded = mmap(NULL, 32 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        cr_assert(guarded != MAP_FAILED);
+        cr_assert_eq(mprotect(guarded + 31 * (size_t)page, (size_t)page, PROT_NONE), 0);
+    }
+    cr_assert_leq(span, 31 * (size_t)page);
+    uint8_t *at = guarded + 31 * (size_t)page - span;
+    memcpy(at, buf + 1, span);
+    float scores2[MAX_ROWS], out2[MAX_DIM];
+    c->score(c, scores2, q, at, stride, n, dim, g);
+    cr_assert(!memcmp(scores2, scores, n * sizeof(float)), "%s dim %d group %d n %d: scores at a page end", c->name, dim, g, n);
+    memcpy(out2, out0, sizeof(out2));
+    c->accumulate(c, out2, p, at, stride, n, dim, g);
+    cr_assert(!memcmp(out2, out, dim * sizeof(float)), "%s dim %d group %d n %d: sums at a page end", c->name, dim, g, n);
 }
 
 Test(kv_attend, every_row_codec_scores_and_accumulates_as_it_decodes) {
