@@ -1,7 +1,8 @@
-// The contiguous cache as a store: each row appends its pre-RoPE key and value, attends over the cache's
-// fp32 view (keys rotated to their cache positions; the query to the position the cache assigns it) and
-// reports the attention back so score-based policies can use it. Rows are taken one at a time: a policy may
-// evict between them.
+// The contiguous cache as a store: each row appends its pre-RoPE key and value, rotates its query to the
+// position the cache gives it, and attends straight from the cache's encoded rows where the cache can
+// (kv_cache_attend: quantized and fp16 caches on the CPU), else over the cache's fp32 view through the
+// model's attention op; then it reports the attention back so score-based policies can use it. Rows are
+// taken one at a time: a policy may evict between them.
 #include "step.h"
 
 static int cache_attend(KVStore *st, const Model *m, DecodeState *s, int l, int row0, int n, char *err) {
@@ -9,18 +10,23 @@ static int cache_attend(KVStore *st, const Model *m, DecodeState *s, int l, int 
     const ModelConfig *mc = &m->cfg;
     int C = mc->n_embd, KVC = model_kv_dim(mc), NH = mc->n_head, NKV = mc->n_kv_head, HD = model_head_dim(mc);
     for (int r = row0; r < row0 + n; r++) {
-        float *q = s->q + (size_t)r * C;
+        float *q = s->q + (size_t)r * C, *out = s->atty + (size_t)r * C;
         if (kv_cache_append(c->kv, l, s->pos[r], s->k + (size_t)r * KVC, s->v + (size_t)r * KVC) != 0) {
             if (err) err_set(err, "the KV cache cannot hold position %d", s->pos[r]);
             return -1;
         }
-        const float *kc, *vc;
-        int Tc, qpos;
-        size_t head_stride;
-        kv_cache_view(c->kv, l, &kc, &vc, &Tc, &qpos, &head_stride);
-        CHECK(Tc <= s->capacity);
+        CHECK(kv_cache_tokens(c->kv, l) <= s->capacity);
+        int qpos = kv_cache_query_pos(c->kv, l);
         m->ops->rope_forward(q, 1, 1, NH, HD, qpos, mc->rope_theta);
-        m->ops->attention_decode(s->atty + (size_t)r * C, s->att, q, kc, vc, Tc, head_stride, NH, NKV, HD);
+        int Tc = m->ops->on_device ? 0 : kv_cache_attend(c->kv, l, q, out, s->att);
+        if (!Tc) {
+            const float *kc, *vc;
+            int view_qpos;
+            size_t head_stride;
+            kv_cache_view(c->kv, l, &kc, &vc, &Tc, &view_qpos, &head_stride);
+            CHECK(view_qpos == qpos);
+            m->ops->attention_decode(out, s->att, q, kc, vc, Tc, head_stride, NH, NKV, HD);
+        }
         kv_cache_observe(c->kv, l, s->att);
         if (c->watch) c->watch(c->watch_ctx, l, s->pos[r], s->att, Tc);
     }

@@ -1,10 +1,13 @@
 // Decode attention over a paged cache (PagedAttention on the CPU): the same scores, softmax and weighted sum
 // as attention_decode_cpu, but keys and values are read block by block through the sequence's block table,
-// never gathered into a contiguous copy (an fp32 pool is read in place; other formats decode one block's rows
-// into the pool's scratch). Blocks a selection policy dropped are skipped. Each block's (rows, HD) keys and
-// values are one CBLAS sgemv per head.
+// never gathered into a contiguous copy. An fp32 pool is read in place, each block's (rows, HD) keys and
+// values one CBLAS sgemv per head; an encoded pool (fp16, fp8, int) is attended straight from its rows
+// through the codec's score and accumulate hooks (kv/packed.h: each value decoded inside the loop), a codec
+// without hooks decodes one block's rows into the pool's scratch. Blocks a selection policy dropped are
+// skipped.
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 #include "../common/common.h"
 #include "../layers/cpu_ops.h"
@@ -24,6 +27,9 @@ void attention_decode_paged(float *out, float *att, const float *q, const KVPool
     CHECK(Tc > 0 && NKV == pool->n_kv_head && HD == pool->head_dim && NH % NKV == 0);
     CHECK(layer >= 0 && layer < pool->n_layer);
     float scale = 1.0f / sqrtf((float)HD);
+    const KVCodec *codec = pool->codec;
+    int packed = !kv_pool_is_f32(pool) && codec->score && codec->accumulate;
+    if (packed) memset(out, 0, (size_t)NH * HD * sizeof(float));
     // kv head by kv head, so a decoded block serves its whole group of query heads
     for (int g = 0; g < NKV; g++) {
         for (int pass = 0; pass < 2; pass++) { // 0: scores; 1: softmax, then the weighted sum of values
@@ -33,6 +39,20 @@ void attention_decode_paged(float *out, float *att, const float *q, const KVPool
             for (int i = 0; i < n_blocks; i++) {
                 int rows = kv_paged_rows(pool, seq, i); // 0: dropped, or past a view's n_tokens
                 if (!rows) continue;
+                if (packed) { // encoded rows, read in place
+                    const uint8_t *enc = kv_pool_rows(pool, pass, seq->table[i], layer, g);
+                    for (int h = g * rep; h < (g + 1) * rep; h++) {
+                        float *p = att + (size_t)h * Tc + off;
+                        if (pass == 0) {
+                            codec->score(codec, p, q + h * HD, enc, pool->row_bytes, rows, HD, pool->group);
+                            for (int s = 0; s < rows; s++) p[s] *= scale;
+                        } else {
+                            codec->accumulate(codec, out + h * HD, p, enc, pool->row_bytes, rows, HD, pool->group);
+                        }
+                    }
+                    off += rows;
+                    continue;
+                }
                 const float *rows_g = block_rows(pool, pass, seq->table[i], layer, g, rows); // keys, then values
                 for (int h = g * rep; h < (g + 1) * rep; h++) {
                     float *p = att + (size_t)h * Tc + off;

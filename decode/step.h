@@ -62,8 +62,8 @@ int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n
 
 // --- stores ---------------------------------------------------------------------------------------------------
 
-// The contiguous cache (kv/kv.h): keys stored before RoPE, the query rotated to the position the cache gives
-// it. watch, when set, sees each row's attention probabilities (NH, Tc) after each layer (attention maps).
+// The contiguous cache (kv/kv.h): keys handed over before RoPE, the query rotated to the position the cache
+// gives it, attention straight from the cache's encoded rows where it can (kv_cache_attend). watch, when set, sees each row's attention probabilities (NH, Tc) after each layer (attention maps).
 typedef struct {
     KVCache *kv;
     void (*watch)(void *watch_ctx, int layer, int pos, const float *att, int Tc);
@@ -84,7 +84,7 @@ int decode_paged_store(const Model *m, KVPool *pool, KVSeq *seq, int layer, int 
                        const float *v, char *err);
 // attention_decode_cpu over a block table (decode/paged_attention.c). q (NH, HD) rotated to its position; out
 // (NH, HD); att (NH, Tc) probabilities over the held tokens in table order, Tc = kv_paged_held(pool, seq);
-// reads layer's keys and values through seq's table (decoding each block's rows when the pool is not fp32),
+// reads layer's keys and values through seq's table (encoded rows through the codec's attention hooks),
 // skipping dropped blocks.
 void attention_decode_paged(float *out, float *att, const float *q, const KVPool *pool, const KVSeq *seq,
                             int layer, int NH, int NKV, int HD);

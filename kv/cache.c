@@ -1,52 +1,23 @@
 // The KV cache engine: lanes of tokens per (layer, kv head), the storage format of their rows, the budgets,
-// and the points where the selection policy runs (see kv.h). Positions: keys are stored before RoPE and
-// rotated when viewed, to their original position, or for sink:S,window:W to their slot in the cache
-// (StreamingLLM), so a stream can run past the trained context. An fp32 cache whose positions never change
-// (no sinks, merging or low rank) rotates each key once on entry instead and is its own view.
+// and the points where the selection policy runs (see kv.h). Positions: a cache whose positions never
+// change (every spec but sink, minicache and lowrank) rotates each key by RoPE once on entry and stores
+// (quantizes) the rotated key, as the papers' implementations do; an fp32 one is then its own view, and the
+// others are attended from their encoded rows (attend.c). The rest store keys before RoPE and rotate them
+// when viewed, to their original position, or for sink:S,window:W to their slot in the cache
+// (StreamingLLM), so a stream can run past the trained context.
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "../common/common.h"
 #include "../layers/cpu_ops.h"
+#include "cache_impl.h"
 #include "codec.h"
 #include "kv.h"
 #include "lowrank.h"
 #include "minicache.h"
 #include "policy.h"
 #include "quant.h"
-
-struct KVCache {
-    KVSpec spec;
-    KVShape shape;
-    int *budget;        // (L) tokens per lane; 0 = unbounded
-    int *cap;           // (L) slots allocated per lane
-    int *seen;          // (L) tokens appended so far
-    size_t row_bytes;   // one encoded head row
-    size_t stride;      // bytes per slot in a lane's k and v arrays (room for fp32 rows with fpkeep)
-    int fpkeep;         // whether some slots are held in fp32
-    int direct;         // fp32 rows with keys rotated on entry: the view is the lanes themselves
-    int group;          // int formats: channels per group
-    KVLane *lanes;      // (L, NKV)
-    float *kview, *vview; // (NKV, max cap, HD) fp32 workspace
-    float *rope_cos, *rope_sin; // (max_positions, HD/2)
-    float *row;         // (HD) scratch
-    int *keep;          // (max cap) SnapKV scratch
-    float *pooled;      // (max cap) SnapKV scratch
-    int prefill_len;
-    size_t kivi_key_bytes; // KIVI: one channel of a key block (G values)
-    size_t kivi_val_bytes; // KIVI: one value row
-    int kivi_vgroup;       // KIVI: channels per value group
-    float *block;          // KIVI: (G, HD) scratch
-    int dim;               // values per stored row: head_dim, or the rank with lowrank
-    float *basis;          // lowrank: (L, NKV, 2, HD, R) key and value bases
-    int calibrated;        // lowrank: bases fitted
-    float *coef;           // lowrank: (HD) scratch
-    float *tmp;            // minicache: (4, HD) scratch
-    float *mean;           // (max cap) one lane's attention averaged over its group's query heads
-    int clamped_from;      // the largest per-layer budget above max_positions (clamped to it), 0 if none
-    Rng rng;               // the policy's random choices (random:B), seeded by the spec
-};
 
 // minicache: 1 for the first layer of a merged pair, 2 for the second, 0 otherwise.
 static int pair_role(const KVCache *kv, int layer) {
@@ -185,8 +156,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->row_bytes = spec->codec->row_bytes ? spec->codec->row_bytes(spec->codec, dim, group) : 0;
     rng_init(&kv->rng, spec->seed);
     kv->fpkeep = spec->fp_sink || spec->fp_recent;
-    kv->direct = spec->codec->lossless && !spec->rank && !spec->merge_from && !spec->policy->in_cache_positions &&
-                 !shape->keep_prerope;
+    kv->rotated = !spec->rank && !spec->merge_from && !spec->policy->in_cache_positions && !shape->keep_prerope;
+    kv->direct = kv->rotated && spec->codec->lossless;
     kv->stride = kv->fpkeep && dim * sizeof(float) > kv->row_bytes ? dim * sizeof(float) : kv->row_bytes;
     if (spec->codec->is_kivi) {
         kv->kivi_vgroup = spec->group < HD && HD % spec->group == 0 ? spec->group : HD;
@@ -230,12 +201,14 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
             }
         }
     }
-    kv->kview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
-    kv->vview = common_calloc((size_t)NKV * max_cap * HD, sizeof(float));
+    kv->max_cap = max_cap; // the fp32 view is allocated when first asked for (kv_cache_attend needs none)
     kv->keep = common_calloc(max_cap, sizeof(int));
     kv->pooled = common_calloc(max_cap, sizeof(float));
     kv->mean = common_calloc(max_cap, sizeof(float));
     kv->row = common_calloc(HD, sizeof(float));
+    kv->krot = common_calloc(HD, sizeof(float));
+    kv->qbuf = common_calloc((size_t)shape->n_head * HD, sizeof(float));
+    kv->attend_packed = 1;
     // RoPE table computed exactly as layers/rope.c does, so a full cache reproduces the training forward
     int half = HD / 2;
     kv->rope_cos = common_calloc((size_t)shape->max_positions * half, sizeof(float));
@@ -272,7 +245,7 @@ void kv_cache_free(KVCache *kv) {
         common_free(kv->lanes[i].mag);
     }
     void *bufs[] = {kv->tmp, kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
-                    kv->pooled, kv->mean, kv->row, kv->rope_cos, kv->rope_sin};
+                    kv->pooled, kv->mean, kv->row, kv->rope_cos, kv->rope_sin, kv->krot, kv->qbuf};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
     common_free(kv);
 }
@@ -324,7 +297,8 @@ static void kivi_append(KVCache *kv, KVLane *lane, const float *k, const float *
     memmove(lane->res_v, lane->res_v + (size_t)G * HD, (size_t)lane->n_res * HD * sizeof(float));
 }
 
-// KIVI: fills the fp32 (n, HD) views, quantized blocks first, then the residual (keys still before RoPE).
+// KIVI: fills the fp32 (n, HD) views, quantized blocks first, then the residual (keys as stored: rotated on
+// entry unless the shape keeps them before RoPE).
 static void kivi_view(KVCache *kv, const KVLane *lane, float *kg, float *vg) {
     int HD = kv->shape.head_dim, G = kv->spec.group, quantized = lane->n - lane->n_res;
     for (int b = 0; b < quantized / G; b++) {
@@ -370,6 +344,11 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
         const float *kh = k_pre + g * HD;
         lane->score[s] = kv->spec.policy->enter_score ? kv->spec.policy->enter_score(kh, HD) : 0.0f;
         if (lane->merged) lane->merged[s] = 0;
+        if (kv->rotated) { // rotated once here instead of at every view, then encoded
+            memcpy(kv->krot, kh, HD * sizeof(float));
+            rope_row(kv, kv->krot, pos);
+            kh = kv->krot;
+        }
         if (kv->spec.codec->is_kivi) {
             kivi_append(kv, lane, kh, v + g * HD);
             continue;
@@ -383,11 +362,6 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
             put_row(kv, lane, s, 0, kv->coef);
         } else {
             if (lane->fp) lane->fp[s] = 1;
-            if (kv->direct) { // rotated once here instead of at every view
-                memcpy(kv->row, kh, HD * sizeof(float));
-                rope_row(kv, kv->row, pos);
-                kh = kv->row;
-            }
             put_row(kv, lane, s, 1, kh);
             put_row(kv, lane, s, 0, v + g * HD);
         }
@@ -400,12 +374,18 @@ int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const f
     return 0;
 }
 
+int kv_cache_query_pos(const KVCache *kv, int layer) {
+    const KVLane *lane = &kv->lanes[layer * kv->shape.n_kv_head];
+    CHECK(lane->n > 0);
+    return kv->spec.policy->in_cache_positions ? lane->n - 1 : kv_lane_pos(lane, lane->n - 1);
+}
+
 void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos,
                    size_t *head_stride) {
     int HD = kv->shape.head_dim, NKV = kv->shape.n_kv_head;
     int n = kv->lanes[layer * NKV].n, in_cache = kv->spec.policy->in_cache_positions;
     *Tc = n;
-    *qpos = in_cache ? n - 1 : kv_lane_pos(&kv->lanes[layer * NKV], n - 1);
+    *qpos = kv_cache_query_pos(kv, layer);
     if (kv->direct) {
         *k = (const float *)kv->lanes[layer * NKV].k;
         *v = (const float *)kv->lanes[layer * NKV].v;
@@ -415,6 +395,10 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
     for (int g = 0; g < NKV; g++) {
         const KVLane *lane = &kv->lanes[layer * NKV + g];
         CHECK(lane->n == n);
+        if (!kv->kview) {
+            kv->kview = common_calloc((size_t)NKV * kv->max_cap * HD, sizeof(float));
+            kv->vview = common_calloc((size_t)NKV * kv->max_cap * HD, sizeof(float));
+        }
         float *kg = kv->kview + (size_t)g * n * HD, *vg = kv->vview + (size_t)g * n * HD;
         if (kv->spec.codec->is_kivi) kivi_view(kv, lane, kg, vg);
         for (int s = 0; s < n; s++) {
@@ -435,7 +419,7 @@ void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int
                 get_row(kv, lane, s, 1, kr);
                 get_row(kv, lane, s, 0, vg + (size_t)s * HD);
             }
-            rope_row(kv, kr, in_cache ? s : kv_lane_pos(lane, s));
+            if (!kv->rotated) rope_row(kv, kr, in_cache ? s : kv_lane_pos(lane, s));
         }
     }
     *k = kv->kview;

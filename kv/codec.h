@@ -1,6 +1,7 @@
 // A storage format for KV rows: how one head's row of `dim` floats is held. Each format is one codec file in
-// kv/ (its parse, row bytes, encode, decode) plus one line in kv/registry.c; the contiguous cache (cache.c)
-// and the paged pool (paged.c) encode and decode through these hooks only.
+// kv/ (its parse, row bytes, encode, decode, and optionally its attention hooks) plus one line in
+// kv/registry.c; the contiguous cache (cache.c, attend.c) and the paged pool (paged.c,
+// decode/paged_attention.c) encode, decode and attend through these hooks only.
 //
 // KIVI is the one layout that is not per row (keys are quantized per channel across a block of tokens): its
 // codec entry parses and names it, and cache.c holds its blocks.
@@ -26,6 +27,14 @@ struct KVCodec {
     size_t (*row_bytes)(const KVCodec *codec, int dim, int group);
     void (*encode)(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group);
     void (*decode)(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group);
+    // Attention straight from encoded rows, each value decoded inside the loop (kv/packed.h); NULL where the
+    // format has none (the cache then decodes rows into an fp32 view). For the n rows at rows + s * stride:
+    // score: scores[s] = q . decode(row s); accumulate: out[i] += sum_s p[s] * decode(row s)[i], i < dim.
+    // Equal to decode-then-attend up to float rounding (tests/test_kv_attend.c). Thread safe.
+    void (*score)(const KVCodec *codec, float *scores, const float *q, const uint8_t *rows, size_t stride, int n,
+                  int dim, int group);
+    void (*accumulate)(const KVCodec *codec, float *out, const float *p, const uint8_t *rows, size_t stride, int n,
+                       int dim, int group);
     int lossless;  // 1: decode(encode(x)) == x (fp32)
     int is_kivi;   // KIVI's block layout (full selection only, not paged)
     int quantized; // an integer-like format: hadamard and fpkeep apply to it

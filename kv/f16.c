@@ -1,5 +1,6 @@
 // fp16 rows: IEEE half precision (kv/quant.h's rounding), half the bytes of fp32.
 #include "codec.h"
+#include "packed.h"
 #include "quant.h"
 
 static int f16_parse(KVSpec *spec, const char *args) {
@@ -25,6 +26,18 @@ static void f16_decode(const KVCodec *codec, float *dst, const uint8_t *src, int
     quant_f16_decode_row(dst, (const uint16_t *)(const void *)src, dim);
 }
 
+static void f16_score(const KVCodec *codec, float *scores, const float *q, const uint8_t *rows, size_t stride, int n,
+                      int dim, int group) {
+    (void)codec;
+    packed_score(PACKED_F16, scores, q, rows, stride, n, dim, group);
+}
+
+static void f16_accumulate(const KVCodec *codec, float *out, const float *p, const uint8_t *rows, size_t stride,
+                           int n, int dim, int group) {
+    (void)codec;
+    packed_accumulate(PACKED_F16, out, p, rows, stride, n, dim, group);
+}
+
 const KVCodec kv_codec_f16 = {
     .name = "fp16",
     .form = "fp16",
@@ -34,4 +47,6 @@ const KVCodec kv_codec_f16 = {
     .row_bytes = f16_row_bytes,
     .encode = f16_encode,
     .decode = f16_decode,
+    .score = f16_score,
+    .accumulate = f16_accumulate,
 };

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "packed.h"
 
 static int f32_parse(KVSpec *spec, const char *args) {
     (void)spec;
@@ -26,6 +27,18 @@ static void f32_decode(const KVCodec *codec, float *dst, const uint8_t *src, int
     memcpy(dst, src, (size_t)dim * sizeof(float));
 }
 
+static void f32_score(const KVCodec *codec, float *scores, const float *q, const uint8_t *rows, size_t stride, int n,
+                      int dim, int group) {
+    (void)codec;
+    packed_score(PACKED_F32, scores, q, rows, stride, n, dim, group);
+}
+
+static void f32_accumulate(const KVCodec *codec, float *out, const float *p, const uint8_t *rows, size_t stride,
+                           int n, int dim, int group) {
+    (void)codec;
+    packed_accumulate(PACKED_F32, out, p, rows, stride, n, dim, group);
+}
+
 const KVCodec kv_codec_f32 = {
     .name = "fp32",
     .form = "fp32",
@@ -35,5 +48,7 @@ const KVCodec kv_codec_f32 = {
     .row_bytes = f32_row_bytes,
     .encode = f32_encode,
     .decode = f32_decode,
+    .score = f32_score,
+    .accumulate = f32_accumulate,
     .lossless = 1,
 };

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "packed.h"
 #include "quant.h"
 
 enum { FP8_MAX_CODE = 0x7E }; // 448 = 1.75 * 2^8
@@ -97,6 +98,18 @@ static void fp8_decode(const KVCodec *codec, float *dst, const uint8_t *src, int
     }
 }
 
+static void fp8_score(const KVCodec *codec, float *scores, const float *q, const uint8_t *rows, size_t stride, int n,
+                      int dim, int group) {
+    (void)codec;
+    packed_score(PACKED_FP8, scores, q, rows, stride, n, dim, group);
+}
+
+static void fp8_accumulate(const KVCodec *codec, float *out, const float *p, const uint8_t *rows, size_t stride,
+                           int n, int dim, int group) {
+    (void)codec;
+    packed_accumulate(PACKED_FP8, out, p, rows, stride, n, dim, group);
+}
+
 const KVCodec kv_codec_fp8 = {
     .name = "fp8",
     .form = "fp8[:G]",
@@ -106,5 +119,7 @@ const KVCodec kv_codec_fp8 = {
     .row_bytes = fp8_row_bytes,
     .encode = fp8_encode,
     .decode = fp8_decode,
+    .score = fp8_score,
+    .accumulate = fp8_accumulate,
     .quantized = 1,
 };

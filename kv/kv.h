@@ -1,9 +1,10 @@
 // The contiguous KV cache (cache.c): for every layer and key/value head a "lane" of tokens with their
-// original positions, a policy score, and keys (before RoPE) and values encoded by the spec's codec. The
+// original positions, a policy score, and keys and values encoded by the spec's codec. The
 // selection policy (kv/policy.h, one file each) says which token a lane over budget drops; the codec
 // (kv/codec.h, one file each) how rows are held; low rank, MiniCache and KIVI's blocks are the engine's own.
-// The decode step appends each token's pre-RoPE key and value, asks for a view (fp32, keys rotated to their
-// cache positions) to attend over, then reports the attention it computed so score-based policies can use it.
+// The decode step appends each token's pre-RoPE key and value, attends straight from the stored rows
+// (kv_cache_attend) or, where the cache cannot, over a view (fp32, keys rotated to their cache positions),
+// then reports the attention it computed so score-based policies can use it.
 #ifndef KVLAB_KV_H
 #define KVLAB_KV_H
 
@@ -23,9 +24,10 @@ typedef struct {
     int n;         // tokens held
     int *pos;      // (cap) original positions, ascending; NULL for full selection (slot s is position s)
     float *score;  // (cap) policy score: accumulated or last attention, key norm, SnapKV votes
-    uint8_t *k;    // (cap, row_bytes) encoded keys, before RoPE; KIVI: quantized key blocks
+    uint8_t *k;    // (cap, row_bytes) encoded keys, rotated on entry (before RoPE with sink, minicache,
+                   // lowrank or keep_prerope); KIVI: quantized key blocks
     uint8_t *v;    // (cap, row_bytes) encoded values; KIVI: quantized value rows
-    float *res_k;  // KIVI: (residual, head_dim) newest keys in fp32, before RoPE
+    float *res_k;  // KIVI: (residual, head_dim) newest keys in fp32, rotated on entry
     float *res_v;  // KIVI: (residual, head_dim) newest values in fp32
     int n_res;     // KIVI: tokens in the residual (the first n - n_res are quantized)
     uint8_t *fp;   // fpkeep: (cap) 1 where the slot is held in fp32 (a sink or a recent token)
@@ -49,10 +51,24 @@ void kv_cache_set_prefill(KVCache *kv, int prefill_len);
 int kv_cache_append(KVCache *kv, int layer, int pos, const float *k_pre, const float *v);
 // fp32 views of what layer holds: each kv head's (Tc, head_dim) rows, head g at g * *head_stride floats,
 // keys rotated to their positions in the cache; *qpos is the position the current query must be rotated
-// to. Valid until the next call on the cache. An fp32 cache that never re-indexes positions (every spec
-// but sink, minicache and lowrank) stores keys rotated on entry and returns its rows without a copy.
+// to. Valid until the next call on the cache. A cache that never re-indexes positions (every spec but
+// sink, minicache and lowrank) stores keys rotated on entry: an fp32 one returns its rows without a copy,
+// the others decode theirs (kv_cache_attend avoids that).
 void kv_cache_view(KVCache *kv, int layer, const float **k, const float **v, int *Tc, int *qpos,
                    size_t *head_stride);
+// The position the current query must be rotated to (the view's *qpos).
+int kv_cache_query_pos(const KVCache *kv, int layer);
+// Attention for the current query straight from the stored rows (kv/attend.c), where the cache keeps keys
+// rotated on entry in an encoded format with attention hooks (every codec but fp32, whose rows are their own
+// view, and KIVI; not with sink, minicache or lowrank): each value is decoded inside the attention loop,
+// nothing is written out. q (n_head, head_dim) rotated to kv_cache_query_pos; writes out (n_head, head_dim)
+// and the probabilities att (n_head, Tc) for kv_cache_observe. Returns Tc, or 0 (nothing written) where the
+// caller must attend over kv_cache_view instead. CPU memory only.
+int kv_cache_attend(KVCache *kv, int layer, const float *q, float *out, float *att);
+// Whether kv_cache_attend handles this cache; kv_cache_set_attend_packed(kv, 0) turns it off so that every
+// step goes through the view (tests compare the two; on by default).
+int kv_cache_attends_packed(const KVCache *kv);
+void kv_cache_set_attend_packed(KVCache *kv, int on);
 // The attention probabilities (n_head, Tc) the decode step computed over the view.
 void kv_cache_observe(KVCache *kv, int layer, const float *att);
 

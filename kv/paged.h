@@ -9,10 +9,10 @@
 // its sequence; reuse never shifts positions). Not thread-safe: one caller drives the pool.
 //
 // Composition with the other KV techniques (`--kv SELECT+paged:B[+FORMAT]`):
-// - Storage formats: the pool holds every row in one format, fp32, fp16 or int8/int4/int2 in groups of G
-//   channels (kv/quant.h's row layout: an fp16 scale and minimum per group), per token and head. Keys are
-//   quantized after RoPE (as vLLM's quantized KV caches do; the unpaged cache quantizes them before RoPE).
-//   Shared blocks are shared in their encoded form.
+// - Storage formats: the pool holds every row in one format, fp32, fp16, fp8 or int8/int4/int2 in groups of
+//   G channels (kv/quant.h's row layout: an fp16 scale and minimum per group), per token and head. Keys are
+//   quantized after RoPE (as vLLM's quantized KV caches do, and the unpaged cache wherever its positions
+//   never change). Shared blocks are shared in their encoded form.
 // - Selection: a sequence may carry a policy that drops whole blocks (a block spans all layers and heads, so
 //   there is one decision per block, not one per layer and head as in the unpaged cache): window:W drops
 //   every full block that lies entirely before the newest W tokens; sink:S,window:W also keeps the blocks
@@ -25,8 +25,9 @@
 //   trained context's RoPE range). A block's K/V beyond layer 0 depends on what attention saw, which the
 //   policy decides, so the policy is mixed into the seed of block 0's hash: only sequences with the same
 //   salt and the same policy share blocks. Dropped full blocks stay cached for such sequences.
-// - decode/paged_attention.c decodes non-fp32 rows into the pool's scratch: one thread per pool (as for
-//   everything else here).
+// - decode/paged_attention.c attends straight from encoded rows through the codec's score/accumulate hooks
+//   (the pool's scratch decodes rows only for a codec without them): one thread per pool (as for everything
+//   else here).
 #ifndef KVLAB_PAGED_H
 #define KVLAB_PAGED_H
 
