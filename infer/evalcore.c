@@ -8,6 +8,26 @@
 
 #include "../decode/sample.h"
 
+// Rows per decode_forward call when a prompt goes into a contiguous cache: the matrix products run over the
+// chunk (GEMM), attention row by row in order, so the cache sees exactly the appends and observations of a
+// token-by-token prefill.
+enum { EVALCORE_PREFILL_ROWS = 64 };
+
+// tokens[0..n) at positions 0..n-1 into a contiguous cache, in chunks; logits of the last token in s->logits.
+static int prefill_chunks(const Model *m, DecodeState *s, KVCache *kv, const int *tokens, int n, char *err) {
+    DecodeCache dc = {.kv = kv};
+    KVStore st = decode_store_cache(&dc);
+    KVStore *stores[] = {&st};
+    int pos[EVALCORE_PREFILL_ROWS];
+    for (int t0 = 0; t0 < n; t0 += EVALCORE_PREFILL_ROWS) {
+        int rows = n - t0 < EVALCORE_PREFILL_ROWS ? n - t0 : EVALCORE_PREFILL_ROWS;
+        CHECK(rows <= s->max_rows);
+        for (int i = 0; i < rows; i++) pos[i] = t0 + i;
+        if (decode_forward(m, s, stores, 1, tokens + t0, pos, rows, DECODE_LOGITS_LAST, err) != rows) return -1;
+    }
+    return 0;
+}
+
 int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err) {
     if (!kv_cache_needs_calibration(kv)) return 0;
     const ModelConfig *c = &m->cfg;
@@ -23,13 +43,13 @@ int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, siz
     KVCache *full;
     if (kv_full_init(&full, &shape, err) != 0) return -1;
     DecodeState ds;
-    decode_state_init(&ds, c, 1, T);
+    decode_state_init(&ds, c, EVALCORE_PREFILL_ROWS, T);
     size_t per_lane = (size_t)windows * T * HD;
     float *keys = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
     float *vals = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
     for (int w = 0; w < windows; w++) {
         kv_cache_reset(full);
-        for (int t = 0; t < T; t++) CHECK(model_decode_step(m, &ds, full, tokens[(size_t)w * T + t], t) == 0);
+        CHECK(prefill_chunks(m, &ds, full, tokens + (size_t)w * T, T, NULL) == 0);
         // the full cache holds fp32 rows, keys before RoPE: copy them out as samples
         for (int l = 0; l < c->n_layer; l++)
             for (int g = 0; g < c->n_kv_head; g++) {
@@ -77,7 +97,8 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
                 "%d, so that is its budget\n", spec->text, kv_cache_clamped_budget(c->kv), max_positions);
         clamp_noted = 1;
     }
-    decode_state_init(&c->ds, mc, 1, max_positions);
+    c->chunked = !c->pool && !spec->merge_from;
+    decode_state_init(&c->ds, mc, c->chunked ? EVALCORE_PREFILL_ROWS : 1, max_positions);
     return 0;
 }
 
@@ -121,6 +142,10 @@ int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int 
         start = kv_paged_begin(c->pool, &c->seq, tokens, n, KV_PRIORITY_DEFAULT, err);
         if (start < 0) return -1;
     }
+    if (c->chunked) {
+        return prefill_chunks(m, &c->ds, c->kv, tokens, n, err); // the store names a position it cannot hold
+    }
+    // a paged sequence's policy runs once per step (step_end), minicache's pairs fill in lockstep: token by token
     for (int t = start; t < n; t++)
         if (evalcore_cache_step(c, m, tokens[t], t, err) != 0) return -1;
     return 0;

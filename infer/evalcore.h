@@ -22,6 +22,7 @@ typedef struct {
     KVSeq seq;
     DecodeState ds; // logits of the last step in ds.logits (V)
     int n_layer;
+    int chunked;    // a prompt may go in by chunks of rows: no layer's cache depends on another's (not minicache)
 } EvalCache;
 
 // max_positions: the longest stream the cache will see (its RoPE table); calib / n_calib: tokens to fit
@@ -38,6 +39,9 @@ void evalcore_cache_reset(EvalCache *c, int prefill);
 int evalcore_cache_step(EvalCache *c, const Model *m, int token, int pos, char *err);
 // Resets the cache and feeds tokens[0..n) at positions 0..n-1 as a prompt (SnapKV compresses at its end;
 // a pool first reuses the blocks it still holds for this prefix). Logits of the last token in c->ds.logits.
+// A contiguous cache takes the prompt in chunks of rows (matrix products over the chunk, attention row by
+// row: each layer's cache sees the same appends as token by token); a paged sequence, and minicache (whose
+// merged layer pairs fill in lockstep), token by token.
 int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int n, char *err);
 // Bytes the cache holds: a KVCache's own account (kv_cache_bytes); a paged sequence's held blocks' rows,
 // its block table and scores.

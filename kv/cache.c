@@ -110,6 +110,13 @@ static void set_budgets(KVCache *kv) {
     }
 }
 
+// One random stream per layer (random:B): layer l from the spec's seed and l, so a prompt taken in chunks of
+// rows, layer by layer, draws what token-by-token steps draw.
+static void seed_rngs(KVCache *kv) {
+    for (int l = 0; l < kv->shape.n_layer; l++)
+        rng_init(&kv->rng[l], kv->spec.seed + 0x9E3779B97F4A7C15ull * (uint64_t)l);
+}
+
 int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char *err) {
     if (spec->paged_block) {
         err_set(err, "--kv '%s': the paged pool runs through its own evaluation, --eval prefix", spec->text);
@@ -154,7 +161,8 @@ int kv_cache_init(KVCache **out, const KVSpec *spec, const KVShape *shape, char 
     kv->coef = common_calloc(HD, sizeof(float));
     kv->tmp = common_calloc(4 * (size_t)HD, sizeof(float));
     kv->row_bytes = spec->codec->row_bytes ? spec->codec->row_bytes(spec->codec, dim, group) : 0;
-    rng_init(&kv->rng, spec->seed);
+    kv->rng = common_calloc((size_t)L, sizeof(Rng));
+    seed_rngs(kv);
     kv->fpkeep = spec->fp_sink || spec->fp_recent;
     kv->rotated = !spec->rank && !spec->merge_from && !spec->policy->in_cache_positions && !shape->keep_prerope;
     kv->direct = kv->rotated && spec->codec->lossless;
@@ -247,13 +255,14 @@ void kv_cache_free(KVCache *kv) {
     void *bufs[] = {kv->tmp, kv->basis, kv->coef, kv->block, kv->lanes, kv->budget, kv->cap, kv->seen, kv->kview, kv->vview, kv->keep,
                     kv->pooled, kv->mean, kv->row, kv->rope_cos, kv->rope_sin, kv->krot, kv->qbuf};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) common_free(bufs[i]);
+    common_free(kv->rng);
     common_free(kv);
 }
 
 void kv_cache_reset(KVCache *kv) {
     for (int i = 0; i < kv->shape.n_layer * kv->shape.n_kv_head; i++) kv->lanes[i].n = kv->lanes[i].n_res = 0;
     memset(kv->seen, 0, kv->shape.n_layer * sizeof(int));
-    rng_init(&kv->rng, kv->spec.seed);
+    seed_rngs(kv);
 }
 
 void kv_cache_set_prefill(KVCache *kv, int prefill_len) { kv->prefill_len = prefill_len; }
@@ -270,7 +279,8 @@ static void lane_remove(const KVCache *kv, KVLane *lane, int slot) {
 }
 
 static int victim(KVCache *kv, const KVLane *lane, int budget) {
-    int s = kv->spec.policy->victim(lane, &kv->spec, budget, &kv->rng);
+    int layer = (int)(lane - kv->lanes) / kv->shape.n_kv_head;
+    int s = kv->spec.policy->victim(lane, &kv->spec, budget, &kv->rng[layer]);
     CHECK(s >= 0 && s < lane->n);
     return s;
 }

@@ -40,7 +40,8 @@ struct KVCache {
     float *tmp;            // minicache: (4, HD) scratch
     float *mean;           // (max cap) one lane's attention averaged over its group's query heads
     int clamped_from;      // the largest per-layer budget above max_positions (clamped to it), 0 if none
-    Rng rng;               // the policy's random choices (random:B), seeded by the spec
+    Rng *rng;              // (L) the policy's random choices (random:B), one stream per layer seeded from the
+                           // spec, so a layer's draws never depend on the order the layers run in
     float *krot;           // (HD) the key being appended, rotated to its position
     float *qbuf;           // (NH, HD) kv_cache_attend's Hadamard-rotated queries
     int attend_packed;     // kv_cache_attend may attend from the encoded rows (kv_cache_set_attend_packed)
