@@ -8,23 +8,22 @@
 #include <math.h>
 #include <string.h>
 
-#include "../checkpoints/checkpoint.h"
 #include "../infer/evalcore.h"
 #include "../kv/spec.h"
 
 static Model model;
-static Tokenizer tok;
 static int prompt[150];
 
+// A random model (the test needs no trained weights: caches must match, whatever they hold), GQA 4/2 with
+// head dimension 16, and random tokens.
 static void load(void) {
-    char err[ERR_LEN];
-    cr_assert_eq(checkpoint_load("checkpoints/small-mha.ckpt", &model, &ops_cpu, &tok, NULL, NULL, NULL, err), 0,
-                 "%s", err);
-    const char *text = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the "
-                       "sun. Arise, fair sun, and kill the envious moon, who is already sick";
-    size_t oov = 0;
-    cr_assert_eq(tokenizer_encode(&tok, (const unsigned char *)text, 150, prompt, &oov), 150);
-    cr_assert_eq(oov, 0);
+    ModelConfig c = {.vocab_size = 40, .n_layer = 3, .n_head = 4, .n_kv_head = 2, .n_embd = 64, .n_hidden = 160,
+                     .block_size = 128, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .dropout = 0.0f};
+    model_init(&model, &c, &ops_cpu);
+    model_init_weights(&model, 5);
+    Rng rng;
+    rng_init(&rng, 9);
+    for (int i = 0; i < 150; i++) prompt[i] = (int)rng_below(&rng, (uint64_t)c.vocab_size);
 }
 
 static void unload(void) { model_free(&model); }
@@ -70,12 +69,12 @@ static void check_spec(const char *text, int expect_chunked, float tol) {
 Test(prefill, chunks_leave_every_cache_as_steps_do) {
     const char *fp32[] = {"full", "window:40", "sink:4,window:36", "h2o:16,16", "tova:32", "snapkv:32,8", "knorm:32",
                           "random:32", "window:48+pyramid", "lowrank:4"};
-    const char *quantized[] = {"int4", "int2:4", "fp8", "kivi2:16,32", "h2o:16,16+int8", "fpkeep:4,16+int4"};
+    const char *quantized[] = {"int4", "int2:8", "fp8", "kivi2:16,32", "h2o:16,16+int8", "fpkeep:4,16+int4"};
     for (size_t i = 0; i < sizeof fp32 / sizeof fp32[0]; i++) check_spec(fp32[i], 1, 1e-3f);
     for (size_t i = 0; i < sizeof quantized / sizeof quantized[0]; i++) check_spec(quantized[i], 1, 0.1f);
 }
 
 Test(prefill, minicache_and_paged_go_token_by_token) {
-    check_spec("minicache:2", 0, 0.0f);
+    check_spec("minicache:1", 0, 0.0f);
     check_spec("window:64+paged:16", 0, 0.0f);
 }
