@@ -1,5 +1,6 @@
 // decode_forward: the inference layer body, once (step.h). The same ops in the same order as the training
-// forward, on n rows: one matrix product per weight for all rows, attention per store.
+// forward, on n rows: one matrix product per weight for all rows (the products of one input, Q K V and W1 W3,
+// in one call), attention per store.
 #include "step.h"
 
 #include <string.h>
@@ -65,19 +66,26 @@ int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n
     for (int l = 0; l < c->n_layer; l++) {
         size_t lC = (size_t)l * C, lCC = lC * C, lKC = (size_t)l * KVC * C, lHC = (size_t)l * H * C;
         op->rmsnorm_forward(s->xn, s->rstd, s->x, p->attn_norm + lC, n, C, c->norm_eps);
-        op->matmul_forward(s->k, s->xn, p->wk + lKC, n, C, KVC);
-        op->matmul_forward(s->v, s->xn, p->wv + lKC, n, C, KVC);
+        // Q, K and V in one call; a store that drops rows sees K and V first, and only its kept rows get a Q
+        float *qkv_out[] = {s->k, s->v, s->q};
+        const float *qkv_w[] = {p->wk + lKC, p->wv + lKC, p->wq + lCC};
+        const int qkv_dim[] = {KVC, KVC, C};
         if (n_stores == 1 && stores[0]->ops->select_rows) {
+            op->matmul_many_forward(qkv_out, s->xn, qkv_w, qkv_dim, 2, n, C);
             n = stores[0]->ops->select_rows(stores[0], m, s, l, n);
             CHECK(n >= 1);
+            op->matmul_forward(s->q, s->xn, p->wq + lCC, n, C, C);
+        } else {
+            op->matmul_many_forward(qkv_out, s->xn, qkv_w, qkv_dim, 3, n, C);
         }
-        op->matmul_forward(s->q, s->xn, p->wq + lCC, n, C, C);
         if (attend_rows(m, s, stores, n_stores, l, n, err) != 0) return -1;
         op->matmul_forward(s->proj, s->atty, p->wo + lCC, n, C, C);
         op->residual_forward(s->x, s->x, s->proj, NULL, (size_t)n * C);
         op->rmsnorm_forward(s->xn, s->rstd, s->x, p->mlp_norm + lC, n, C, c->norm_eps);
-        op->matmul_forward(s->h1, s->xn, p->w1 + lHC, n, C, H);
-        op->matmul_forward(s->h3, s->xn, p->w3 + lHC, n, C, H);
+        float *mlp_out[] = {s->h1, s->h3};
+        const float *mlp_w[] = {p->w1 + lHC, p->w3 + lHC};
+        const int mlp_dim[] = {H, H};
+        op->matmul_many_forward(mlp_out, s->xn, mlp_w, mlp_dim, 2, n, C);
         op->swiglu_forward(s->hg, s->h1, s->h3, (size_t)n * H);
         op->matmul_forward(s->proj, s->hg, p->w2 + lHC, n, H, C);
         op->residual_forward(s->x, s->x, s->proj, NULL, (size_t)n * C);

@@ -14,6 +14,11 @@ void rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const float 
 void rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                           const float *rstd, int N, int C);
 void matmul_forward_cpu(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
+// matmul_forward_cpu's products of up to MATVEC_MAX_N input rows go through common/matvec.h (faster than
+// sgemm there at every measured shape), larger ones through sgemm.
+#define MATVEC_MAX_N 8
+void matmul_many_forward_cpu(float *const *outs, const float *inp, const float *const *weights, const int *outs_dim,
+                             int k, int N, int IN);
 void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IN, int OUT);
 // The angle RoPE rotates pair i of a head of HD dimensions by at position pos.

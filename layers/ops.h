@@ -43,6 +43,11 @@ typedef struct {
     // dinp (N,IN) += dout @ weight; dweight (OUT,IN) += dout^T @ inp. Either output may be NULL.
     void (*matmul_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, int N, int IN, int OUT);
+    // k products of the same input in one call: outs[j] (N,outs_dim[j]) = inp (N,IN) @ weights[j]^T, as k
+    // matmul_forward calls (the decode step's Q, K, V and W1, W3; the CPU splits all their rows in one
+    // parallel region). The arrays are host arrays of backend pointers.
+    void (*matmul_many_forward)(float *const *outs, const float *inp, const float *const *weights,
+                                const int *outs_dim, int k, int N, int IN);
 
     // Rotates x (B,T,NH,HD) in place, token t at position pos0 + t. Backward rotates gradients back.
     void (*rope_forward)(float *x, int B, int T, int NH, int HD, int pos0, float theta);

@@ -23,6 +23,7 @@ const Ops ops_cpu = {
     .rmsnorm_backward = rmsnorm_backward_cpu,
     .matmul_forward = matmul_forward_cpu,
     .matmul_backward = matmul_backward_cpu,
+    .matmul_many_forward = matmul_many_forward_cpu,
     .rope_forward = rope_forward_cpu,
     .rope_backward = rope_backward_cpu,
     .attention_forward = attention_forward_cpu,

@@ -19,6 +19,12 @@ static void *mem_alloc_cuda(size_t bytes) {
     return p;
 }
 
+// ops.h's matmul_many_forward: one cuBLAS product per weight.
+static void matmul_many_forward_cuda(float *const *outs, const float *inp, const float *const *weights,
+                                     const int *outs_dim, int k, int N, int IN) {
+    for (int j = 0; j < k; j++) matmul_forward_cuda(outs[j], inp, weights[j], N, IN, outs_dim[j]);
+}
+
 extern "C" const Ops ops_cuda = {
     .name = "cuda",
     .on_device = 1,
@@ -35,6 +41,7 @@ extern "C" const Ops ops_cuda = {
     .rmsnorm_backward = rmsnorm_backward_cuda,
     .matmul_forward = matmul_forward_cuda,
     .matmul_backward = matmul_backward_cuda,
+    .matmul_many_forward = matmul_many_forward_cuda,
     .rope_forward = rope_forward_cuda,
     .rope_backward = rope_backward_cuda,
     .attention_forward = attention_forward_cuda,
