@@ -1,13 +1,13 @@
 // One new query per head against the cached keys and values (the decode step). Per head: the scores are a
 // matrix-vector product over the head's cached keys (common/matvec.h), the softmax uses the vectorised exp
-// of common/vmath.h, and the output is a weighted sum of the cached values kept in registers. Heads are split
-// across threads when the cache is long enough for a parallel region to pay for itself (common/par.h).
+// of common/vmath.h, and the output is a weighted sum of the cached values kept in registers. Heads are shared
+// across threads (common/pool.h) when the cache is long enough for that to pay.
 #include "attention.h"
 
 #include <math.h>
 
 #include "../common/matvec.h"
-#include "../common/par.h"
+#include "../common/pool.h"
 #include "../common/vmath.h"
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -82,19 +82,27 @@ static void weighted_sum(float *out, const float *p, const float *v, int Tc, int
     }
 }
 
+typedef struct {
+    float *out, *att;
+    const float *q, *kc, *vc;
+    size_t head_stride;
+    int Tc, NH, NKV, HD;
+} DecodeJob;
+
+// Query head h: scores (Tc) = scale * K_g (Tc, HD) @ q_h, softmax, out_h (HD) = V_g^T (HD, Tc) @ p.
+static void decode_head(void *ctx, int h) {
+    const DecodeJob *j = ctx;
+    int g = h / (j->NH / j->NKV);
+    const float *kg = j->kc + g * j->head_stride, *vg = j->vc + g * j->head_stride;
+    float *p = j->att + (size_t)h * j->Tc;
+    matvec_rows(p, (size_t)j->Tc, j->q + (size_t)h * j->HD, kg, 1, j->HD, 0, j->Tc);
+    vmath_scale(p, (size_t)j->Tc, 1.0f / sqrtf((float)j->HD));
+    vmath_softmax(p, (size_t)j->Tc);
+    weighted_sum(j->out + (size_t)h * j->HD, p, vg, j->Tc, j->HD);
+}
+
 void attention_decode_cpu(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                           size_t head_stride, int NH, int NKV, int HD) {
-    int rep = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HD);
-#pragma omp parallel for if (par_worth((size_t)NH * Tc * HD)) schedule(static)
-    for (int h = 0; h < NH; h++) {
-        const float *kg = kc + (h / rep) * head_stride, *vg = vc + (h / rep) * head_stride;
-        float *p = att + (size_t)h * Tc;
-        // scores (Tc) = scale * K_g (Tc, HD) @ q_h
-        matvec_rows(p, (size_t)Tc, q + (size_t)h * HD, kg, 1, HD, 0, Tc);
-        vmath_scale(p, (size_t)Tc, scale);
-        vmath_softmax(p, (size_t)Tc);
-        // out_h (HD) = V^T (HD, Tc) @ p
-        weighted_sum(out + (size_t)h * HD, p, vg, Tc, HD);
-    }
+    DecodeJob job = {out, att, q, kc, vc, head_stride, Tc, NH, NKV, HD};
+    pool_for(NH, (size_t)NH * Tc * HD, decode_head, &job);
 }

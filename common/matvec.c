@@ -27,7 +27,8 @@ ALWAYS_INLINE __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
     t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E)); // swap pairs within each lane
     t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1)); // swap neighbours: every element is its lane's sum
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), t));
+    __m512i first = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0); // element 0 of each lane
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(first, t));
 }
 
 // out[n * ldo + o + r] = dot(x[n], w[(o + r)]) for r < R (4 or 8), n < N; N and R are compile-time constants

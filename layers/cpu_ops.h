@@ -1,5 +1,6 @@
 // Declarations of the CPU reference ops; ops_cpu.c gathers them into the `ops_cpu` table (see ops.h for
-// what each computes). Matrix products go through CBLAS, the other hot loops through OpenMP.
+// what each computes). Matrix products go through CBLAS (a few rows: common/matvec.h), the other hot loops
+// through OpenMP when they are long enough (common/par.h).
 #ifndef KVLAB_CPU_OPS_H
 #define KVLAB_CPU_OPS_H
 
@@ -14,8 +15,9 @@ void rmsnorm_forward_cpu(float *out, float *rstd, const float *inp, const float 
 void rmsnorm_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                           const float *rstd, int N, int C);
 void matmul_forward_cpu(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
-// matmul_forward_cpu's products of up to MATVEC_MAX_N input rows go through common/matvec.h (faster than
-// sgemm there at every measured shape), larger ones through sgemm.
+// Products of up to MATVEC_MAX_N input rows go through common/matvec.h (faster than OpenBLAS 0.3.21's sgemm at
+// every shape measured, 128..1536 wide, 1..8 rows), shared across threads by common/pool.h; larger ones are one
+// sgemm. matmul_many_forward_cpu: k products of the same input in one pass (ops.h).
 #define MATVEC_MAX_N 8
 void matmul_many_forward_cpu(float *const *outs, const float *inp, const float *const *weights, const int *outs_dim,
                              int k, int N, int IN);

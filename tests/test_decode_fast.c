@@ -50,11 +50,12 @@ Test(decode_fast, attention_decode_matches_double_reference) {
             for (size_t c = 0; c < sizeof tcs / sizeof *tcs; c++) {
                 int NH = heads[a][0], NKV = heads[a][1], HD = hds[b], Tc = tcs[c];
                 size_t stride = (size_t)(Tc + 3) * HD; // room past each head's rows, as a cache with capacity
-                float *q = common_calloc((size_t)NH * HD, sizeof(float));
-                float *kc = common_calloc(stride * NKV, sizeof(float)), *vc = common_calloc(stride * NKV, sizeof(float));
-                float *out1 = common_calloc((size_t)NH * HD, sizeof(float)), *out2 = common_calloc((size_t)NH * HD, sizeof(float));
-                float *att1 = common_calloc((size_t)NH * Tc, sizeof(float)), *att2 = common_calloc((size_t)NH * Tc, sizeof(float));
-                double *oref = common_calloc((size_t)NH * HD, sizeof(double)), *aref = common_calloc((size_t)NH * Tc, sizeof(double));
+                size_t nq = (size_t)NH * HD, na = (size_t)NH * Tc;
+                float *q = common_calloc(nq, sizeof(float)), *out1 = common_calloc(nq, sizeof(float));
+                float *out2 = common_calloc(nq, sizeof(float)), *att1 = common_calloc(na, sizeof(float));
+                float *att2 = common_calloc(na, sizeof(float)), *kc = common_calloc(stride * NKV, sizeof(float));
+                float *vc = common_calloc(stride * NKV, sizeof(float));
+                double *oref = common_calloc(nq, sizeof(double)), *aref = common_calloc(na, sizeof(double));
                 fill_normal(q, (size_t)NH * HD, &rng, 2.0f); // sharp enough that the softmax is far from uniform
                 fill_normal(kc, stride * NKV, &rng, 1.0f);
                 fill_normal(vc, stride * NKV, &rng, 1.0f);

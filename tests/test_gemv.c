@@ -110,7 +110,8 @@ Test(gemv, matmul_forward_both_paths_and_threads) {
         for (int N = 1; N <= MATVEC_MAX_N + 3; N++) {
             int IN = shapes[s][0], OUT = shapes[s][1];
             float *x = randn((size_t)N * IN, 300 + s * 16 + N), *w = randn((size_t)OUT * IN, 400 + s);
-            float *o1 = common_calloc((size_t)N * OUT, sizeof(float)), *o2 = common_calloc((size_t)N * OUT, sizeof(float));
+            float *o1 = common_calloc((size_t)N * OUT, sizeof(float));
+            float *o2 = common_calloc((size_t)N * OUT, sizeof(float));
             omp_set_num_threads(1);
             for (size_t i = 0; i < (size_t)N * OUT; i++) o1[i] = o2[i] = POISON;
             matmul_forward_cpu(o1, x, w, N, IN, OUT);
