@@ -8,78 +8,64 @@
 
 #include "../common/matvec.h"
 #include "../common/pool.h"
+#include "../common/simd.h"
 #include "../common/vmath.h"
-
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
 
 void softmax_inplace_cpu(float *p, int n) { vmath_softmax(p, (size_t)n); }
 
-#if defined(__AVX512F__)
-#define VW 16
-typedef __m512 vf;
-#define VZERO() _mm512_setzero_ps()
-#define VSET1(x) _mm512_set1_ps(x)
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VSTORE(p, x) _mm512_storeu_ps(p, x)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VADD(a, b) _mm512_add_ps(a, b)
-#elif defined(__AVX2__) && defined(__FMA__)
-#define VW 8
-typedef __m256 vf;
-#define VZERO() _mm256_setzero_ps()
-#define VSET1(x) _mm256_set1_ps(x)
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, x) _mm256_storeu_ps(p, x)
-#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VADD(a, b) _mm256_add_ps(a, b)
-#endif
-
-#ifdef VW
+#if VF_W
 #define UNROLL _Pragma("GCC unroll 4")
 
-// Columns [c, c + VW * NB) of out = sum_t p[t] * v[t], two positions per step into separate accumulators
-// (twice the independent FMA chains), in vector registers. NB is a constant at every call.
+// Columns [c, c + VF_W * NB) of out = sum_t p[t] * v[t], two positions per step into separate accumulators
+// (twice the independent FMA chains), in vector registers. NB is a constant at every call; with `masked`, one
+// block whose lanes past the row's end are masked off.
 static inline __attribute__((always_inline)) void wsum_cols(float *out, const float *p, const float *v, int Tc,
-                                                           int HD, int c, const int NB) {
+                                                           int HD, int c, const int NB, const int masked) {
+    vmask m = vmask_first(HD - c);
     vf a0[4], a1[4];
     UNROLL
-    for (int b = 0; b < NB; b++) a0[b] = a1[b] = VZERO();
+    for (int b = 0; b < NB; b++) a0[b] = a1[b] = vf_set1(0.0f);
     int t = 0;
     for (; t + 2 <= Tc; t += 2) {
-        vf p0 = VSET1(p[t]), p1 = VSET1(p[t + 1]);
+        vf p0 = vf_set1(p[t]), p1 = vf_set1(p[t + 1]);
         const float *v0 = v + (size_t)t * HD + c, *v1 = v0 + HD;
         UNROLL
         for (int b = 0; b < NB; b++) {
-            a0[b] = VFMA(p0, VLOAD(v0 + b * VW), a0[b]);
-            a1[b] = VFMA(p1, VLOAD(v1 + b * VW), a1[b]);
+            a0[b] = vf_fmadd(p0, masked ? vf_load_mask(v0, m) : vf_load(v0 + b * VF_W), a0[b]);
+            a1[b] = vf_fmadd(p1, masked ? vf_load_mask(v1, m) : vf_load(v1 + b * VF_W), a1[b]);
         }
     }
     if (t < Tc) {
-        vf p0 = VSET1(p[t]);
+        vf p0 = vf_set1(p[t]);
         const float *v0 = v + (size_t)t * HD + c;
         UNROLL
-        for (int b = 0; b < NB; b++) a0[b] = VFMA(p0, VLOAD(v0 + b * VW), a0[b]);
+        for (int b = 0; b < NB; b++) a0[b] = vf_fmadd(p0, masked ? vf_load_mask(v0, m) : vf_load(v0 + b * VF_W), a0[b]);
     }
     UNROLL
-    for (int b = 0; b < NB; b++) VSTORE(out + c + b * VW, VADD(a0[b], a1[b]));
+    for (int b = 0; b < NB; b++) {
+        if (masked)
+            vf_store_mask(out + c, vf_add(a0[b], a1[b]), m);
+        else
+            vf_store(out + c + b * VF_W, vf_add(a0[b], a1[b]));
+    }
 }
 #endif
 
 // out (HD) = sum over t < Tc of p[t] * v[t * HD .. t * HD + HD)
 static void weighted_sum(float *out, const float *p, const float *v, int Tc, int HD) {
     int c = 0;
-#ifdef VW
-    for (; c + 4 * VW <= HD; c += 4 * VW) wsum_cols(out, p, v, Tc, HD, c, 4);
-    for (; c + 2 * VW <= HD; c += 2 * VW) wsum_cols(out, p, v, Tc, HD, c, 2);
-    for (; c + VW <= HD; c += VW) wsum_cols(out, p, v, Tc, HD, c, 1);
-#endif
-    for (; c < HD; c++) { // columns past the last whole vector
+#if VF_W
+    for (; c + 4 * VF_W <= HD; c += 4 * VF_W) wsum_cols(out, p, v, Tc, HD, c, 4, 0);
+    for (; c + 2 * VF_W <= HD; c += 2 * VF_W) wsum_cols(out, p, v, Tc, HD, c, 2, 0);
+    for (; c + VF_W <= HD; c += VF_W) wsum_cols(out, p, v, Tc, HD, c, 1, 0);
+    if (c < HD) wsum_cols(out, p, v, Tc, HD, c, 1, 1);
+#else
+    for (; c < HD; c++) {
         float s = 0.0f;
         for (int t = 0; t < Tc; t++) s += p[t] * v[(size_t)t * HD + c];
         out[c] = s;
     }
+#endif
 }
 
 typedef struct {

@@ -146,19 +146,19 @@ ALWAYS_INLINE void one_row(float *out, size_t ldo, const float *x, const float *
     }
 }
 
-#else // scalar: one dot at a time, in index order
+#else // scalar: one dot at a time in 8 interleaved partial sums (as 8 vector lanes: shorter sum chains, so
+      // about the vector paths' rounding error rather than a serial sum's)
 
 ALWAYS_INLINE void block_rows(float *out, size_t ldo, const float *x, const float *w, int IN, int o, const int N,
                               const int R) {
-    UNROLL
     for (int r = 0; r < R; r++) {
         const float *wr = w + (size_t)(o + r) * IN;
-        UNROLL
         for (int n = 0; n < N; n++) {
             const float *xn = x + (size_t)n * IN;
-            float s = 0.0f;
-            for (int i = 0; i < IN; i++) s += wr[i] * xn[i];
-            out[(size_t)n * ldo + o + r] = s;
+            float part[8] = {0};
+            for (int i = 0; i < IN; i++) part[i & 7] += wr[i] * xn[i];
+            out[(size_t)n * ldo + o + r] =
+                ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]));
         }
     }
 }
