@@ -1,4 +1,6 @@
 // fp16 rows: IEEE half precision (kv/quant.h's rounding), half the bytes of fp32.
+#include <string.h>
+
 #include "codec.h"
 #include "packed.h"
 #include "quant.h"
@@ -17,13 +19,20 @@ static size_t f16_row_bytes(const KVCodec *codec, int dim, int group) {
 static void f16_encode(const KVCodec *codec, uint8_t *dst, const float *src, int dim, int group) {
     (void)codec;
     (void)group;
-    quant_f16_encode_row((uint16_t *)(void *)dst, src, dim);
+    for (int i = 0; i < dim; i++) { // byte stores: a row may start at any address (the codec contract)
+        uint16_t h = quant_f32_to_f16(src[i]);
+        memcpy(dst + 2 * (size_t)i, &h, sizeof h);
+    }
 }
 
 static void f16_decode(const KVCodec *codec, float *dst, const uint8_t *src, int dim, int group) {
     (void)codec;
     (void)group;
-    quant_f16_decode_row(dst, (const uint16_t *)(const void *)src, dim);
+    for (int i = 0; i < dim; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * (size_t)i, sizeof h);
+        dst[i] = quant_f16_to_f32(h);
+    }
 }
 
 static void f16_score(const KVCodec *codec, float *scores, const float *q, const uint8_t *rows, size_t stride, int n,
