@@ -151,6 +151,27 @@ int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int 
     return 0;
 }
 
+KVStore evalcore_cache_store(EvalCache *c, EvalStoreSlot *slot) {
+    if (c->pool) {
+        slot->paged = (DecodePaged){c->pool, &c->seq};
+        return decode_store_paged(&slot->paged);
+    }
+    slot->cache = (DecodeCache){.kv = c->kv};
+    return decode_store_cache(&slot->cache);
+}
+
+int evalcore_caches_step(EvalCache *const *caches, int n, const Model *m, DecodeState *ds, const int *tokens,
+                         const int *pos, char *err) {
+    CHECK(n >= 1 && n <= ds->max_rows);
+    EvalStoreSlot slots[n];
+    KVStore st[n], *stores[n];
+    for (int i = 0; i < n; i++) {
+        st[i] = evalcore_cache_store(caches[i], &slots[i]);
+        stores[i] = &st[i];
+    }
+    return decode_forward(m, ds, stores, n, tokens, pos, n, DECODE_LOGITS_ALL, err) == n ? 0 : -1;
+}
+
 size_t evalcore_cache_bytes(const EvalCache *c) {
     if (!c->pool) return kv_cache_bytes(c->kv);
     int blocks = kv_paged_blocks(&c->seq);

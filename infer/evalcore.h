@@ -43,6 +43,17 @@ int evalcore_cache_step(EvalCache *c, const Model *m, int token, int pos, char *
 // row: each layer's cache sees the same appends as token by token); a paged sequence, and minicache (whose
 // merged layer pairs fill in lockstep), token by token.
 int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int n, char *err);
+// The store of a cache for decode_forward (step.h); slot holds what the store points at and must outlive it.
+typedef union {
+    DecodeCache cache;
+    DecodePaged paged;
+} EvalStoreSlot;
+KVStore evalcore_cache_store(EvalCache *c, EvalStoreSlot *slot);
+// One token into each of n caches in one decode_forward of n rows (caches[i] takes tokens[i] at pos[i], n <= ds's
+// rows). Up to 8 rows every matrix product is bit-identical to one step per cache (layers/matmul.c), so this
+// is a step of each cache, batched. Logits of cache i at ds->logits + i * V. -1 with a message in err.
+int evalcore_caches_step(EvalCache *const *caches, int n, const Model *m, DecodeState *ds, const int *tokens,
+                         const int *pos, char *err);
 // Bytes the cache holds: a KVCache's own account (kv_cache_bytes); a paged sequence's held blocks' rows,
 // its block table and scores.
 size_t evalcore_cache_bytes(const EvalCache *c);

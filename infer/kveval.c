@@ -7,6 +7,8 @@
 
 #include "evalcore.h"
 
+enum { KV_EVAL_BATCH = 8 }; // streams per batched step: up to 8 rows the products are bit-identical
+
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
                     KVEvalResult *out, char *err) {
     const ModelConfig *c = &m->cfg;
@@ -26,8 +28,23 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
         err_set(err, "the text has %zu tokens; a stream of context %d needs at least %d", n, T, T + 1);
         return -1;
     }
-    EvalPair pair;
-    if (evalcore_pair_init(&pair, m, spec, T, cfg->calib, cfg->n_calib, err) != 0) return -1;
+    // Streams go through in groups of up to KV_EVAL_BATCH in lockstep, one decode_forward of g rows per side
+    // and position (bit-identical to one stream at a time: evalcore_caches_step); the comparisons are added
+    // afterwards in stream order, so every sum is the one-at-a-time sum. Low rank fits its bases per cache, so
+    // it goes one stream at a time rather than fitting the same bases g times.
+    int G = cfg->streams < KV_EVAL_BATCH ? cfg->streams : KV_EVAL_BATCH;
+    if (spec->rank) G = 1;
+    EvalPair pairs[KV_EVAL_BATCH];
+    for (int i = 0; i < G; i++)
+        if (evalcore_pair_init(&pairs[i], m, spec, T, cfg->calib, cfg->n_calib, err) != 0) {
+            while (i-- > 0) evalcore_pair_free(&pairs[i]);
+            return -1;
+        }
+    DecodeState ds_full, ds_comp;
+    decode_state_init(&ds_full, c, G, T);
+    decode_state_init(&ds_comp, c, G, T);
+    int span = T - cfg->prefill; // predicted positions prefill .. T-1
+    EvalTokenCompare *tcs = common_calloc((size_t)G * span, sizeof(EvalTokenCompare));
     EvalAcc acc = {0};
     double t_prefill = 0.0;
     double t_decode = 0.0;
@@ -35,31 +52,48 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     double cnll_full[KV_EVAL_MAX_CURVE] = {0};
     size_t cn[KV_EVAL_MAX_CURVE] = {0};
     size_t bytes = 0;
-    int span = T - cfg->prefill; // predicted positions prefill .. T-1
-    for (int s = 0; s < cfg->streams; s++) {
-        size_t start = cfg->streams > 1 ? (n - T - 1) * (size_t)s / (cfg->streams - 1) : 0;
-        const int *x = tokens + start;
-        evalcore_pair_reset(&pair, cfg->prefill);
+    for (int s0 = 0; s0 < cfg->streams; s0 += G) {
+        int g = cfg->streams - s0 < G ? cfg->streams - s0 : G;
+        const int *x[KV_EVAL_BATCH];
+        EvalCache *full[KV_EVAL_BATCH], *comp[KV_EVAL_BATCH];
+        int tok[KV_EVAL_BATCH], pos[KV_EVAL_BATCH];
+        for (int i = 0; i < g; i++) {
+            int s = s0 + i;
+            size_t start = cfg->streams > 1 ? (n - T - 1) * (size_t)s / (cfg->streams - 1) : 0;
+            x[i] = tokens + start;
+            evalcore_pair_reset(&pairs[i], cfg->prefill);
+            full[i] = &pairs[i].full;
+            comp[i] = &pairs[i].comp;
+        }
         for (int t = 0; t < T; t++) {
-            CHECK(evalcore_cache_step(&pair.full, m, x[t], t, err) == 0);
+            for (int i = 0; i < g; i++) tok[i] = x[i][t], pos[i] = t;
+            CHECK(evalcore_caches_step(full, g, m, &ds_full, tok, pos, err) == 0);
             double t0 = common_now();
-            CHECK(evalcore_cache_step(&pair.comp, m, x[t], t, err) == 0);
+            CHECK(evalcore_caches_step(comp, g, m, &ds_comp, tok, pos, err) == 0);
             double dt = common_now() - t0;
             if (t < cfg->prefill) t_prefill += dt;
             else t_decode += dt;
             if (t + 1 < cfg->prefill || t + 1 >= T) continue; // score tokens prefill .. T-1
-            EvalTokenCompare tc;
-            evalcore_compare_logits(pair.full.ds.logits, pair.comp.ds.logits, V, x[t + 1], &tc);
-            evalcore_acc_add(&acc, &tc);
-            if (cfg->curve) {
-                int k = (int)((long long)(t + 1 - cfg->prefill) * cfg->curve / span);
-                cnll[k] += tc.nll;
-                cnll_full[k] += tc.nll_full;
-                cn[k]++;
-            }
+            for (int i = 0; i < g; i++)
+                evalcore_compare_logits(ds_full.logits + (size_t)i * V, ds_comp.logits + (size_t)i * V, V,
+                                        x[i][t + 1], &tcs[(size_t)i * span + (t + 1 - cfg->prefill)]);
         }
-        bytes = evalcore_cache_bytes(&pair.comp);
+        for (int i = 0; i < g; i++)
+            for (int k = 0; k < span; k++) {
+                const EvalTokenCompare *tc = &tcs[(size_t)i * span + k];
+                evalcore_acc_add(&acc, tc);
+                if (cfg->curve) {
+                    int b = (int)((long long)k * cfg->curve / span);
+                    cnll[b] += tc->nll;
+                    cnll_full[b] += tc->nll_full;
+                    cn[b]++;
+                }
+            }
+        bytes = evalcore_cache_bytes(&pairs[g - 1].comp);
     }
+    common_free(tcs);
+    decode_state_free(&ds_full);
+    decode_state_free(&ds_comp);
     out->tokens = acc.scored;
     out->ppl = evalcore_acc_ppl(&acc);
     out->ppl_full = evalcore_acc_ppl_full(&acc);
@@ -76,7 +110,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
         out->curve_ppl[k] = cn[k] ? exp(cnll[k] / cn[k]) : 0.0;
         out->curve_ppl_full[k] = cn[k] ? exp(cnll_full[k] / cn[k]) : 0.0;
     }
-    evalcore_pair_free(&pair);
+    for (int i = 0; i < G; i++) evalcore_pair_free(&pairs[i]);
     return 0;
 }
 

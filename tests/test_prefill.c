@@ -1,4 +1,4 @@
-// The chunked prompt prefill of infer/evalcore.c (suite `prefill`): a prompt taken in chunks of rows leaves
+// The chunked prompt prefill and the batched step of infer/evalcore.c (suite `prefill`): a prompt taken in chunks of rows leaves
 // every cache exactly as token-by-token steps do, for each kind of cache that takes chunks (selection policies
 // that evict while the prompt goes in, SnapKV's compression at its end, quantized and KIVI storage, low rank,
 // per-layer budgets), and minicache and the paged pool keep their token-by-token path. Compared: the last
@@ -77,4 +77,43 @@ Test(prefill, chunks_leave_every_cache_as_steps_do) {
 Test(prefill, minicache_and_paged_go_token_by_token) {
     check_spec("minicache:1", 0, 0.0f);
     check_spec("window:64+paged:16", 0, 0.0f);
+}
+
+// evalcore_caches_step: n caches stepped in one decode_forward of n rows give the bits of n single steps (the
+// streaming eval batches its streams on this), for contiguous and paged caches, up to 8 rows.
+Test(prefill, batched_step_is_single_steps) {
+    const char *specs[] = {"full", "h2o:16,16+int4", "window:32+paged:16", "minicache:1", "random:24", "kivi2:16,32"};
+    enum { N = 5, STEPS = 70 };
+    char err[ERR_LEN];
+    int V = model.cfg.vocab_size;
+    for (size_t k = 0; k < sizeof specs / sizeof specs[0]; k++) {
+        KVSpec spec;
+        cr_assert_eq(kv_spec_parse(&spec, specs[k], err), 0, "%s", err);
+        EvalCache batched[N], single[N], *ptrs[N];
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(evalcore_cache_init(&batched[i], &model, &spec, 128, prompt, 150, err), 0, "%s", err);
+            cr_assert_eq(evalcore_cache_init(&single[i], &model, &spec, 128, prompt, 150, err), 0, "%s", err);
+            evalcore_cache_reset(&batched[i], 20);
+            evalcore_cache_reset(&single[i], 20);
+            ptrs[i] = &batched[i];
+        }
+        DecodeState ds;
+        decode_state_init(&ds, &model.cfg, N, 128);
+        for (int t = 0; t < STEPS; t++) {
+            int tok[N], pos[N];
+            for (int i = 0; i < N; i++) tok[i] = prompt[(t + 17 * i) % 150], pos[i] = t;
+            cr_assert_eq(evalcore_caches_step(ptrs, N, &model, &ds, tok, pos, err), 0, "%s", err);
+            for (int i = 0; i < N; i++) {
+                cr_assert_eq(evalcore_cache_step(&single[i], &model, tok[i], t, err), 0, "%s", err);
+                cr_assert(memcmp(ds.logits + (size_t)i * V, single[i].ds.logits, V * sizeof(float)) == 0,
+                          "%s: stream %d differs at step %d", specs[k], i, t);
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            cr_expect_eq(evalcore_cache_bytes(&batched[i]), evalcore_cache_bytes(&single[i]), "%s", specs[k]);
+            evalcore_cache_free(&batched[i]);
+            evalcore_cache_free(&single[i]);
+        }
+        decode_state_free(&ds);
+    }
 }
