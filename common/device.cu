@@ -57,7 +57,11 @@ extern "C" int device_cuda_available(char *why) {
         int n = 0;
         cudaError_t e = cudaGetDeviceCount(&n);
         if (e != cudaSuccess) {
-            snprintf(g_why, sizeof(g_why), "no usable CUDA device (%s)", cudaGetErrorString(e));
+            // no driver at all reads "CUDA driver version is insufficient" to CUDA: name the likelier cause first
+            int no_gpu = e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver;
+            snprintf(g_why, sizeof(g_why), "%s (CUDA: %s)",
+                     no_gpu ? "no NVIDIA GPU with a working driver found" : "no usable CUDA device",
+                     cudaGetErrorString(e));
             g_available = 0;
         } else if (n == 0) {
             snprintf(g_why, sizeof(g_why), "no CUDA device found");

@@ -129,8 +129,8 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
         return -1;
     }
     if (strcmp(c->device, "cuda") == 0 && !allow_cuda) {
-        err_set(err, "--device cuda runs --eval FILE (scoring) in this release; generation and the KV evals run on "
-                     "the CPU");
+        err_set(err, "--device cuda runs `build/infer score` (--eval FILE) in this release; generation and the KV "
+                     "evals run on the CPU");
         return -1;
     }
     const Ops *backend = ops_for_device(c->device, err);

@@ -9,7 +9,7 @@ sides in alternation so slow drift of the machine hits both equally.
   git clone https://github.com/karpathy/llama2.c DIR/llama2.c
   git clone https://github.com/karpathy/llm.c DIR/llm.c
   scripts/peers.py build  --peers DIR                 # compiles the peers in DIR (a patched copy, see below)
-  scripts/peers.py decode --peers DIR [--rounds 7]    # kvlab generate vs llama2.c run/runomp, 1 and 2 threads
+  scripts/peers.py decode --peers DIR [--rounds 7]    # kvlab generate vs llama2.c runfast/runomp, 1 and 2 threads
   scripts/peers.py train  --peers DIR [--rounds 5]    # kvlab train (baby) vs llm.c train_gpt2.c, 2 threads
   add --busy to run every measurement with a competing busy process pinned to CPU 1
 
@@ -155,8 +155,14 @@ def export_llama2c(ckpt, out_model, out_tok):
     return cfg
 
 
+def need_clone(path):
+    if not os.path.isdir(path):
+        die('%s is missing: clone the peer there first, then run `scripts/peers.py build` (see --help)' % path)
+
+
 def decode(args):
     l2 = os.path.join(args.peers, 'llama2.c')
+    need_clone(l2)
     for exe in ('runfast', 'runomp'):
         if not os.access(os.path.join(l2, exe), os.X_OK):
             die('%s/%s is missing: run `scripts/peers.py build --peers %s` first' % (l2, exe, args.peers))
@@ -259,6 +265,7 @@ def median_after(xs, skip):
 
 def train(args):
     lc = os.path.join(args.peers, 'llm.c')
+    need_clone(lc)
     exe = os.path.join(lc, 'train_gpt2_peers')
     if not os.access(exe, os.X_OK):
         die('%s is missing: run `scripts/peers.py build --peers %s` first' % (exe, args.peers))

@@ -264,7 +264,7 @@ Test(cli, infer_mode_errors) {
     EXPECT_ERROR(&r, "infer", "bad --device 'tpu'", "cpu, cuda");
     cliutil_run_free(&r);
     r = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "--device", "cuda");
-    EXPECT_ERROR(&r, "infer", "--device cuda runs --eval FILE");
+    EXPECT_ERROR(&r, "infer", "--device cuda runs `build/infer score` (--eval FILE)");
     cliutil_run_free(&r);
     if (!device_cuda_available(NULL)) {
         r = RUN("infer", "--ckpt", ckpt, "--eval", ckpt, "--device", "cuda");
