@@ -298,7 +298,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s\n",
             run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
             model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels());
-    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x %d, steps %d..%d, checkpoint %s\n",
+    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
             corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
             st.step, tc.max_steps, out);
 
