@@ -107,24 +107,24 @@ INLINE void score_lanes(PackedFormat f, int g, float *scores, const float *q, co
     vi off = vrow_offsets(stride);
     for (int s0 = 0; s0 < n; s0 += W) {
         const uint8_t *base = rows + (size_t)s0 * stride;
-        vf acc = vzero();
+        vf acc = vf_set1(0.0f);
         for (int j = 0; j < ng; j++) {
             const uint8_t *gp = base + (size_t)j * gb;
             const float *qg = q + j * g;
-            vf d = vzero();
+            vf d = vf_set1(0.0f);
             for (int k = 0; k < nw; k++) {
                 vi x = vgather(gp + hb + 4 * k, off);
-                for (int m = 0; m < cpw && k * cpw + m < g; m++) d = vfma(word_value(f, x, m), vset1(qg[k * cpw + m]), d);
+                for (int m = 0; m < cpw && k * cpw + m < g; m++) d = vf_fmadd(word_value(f, x, m), vf_set1(qg[k * cpw + m]), d);
             }
             if (hb) {
                 vi h = vgather(gp, off);
-                acc = vfma(d, vhalf_lo(h), acc);
-                if (has_min(f)) acc = vfma(vhalf_lo(vshift(h, 16)), vset1(qsum[j]), acc);
+                acc = vf_fmadd(d, vhalf_lo(h), acc);
+                if (has_min(f)) acc = vf_fmadd(vhalf_lo(vshift(h, 16)), vf_set1(qsum[j]), acc);
             } else {
-                acc = vadd(acc, d);
+                acc = vf_add(acc, d);
             }
         }
-        vstore(scores + s0, acc);
+        vf_store(scores + s0, acc);
     }
 }
 
@@ -138,27 +138,27 @@ INLINE void accumulate_lanes(PackedFormat f, int g, float *out, const float *p, 
     vi off = vrow_offsets(stride);
     for (int s0 = 0; s0 < n; s0 += W) {
         const uint8_t *base = rows + (size_t)s0 * stride;
-        vf pw = vload(p + s0);
+        vf pw = vf_load(p + s0);
         for (int j = 0; j < ng; j++) {
             const uint8_t *gp = base + (size_t)j * gb;
             vf w = pw;
             if (hb) {
                 vi h = vgather(gp, off);
-                w = vmul(pw, vhalf_lo(h));
-                if (has_min(f)) vstore(bias + j * W, vfma(pw, vhalf_lo(vshift(h, 16)), vload(bias + j * W)));
+                w = vf_mul(pw, vhalf_lo(h));
+                if (has_min(f)) vf_store(bias + j * W, vf_fmadd(pw, vhalf_lo(vshift(h, 16)), vf_load(bias + j * W)));
             }
             for (int k = 0; k < nw; k++) {
                 vi x = vgather(gp + hb + 4 * k, off);
                 for (int m = 0; m < cpw && k * cpw + m < g; m++) {
                     float *a = acc + (size_t)(j * g + k * cpw + m) * W;
-                    vstore(a, vfma(word_value(f, x, m), w, vload(a)));
+                    vf_store(a, vf_fmadd(word_value(f, x, m), w, vf_load(a)));
                 }
             }
         }
     }
     for (int j = 0; j < ng; j++) {
-        float b = vsum(vload(bias + j * W));
-        for (int i = j * g; i < (j + 1) * g; i++) out[i] += vsum(vload(acc + (size_t)i * W)) + b;
+        float b = vf_hsum(vf_load(bias + j * W));
+        for (int i = j * g; i < (j + 1) * g; i++) out[i] += vf_hsum(vf_load(acc + (size_t)i * W)) + b;
     }
 }
 #endif
@@ -172,6 +172,8 @@ INLINE int chunked(PackedFormat f, int g) { return g / chunk_len(f) * chunk_len(
 INLINE void to_chunk_order(PackedFormat f, int g, float *dst, const float *x, int dim) {
 #ifdef W
     int full = chunked(f, g);
+#else
+    (void)f; // a scalar build takes the values in order
 #endif
     for (int j = 0; j < dim; j += g) {
         int i = 0;
@@ -188,6 +190,8 @@ INLINE void to_chunk_order(PackedFormat f, int g, float *dst, const float *x, in
 INLINE void add_from_chunk_order(PackedFormat f, int g, float *out, const float *x, int dim) {
 #ifdef W
     int full = chunked(f, g);
+#else
+    (void)f; // a scalar build takes the values in order
 #endif
     for (int j = 0; j < dim; j += g) {
         int i = 0;
@@ -214,7 +218,7 @@ INLINE float row_dot(PackedFormat f, int g, const float *qc, const float *qsum, 
     int bits = format_bits[f], full = chunked(f, g);
 #endif
 #ifdef W
-    vf a = vzero();
+    vf a = vf_set1(0.0f);
 #endif
     for (int j = 0; j < ng; j++, r += gb) {
         const float *qg = qc + j * g;
@@ -222,13 +226,13 @@ INLINE float row_dot(PackedFormat f, int g, const float *qc, const float *qsum, 
         float dt = 0.0f;
         int i = 0;
 #ifdef W
-        vf d = vzero(), c[2];
+        vf d = vf_set1(0.0f), c[2];
         for (; i < full; i += chunk_len(f)) {
             vchunk(f, codes + (size_t)i * bits / 8, c);
-            d = vfma(c[0], vload(qg + i), d);
-            if (chunk_vectors(f) == 2) d = vfma(c[1], vload(qg + i + W), d);
+            d = vf_fmadd(c[0], vf_load(qg + i), d);
+            if (chunk_vectors(f) == 2) d = vf_fmadd(c[1], vf_load(qg + i + W), d);
         }
-        for (; i + W <= g; i += W) d = vfma(vvalues(f, codes + (size_t)i * bits / 8), vload(qg + i), d);
+        for (; i + W <= g; i += W) d = vf_fmadd(vvalues(f, codes + (size_t)i * bits / 8), vf_load(qg + i), d);
 #endif
         for (; i < g; i++) dt += qg[i] * value_at(f, codes, i);
         if (hb) {
@@ -236,12 +240,12 @@ INLINE float row_dot(PackedFormat f, int g, const float *qc, const float *qsum, 
             if (has_min(f)) scale_min_at(r, &scale, &min);
             else scale = half_at(r);
 #ifdef W
-            a = vfma(d, vset1(scale), a);
+            a = vf_fmadd(d, vf_set1(scale), a);
 #endif
             dt = dt * scale + min * qsum[j];
         }
 #ifdef W
-        else a = vadd(a, d);
+        else a = vf_add(a, d);
 #endif
         tail += dt;
     }
@@ -271,12 +275,12 @@ INLINE void score_rows(PackedFormat f, int g, float *scores, const float *q, con
         vf acc[W];
         float tail[W];
         for (int k = 0; k < W; k++) tail[k] = row_dot(f, g, qc, qsum, rows + (size_t)(s + k) * stride, ng, &acc[k]);
-        vstore(scores + s, vadd(vsum_lanes(acc), vload(tail)));
+        vf_store(scores + s, vf_add(vsum_lanes(acc), vf_load(tail)));
     }
     for (; s < n; s++) {
         vf acc;
         float tail = row_dot(f, g, qc, qsum, rows + (size_t)s * stride, ng, &acc);
-        scores[s] = vsum(acc) + tail;
+        scores[s] = vf_hsum(acc) + tail;
     }
 #else
     for (; s < n; s++) scores[s] = row_dot(f, g, qc, qsum, rows + (size_t)s * stride, ng);
@@ -326,33 +330,33 @@ INLINE void accumulate_rows(PackedFormat f, int g, float *out, const float *p, c
 #ifdef W
             for (; i < full; i += chunk_len(f)) { // a chunk over the tile's rows, two rows at a time
                 const uint8_t *c = codes + (size_t)i * bits / 8;
-                vf a0[2] = {vzero(), vzero()}, a1[2] = {vzero(), vzero()}, x0[2], x1[2];
+                vf a0[2] = {vf_set1(0.0f), vf_set1(0.0f)}, a1[2] = {vf_set1(0.0f), vf_set1(0.0f)}, x0[2], x1[2];
                 int s = 0;
                 for (; s + 2 <= tn; s += 2) {
                     vchunk(f, c + (size_t)s * stride, x0);
                     vchunk(f, c + (size_t)(s + 1) * stride, x1);
                     for (int v = 0; v < chunk_vectors(f); v++) {
-                        a0[v] = vfma(x0[v], vset1(wj[s]), a0[v]);
-                        a1[v] = vfma(x1[v], vset1(wj[s + 1]), a1[v]);
+                        a0[v] = vf_fmadd(x0[v], vf_set1(wj[s]), a0[v]);
+                        a1[v] = vf_fmadd(x1[v], vf_set1(wj[s + 1]), a1[v]);
                     }
                 }
                 if (s < tn) {
                     vchunk(f, c + (size_t)s * stride, x0);
-                    for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vfma(x0[v], vset1(wj[s]), a0[v]);
+                    for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vf_fmadd(x0[v], vf_set1(wj[s]), a0[v]);
                 }
                 for (int v = 0; v < chunk_vectors(f); v++)
-                    vstore(o + i + v * W, vadd(vload(o + i + v * W), vadd(a0[v], a1[v])));
+                    vf_store(o + i + v * W, vf_add(vf_load(o + i + v * W), vf_add(a0[v], a1[v])));
             }
             for (; i + W <= g; i += W) { // W values in order (a group shorter than a chunk)
                 const uint8_t *c = codes + (size_t)i * bits / 8;
-                vf a0 = vzero(), a1 = vzero();
+                vf a0 = vf_set1(0.0f), a1 = vf_set1(0.0f);
                 int s = 0;
                 for (; s + 2 <= tn; s += 2) {
-                    a0 = vfma(vvalues(f, c + (size_t)s * stride), vset1(wj[s]), a0);
-                    a1 = vfma(vvalues(f, c + (size_t)(s + 1) * stride), vset1(wj[s + 1]), a1);
+                    a0 = vf_fmadd(vvalues(f, c + (size_t)s * stride), vf_set1(wj[s]), a0);
+                    a1 = vf_fmadd(vvalues(f, c + (size_t)(s + 1) * stride), vf_set1(wj[s + 1]), a1);
                 }
-                if (s < tn) a0 = vfma(vvalues(f, c + (size_t)s * stride), vset1(wj[s]), a0);
-                vstore(o + i, vadd(vload(o + i), vadd(a0, a1)));
+                if (s < tn) a0 = vf_fmadd(vvalues(f, c + (size_t)s * stride), vf_set1(wj[s]), a0);
+                vf_store(o + i, vf_add(vf_load(o + i), vf_add(a0, a1)));
             }
 #endif
             for (; i < g; i++) {
@@ -406,30 +410,30 @@ INLINE void score_cols(PackedFormat f, int G, float *scores, const float *q, con
     int bits = format_bits[f], full = chunked(f, G);
     for (; t < full; t += chunk_len(f)) {
         const uint8_t *codes = block + 4 + (size_t)t * bits / 8;
-        vf a0[2] = {vzero(), vzero()}, a1[2] = {vzero(), vzero()}, x0[2], x1[2];
+        vf a0[2] = {vf_set1(0.0f), vf_set1(0.0f)}, a1[2] = {vf_set1(0.0f), vf_set1(0.0f)}, x0[2], x1[2];
         int c = 0;
         for (; c + 2 <= dim; c += 2) {
             vchunk(f, codes + (size_t)c * chan_bytes, x0);
             vchunk(f, codes + (size_t)(c + 1) * chan_bytes, x1);
             for (int v = 0; v < chunk_vectors(f); v++) {
-                a0[v] = vfma(x0[v], vset1(w[c]), a0[v]);
-                a1[v] = vfma(x1[v], vset1(w[c + 1]), a1[v]);
+                a0[v] = vf_fmadd(x0[v], vf_set1(w[c]), a0[v]);
+                a1[v] = vf_fmadd(x1[v], vf_set1(w[c + 1]), a1[v]);
             }
         }
         if (c < dim) {
             vchunk(f, codes + (size_t)c * chan_bytes, x0);
-            for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vfma(x0[v], vset1(w[c]), a0[v]);
+            for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vf_fmadd(x0[v], vf_set1(w[c]), a0[v]);
         }
         float sums[2 * W];
-        for (int v = 0; v < chunk_vectors(f); v++) vstore(sums + v * W, vadd(vadd(a0[v], a1[v]), vset1(k0)));
+        for (int v = 0; v < chunk_vectors(f); v++) vf_store(sums + v * W, vf_add(vf_add(a0[v], a1[v]), vf_set1(k0)));
         for (int v = 0; v < chunk_vectors(f); v++)
             for (int l = 0; l < W; l++) scores[t + chunk_pos(f, v, l)] = sums[v * W + l];
     }
     for (; t + W <= G; t += W) { // W tokens in order (a block shorter than a chunk)
         const uint8_t *codes = block + 4 + (size_t)t * bits / 8;
-        vf a = vset1(k0);
-        for (int c = 0; c < dim; c++) a = vfma(vvalues(f, codes + (size_t)c * chan_bytes), vset1(w[c]), a);
-        vstore(scores + t, a);
+        vf a = vf_set1(k0);
+        for (int c = 0; c < dim; c++) a = vf_fmadd(vvalues(f, codes + (size_t)c * chan_bytes), vf_set1(w[c]), a);
+        vf_store(scores + t, a);
     }
 #endif
     for (; t < G; t++) {

@@ -1,5 +1,6 @@
 // kv/packed.c's vectors: W floats (AVX-512: 16, AVX2: 8; W undefined in a scalar build) and the loads that
-// decode packed KV values into them. Included by packed.c only.
+// decode packed KV values into them; the float vector and its arithmetic are common/simd.h's. Included by
+// packed.c only.
 #ifndef KVLAB_KV_PACKED_SIMD_H
 #define KVLAB_KV_PACKED_SIMD_H
 
@@ -10,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "../common/simd.h"
 #include "packed.h"
 
 #define INLINE static inline __attribute__((always_inline))
@@ -21,16 +23,8 @@
 // the query (score) or their accumulator (accumulate) to match, once per call. vsum_lanes: W vectors to one,
 // lane k the sum of vector k's lanes.
 
-#if defined(__AVX512F__)
+#if VF_W == 16
 #define W 16
-typedef __m512 vf;
-INLINE vf vzero(void) { return _mm512_setzero_ps(); }
-INLINE vf vset1(float x) { return _mm512_set1_ps(x); }
-INLINE vf vload(const float *p) { return _mm512_loadu_ps(p); }
-INLINE void vstore(float *p, vf x) { _mm512_storeu_ps(p, x); }
-INLINE vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-INLINE vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-INLINE float vsum(vf x) { return _mm512_reduce_add_ps(x); }
 
 // Halves, quarters, then pairs and single lanes of 128-bit blocks: after the last step lane 4k + m holds the
 // sum of vector k + 4m.
@@ -93,7 +87,6 @@ INLINE vf vfield(vi x, int n, int mask) { return _mm512_cvtepi32_ps(_mm512_and_s
 INLINE vf vhalf_lo(vi x) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(x)); } // the fp16 in each lane's low half
 INLINE vf vbits(vi x) { return _mm512_castsi512_ps(x); }
 INLINE vi vi_and255(vi x) { return _mm512_and_si512(x, _mm512_set1_epi32(255)); }
-INLINE vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 
 INLINE void vchunk(PackedFormat f, const uint8_t *p, vf *c) {
     if (f == PACKED_INT4) { // 16 bytes: low nibbles, then high nibbles
@@ -112,21 +105,8 @@ INLINE void vchunk(PackedFormat f, const uint8_t *p, vf *c) {
         c[0] = vvalues(f, p);
     }
 }
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#elif VF_W == 8 && defined(__FMA__) && defined(__F16C__)
 #define W 8
-typedef __m256 vf;
-INLINE vf vzero(void) { return _mm256_setzero_ps(); }
-INLINE vf vset1(float x) { return _mm256_set1_ps(x); }
-INLINE vf vload(const float *p) { return _mm256_loadu_ps(p); }
-INLINE void vstore(float *p, vf x) { _mm256_storeu_ps(p, x); }
-INLINE vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
-INLINE vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-INLINE float vsum(vf x) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // Halves, then two horizontal adds: lane 4b + i then holds the sum of vector 2i + b.
 INLINE vf vsum_lanes(const vf *x) {
@@ -181,7 +161,6 @@ INLINE vf vhalf_lo(vi x) {
 }
 INLINE vf vbits(vi x) { return _mm256_castsi256_ps(x); }
 INLINE vi vi_and255(vi x) { return _mm256_and_si256(x, _mm256_set1_epi32(255)); }
-INLINE vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 
 INLINE void vchunk(PackedFormat f, const uint8_t *p, vf *c) {
     if (f == PACKED_INT4) { // 8 bytes: low nibbles, then high nibbles
