@@ -168,6 +168,29 @@ INLINE void accumulate_lanes(PackedFormat f, int g, float *out, const float *p, 
 INLINE int chunked(PackedFormat f, int g) { return g / chunk_len(f) * chunk_len(f); }
 #endif
 
+#ifdef W
+// sum[v] = sum over s < n of w[s] * (chunk at codes + s * stride)[v], two rows at a time into two accumulators
+// (the accumulate kernel over a tile's rows, KIVI's key scores over a block's channels).
+INLINE void chunk_weighted_sum(PackedFormat f, const uint8_t *codes, size_t stride, const float *w, int n,
+                               vf sum[2]) {
+    vf a0[2] = {vf_set1(0.0f), vf_set1(0.0f)}, a1[2] = {vf_set1(0.0f), vf_set1(0.0f)}, x0[2], x1[2];
+    int s = 0;
+    for (; s + 2 <= n; s += 2) {
+        vchunk(f, codes + (size_t)s * stride, x0);
+        vchunk(f, codes + (size_t)(s + 1) * stride, x1);
+        for (int v = 0; v < chunk_vectors(f); v++) {
+            a0[v] = vf_fmadd(x0[v], vf_set1(w[s]), a0[v]);
+            a1[v] = vf_fmadd(x1[v], vf_set1(w[s + 1]), a1[v]);
+        }
+    }
+    if (s < n) {
+        vchunk(f, codes + (size_t)s * stride, x0);
+        for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vf_fmadd(x0[v], vf_set1(w[s]), a0[v]);
+    }
+    for (int v = 0; v < chunk_vectors(f); v++) sum[v] = vf_add(a0[v], a1[v]);
+}
+#endif
+
 // x (dim, groups of g) in chunk order: within each group's chunks, position v * W + l holds chunk_pos(f, v, l).
 INLINE void to_chunk_order(PackedFormat f, int g, float *dst, const float *x, int dim) {
 #ifdef W
@@ -328,24 +351,11 @@ INLINE void accumulate_rows(PackedFormat f, int g, float *out, const float *p, c
             float *o = acc + j * g;
             int i = 0;
 #ifdef W
-            for (; i < full; i += chunk_len(f)) { // a chunk over the tile's rows, two rows at a time
-                const uint8_t *c = codes + (size_t)i * bits / 8;
-                vf a0[2] = {vf_set1(0.0f), vf_set1(0.0f)}, a1[2] = {vf_set1(0.0f), vf_set1(0.0f)}, x0[2], x1[2];
-                int s = 0;
-                for (; s + 2 <= tn; s += 2) {
-                    vchunk(f, c + (size_t)s * stride, x0);
-                    vchunk(f, c + (size_t)(s + 1) * stride, x1);
-                    for (int v = 0; v < chunk_vectors(f); v++) {
-                        a0[v] = vf_fmadd(x0[v], vf_set1(wj[s]), a0[v]);
-                        a1[v] = vf_fmadd(x1[v], vf_set1(wj[s + 1]), a1[v]);
-                    }
-                }
-                if (s < tn) {
-                    vchunk(f, c + (size_t)s * stride, x0);
-                    for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vf_fmadd(x0[v], vf_set1(wj[s]), a0[v]);
-                }
+            for (; i < full; i += chunk_len(f)) { // a chunk over the tile's rows
+                vf sum[2];
+                chunk_weighted_sum(f, codes + (size_t)i * bits / 8, stride, wj, tn, sum);
                 for (int v = 0; v < chunk_vectors(f); v++)
-                    vf_store(o + i + v * W, vf_add(vf_load(o + i + v * W), vf_add(a0[v], a1[v])));
+                    vf_store(o + i + v * W, vf_add(vf_load(o + i + v * W), sum[v]));
             }
             for (; i + W <= g; i += W) { // W values in order (a group shorter than a chunk)
                 const uint8_t *c = codes + (size_t)i * bits / 8;
@@ -409,23 +419,10 @@ INLINE void score_cols(PackedFormat f, int G, float *scores, const float *q, con
 #ifdef W
     int bits = format_bits[f], full = chunked(f, G);
     for (; t < full; t += chunk_len(f)) {
-        const uint8_t *codes = block + 4 + (size_t)t * bits / 8;
-        vf a0[2] = {vf_set1(0.0f), vf_set1(0.0f)}, a1[2] = {vf_set1(0.0f), vf_set1(0.0f)}, x0[2], x1[2];
-        int c = 0;
-        for (; c + 2 <= dim; c += 2) {
-            vchunk(f, codes + (size_t)c * chan_bytes, x0);
-            vchunk(f, codes + (size_t)(c + 1) * chan_bytes, x1);
-            for (int v = 0; v < chunk_vectors(f); v++) {
-                a0[v] = vf_fmadd(x0[v], vf_set1(w[c]), a0[v]);
-                a1[v] = vf_fmadd(x1[v], vf_set1(w[c + 1]), a1[v]);
-            }
-        }
-        if (c < dim) {
-            vchunk(f, codes + (size_t)c * chan_bytes, x0);
-            for (int v = 0; v < chunk_vectors(f); v++) a0[v] = vf_fmadd(x0[v], vf_set1(w[c]), a0[v]);
-        }
+        vf sum[2];
+        chunk_weighted_sum(f, block + 4 + (size_t)t * bits / 8, chan_bytes, w, dim, sum);
         float sums[2 * W];
-        for (int v = 0; v < chunk_vectors(f); v++) vf_store(sums + v * W, vf_add(vf_add(a0[v], a1[v]), vf_set1(k0)));
+        for (int v = 0; v < chunk_vectors(f); v++) vf_store(sums + v * W, vf_add(sum[v], vf_set1(k0)));
         for (int v = 0; v < chunk_vectors(f); v++)
             for (int l = 0; l < W; l++) scores[t + chunk_pos(f, v, l)] = sums[v * W + l];
     }
