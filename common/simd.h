@@ -5,9 +5,9 @@
 // neither, and callers then run their scalar loop over the whole array.
 //
 // exp is a Cody-Waite range reduction and a degree-6 polynomial, written twice with the same fused
-// multiply-adds in the same order (simd_exp_scalar for scalar builds, vf_exp for vectors), so both give the same
-// bits: within 2 ulp of expf over [-87, 88]; below -87.33 it returns 0, above 88 it returns exp(88) (never inf
-// or NaN for a finite input). tests/test_vmath.c checks both.
+// multiply-adds in the same order (simd_exp_scalar for scalar builds, vf_exp once over each ISA's primitives),
+// so both give the same bits: within 2 ulp of expf over [-87, 88]; below -87.33 it returns 0, above 88 it
+// returns exp(88) (never inf or NaN for a finite input). tests/test_vmath.c checks both.
 #ifndef KVLAB_SIMD_H
 #define KVLAB_SIMD_H
 
@@ -67,24 +67,16 @@ static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline float vf_hsum(vf v) { return _mm512_reduce_add_ps(v); }
 static inline float vf_hmax(vf v) { return _mm512_reduce_max_ps(v); }
-static inline vf vf_exp(vf x) {
-    __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SIMD_EXP_LO), _CMP_NGE_UQ);
-    x = _mm512_min_ps(x, _mm512_set1_ps(SIMD_EXP_HI));
-    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(SIMD_LOG2E)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(SIMD_LN2_HI), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(SIMD_LN2_LO), r);
-    vf p = _mm512_set1_ps(SIMD_P0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SIMD_P1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SIMD_P2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SIMD_P3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SIMD_P4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SIMD_P5));
-    vf r2 = _mm512_mul_ps(r, r);
-    p = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+// vf_exp's pieces: fnmadd = c - a b; round to nearest; p * 2^n for integral n in [-126, 127]; 0 where x < lo
+static inline vf vf_fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vf_times_pow2(vf p, vf n) {
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    vf y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-    return _mm512_mask_mov_ps(y, zero, _mm512_setzero_ps());
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+static inline vf vf_zero_where_below(vf y, vf x, float lo) {
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_NGE_UQ), _mm512_setzero_ps());
 }
 // Lane masks for partial vectors: lanes [0, n) of a vector (n clamped to [0, VF_W]); masked-off lanes of a load
 // read no memory and are zero, masked-off lanes of a store write none.
@@ -118,23 +110,15 @@ static inline float vf_hmax(vf v) {
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-static inline vf vf_exp(vf x) {
-    vf zero = _mm256_cmp_ps(x, _mm256_set1_ps(SIMD_EXP_LO), _CMP_NGE_UQ);
-    x = _mm256_min_ps(x, _mm256_set1_ps(SIMD_EXP_HI));
-    vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(SIMD_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SIMD_LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SIMD_LN2_LO), r);
-    vf p = _mm256_set1_ps(SIMD_P0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SIMD_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SIMD_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SIMD_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SIMD_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SIMD_P5));
-    vf r2 = _mm256_mul_ps(r, r);
-    p = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
+static inline vf vf_fnmadd(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vf_times_pow2(vf p, vf n) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    vf y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    return _mm256_andnot_ps(zero, y);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+static inline vf vf_zero_where_below(vf y, vf x, float lo) {
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_NGE_UQ), y);
 }
 typedef __m256i vmask;
 static inline vmask vmask_first(int n) {
@@ -146,6 +130,24 @@ static inline void vf_store_mask(float *p, vf v, vmask m) { _mm256_maskstore_ps(
 static inline vf vf_select(vmask m, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
 #else
 #define VF_W 0
+#endif
+
+#if VF_W
+// simd_exp_scalar's steps on VF_W lanes (the same operations in the same order, so the same bits).
+static inline vf vf_exp(vf x) {
+    vf xc = vf_min(x, vf_set1(SIMD_EXP_HI));
+    vf n = vf_round(vf_mul(xc, vf_set1(SIMD_LOG2E)));
+    vf r = vf_fnmadd(n, vf_set1(SIMD_LN2_HI), xc);
+    r = vf_fnmadd(n, vf_set1(SIMD_LN2_LO), r);
+    vf p = vf_set1(SIMD_P0);
+    p = vf_fmadd(p, r, vf_set1(SIMD_P1));
+    p = vf_fmadd(p, r, vf_set1(SIMD_P2));
+    p = vf_fmadd(p, r, vf_set1(SIMD_P3));
+    p = vf_fmadd(p, r, vf_set1(SIMD_P4));
+    p = vf_fmadd(p, r, vf_set1(SIMD_P5));
+    p = vf_add(vf_fmadd(p, vf_mul(r, r), r), vf_set1(1.0f));
+    return vf_zero_where_below(vf_times_pow2(p, n), x, SIMD_EXP_LO);
+}
 #endif
 
 #endif
