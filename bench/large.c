@@ -44,17 +44,13 @@ static double large_measure(void *ctx, const char *load) {
     CHECK(kv_cache_init(&kv, &spec, &shape, err) == 0);
     DecodeState ds;
     decode_state_init(&ds, mc, PREFILL_ROWS, r->context);
-    DecodeCache dc = {.kv = kv};
-    KVStore st = decode_store_cache(&dc);
-    KVStore *stores[] = {&st};
-    int n_prompt = r->context - DECODE_TOKENS, tokens[PREFILL_ROWS], pos[PREFILL_ROWS];
+    int n_prompt = r->context - DECODE_TOKENS;
+    int *tokens = common_calloc((size_t)n_prompt, sizeof(int));
+    for (int i = 0; i < n_prompt; i++) tokens[i] = i * 7919 % mc->vocab_size;
     double t0 = common_now();
-    for (int p0 = 0; p0 < n_prompt; p0 += PREFILL_ROWS) {
-        int rows = n_prompt - p0 < PREFILL_ROWS ? n_prompt - p0 : PREFILL_ROWS;
-        for (int i = 0; i < rows; i++) tokens[i] = (p0 + i) * 7919 % mc->vocab_size, pos[i] = p0 + i;
-        CHECK(decode_forward(m, &ds, stores, 1, tokens, pos, rows, DECODE_LOGITS_LAST, err) == rows);
-    }
+    CHECK(decode_prefill_cache(m, &ds, kv, tokens, n_prompt, err) == 0);
     double t1 = common_now();
+    common_free(tokens);
     for (int t = n_prompt; t < r->context; t++) CHECK(model_decode_step(m, &ds, kv, t % mc->vocab_size, t) == 0);
     double t2 = common_now();
     r->prefill_tps = n_prompt / (t1 - t0);

@@ -8,25 +8,8 @@
 
 #include "../decode/sample.h"
 
-// Rows per decode_forward call when a prompt goes into a contiguous cache: the matrix products run over the
-// chunk (GEMM), attention row by row in order, so the cache sees exactly the appends and observations of a
-// token-by-token prefill.
+// Rows per decode_forward call when a prompt goes into a contiguous cache (decode_prefill_cache).
 enum { EVALCORE_PREFILL_ROWS = 64 };
-
-// tokens[0..n) at positions 0..n-1 into a contiguous cache, in chunks; logits of the last token in s->logits.
-static int prefill_chunks(const Model *m, DecodeState *s, KVCache *kv, const int *tokens, int n, char *err) {
-    DecodeCache dc = {.kv = kv};
-    KVStore st = decode_store_cache(&dc);
-    KVStore *stores[] = {&st};
-    int pos[EVALCORE_PREFILL_ROWS];
-    for (int t0 = 0; t0 < n; t0 += EVALCORE_PREFILL_ROWS) {
-        int rows = n - t0 < EVALCORE_PREFILL_ROWS ? n - t0 : EVALCORE_PREFILL_ROWS;
-        CHECK(rows <= s->max_rows);
-        for (int i = 0; i < rows; i++) pos[i] = t0 + i;
-        if (decode_forward(m, s, stores, 1, tokens + t0, pos, rows, DECODE_LOGITS_LAST, err) != rows) return -1;
-    }
-    return 0;
-}
 
 int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err) {
     if (!kv_cache_needs_calibration(kv)) return 0;
@@ -49,7 +32,7 @@ int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, siz
     float *vals = common_calloc((size_t)c->n_layer * c->n_kv_head * per_lane, sizeof(float));
     for (int w = 0; w < windows; w++) {
         kv_cache_reset(full);
-        CHECK(prefill_chunks(m, &ds, full, tokens + (size_t)w * T, T, NULL) == 0);
+        CHECK(decode_prefill_cache(m, &ds, full, tokens + (size_t)w * T, T, NULL) == 0);
         // the full cache holds fp32 rows, keys before RoPE: copy them out as samples
         for (int l = 0; l < c->n_layer; l++)
             for (int g = 0; g < c->n_kv_head; g++) {
@@ -143,7 +126,7 @@ int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int 
         if (start < 0) return -1;
     }
     if (c->chunked) {
-        return prefill_chunks(m, &c->ds, c->kv, tokens, n, err); // the store names a position it cannot hold
+        return decode_prefill_cache(m, &c->ds, c->kv, tokens, n, err); // the store names a position it cannot hold
     }
     // a paged sequence's policy runs once per step (step_end), minicache's pairs fill in lockstep: token by token
     for (int t = start; t < n; t++)
