@@ -37,7 +37,33 @@ int tokenizer_from_bytes(Tokenizer *tok, const unsigned char *bytes, int vocab_s
     return 0;
 }
 
+void tokenizer_from_bpe(Tokenizer *tok, Bpe *bpe) {
+    memset(tok, 0, sizeof(*tok));
+    for (int b = 0; b < 256; b++) tok->byte_to_id[b] = -1;
+    tok->vocab_size = bpe_vocab_size(bpe);
+    tok->bpe = bpe;
+}
+
+void tokenizer_free(Tokenizer *tok) {
+    bpe_free(tok->bpe);
+    tok->bpe = NULL;
+}
+
+const unsigned char *tokenizer_token_bytes(const Tokenizer *tok, int id, size_t *len) {
+    if (tok->bpe) return bpe_token_bytes(tok->bpe, id, len);
+    if (id < 0 || id >= tok->vocab_size) {
+        *len = 0;
+        return NULL;
+    }
+    *len = 1;
+    return &tok->id_to_byte[id];
+}
+
 size_t tokenizer_encode(const Tokenizer *tok, const unsigned char *text, size_t len, int *out, size_t *n_oov) {
+    if (tok->bpe) {
+        if (n_oov) *n_oov = 0;
+        return bpe_encode(tok->bpe, text, len, out);
+    }
     size_t n = 0, oov = 0;
     for (size_t i = 0; i < len; i++) {
         int id = tok->byte_to_id[text[i]];
@@ -52,12 +78,14 @@ size_t tokenizer_encode(const Tokenizer *tok, const unsigned char *text, size_t 
 }
 
 long tokenizer_find_oov(const Tokenizer *tok, const unsigned char *text, size_t len) {
+    if (tok->bpe) return -1;
     for (size_t i = 0; i < len; i++)
         if (tok->byte_to_id[text[i]] < 0) return (long)i;
     return -1;
 }
 
 int tokenizer_decode(const Tokenizer *tok, const int *ids, size_t n, char *out) {
+    if (tok->bpe) return -1;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= tok->vocab_size) return -1;
         out[i] = (char)tok->id_to_byte[ids[i]];
