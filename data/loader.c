@@ -20,7 +20,7 @@ int corpus_load(Corpus *c, Tokenizer *tok, const char *path, int build_vocab, si
         free(text);
         return -1;
     }
-    c->tokens = common_calloc(len, sizeof(int));
+    c->tokens = common_calloc(len + 2, sizeof(int)); // a BPE may put a bos before each split
     size_t oov_train = 0, oov_val = 0;
     c->n_train = tokenizer_encode(tok, text, n_train_bytes, c->tokens, &oov_train);
     c->n_tokens = c->n_train + tokenizer_encode(tok, text + n_train_bytes, len - n_train_bytes,

@@ -3,6 +3,7 @@
 #include <string.h>
 
 int recall_check_vocab(const Tokenizer *tok, char *err) {
+    if (tok->bpe) return 0; // byte-level: every text encodes
     const char *need = "$:;abcdefghijklmnopqrstuvwxyz";
     for (const char *p = need; *p; p++)
         if (tok->byte_to_id[(unsigned char)*p] < 0) {
@@ -12,8 +13,15 @@ int recall_check_vocab(const Tokenizer *tok, char *err) {
     return 0;
 }
 
-int recall_min_distance(void) { return RECALL_ITEM_LEN; }
-int recall_max_distance(int n) { return n - 1 - RECALL_ITEM_LEN; }
+// The sentence form (byte-level BPE models): a definition is at most RECALL_WORDS_DEF tokens, the question
+// and its answer at most RECALL_WORDS_TAIL.
+#define RECALL_WORDS_DEF 48
+#define RECALL_WORDS_TAIL 64
+
+int recall_min_distance(const Tokenizer *tok) { return tok->bpe ? RECALL_WORDS_DEF : RECALL_ITEM_LEN; }
+int recall_max_distance(const Tokenizer *tok, int n) {
+    return tok->bpe ? n - RECALL_WORDS_TAIL : n - 1 - RECALL_ITEM_LEN;
+}
 
 // Sequence element i lives at x[i] (i < n - 1 when y is given, else i < n) and, shifted, at y[i - 1].
 typedef struct {
@@ -45,8 +53,58 @@ static void random_key(Rng *rng, char (*keys)[RECALL_KEY_LEN], int i) {
     } while (!fresh);
 }
 
-int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y) {
-    CHECK(distance >= recall_min_distance() && distance <= recall_max_distance(n));
+static const char *const recall_adjectives[16] = {"amber", "silver", "crimson", "quiet", "northern", "hollow", "golden",
+                                                   "frozen", "distant", "hidden", "copper", "pale", "broken",
+                                                   "ancient", "velvet", "iron"};
+static const char *const recall_nouns[16] = {"falcon", "harbor", "lantern", "orchard", "bridge", "tower", "river",
+                                             "meadow", "engine", "garden", "mirror", "castle", "forest", "anchor",
+                                             "violin", "compass"};
+
+// Encodes text into out (at most cap tokens; the encoder needs len + 1 slots): the token count.
+static int recall_encode(const Tokenizer *tok, const char *text, int *out, int cap) {
+    size_t len = strlen(text);
+    int *tmp = common_calloc(len + 1, sizeof(int));
+    size_t n = tokenizer_encode(tok, (const unsigned char *)text, len, tmp, NULL);
+    CHECK(n <= (size_t)cap);
+    memcpy(out, tmp, n * sizeof(int));
+    common_free(tmp);
+    return (int)n;
+}
+
+// The task in sentences: corpus filler, " The pass key of the amber falcon is 4821." `distance` tokens before
+// the question " What is the pass key of the amber falcon? The pass key of the amber falcon is", which is
+// followed by the value's tokens (" 4821") and ends the sequence.
+static int recall_sequence_words(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x,
+                                 int *answer_len) {
+    size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
+    for (int i = 0; i < n; i++) x[i] = c->tokens[start + i];
+    const char *adj = recall_adjectives[rng_below(rng, 16)], *noun = recall_nouns[rng_below(rng, 16)];
+    char value[8], text[256];
+    snprintf(value, sizeof(value), "%04d", (int)rng_below(rng, 10000));
+    int def[RECALL_WORDS_DEF], tail[RECALL_WORDS_TAIL];
+    snprintf(text, sizeof(text), " The pass key of the %s %s is %s.", adj, noun, value);
+    int n_def = recall_encode(tok, text, def, RECALL_WORDS_DEF);
+    snprintf(text, sizeof(text), " What is the pass key of the %s %s? The pass key of the %s %s is", adj, noun, adj,
+             noun);
+    int n_question = recall_encode(tok, text, tail, RECALL_WORDS_TAIL);
+    snprintf(text, sizeof(text), " %s", value);
+    int n_answer = recall_encode(tok, text, tail + n_question, RECALL_WORDS_TAIL - n_question);
+    int question = n - n_question - n_answer, target = question - distance;
+    CHECK(target >= 0 && n_def <= distance);
+    memcpy(x + target, def, (size_t)n_def * sizeof(int));
+    memcpy(x + question, tail, (size_t)(n_question + n_answer) * sizeof(int));
+    *answer_len = n_answer;
+    return question + n_question;
+}
+
+int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y,
+                    int *answer_len) {
+    CHECK(distance >= recall_min_distance(tok) && distance <= recall_max_distance(tok, n));
+    if (tok->bpe) {
+        CHECK(!y); // no training form: a pretrained model reads the sentences as they are
+        return recall_sequence_words(tok, c, rng, n, distance, x, answer_len);
+    }
+    *answer_len = RECALL_VAL_LEN;
     size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
     Seq seq = {x, y, n};
     for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);

@@ -21,14 +21,18 @@
 // -1 with a message if the vocabulary lacks a character the task needs.
 int recall_check_vocab(const Tokenizer *tok, char *err);
 // Shortest and longest distance (definition start to query start) a sequence of n tokens allows.
-int recall_min_distance(void);
-int recall_max_distance(int n);
+int recall_min_distance(const Tokenizer *tok);
+int recall_max_distance(const Tokenizer *tok, int n);
 // Builds a sequence of n tokens: filler from the corpus's training split, RECALL_PAIRS definitions with
 // distinct keys, and a query for one of them `distance` tokens after its definition, ending one token before
 // the sequence end. With y NULL the sequence goes to x (n tokens); otherwise as a training pair, inputs
-// x = seq[0, n-1) and targets y = seq[1, n). Returns the sequence index of the query's first value
-// character: seq[ret, ret + RECALL_VAL_LEN) is the answer.
-int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y);
+// x = seq[0, n-1) and targets y = seq[1, n). Returns the sequence index of the query's first value token:
+// seq[ret, ret + *answer_len) is the answer (RECALL_VAL_LEN characters).
+// A byte-level BPE model (a pretrained one) gets the task in sentences instead: " The pass key of the amber
+// falcon is 4821." in the filler and, ending the sequence, " What is the pass key of the amber falcon? The pass
+// key of the amber falcon is 4821" whose value tokens are the answer (y must be NULL).
+int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int distance, int *x, int *y,
+                    int *answer_len);
 // The training form of the task, denser than the eval's: corpus filler with recall_train_pairs(n) items
 // "$kk:vvvv;" (distinct keys) and recall_train_spans(n) random-letter spans of RECALL_SPAN_LEN, each
 // written twice at random non-overlapping places, so every second occurrence is recallable from its first,

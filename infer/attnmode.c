@@ -28,6 +28,7 @@ static int attention_run(void *p, char *err) {
     Corpus corpus;
     if (corpus_load(&corpus, &tok, o->data, 0, NULL, err) != 0) {
         model_free(&m);
+        tokenizer_free(&tok);
         return -1;
     }
     int T = o->context ? o->context : m.cfg.block_size;
@@ -45,6 +46,7 @@ static int attention_run(void *p, char *err) {
     }
     corpus_free(&corpus);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 

@@ -181,6 +181,7 @@ static int compare_run(void *p, char *err) {
     if (loaded) corpus_free(&corpus);
     common_free(r.diverge);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 

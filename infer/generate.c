@@ -1,5 +1,6 @@
 // `build/infer generate` (and the old spelling `build/infer --ckpt C --prompt TEXT`): text from a checkpoint
 // through any KV cache spec, with the bytes the cache held and the speed on one line of stderr at the end.
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 
 typedef struct {
     ModeCommon common;
-    const char *prompt, *kv, *data;
+    const char *prompt, *kv, *data, *logits_out;
     int n;
     SampleConfig sc;
     uint64_t seed;
@@ -41,13 +42,13 @@ static int generate_check_prompt(const Tokenizer *tok, const char *prompt, char 
 
 // The end-of-run line: tokens and speed, then the bytes the cache held against a full fp16 cache of the
 // tokens a full cache would hold now (the stream's positions), the tokens held, and the context rule.
-static void generate_report(const GenerateOpts *o, const KVSpec *spec, const GenStream *g, double seconds) {
+static void generate_report(const GenerateOpts *o, int made, const KVSpec *spec, const GenStream *g, double seconds) {
     double fp16 = evalcore_fp16_bytes_per_token(&g->m->cfg) * g->pos;
     size_t bytes = evalcore_cache_bytes(&g->cache);
     fprintf(stderr,
             "infer: %d tokens in %.2f s (%.1f tokens/s), KV cache %zu bytes; --kv=%s holds %.1f tokens at %d "
             "positions, %.3f of a full fp16 cache (%.0f bytes); prefill %.0f tokens/s, decode %.0f tokens/s; ",
-            o->n, seconds, seconds > 0 ? o->n / seconds : 0.0, bytes, spec->text, evalcore_cache_held(&g->cache),
+            made, seconds, seconds > 0 ? made / seconds : 0.0, bytes, spec->text, evalcore_cache_held(&g->cache),
             g->pos, fp16 > 0 ? bytes / fp16 : 0.0, fp16, g->t_prefill > 0 ? g->n_prefill / g->t_prefill : 0.0,
             g->t_decode > 0 ? g->n_decode / g->t_decode : 0.0);
     if (g->streams)
@@ -57,36 +58,63 @@ static void generate_report(const GenerateOpts *o, const KVSpec *spec, const Gen
                 g->context, g->rebuilds, g->rebuilds == 1 ? "" : "s");
 }
 
+// --logits-out: the V next-token logits after the prompt, float32 little-endian (an oracle compares them).
+static int generate_write_logits(const char *path, const float *logits, int V, char *err) {
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        err_set(err, "cannot write --logits-out '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    size_t put = fwrite(logits, sizeof(float), (size_t)V, f);
+    if (fclose(f) != 0 || put != (size_t)V) {
+        err_set(err, "cannot write --logits-out '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+// Writes one token's bytes (a BPE token may be several bytes, or part of a UTF-8 character).
+static void generate_put_token(const Tokenizer *tok, int id) {
+    size_t len;
+    const unsigned char *bytes = tokenizer_token_bytes(tok, id, &len);
+    if (bytes) fwrite(bytes, 1, len, stdout);
+}
+
 static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateOpts *o, const KVSpec *spec,
                            const Corpus *calib, char *err) {
     size_t plen = strlen(o->prompt);
     int V = m->cfg.vocab_size;
-    int *prompt = common_calloc(plen, sizeof(int));
-    tokenizer_encode(tok, (const unsigned char *)o->prompt, plen, prompt, NULL);
+    int *prompt = common_calloc(plen + 1, sizeof(int));
+    size_t n_prompt = tokenizer_encode(tok, (const unsigned char *)o->prompt, plen, prompt, NULL);
     GenStream g;
-    int rc = genstream_init(&g, m, spec, plen + (size_t)o->n, calib->tokens, calib->n_train, err);
-    if (rc == 0) rc = genstream_start(&g, prompt, plen, err);
+    int rc = genstream_init(&g, m, spec, n_prompt + (size_t)o->n, calib->tokens, calib->n_train, err);
+    if (rc == 0) rc = genstream_start(&g, prompt, n_prompt, err);
     common_free(prompt);
+    if (rc == 0 && o->logits_out) rc = generate_write_logits(o->logits_out, genstream_logits(&g), V, err);
     if (rc != 0) {
         genstream_free(&g);
         return -1;
     }
+    int eos = tok->bpe ? bpe_eos_id(tok->bpe) : -1;
     float *probs = common_calloc(V, sizeof(float));
     int *idx = common_calloc(V, sizeof(int));
     Rng rng;
     rng_init(&rng, o->seed);
     fputs(o->prompt, stdout);
     double t0 = common_now();
+    int made = 0;
     for (int i = 0; i < o->n && rc == 0; i++) {
         int next = sample_next(genstream_logits(&g), V, &o->sc, &rng, probs, idx);
-        putchar(tok->id_to_byte[next]);
+        made++;
+        if (next == eos) break; // the model ended its text
+        generate_put_token(tok, next);
         fflush(stdout);
         if (i + 1 < o->n) rc = genstream_feed(&g, next, err);
     }
     double dt = common_now() - t0;
     putchar('\n');
     fflush(stdout);
-    if (rc == 0) generate_report(o, spec, &g, dt);
+    if (rc == 0) generate_report(o, made, spec, &g, dt);
     common_free(probs);
     common_free(idx);
     genstream_free(&g);
@@ -116,13 +144,14 @@ static int generate_run(void *p, char *err) {
         corpus_free(&calib);
     }
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 
 static const ModeFlag generate_flags[] = {
     MODE_COMMON_FLAGS,
     {"--prompt", NULL, MODE_FLAG_STRING, offsetof(GenerateOpts, prompt), 0, 0, "TEXT",
-     "text to continue; every character must be in the model's vocabulary (required)"},
+     "text to continue; with a character model every character must be in its vocabulary (required)"},
     {"--tokens", "-n", MODE_FLAG_INT, offsetof(GenerateOpts, n), 0, GENSTREAM_MAX_TOKENS, "N",
      "tokens to generate, at most 1048576   [200]"},
     {"--temperature", NULL, MODE_FLAG_FLOAT, offsetof(GenerateOpts, sc.temperature), 0, 100, "T",
@@ -136,6 +165,8 @@ static const ModeFlag generate_flags[] = {
      "KV cache to generate through, any spec (docs/kv.md; build/infer --help lists them)   [full]"},
     {"--data", NULL, MODE_FLAG_STRING, offsetof(GenerateOpts, data), 0, 0, "FILE",
      "+lowrank:R calibrates on this text's training split   [data/tinyshakespeare.txt]"},
+    {"--logits-out", NULL, MODE_FLAG_STRING, offsetof(GenerateOpts, logits_out), 0, 0, "FILE",
+     "write the next-token logits after the prompt (V float32, little-endian) for an oracle to check"},
     {0},
 };
 
@@ -143,7 +174,8 @@ const Mode mode_generate = {
     .name = "generate",
     .summary = "text from a checkpoint through any --kv spec (old spelling: --prompt TEXT)",
     .usage = "build/infer generate --ckpt FILE --prompt TEXT [-n N] [--kv SPEC] [sampling flags]",
-    .about = "Prints the prompt and N generated characters, then one line on stderr: the KV bytes held against a\n"
+    .about = "Prints the prompt and N generated tokens (characters, or BPE tokens of a GGUF model, which stops\n"
+             "early at its end-of-text token), then one line on stderr: the KV bytes held against a\n"
              "full fp16 cache of the same positions, the tokens held, prefill and decode tokens/s. RoPE attention\n"
              "never saw a query-key distance of the trained context T or more, so window:W (W <= T),\n"
              "sink:S,window:W (S+W <= T) and window:W+paged:B (W+B <= T) stream on past T; every other cache is\n"

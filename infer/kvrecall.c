@@ -11,9 +11,9 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
                    int per_distance, uint64_t seed, KVRecallResult *out, char *err) {
     const ModelConfig *c = &m->cfg;
     if (recall_check_vocab(tok, err) != 0) return -1;
-    int lo = recall_min_distance(), hi = recall_max_distance(context);
+    int lo = recall_min_distance(tok), hi = recall_max_distance(tok, context);
     if (hi < lo || per_distance < 1) {
-        err_set(err, "the recall eval needs a context of at least %d tokens (got %d)", 2 * RECALL_ITEM_LEN + 1, context);
+        err_set(err, "the recall eval needs a context of at least %d tokens (got %d)", context - hi + lo, context);
         return -1;
     }
     if (corpus->n_train <= (size_t)context) {
@@ -32,26 +32,33 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     int *seq = common_calloc(context, sizeof(int));
     Rng rng;
     rng_init(&rng, seed);
-    size_t hits = 0, hits_full = 0, total = 0, chars = 0, chars_full = 0;
+    size_t hits = 0, hits_full = 0, total = 0, chars = 0, chars_full = 0, answer_tokens = 0;
     int fed = 0; // tokens the last sequence fed
     for (int di = 0; di < out->n_distances; di++) {
         int h = 0, hf = 0;
         for (int i = 0; i < per_distance; i++) {
-            int ans = recall_sequence(tok, corpus, &rng, context, out->distance[di], seq, NULL);
-            evalcore_pair_reset(&pair, ans);
-            int ok = 1, ok_full = 1;
-            fed = ans + RECALL_VAL_LEN - 1;
-            for (int t = 0; t < ans + RECALL_VAL_LEN - 1; t++) {
-                evalcore_pair_step(&pair, m, seq[t], t);
-                if (t >= ans - 1) { // predicts a value character
-                    int right = sample_argmax(pair.comp.ds.logits, c->vocab_size) == seq[t + 1];
-                    int right_full = sample_argmax(pair.full.ds.logits, c->vocab_size) == seq[t + 1];
-                    ok &= right;
-                    ok_full &= right_full;
-                    chars += right;
-                    chars_full += right_full;
-                }
+            int answer_len = 0;
+            int ans = recall_sequence(tok, corpus, &rng, context, out->distance[di], seq, NULL, &answer_len);
+            // everything before the answer goes in as a prompt (SnapKV compresses at its end); the answer's
+            // tokens are then fed one by one, each prediction checked against both caches' top-1
+            CHECK(evalcore_cache_prefill(&pair.full, m, seq, ans, err) == 0);
+            if (evalcore_cache_prefill(&pair.comp, m, seq, ans, err) != 0) {
+                common_free(seq);
+                evalcore_pair_free(&pair);
+                return -1;
             }
+            int ok = 1, ok_full = 1;
+            fed = ans + answer_len - 1;
+            for (int t = ans - 1; t < fed; t++) {
+                if (t >= ans) evalcore_pair_step(&pair, m, seq[t], t);
+                int right = sample_argmax(pair.comp.ds.logits, c->vocab_size) == seq[t + 1];
+                int right_full = sample_argmax(pair.full.ds.logits, c->vocab_size) == seq[t + 1];
+                ok &= right;
+                ok_full &= right_full;
+                chars += right;
+                chars_full += right_full;
+            }
+            answer_tokens += answer_len;
             h += ok;
             hf += ok_full;
         }
@@ -63,8 +70,8 @@ int kv_eval_recall(const Model *m, const KVSpec *spec, const Tokenizer *tok, con
     }
     out->acc_all = (double)hits / total;
     out->acc_all_full = (double)hits_full / total;
-    out->char_acc = (double)chars / (total * RECALL_VAL_LEN);
-    out->char_acc_full = (double)chars_full / (total * RECALL_VAL_LEN);
+    out->char_acc = (double)chars / answer_tokens;
+    out->char_acc_full = (double)chars_full / answer_tokens;
     out->kv_bytes = evalcore_cache_bytes(&pair.comp);
     out->bytes_per_token = (double)out->kv_bytes / fed;
     out->fp16_bytes_per_token = evalcore_fp16_bytes_per_token(c);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../checkpoints/checkpoint.h"
+#include "../checkpoints/gguf.h"
 #include "../common/args.h"
 
 const Mode *mode_find(const char *name) {
@@ -106,7 +107,7 @@ int mode_parse_flags(const Mode *mode, int argc, char **argv, int first, void *o
         return -1;
     }
     if (!((ModeCommon *)opts)->ckpt) {
-        err_set(err, "--ckpt FILE is required (see --help)");
+        err_set(err, "--ckpt FILE is required (a checkpoint, or a GGUF model; --model is the same flag; see --help)");
         return -1;
     }
     return 0;
@@ -135,12 +136,19 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
     }
     const Ops *backend = ops_for_device(c->device, err);
     if (!backend) return -1;
-    if (checkpoint_load(c->ckpt, m, &ops_cpu, tok, NULL, NULL, NULL, err) != 0) return -1;
+    if (gguf_is_file(c->ckpt)) {
+        if (gguf_load(c->ckpt, m, &ops_cpu, tok, err) != 0) return -1;
+    } else if (checkpoint_load(c->ckpt, m, &ops_cpu, tok, NULL, NULL, NULL, err) != 0) {
+        return -1;
+    }
     if (c->kv_heads && c->kv_heads != m->cfg.n_kv_head) {
         Model pooled;
         int rc = model_convert_kv_heads(&pooled, m, c->kv_heads, err);
         model_free(m);
-        if (rc != 0) return -1;
+        if (rc != 0) {
+            tokenizer_free(tok);
+            return -1;
+        }
         *m = pooled;
     }
     model_to_backend(m, backend);

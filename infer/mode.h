@@ -26,7 +26,7 @@ typedef struct {
 
 // The flags every mode takes; every options struct starts with this (at offset 0).
 typedef struct {
-    const char *ckpt;   // --ckpt FILE (required)
+    const char *ckpt;   // --ckpt FILE or --model FILE (required): a kvlab checkpoint or a GGUF model
     const char *device; // --device cpu|cuda
     int kv_heads;       // --kv-heads G (0 = as trained)
 } ModeCommon;
@@ -58,8 +58,9 @@ void mode_print_help(const Mode *mode);
 // Whether a flag (name or alias) takes a value in some mode: the dispatcher's pre-scan skips values so.
 int mode_flag_takes_value(const char *name);
 
-// Loads --ckpt (with --kv-heads pooling) onto --device; allow_cuda: the mode runs on CUDA too. -1 with a
-// message (bad device, missing or bad checkpoint, bad pooling).
+// Loads --ckpt (a kvlab checkpoint, or a GGUF file recognised by its magic; with --kv-heads pooling) onto
+// --device; allow_cuda: the mode runs on CUDA too. -1 with a message (bad device, missing or bad checkpoint,
+// bad pooling). The tokenizer may hold a BPE: release it with tokenizer_free.
 int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *tok, char *err);
 
 // Low-rank specs fit their bases on the training split of --data: loads it into calib when spec needs it
@@ -73,8 +74,8 @@ int mode_load_calibration(const KVSpec *spec, Tokenizer *tok, const char *data, 
 
 // The flag-table entries of ModeCommon, for the modes' tables (offsets are ModeCommon's, at offset 0).
 #define MODE_COMMON_FLAGS                                                                                      \
-    {"--ckpt", NULL, MODE_FLAG_STRING, offsetof(ModeCommon, ckpt), 0, 0, "FILE",                               \
-     "checkpoint written by build/train (required)"},                                                          \
+    {"--ckpt", "--model", MODE_FLAG_STRING, offsetof(ModeCommon, ckpt), 0, 0, "FILE",                          \
+     "checkpoint written by build/train, or a GGUF llama model (required)"},                                   \
     {"--kv-heads", NULL, MODE_FLAG_INT, offsetof(ModeCommon, kv_heads), 1, 1024, "G",                          \
      "GQA conversion at load: mean-pool the key/value heads into G groups (no retraining)"},                   \
     {"--device", NULL, MODE_FLAG_STRING, offsetof(ModeCommon, device), 0, 0, "cpu|cuda",                       \

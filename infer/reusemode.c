@@ -49,6 +49,7 @@ static int reuse_run(void *p, char *err) {
     Corpus corpus;
     if (corpus_load(&corpus, &tok, o->data, 0, NULL, err) != 0) {
         model_free(&m);
+        tokenizer_free(&tok);
         return -1;
     }
     KVReuseConfig cfg;
@@ -68,6 +69,7 @@ static int reuse_run(void *p, char *err) {
     else if (rc == 0) reuse_print_text(o->method, &cfg, &r);
     corpus_free(&corpus);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 

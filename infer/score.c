@@ -56,6 +56,7 @@ static int score_run(void *p, char *err) {
     }
     common_free(ids);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 
@@ -144,6 +145,7 @@ static int kv_run(void *p, char *err) {
     if (mode_load_model(&o->common, 0, &m, &tok, err) != 0) return -1;
     int rc = kv_run_streams(&m, &tok, o, &spec, err);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 

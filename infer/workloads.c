@@ -16,6 +16,7 @@ static int workload_load(const ModeCommon *c, const char *data, Model *m, Tokeni
     if (mode_load_model(c, 0, m, tok, err) != 0) return -1;
     if (corpus_load(corpus, tok, data, 0, NULL, err) == 0) return 0;
     model_free(m);
+    tokenizer_free(tok);
     return -1;
 }
 
@@ -48,14 +49,15 @@ static int recall_run(void *p, char *err) {
     if (rc == 0 && o->json) kv_recall_print_json(&spec, context, per, &r);
     else if (rc == 0) {
         printf("recall --kv=%s, context %d, %d sequences per distance: accuracy %.3f (full cache %.3f), value "
-               "characters %.3f (full %.3f; chance 0.038), KV %.1f bytes/token (fp16 full: %.1f)\n",
-               spec.text, context, per, r.acc_all, r.acc_all_full, r.char_acc, r.char_acc_full, r.bytes_per_token,
-               r.fp16_bytes_per_token);
+               "%s %.3f (full %.3f%s), KV %.1f bytes/token (fp16 full: %.1f)\n",
+               spec.text, context, per, r.acc_all, r.acc_all_full, tok.bpe ? "tokens" : "characters", r.char_acc,
+               r.char_acc_full, tok.bpe ? "" : "; chance 0.038", r.bytes_per_token, r.fp16_bytes_per_token);
         for (int i = 0; i < r.n_distances; i++)
             printf("  distance %5d: %.3f (full %.3f)\n", r.distance[i], r.acc[i], r.acc_full[i]);
     }
     corpus_free(&corpus);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 
@@ -130,6 +132,7 @@ static int prefix_run(void *p, char *err) {
                r.top1_agree, r.ms_per_request, r.ms_per_request_full);
     corpus_free(&corpus);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 
@@ -225,6 +228,7 @@ static int tier_run(void *p, char *err) {
                r.mass_covered, r.max_abs_logit_diff, r.top1_agree);
     corpus_free(&corpus);
     model_free(&m);
+    tokenizer_free(&tok);
     return rc;
 }
 

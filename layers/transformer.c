@@ -13,7 +13,9 @@ int model_kv_dim(const ModelConfig *cfg) { return cfg->n_kv_head * model_head_di
 int model_default_hidden(int n_embd) { return ((8 * n_embd / 3) + 31) / 32 * 32; }
 
 int model_config_validate(const ModelConfig *c, char *err) {
-    if (c->vocab_size < 1 || c->vocab_size > 256) return err_set(err, "vocab_size %d is outside 1..256", c->vocab_size), -1;
+    // Character models have at most 256 symbols (the checkpoint format keeps that bound); imported BPE models
+    // (checkpoints/gguf.c) have tens of thousands.
+    if (c->vocab_size < 1 || c->vocab_size > 1 << 20) return err_set(err, "vocab_size %d is outside 1..1048576", c->vocab_size), -1;
     if (c->n_layer < 1 || c->n_layer > 256) return err_set(err, "n_layer %d is outside 1..256", c->n_layer), -1;
     if (c->n_head < 1 || c->n_head > 1024) return err_set(err, "n_head %d is outside 1..1024", c->n_head), -1;
     if (c->n_embd < 2 || c->n_embd > 65536) return err_set(err, "n_embd %d is outside 2..65536", c->n_embd), -1;

@@ -36,7 +36,7 @@ void engine_count_status(Engine *e, int status) {
 Req *req_new(int n_prompt, int max_tokens) {
     Req *r = common_calloc(1, sizeof(Req));
     r->prompt = common_calloc((size_t)n_prompt + 1, sizeof(int));
-    r->out = common_calloc((size_t)max_tokens + 1, 1);
+    r->out = common_calloc((size_t)max_tokens + 1, sizeof(int));
     r->n_prompt = n_prompt;
     r->max_tokens = max_tokens;
     r->reused = -1;
@@ -193,7 +193,7 @@ static void settle_locked(Engine *e, int n, const int *rc, char (*errs)[ERR_LEN]
 }
 
 // One batched pass advancing each of the n requests by a token: a prompt token, or the last sampled one.
-// produced[i]: the sampled byte, -1 while still in the prompt, -2 on an error (message in err).
+// produced[i]: the sampled token, -1 while still in the prompt, -2 on an error (message in err).
 static void step_all(Engine *e, Req **reqs, int n, int *produced, char (*errs)[ERR_LEN]) {
     KVSeq *seqs[SERVE_MAX_ACTIVE];
     int tokens[SERVE_MAX_ACTIVE], pos[SERVE_MAX_ACTIVE];
@@ -220,7 +220,7 @@ static void step_all(Engine *e, Req **reqs, int n, int *produced, char (*errs)[E
         }
         if (r->pos < r->n_prompt) continue;
         r->last = sample_next(e->db.logits + (size_t)i * V, V, &r->sc, &r->rng, e->probs, e->idx);
-        produced[i] = e->tok->id_to_byte[r->last];
+        produced[i] = r->last;
     }
 }
 
@@ -287,11 +287,12 @@ static void *engine_main(void *arg) {
         int kept = 0;
         for (int i = 0; i < n; i++) {
             Req *r = e->active[i];
-            if (produced[i] >= 0) {
-                r->out[r->n_out++] = (char)produced[i];
-                e->tokens_generated++;
-            }
+            int eos = produced[i] >= 0 && produced[i] == e->eos;
+            if (produced[i] >= 0 && !eos) r->out[r->n_out++] = produced[i];
+            if (produced[i] >= 0) e->tokens_generated++;
+            if (eos) r->stopped = 1;
             if (produced[i] == -2) finish_locked(e, r, 500, errs[i]);
+            else if (eos) finish_locked(e, r, 200, NULL);
             else if (r->cancelled) finish_locked(e, r, 499, "cancelled");
             else if (r->n_out == r->max_tokens) finish_locked(e, r, 200, NULL);
             else e->active[kept++] = r;
@@ -319,6 +320,7 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     memset(e, 0, sizeof(*e));
     const ModelConfig *c = &m->cfg;
     int block = cfg->block;
+    e->eos = tok->bpe ? bpe_eos_id(tok->bpe) : -1;
     e->model = m, e->tok = tok, e->block = block, e->max_tokens = cfg->max_tokens, e->max_queue = cfg->max_queue;
     e->shared_reuse = cfg->shared_reuse;
     e->reuse_budget = cfg->reuse_budget;

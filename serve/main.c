@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../checkpoints/checkpoint.h"
+#include "../checkpoints/gguf.h"
 #include "../common/args.h"
 #include "../common/runtime.h"
 #include "serve.h"
@@ -24,7 +25,7 @@ static const char *usage =
     "Tenants (Authorization: Bearer KEY, or X-Tenant with --trust-tenant-header, else one anonymous tenant)\n"
     "share no cached prefixes or stored prompts unless --shared-reuse.\n"
     "\n"
-    "  --ckpt FILE        checkpoint written by build/train (required)\n"
+    "  --ckpt FILE        checkpoint written by build/train, or a GGUF llama model (--model FILE) (required)\n"
     "  --host ADDR        address to listen on                        [127.0.0.1]\n"
     "  --port N           TCP port; 0 = any free port (printed)        [8080]\n"
     "  --block B          KV pool block size in tokens                 [16]\n"
@@ -74,7 +75,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         if (args_is(&a, "--help") || args_is(&a, "-h")) {
             fputs(usage, stdout);
             exit(0);
-        } else if (args_is(&a, "--ckpt")) rc = args_string(&a, &f->ckpt);
+        } else if (args_is(&a, "--ckpt") || args_is(&a, "--model")) rc = args_string(&a, &f->ckpt);
         else if (args_is(&a, "--host")) rc = args_string(&a, &f->host);
         else if (args_is(&a, "--port")) rc = args_int(&a, 0, 65535, &f->port);
         else if (args_is(&a, "--block")) rc = args_int(&a, 1, KV_BLOCK_MAX, &f->block);
@@ -142,7 +143,9 @@ int main(int argc, char **argv) {
     }
     Model m;
     Tokenizer tok;
-    if (checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err) != 0) {
+    int loaded = gguf_is_file(f.ckpt) ? gguf_load(f.ckpt, &m, &ops_cpu, &tok, err)
+                                      : checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err);
+    if (loaded != 0) {
         tenant_auth_free(&auth);
         return die(err);
     }
@@ -157,6 +160,7 @@ int main(int argc, char **argv) {
     size_t n_calib;
     if (load_calib(f.reuse_calib, &tok, &calib, &n_calib, err) != 0) {
         model_free(&m);
+        tokenizer_free(&tok);
         tenant_auth_free(&auth);
         return die(err);
     }
@@ -168,6 +172,7 @@ int main(int argc, char **argv) {
     common_free(calib); // the store keeps the centre only
     if (rc != 0) {
         model_free(&m);
+        tokenizer_free(&tok);
         tenant_auth_free(&auth);
         return die(err);
     }
@@ -181,6 +186,7 @@ int main(int argc, char **argv) {
         engine_stop(&e);
         engine_free(&e);
         model_free(&m);
+        tokenizer_free(&tok);
         tenant_auth_free(&auth);
         return die(err);
     }
@@ -196,6 +202,7 @@ int main(int argc, char **argv) {
     http_stop(d);
     engine_free(&e);
     model_free(&m);
+    tokenizer_free(&tok);
     tenant_auth_free(&auth);
     return 0;
 }

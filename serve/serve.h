@@ -78,8 +78,9 @@ typedef struct Req {
     float threshold, min_overlap; // lsh/semshare: what a stored prompt must reach to be reused
     uint64_t scope;               // set at admission: the store scope (the tenant's, or the shared one)
     // outputs, under Engine.mu
-    char *out;        // max_tokens + 1 bytes
-    int n_out;        // bytes of out produced so far
+    int *out;         // (max_tokens) generated token ids
+    int n_out;        // tokens of out produced so far
+    int stopped;      // the model produced its end-of-text token (finish_reason "stop"; not in out)
     int reused;       // prompt tokens taken from the pool (-1 until admitted)
     // reuse outputs, final before done
     int reuse_hit;        // lsh/semshare: the store had a reference; prefix: blocks were reused
@@ -118,6 +119,7 @@ typedef struct {
     // fixed after engine_start
     const Model *model;
     const Tokenizer *tok;
+    int eos;                  // the tokenizer's end-of-text token, ends a request (-1: none, character models)
     int block, n_blocks, max_tokens, max_queue, context;
     const char *kv_format; // the pool's row format (--kv-format)
     int shared_reuse;

@@ -83,8 +83,10 @@ Test(data, recall_sequence_layout) {
     rng_init(&rng, 1);
     int n = 200, seq[200];
     char text[201];
-    for (int d = recall_min_distance(); d <= recall_max_distance(n); d += 37) {
-        int ans = recall_sequence(&tok, &c, &rng, n, d, seq, NULL);
+    for (int d = recall_min_distance(&tok); d <= recall_max_distance(&tok, n); d += 37) {
+        int answer_len = 0;
+        int ans = recall_sequence(&tok, &c, &rng, n, d, seq, NULL, &answer_len);
+        cr_assert_eq(answer_len, RECALL_VAL_LEN);
         cr_assert_eq(tokenizer_decode(&tok, seq, n, text), 0);
         int query = n - 1 - RECALL_ITEM_LEN;
         cr_assert_eq(ans, query + 1 + RECALL_KEY_LEN + 1);
