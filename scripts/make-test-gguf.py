@@ -8,6 +8,7 @@ stored as tokenizer.ggml.* keys. The weights are made in the Hugging Face conven
 exactly as llama.cpp's convert_hf_to_gguf does before writing (gguf_oracle.permute); the K-quant fixture holds
 random valid Q4_K/Q6_K block bytes instead (the package cannot quantize to them), which the oracle reads the
 same way. Beside each NAME.gguf:
+  NAME.ids                 the ids of ENCODE by the oracle's `tokenizers` BPE built from the file, as text
   NAME.logits.f32          the oracle's logits (scripts/gguf_oracle.py) for TOKENS, (len(TOKENS), V) float32
   NAME.TENSOR.f32          the first (up to) 4096 elements of TENSOR as gguf.quants.dequantize gives them
 The tensor types per fixture:
@@ -38,6 +39,8 @@ TOKENS = [1, 40, 72, 299, 5, 258, 259, 2, 100, 17, 0, 150]  # also in tests/test
 PREFIX = 4096
 MICRO = (259, 32, 2, 1, 32, 1)  # the fuzz seeds' shape: V, C, heads, kv heads, hidden, layers
 SPECIALS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
+# Encoded by the oracle's `tokenizers` BPE into NAME.ids (tests/test_gguf.c encodes it with kvlab's BPE).
+ENCODE = '<|im_start|>the quick fox 12345 runs over\n\nthe  dog!<|im_end|> 678 the end'  # also in test_gguf.c
 TEXT = ('the quick brown fox jumps over the lazy dog. the dog sleeps and the fox runs; then the fox sleeps '
         'and the dog runs over the hill. 12345 foxes, 678 dogs! the end of the story is near, then there is '
         'another story about the other fox and the other dog.') * 3
@@ -192,6 +195,8 @@ def write_expected(name, tensors):
         ref = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)
         ref[:PREFIX].astype('<f4').tofile(os.path.join(OUT, '%s.%s.f32' % (name, tn)))
     m = gguf_oracle.Model(path)
+    with open(os.path.join(OUT, name + '.ids'), 'w') as f:
+        f.write(' '.join(str(i) for i in m.encode(ENCODE)) + '\n')
     logits = gguf_oracle.forward(m, TOKENS)
     logits.astype('<f4').tofile(os.path.join(OUT, name + '.logits.f32'))
     print('%-12s %7d bytes  logits std %.3f  max |logit| %.3f  tensors %s' %

@@ -1,12 +1,12 @@
 // GGUF import tests (checkpoints/gguf.c). The fixtures of tests/data/gguf/ come from scripts/make-test-gguf.py:
 // small random llama models written by the gguf Python package in every supported tensor type, with the
-// dequantized values gguf.quants.dequantize gives for a few tensors and the logits of an independent NumPy
-// forward (scripts/gguf_oracle.py: Hugging Face RoPE over the un-permuted Q/K rows) for a fixed token sequence.
-// Each fixture loads, its config and tokenizer are right, its dequantized tensors equal the reference bit for
-// bit, and kvlab's forward gives the oracle's logits. The bad files are built here, byte by byte, from a micro
-// model (or patched from it): each is refused with -1 and one line naming the file and the problem, and
-// nothing leaks (the ASan build runs this suite). The last test loads the real SmolLM2-135M file when
-// models/ holds it.
+// dequantized values gguf.quants.dequantize gives for a few tensors, the ids the `tokenizers` BPE built from
+// the file gives for a text, and the logits of an independent NumPy forward (scripts/gguf_oracle.py: Hugging
+// Face RoPE over the un-permuted Q/K rows) for a fixed token sequence. Each fixture loads, its config is right,
+// its dequantized tensors equal the reference bit for bit, kvlab's BPE encodes the text to the same ids, and
+// kvlab's forward gives the oracle's logits. The bad files are built here, byte by byte, from a micro model (or
+// patched from it): each is refused with -1 and one line naming the file and the problem, and nothing leaks
+// (the ASan build runs this suite). The last test loads the real SmolLM2-135M file when models/ holds it.
 #include <criterion/criterion.h>
 
 #include <math.h>
@@ -26,6 +26,8 @@ TestSuite(gguf);
 // The token ids of the oracle's logits (scripts/make-test-gguf.py's TOKENS).
 static const int TOKENS[] = {1, 40, 72, 299, 5, 258, 259, 2, 100, 17, 0, 150};
 #define N_TOKENS ((int)(sizeof TOKENS / sizeof TOKENS[0]))
+// The text whose ids NAME.ids holds (make-test-gguf.py's ENCODE).
+static const char ENCODE[] = "<|im_start|>the quick fox 12345 runs over\n\nthe  dog!<|im_end|> 678 the end";
 
 static unsigned char *slurp(const char *path, size_t *len) {
     char err[ERR_LEN];
@@ -87,6 +89,24 @@ static void check_fixture(const Fixture *fx) {
     cr_assert_eq(tok.vocab_size, 300);
     cr_assert_not_null(tok.bpe);
     cr_assert_eq(bpe_eos_id(tok.bpe), 2);
+
+    // The tokenizer: kvlab's BPE encodes ENCODE as the `tokenizers` BPE built from the same keys does.
+    snprintf(path, sizeof path, DATA "%s.ids", fx->name);
+    size_t ids_len;
+    char *ids_text = (char *)slurp(path, &ids_len);
+    int want_ids[256], n_want = 0;
+    for (char *p = ids_text, *end; n_want < 256; p = end) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        want_ids[n_want++] = (int)v;
+    }
+    free(ids_text);
+    int got_ids[sizeof ENCODE + 1];
+    size_t n_got = tokenizer_encode(&tok, (const unsigned char *)ENCODE, strlen(ENCODE), got_ids, NULL);
+    cr_assert_eq((int)n_got, n_want, "%s: %zu tokens, the oracle's tokenizer gives %d", fx->name, n_got, n_want);
+    for (int i = 0; i < n_want; i++)
+        cr_assert_eq(got_ids[i], want_ids[i], "%s: token %d is %d, the oracle's tokenizer gives %d", fx->name, i,
+                     got_ids[i], want_ids[i]);
 
     for (int i = 0; i < 3 && fx->tensors[i]; i++) {
         snprintf(path, sizeof path, DATA "%s.%s.f32", fx->name, fx->tensors[i]);
@@ -534,6 +554,11 @@ Test(gguf, real_smollm2, .timeout = 600) {
     cr_assert_eq(bpe_eos_id(tok.bpe), 2);
     // scripts/gguf_oracle.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
     static const int ids[] = {504, 3575, 282, 4649, 314};
+    static const char prompt[] = "The capital of France is";
+    int enc[sizeof prompt + 1];
+    size_t n_enc = tokenizer_encode(&tok, (const unsigned char *)prompt, strlen(prompt), enc, NULL);
+    cr_assert_eq(n_enc, 5, "'%s' encodes to %zu tokens, the HF tokenizer's to 5", prompt, n_enc);
+    for (int i = 0; i < 5; i++) cr_assert_eq(enc[i], ids[i], "token %d: %d, the HF tokenizer's %d", i, enc[i], ids[i]);
     static const struct {
         int id;
         float logit;
