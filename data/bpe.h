@@ -34,7 +34,8 @@ typedef struct {
 } BpeVocab;
 
 // Builds the tokenizer. -1 with one line in err (ERR_LEN bytes): an unknown pre-tokenizer, a merge that is not
-// "a b" or names a symbol the vocabulary lacks, a byte with no token, duplicate tokens, bos/eos out of range.
+// "a b" or names a symbol (or makes one) the vocabulary lacks, duplicate tokens, bos/eos out of range. A byte
+// with no token is allowed (SmolLM2 lacks 21, e.g. 0x04, 0xC0): encoding drops it, as the reference does.
 int bpe_init(Bpe **out, const BpeVocab *v, char *err);
 void bpe_free(Bpe *b);
 int bpe_vocab_size(const Bpe *b);
