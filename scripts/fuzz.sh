@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh TARGET|all SECONDS [libFuzzer flags...]
 #
-# TARGET: checkpoint | spec | corpus | http (the files tests/fuzz/<target>.c), or all (one after another;
+# TARGET: checkpoint | spec | corpus | http | gguf (the files tests/fuzz/<target>.c), or all (one after another;
 # FUZZ_JOBS=2 runs two at a time). Builds them first (`ninja fuzz`: clang with libFuzzer, ASan + UBSan).
 # Environment:
 #   KVLAB_BUILDDIR  the configure.py --builddir whose build.ninja to use (default build; the fuzz programs are

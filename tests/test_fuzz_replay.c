@@ -85,10 +85,11 @@ Test(fuzz_replay, checkpoint) { replay("checkpoint"); }
 Test(fuzz_replay, spec) { replay("spec"); }
 Test(fuzz_replay, corpus) { replay("corpus"); }
 Test(fuzz_replay, http) { replay("http"); }
+Test(fuzz_replay, gguf) { replay("gguf"); }
 
 // Every target in the table has its test above and a seed folder.
 Test(fuzz_replay, every_target_replayed) {
-    const char *tested[] = {"checkpoint", "spec", "corpus", "http"};
+    const char *tested[] = {"checkpoint", "spec", "corpus", "http", "gguf"};
     cr_assert_eq(fuzz_n_targets, (int)(sizeof tested / sizeof tested[0]), "a new target needs its Test() here");
     for (int i = 0; i < fuzz_n_targets; i++) {
         char dir[256];

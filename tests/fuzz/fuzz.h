@@ -15,6 +15,7 @@ int fuzz_checkpoint(const uint8_t *data, size_t size); // checkpoint_load (+ the
 int fuzz_spec(const uint8_t *data, size_t size);       // kv_spec_parse, then the cache or pool it describes
 int fuzz_corpus(const uint8_t *data, size_t size);     // corpus_load, the tokenizer, batches, recall windows
 int fuzz_http(const uint8_t *data, size_t size);       // build/serve: a JSON body -> a validated request
+int fuzz_gguf(const uint8_t *data, size_t size);       // gguf_load_memory: parse only, then into a model
 
 typedef struct {
     const char *name;

@@ -12,6 +12,7 @@ const FuzzTarget fuzz_targets[] = {
     {"spec", fuzz_spec},
     {"corpus", fuzz_corpus},
     {"http", fuzz_http},
+    {"gguf", fuzz_gguf},
 };
 const int fuzz_n_targets = (int)(sizeof fuzz_targets / sizeof fuzz_targets[0]);
 
