@@ -242,6 +242,7 @@ void bpe_free(Bpe *b) {
 }
 
 int bpe_vocab_size(const Bpe *b) { return b->n_tokens; }
+int bpe_bos_prepended(const Bpe *b) { return b->add_bos ? b->bos_id : -1; }
 int bpe_eos_id(const Bpe *b) { return b->eos_id; }
 
 const unsigned char *bpe_token_bytes(const Bpe *b, int id, size_t *len) {

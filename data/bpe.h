@@ -40,6 +40,7 @@ int bpe_init(Bpe **out, const BpeVocab *v, char *err);
 void bpe_free(Bpe *b);
 int bpe_vocab_size(const Bpe *b);
 int bpe_eos_id(const Bpe *b); // -1 when the vocabulary names none
+int bpe_bos_prepended(const Bpe *b); // the bos id bpe_encode puts first, -1 when it puts none
 // Encodes len bytes of text (any bytes; invalid UTF-8 is encoded byte by byte); out must hold len + 1 ints
 // (every token covers at least one byte, plus an optional bos). Returns the number of ids written.
 size_t bpe_encode(const Bpe *b, const unsigned char *text, size_t len, int *out);

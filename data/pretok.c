@@ -52,6 +52,33 @@ int utf8_decode(const unsigned char *s, size_t len, size_t i, long *cp) {
     return 1;
 }
 
+size_t utf8_complete_prefix(const unsigned char *s, size_t n) {
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char b = s[n - back];
+        if ((b & 0xc0) == 0x80) continue; // a continuation byte: its lead is further back
+        size_t need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+        return need > back ? n - back : n;
+    }
+    return n;
+}
+
+size_t utf8_fix(const unsigned char *s, size_t n, char *out) {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        long cp;
+        int len = utf8_decode(s, n, i, &cp);
+        if (cp >= 0) {
+            memcpy(out + k, s + i, (size_t)len);
+            k += (size_t)len;
+        } else {
+            out[k++] = (char)(0xc0 | (s[i] >> 6));
+            out[k++] = (char)(0x80 | (s[i] & 0x3f));
+        }
+        i += (size_t)len;
+    }
+    return k;
+}
+
 // The class of the character at s[i] (i < e) and its length in *n; an invalid byte is UNICODE_OTHER.
 static UnicodeClass class_at(const unsigned char *s, size_t e, size_t i, int *n) {
     unsigned c = s[i];

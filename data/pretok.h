@@ -30,5 +30,13 @@ int pretok_next(Pretok *p, size_t *start, size_t *end);
 
 // Decodes one UTF-8 character at s[i] (i < len): its length in bytes; *cp is -1 for an invalid byte (length 1).
 int utf8_decode(const unsigned char *s, size_t len, size_t i, long *cp);
+// How much of s[0..n) to hand on now when more bytes may follow: all but an unfinished character at the end
+// (a lead byte within the last 3 whose sequence needs more bytes than are there). No valid character of the
+// whole text ever straddles the cut, so text sent in such pieces maps piece by piece as the whole would.
+size_t utf8_complete_prefix(const unsigned char *s, size_t n);
+// Writes s[0..n) as valid UTF-8 to out (2n bytes suffice): valid characters as they are, every other byte as
+// the Latin-1 character of its value (two bytes). Returns the bytes written. Local: each byte's fate depends on
+// it and the 3 after it only.
+size_t utf8_fix(const unsigned char *s, size_t n, char *out);
 
 #endif

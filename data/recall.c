@@ -15,8 +15,10 @@ int recall_check_vocab(const Tokenizer *tok, char *err) {
 
 // The sentence form (byte-level BPE models): a definition is at most RECALL_WORDS_DEF tokens, the question
 // and its answer at most RECALL_WORDS_TAIL.
-#define RECALL_WORDS_DEF 48
-#define RECALL_WORDS_TAIL 64
+// Bounds in tokens that hold whatever the vocabulary: a token covers at least one byte of the text (< 64 bytes for
+// a definition, < 128 for the question and the answer).
+#define RECALL_WORDS_DEF 64
+#define RECALL_WORDS_TAIL 128
 
 int recall_min_distance(const Tokenizer *tok) { return tok->bpe ? RECALL_WORDS_DEF : RECALL_ITEM_LEN; }
 int recall_max_distance(const Tokenizer *tok, int n) {
@@ -60,13 +62,16 @@ static const char *const recall_nouns[16] = {"falcon", "harbor", "lantern", "orc
                                              "meadow", "engine", "garden", "mirror", "castle", "forest", "anchor",
                                              "violin", "compass"};
 
-// Encodes text into out (at most cap tokens; the encoder needs len + 1 slots): the token count.
+// Encodes text into out (at most cap tokens; the encoder needs len + 1 slots) without the bos a BPE may put
+// first (the sentence goes inside a sequence): the token count.
 static int recall_encode(const Tokenizer *tok, const char *text, int *out, int cap) {
     size_t len = strlen(text);
     int *tmp = common_calloc(len + 1, sizeof(int));
     size_t n = tokenizer_encode(tok, (const unsigned char *)text, len, tmp, NULL);
-    CHECK(n <= (size_t)cap);
-    memcpy(out, tmp, n * sizeof(int));
+    size_t skip = n > 0 && tok->bpe && tmp[0] == bpe_bos_prepended(tok->bpe);
+    n -= skip;
+    CHECK(n <= (size_t)cap && n <= len);
+    memcpy(out, tmp + skip, n * sizeof(int));
     common_free(tmp);
     return (int)n;
 }

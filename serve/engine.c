@@ -316,6 +316,15 @@ static void *engine_main(void *arg) {
     return NULL;
 }
 
+// The default pool: 16 contexts' worth of blocks, but no more than SERVE_DEFAULT_POOL_BYTES of fp32 rows (a
+// pretrained model's 8k context would otherwise ask for gigabytes).
+static int engine_default_blocks(const ModelConfig *c, int block) {
+    int blocks = 16 * ((c->block_size + block - 1) / block);
+    double row = (double)c->n_layer * 2 * model_kv_dim(c) * sizeof(float) * block;
+    int cap = (int)(SERVE_DEFAULT_POOL_BYTES / row);
+    return blocks < cap ? blocks : cap > 1 ? cap : 1;
+}
+
 int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineConfig *cfg, char *err) {
     memset(e, 0, sizeof(*e));
     const ModelConfig *c = &m->cfg;
@@ -326,7 +335,7 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     e->reuse_budget = cfg->reuse_budget;
     e->auth = cfg->auth;
     e->context = c->block_size;
-    e->n_blocks = cfg->n_blocks ? cfg->n_blocks : 16 * ((c->block_size + block - 1) / block);
+    e->n_blocks = cfg->n_blocks ? cfg->n_blocks : engine_default_blocks(c, block);
     KVShape shape = decode_kv_shape(c, c->block_size);
     e->kv_format = cfg->kv_format ? cfg->kv_format : "fp32";
     if (kv_pool_init_format(&e->pool, &shape, block, e->n_blocks, e->kv_format, err) != 0) return -1;

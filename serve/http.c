@@ -16,6 +16,7 @@
 #include "../kv/codec.h"
 #include "../kv/policy.h"
 #include "serve.h"
+#include "../data/pretok.h"
 
 typedef struct {
     Engine *e;
@@ -59,13 +60,10 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *o
 static json_t *text_json(const char *s, size_t n) {
     json_t *j = json_stringn(s, n);
     if (j) return j;
+    // Not UTF-8 (a random model's byte tokens, a cut character): invalid bytes become Latin-1 characters
+    // (utf8_fix); the rule is local, so the streamed events' pieces map as the whole text does.
     char *u = common_calloc(2 * n + 1, 1);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)s[i];
-        if (b < 0x80) u[k++] = (char)b;
-        else u[k++] = (char)(0xc0 | (b >> 6)), u[k++] = (char)(0x80 | (b & 0x3f));
-    }
+    size_t k = utf8_fix((const unsigned char *)s, n, u);
     j = json_stringn(u, k);
     common_free(u);
     return j;
@@ -318,18 +316,6 @@ static void tokens_append_text(const int *ids, int n, char **buf, size_t *len, s
     }
 }
 
-// How many of s[0..n) to send now: all but an unfinished UTF-8 character at the end (a BPE token may end
-// inside one; the next token completes it).
-static size_t utf8_complete_prefix(const char *s, size_t n) {
-    for (size_t back = 1; back <= 3 && back <= n; back++) {
-        unsigned char b = (unsigned char)s[n - back];
-        if ((b & 0xc0) == 0x80) continue; // a continuation byte: look further back for its lead
-        size_t need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
-        return need > back ? n - back : n;
-    }
-    return n;
-}
-
 // --- streaming (server-sent events) -----------------------------------------------------------------------
 
 typedef struct {
@@ -383,7 +369,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
         pthread_mutex_unlock(&e->mu); // out[sent..n) is final once published; the rest is read after done
         for (; s->sent < n; s->sent++) { // one event per token, its text whole characters only
             tokens_append_text(r->out + s->sent, 1, &s->pend, &s->n_pend, &s->cap_pend);
-            size_t k = utf8_complete_prefix(s->pend, s->n_pend);
+            size_t k = utf8_complete_prefix((const unsigned char *)s->pend, s->n_pend);
             if (k == 0) continue;
             stream_event(s, completion_json(r, s->id, s->generate, s->pend, k, 0));
             memmove(s->pend, s->pend + k, s->n_pend - k);

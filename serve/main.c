@@ -29,7 +29,7 @@ static const char *usage =
     "  --host ADDR        address to listen on                        [127.0.0.1]\n"
     "  --port N           TCP port; 0 = any free port (printed)        [8080]\n"
     "  --block B          KV pool block size in tokens                 [16]\n"
-    "  --pool-blocks N    blocks in the KV pool              [16 contexts' worth]\n"
+    "  --pool-blocks N    blocks in the KV pool    [16 contexts' worth, at most 2 GiB of fp32 rows]\n"
     "  --kv-format F      the pool's rows: fp32, fp16, fp8[:G], int8[:G], int4[:G] or int2[:G] (G: 32 or the head dim)  [fp32]\n"
     "  --max-tokens N     largest max_tokens a request may ask for     [1024]\n"
     "  --max-body BYTES   largest request body (413 above)             [1048576]\n"

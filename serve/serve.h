@@ -115,6 +115,9 @@ typedef struct {
     const TenantAuth *auth; // the secret that keys tenants' salts and scopes (outlives the engine)
 } EngineConfig;
 
+// The default pool's budget of fp32 key/value rows (--pool-blocks overrides it).
+#define SERVE_DEFAULT_POOL_BYTES (2.0 * 1024 * 1024 * 1024)
+
 typedef struct {
     // fixed after engine_start
     const Model *model;

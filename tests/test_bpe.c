@@ -472,3 +472,47 @@ Test(bpe, init_errors) {
     tiny_init(&t), t.v.merges = NULL, expect_error(&t.v, "malformed");
     tiny_init(&t), t.tokens[258] = "<|\n|>", t.tokens[0] = "<|\n|>", expect_error(&t.v, "'<|\\x0a|>' duplicates");
 }
+
+// Streaming text cut by utf8_complete_prefix and mapped piece by piece with utf8_fix gives exactly the whole
+// text's mapping (what build/serve's streamed events promise), on texts of valid multi-byte characters
+// mixed with stray bytes, cut into random "tokens" of 1-4 bytes. A cut inside a character would split a valid
+// sequence into two Latin-1 pairs and differ.
+Test(bpe, utf8_pieces_map_as_the_whole_text) {
+    const char *chars[] = {"a", " ", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xd0\x96", "\xe4\xb8\xad",
+                           "\x80", "\xff", "\xe2\x82", "\xf0\x9f"}; // the last four are not characters
+    uint64_t state = 7;
+    for (int trial = 0; trial < 300; trial++) {
+        unsigned char text[256];
+        size_t n = 0;
+        while (n < 200) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            const char *c = chars[(state >> 33) % (sizeof(chars) / sizeof(chars[0]))];
+            memcpy(text + n, c, strlen(c));
+            n += strlen(c);
+        }
+        char whole[512], streamed[512], piece[512];
+        size_t whole_len = utf8_fix(text, n, whole), streamed_len = 0;
+        unsigned char pend[256];
+        size_t n_pend = 0;
+        for (size_t at = 0; at < n;) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            size_t tok = 1 + (state >> 33) % 4;
+            if (tok > n - at) tok = n - at;
+            memcpy(pend + n_pend, text + at, tok);
+            n_pend += tok;
+            at += tok;
+            size_t k = at == n ? n_pend : utf8_complete_prefix(pend, n_pend);
+            size_t w = utf8_fix(pend, k, piece);
+            memcpy(streamed + streamed_len, piece, w);
+            streamed_len += w;
+            memmove(pend, pend + k, n_pend - k);
+            n_pend -= k;
+        }
+        cr_assert(streamed_len == whole_len && memcmp(streamed, whole, whole_len) == 0, "trial %d", trial);
+    }
+    // the cut itself: an unfinished character stays back, a finished one goes
+    cr_assert_eq(utf8_complete_prefix((const unsigned char *)"ab\xe2\x82", 4), 2);
+    cr_assert_eq(utf8_complete_prefix((const unsigned char *)"ab\xe2\x82\xac", 5), 5);
+    cr_assert_eq(utf8_complete_prefix((const unsigned char *)"\xf0\x9f\x98", 3), 0);
+    cr_assert_eq(utf8_complete_prefix((const unsigned char *)"a\x80\x80\x80", 4), 4);
+}
