@@ -245,6 +245,23 @@ int bpe_vocab_size(const Bpe *b) { return b->n_tokens; }
 int bpe_bos_prepended(const Bpe *b) { return b->add_bos ? b->bos_id : -1; }
 int bpe_eos_id(const Bpe *b) { return b->eos_id; }
 
+// The texts of the control tokens that end a text or a turn in the common vocabularies (GPT-2, ChatML, Llama 3,
+// Llama 2): a model may write any of them where its eos id names another.
+static const char *const bpe_end_texts[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>"};
+
+int bpe_ends_text(const Bpe *b, int id) {
+    if (id < 0 || id >= b->n_tokens) return 0;
+    if (id == b->eos_id) return 1;
+    for (int i = 0; i < b->n_control; i++) {
+        if (b->control[i] != id) continue;
+        size_t len = token_len(b, id);
+        for (size_t j = 0; j < sizeof(bpe_end_texts) / sizeof(bpe_end_texts[0]); j++)
+            if (strlen(bpe_end_texts[j]) == len && memcmp(b->bytes + b->offset[id], bpe_end_texts[j], len) == 0)
+                return 1;
+    }
+    return 0;
+}
+
 const unsigned char *bpe_token_bytes(const Bpe *b, int id, size_t *len) {
     if (!b || id < 0 || id >= b->n_tokens) {
         *len = 0;

@@ -41,6 +41,9 @@ void bpe_free(Bpe *b);
 int bpe_vocab_size(const Bpe *b);
 int bpe_eos_id(const Bpe *b); // -1 when the vocabulary names none
 int bpe_bos_prepended(const Bpe *b); // the bos id bpe_encode puts first, -1 when it puts none
+// Whether token id ends a generated text: the eos id, or a control token reading <|endoftext|>, <|im_end|>,
+// <|eot_id|>, <|end_of_text|> or </s>.
+int bpe_ends_text(const Bpe *b, int id);
 // Encodes len bytes of text (any bytes; invalid UTF-8 is encoded byte by byte); out must hold len + 1 ints
 // (every token covers at least one byte, plus an optional bos). Returns the number of ids written.
 size_t bpe_encode(const Bpe *b, const unsigned char *text, size_t len, int *out);

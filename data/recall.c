@@ -3,7 +3,17 @@
 #include <string.h>
 
 int recall_check_vocab(const Tokenizer *tok, char *err) {
-    if (tok->bpe) return 0; // byte-level: every text encodes
+    if (tok->bpe) { // byte-level: every text encodes, but a vocabulary may lack the value's digits
+        for (char d = '0'; d <= '9'; d++) {
+            int ids[2]; // one byte: at most a bos and one token
+            size_t n = tokenizer_encode(tok, (const unsigned char *)&d, 1, ids, NULL);
+            if (n == 0 || ids[n - 1] == bpe_bos_prepended(tok->bpe)) {
+                err_set(err, "the recall task needs the digit '%c', which the model's vocabulary lacks", d);
+                return -1;
+            }
+        }
+        return 0;
+    }
     const char *need = "$:;abcdefghijklmnopqrstuvwxyz";
     for (const char *p = need; *p; p++)
         if (tok->byte_to_id[(unsigned char)*p] < 0) {
@@ -94,6 +104,7 @@ static int recall_sequence_words(const Tokenizer *tok, const Corpus *c, Rng *rng
     int n_question = recall_encode(tok, text, tail, RECALL_WORDS_TAIL);
     snprintf(text, sizeof(text), " %s", value);
     int n_answer = recall_encode(tok, text, tail + n_question, RECALL_WORDS_TAIL - n_question);
+    CHECK(n_answer > 0); // the digits encode (recall_check_vocab)
     int question = n - n_question - n_answer, target = question - distance;
     CHECK(target >= 0 && n_def <= distance);
     memcpy(x + target, def, (size_t)n_def * sizeof(int));

@@ -49,6 +49,8 @@ void tokenizer_free(Tokenizer *tok) {
     tok->bpe = NULL;
 }
 
+int tokenizer_ends_text(const Tokenizer *tok, int id) { return tok->bpe ? bpe_ends_text(tok->bpe, id) : 0; }
+
 const unsigned char *tokenizer_token_bytes(const Tokenizer *tok, int id, size_t *len) {
     if (tok->bpe) return bpe_token_bytes(tok->bpe, id, len);
     if (id < 0 || id >= tok->vocab_size) {

@@ -21,6 +21,8 @@ typedef struct {
 void tokenizer_from_bpe(Tokenizer *tok, Bpe *bpe);
 // Frees a BPE if the tokenizer holds one; the character tokenizer holds nothing. Safe to call twice.
 void tokenizer_free(Tokenizer *tok);
+// Whether generation should stop at token id (a BPE's end-of-text tokens, bpe_ends_text; never for characters).
+int tokenizer_ends_text(const Tokenizer *tok, int id);
 // The bytes token id stands for (one byte for characters); NULL and *len = 0 for an id out of range.
 const unsigned char *tokenizer_token_bytes(const Tokenizer *tok, int id, size_t *len);
 

@@ -25,7 +25,8 @@ static void generate_set_defaults(void *p) {
     o->data = "data/tinyshakespeare.txt";
 }
 
-// The prompt's characters must all be in the vocabulary: the first one that is not is named.
+// A character model's prompt must be all in its vocabulary: the first character that is not is named. (A BPE
+// encodes anything; a prompt of only bytes it lacks is refused after encoding.)
 static int generate_check_prompt(const Tokenizer *tok, const char *prompt, char *err) {
     size_t len = strlen(prompt);
     if (len == 0) {
@@ -86,6 +87,11 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
     int V = m->cfg.vocab_size;
     int *prompt = common_calloc(plen + 1, sizeof(int));
     size_t n_prompt = tokenizer_encode(tok, (const unsigned char *)o->prompt, plen, prompt, NULL);
+    if (n_prompt == 0) {
+        common_free(prompt);
+        err_set(err, "--prompt has no token the model knows (its bytes are all outside the vocabulary)");
+        return -1;
+    }
     GenStream g;
     int rc = genstream_init(&g, m, spec, n_prompt + (size_t)o->n, calib->tokens, calib->n_train, err);
     if (rc == 0) rc = genstream_start(&g, prompt, n_prompt, err);
@@ -95,7 +101,6 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
         genstream_free(&g);
         return -1;
     }
-    int eos = tok->bpe ? bpe_eos_id(tok->bpe) : -1;
     float *probs = common_calloc(V, sizeof(float));
     int *idx = common_calloc(V, sizeof(int));
     Rng rng;
@@ -105,8 +110,8 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
     int made = 0;
     for (int i = 0; i < o->n && rc == 0; i++) {
         int next = sample_next(genstream_logits(&g), V, &o->sc, &rng, probs, idx);
+        if (tokenizer_ends_text(tok, next)) break; // the model ended its text
         made++;
-        if (next == eos) break; // the model ended its text
         generate_put_token(tok, next);
         fflush(stdout);
         if (i + 1 < o->n) rc = genstream_feed(&g, next, err);

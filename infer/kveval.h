@@ -48,10 +48,11 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
 void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEvalResult *r);
 
 // Long-range recall through a compressed cache (data/recall.h): for each distance, `per_distance` sequences
-// of `context` tokens are streamed through the compressed and the full cache; a sequence counts when all
-// value characters of its query are each the most likely next token (teacher-forced); char_acc counts the
-// value characters one by one (chance is 1/26), a finer signal than the exact match. SnapKV compresses at
-// the query's value, so its prompt includes the question, as in the paper.
+// of `context` tokens go through the compressed and the full cache (everything before the value as a prompt,
+// then the value token by token); a sequence counts when all value tokens of its query are each the most
+// likely next token (teacher-forced); char_acc counts the value tokens one by one (characters, chance 1/26,
+// for a character model; BPE tokens of the digits for a GGUF model), a finer signal than the exact match.
+// SnapKV compresses at the query's value, so its prompt includes the question, as in the paper.
 #define KV_RECALL_MAX_DISTANCES 16
 typedef struct {
     int n_distances;

@@ -1,5 +1,5 @@
-// Long-range recall through a cache under test (kveval.h): recall sequences streamed through evalcore.h's
-// lockstep pair, each value character checked against both caches' top-1.
+// Long-range recall through a cache under test (kveval.h): recall sequences through evalcore.h's pair (the
+// part before the value as a prompt, then the value), each value token checked against both caches' top-1.
 #include <stdio.h>
 
 #include "../data/recall.h"

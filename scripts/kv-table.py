@@ -18,6 +18,16 @@ def main(path):
                 r["spec"], r["bytes_per_token"], r["fp16_bytes_per_token"], r["recall_acc"], r["recall_acc_full"],
                 r["recall_char_acc"], " | ".join("%.2f" % by[d] for d in dists)))
         return
+    if "curve_position" in rows[0]:
+        # perplexity against position (--curve): one column per spec, the full cache's alongside
+        pos = rows[0]["curve_position"]
+        print("| positions | " + " | ".join("`%s`" % r["spec"] for r in rows) + " | full cache |")
+        print("|---" * (2 + len(rows)) + "|")
+        for k, p in enumerate(pos):
+            end = pos[k + 1] - 1 if k + 1 < len(pos) else rows[0]["context"] - 1
+            print("| %d-%d | " % (p, end) + " | ".join("%.2f" % r["curve_ppl"][k] for r in rows) +
+                  " | %.2f |" % rows[0]["curve_ppl_full"][k])
+        return
     print("| spec | context | bytes/token | vs fp16 | ppl | Δppl vs full | KL | top-1 agree | decode tok/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -287,9 +287,9 @@ static void *engine_main(void *arg) {
         int kept = 0;
         for (int i = 0; i < n; i++) {
             Req *r = e->active[i];
-            int eos = produced[i] >= 0 && produced[i] == e->eos;
+            int eos = produced[i] >= 0 && tokenizer_ends_text(e->tok, produced[i]);
             if (produced[i] >= 0 && !eos) r->out[r->n_out++] = produced[i];
-            if (produced[i] >= 0) e->tokens_generated++;
+            if (produced[i] >= 0 && !eos) e->tokens_generated++;
             if (eos) r->stopped = 1;
             if (produced[i] == -2) finish_locked(e, r, 500, errs[i]);
             else if (eos) finish_locked(e, r, 200, NULL);
@@ -329,7 +329,6 @@ int engine_start(Engine *e, const Model *m, const Tokenizer *tok, const EngineCo
     memset(e, 0, sizeof(*e));
     const ModelConfig *c = &m->cfg;
     int block = cfg->block;
-    e->eos = tok->bpe ? bpe_eos_id(tok->bpe) : -1;
     e->model = m, e->tok = tok, e->block = block, e->max_tokens = cfg->max_tokens, e->max_queue = cfg->max_queue;
     e->shared_reuse = cfg->shared_reuse;
     e->reuse_budget = cfg->reuse_budget;

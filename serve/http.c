@@ -228,7 +228,9 @@ static Req *parse_completion(const Upload *u, int generate, const char *tenant, 
                     reuse_method_names[ask.method]);
             goto out;
         }
-        if (bad >= 0) {
+        if (bad < 0 && n == 0) {
+            err_set(err, "the prompt has no token the model knows (its bytes are all outside the vocabulary)");
+        } else if (bad >= 0) {
             unsigned char ch = (unsigned char)text[bad];
             if (ch >= 32 && ch < 127) err_set(err, "prompt character '%c' (byte %ld) is not in the model's vocabulary", ch, bad);
             else err_set(err, "prompt byte 0x%02x (at %ld) is not in the model's vocabulary", ch, bad);
@@ -367,7 +369,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
         Req *r = s->r;
         int n = r->n_out, done = r->done;
         pthread_mutex_unlock(&e->mu); // out[sent..n) is final once published; the rest is read after done
-        for (; s->sent < n; s->sent++) { // one event per token, its text whole characters only
+        for (; s->sent < n; s->sent++) { // an event per token, its text whole characters only: a token that
+                                         // ends inside a character waits for the next
             tokens_append_text(r->out + s->sent, 1, &s->pend, &s->n_pend, &s->cap_pend);
             size_t k = utf8_complete_prefix((const unsigned char *)s->pend, s->n_pend);
             if (k == 0) continue;
@@ -375,6 +378,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
             memmove(s->pend, s->pend + k, s->n_pend - k);
             s->n_pend -= k;
         }
+        if (!done && s->len == 0) return stream_read(cls, pos, out, max); // every new byte held back: wait on
         if (done) {
             if (s->n_pend) stream_event(s, completion_json(r, s->id, s->generate, s->pend, s->n_pend, 0));
             s->n_pend = 0;

@@ -80,7 +80,7 @@ typedef struct Req {
     // outputs, under Engine.mu
     int *out;         // (max_tokens) generated token ids
     int n_out;        // tokens of out produced so far
-    int stopped;      // the model produced its end-of-text token (finish_reason "stop"; not in out)
+    int stopped;      // the model produced an end-of-text token (tokenizer_ends_text; finish_reason "stop"; not in out)
     int reused;       // prompt tokens taken from the pool (-1 until admitted)
     // reuse outputs, final before done
     int reuse_hit;        // lsh/semshare: the store had a reference; prefix: blocks were reused
@@ -122,7 +122,6 @@ typedef struct {
     // fixed after engine_start
     const Model *model;
     const Tokenizer *tok;
-    int eos;                  // the tokenizer's end-of-text token, ends a request (-1: none, character models)
     int block, n_blocks, max_tokens, max_queue, context;
     const char *kv_format; // the pool's row format (--kv-format)
     int shared_reuse;

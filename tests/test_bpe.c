@@ -516,3 +516,27 @@ Test(bpe, utf8_pieces_map_as_the_whole_text) {
     cr_assert_eq(utf8_complete_prefix((const unsigned char *)"\xf0\x9f\x98", 3), 0);
     cr_assert_eq(utf8_complete_prefix((const unsigned char *)"a\x80\x80\x80", 4), 4);
 }
+
+// Generation stops at the eos id and at the control tokens that end a text or a turn in the common
+// vocabularies, whichever id the file names as eos; never at a normal token or an unrelated control token.
+Test(bpe, end_of_text_tokens) {
+    Vocab V;
+    vocab_load(&V, "tests/data/bpe/smollm");
+    Bpe *b = build(&V.v);
+    int endoftext = find_token(V.tokens, V.n_tokens, "<|endoftext|>");
+    int im_end = find_token(V.tokens, V.n_tokens, "<|im_end|>");
+    int im_start = find_token(V.tokens, V.n_tokens, "<|im_start|>");
+    int bang = find_token(V.tokens, V.n_tokens, "!");
+    cr_assert(endoftext >= 0 && im_end >= 0 && im_start >= 0 && bang >= 0);
+    cr_assert(bpe_ends_text(b, endoftext));
+    cr_assert(bpe_ends_text(b, im_end));
+    cr_assert(!bpe_ends_text(b, im_start));
+    cr_assert(!bpe_ends_text(b, bang));
+    cr_assert(!bpe_ends_text(b, -1) && !bpe_ends_text(b, V.n_tokens));
+    bpe_free(b);
+    V.v.eos_id = bang; // a file may name any token its eos
+    b = build(&V.v);
+    cr_assert(bpe_ends_text(b, bang));
+    bpe_free(b);
+    vocab_free(&V);
+}

@@ -144,6 +144,40 @@ Test(cli_gguf, a_truncated_gguf_is_one_line) {
     cliutil_run_free(&r);
 }
 
+// A copy of tiny-q.gguf whose vocabulary lacks byte 0x04: its token (GPT-2 form U+0104, the GGUF string
+// "\x02\0\0\0\0\0\0\0\xc4\x84") renamed to U+0200, a symbol no byte maps to. Returns its path.
+static const char *gguf_without_byte_4(void) {
+    size_t len;
+    char *data = cliutil_read_file(GGUF_Q, &len);
+    cr_assert(data);
+    static const char token[10] = {2, 0, 0, 0, 0, 0, 0, 0, (char)0xc4, (char)0x84};
+    char *at = memmem(data, len, token, sizeof token);
+    cr_assert(at, "the byte 0x04 token is in the fixture's vocabulary");
+    at[8] = (char)0xc8;
+    at[9] = (char)0x80;
+    const char *path = cliutil_tmp("nobyte4.gguf");
+    cliutil_write_file(path, data, len);
+    free(data);
+    return path;
+}
+
+// A prompt made only of bytes the vocabulary lacks encodes to no token: one line, never a crash.
+Test(cli_gguf, a_prompt_of_unknown_bytes_is_an_error) {
+    const char *model = gguf_without_byte_4();
+    Run ok = RUN("infer", "generate", "--model", model, "--prompt", "a\x04b", "-n", "2");
+    cliutil_expect_ok(&ok, "a prompt with one unknown byte");
+    cliutil_run_free(&ok);
+    Run r = RUN("infer", "generate", "--model", model, "--prompt", "\x04\x04", "-n", "2");
+    EXPECT_ERROR(&r, "infer generate", "no token the model knows");
+    cliutil_run_free(&r);
+    Server s = server_start_ckpt(model, NULL);
+    expect_error(http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"\\u0004\"}"), 400, "no token");
+    expect_error(http(s.port, "POST", "/v1/generate", "X-Tenant: a\r\n", "{\"prompt\": \"\\u0004\", \"reuse\": \"lsh\"}"), 400,
+                 "no token");
+    expect_health(s.port);
+    server_stop(&s);
+}
+
 // The text of every "data:" event's choices[0].text, concatenated, and the last finish_reason.
 static char *stream_text(const char *body, size_t *len, char *finish, size_t finish_len) {
     char *out = calloc(strlen(body) + 1, 1);
