@@ -315,8 +315,13 @@ static int check_header(const char *path, FILE *f, uint64_t file_len, Header *hd
         err_set(err, "cannot read checkpoint '%s': %s", path, errno ? strerror(errno) : "short read");
         return -1;
     }
+    if (want >= 4 && memcmp(h, "GGUF", 4) == 0) { // the GGUF import is read-only (checkpoints/gguf.h)
+        err_set(err, "'%s' is a GGUF model, not a kvlab checkpoint: build/infer and build/serve load it "
+                     "(--model); build/train cannot resume or start from it", path);
+        return -1;
+    }
     if (memcmp(h, CHECKPOINT_MAGIC, want < 8 ? want : 8) != 0) {
-        err_set(err, "'%s' is not a kvlab checkpoint (bad magic)", path);
+        err_set(err, "'%s' is not a kvlab checkpoint (bad magic) nor a GGUF model", path);
         return -1;
     }
     if (want >= 12) {

@@ -187,6 +187,14 @@ static int load_tokens(Bpe *b, const BpeVocab *v, TokenEntry **map, char *err) {
         b->offset[i + 1] = at + len;
         if (control && len > 0) b->control[b->n_control++] = i, b->first[(unsigned char)v->tokens[i][0]] = 1;
     }
+    for (int i = 0; v->n_merges == 0 && i < v->n_tokens; i++) // no merges can make a multi-byte token
+        if ((!v->types || v->types[i] == 1) && token_len(b, i) > 1) {
+            char buf[256];
+            err_set(err, "the BPE has no merges but normal tokens of several bytes (token %d '%s'): its "
+                         "merges are missing, and every text would be split into single bytes", i,
+                    shown(v->tokens[i], buf));
+            return -1;
+        }
     Control *order = common_calloc((size_t)b->n_control + 1, sizeof(Control));
     for (int c = 0; c < b->n_control; c++) order[c] = (Control){token_len(b, b->control[c]), b->control[c]};
     qsort(order, (size_t)b->n_control, sizeof(Control), longer_first);

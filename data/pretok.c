@@ -70,9 +70,10 @@ size_t utf8_fix(const unsigned char *s, size_t n, char *out) {
         if (cp >= 0) {
             memcpy(out + k, s + i, (size_t)len);
             k += (size_t)len;
-        } else {
-            out[k++] = (char)(0xc0 | (s[i] >> 6));
-            out[k++] = (char)(0x80 | (s[i] & 0x3f));
+        } else { // U+FFFD
+            out[k++] = (char)0xef;
+            out[k++] = (char)0xbf;
+            out[k++] = (char)0xbd;
         }
         i += (size_t)len;
     }

@@ -34,9 +34,9 @@ int utf8_decode(const unsigned char *s, size_t len, size_t i, long *cp);
 // (a lead byte within the last 3 whose sequence needs more bytes than are there). No valid character of the
 // whole text ever straddles the cut, so text sent in such pieces maps piece by piece as the whole would.
 size_t utf8_complete_prefix(const unsigned char *s, size_t n);
-// Writes s[0..n) as valid UTF-8 to out (2n bytes suffice): valid characters as they are, every other byte as
-// the Latin-1 character of its value (two bytes). Returns the bytes written. Local: each byte's fate depends on
-// it and the 3 after it only.
+// Writes s[0..n) as valid UTF-8 to out (3n bytes suffice): valid characters as they are, every other byte as
+// U+FFFD, the replacement character (three bytes). Returns the bytes written. Local: each byte's fate depends
+// on it and the 3 after it only.
 size_t utf8_fix(const unsigned char *s, size_t n, char *out);
 
 #endif

@@ -84,12 +84,12 @@ static void eval_forward(Model *m, const int *tokens, size_t n, int T, double *s
     }
 }
 
-int eval_tokens(Model *m, const int *tokens, size_t n, EvalPath path, EvalResult *out, char *err) {
+int eval_tokens(Model *m, const int *tokens, size_t n, int window, EvalPath path, EvalResult *out, char *err) {
     if (n < 2) {
         err_set(err, "need at least 2 tokens to score, got %zu", n);
         return -1;
     }
-    int T = m->cfg.block_size;
+    int T = window > 0 ? window : m->cfg.block_size;
     if (n - 1 < (size_t)T) T = (int)(n - 1); // the text bounds the window
     uint64_t forward = eval_forward_bytes(&m->cfg, T);
     int stream = path == EVAL_PATH_STREAM || (path == EVAL_PATH_AUTO && forward > EVAL_FORWARD_MAX_BYTES);

@@ -39,8 +39,9 @@ typedef struct {
 uint64_t eval_forward_bytes(const ModelConfig *c, int T);
 uint64_t eval_stream_bytes(const ModelConfig *c, int T);
 
-// Returns -1 with a message when fewer than 2 tokens are given, or when the window cannot fit this machine's
+// Scores tokens in consecutive windows of `window` tokens (0: the model's context). Returns -1 with a message
+// when fewer than 2 tokens are given, or when the window cannot fit this machine's
 // physical memory (the message names the bytes it needs).
-int eval_tokens(Model *m, const int *tokens, size_t n, EvalPath path, EvalResult *out, char *err);
+int eval_tokens(Model *m, const int *tokens, size_t n, int window, EvalPath path, EvalResult *out, char *err);
 
 #endif

@@ -14,7 +14,9 @@ enum { EVALCORE_PREFILL_ROWS = 64 };
 int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err) {
     if (!kv_cache_needs_calibration(kv)) return 0;
     const ModelConfig *c = &m->cfg;
-    int T = c->block_size;
+    // windows of the model's context, at most EVALCORE_CALIB_MAX_T tokens: a pretrained model's 8k context
+    // would make 8 windows of prefill (minutes on 2 cores) and gigabytes of samples
+    int T = c->block_size < EVALCORE_CALIB_MAX_T ? c->block_size : EVALCORE_CALIB_MAX_T;
     int HD = model_head_dim(c);
     int windows = (int)(n / T) < 8 ? (int)(n / T) : 8;
     if (windows < 1) {

@@ -60,8 +60,10 @@ size_t evalcore_cache_bytes(const EvalCache *c);
 // Tokens held, the mean over layers (per-layer budgets differ under pyramid).
 double evalcore_cache_held(const EvalCache *c);
 
-// Fits a low-rank cache's bases from the keys and values the model produces on tokens (windows of the
-// model's context, at most 8), through a full cache. No-op for caches that need no calibration.
+// Fits a low-rank cache's bases from the keys and values the model produces on tokens (at most 8 windows of
+// the model's context or of EVALCORE_CALIB_MAX_T tokens, the shorter), through a full cache. No-op for caches
+// that need no calibration.
+#define EVALCORE_CALIB_MAX_T 512
 int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, size_t n, char *err);
 
 // The full fp32 cache and the cache under test, stepped in lockstep over streams of up to `context` tokens.

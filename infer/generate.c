@@ -43,13 +43,14 @@ static int generate_check_prompt(const Tokenizer *tok, const char *prompt, char 
 
 // The end-of-run line: tokens and speed, then the bytes the cache held against a full fp16 cache of the
 // tokens a full cache would hold now (the stream's positions), the tokens held, and the context rule.
-static void generate_report(const GenerateOpts *o, int made, const KVSpec *spec, const GenStream *g, double seconds) {
+static void generate_report(const GenerateOpts *o, int made, int ended, const KVSpec *spec, const GenStream *g,
+                            double seconds) {
     double fp16 = evalcore_fp16_bytes_per_token(&g->m->cfg) * g->pos;
     size_t bytes = evalcore_cache_bytes(&g->cache);
     fprintf(stderr,
-            "infer: %d tokens in %.2f s (%.1f tokens/s), KV cache %zu bytes; --kv=%s holds %.1f tokens at %d "
+            "infer: %d tokens%s in %.2f s (%.1f tokens/s), KV cache %zu bytes; --kv=%s holds %.1f tokens at %d "
             "positions, %.3f of a full fp16 cache (%.0f bytes); prefill %.0f tokens/s, decode %.0f tokens/s; ",
-            made, seconds, seconds > 0 ? made / seconds : 0.0, bytes, spec->text, evalcore_cache_held(&g->cache),
+            made, ended ? " (then the end-of-text token)" : "", seconds, seconds > 0 ? made / seconds : 0.0, bytes, spec->text, evalcore_cache_held(&g->cache),
             g->pos, fp16 > 0 ? bytes / fp16 : 0.0, fp16, g->t_prefill > 0 ? g->n_prefill / g->t_prefill : 0.0,
             g->t_decode > 0 ? g->n_decode / g->t_decode : 0.0);
     if (g->streams)
@@ -107,10 +108,13 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
     rng_init(&rng, o->seed);
     fputs(o->prompt, stdout);
     double t0 = common_now();
-    int made = 0;
+    int made = 0, ended = 0;
     for (int i = 0; i < o->n && rc == 0; i++) {
         int next = sample_next(genstream_logits(&g), V, &o->sc, &rng, probs, idx);
-        if (tokenizer_ends_text(tok, next)) break; // the model ended its text
+        if (tokenizer_ends_text(tok, next)) { // the model ended its text
+            ended = 1;
+            break;
+        }
         made++;
         generate_put_token(tok, next);
         fflush(stdout);
@@ -119,7 +123,7 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
     double dt = common_now() - t0;
     putchar('\n');
     fflush(stdout);
-    if (rc == 0) generate_report(o, made, spec, &g, dt);
+    if (rc == 0) generate_report(o, made, ended, spec, &g, dt);
     common_free(probs);
     common_free(idx);
     genstream_free(&g);

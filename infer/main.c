@@ -16,7 +16,8 @@ static void main_print_help(void) {
            "       build/infer --ckpt FILE --prompt TEXT ...  (= generate)\n"
            "       build/infer --ckpt FILE --eval FILE|recall|prefix|tier|reuse|attention ...  (= that mode)\n"
            "\n"
-           "Generates text from a trained checkpoint through any KV cache, and measures what a KV cache costs\n"
+           "Generates text from a trained checkpoint or a GGUF model (--model) through any KV cache, and measures\n"
+           "what a KV cache costs "
            "and saves. Modes:\n\n");
     for (int i = 0; i < mode_count; i++) printf("  %-12s %s\n", mode_table[i]->name, mode_table[i]->summary);
     printf("\nKV specs (--kv): SELECT[+TERM...], or TERM[+TERM...] with full selection (int4 = full+int4)\n"

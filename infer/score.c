@@ -24,6 +24,7 @@ static int *score_read_tokens(const Tokenizer *tok, const char *path, size_t *n,
 typedef struct {
     ModeCommon common;
     const char *file;
+    int context;
 } ScoreOpts;
 
 static int score_run(void *p, char *err) {
@@ -40,7 +41,7 @@ static int score_run(void *p, char *err) {
     int *ids = score_read_tokens(&tok, o->file, &n, &n_oov, err);
     int rc = -1;
     EvalResult r;
-    if (ids && n >= 2 && eval_tokens(&m, ids, n, EVAL_PATH_AUTO, &r, err) == 0) {
+    if (ids && n >= 2 && eval_tokens(&m, ids, n, o->context, EVAL_PATH_AUTO, &r, err) == 0) {
         printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", o->file, r.n_scored, r.mean_loss,
                r.perplexity);
         if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
@@ -63,14 +64,16 @@ static int score_run(void *p, char *err) {
 static const ModeFlag score_flags[] = {
     MODE_COMMON_FLAGS,
     {"--eval", NULL, MODE_FLAG_STRING, offsetof(ScoreOpts, file), 0, 0, "FILE", "the text to score (required)"},
+    {"--context", NULL, MODE_FLAG_INT, offsetof(ScoreOpts, context), 2, MODE_MAX_CONTEXT, "N",
+     "tokens per window, at most 65536 (a pretrained model's 8192 is slow on 2 cores)   [model context]"},
     {0},
 };
 
 const Mode mode_score = {
     .name = "score",
     .summary = "loss and perplexity of a text file, full forward pass (old spelling: --eval FILE)",
-    .usage = "build/infer score --ckpt FILE --eval FILE",
-    .about = "Scores FILE in consecutive windows of the model's context, or of the whole text when it is shorter\n"
+    .usage = "build/infer score --ckpt FILE --eval FILE [--context N]",
+    .about = "Scores FILE in consecutive windows of the model's context (--context), or of the whole text when it is shorter\n"
              "(each token but the first is predicted once, from the tokens before it in its window); characters\n"
              "outside the vocabulary are skipped and counted. A window whose full forward would need over 1 GiB\n"
              "of activations streams through a full KV cache instead (memory linear in the window); one that\n"

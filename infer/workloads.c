@@ -79,8 +79,9 @@ const Mode mode_recall = {
     .summary = "long-range recall accuracy by distance through a KV cache (old spelling: --eval recall)",
     .usage = "build/infer recall --ckpt FILE [--kv SPEC] [--context N] [--streams N] [--seed S] [--json]",
     .about = "For each distance, --streams sequences of --context tokens (a key-value item, filler from --data,\n"
-             "the query) are streamed through the cache and the full cache; a sequence counts when every value\n"
-             "character is the most likely next token. SnapKV compresses at the query.\n",
+             "the query) go through the cache and the full cache; a sequence counts when every value character\n"
+             "(value token, for a GGUF model: a pass key in sentences) is the most likely next token. SnapKV\n"
+             "compresses at the query.\n",
     .flags = recall_flags,
     .opts_size = sizeof(RecallOpts),
     .defaults = recall_set_defaults,

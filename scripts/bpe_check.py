@@ -134,7 +134,9 @@ def read_gguf(path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', required=True, help='a GGUF file with a byte-level BPE vocabulary')
-    p.add_argument('--out', default=os.path.join(ROOT, 'models', 'bpe-check'))
+    p.add_argument('--out', default=os.path.join(ROOT, 'models', 'bpe-check'),
+                   help="where to write the vocabulary, text and ids (default models/bpe-check, the folder the "
+                        "bpe/real_vocabulary test reads)")
     args = p.parse_args()
     v = read_gguf(args.model)
     tok = reference(v['tokens'], v['types'], v['merges'], v['pre'])
@@ -150,7 +152,10 @@ def main():
     write_ids(os.path.join(args.out, 'ids.txt'), ids)
     print('bpe_check: %d tokens, %d merges, pre %s; text %d bytes -> %d ids; wrote %s'
           % (len(v['tokens']), len(v['merges']), v['pre'], len(text.encode('utf-8')), len(ids), args.out))
-    print("now run: build/tests --filter 'bpe/*'")
+    if os.path.abspath(args.out) == os.path.join(ROOT, 'models', 'bpe-check'):
+        print("now run: build/tests --filter 'bpe/*'")
+    else:
+        print("the bpe/real_vocabulary test reads models/bpe-check only: copy %s there to run it" % args.out)
 
 
 if __name__ == '__main__':

@@ -37,4 +37,7 @@ def main(path):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print("usage: scripts/kv-table.py [OUT.jsonl]   (JSON lines of kv-bench.sh or pretrained-bench.sh; stdin without one)")
+        sys.exit(0)
     main(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin")

@@ -259,4 +259,7 @@ def main():
 
 
 if __name__ == '__main__':
+    if len(sys.argv) > 1:  # it takes no arguments: --help (or anything) prints what it does and writes nothing
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ('-h', '--help') else 2)
     main()

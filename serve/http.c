@@ -60,9 +60,9 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, json_t *o
 static json_t *text_json(const char *s, size_t n) {
     json_t *j = json_stringn(s, n);
     if (j) return j;
-    // Not UTF-8 (a random model's byte tokens, a cut character): invalid bytes become Latin-1 characters
-    // (utf8_fix); the rule is local, so the streamed events' pieces map as the whole text does.
-    char *u = common_calloc(2 * n + 1, 1);
+    // Not UTF-8 (a random model's byte tokens, a character cut by the end of generation): each invalid byte
+    // becomes U+FFFD (utf8_fix); the rule is local, so the streamed events' pieces map as the whole text does.
+    char *u = common_calloc(3 * n + 1, 1);
     size_t k = utf8_fix((const unsigned char *)s, n, u);
     j = json_stringn(u, k);
     common_free(u);

@@ -19,7 +19,7 @@
 static const char *usage =
     "usage: build/serve --ckpt FILE [--host ADDR] [--port N] [flags]\n"
     "\n"
-    "Serves a checkpoint over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\",\n"
+    "Serves a checkpoint or a GGUF model over HTTP: POST /v1/completions (OpenAI shape), POST /v1/generate (plus \"kv\",\n"
     "\"reuse\": prefix|lsh|semshare|none with \"threshold\" and \"min_overlap\", and \"cache\" and \"reuse\"\n"
     "reports), GET /v1/cache/stats, POST /v1/cache/clear, GET /health, GET /metrics (Prometheus).\n"
     "Tenants (Authorization: Bearer KEY, or X-Tenant with --trust-tenant-header, else one anonymous tenant)\n"

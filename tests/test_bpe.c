@@ -412,6 +412,21 @@ static void expect_error(const BpeVocab *v, const char *part) {
     cr_assert_null(strchr(err, '\n'), "error '%s' is not one line", err);
 }
 
+// A vocabulary with tokens of several bytes and no merges lost its merges (a GGUF without the key): refused,
+// since every text would then be split into bytes. Bytes and control tokens alone need no merges.
+Test(bpe, multi_byte_tokens_need_merges) {
+    Tiny t;
+    tiny_init(&t);
+    t.v.n_merges = 0;
+    expect_error(&t.v, "no merges");
+    t.v.n_tokens = 256; // the byte forms only: a valid vocabulary without merges
+    t.v.eos_id = -1;
+    Bpe *b = build(&t.v);
+    int ids[8];
+    cr_assert_eq(bpe_encode(b, (const unsigned char *)"abc", 3, ids), 3);
+    bpe_free(b);
+}
+
 Test(bpe, init_errors) {
     Tiny t;
     tiny_init(&t);
@@ -490,7 +505,7 @@ Test(bpe, utf8_pieces_map_as_the_whole_text) {
             memcpy(text + n, c, strlen(c));
             n += strlen(c);
         }
-        char whole[512], streamed[512], piece[512];
+        char whole[1024], streamed[1024], piece[1024];
         size_t whole_len = utf8_fix(text, n, whole), streamed_len = 0;
         unsigned char pend[256];
         size_t n_pend = 0;

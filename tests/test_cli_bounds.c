@@ -115,9 +115,9 @@ Test(cli_bounds, streaming_score_matches_the_full_forward) {
     EvalResult fwd;
     EvalResult str;
     EvalResult aut;
-    cr_assert_eq(eval_tokens(&m, ids, 350, EVAL_PATH_FORWARD, &fwd, err), 0, "%s", err);
-    cr_assert_eq(eval_tokens(&m, ids, 350, EVAL_PATH_STREAM, &str, err), 0, "%s", err);
-    cr_assert_eq(eval_tokens(&m, ids, 350, EVAL_PATH_AUTO, &aut, err), 0, "%s", err);
+    cr_assert_eq(eval_tokens(&m, ids, 350, 0, EVAL_PATH_FORWARD, &fwd, err), 0, "%s", err);
+    cr_assert_eq(eval_tokens(&m, ids, 350, 0, EVAL_PATH_STREAM, &str, err), 0, "%s", err);
+    cr_assert_eq(eval_tokens(&m, ids, 350, 0, EVAL_PATH_AUTO, &aut, err), 0, "%s", err);
     cr_assert_eq(fwd.n_scored, 349);
     cr_assert_eq(str.n_scored, 349);
     cr_assert_eq(fwd.window, 100);
@@ -125,7 +125,7 @@ Test(cli_bounds, streaming_score_matches_the_full_forward) {
     cr_assert_float_eq(str.mean_loss, fwd.mean_loss, 1e-4, "stream %.6f forward %.6f", str.mean_loss, fwd.mean_loss);
     cr_assert_eq(aut.mean_loss, fwd.mean_loss);
     // a text shorter than the context scores in one window of its own length
-    cr_assert_eq(eval_tokens(&m, ids, 30, EVAL_PATH_AUTO, &aut, err), 0, "%s", err);
+    cr_assert_eq(eval_tokens(&m, ids, 30, 0, EVAL_PATH_AUTO, &aut, err), 0, "%s", err);
     cr_assert_eq(aut.window, 29);
     cr_assert_lt(eval_forward_bytes(&m.cfg, 29), eval_forward_bytes(&m.cfg, 100));
     model_free(&m);

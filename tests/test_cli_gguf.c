@@ -230,3 +230,13 @@ Test(cli_gguf, serve_streams_the_same_text_it_answers) {
     free(st.body);
     server_stop(&s);
 }
+
+// build/train never takes a GGUF model (the import is read-only): one line saying what the file is.
+Test(cli_gguf, train_refuses_a_gguf_model) {
+    Run r = RUN("train", "--resume", GGUF_Q);
+    EXPECT_ERROR(&r, "train", "is a GGUF model", "--model");
+    cliutil_run_free(&r);
+    Run s = RUN("train", "--init-from", GGUF_Q, "--steps", "1");
+    EXPECT_ERROR(&s, "train", "is a GGUF model");
+    cliutil_run_free(&s);
+}
