@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 
 #include "../common/par.h"
+#include "checkpoint.h"
 #include "gguf_quant.h"
 
 enum { // GGUF value types
@@ -795,6 +796,11 @@ int gguf_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, char *
     int rc = gguf_load_memory(map, (size_t)size, path, m, ops, tok, err);
     if (map) munmap(map, (size_t)size);
     return rc;
+}
+
+int gguf_or_checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, char *err) {
+    if (gguf_is_file(path)) return gguf_load(path, m, ops, tok, err);
+    return checkpoint_load(path, m, ops, tok, NULL, NULL, NULL, err);
 }
 
 int gguf_is_file(const char *path) {

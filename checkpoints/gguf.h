@@ -38,6 +38,10 @@ int gguf_is_file(const char *path);
 // tokenizer into tok (a BPE; free with tokenizer_free). -1 with a one-line message in err, nothing allocated.
 int gguf_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, char *err);
 
+// The one way the programs load a model file: a GGUF file (by its magic) through gguf_load, anything else
+// through checkpoint_load (weights and tokenizer only). -1 with a one-line message in err.
+int gguf_or_checkpoint_load(const char *path, Model *m, const Ops *ops, Tokenizer *tok, char *err);
+
 // The parsing and validation alone, from memory (the fuzz target and the tests): data[0..len) is a whole
 // file. With m == NULL only parses and validates (no weights dequantized, no model allocated); otherwise as
 // gguf_load. tok may be NULL (the tokenizer is then validated and freed).

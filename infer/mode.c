@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../checkpoints/checkpoint.h"
 #include "../checkpoints/gguf.h"
 #include "../common/args.h"
 
@@ -136,11 +135,7 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
     }
     const Ops *backend = ops_for_device(c->device, err);
     if (!backend) return -1;
-    if (gguf_is_file(c->ckpt)) {
-        if (gguf_load(c->ckpt, m, &ops_cpu, tok, err) != 0) return -1;
-    } else if (checkpoint_load(c->ckpt, m, &ops_cpu, tok, NULL, NULL, NULL, err) != 0) {
-        return -1;
-    }
+    if (gguf_or_checkpoint_load(c->ckpt, m, &ops_cpu, tok, err) != 0) return -1;
     if (c->kv_heads && c->kv_heads != m->cfg.n_kv_head) {
         Model pooled;
         int rc = model_convert_kv_heads(&pooled, m, c->kv_heads, err);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../checkpoints/checkpoint.h"
 #include "../checkpoints/gguf.h"
 #include "../common/args.h"
 #include "../common/runtime.h"
@@ -143,9 +142,7 @@ int main(int argc, char **argv) {
     }
     Model m;
     Tokenizer tok;
-    int loaded = gguf_is_file(f.ckpt) ? gguf_load(f.ckpt, &m, &ops_cpu, &tok, err)
-                                      : checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, NULL, NULL, NULL, err);
-    if (loaded != 0) {
+    if (gguf_or_checkpoint_load(f.ckpt, &m, &ops_cpu, &tok, err) != 0) {
         tenant_auth_free(&auth);
         return die(err);
     }
