@@ -51,6 +51,11 @@ void tokenizer_free(Tokenizer *tok) {
 
 int tokenizer_ends_text(const Tokenizer *tok, int id) { return tok->bpe ? bpe_ends_text(tok->bpe, id) : 0; }
 
+int tokenizer_bos_id(const Tokenizer *tok) {
+    if (tok->bpe) return bpe_bos_prepended(tok->bpe);
+    return tok->byte_to_id[TOKENIZER_BOS_BYTE];
+}
+
 const unsigned char *tokenizer_token_bytes(const Tokenizer *tok, int id, size_t *len) {
     if (tok->bpe) return bpe_token_bytes(tok->bpe, id, len);
     if (id < 0 || id >= tok->vocab_size) {

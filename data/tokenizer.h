@@ -23,6 +23,11 @@ void tokenizer_from_bpe(Tokenizer *tok, Bpe *bpe);
 void tokenizer_free(Tokenizer *tok);
 // Whether generation should stop at token id (a BPE's end-of-text tokens, bpe_ends_text; never for characters).
 int tokenizer_ends_text(const Tokenizer *tok, int id);
+// The start-of-sequence symbol a model saw at position 0 of every training window, -1 when none: for
+// characters, STX (TOKENIZER_BOS_BYTE) when the vocabulary holds it (build/train --bos adds it; no text holds
+// it); for a BPE, the bos its encoding prepends. Evaluations that cut streams out of a text put it first.
+#define TOKENIZER_BOS_BYTE 0x02
+int tokenizer_bos_id(const Tokenizer *tok);
 // The bytes token id stands for (one byte for characters); NULL and *len = 0 for an id out of range.
 const unsigned char *tokenizer_token_bytes(const Tokenizer *tok, int id, size_t *len);
 
