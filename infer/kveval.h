@@ -20,6 +20,9 @@ typedef struct {
     const int *calib;  // lowrank: calibration tokens (not the evaluated ones), fed in windows of the context
     size_t n_calib;
     int curve;         // > 0: also perplexity against position, in this many equal buckets of the scored span
+    int bos;           // 1: each stream starts with bos_id, then context - 1 tokens of the text (a model trained
+    int bos_id;        //    with a start symbol: tokenizer_bos_id)
+    const char *tokens_out; // non-NULL: every scored token's comparison written there as text (kv_eval_streams)
 } KVEvalConfig;
 
 enum { KV_EVAL_MAX_CURVE = 64 };
@@ -33,6 +36,15 @@ typedef struct {
     double top1_agree;           // fraction of tokens where both caches' most likely token agree
     size_t kv_bytes;             // held by the compressed cache at the end of a stream
     double bytes_per_token;      // kv_bytes / context
+    // bytes held over the scored steps (after each token that a scored prediction follows), every stream: the
+    // mean and the peak, and the mean of what a full fp16 cache holds at the same steps (tokens so far times
+    // fp16_bytes_per_token); kv_bytes_mean / fp16_full_bytes_mean is the cache's size against fp16
+    double kv_bytes_mean, fp16_full_bytes_mean;
+    size_t kv_bytes_peak;
+    // per stream, in stream order (cfg->streams each; owned, kv_eval_result_free): summed NLL through the
+    // compressed and the full cache, summed KL, tokens whose top-1 agree; every stream scores the same count
+    double *stream_nll, *stream_nll_full, *stream_kl;
+    int *stream_agree;
     double fp16_bytes_per_token; // a full fp16 cache: n_layer * 2 * kv_dim * 2
     double prefill_tokens_per_s; // compressed cache, first `prefill` tokens
     double decode_tokens_per_s;  // compressed cache, the rest
@@ -43,8 +55,11 @@ typedef struct {
     double curve_ppl[KV_EVAL_MAX_CURVE], curve_ppl_full[KV_EVAL_MAX_CURVE];
 } KVEvalResult;
 
+// cfg->tokens_out: one line per scored token, "stream position nll nll_full kl agree" (position: of the predicted
+// token in its stream), after a header line; -1 with a message if the file cannot be written.
 int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_t n, const KVEvalConfig *cfg,
                     KVEvalResult *out, char *err);
+void kv_eval_result_free(KVEvalResult *r);
 void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEvalResult *r);
 
 // Long-range recall through a compressed cache (data/recall.h): for each distance, `per_distance` sequences

@@ -86,7 +86,7 @@ const Mode mode_score = {
 
 typedef struct {
     ModeCommon common;
-    const char *file, *kv, *data;
+    const char *file, *kv, *data, *tokens_out;
     int context, prefill, streams, curve, json;
 } KvOpts;
 
@@ -99,7 +99,11 @@ static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const
     size_t n = 0;
     int *ids = score_read_tokens(tok, o->file, &n, NULL, err);
     if (!ids) return -1;
-    KVEvalConfig kc = {.context = o->context ? o->context : m->cfg.block_size, .curve = o->curve};
+    KVEvalConfig kc = {.context = o->context ? o->context : m->cfg.block_size, .curve = o->curve,
+                       .tokens_out = o->tokens_out};
+    kc.bos_id = tokenizer_bos_id(tok); // a model with a start symbol sees it first in every stream
+    kc.bos = kc.bos_id >= 0;
+    size_t skip = kc.bos && n > 0 && ids[0] == kc.bos_id; // a BPE prepends it to the file: once is not every stream
     kc.prefill = o->prefill ? o->prefill : kc.context / 2;
     kc.streams = o->streams ? o->streams : 8;
     Corpus calib; // low-rank bases come from the training corpus, not the text being scored
@@ -108,21 +112,24 @@ static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const
     if (rc == 0) {
         kc.calib = calib.tokens;
         kc.n_calib = calib.n_train;
-        rc = kv_eval_streams(m, spec, ids, n, &kc, &r, err);
+        rc = kv_eval_streams(m, spec, ids + skip, n - skip, &kc, &r, err);
         corpus_free(&calib);
     }
+    int evaluated = rc == 0;
     if (rc == 0 && o->json) kv_eval_print_json(spec, &kc, &r);
     else if (rc == 0)
         printf("eval: %s --kv=%s: %zu tokens scored (%d streams of %d, scoring after %d): ppl %.4f (full cache "
-               "%.4f), KL %.3g, top-1 agreement %.4f, KV %zu bytes = %.1f bytes/token (fp16 full: %.1f), "
-               "decode %.0f tokens/s\n",
+               "%.4f), KL %.3g, top-1 agreement %.4f, KV %zu bytes = %.1f bytes/token (fp16 full: %.1f); over the "
+               "scored steps %.0f bytes on average (%.3fx a full fp16 cache), %zu at the peak; decode %.0f tokens/s\n",
                o->file, spec->text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.ppl_full, r.kl,
-               r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.decode_tokens_per_s);
+               r.top1_agree, r.kv_bytes, r.bytes_per_token, r.fp16_bytes_per_token, r.kv_bytes_mean,
+               r.kv_bytes_mean / r.fp16_full_bytes_mean, r.kv_bytes_peak, r.decode_tokens_per_s);
     if (rc == 0 && (!isfinite(r.ppl) || !isfinite(r.ppl_full))) { // printed above, then an error
         err_set(err, "the perplexity of '%s' is not finite (%g through --kv=%s, %g through the full cache): the "
                      "checkpoint's outputs overflow", o->file, r.ppl, spec->text, r.ppl_full);
         rc = -1;
     }
+    if (evaluated) kv_eval_result_free(&r);
     common_free(ids);
     return rc;
 }
@@ -168,6 +175,8 @@ static const ModeFlag kv_flags[] = {
      "with --json: perplexity against position in N buckets of the scored positions"},
     {"--data", NULL, MODE_FLAG_STRING, offsetof(KvOpts, data), 0, 0, "FILE",
      "+lowrank:R calibrates on this text's training split   [data/tinyshakespeare.txt]"},
+    {"--tokens-out", NULL, MODE_FLAG_STRING, offsetof(KvOpts, tokens_out), 0, 0, "FILE",
+     "every scored token's comparison as text: stream position nll nll_full kl agree"},
     {0},
 };
 

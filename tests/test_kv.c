@@ -2,7 +2,10 @@
 // storage formats against fp32, and streaming past the trained context.
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kv/codec.h"
 #include "../kv/kv.h"
@@ -277,7 +280,101 @@ static KVEvalResult eval_spec(const Model *m, const char *text, const int *token
     KVEvalResult r;
     cr_assert_eq(kv_eval_streams(m, &sp, tokens, n, &cfg, &r, err), 0, "%s", err);
     cr_assert_eq(r.tokens, 3 * 12);
+    kv_eval_result_free(&r); // the per-stream sums: kv.eval_per_stream
     return r;
+}
+
+static KVEvalResult eval_cfg(const Model *m, const char *text, const int *tokens, size_t n, const KVEvalConfig *cfg) {
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, text, err), 0, "%s", err);
+    KVEvalResult r;
+    cr_assert_eq(kv_eval_streams(m, &sp, tokens, n, cfg, &r, err), 0, "%s: %s", text, err);
+    return r;
+}
+
+// The per-stream sums add up to the totals; bytes are averaged over the scored steps (a full cache grows, a
+// window does not); a stream with a start symbol is the same as the text with the symbol written first; the
+// per-token file holds every scored token.
+Test(kv, eval_per_stream_bytes_and_bos) {
+    Model m;
+    tiny_model(&m);
+    int tokens[201];
+    Rng rng;
+    rng_init(&rng, 5);
+    for (int i = 0; i < 201; i++) tokens[i] = (int)rng_below(&rng, 9);
+    KVEvalConfig cfg = {.context = 24, .prefill = 12, .streams = 11}; // more streams than one batch of 8
+    KVEvalResult w = eval_cfg(&m, "window:4", tokens, 200, &cfg);
+    double nll = 0.0, kl = 0.0;
+    long agree = 0;
+    for (int s = 0; s < 11; s++) nll += w.stream_nll[s], kl += w.stream_kl[s], agree += w.stream_agree[s];
+    cr_assert_eq(w.tokens, 11 * 12);
+    cr_assert_float_eq(exp(nll / w.tokens), w.ppl, 1e-9 * w.ppl);
+    cr_assert_float_eq(kl / w.tokens, w.kl, 1e-12);
+    cr_assert_eq(agree, (long)llround(w.top1_agree * w.tokens));
+    cr_assert_eq((size_t)w.kv_bytes_mean, w.kv_bytes_peak, "a full window holds the same at every scored step");
+    // a full fp16 cache at the scored steps holds prefill .. context-1 tokens: (12 + 23) / 2 on average
+    double fp16 = 2.0 * 2 * 8 * 2; // layers, K and V, kv dim (2 heads of 4), bytes
+    cr_assert_float_eq(w.fp16_full_bytes_mean, fp16 * 17.5, 1e-9);
+    KVEvalResult f = eval_cfg(&m, "full", tokens, 200, &cfg);
+    cr_assert_lt(f.kv_bytes_mean, (double)f.kv_bytes_peak, "the full cache grows");
+    cr_assert_lt(f.kv_bytes_peak, f.kv_bytes, "the last step scored comes before the last token fed");
+    cr_assert_float_eq(f.kv_bytes_mean / f.fp16_full_bytes_mean, 2.0, 0.02, "fp32 is twice fp16, plus the lane counts (%g)",
+                       f.kv_bytes_mean / f.fp16_full_bytes_mean);
+    kv_eval_result_free(&w);
+    kv_eval_result_free(&f);
+    // the start symbol: one stream from offset 0 of the text, against the text with the symbol in front
+    KVEvalConfig one = {.context = 24, .prefill = 12, .streams = 1, .bos = 1, .bos_id = 7};
+    KVEvalResult b = eval_cfg(&m, "h2o:4,4", tokens + 1, 199, &one);
+    int with[200];
+    with[0] = 7;
+    memcpy(with + 1, tokens + 1, 199 * sizeof(int));
+    one.bos = 0;
+    KVEvalResult ref = eval_cfg(&m, "h2o:4,4", with, 200, &one);
+    cr_assert_eq(b.ppl, ref.ppl);
+    cr_assert_eq(b.kl, ref.kl);
+    cr_assert_eq(b.stream_nll[0], ref.stream_nll[0]);
+    kv_eval_result_free(&ref);
+    one.bos = 1;
+    one.bos_id = 9;
+    KVSpec sp;
+    char err[ERR_LEN];
+    cr_assert_eq(kv_spec_parse(&sp, "full", err), 0);
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &one, &ref, err), -1, "a start symbol outside the vocabulary");
+    cr_assert(strstr(err, "start symbol"), "%s", err);
+    // every scored token in the file, and its NLL sums to the stream's
+    char path[] = "/tmp/kvlab-tokens-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    one.bos_id = 7;
+    one.streams = 2;
+    one.tokens_out = path;
+    KVEvalResult t = eval_cfg(&m, "h2o:4,4", tokens, 200, &one);
+    FILE *fp = fopen(path, "r");
+    cr_assert(fp);
+    char line[256];
+    int lines = 0;
+    double sum0 = 0.0;
+    cr_assert(fgets(line, sizeof line, fp) && line[0] == '#');
+    while (fgets(line, sizeof line, fp)) {
+        int s, pos, ag;
+        double a, b2, k;
+        cr_assert_eq(sscanf(line, "%d %d %lf %lf %lf %d", &s, &pos, &a, &b2, &k, &ag), 6, "%s", line);
+        cr_assert(pos >= 12 && pos < 24 && (s == 0 || s == 1));
+        if (s == 0) sum0 += a;
+        lines++;
+    }
+    fclose(fp);
+    unlink(path);
+    cr_assert_eq(lines, 2 * 12);
+    cr_assert_float_eq(sum0, t.stream_nll[0], 1e-6);
+    kv_eval_result_free(&t);
+    kv_eval_result_free(&b);
+    one.tokens_out = "/nonexistent-dir/x";
+    cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &one, &ref, err), -1);
+    cr_assert(strstr(err, "cannot write"), "%s", err);
+    model_free(&m);
 }
 
 Test(kv, eval_full_matches_itself_and_eviction_differs) {
@@ -350,6 +447,9 @@ Test(kv, lowrank_full_rank_reproduces_full) {
     cr_assert_eq(kv_spec_parse(&sp, "full", err), 0, "%s", err);
     cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &cfg, &full, err), 0, "%s", err);
     cr_assert_lt(half_rank.bytes_per_token, full.bytes_per_token);
+    kv_eval_result_free(&full_rank);
+    kv_eval_result_free(&half_rank);
+    kv_eval_result_free(&full);
     // no calibration tokens: a clear error, not a crash
     cr_assert_eq(kv_spec_parse(&sp, "full+lowrank:2", err), 0, "%s", err);
     cfg.n_calib = 5;

@@ -336,5 +336,6 @@ Test(paged_compose, streaming_eval_through_paged_specs) {
     cr_assert_lt(r[2].kv_bytes, r[0].kv_bytes / 2, "window:16 holds %zu vs %zu", r[2].kv_bytes, r[0].kv_bytes);
     cr_assert_lt(r[1].kv_bytes, r[0].kv_bytes * 4 / 10, "int8 pages hold %zu vs %zu", r[1].kv_bytes, r[0].kv_bytes);
     cr_assert(r[3].kv_bytes < r[2].kv_bytes, "h2o int4 pages");
+    for (int i = 0; i < 4; i++) kv_eval_result_free(&r[i]);
     model_free(&m);
 }
