@@ -52,13 +52,15 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     if (spec->rank) G = 1;
     EvalPair pairs[KV_EVAL_BATCH];
     for (int i = 0; i < G; i++)
-        if (evalcore_pair_init(&pairs[i], m, spec, T, cfg->calib, cfg->n_calib, err) != 0) {
+        if ((cfg->no_reference ? (pairs[i] = (EvalPair){0}, evalcore_cache_init(&pairs[i].comp, m, spec, T, cfg->calib,
+                                                                                cfg->n_calib, err))
+                               : evalcore_pair_init(&pairs[i], m, spec, T, cfg->calib, cfg->n_calib, err)) != 0) {
             while (i-- > 0) evalcore_pair_free(&pairs[i]);
             if (tf) fclose(tf);
             return -1;
         }
     DecodeState ds_full, ds_comp;
-    decode_state_init(&ds_full, c, G, T);
+    if (!cfg->no_reference) decode_state_init(&ds_full, c, G, T);
     decode_state_init(&ds_comp, c, G, T);
     int span = T - cfg->prefill; // predicted positions prefill .. T-1
     EvalTokenCompare *tcs = common_calloc((size_t)G * span, sizeof(EvalTokenCompare));
@@ -92,13 +94,14 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
                 memcpy(b + 1, tokens + start, (size_t)from_text * sizeof(int));
                 x[i] = b;
             }
-            evalcore_pair_reset(&pairs[i], cfg->prefill);
+            if (cfg->no_reference) evalcore_cache_reset(&pairs[i].comp, cfg->prefill);
+            else evalcore_pair_reset(&pairs[i], cfg->prefill);
             full[i] = &pairs[i].full;
             comp[i] = &pairs[i].comp;
         }
         for (int t = 0; t < T; t++) {
             for (int i = 0; i < g; i++) tok[i] = x[i][t], pos[i] = t;
-            CHECK(evalcore_caches_step(full, g, m, &ds_full, tok, pos, err) == 0);
+            if (!cfg->no_reference) CHECK(evalcore_caches_step(full, g, m, &ds_full, tok, pos, err) == 0);
             double t0 = common_now();
             CHECK(evalcore_caches_step(comp, g, m, &ds_comp, tok, pos, err) == 0);
             double dt = common_now() - t0;
@@ -113,7 +116,8 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
                 bytes_steps++;
             }
             for (int i = 0; i < g; i++)
-                evalcore_compare_logits(ds_full.logits + (size_t)i * V, ds_comp.logits + (size_t)i * V, V,
+                evalcore_compare_logits((cfg->no_reference ? ds_comp.logits : ds_full.logits) + (size_t)i * V,
+                                        ds_comp.logits + (size_t)i * V, V,
                                         x[i][t + 1], &tcs[(size_t)i * span + (t + 1 - cfg->prefill)]);
         }
         for (int i = 0; i < g; i++)
@@ -139,7 +143,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     common_free(tcs);
     common_free(bos_buf);
     int write_failed = tf && (ferror(tf) | fclose(tf));
-    decode_state_free(&ds_full);
+    if (!cfg->no_reference) decode_state_free(&ds_full);
     decode_state_free(&ds_comp);
     out->tokens = acc.scored;
     out->ppl = evalcore_acc_ppl(&acc);
@@ -200,6 +204,7 @@ void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEva
     evalcore_json_int(&j, "kv_bytes_peak", (long long)r->kv_bytes_peak);
     evalcore_json_num(&j, "fp16_full_bytes_mean", r->fp16_full_bytes_mean);
     evalcore_json_int(&j, "bos", cfg->bos);
+    evalcore_json_int(&j, "reference", !cfg->no_reference);
     evalcore_json_num_array(&j, "stream_nll", r->stream_nll, cfg->streams);
     evalcore_json_num_array(&j, "stream_nll_full", r->stream_nll_full, cfg->streams);
     evalcore_json_num_array(&j, "stream_kl", r->stream_kl, cfg->streams);

@@ -23,6 +23,8 @@ typedef struct {
     int bos;           // 1: each stream starts with bos_id, then context - 1 tokens of the text (a model trained
     int bos_id;        //    with a start symbol: tokenizer_bos_id)
     const char *tokens_out; // non-NULL: every scored token's comparison written there as text (kv_eval_streams)
+    int no_reference;  // 1: no lockstep full cache (timing and peak memory of the cache alone): ppl_full, kl
+                       //    and top-1 then compare the cache with itself
 } KVEvalConfig;
 
 enum { KV_EVAL_MAX_CURVE = 64 };

@@ -87,7 +87,7 @@ const Mode mode_score = {
 typedef struct {
     ModeCommon common;
     const char *file, *kv, *data, *tokens_out;
-    int context, prefill, streams, curve, json;
+    int context, prefill, streams, curve, json, no_reference;
 } KvOpts;
 
 static void kv_set_defaults(void *p) {
@@ -100,7 +100,7 @@ static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const
     int *ids = score_read_tokens(tok, o->file, &n, NULL, err);
     if (!ids) return -1;
     KVEvalConfig kc = {.context = o->context ? o->context : m->cfg.block_size, .curve = o->curve,
-                       .tokens_out = o->tokens_out};
+                       .tokens_out = o->tokens_out, .no_reference = o->no_reference};
     kc.bos_id = tokenizer_bos_id(tok); // a model with a start symbol sees it first in every stream
     kc.bos = kc.bos_id >= 0;
     size_t skip = kc.bos && n > 0 && ids[0] == kc.bos_id; // a BPE prepends it to the file: once is not every stream
@@ -177,6 +177,8 @@ static const ModeFlag kv_flags[] = {
      "+lowrank:R calibrates on this text's training split   [data/tinyshakespeare.txt]"},
     {"--tokens-out", NULL, MODE_FLAG_STRING, offsetof(KvOpts, tokens_out), 0, 0, "FILE",
      "every scored token's comparison as text: stream position nll nll_full kl agree"},
+    {"--no-reference", NULL, MODE_FLAG_SWITCH, offsetof(KvOpts, no_reference), 0, 0, NULL,
+     "no lockstep full cache: the time and peak memory of the cache alone (KL 0, top-1 1)"},
     {0},
 };
 

@@ -371,6 +371,18 @@ Test(kv, eval_per_stream_bytes_and_bos) {
     cr_assert_float_eq(sum0, t.stream_nll[0], 1e-6);
     kv_eval_result_free(&t);
     kv_eval_result_free(&b);
+    // without the reference: the same perplexity through the cache, compared with itself
+    one.tokens_out = NULL;
+    KVEvalResult with_ref = eval_cfg(&m, "tova:6+int4", tokens, 200, &one);
+    one.no_reference = 1;
+    KVEvalResult alone = eval_cfg(&m, "tova:6+int4", tokens, 200, &one);
+    cr_assert_eq(alone.ppl, with_ref.ppl);
+    cr_assert_eq(alone.kv_bytes_mean, with_ref.kv_bytes_mean);
+    cr_assert(alone.kl == 0.0 && alone.top1_agree == 1.0 && alone.ppl_full == alone.ppl);
+    cr_assert_gt(with_ref.kl, 0.0);
+    kv_eval_result_free(&with_ref);
+    kv_eval_result_free(&alone);
+    one.no_reference = 0;
     one.tokens_out = "/nonexistent-dir/x";
     cr_assert_eq(kv_eval_streams(&m, &sp, tokens, 200, &one, &ref, err), -1);
     cr_assert(strstr(err, "cannot write"), "%s", err);
