@@ -19,6 +19,7 @@ matches; a training run once report/work/NAME.ckpt.done exists), an interrupted 
 last checkpoint with build/train --resume. --fresh starts over.
 """
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -28,7 +29,11 @@ import subprocess
 import sys
 import time
 
-from report_write import loss_curve, read_jsonl, storage_specs, system_specs, tier1_specs, train_log, write_report
+import report_pretrained
+import report_ruler
+import report_tier1
+import report_tier2
+from report_write import loss_curve, read_jsonl, system_specs, train_log, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = 'build'  # --bin: the build directory whose programs run
@@ -38,28 +43,38 @@ BIN = 'build'  # --bin: the build directory whose programs run
 SCALES = {
     'quick': dict(
         # tier 1: the recall recipe of BENCHMARKS.md ("Long-range recall"), shortened: a dense-copy warm-up at
-        # context 64, then half recall, half text at context 128
+        # context 64, then half recall, half text at context 128; three seeds
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
-        context=128, streams=8, recall_per_distance=20, stream_factor=16,
+        context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
+        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100,
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
-        convert=[4, 2, 1], uptrain_steps=75,  # 5% of the pretraining steps (the GQA paper's alpha)
-        bench_t='128,256,512,1024,2048,4096',
+        t2_seed_attn=['mha', 'mqa'], t2_seeds=[3, 5, 7],
+        convert=[4, 2, 1], uptrain_steps=75, uptrain_G=2,  # 75: 5% of the pretraining steps (the GQA paper's alpha)
+        decode_batch=[], frag=[],  # build/bench's defaults
+        bench_t='128,256,512,1024,2048,4096', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
+        pretrained=dict(sink_cache=128, sink_stream=1024, streams=4, context=512, ruler_context=256, ruler_items=100),
     ),
     'smoke': dict(  # checks the pipeline in a few minutes; its numbers mean nothing
         warmup=['--preset', 'baby', '--steps', '60'], recall=['--context', '128', '--batch', '4', '--mix', 'recall:0.5', '--steps', '20'],
-        context=128, streams=2, recall_per_distance=2, stream_factor=4,
-        attn_preset=['--preset', 'baby', '--steps', '40'], attn=['mha', 'gqa:2', 'mqa'], convert=[2, 1], uptrain_steps=4,
-        bench_t='64,128,256',
+        context=128, streams=4, recall_per_distance=2, stream_factor=4, stream_streams=2, seeds=2,
+        latency_context=256, sink_cache=16, sink_stream=128, ruler_items=5,
+        attn_preset=['--preset', 'baby', '--steps', '40'], attn=['mha', 'gqa:2', 'mqa'], t2_seed_attn=['mqa'], t2_seeds=[3, 5],
+        convert=[2, 1], uptrain_steps=4, uptrain_G=2,
+        decode_batch=['--decode-batches', '1,2', '--decode-contexts', '64', '--decode-runs', '1'],
+        frag=['--frag-requests', '32', '--frag-budget-mb', '4'],
+        bench_t='64,128,256', flash_m=[256, 4096], pretrained=None,
     ),
     'full': dict(
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
-        context=256, streams=8, recall_per_distance=20, stream_factor=16,
-        attn_preset=['--preset', 'small'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'], convert=[8, 4, 1],
-        uptrain_steps=60,
-        bench_t='128,256,512,1024,2048,4096,8192',
+        context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
+        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200,
+        attn_preset=['--preset', 'small', '--steps', '1200'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'],
+        t2_seed_attn=['mha', 'gqa:4', 'mqa'], t2_seeds=[3, 5, 7], convert=[8, 4, 1], uptrain_steps=60, uptrain_G=4,
+        decode_batch=[], frag=[], bench_t='128,256,512,1024,2048,4096,8192', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
+        pretrained=dict(sink_cache=128, sink_stream=2048, streams=8, context=1024, ruler_context=512, ruler_items=100),
     ),
 }
 
@@ -101,7 +116,7 @@ class Runner:
             line += ' >> ' + shlex.quote(os.path.relpath(appends_to, ROOT))
         self.commands.append(line + ('  # kept from an earlier run' if kept else ''))
 
-    def _run(self, cmd, stdout=None, ok_if=None, show=False, log_as=None):
+    def _run(self, cmd, stdout=None, ok_if=None, show=False, log_as=None, log=True):
         """Runs cmd from the repository root: its stdout to the file stdout (or nowhere), or with show, every line
         it prints echoed as it comes (training's validation lines: progress within a long step). A failure stops
         the report with the command and its last words, unless they contain ok_if."""
@@ -109,7 +124,8 @@ class Runner:
         # (BENCHMARKS.md measures the same way); training uses every core
         train = cmd[0].endswith('/train')
         env = self.env if train else dict(self.env, OMP_NUM_THREADS='1')
-        self._log(cmd, log_as)
+        if log:
+            self._log(cmd, log_as)
         if show:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1)
@@ -125,9 +141,10 @@ class Runner:
         if rc != 0 and not (ok_if and ok_if in said):
             sys.exit('report: step failed (exit %d): %s\n%s' % (rc, ' '.join(cmd), said.strip()[-2000:]))
 
-    def json_step(self, name, what, cmds):
-        """Runs each command (its stdout: JSON lines) and keeps their output together as raw/NAME.jsonl; the
-        signature of what produced it goes to work/NAME.sig."""
+    def json_step(self, name, what, cmds, jobs=1):
+        """Runs each command (its stdout: JSON lines) and keeps their output together as raw/NAME.jsonl, in the
+        order of cmds; the signature of what produced it goes to work/NAME.sig. jobs > 1 runs that many at once
+        (single-threaded evaluations whose timings the report does not compare)."""
         path = os.path.join(self.raw, name + '.jsonl')
         sig_path = os.path.join(self.work, name + '.sig')
         sig = self._signature(cmds)
@@ -139,10 +156,17 @@ class Runner:
             return read_jsonl(path)
         t = time.time()
         tmp = path + '.part'
-        with open(tmp, 'w') as out:
-            for cmd in cmds:
-                part = tmp + '.1'
+        parts = ['%s.%d' % (tmp, i) for i in range(len(cmds))]
+        if jobs > 1:
+            for cmd in cmds:  # commands.sh lists them in order
+                self._log(cmd, path)
+            with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(lambda i: self._run(cmds[i], parts[i], log=False), range(len(cmds))))
+        else:
+            for cmd, part in zip(cmds, parts):
                 self._run(cmd, part, log_as=path)
+        with open(tmp, 'w') as out:
+            for part in parts:
                 with open(part) as f:
                     for line in f:
                         if line.strip().startswith('{'):
@@ -228,9 +252,15 @@ def data_args(args):
 
 def count_steps(sc):
     """Steps main() runs, for the progress lines."""
-    n = 2 + 1 + 3 + 3 + 1 + 2 + 2  # recall model, full cache, quality and recall per budget, stream, storage, heat maps
-    n += 2 * len(sc['attn']) + 3 * len(sc['convert'])  # tier 2: train + eval each; pool, uptrain, eval per conversion
-    return n + 5  # tier 3: flash, paged, prefix, tier, reuse
+    seeds = sc['seeds']
+    n = 2 * seeds + 7 + (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
+    n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
+    n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
+    n += 5 + 1 + len(report_ruler.KEEP)  # the sink control, retrieval
+    n += 7  # tier 3: flash, flash against M, fragmentation, paged, prefix, tier, reuse
+    if sc['pretrained'] and os.path.exists(os.path.join(ROOT, report_pretrained.MODEL)):
+        n += 3
+    return n
 
 
 def main():
@@ -282,28 +312,10 @@ def main():
     res = {}
 
     # ---- tier 1: token level -------------------------------------------------------------------------------
-    warm = R.train_step('recall-warmup', 'tier 1: recall warm-up (dense copies, context 64)',
-                        sc['warmup'] + ['--seed', '1'] + dev)
-    model = R.train_step('recall', 'tier 1: recall model (half recall, half text, context %d)' % C,
-                         ['--init-from', rel(warm)] + sc['recall'] + ['--seed', '2'] + dev)
+    report_tier1.run(R, sc, BIN, rel, val, corpus, dev, [], res)
+    model = res['t1_models'][0]
     infer = [BIN + '/infer', '--ckpt', rel(model)]
     q = lambda spec: infer + ['--eval', rel(val), '--kv', spec, '--context', str(C), '--streams', str(sc['streams']), '--json']
-    rc = lambda spec: infer + ['--eval', 'recall', '--kv', spec, '--context', str(C), '--streams',
-                               str(sc['recall_per_distance']), '--json']
-    res['full'] = R.json_step('t1-full', 'tier 1: the full cache (quality, recall)', [q('full'), rc('full')])
-    specs = tier1_specs(C)
-    res['t1_quality'], res['t1_recall'] = [], []
-    for b in sorted({s[0] for s in specs}):
-        these = [s[2] for s in specs if s[0] == b]
-        res['t1_quality'] += R.json_step('t1-quality-%d' % b, 'tier 1: quality, budget %d of %d' % (b, C), [q(s) for s in these])
-        res['t1_recall'] += R.json_step('t1-recall-%d' % b, 'tier 1: recall, budget %d of %d' % (b, C), [rc(s) for s in these])
-    L = sc['stream_factor'] * C
-    res['stream'] = R.json_step('t1-stream', 'tier 1: streaming %d tokens past a cache of %d' % (L, C // 2), [
-        infer + ['--eval', rel(val), '--kv', spec, '--context', str(L), '--prefill', str(C), '--streams', '1', '--json',
-                 '--curve', '16'] for spec in ('window:%d' % (C // 2), 'sink:4,window:%d' % (C // 2 - 4))])
-    res['storage'] = R.json_step('t1-storage', 'tier 1: storage formats, low rank, MiniCache', [q(s) for s in storage_specs(C)])
-    res['storage_recall'] = R.json_step('t1-storage-recall', 'tier 1: recall through int8/int4/int2/KIVI',
-                                        [rc(s) for s in storage_specs(C)[1:4] + storage_specs(C)[6:8]])
     heat = [os.path.join(out, 'img', 'attn-%s.png' % n) for n in ('layer0', 'layer1', 'layer2', 'layer3', 'summary')]  # baby: 4 layers
     R.file_step('heatmaps', 'tier 1: attention heat maps', infer + ['--eval', 'attention', '--out', rel(os.path.join(out, 'img')),
                 '--context', str(C), '--data', rel(corpus)], heat)
@@ -311,30 +323,36 @@ def main():
                               [infer + ['--eval', 'attention', '--out', rel(R.work), '--context', str(C), '--data', rel(corpus), '--json']])
 
     # ---- tier 2: model level ---------------------------------------------------------------------------------
-    res['attn'] = {}
-    ck = {}
-    for attn in sc['attn']:
-        ck[attn] = R.train_step('attn-' + attn.replace(':', ''), 'tier 2: train %s from scratch' % attn,
-                                sc['attn_preset'] + ['--attn', attn, '--seed', '3'] + dev)
-    T2 = None
-    for attn in sc['attn']:
-        base = [BIN + '/infer', '--ckpt', rel(ck[attn]), '--eval', rel(val), '--kv', 'full', '--json']
-        res['attn'][attn] = R.json_step('t2-eval-' + attn.replace(':', ''), 'tier 2: evaluate %s' % attn,
-                                        [base + ['--streams', '16'], base + ['--context', '1024', '--prefill', '992', '--streams', '1']])
-    mha = ck[sc['attn'][0]]
-    res['convert'] = {}
-    for G in sc['convert']:
-        base = [BIN + '/infer', '--ckpt', rel(mha), '--kv-heads', str(G), '--eval', rel(val), '--kv', 'full', '--json', '--streams', '16']
-        res['convert'][G] = {'pooled': R.json_step('t2-pool-%d' % G, 'tier 2: MHA mean-pooled to %d kv heads' % G, [base])}
-        up = R.train_step('uptrain-%d' % G, 'tier 2: uptrain the pooled %d-head model (%d steps)' % (G, sc['uptrain_steps']),
-                          ['--init-from', rel(mha), '--attn', 'mqa' if G == 1 else 'gqa:%d' % G, '--steps',
-                           str(sc['uptrain_steps']), '--warmup', '5', '--lr', '5e-4', '--seed', '4'] + dev)
-        res['convert'][G]['uptrained'] = R.json_step('t2-uptrained-%d' % G, 'tier 2: evaluate the uptrained %d-head model' % G, [
-            [BIN + '/infer', '--ckpt', rel(up), '--eval', rel(val), '--kv', 'full', '--json', '--streams', '16']])
+    report_tier2.run(R, sc, BIN, rel, val, dev, res)
+    ck = res['t2_models']
+
+    # ---- the positive sink control: tier 2's MHA recipe with a start symbol at position 0 ------------------
+    bos = R.train_step('sink-bos', 'sink control: the MHA recipe with a start symbol (--bos)',
+                       sc['attn_preset'] + ['--attn', 'mha', '--bos', '--seed', '3'] + dev)
+    res['sink_controls'] = {}
+    BC = sc['sink_cache']
+    for tag, m in (('bos', bos), ('nobos', ck['mha'])):
+        base = [BIN + '/infer', '--ckpt', rel(m)]
+        res['sink_controls'][tag] = dict(
+            stream=R.json_step('sink-%s-stream' % tag, 'sink control (%s): streaming %d tokens past a cache of %d' % (
+                tag, sc['sink_stream'], BC), [base + ['--eval', rel(val), '--kv', spec, '--context', str(sc['sink_stream']),
+                                                      '--prefill', str(BC), '--streams', str(sc['stream_streams']), '--json',
+                                                      '--curve', '16']
+                                              for spec in ('window:%d' % BC, 'sink:4,window:%d' % (BC - 4))], jobs=2),
+            attn=R.json_step('sink-%s-attention' % tag, 'sink control (%s): attention statistics' % tag, [
+                base + ['--eval', 'attention', '--out', rel(R.work), '--context', str(2 * BC), '--data', rel(corpus), '--json']]))
+
+    # ---- retrieval: a RULER-like suite over compression ratios ----------------------------------------------
+    report_ruler.run(R, sc, BIN, rel, model, res)
 
     # ---- tier 3: system level ------------------------------------------------------------------------------------
     res['flash'] = R.json_step('t3-flash', 'tier 3: naive vs flash attention on the CPU', [
         [BIN + '/bench', '--attention', '--attention-t', sc['bench_t'], '--json']])
+    res['flash_m'] = R.json_step('t3-flash-m', 'tier 3: flash traffic against its on-chip size M (T = %s)' % sc['bench_t'].split(',')[-2], [
+        [BIN + '/bench', '--attention', '--attention-t', sc['bench_t'].split(',')[-2], '--attention-m', str(M), '--attention-runs', '1',
+         '--json'] for M in sc['flash_m']], jobs=2)
+    res['frag'] = R.json_step('t3-fragmentation', 'tier 3: paged pool vs contiguous reservation (build/bench --fragmentation)', [
+        [BIN + '/bench', '--fragmentation', '--json'] + sc['frag']])
     res['paged'] = R.json_step('t3-paged', 'tier 3: pages with formats and selection', [q(s) for s in system_specs(C)])
     res['prefix'] = R.json_step('t3-prefix', 'tier 3: prefix sharing (8 requests sharing 3/4 of the prompt)', [
         infer + ['--eval', 'prefix', '--kv', 'paged:16', '--context', str(C), '--prefill', str(3 * C // 4), '--data', rel(corpus), '--json']])
@@ -343,6 +361,12 @@ def main():
         tier + ['--fast', str(f), '--prefetch', m] for f in (max(2, C // 16 // 4), max(2, C // 16 // 2)) for m in ('reactive', 'predictive')])
     res['reuse'] = R.json_step('t3-reuse', 'tier 3: reuse across requests (lsh, semshare)', [
         infer + ['--eval', 'reuse', '--reuse', m, '--context', str(C), '--data', rel(corpus), '--json'] for m in ('lsh', 'semshare')])
+
+    # ---- the pretrained tier: SmolLM2-135M when its file is here -----------------------------------------------
+    if sc['pretrained']:
+        report_pretrained.run(R, sc, BIN, rel, ROOT, val, res)
+    else:
+        res['pretrained'] = None
 
     with open(os.path.join(out, 'commands.sh'), 'w') as f:
         f.write('#!/bin/sh\n# The commands `python3 scripts/report.py --%s` ran, in order (from the repository root).\n' % scale)
