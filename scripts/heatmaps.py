@@ -128,7 +128,7 @@ class Canvas:
     def line_panel(self):
         """Margins of the wide panel under the grid (its legend goes in the strip on the right)."""
         y = self.TITLE + self.grid_h
-        return self._margins(self.PAD_L, self.cols * self.panel - self.PAD_R, y + self.PAD_T,
+        return self._margins(self.PAD_L + 16, self.cols * self.panel - self.PAD_R, y + self.PAD_T,
                              y + self.line_px - self.PAD_B)
 
     def colour_bar(self):
@@ -241,7 +241,7 @@ def summary_script(d, idx, out_png, linear, panel):
         'set xrange [0:%d]' % (T - 1), 'set yrange [*:1.5]', 'set logscale y', "set format y '%g'",
         'set xtics %d' % tick_step(T), 'set ytics auto', "set grid xtics ytics lc rgb '#dddddd'",
         "set xlabel 'query position' offset 0,0.5",
-        "set ylabel %s offset 1,0" % gp_str('attention on token 0' + (' (start symbol)' if bos else '')),
+        "set ylabel %s offset 0,0" % gp_str('attention on token 0' + (' (start symbol)' if bos else '')),
         "set title %s" % gp_str('attention each query position pays to token 0, by layer%s; dotted: row %d, '
                                 'where the statistics start' % (smooth, first)),
         "set key outside right top vertical Left reverse font 'sans,9' samplen 4 spacing 1.2",
