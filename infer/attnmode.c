@@ -62,8 +62,7 @@ static const ModeFlag attention_flags[] = {
     {"--out", NULL, MODE_FLAG_STRING, offsetof(AttentionOpts, out), 0, 0, "DIR",
      "an existing directory for attn-layer{L}.png and attn-summary.png"},
     {"--matrix-out", NULL, MODE_FLAG_STRING, offsetof(AttentionOpts, matrix_out), 0, 0, "DIR",
-     "an existing directory for the matrices as text (attn-L{L}-H{H}.txt, attn-L{L}-mean.txt, "
-     "attn-matrices.json; scripts/heatmaps.py draws them)"},
+     "an existing directory for the matrices as text (attn-*.txt, attn-matrices.json) for scripts/heatmaps.py"},
     {"--context", NULL, MODE_FLAG_INT, offsetof(AttentionOpts, context), 2, 1 << 20, "N",
      "tokens of the validation split   [model context, at most 1024]"},
     {"--json", NULL, MODE_FLAG_SWITCH, offsetof(AttentionOpts, json), 0, 0, NULL,
