@@ -203,7 +203,7 @@ void attn_map_stats_print_json(FILE *o, const AttnMapStats *st) {
     json_stats(o, "max", &st->max);
     fputs(", ", o);
     json_stats(o, "uniform", &st->uniform);
-    fputs("}\n", o);
+    fprintf(o, ", \"bos\": %s}\n", st->bos ? "true" : "false");
 }
 
 static void text_stats(FILE *o, const AttnHeadStats *mean, const AttnHeadStats *max) {
@@ -214,8 +214,8 @@ static void text_stats(FILE *o, const AttnHeadStats *mean, const AttnHeadStats *
 }
 
 void attn_map_stats_print_text(FILE *o, const AttnMapStats *st) {
-    fprintf(o, "attention over %d tokens, %d layers x %d heads, rows >= %d; mean over heads (max over heads):\n",
-            st->T, st->n_layer, st->n_head, st->first_row);
+    fprintf(o, "attention over %d tokens%s, %d layers x %d heads, rows >= %d; mean over heads (max over heads):\n",
+            st->T, st->bos ? " (token 0: the start symbol)" : "", st->n_layer, st->n_head, st->first_row);
     for (int l = 0; l < st->n_layer; l++) {
         fprintf(o, "  layer %-3d", l);
         text_stats(o, &st->layer_mean[l], &st->layer_max[l]);
@@ -327,12 +327,9 @@ int attn_maps_write_png(const float *att, int n_layer, int n_head, int T, const 
     image_init(&layers, n_layer, T);
     int rc = 0;
     for (int l = 0; l < n_layer && rc == 0; l++) {
-        memset(mean, 0, TT * sizeof(float));
-        for (int h = 0; h < n_head; h++) {
-            const float *a = att + ((size_t)l * n_head + h) * TT;
-            draw_panel(&heads, h, a, T);
-            for (size_t i = 0; i < TT; i++) mean[i] += a[i] / (float)n_head;
-        }
+        const float *la = att + (size_t)l * n_head * TT;
+        for (int h = 0; h < n_head; h++) draw_panel(&heads, h, la + (size_t)h * TT, T);
+        attn_map_layer_mean(la, n_head, T, mean);
         draw_panel(&layers, l, mean, T);
         snprintf(name, sizeof(name), "layer%d", l);
         rc = make_path(path, sizeof(path), dir, prefix, name, err);
@@ -346,16 +343,162 @@ int attn_maps_write_png(const float *att, int n_layer, int n_head, int T, const 
     return rc;
 }
 
-int attn_maps(const Model *m, const int *tokens, int T, const char *dir, const char *prefix, AttnMapStats *st,
-              char *err) {
+void attn_map_layer_mean(const float *att, int n_head, int T, float *mean) {
+    size_t TT = (size_t)T * T;
+    memset(mean, 0, TT * sizeof(float));
+    for (int h = 0; h < n_head; h++) {
+        const float *a = att + (size_t)h * TT;
+        for (size_t i = 0; i < TT; i++) mean[i] += a[i] / (float)n_head;
+    }
+}
+
+int attn_map_window(const int *src, int T, int bos_id, int *out) {
+    if (bos_id < 0 || src[0] == bos_id) {
+        memcpy(out, src, (size_t)T * sizeof(int));
+        return bos_id >= 0;
+    }
+    out[0] = bos_id;
+    memcpy(out + 1, src, (size_t)(T - 1) * sizeof(int));
+    return 1;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Text matrices.
+
+// An open output file that remembers its path, so a failed write or close is reported with it.
+typedef struct {
+    FILE *f;
+    char path[4096];
+} TextFile;
+
+static int text_open(TextFile *tf, const char *dir, const char *prefix, const char *name, char *err) {
+    int n = snprintf(tf->path, sizeof(tf->path), "%s/%s-%s", dir, prefix, name);
+    if (n < 0 || (size_t)n >= sizeof(tf->path))
+        return err_set(err, "output path '%s/%s-%s' is too long", dir, prefix, name), -1;
+    errno = 0;
+    tf->f = fopen(tf->path, "w");
+    if (!tf->f) return err_set(err, "cannot write '%s': %s", tf->path, strerror(errno)), -1;
+    return 0;
+}
+
+static int text_close(TextFile *tf, char *err) {
+    errno = 0;
+    int bad = ferror(tf->f);
+    int e = errno;
+    if (fclose(tf->f) != 0 && !bad) bad = 1, e = errno;
+    tf->f = NULL;
+    if (bad) return err_set(err, "cannot write '%s': %s", tf->path, strerror(e ? e : EIO)), -1;
+    return 0;
+}
+
+// One T x T matrix, a line per query row; the future (above the diagonal) is written as a plain 0.
+static int write_matrix(const float *a, int T, const char *dir, const char *prefix, const char *name, char *err) {
+    TextFile tf;
+    if (text_open(&tf, dir, prefix, name, err) != 0) return -1;
+    for (int t = 0; t < T; t++) {
+        const float *row = a + (size_t)t * T;
+        for (int j = 0; j < T; j++) {
+            if (j > 0) fputc(' ', tf.f);
+            if (j > t) fputc('0', tf.f);
+            else fprintf(tf.f, "%.7g", row[j]);
+        }
+        fputc('\n', tf.f);
+    }
+    return text_close(&tf, err);
+}
+
+static void json_file_list(FILE *o, const char *prefix, int l, int n_head) {
+    fputc('[', o);
+    for (int h = 0; h < n_head; h++) fprintf(o, "%s\"%s-L%d-H%d.txt\"", h ? ", " : "", prefix, l, h);
+    fputc(']', o);
+}
+
+static int write_index(int n_layer, int n_head, int T, const char *dir, const char *prefix, const AttnMapStats *st,
+                       char *err) {
+    TextFile tf;
+    if (text_open(&tf, dir, prefix, "matrices.json", err) != 0) return -1;
+    FILE *o = tf.f;
+    fprintf(o, "{\"format\": \"one line per query position, space-separated probabilities over key positions\", "
+               "\"T\": %d, \"layers\": %d, \"heads\": %d, \"bos\": %s,\n \"head_files\": [",
+            T, n_layer, n_head, st && st->bos ? "true" : "false");
+    for (int l = 0; l < n_layer; l++) {
+        fputs(l ? ",\n   " : "", o);
+        json_file_list(o, prefix, l, n_head);
+    }
+    fputs("],\n \"mean_files\": [", o);
+    for (int l = 0; l < n_layer; l++) fprintf(o, "%s\"%s-L%d-mean.txt\"", l ? ", " : "", prefix, l);
+    fputc(']', o);
+    if (st) {
+        fprintf(o, ",\n \"first_row\": %d, \"top_keys\": %d, \"recent_keys\": %d, ", st->first_row, st->top_keys,
+                ATTN_MAP_RECENT_KEYS);
+        json_stats(o, "uniform", &st->uniform);
+        fputs(",\n \"head_stats\": [", o);
+        for (int l = 0; l < n_layer; l++)
+            for (int h = 0; h < n_head; h++) {
+                fprintf(o, "%s{\"layer\": %d, \"head\": %d, ", l || h ? ",\n   " : "", l, h);
+                json_stats(o, "stats", &st->head[(size_t)l * n_head + h]);
+                fputc('}', o);
+            }
+        fputs("],\n \"layer_mean_stats\": [", o);
+        for (int l = 0; l < n_layer; l++) {
+            fprintf(o, "%s{\"layer\": %d, ", l ? ",\n   " : "", l);
+            json_stats(o, "stats", &st->layer_mean[l]);
+            fputc('}', o);
+        }
+        fputc(']', o);
+    }
+    fputs("}\n", o);
+    return text_close(&tf, err);
+}
+
+int attn_maps_write_text(const float *att, int n_layer, int n_head, int T, const char *dir, const char *prefix,
+                         const AttnMapStats *st, char *err) {
+    if (check_dir(dir, err) != 0) return -1;
+    size_t TT = (size_t)T * T;
+    float *mean = common_calloc(TT, sizeof(float));
+    char name[64];
+    int rc = 0;
+    for (int l = 0; l < n_layer && rc == 0; l++) {
+        const float *la = att + (size_t)l * n_head * TT;
+        for (int h = 0; h < n_head && rc == 0; h++) {
+            snprintf(name, sizeof(name), "L%d-H%d.txt", l, h);
+            rc = write_matrix(la + (size_t)h * TT, T, dir, prefix, name, err);
+        }
+        if (rc != 0) break;
+        attn_map_layer_mean(la, n_head, T, mean);
+        snprintf(name, sizeof(name), "L%d-mean.txt", l);
+        rc = write_matrix(mean, T, dir, prefix, name, err);
+    }
+    if (rc == 0) rc = write_index(n_layer, n_head, T, dir, prefix, st, err);
+    common_free(mean);
+    return rc;
+}
+
+int attn_maps_write(const Model *m, const int *tokens, int T, const AttnMapOutput *o, AttnMapStats *st, char *err) {
     if (st) memset(st, 0, sizeof(*st));
     // the cheap checks first, so a typo in --out costs no forward pass
-    if (check_dir(dir, err) != 0 || check_args(m, tokens, T, err) != 0) return -1;
+    if ((o->png_dir && check_dir(o->png_dir, err) != 0) || (o->matrix_dir && check_dir(o->matrix_dir, err) != 0) ||
+        check_args(m, tokens, T, err) != 0)
+        return -1;
     const ModelConfig *c = &m->cfg;
     float *att = common_calloc((size_t)c->n_layer * c->n_head * T * T, sizeof(float));
+    AttnMapStats mine = {0};
     int rc = attn_maps_collect(m, tokens, T, att, err);
-    if (rc == 0) rc = attn_maps_write_png(att, c->n_layer, c->n_head, T, dir, prefix, err);
-    if (rc == 0 && st) attn_map_stats_compute(st, att, c->n_layer, c->n_head, T);
+    if (rc == 0) {
+        attn_map_stats_compute(&mine, att, c->n_layer, c->n_head, T);
+        mine.bos = o->bos != 0;
+    }
+    if (rc == 0 && o->png_dir) rc = attn_maps_write_png(att, c->n_layer, c->n_head, T, o->png_dir, o->prefix, err);
+    if (rc == 0 && o->matrix_dir)
+        rc = attn_maps_write_text(att, c->n_layer, c->n_head, T, o->matrix_dir, o->prefix, &mine, err);
+    if (rc == 0 && st) *st = mine;
+    else attn_map_stats_free(&mine);
     common_free(att);
     return rc;
+}
+
+int attn_maps(const Model *m, const int *tokens, int T, const char *dir, const char *prefix, AttnMapStats *st,
+              char *err) {
+    AttnMapOutput o = {.png_dir = dir, .prefix = prefix};
+    return attn_maps_write(m, tokens, T, &o, st, err);
 }

@@ -13,6 +13,20 @@
 // table (dark purple -> teal -> yellow, perceptually ordered). Uniform attention over 256 keys (0.004)
 // sits at v = 0.2, so small probabilities stay visible. The future is drawn mid grey.
 //
+// Text matrices (for gnuplot; scripts/heatmaps.py draws them with axes, colour bar and titles), in dir:
+//   {prefix}-L{l}-H{h}.txt   head h of layer l: T lines, one per query position 0..T-1 (top to bottom), each
+//                            T space-separated probabilities over key positions 0..T-1 ("%.7g"; the future 0):
+//                            gnuplot's `matrix` format, column = key, row = query;
+//   {prefix}-L{l}-mean.txt   the mean over layer l's heads, the panel the summary PNG draws (same format);
+//   {prefix}-matrices.json   the index: T, layers, heads, the files by layer and head, whether the window
+//                            starts with the model's start symbol, and each head's statistics (below).
+// The matrices are exactly what the PNGs draw (one window of T tokens, no averaging over windows; the
+// means are attn_map_layer_mean's, which the summary PNG uses too).
+//
+// The start symbol: a model trained with one (tokenizer_bos_id >= 0: STX for a character model trained with
+// `build/train --bos`, a BPE's bos) saw it at position 0 of every window. attn_map_window puts it first, so
+// the sink statistics (key 0) measure attention on the start symbol, as in StreamingLLM.
+//
 // Statistics, per (layer, head), over the rows t >= first_row = min(16, T - 1) (the first rows have so few
 // keys that any pattern puts its mass on early keys):
 //   sink1  mean attention on key 0 (StreamingLLM's attention sink);
@@ -48,7 +62,16 @@ typedef struct {
     AttnHeadStats *layer_max;  // (n_layer) max over heads, metric by metric
     AttnHeadStats mean, max;   // over all layers and heads
     AttnHeadStats uniform;     // uniform causal attention at this T
+    int bos;                   // 1 when token 0 was the model's start symbol (set by attn_maps_write)
 } AttnMapStats;
+
+// Where attn_maps_write puts its files; a NULL directory writes nothing of that kind.
+typedef struct {
+    const char *png_dir;    // {prefix}-layer{L}.png and {prefix}-summary.png
+    const char *matrix_dir; // the text matrices and their index
+    const char *prefix;
+    int bos;                // 1: tokens[0] is the model's start symbol (recorded in the index and st)
+} AttnMapOutput;
 
 // The whole thing: checks dir, collects the matrices, writes the layer and summary PNGs and, when st is
 // non-NULL, fills st (free with attn_map_stats_free). tokens[0..T) must be in the model's vocabulary;
@@ -57,6 +80,16 @@ typedef struct {
 // is out of range; st is then not allocated.
 int attn_maps(const Model *m, const int *tokens, int T, const char *dir, const char *prefix, AttnMapStats *st,
               char *err);
+
+// The same with a choice of outputs (PNGs, text matrices, both): checks every directory before the forward
+// pass; st is filled even when no file is asked for. Same errors as attn_maps.
+int attn_maps_write(const Model *m, const int *tokens, int T, const AttnMapOutput *o, AttnMapStats *st, char *err);
+
+// The window the attention mode analyses, from T tokens of text src: with a start symbol (bos_id >= 0) it
+// comes first, then src[0..T-1) (the last token drops so the length stays T), unless src[0] already is it (a
+// BPE's encoding prepends its bos to a split); without one (bos_id < 0), src[0..T) as it is. Returns 1 when
+// out[0] is the start symbol, 0 otherwise. out may not overlap src.
+int attn_map_window(const int *src, int T, int bos_id, int *out);
 
 // Runs tokens[0..T) through a full cache and fills att (n_layer, n_head, T, T), which the caller sizes;
 // the upper triangles are zeroed. Same arguments and errors as attn_maps, minus the files.
@@ -74,6 +107,16 @@ void attn_map_stats_free(AttnMapStats *st);
 void attn_map_stats_print_json(FILE *out, const AttnMapStats *st);
 // The same as a short table, one line per layer.
 void attn_map_stats_print_text(FILE *out, const AttnMapStats *st);
+
+// The mean over n_head heads of one layer's matrices att (n_head, T, T) into mean (T, T): the summary's
+// panel for that layer, in the PNG and in the text matrices alike.
+void attn_map_layer_mean(const float *att, int n_head, int T, float *mean);
+
+// Writes the text matrices and the index for att (n_layer, n_head, T, T) (see above); st (may be NULL)
+// adds the statistics and the start-symbol flag to the index. -1 with one line in err on a missing
+// directory or a failed write.
+int attn_maps_write_text(const float *att, int n_layer, int n_head, int T, const char *dir, const char *prefix,
+                         const AttnMapStats *st, char *err);
 
 // Writes the PNGs for att (n_layer, n_head, T, T). -1 with one line in err on a missing directory or a
 // failed write.

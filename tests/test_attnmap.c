@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../infer/attnmap.h"
+#include "../data/tokenizer.h"
 #include "../layers/model.h"
 
 // stb_image decodes the PNGs back (this file only, static, PNG only). Its static declarations we never use
@@ -358,5 +359,187 @@ Test(attnmap, errors_are_one_clear_line) {
     cr_assert_eq(attn_maps(&m, tokens, 1, dir, "x", &st, err), -1);
     cr_assert(strstr(err, "2..1024"), "%s", err);
     cr_assert_eq(rmdir(dir), 0, "a failed call left files in %s", dir);
+    model_free(&m);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Text matrices (--matrix-out) and the start symbol.
+
+// Reads a matrix file of T lines of T numbers into a (T, T); fails the test on any other shape.
+static float *read_matrix(const char *path, int T) {
+    size_t len;
+    char *text = (char *)read_all(path, &len);
+    float *a = common_calloc((size_t)T * T, sizeof(float));
+    const char *p = text;
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < T; j++) {
+            char *end;
+            a[(size_t)t * T + j] = strtof(p, &end);
+            cr_assert(end != p, "%s: line %d has fewer than %d numbers", path, t + 1, T);
+            cr_assert(*end == (j == T - 1 ? '\n' : ' '), "%s line %d: bad separator after number %d", path, t + 1, j);
+            p = end + 1;
+        }
+    }
+    cr_assert_eq(*p, '\0', "%s holds more than %d lines", path, T);
+    free(text);
+    return a;
+}
+
+// The text matrices hold exactly the collected attention (per head) and the summary's means (per layer):
+// causal probability rows, written precisely enough to round-trip; and the index names every file.
+Test(attnmap, text_matrices_round_trip) {
+    enum { T = 30 };
+    Model m;
+    int tokens[T];
+    tiny_model(&m, tokens, T);
+    int L = m.cfg.n_layer, NH = m.cfg.n_head;
+    float *att = alloc_att(&m, T);
+    char dir[64], path[256], err[ERR_LEN];
+    cr_assert_eq(attn_maps_collect(&m, tokens, T, att, err), 0, "%s", err);
+    make_tmpdir(dir);
+    AttnMapOutput o = {.matrix_dir = dir, .prefix = "tm"};
+    AttnMapStats st;
+    cr_assert_eq(attn_maps_write(&m, tokens, T, &o, &st, err), 0, "%s", err);
+    cr_assert_eq(st.bos, 0);
+    for (int l = 0; l < L; l++) {
+        double mean[T * T] = {0}; // the summary's panel, computed here in double
+        for (int h = 0; h < NH; h++) {
+            snprintf(path, sizeof(path), "%s/tm-L%d-H%d.txt", dir, l, h);
+            float *a = read_matrix(path, T);
+            const float *ref = att + ((size_t)l * NH + h) * T * T;
+            for (int t = 0; t < T; t++) {
+                double sum = 0;
+                for (int j = 0; j < T; j++) {
+                    float x = a[t * T + j], r = ref[t * T + j];
+                    if (j > t) cr_assert_eq(x, 0.0f, "%s: row %d key %d is in the future but %g", path, t, j, x);
+                    cr_assert(fabsf(x - r) <= 1e-6f * fabsf(r), "%s (%d, %d): %.9g, collected %.9g", path, t, j, x, r);
+                    sum += x;
+                    mean[t * T + j] += r / NH;
+                }
+                cr_assert(fabs(sum - 1.0) < 1e-5, "%s row %d sums to %.8f", path, t, sum);
+            }
+            common_free(a);
+            unlink(path);
+        }
+        snprintf(path, sizeof(path), "%s/tm-L%d-mean.txt", dir, l);
+        float *a = read_matrix(path, T);
+        float *lm = common_calloc((size_t)T * T, sizeof(float));
+        attn_map_layer_mean(att + (size_t)l * NH * T * T, NH, T, lm); // what the summary PNG draws
+        for (int i = 0; i < T * T; i++) {
+            cr_assert(fabs(a[i] - mean[i]) < 1e-6, "%s cell %d: %.9g, mean of heads %.9g", path, i, a[i], mean[i]);
+            cr_assert(fabsf(a[i] - lm[i]) <= 1e-6f * lm[i], "%s cell %d: %.9g, PNG path %.9g", path, i, a[i], lm[i]);
+        }
+        for (int t = 0; t < T; t++) {
+            double sum = 0;
+            for (int j = 0; j <= t; j++) sum += a[t * T + j];
+            cr_assert(fabs(sum - 1.0) < 1e-5, "%s row %d sums to %.8f", path, t, sum);
+        }
+        common_free(a);
+        common_free(lm);
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/tm-matrices.json", dir);
+    size_t len;
+    char *idx = (char *)read_all(path, &len);
+    cr_assert(strstr(idx, "\"T\": 30, \"layers\": 2, \"heads\": 4, \"bos\": false"), "%s", idx);
+    cr_assert(strstr(idx, "[\"tm-L1-H0.txt\", \"tm-L1-H1.txt\", \"tm-L1-H2.txt\", \"tm-L1-H3.txt\"]"), "%s", idx);
+    cr_assert(strstr(idx, "\"mean_files\": [\"tm-L0-mean.txt\", \"tm-L1-mean.txt\"]"), "%s", idx);
+    char want[128];
+    snprintf(want, sizeof(want), "{\"layer\": 1, \"head\": 3, \"stats\": {\"sink1\": %.6g,", st.head[7].sink1);
+    cr_assert(strstr(idx, want), "%s lacks %s", idx, want);
+    free(idx);
+    unlink(path);
+    cr_assert_eq(rmdir(dir), 0, "%s holds files besides the matrices and the index (no PNGs without png_dir)", dir);
+    attn_map_stats_free(&st);
+    common_free(att);
+    model_free(&m);
+}
+
+// A missing matrix directory is found before the forward pass; a failed file is named.
+Test(attnmap, text_matrices_errors) {
+    enum { T = 8 };
+    Model m;
+    int tokens[T];
+    tiny_model(&m, tokens, T);
+    char dir[64], path[256], err[ERR_LEN];
+    make_tmpdir(dir);
+    snprintf(path, sizeof(path), "%s/missing", dir);
+    AttnMapOutput o = {.png_dir = dir, .matrix_dir = path, .prefix = "x"};
+    AttnMapStats st;
+    cr_assert_eq(attn_maps_write(&m, tokens, T, &o, &st, err), -1);
+    cr_assert(strstr(err, "does not exist") && strstr(err, path), "%s", err);
+    cr_assert_null(st.head);
+    o = (AttnMapOutput){.matrix_dir = dir, .prefix = "nosub/x"};
+    cr_assert_eq(attn_maps_write(&m, tokens, T, &o, &st, err), -1);
+    cr_assert(strstr(err, "cannot write") && strstr(err, "nosub/x-L0-H0.txt"), "%s", err);
+    cr_assert_eq(rmdir(dir), 0, "a failed call left files in %s", dir);
+    model_free(&m);
+}
+
+// The start symbol: a character vocabulary holding STX has one; the window puts it first and drops the last
+// text token; a window that already starts with it (a BPE's split) and a model without one are left alone.
+Test(attnmap, window_starts_with_the_start_symbol) {
+    Tokenizer with, without;
+    char err[ERR_LEN];
+    const unsigned char bytes[] = {0x02, ' ', 'a', 'b', 'c'};
+    cr_assert_eq(tokenizer_from_bytes(&with, bytes, 5, err), 0, "%s", err);
+    cr_assert_eq(tokenizer_from_bytes(&without, bytes + 1, 4, err), 0, "%s", err);
+    int bos = tokenizer_bos_id(&with);
+    cr_assert_eq(bos, 0, "STX is the smallest byte, so id 0");
+    cr_assert_eq(tokenizer_bos_id(&without), -1);
+
+    const int src[6] = {2, 3, 1, 4, 2, 3};
+    int out[6];
+    cr_assert_eq(attn_map_window(src, 6, bos, out), 1);
+    const int want[6] = {0, 2, 3, 1, 4, 2};
+    cr_assert(memcmp(out, want, sizeof(want)) == 0, "got %d %d %d %d %d %d", out[0], out[1], out[2], out[3], out[4], out[5]);
+    cr_assert_eq(attn_map_window(src, 6, tokenizer_bos_id(&without), out), 0);
+    cr_assert(memcmp(out, src, sizeof(src)) == 0);
+    const int has[4] = {0, 4, 4, 1};
+    cr_assert_eq(attn_map_window(has, 4, bos, out), 1);
+    cr_assert(memcmp(out, has, sizeof(has)) == 0, "a window that starts with the start symbol keeps its tokens");
+    tokenizer_free(&with);
+    tokenizer_free(&without);
+}
+
+// Through the model: with the start symbol first, sink1 is the attention on it, and the index and the
+// statistics say so.
+Test(attnmap, start_symbol_is_token_zero_of_the_maps) {
+    enum { T = 24 };
+    Model m;
+    int text[T], window[T];
+    tiny_model(&m, text, T);
+    for (int t = 0; t < T; t++) text[t] = 1 + text[t] % 12; // the text never holds token 0, the start symbol
+    cr_assert_eq(attn_map_window(text, T, 0, window), 1);
+    char dir[64], path[256], err[ERR_LEN];
+    make_tmpdir(dir);
+    AttnMapOutput o = {.matrix_dir = dir, .prefix = "b", .bos = 1};
+    AttnMapStats st;
+    cr_assert_eq(attn_maps_write(&m, window, T, &o, &st, err), 0, "%s", err);
+    cr_assert_eq(st.bos, 1);
+    // sink1 of head (0, 0) is the mean over rows >= 16 of the attention on key 0 of that head's file
+    snprintf(path, sizeof(path), "%s/b-L0-H0.txt", dir);
+    float *a = read_matrix(path, T);
+    double s = 0;
+    for (int t = st.first_row; t < T; t++) s += a[t * T];
+    cr_assert(fabs(s / (T - st.first_row) - st.head[0].sink1) < 1e-6, "sink1 %g, file %g", st.head[0].sink1,
+              s / (T - st.first_row));
+    common_free(a);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    attn_map_stats_print_json(f, &st);
+    attn_map_stats_print_text(f, &st);
+    fclose(f);
+    cr_assert(strstr(buf, "\"bos\": true}") && strstr(buf, "(token 0: the start symbol)"), "%s", buf);
+    free(buf);
+    snprintf(path, sizeof(path), "%s/b-matrices.json", dir);
+    char *idx = (char *)read_all(path, &len);
+    cr_assert(strstr(idx, "\"bos\": true"), "%s", idx);
+    free(idx);
+    attn_map_stats_free(&st);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -r '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
     model_free(&m);
 }

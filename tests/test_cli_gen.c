@@ -134,7 +134,7 @@ Test(cli_gen, each_mode_documents_its_flags) {
         {"prefix", {"--kv", "--context", "--prefill", "--streams", "--pool-blocks", "--json", "--data"}},
         {"tier", {"--kv", "--fast", "--prefetch", "--transfer-us", "--slow-file", "--slow-cold", "--json"}},
         {"reuse", {"--reuse", "--threshold", "--radius", "--min-overlap", "--deep-keep", "--json", "--data"}},
-        {"attention", {"--out", "--context", "--json", "--data"}},
+        {"attention", {"--out", "--matrix-out", "--context", "--json", "--data"}},
         {"compare-gen", {"--kv", "--prompts", "--prompt-len", "--tokens", "--json", "--data"}},
     };
     Run r = RUN("infer", "--help");

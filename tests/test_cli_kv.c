@@ -4,8 +4,10 @@
 #include <criterion/criterion.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli_util.h"
@@ -194,4 +196,92 @@ Test(cli_kv, eval_attention) {
         cr_assert_eq(access(png, F_OK), 0, "%s", png);
     }
     cliutil_run_free(&r);
+}
+
+// Runs python3 scripts/heatmaps.py with args from the repository root; its output lands in *out (malloc'd).
+static int heatmaps(const char *args, char **out) {
+    char cmd[2048], log[300];
+    snprintf(log, sizeof log, "%s", cliutil_tmp("heatmaps.log"));
+    snprintf(cmd, sizeof cmd, "python3 scripts/heatmaps.py %s > '%s' 2>&1", args, log);
+    int st = system(cmd);
+    *out = cliutil_read_file(log, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void expect_png(const char *path) {
+    size_t len = 0;
+    char *b = cliutil_read_file(path, &len);
+    cr_assert_not_null(b, "%s was not written", path);
+    cr_assert(len > 1000 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0, "%s is not a PNG", path);
+    free(b);
+}
+
+// --matrix-out alone writes the text matrices and their index (no PNGs); a vocabulary with STX puts the start
+// symbol first and says so; scripts/heatmaps.py draws the labelled PNGs from them and fails with one line.
+Test(cli_kv, attention_matrices_and_heatmaps, .timeout = 120) {
+    cr_assert_eq(system("command -v gnuplot > /dev/null"), 0, "gnuplot is missing: bash scripts/install-deps.sh");
+    const char *plain = cliutil_write_corpus();
+    // the same text with one STX in front: the vocabulary holds it, so the model has a start symbol
+    size_t n;
+    char *text = cliutil_read_file(plain, &n);
+    char *stx = malloc(n + 1);
+    stx[0] = 0x02;
+    memcpy(stx + 1, text, n);
+    const char *corpus = cliutil_tmp("stx.txt");
+    cliutil_write_file(corpus, stx, n + 1);
+    free(text);
+    free(stx);
+    const char *ckpt = cliutil_train_tiny(corpus, "stx.ckpt");
+    char dir[256], path[320], args[700], *out;
+    snprintf(dir, sizeof(dir), "%s", cliutil_tmp("mat"));
+    mkdir(dir, 0755);
+    Run r = RUN("infer", "attention", "--ckpt", ckpt, "--data", corpus, "--matrix-out", dir, "--context", "20", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"bos\": true}"), "the window starts with STX:\n%s", r.out);
+    cliutil_run_free(&r);
+    snprintf(path, sizeof(path), "%s/attn-layer0.png", dir);
+    cr_assert_neq(access(path, F_OK), 0, "--matrix-out alone writes no PNG");
+    snprintf(path, sizeof(path), "%s/attn-matrices.json", dir);
+    char *idx = cliutil_read_file(path, NULL);
+    cr_assert(idx && strstr(idx, "\"T\": 20, \"layers\": 2, \"heads\": 4, \"bos\": true"), "%s", idx ? idx : path);
+    free(idx);
+    snprintf(path, sizeof(path), "%s/attn-L1-mean.txt", dir);
+    cr_assert_eq(access(path, F_OK), 0, "%s", path);
+
+    // the plain text's model has no start symbol
+    const char *ckpt2 = cliutil_train_tiny(plain, "plain.ckpt");
+    r = RUN("infer", "attention", "--ckpt", ckpt2, "--data", plain, "--matrix-out", dir, "--out", dir, "--context", "20");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "attention over 20 tokens, "), "%s", r.out);
+    cliutil_run_free(&r);
+    snprintf(path, sizeof(path), "%s/attn-matrices.json", dir);
+    idx = cliutil_read_file(path, NULL);
+    cr_assert(idx && strstr(idx, "\"bos\": false"), "%s", idx ? idx : path);
+    free(idx);
+
+    char pics[256];
+    snprintf(pics, sizeof(pics), "%s", cliutil_tmp("pics"));
+    mkdir(pics, 0755);
+    snprintf(args, sizeof(args), "'%s' '%s'", dir, pics);
+    cr_assert_eq(heatmaps(args, &out), 0, "heatmaps.py failed:\n%s", out);
+    free(out);
+    const char *names[] = {"attn-layer0.png", "attn-layer1.png", "attn-summary.png"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", pics, names[i]);
+        expect_png(path);
+    }
+    cr_assert_eq(heatmaps("--help", &out), 0, "%s", out);
+    cr_assert(strstr(out, "usage: heatmaps.py") && strstr(out, "OUTDIR"), "%s", out);
+    free(out);
+    snprintf(args, sizeof(args), "'%s' '%s'", pics, pics); // no index there
+    cr_assert_eq(heatmaps(args, &out), 1, "%s", out);
+    cr_assert(strncmp(out, "heatmaps.py: no index", 21) == 0 && strchr(out, '\n') == out + strlen(out) - 1, "%s", out);
+    free(out);
+    snprintf(path, sizeof(path), "%s/attn-L0-H2.txt", dir); // a matrix cut short
+    cliutil_write_file(path, "1 0\n", 4);
+    snprintf(args, sizeof(args), "'%s' '%s'", dir, pics);
+    cr_assert_eq(heatmaps(args, &out), 1, "%s", out);
+    cr_assert(strstr(out, "attn-L0-H2.txt' has 1 lines, the index says T = 20") && strchr(out, '\n') == out + strlen(out) - 1,
+              "%s", out);
+    free(out);
 }
