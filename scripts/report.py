@@ -232,14 +232,27 @@ class Runner:
         self._progress('%s (%.1f s)' % (what, time.time() - t), 'done')
         return ckpt
 
-    def file_step(self, name, what, cmd, outputs):
-        """A command whose outputs are files (images); done when they all exist."""
+    def file_step(self, name, what, cmds, outputs):
+        """Commands (in order) whose outputs are files (images); done when they all exist."""
         if all(os.path.exists(o) for o in outputs):
             self._progress(what, 'kept')
             return
         t = time.time()
-        self._run(cmd)
+        for cmd in cmds:
+            self._run(cmd)
         self._progress('%s (%.1f s)' % (what, time.time() - t), 'done')
+
+
+def heat_maps(R, infer, what, name, img_dir, T, corpus, layers, prefix='attn'):
+    """The attention matrices of one window (build/infer attention --matrix-out) drawn as labelled heat maps
+    (scripts/heatmaps.py): img_dir/PREFIX-layer{L}.png and PREFIX-summary.png."""
+    mat = os.path.join(R.work, name)
+    os.makedirs(mat, exist_ok=True)
+    rel = lambda p: os.path.relpath(p, ROOT)
+    outs = [os.path.join(img_dir, '%s-%s.png' % (prefix, n)) for n in ['layer%d' % l for l in range(layers)] + ['summary']]
+    R.file_step(name, what, [infer + ['attention', '--matrix-out', rel(mat), '--context', str(T), '--data', corpus],
+                             ['python3', 'scripts/heatmaps.py', rel(mat), rel(img_dir)] + (['--prefix', prefix] if prefix != 'attn' else [])],
+                outs)
 
 
 def data_args(args):
@@ -256,7 +269,7 @@ def count_steps(sc):
     n = 2 * seeds + 7 + (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
     n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
     n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
-    n += 5 + 1 + len(report_ruler.KEEP)  # the sink control, retrieval
+    n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval
     n += 7  # tier 3: flash, flash against M, fragmentation, paged, prefix, tier, reuse
     if sc['pretrained'] and os.path.exists(os.path.join(ROOT, report_pretrained.MODEL)):
         n += 3
@@ -316,9 +329,8 @@ def main():
     model = res['t1_models'][0]
     infer = [BIN + '/infer', '--ckpt', rel(model)]
     q = lambda spec: infer + ['--eval', rel(val), '--kv', spec, '--context', str(C), '--streams', str(sc['streams']), '--json']
-    heat = [os.path.join(out, 'img', 'attn-%s.png' % n) for n in ('layer0', 'layer1', 'layer2', 'layer3', 'summary')]  # baby: 4 layers
-    R.file_step('heatmaps', 'tier 1: attention heat maps', infer + ['--eval', 'attention', '--out', rel(os.path.join(out, 'img')),
-                '--context', str(C), '--data', rel(corpus)], heat)
+    heat_maps(R, infer, 'tier 1: labelled attention heat maps (recall model)', 'attn-recall', os.path.join(out, 'img'), C,
+              rel(corpus), 4)  # baby: 4 layers
     res['heat'] = R.json_step('t1-attention', 'tier 1: attention statistics (sinks, heavy hitters)',
                               [infer + ['--eval', 'attention', '--out', rel(R.work), '--context', str(C), '--data', rel(corpus), '--json']])
 
@@ -331,6 +343,9 @@ def main():
                        sc['attn_preset'] + ['--attn', 'mha', '--bos', '--seed', '3'] + dev)
     res['sink_controls'] = {}
     BC = sc['sink_cache']
+    os.makedirs(os.path.join(out, 'img', 'bos'), exist_ok=True)
+    heat_maps(R, [BIN + '/infer', '--ckpt', rel(bos)], 'sink control: labelled heat maps of the --bos model', 'attn-bos',
+              os.path.join(out, 'img', 'bos'), 2 * BC, rel(corpus), 4)
     for tag, m in (('bos', bos), ('nobos', ck['mha'])):
         base = [BIN + '/infer', '--ckpt', rel(m)]
         res['sink_controls'][tag] = dict(

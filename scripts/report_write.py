@@ -170,6 +170,8 @@ def write_report(out, sc, scale, res, R):
                                            'MHA %s: %d tokens through a cache of %d' % (label, sc['sink_stream'], BC), rows, BC,
                                            2 * BC)
         sink_extra['tier-2 MHA ' + label] = (wr, sr)
+    w('Heat maps of the `--bos` model (token 0 is the start symbol): ![summary](img/bos/attn-summary.png)\n')
+    w(' '.join('![layer %d](img/bos/attn-layer%d.png)' % (l, l) for l in range(4)) + '\n')
     sink_lines = []
     for label, (wr, sr) in sink_extra.items():
         sink_lines.append('- %s: %s.' % (label, report_stats.compare_ppl(wr, sr, '`%s`' % wr['spec'], '`%s`' % sr['spec'])))
@@ -282,8 +284,10 @@ def heat_section(md, res, C):
     md.append(table(['layer', 'on token 0', 'on tokens 0-3', 'top 10% keys (H2O score)', 'last 16 keys'],
                     [[r['layer']] + ['%s (%s)' % (f(r['mean'], k), f(r['max'], k)) for k in ('sink1', 'sink4', 'heavy', 'recent')]
                      for r in layers] + ([['uniform'] + [f(u, k) for k in ('sink1', 'sink4', 'heavy', 'recent')]] if u else [])) + '\n')
-    md.append('Each image: one layer, its heads left to right; row t is what token t paid to keys 0..t (the future '
-              'grey); log colour scale from 1e-3 (dark) to 1 (yellow). ![summary](img/attn-summary.png)\n')
+    md.append('Each image: one layer of the recall model, one labelled panel per head; row t (query position) is what '
+              'token t paid to keys 0..t (key position; the future grey); the colour bar is a log scale from 1e-3 to 1. '
+              'The summary: each layer\'s mean over heads, and the attention each query pays to token 0 against '
+              'uniform attention. ![summary](img/attn-summary.png)\n')
     for l in range(len(layers)):
         md.append('![layer %d](img/attn-layer%d.png)' % (l, l))
     md.append('')
