@@ -277,9 +277,9 @@ Test(ruler, eval_query_modes_and_budgets) {
         cr_assert_gt(rf.prompt_tokens_mean, rfa.prompt_tokens_mean);
         // budgets that hold the whole item are the full cache, item by item, and the items do not depend on the spec
         char spec[64];
-        const char *whole[] = {"window:%d", "snapkv:%d,8", "sink:4,window:%d", "h2o:%d,8"};
+        const char *whole[] = {"window:%d", "snapkv:%d,8", "sink:8,window:%d", "h2o:%d,8"};
         for (size_t s = 0; s < sizeof(whole) / sizeof(whole[0]); s++) {
-            snprintf(spec, sizeof(spec), whole[s], CTX);
+            snprintf(spec, sizeof(spec), whole[s], s == 0 ? CTX : CTX - 8); // budgets of the context exactly
             for (int agn = 0; agn < 2; agn++) {
                 RulerResult r = run_spec(&m, &tok, &c, spec, task, agn, &tr);
                 cr_assert(same_answers(&tr, agn ? &full_agn : &full), "%s (%s): not the full cache's answers", spec,
