@@ -209,6 +209,12 @@ static void trace_item(void *user, const RulerItem *it, const RulerOutcome *o) {
     unsigned long long h = 1469598103934665603ull;
     for (int t = 0; t < it->n; t++) h = (h ^ (unsigned)it->tokens[t]) * 1099511628211ull;
     tr->item_hash[i] = h;
+    // right means every answer token predicted, in order
+    int k = 0, right = 1;
+    for (int a = 0; a < it->n_answers; a++)
+        for (int j = 0; j < it->answer_len[a]; j++) right &= o->predicted[k++] == it->tokens[it->answer_at[a] + j];
+    cr_assert_eq(k, o->answer_tokens);
+    cr_assert_eq(o->correct, right);
 }
 
 // A random model over the Shakespeare characters, sharp enough that caches that hold different tokens predict
