@@ -52,14 +52,14 @@ static void write_item(const Tokenizer *tok, const Seq *s, int at, char mark, co
     for (int i = 0; i < RECALL_ITEM_LEN; i++) seq_put(s, at + i, tok->byte_to_id[(unsigned char)item[i]]);
 }
 
-static void random_letters(Rng *rng, char *out, int n) {
+void recall_random_letters(Rng *rng, char *out, int n) {
     for (int i = 0; i < n; i++) out[i] = (char)('a' + rng_below(rng, 26));
 }
 
-static void random_key(Rng *rng, char (*keys)[RECALL_KEY_LEN], int i) {
+void recall_random_key(Rng *rng, char (*keys)[RECALL_KEY_LEN], int i) {
     int fresh;
     do { // distinct keys
-        random_letters(rng, keys[i], RECALL_KEY_LEN);
+        recall_random_letters(rng, keys[i], RECALL_KEY_LEN);
         fresh = 1;
         for (int j = 0; j < i; j++) fresh &= memcmp(keys[i], keys[j], RECALL_KEY_LEN) != 0;
     } while (!fresh);
@@ -72,9 +72,16 @@ static const char *const recall_nouns[16] = {"falcon", "harbor", "lantern", "orc
                                              "meadow", "engine", "garden", "mirror", "castle", "forest", "anchor",
                                              "violin", "compass"};
 
-// Encodes text into out (at most cap tokens; the encoder needs len + 1 slots) without the bos a BPE may put
-// first (the sentence goes inside a sequence): the token count.
-static int recall_encode(const Tokenizer *tok, const char *text, int *out, int cap) {
+void recall_words_name(Rng *rng, const char **adj, const char **noun) {
+    *adj = recall_adjectives[rng_below(rng, 16)];
+    *noun = recall_nouns[rng_below(rng, 16)];
+}
+
+void recall_words_value(Rng *rng, char value[RECALL_WORDS_VALUE_SIZE]) {
+    snprintf(value, RECALL_WORDS_VALUE_SIZE, "%04d", (int)rng_below(rng, 10000));
+}
+
+int recall_encode_text(const Tokenizer *tok, const char *text, int *out, int cap) {
     size_t len = strlen(text);
     int *tmp = common_calloc(len + 1, sizeof(int));
     size_t n = tokenizer_encode(tok, (const unsigned char *)text, len, tmp, NULL);
@@ -93,17 +100,17 @@ static int recall_sequence_words(const Tokenizer *tok, const Corpus *c, Rng *rng
                                  int *answer_len) {
     size_t start = (size_t)rng_below(rng, c->n_train - (size_t)n);
     for (int i = 0; i < n; i++) x[i] = c->tokens[start + i];
-    const char *adj = recall_adjectives[rng_below(rng, 16)], *noun = recall_nouns[rng_below(rng, 16)];
-    char value[8], text[256];
-    snprintf(value, sizeof(value), "%04d", (int)rng_below(rng, 10000));
+    const char *adj, *noun;
+    recall_words_name(rng, &adj, &noun);
+    char value[RECALL_WORDS_VALUE_SIZE], text[256];
+    recall_words_value(rng, value);
     int def[RECALL_WORDS_DEF], tail[RECALL_WORDS_TAIL];
-    snprintf(text, sizeof(text), " The pass key of the %s %s is %s.", adj, noun, value);
-    int n_def = recall_encode(tok, text, def, RECALL_WORDS_DEF);
-    snprintf(text, sizeof(text), " What is the pass key of the %s %s? The pass key of the %s %s is", adj, noun, adj,
-             noun);
-    int n_question = recall_encode(tok, text, tail, RECALL_WORDS_TAIL);
-    snprintf(text, sizeof(text), " %s", value);
-    int n_answer = recall_encode(tok, text, tail + n_question, RECALL_WORDS_TAIL - n_question);
+    snprintf(text, sizeof(text), RECALL_WORDS_NEEDLE, adj, noun, value);
+    int n_def = recall_encode_text(tok, text, def, RECALL_WORDS_DEF);
+    snprintf(text, sizeof(text), RECALL_WORDS_QUESTION, adj, noun, adj, noun);
+    int n_question = recall_encode_text(tok, text, tail, RECALL_WORDS_TAIL);
+    snprintf(text, sizeof(text), RECALL_WORDS_ANSWER, value);
+    int n_answer = recall_encode_text(tok, text, tail + n_question, RECALL_WORDS_TAIL - n_question);
     CHECK(n_answer > 0); // the digits encode (recall_check_vocab)
     int question = n - n_question - n_answer, target = question - distance;
     CHECK(target >= 0 && n_def <= distance);
@@ -126,8 +133,8 @@ int recall_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int 
     for (int i = 0; i < n; i++) seq_put(&seq, i, c->tokens[start + i]);
     char keys[RECALL_PAIRS][RECALL_KEY_LEN], vals[RECALL_PAIRS][RECALL_VAL_LEN];
     for (int i = 0; i < RECALL_PAIRS; i++) {
-        random_key(rng, keys, i);
-        random_letters(rng, vals[i], RECALL_VAL_LEN);
+        recall_random_key(rng, keys, i);
+        recall_random_letters(rng, vals[i], RECALL_VAL_LEN);
     }
     int query = n - 1 - RECALL_ITEM_LEN, target = query - distance;
     write_item(tok, &seq, target, '$', keys[0], vals[0]);
@@ -170,10 +177,10 @@ void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int 
     char(*spans)[RECALL_SPAN_LEN] = common_calloc((size_t)ns, RECALL_SPAN_LEN);
     int *pos = common_calloc((size_t)slots, sizeof(int)), *label = common_calloc((size_t)slots, sizeof(int));
     for (int i = 0; i < k; i++) {
-        random_key(rng, keys, i);
-        random_letters(rng, vals[i], RECALL_VAL_LEN);
+        recall_random_key(rng, keys, i);
+        recall_random_letters(rng, vals[i], RECALL_VAL_LEN);
     }
-    for (int i = 0; i < ns; i++) random_letters(rng, spans[i], RECALL_SPAN_LEN);
+    for (int i = 0; i < ns; i++) recall_random_letters(rng, spans[i], RECALL_SPAN_LEN);
     // label j / 2: items 0..k-1, then the spans (k..k+ns-1); each twice, in shuffled order
     for (int j = 0; j < slots; j++) label[j] = j / 2;
     for (int j = slots - 1; j > 0; j--) {

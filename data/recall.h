@@ -44,4 +44,22 @@ int recall_train_pairs(int n);
 int recall_train_spans(int n);
 void recall_train_sequence(const Tokenizer *tok, const Corpus *c, Rng *rng, int n, int *x, int *y);
 
+// The pieces of the task that the retrieval suite (data/ruler.h) builds its items from.
+// n random lowercase letters.
+void recall_random_letters(Rng *rng, char *out, int n);
+// A random key into keys[i], distinct from keys[0..i).
+void recall_random_key(Rng *rng, char (*keys)[RECALL_KEY_LEN], int i);
+// Encodes text into out (at most cap tokens, and at most one per byte of the text) without the bos a BPE may put
+// first (the text goes inside a sequence): the token count.
+int recall_encode_text(const Tokenizer *tok, const char *text, int *out, int cap);
+// The sentence form: a needle's name (one of 16 adjectives and one of 16 nouns: "amber", "falcon"), its value
+// (4 digits, "4821"), and the texts: RECALL_WORDS_NEEDLE takes the adjective, the noun and the value; the
+// question, the adjective and the noun twice; the answer, the value.
+#define RECALL_WORDS_VALUE_SIZE 8
+void recall_words_name(Rng *rng, const char **adj, const char **noun);
+void recall_words_value(Rng *rng, char value[RECALL_WORDS_VALUE_SIZE]);
+#define RECALL_WORDS_NEEDLE " The pass key of the %s %s is %s."
+#define RECALL_WORDS_QUESTION " What is the pass key of the %s %s? The pass key of the %s %s is"
+#define RECALL_WORDS_ANSWER " %s"
+
 #endif
