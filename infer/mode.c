@@ -138,7 +138,7 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
     if (gguf_or_checkpoint_load(c->ckpt, m, &ops_cpu, tok, err) != 0) return -1;
     if (c->kv_heads && c->kv_heads != m->cfg.n_kv_head) {
         Model pooled;
-        int rc = model_convert_kv_heads(&pooled, m, c->kv_heads, err);
+        int rc = model_convert_kv_heads(&pooled, m, c->kv_heads, KV_INIT_MEAN, err);
         model_free(m);
         if (rc != 0) {
             tokenizer_free(tok);

@@ -182,7 +182,9 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
 int model_pass_chunks(Model *m, int B, int T);
 
 // MHA -> GQA/MQA conversion (the GQA paper's recipe): dst gets n_kv_head = new_kv_heads and each group's
-// key and value projection heads mean-pooled; everything else is copied. dst must be uninitialised.
-int model_convert_kv_heads(Model *dst, const Model *src, int new_kv_heads, char *err);
+// key and value projection heads mean-pooled (KV_INIT_MEAN), or the group's first head kept (KV_INIT_FIRST, the
+// paper's weaker alternative); everything else is copied. dst must be uninitialised.
+typedef enum { KV_INIT_MEAN, KV_INIT_FIRST } KVInit;
+int model_convert_kv_heads(Model *dst, const Model *src, int new_kv_heads, KVInit init, char *err);
 
 #endif

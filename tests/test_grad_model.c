@@ -179,7 +179,7 @@ Test(model, gqa_full_groups_is_mha) {
     model_init(&gqa, &cfg, &ops_cpu); // G = n_head built via the config, same weights
     memcpy(gqa.params_memory, mha.params_memory, mha.n_params * sizeof(float));
     char err[ERR_LEN] = "";
-    cr_assert(model_convert_kv_heads(&conv, &mha, 4, err) == 0, "%s", err);
+    cr_assert(model_convert_kv_heads(&conv, &mha, 4, KV_INIT_MEAN, err) == 0, "%s", err);
     cr_assert(conv.cfg.n_kv_head == 4 && conv.n_params == mha.n_params);
     cr_assert(memcmp(conv.params_memory, mha.params_memory, mha.n_params * sizeof(float)) == 0);
 
@@ -276,7 +276,7 @@ static void convert_case(int from_kv, int to_kv) {
     Model src, dst;
     gradutil_make_fd_model(&src, &cfg, 400 + to_kv);
     char err[ERR_LEN] = "";
-    cr_assert(model_convert_kv_heads(&dst, &src, to_kv, err) == 0, "%s", err);
+    cr_assert(model_convert_kv_heads(&dst, &src, to_kv, KV_INIT_MEAN, err) == 0, "%s", err);
     cr_assert(dst.cfg.n_kv_head == to_kv);
     ModelConfig want = cfg;
     want.n_kv_head = to_kv;
@@ -336,15 +336,33 @@ Test(model, convert_kv_heads_mha_to_gqa) { convert_case(4, 2); }
 Test(model, convert_kv_heads_mha_to_mqa) { convert_case(4, 1); }
 Test(model, convert_kv_heads_gqa_to_mqa) { convert_case(2, 1); }
 
+// First-head initialisation: each group's key and value heads are its first head's, exactly; the rest copied.
+Test(model, convert_kv_heads_first_head) {
+    ModelConfig cfg = gradutil_fd_config(4, 0.0f);
+    Model src, dst;
+    gradutil_make_fd_model(&src, &cfg, 460);
+    char err[ERR_LEN] = "";
+    cr_assert(model_convert_kv_heads(&dst, &src, 2, KV_INIT_FIRST, err) == 0, "%s", err);
+    size_t hs = (size_t)model_head_dim(&cfg) * cfg.n_embd;
+    for (int l = 0; l < cfg.n_layer; l++)
+        for (int g = 0; g < 2; g++) {
+            cr_assert(memcmp(dst.params.wk + (l * 2 + g) * hs, src.params.wk + (l * 4 + 2 * g) * hs, hs * sizeof(float)) == 0,
+                      "layer %d group %d: wk is not head %d", l, g, 2 * g);
+            cr_assert(memcmp(dst.params.wv + (l * 2 + g) * hs, src.params.wv + (l * 4 + 2 * g) * hs, hs * sizeof(float)) == 0);
+        }
+    cr_assert(memcmp(dst.params.wq, src.params.wq, (size_t)cfg.n_layer * cfg.n_embd * cfg.n_embd * sizeof(float)) == 0);
+    model_free(&src), model_free(&dst);
+}
+
 Test(model, convert_kv_heads_rejects_non_divisor) {
     ModelConfig cfg = gradutil_fd_config(4, 0.0f);
     Model src, dst;
     gradutil_make_fd_model(&src, &cfg, 450);
     char err[ERR_LEN] = "";
-    cr_expect(model_convert_kv_heads(&dst, &src, 3, err) == -1);
+    cr_expect(model_convert_kv_heads(&dst, &src, 3, KV_INIT_MEAN, err) == -1);
     cr_expect(strlen(err) > 0, "no message for 4 -> 3 kv heads");
     err[0] = '\0';
-    cr_expect(model_convert_kv_heads(&dst, &src, 0, err) == -1);
+    cr_expect(model_convert_kv_heads(&dst, &src, 0, KV_INIT_MEAN, err) == -1);
     cr_expect(strlen(err) > 0, "no message for 4 -> 0 kv heads");
     model_free(&src);
 }

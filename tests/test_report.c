@@ -99,3 +99,17 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
     cr_assert(strstr(out, "holds a --smoke run; give --fresh"), "%s", out);
     free(out);
 }
+
+// The intervals and the rule the report's sentences follow (scripts/report_stats.py), against published Wilson
+// intervals and cases with a known answer: tests/report_stats_test.py.
+Test(report, stats_checks) {
+    char *out;
+    char cmd[256], log[300];
+    snprintf(log, sizeof log, "%s", cliutil_tmp("stats.log"));
+    snprintf(cmd, sizeof cmd, "python3 tests/report_stats_test.py > '%s' 2>&1", log);
+    int st = system(cmd);
+    out = cliutil_read_file(log, NULL);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "tests/report_stats_test.py failed:\n%s", out);
+    cr_assert(strstr(out, "OK"), "%s", out);
+    free(out);
+}

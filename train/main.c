@@ -230,7 +230,7 @@ int main(int argc, char **argv) {
             goto fail;
         }
         if (n_kv != mc.n_kv_head) {
-            if (model_convert_kv_heads(&model, &src, n_kv, err) != 0) goto fail;
+            if (model_convert_kv_heads(&model, &src, n_kv, KV_INIT_MEAN, err) != 0) goto fail;
             model_free(&src);
         } else {
             model = src;
