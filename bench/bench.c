@@ -9,6 +9,8 @@
 //
 // build/bench --busy: every training/decode row again beside a process spinning on one core (busy.c), with the
 // ratio. build/bench --large: prefill and decode at the shape of a 135M-parameter model (large.c).
+// build/bench --decode-batch: decode throughput of B sequences stepped at once for MHA, GQA and MQA, and the
+// largest batch a KV budget holds (batch.c).
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,14 +22,19 @@
 #include "../layers/cpu_ops.h"
 #include "../decode/step.h"
 #include "../train/presets.h"
+#include "batch.h"
 #include "bench.h"
 
 static const int DEFAULT_TS[] = {128, 256, 512, 1024, 2048, 4096};
+static const int DEFAULT_BATCHES[] = {1, 8, 32}, DEFAULT_CONTEXTS[] = {256, 1024, 4096},
+                 DEFAULT_KV_HEADS[] = {8, 4, 2, 1};
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: build/bench [--quick] [--json] [--busy]\n"
             "       build/bench --large [--large-contexts LIST] [--json] [--busy]\n"
+            "       build/bench --decode-batch [--json] [--decode-batches LIST] [--decode-contexts LIST]\n"
+            "                   [--decode-kv-heads LIST] [--decode-runs R] [--decode-budget-mb M]\n"
             "       build/bench --blas     (the BLAS kernels, CPU features and OpenMP wait policy in use)\n"
             "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
             "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
@@ -39,6 +46,19 @@ static void usage(FILE *f) {
             "                        1536, vocabulary 49152, random weights): minutes, and ~1 GiB per 8k context\n"
             "  --large-contexts LIST context lengths for --large, 33..8192 (32 tokens are decoded after a prompt of\n"
             "                        the rest; default 2048)\n"
+            "  --decode-batch        decode throughput as the batch grows, MHA against GQA and MQA: the baby preset with\n"
+            "                        8 query heads of 16 (4 layers, width 128, vocabulary 65, random weights) and 8, 4,\n"
+            "                        2 or 1 kv heads; B sequences, each with its own full fp32 cache filled to T-16\n"
+            "                        tokens of one prompt (not timed), then 16 decode steps of all B at once (one\n"
+            "                        forward of B rows a step), timed: tokens/s (min, median, max of R runs after a\n"
+            "                        warm-up), ms per step, KV bytes per sequence and in all; then the largest batch\n"
+            "                        a KV budget holds (at most %d sequences) and its tokens/s\n"
+            "  --decode-batches LIST batch sizes, 1..1024 (default 1,8,32)\n"
+            "  --decode-contexts LIST context lengths T, %d..16384 (default 256,1024,4096)\n"
+            "  --decode-kv-heads LIST kv heads, each dividing 8 (default 8,4,2,1: MHA, GQA, GQA, MQA)\n"
+            "  --decode-runs R       timed runs per point after one warm-up (default 3)\n"
+            "  --decode-budget-mb M  the KV budget in MiB for the largest batch, 1..4096 (default 64)\n"
+            "                        (a batch x context whose caches would hold over 4 GiB is refused)\n"
             "  --attention           naive vs flash causal attention as T grows (instead of training/decode)\n"
             "  --attention-t LIST    comma-separated sequence lengths (default 128,256,512,1024,2048,4096)\n"
             "  --attention-m M       flash's on-chip budget in floats (default %d = 64 KiB: tiles Bc = ceil(M/4d),\n"
@@ -46,7 +66,7 @@ static void usage(FILE *f) {
             "  --attention-d D       head dimension (default 64)\n"
             "  --attention-batch B, --attention-heads NH, --attention-kv-heads NKV   (default 1, 1, NH)\n"
             "  --attention-runs R    timed runs per point after one warm-up; the best is reported (default 3)\n",
-            FLASH_DEFAULT_M);
+            BATCH_MAX_CAP, BATCH_DECODE_STEPS + 1, FLASH_DEFAULT_M);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -305,7 +325,7 @@ typedef struct {
     uint64_t formula;
 } AttnResult;
 
-static void fmt_bytes(char *buf, size_t n, double bytes) {
+void bench_fmt_bytes(char *buf, size_t n, double bytes) {
     if (bytes >= 1024.0 * 1024 * 1024) snprintf(buf, n, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
     else if (bytes >= 1024.0 * 1024) snprintf(buf, n, "%.2f MiB", bytes / (1024.0 * 1024));
     else if (bytes >= 1024.0) snprintf(buf, n, "%.1f KiB", bytes / 1024.0);
@@ -328,9 +348,9 @@ static void print_attention_result(const BenchOpts *o, int T, int Br, int Bc, co
                (unsigned long long)r->io.intermediate_bytes, r->diff, o->runs);
     } else {
         char mv[32], fm[32], im[32];
-        fmt_bytes(mv, sizeof(mv), (double)moved);
-        fmt_bytes(fm, sizeof(fm), (double)r->formula);
-        fmt_bytes(im, sizeof(im), (double)r->io.intermediate_bytes);
+        bench_fmt_bytes(mv, sizeof(mv), (double)moved);
+        bench_fmt_bytes(fm, sizeof(fm), (double)r->formula);
+        bench_fmt_bytes(im, sizeof(im), (double)r->io.intermediate_bytes);
         printf("%-6s %6d %10.3f %13s %13s %8.3f %14s %11.3g\n", r->algo, T, r->ms, mv, fm,
                (double)moved / (double)r->formula, im, r->diff);
     }
@@ -374,25 +394,75 @@ static int bench_attention(const BenchOpts *o) {
 
 // --- flags -------------------------------------------------------------------------------------------------
 
-// Parses "128,256,..." into o->ts; returns -1 with a message in err on a malformed list.
-static int parse_t_list(const char *flag, const char *s, int min_t, int max_t, BenchOpts *o, char *err) {
-    o->n_ts = 0;
+// Parses "128,256,..." into dst (at most max numbers, each in lo..hi; what names them in a message); returns -1
+// with a message in err on a malformed list.
+static int parse_int_list(const char *flag, const char *what, const char *s, int lo, int hi, int *dst, int *n,
+                          int max, char *err) {
+    *n = 0;
     const char *p = s;
     while (1) {
         char *end;
         long t = strtol(p, &end, 10);
-        if (end == p || (*end != ',' && *end != 0) || t < min_t || t > max_t) {
-            err_set(err, "%s expects comma-separated lengths in %d..%d, got '%s'", flag, min_t, max_t, s);
+        if (end == p || (*end != ',' && *end != 0) || t < lo || t > hi) {
+            err_set(err, "%s expects comma-separated %s in %d..%d, got '%s'", flag, what, lo, hi, s);
             return -1;
         }
-        if (o->n_ts == MAX_TS) {
-            err_set(err, "%s takes at most %d lengths", flag, MAX_TS);
+        if (*n == max) {
+            err_set(err, "%s takes at most %d %s", flag, max, what);
             return -1;
         }
-        o->ts[o->n_ts++] = (int)t;
+        dst[(*n)++] = (int)t;
         if (*end == 0) return 0;
         p = end + 1;
     }
+}
+
+static int parse_t_list(const char *flag, const char *s, int min_t, int max_t, BenchOpts *o, char *err) {
+    return parse_int_list(flag, "lengths", s, min_t, max_t, o->ts, &o->n_ts, MAX_TS, err);
+}
+
+// Reads the current --decode-* flag (not --decode-batch itself) into o; returns 0, -1 (message in err), or 1
+// when it is no such flag.
+static int parse_decode_flag(Args *a, BenchOpts *o, char *err) {
+    struct {
+        const char *name, *what;
+        int lo, hi, *dst, *n;
+    } lists[] = {{"--decode-batches", "batch sizes", 1, 1024, o->batches, &o->n_batches},
+                 {"--decode-contexts", "lengths", BATCH_DECODE_STEPS + 1, 16384, o->contexts, &o->n_contexts},
+                 {"--decode-kv-heads", "kv-head counts", 1, BATCH_HEADS, o->kv_heads, &o->n_kv_heads}};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        if (args_is(a, lists[i].name)) {
+            const char *v;
+            if (args_string(a, &v) != 0) return err_set(err, "%s", a->err), -1;
+            return parse_int_list(lists[i].name, lists[i].what, v, lists[i].lo, lists[i].hi, lists[i].dst,
+                                  lists[i].n, MAX_LIST, err);
+        }
+    if (args_is(a, "--decode-runs"))
+        return args_int(a, 1, 100, &o->decode_runs) != 0 ? (err_set(err, "%s", a->err), -1) : 0;
+    if (args_is(a, "--decode-budget-mb"))
+        return args_int(a, 1, 4096, &o->budget_mb) != 0 ? (err_set(err, "%s", a->err), -1) : 0;
+    return 1;
+}
+
+// --decode-batch's lists against the model and the memory cap; 0, or -1 with one line in err.
+static int check_decode_batch(const BenchOpts *o, char *err) {
+    int max_B = 0, max_T = 0;
+    for (int i = 0; i < o->n_kv_heads; i++)
+        if (BATCH_HEADS % o->kv_heads[i] != 0)
+            return err_set(err, "--decode-kv-heads %d must divide the model's %d query heads (1, 2, 4 or 8)",
+                           o->kv_heads[i], BATCH_HEADS), -1;
+    for (int i = 0; i < o->n_batches; i++) max_B = o->batches[i] > max_B ? o->batches[i] : max_B;
+    for (int i = 0; i < o->n_contexts; i++) max_T = o->contexts[i] > max_T ? o->contexts[i] : max_T;
+    for (int i = 0; i < o->n_kv_heads; i++) { // refuse before any cache is allocated
+        ModelConfig mc = batch_model_config(o->kv_heads[i], max_T);
+        double bytes = (double)max_B * batch_kv_bytes_per_seq(&mc, max_T);
+        if (bytes > BENCH_DECODE_MAX_BYTES)
+            return err_set(err, "batch %d at context %d with %d kv heads holds %.1f GiB of fp32 KV cache (limit "
+                                "%.0f GiB): shorten --decode-batches or --decode-contexts",
+                           max_B, max_T, o->kv_heads[i], bytes / (1024.0 * 1024 * 1024),
+                           BENCH_DECODE_MAX_BYTES / (1024.0 * 1024 * 1024)), -1;
+    }
+    return 0;
 }
 
 // Reads the current --attention-* flag into o; returns 0, -1 (message in err), or 1 when it is no such flag.
@@ -419,9 +489,18 @@ static int parse_attention_flag(Args *a, BenchOpts *o, char *err) {
 // The whole command line into o; returns 0, 2 for --help, or -1 with one line in err.
 static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
     static char first_attention_flag[128];
-    *o = (BenchOpts){.M = FLASH_DEFAULT_M, .d = 64, .B = 1, .NH = 1, .NKV = 0, .runs = 3};
+    static char first_decode_flag[128];
+    *o = (BenchOpts){.M = FLASH_DEFAULT_M, .d = 64, .B = 1, .NH = 1, .NKV = 0, .runs = 3, .decode_runs = 3,
+                     .budget_mb = 64};
     memcpy(o->ts, DEFAULT_TS, sizeof(DEFAULT_TS));
     o->n_ts = (int)(sizeof(DEFAULT_TS) / sizeof(DEFAULT_TS[0]));
+    memcpy(o->batches, DEFAULT_BATCHES, sizeof(DEFAULT_BATCHES));
+    o->n_batches = (int)(sizeof(DEFAULT_BATCHES) / sizeof(DEFAULT_BATCHES[0]));
+    memcpy(o->contexts, DEFAULT_CONTEXTS, sizeof(DEFAULT_CONTEXTS));
+    o->n_contexts = (int)(sizeof(DEFAULT_CONTEXTS) / sizeof(DEFAULT_CONTEXTS[0]));
+    memcpy(o->kv_heads, DEFAULT_KV_HEADS, sizeof(DEFAULT_KV_HEADS));
+    o->n_kv_heads = (int)(sizeof(DEFAULT_KV_HEADS) / sizeof(DEFAULT_KV_HEADS[0]));
+    const char *decode_flag = NULL; // the first --decode-* option given (an error without --decode-batch)
     Args a;
     args_init(&a, argc, argv);
     int r, large_contexts = 0;
@@ -433,7 +512,7 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
             const char *name;
             int *dst;
         } bools[] = {{"--quick", &o->quick}, {"--json", &o->json}, {"--attention", &o->attention},
-                     {"--busy", &o->busy}, {"--large", &o->large}};
+                     {"--busy", &o->busy}, {"--large", &o->large}, {"--decode-batch", &o->decode_batch}};
         int matched = 0;
         for (size_t i = 0; i < sizeof bools / sizeof bools[0] && !matched; i++)
             if (args_is(&a, bools[i].name)) {
@@ -448,7 +527,16 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
             large_contexts = 1;
             continue;
         }
-        int k = parse_attention_flag(&a, o, err);
+        int k = parse_decode_flag(&a, o, err);
+        if (k < 0) return -1;
+        if (k == 0) {
+            if (!decode_flag) { // a.flag is overwritten by the next flag: keep a copy of the name
+                snprintf(first_decode_flag, sizeof(first_decode_flag), "%s", a.flag);
+                decode_flag = first_decode_flag;
+            }
+            continue;
+        }
+        k = parse_attention_flag(&a, o, err);
         if (k < 0) return -1;
         if (k > 0) return err_set(err, "unknown flag '%s' (see --help)", a.flag), -1;
         if (!o->attention_flag) { // a.flag is overwritten by the next flag: keep a copy of the name
@@ -458,6 +546,13 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
     }
     if (o->attention_flag && !o->attention) return err_set(err, "%s needs --attention", o->attention_flag), -1;
     if (large_contexts && !o->large) return err_set(err, "--large-contexts needs --large"), -1;
+    if (decode_flag && !o->decode_batch) return err_set(err, "%s needs --decode-batch", decode_flag), -1;
+    if (o->decode_batch) {
+        if (o->large || o->attention || o->quick || o->busy)
+            return err_set(err, "--decode-batch runs on its own (not with --large, --attention, --quick or --busy)"),
+                   -1;
+        return check_decode_batch(o, err);
+    }
     if (o->large && (o->attention || o->quick))
         return err_set(err, "--large runs on its own (not with --attention or --quick)"), -1;
     if (o->busy && o->attention) return err_set(err, "--busy applies to the training/decode rows and --large"), -1;
@@ -499,5 +594,6 @@ int main(int argc, char **argv) {
     }
     describe_machine(o.json);
     if (o.large) return bench_large(&o);
+    if (o.decode_batch) return bench_decode_batch(&o);
     return o.attention ? bench_attention(&o) : bench_train_decode(&o);
 }

@@ -1,17 +1,23 @@
 // What build/bench's files share (bench.c: flags, training/decode rows, attention; busy.c: the competing
-// process; large.c: rows at the shape of a 135M-parameter Llama-architecture model).
+// process; large.c: rows at the shape of a 135M-parameter Llama-architecture model; batch.c and batch_run.c:
+// batched decode throughput and the KV budget for MHA, GQA and MQA).
 #ifndef KVLAB_BENCH_H
 #define KVLAB_BENCH_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 #define MAX_TS 64
+#define MAX_LIST 16 // --decode-batches, --decode-contexts, --decode-kv-heads
 
 typedef struct {
     int json, quick, attention, busy, large;
     const char *attention_flag; // the first --attention-* flag given (an error without --attention)
     int ts[MAX_TS], n_ts;       // sequence lengths (--attention-t, or --large-contexts)
     int M, d, B, NH, NKV, runs;
+    int decode_batch;                              // --decode-batch and its lists
+    int batches[MAX_LIST], n_batches, contexts[MAX_LIST], n_contexts, kv_heads[MAX_LIST], n_kv_heads;
+    int decode_runs, budget_mb;
 } BenchOpts;
 
 // A process that spins on the machine's last CPU until busy_stop: the "another job on one core" of issue 13.
@@ -28,6 +34,14 @@ double bench_quiet_busy(const BenchOpts *o, double (*measure)(void *ctx, const c
 // after a prompt of the rest.
 #define BENCH_LARGE_DECODE_TOKENS 32
 int bench_large(const BenchOpts *o);
+
+// build/bench --decode-batch (batch.c): for each kv-head count, batch and context, decode tokens/s of all B
+// sequences stepped at once, and the largest batch a KV budget holds.
+#define BENCH_DECODE_MAX_BYTES (4.0 * 1024 * 1024 * 1024) // the most KV cache one row may hold
+int bench_decode_batch(const BenchOpts *o);
+
+// Writes bytes as "12.5 KiB", "3.00 MiB" and so on.
+void bench_fmt_bytes(char *buf, size_t n, double bytes);
 
 // Writes s as a JSON string literal.
 void bench_json_string(const char *s);
