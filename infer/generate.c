@@ -1,5 +1,7 @@
 // `build/infer generate` (and the old spelling `build/infer --ckpt C --prompt TEXT`): text from a checkpoint
 // through any KV cache spec, with the bytes the cache held and the speed on one line of stderr at the end.
+// A model with a start symbol (tokenizer_bos_id: STX of a build/train --bos model, a BPE's bos) sees it before
+// the prompt, as at position 0 of every training window.
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +33,12 @@ static int generate_check_prompt(const Tokenizer *tok, const char *prompt, char 
     size_t len = strlen(prompt);
     if (len == 0) {
         err_set(err, "--prompt is empty: give at least one character");
+        return -1;
+    }
+    const char *stx = tok->bpe || tokenizer_bos_id(tok) < 0 ? NULL : memchr(prompt, TOKENIZER_BOS_BYTE, len);
+    if (stx) {
+        err_set(err, "prompt byte 0x02 (at %ld) is the model's start symbol, which generate puts first itself",
+                (long)(stx - prompt));
         return -1;
     }
     long bad = tokenizer_find_oov(tok, (const unsigned char *)prompt, len);
@@ -86,16 +94,23 @@ static int generate_stream(const Model *m, const Tokenizer *tok, const GenerateO
                            const Corpus *calib, char *err) {
     size_t plen = strlen(o->prompt);
     int V = m->cfg.vocab_size;
-    int *prompt = common_calloc(plen + 1, sizeof(int));
-    size_t n_prompt = tokenizer_encode(tok, (const unsigned char *)o->prompt, plen, prompt, NULL);
-    if (n_prompt == 0) {
+    int *prompt = common_calloc(plen + 2, sizeof(int));
+    size_t n_prompt = tokenizer_encode(tok, (const unsigned char *)o->prompt, plen, prompt + 1, NULL);
+    int bos = tokenizer_bos_id(tok);
+    if (n_prompt == 0 || (n_prompt == 1 && prompt[1] == bos)) {
         common_free(prompt);
         err_set(err, "--prompt has no token the model knows (its bytes are all outside the vocabulary)");
         return -1;
     }
+    int *start = prompt + 1;
+    if (bos >= 0 && start[0] != bos) { // a BPE's encoding has put its bos first already
+        prompt[0] = bos;
+        start = prompt;
+        n_prompt++;
+    }
     GenStream g;
     int rc = genstream_init(&g, m, spec, n_prompt + (size_t)o->n, calib->tokens, calib->n_train, err);
-    if (rc == 0) rc = genstream_start(&g, prompt, n_prompt, err);
+    if (rc == 0) rc = genstream_start(&g, start, n_prompt, err);
     common_free(prompt);
     if (rc == 0 && o->logits_out) rc = generate_write_logits(o->logits_out, genstream_logits(&g), V, err);
     if (rc != 0) {
@@ -184,8 +199,9 @@ const Mode mode_generate = {
     .summary = "text from a checkpoint through any --kv spec (old spelling: --prompt TEXT)",
     .usage = "build/infer generate --ckpt FILE --prompt TEXT [-n N] [--kv SPEC] [sampling flags]",
     .about = "Prints the prompt and N generated tokens (characters, or BPE tokens of a GGUF model, which stops\n"
-             "early at its end-of-text token), then one line on stderr: the KV bytes held against a\n"
-             "full fp16 cache of the same positions, the tokens held, prefill and decode tokens/s. RoPE attention\n"
+             "early at its end-of-text token; a build/train --bos model sees its start symbol before the prompt),\n"
+             "then one line on stderr: the KV bytes held against a full fp16 cache of the same positions, the\n"
+             "tokens held, prefill and decode tokens/s. RoPE attention\n"
              "never saw a query-key distance of the trained context T or more, so window:W (W <= T),\n"
              "sink:S,window:W (S+W <= T) and window:W+paged:B (W+B <= T) stream on past T; every other cache is\n"
              "rebuilt from the newest T/2 tokens when the stream reaches T positions (as the full cache always\n"

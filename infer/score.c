@@ -1,6 +1,7 @@
 // `build/infer score` (old spelling: --eval FILE) and `build/infer kv` (old spelling: --eval FILE --kv SPEC):
 // a text file's loss and perplexity through the full forward pass, and the streaming comparison of a KV
-// cache against the full cache on that file (kveval.h).
+// cache against the full cache on that file (kveval.h). A model with a start symbol (tokenizer_bos_id) is
+// scored with it first in every window, as it was trained (score_with_bos).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,47 @@ typedef struct {
     int context;
 } ScoreOpts;
 
+// Scores the text tokens ids[0..n) (a leading bos, which a BPE's encoding puts there, dropped first) in
+// consecutive windows of `window` tokens (0: the model's context; the text bounds it) that each start with the
+// start symbol: [bos, x_k .. x_{k+T-2}] predicts x_k .. x_{k+T-1}, so every text token, the first included, is
+// scored once. Each window is one eval_tokens call of T + 1 tokens; *out sums them. A character model's text
+// that holds byte 0x02 (its start symbol) is refused.
+static int score_with_bos(Model *m, const Tokenizer *tok, const char *file, const int *ids, size_t n, int window,
+                          EvalResult *out, char *err) {
+    int bos = tokenizer_bos_id(tok);
+    if (n > 0 && ids[0] == bos) ids++, n--;
+    for (size_t i = 0; i < n && !tok->bpe; i++)
+        if (ids[i] == bos) {
+            err_set(err, "'%s' holds byte 0x02 (STX), the model's start symbol, inside its text", file);
+            return -1;
+        }
+    if (n < 1) {
+        err_set(err, "need at least 1 token after the start symbol to score, got 0");
+        return -1;
+    }
+    size_t T = (size_t)(window > 0 ? window : m->cfg.block_size);
+    if (n < T) T = n;
+    int *buf = common_calloc(T + 1, sizeof(int));
+    buf[0] = bos;
+    double sum = 0.0;
+    EvalResult w = {0};
+    int rc = 0;
+    for (size_t k = 0; k < n && rc == 0; k += T) {
+        size_t t = n - k < T ? n - k : T;
+        memcpy(buf + 1, ids + k, t * sizeof(int));
+        rc = eval_tokens(m, buf, t + 1, (int)T, EVAL_PATH_AUTO, &w, err);
+        sum += w.mean_loss * (double)w.n_scored;
+    }
+    common_free(buf);
+    if (rc != 0) return -1;
+    *out = w; // the path and bytes of the windows (the last may be shorter)
+    out->n_scored = n;
+    out->mean_loss = sum / (double)n;
+    out->perplexity = exp(out->mean_loss);
+    out->window = (int)T;
+    return 0;
+}
+
 static int score_run(void *p, char *err) {
     ScoreOpts *o = p;
     if (!o->file) {
@@ -39,9 +81,11 @@ static int score_run(void *p, char *err) {
     size_t n = 0;
     size_t n_oov = 0;
     int *ids = score_read_tokens(&tok, o->file, &n, &n_oov, err);
-    int rc = -1;
+    int rc = -1, bos = tokenizer_bos_id(&tok);
     EvalResult r;
-    if (ids && n >= 2 && eval_tokens(&m, ids, n, o->context, EVAL_PATH_AUTO, &r, err) == 0) {
+    if (ids && n >= 2 &&
+        (bos >= 0 ? score_with_bos(&m, &tok, o->file, ids, n, o->context, &r, err)
+                  : eval_tokens(&m, ids, n, o->context, EVAL_PATH_AUTO, &r, err)) == 0) {
         printf("eval: %s: %zu tokens scored, loss %.4f, perplexity %.3f\n", o->file, r.n_scored, r.mean_loss,
                r.perplexity);
         if (n_oov) printf("eval: %zu bytes outside the model's vocabulary were skipped\n", n_oov);
@@ -75,7 +119,8 @@ const Mode mode_score = {
     .usage = "build/infer score --ckpt FILE --eval FILE [--context N]",
     .about = "Scores FILE in consecutive windows of the model's context (--context), or of the whole text when it is shorter\n"
              "(each token but the first is predicted once, from the tokens before it in its window); characters\n"
-             "outside the vocabulary are skipped and counted. A window whose full forward would need over 1 GiB\n"
+             "outside the vocabulary are skipped and counted. A model with a start symbol (build/train --bos) sees\n"
+             "it first in every window, the first token then scored too. A window whose full forward would need over 1 GiB\n"
              "of activations streams through a full KV cache instead (memory linear in the window); one that\n"
              "cannot fit this machine's memory is refused, naming the size. A loss that is not finite is printed,\n"
              "then exits 1.\n",

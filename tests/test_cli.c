@@ -464,6 +464,19 @@ Test(cli, init_from_mqa_and_gqa) {
     text = cliutil_generate(gqa, "the", 20, ARGS("--seed", "1"));
     free(text);
 
+    // first-head initialisation instead of mean-pooling (layers/convert.c; model.convert_kv_heads_first_head)
+    const char *first = cliutil_tmp("first.ckpt");
+    r = RUN("train", "--preset", "tiny", "--init-from", mha, "--attn", "gqa:2", "--kv-init", "first", "--steps", "3",
+            "--data", corpus, "--out", first, "--quiet");
+    cliutil_expect_ok(&r, "train --init-from --attn gqa:2 --kv-init first");
+    cliutil_run_free(&r);
+    r = RUN("train", "--preset", "tiny", "--init-from", mha, "--attn", "gqa:2", "--kv-init", "median", "--out", first);
+    EXPECT_ERROR(&r, "train", "bad --kv-init 'median': valid values are mean, first");
+    r = RUN("train", "--preset", "tiny", "--kv-init", "first", "--out", first);
+    EXPECT_ERROR(&r, "train", "--kv-init applies to --init-from with fewer key/value heads");
+    r = RUN("train", "--preset", "tiny", "--init-from", mha, "--kv-init", "first", "--data", corpus, "--out", first);
+    EXPECT_ERROR(&r, "train", "--kv-init: nothing to convert");
+
     // extending the context: the tiny preset's 32 becomes 48 (the banner names the training context)
     const char *longer = cliutil_tmp("long.ckpt");
     r = RUN("train", "--preset", "tiny", "--init-from", mha, "--context", "48", "--steps", "2", "--data", corpus,

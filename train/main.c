@@ -31,6 +31,12 @@ static const char *usage =
     "  --seed S             data order, initialisation and dropout   [1337]\n"
     "  --mix recall:F       replace a fraction F of training windows by long-range recall sequences\n"
     "                       (a \"$kk:vvvv;\" definition repeated later; see data/recall.h)   [0]\n"
+    "  --bos                a start symbol at position 0 of every window: byte STX (0x02) joins the\n"
+    "                       vocabulary, inputs are [STX, t0 .. t_{T-2}] and targets [t0 .. t_{T-1}] (text,\n"
+    "                       recall and validation windows alike), so the model can grow an attention sink\n"
+    "                       there; a corpus that holds byte 0x02 is refused. A checkpoint whose vocabulary\n"
+    "                       holds STX keeps its start symbol (--resume, --init-from, build/infer) without\n"
+    "                       the flag; --bos with one that lacks it is an error (the vocabulary is fixed)\n"
     "  --device cpu|cuda    where to train; checkpoints load and save on the host either way   [cpu]\n"
     "files:\n"
     "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
@@ -41,6 +47,8 @@ static const char *usage =
     "  --resume CKPT        continue a run exactly (settings come from the checkpoint; --steps may extend it)\n"
     "  --init-from CKPT     start from a checkpoint's weights with a fresh optimiser; with --attn gqa:G|mqa\n"
     "                       its key/value heads are mean-pooled into G groups first (uptraining);\n"
+    "  --kv-init mean|first with --init-from and fewer key/value heads: each group's heads mean-pooled, or its\n"
+    "                       first head kept (the GQA paper's ablation)   [mean]\n"
     "                       --context N may extend the checkpoint's context (RoPE: no learned positions)\n"
     "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
     "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, grad_norm,\n"
@@ -50,8 +58,8 @@ static const char *usage =
     "  --quiet              no progress lines (the banner and the summary remain)\n";
 
 typedef struct {
-    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device;
-    int stop_after, quiet, force;
+    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init;
+    int stop_after, quiet, force, bos;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
     float dropout, lr, min_lr, weight_decay, beta2, grad_clip, mix;
@@ -84,6 +92,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
             exit(0);
         } else if (args_is(&a, "--preset")) rc = args_string(&a, &f->preset);
         else if (args_is(&a, "--attn")) rc = args_string(&a, &f->attn);
+        else if (args_is(&a, "--kv-init")) rc = args_string(&a, &f->kv_init);
         else if (args_is(&a, "--data")) rc = args_string(&a, &f->data);
         else if (args_is(&a, "--out")) rc = args_string(&a, &f->out);
         else if (args_is(&a, "--resume")) rc = args_string(&a, &f->resume);
@@ -92,6 +101,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "--quiet")) f->quiet = 1;
         else if (args_is(&a, "--force")) f->force = 1;
+        else if (args_is(&a, "--bos")) f->bos = 1;
         else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, TRAIN_MAX_STEPS, &f->stop_after);
         else if (args_is(&a, "--layers")) rc = args_int(&a, 1, 256, &f->layers);
         else if (args_is(&a, "--width")) rc = args_int(&a, 2, 65536, &f->width);
@@ -136,6 +146,10 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
         return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
     if (f->resume && f->init_from) return err_set(err, "--resume and --init-from cannot be combined"), -1;
+    if (f->kv_init && strcmp(f->kv_init, "mean") != 0 && strcmp(f->kv_init, "first") != 0)
+        return err_set(err, "bad --kv-init '%s': valid values are mean, first", f->kv_init), -1;
+    if (f->kv_init && !f->init_from)
+        return err_set(err, "--kv-init applies to --init-from with fewer key/value heads (--attn gqa:G|mqa)"), -1;
     return 0;
 }
 
@@ -225,12 +239,18 @@ int main(int argc, char **argv) {
         mc = src.cfg;
         int n_kv = mc.n_kv_head;
         if (f.attn && attn_resolve(kv_spec, mc.n_head, &n_kv, err) != 0) goto fail;
+        if (f.kv_init && n_kv == mc.n_kv_head) {
+            snprintf(err, sizeof(err), "--kv-init: nothing to convert (the checkpoint already has %d key/value heads; "
+                     "give --attn gqa:G|mqa with fewer)", n_kv);
+            goto fail;
+        }
         if (n_kv > mc.n_kv_head) {
             snprintf(err, sizeof(err), "--init-from can only reduce key/value heads (%d -> %d asked)", mc.n_kv_head, n_kv);
             goto fail;
         }
         if (n_kv != mc.n_kv_head) {
-            if (model_convert_kv_heads(&model, &src, n_kv, KV_INIT_MEAN, err) != 0) goto fail;
+            KVInit init = f.kv_init && strcmp(f.kv_init, "first") == 0 ? KV_INIT_FIRST : KV_INIT_MEAN;
+            if (model_convert_kv_heads(&model, &src, n_kv, init, err) != 0) goto fail;
             model_free(&src);
         } else {
             model = src;
@@ -249,7 +269,13 @@ int main(int argc, char **argv) {
 
     size_t n_oov = 0;
     int fresh = !f.resume && !f.init_from;
-    if (corpus_load(&corpus, &tok, f.data, fresh, &n_oov, err) != 0) goto fail;
+    if (!fresh && f.bos && tokenizer_bos_id(&tok) < 0) { // the start symbol is part of the vocabulary
+        snprintf(err, sizeof(err), "--bos: '%s' was trained without a start symbol (its vocabulary has no STX), "
+                 "and its vocabulary cannot change; train from scratch with --bos", f.resume ? f.resume : f.init_from);
+        goto fail;
+    }
+    int vocab = !fresh ? CORPUS_VOCAB_GIVEN : f.bos ? CORPUS_VOCAB_BUILD_BOS : CORPUS_VOCAB_BUILD;
+    if (corpus_load(&corpus, &tok, f.data, vocab, &n_oov, err) != 0) goto fail;
     if (n_oov) fprintf(stderr, "train: note: %zu bytes of '%s' are outside the checkpoint's vocabulary and were skipped\n", n_oov, f.data);
     if (fresh) {
         mc.vocab_size = tok.vocab_size;
@@ -298,8 +324,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s\n",
             run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
             model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels());
-    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
-            corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, tc.batch_size, tc.grad_accum,
+    char bos_note[48] = "";
+    if (corpus_bos(&corpus) >= 0) snprintf(bos_note, sizeof(bos_note), " (start symbol STX, id %d)", corpus_bos(&corpus));
+    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d%s, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
+            corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, bos_note, tc.batch_size, tc.grad_accum,
             st.step, tc.max_steps, out);
 
     model_to_backend(&model, backend);
