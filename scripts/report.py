@@ -47,19 +47,19 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
         context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
-        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100,
+        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64,
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'mqa'], t2_seeds=[3, 5, 7],
         convert=[4, 2, 1], uptrain_steps=75, uptrain_G=2,  # 75: 5% of the pretraining steps (the GQA paper's alpha)
         decode_batch=[], frag=[],  # build/bench's defaults
         bench_t='128,256,512,1024,2048,4096', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
-        pretrained=dict(sink_cache=128, sink_stream=1024, streams=4, context=512, ruler_context=256, ruler_items=100),
+        pretrained=dict(sink_cache=64, sink_stream=768, streams=8, context=256, ruler_context=192, ruler_items=100),
     ),
     'smoke': dict(  # checks the pipeline in a few minutes; its numbers mean nothing
         warmup=['--preset', 'baby', '--steps', '60'], recall=['--context', '128', '--batch', '4', '--mix', 'recall:0.5', '--steps', '20'],
         context=128, streams=4, recall_per_distance=2, stream_factor=4, stream_streams=2, seeds=2,
-        latency_context=256, sink_cache=16, sink_stream=128, ruler_items=5,
+        latency_context=256, sink_cache=16, sink_stream=128, ruler_items=5, gen_prompts=4,
         attn_preset=['--preset', 'baby', '--steps', '40'], attn=['mha', 'gqa:2', 'mqa'], t2_seed_attn=['mqa'], t2_seeds=[3, 5],
         convert=[2, 1], uptrain_steps=4, uptrain_G=2,
         decode_batch=['--decode-batches', '1,2', '--decode-contexts', '64', '--decode-runs', '1'],
@@ -70,7 +70,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
         context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
-        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200,
+        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64,
         attn_preset=['--preset', 'small', '--steps', '1200'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'gqa:4', 'mqa'], t2_seeds=[3, 5, 7], convert=[8, 4, 1], uptrain_steps=60, uptrain_G=4,
         decode_batch=[], frag=[], bench_t='128,256,512,1024,2048,4096,8192', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
@@ -250,7 +250,7 @@ def heat_maps(R, infer, what, name, img_dir, T, corpus, layers, prefix='attn'):
     os.makedirs(mat, exist_ok=True)
     rel = lambda p: os.path.relpath(p, ROOT)
     outs = [os.path.join(img_dir, '%s-%s.png' % (prefix, n)) for n in ['layer%d' % l for l in range(layers)] + ['summary']]
-    R.file_step(name, what, [infer + ['attention', '--matrix-out', rel(mat), '--context', str(T), '--data', corpus],
+    R.file_step(name, what, [infer[:1] + ['attention'] + infer[1:] + ['--matrix-out', rel(mat), '--context', str(T), '--data', corpus],
                              ['python3', 'scripts/heatmaps.py', rel(mat), rel(img_dir)] + (['--prefix', prefix] if prefix != 'attn' else [])],
                 outs)
 
@@ -266,7 +266,7 @@ def data_args(args):
 def count_steps(sc):
     """Steps main() runs, for the progress lines."""
     seeds = sc['seeds']
-    n = 2 * seeds + 7 + (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
+    n = 2 * seeds + 9 + (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
     n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
     n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
     n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval

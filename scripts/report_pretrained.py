@@ -40,7 +40,7 @@ def run(R, sc, bin_dir, rel, root, val, res):
     cells = [(name, 'agnostic', form(keep)) for name, (form, _) in report_ruler.POLICIES.items()] + \
         [('snapkv', 'aware', report_ruler.POLICIES['snapkv'][0](keep)), ('full', 'agnostic', 'full')]
     ruler = R.json_step('pt-ruler', 'pretrained: retrieval at ratio 0.5, context %d (%d items)' % (RT, p['ruler_items']), [
-        base + ['ruler', '--kv', spec, '--context', str(RT), '--items', str(p['ruler_items']), '--tasks', 'single',
+        [bin_dir + '/infer', 'ruler', '--model', MODEL, '--kv', spec, '--context', str(RT), '--items', str(p['ruler_items']), '--tasks', 'single',
                 '--query', mode, '--json'] for _, mode, spec in cells], jobs=2)
     by = {(r['spec'], r['query']): r for r in ruler}
     out['ruler'] = [dict(name=n, mode=m, spec=s, correct=by[(s, m)]['correct'], items=by[(s, m)]['items']) for n, m, s in cells]

@@ -69,6 +69,13 @@ def paired_diff_ci(a, b):
     return sum(d) / a['tokens'], lo, hi
 
 
+def mean_ci(values):
+    """(mean, low, high): a percentile bootstrap of the mean of independent values (e.g. one per prompt)."""
+    n = len(values)
+    lo, hi = _interval([sum(values[i] for i in idx) / n for idx in _resamples(n)])
+    return sum(values) / n, lo, hi
+
+
 def wilson(k, n, z=1.96):
     """Wilson score interval of a proportion k/n: (estimate, low, high)."""
     if n <= 0:

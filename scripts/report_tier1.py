@@ -78,7 +78,7 @@ def probe_specs():
     return [spec_of(n, c, B) for c, names in CODECS.items() for n in names for B in PROBE]
 
 
-def seed_specs(rows):
+def seed_specs(rows):  # also the rows generation runs through
     """The rows the other seeds repeat: every fp16 policy at 0.25x, and the storage terms that compete there."""
     return [r['spec'] for r in rows if r['codec'] == 'fp16' and r['target'] == 0.25] + \
         ['full+int4', 'full+kivi2:16,32', 'full+int2:16']
@@ -123,6 +123,10 @@ def run(R, sc, bin_dir, rel, val, corpus, dev, train_seq, res):
         res['t1_seeds'][i] = R.json_step('t1-seed%d' % i, 'tier 1: the 0.25x rows on the seed-%d model' % i,
                                          [q('full', m), rc('full', m)] + [q(s, m) for s in seed_specs(rows)] +
                                          [rc(s, m) for s in seed_specs(rows)], jobs=2)
+    # generation under compression: greedy text through the cache against through the full cache
+    res['generation'] = R.json_step('t1-generation', 'tier 1: greedy generation through the 0.25x rows (%d prompts)' % sc['gen_prompts'], [
+        [bin_dir + '/infer', 'compare-gen', '--ckpt', rel(models[0]), '--kv', s, '--prompts', str(sc['gen_prompts']), '--json']
+        for s in seed_specs(rows)], jobs=2)
     # streaming far past the trained context (StreamingLLM), several streams
     L = sc['stream_factor'] * C
     res['stream'] = R.json_step('t1-stream', 'tier 1: streaming %d tokens past a cache of %d' % (L, C // 2), [
@@ -177,10 +181,12 @@ def write(md, res, sc, img, work, gnuplot, table):
       'a full fp16 cache at the same steps (%.0f bytes per token; the streams score positions %d..%d, so a full '
       'cache holds %.1f tokens on average). Positions and scores count. Streaming eval: %d streams of %d tokens, '
       'scoring after %d; Δppl with a 95%% bootstrap interval over streams. Recall: %d sequences per distance '
-      '(%d in all), with a Wilson interval. SnapKV appends every decoded token after compressing the prompt, so its '
+      '(%d in all), with a Wilson interval. The peak is the most a cache held at any scored step (a full fp16 cache '
+      'peaks at %.1f KiB). SnapKV appends every decoded token after compressing the prompt, so its '
       'budget is set for its average; `l2norm` keeps no layer whole (`knorm:B,0`).\n' % (
           full_q['fp16_bytes_per_token'], C // 2, C - 1, full_q['fp16_full_bytes_mean'] / full_q['fp16_bytes_per_token'],
-          full_q['streams'], C, C // 2, sc['recall_per_distance'], recall_counts(full_r)[1]))
+          full_q['streams'], C, C // 2, sc['recall_per_distance'], recall_counts(full_r)[1],
+          full_q['fp16_bytes_per_token'] * (C - 1) / 1024))
     w('Full cache: perplexity %.4f, recall %s.\n' % (full_q['ppl_full'], S.fmt_prop_ci(S.wilson(*recall_counts(full_r)))))
     best_at = {}
     for t in sc_targets():
@@ -189,18 +195,18 @@ def write(md, res, sc, img, work, gnuplot, table):
         trs = []
         for r in these:
             a, b = q[r['spec']], rc[r['spec']]
-            trs.append(['`%s`' % r['spec'], r['name'], r['codec'], '%.3fx' % ratio(a), '%.3fx' % (a['kv_bytes_peak'] / (
-                a['fp16_bytes_per_token'] * (C - 1))), S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
+            trs.append(['`%s`' % r['spec'], r['name'], r['codec'], '%.3fx' % ratio(a), '%.1f' % (a['kv_bytes_peak'] / 1024),
+                        S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
                 S.fmt_prop_ci(S.wilson(*recall_counts(b))), S.fmt_prop_ci(S.wilson(*recall_far(b)))])
         for s in stor:
             a = st[s]
             b = sr.get(s)
-            trs.append(['`%s`' % s, 'full', s.split('+', 1)[1], '%.3fx' % ratio(a), '%.3fx' % (a['kv_bytes_peak'] / (
-                a['fp16_bytes_per_token'] * (C - 1))), S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
+            trs.append(['`%s`' % s, 'full', s.split('+', 1)[1], '%.3fx' % ratio(a), '%.1f' % (a['kv_bytes_peak'] / 1024),
+                        S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
                 S.fmt_prop_ci(S.wilson(*recall_counts(b))) if b else '', S.fmt_prop_ci(S.wilson(*recall_far(b))) if b else ''])
         trs.sort(key=lambda x: float(x[5].split('%')[0]))
         w('**At %.3gx of a full fp16 cache** (storage terms within 35%% of it shown beside):\n' % t)
-        w(table(['spec', 'selection', 'format', 'mean bytes vs fp16', 'peak', 'Δppl [95% CI]', 'top-1', 'recall [95% CI]',
+        w(table(['spec', 'selection', 'format', 'mean bytes vs fp16', 'peak KiB', 'Δppl [95% CI]', 'top-1', 'recall [95% CI]',
                  'recall at d=%s' % max(full_r['recall_acc_by_distance'], key=int)], trs) + '\n')
         cands = [(q[r['spec']], r['spec']) for r in these] + [(st[s], s) for s in stor]
         cands.sort(key=lambda x: S.dppl(x[0]))
@@ -389,3 +395,23 @@ def write_latency(md, res, table):
                     [['`%s`' % r['spec'], '%.3fx' % ratio(r), '%.2f' % (r['kv_bytes_peak'] / 1e6),
                       '%.3f' % (1000.0 / r['decode_tokens_per_s']), '%.0f' % r['prefill_tokens_per_s'],
                       '%.1f' % (r['peak_rss_bytes'] / 1e6)] for r in rows]) + '\n')
+
+
+def write_generation(md, res, table):
+    """Greedy generation through each cache against the full cache (build/infer compare-gen)."""
+    rows = res['generation']
+    md.append('### Text generation under compression\n')
+    g = rows[0]
+    md.append('%d prompts of %d tokens from the validation text; %d tokens generated greedily through each cache and '
+              'through the full cache. First divergence: the position where the two texts first differ (a bootstrap '
+              'interval over prompts for its mean); along the compressed text, KL and top-1 agreement against a full '
+              'cache fed the same tokens, and the full cache\'s perplexity of that text (lower: the text reads more like '
+              'the model\'s own).\n' % (g['prompts'], g['prompt_len'], g['tokens']))
+    out = []
+    for r in rows:
+        d = r['diverge']
+        est, lo, hi = S.mean_ci(d)
+        out.append(['`%s`' % r['spec'], '%.3fx' % r['bytes_ratio'], '%.1f [%.1f, %.1f]' % (est, lo, hi), '%g' % r['diverge_median'],
+                    '%.3f' % r['identical_share'], '%.3f' % r['kl'], '%.3f' % r['top1_agree'], '%.3f' % r['path_ppl_full']])
+    md.append(table(['spec', 'KV bytes vs fp16 (last step)', 'first divergence, mean [95% CI]', 'median', 'identical tokens', 'KL',
+                     'top-1', 'full-cache ppl of the text'], out) + '\n')
