@@ -24,6 +24,7 @@
 #include "../train/presets.h"
 #include "batch.h"
 #include "bench.h"
+#include "fragment.h"
 
 static const int DEFAULT_TS[] = {128, 256, 512, 1024, 2048, 4096};
 static const int DEFAULT_BATCHES[] = {1, 8, 32}, DEFAULT_CONTEXTS[] = {256, 1024, 4096},
@@ -35,6 +36,8 @@ static void usage(FILE *f) {
             "       build/bench --large [--large-contexts LIST] [--json] [--busy]\n"
             "       build/bench --decode-batch [--json] [--decode-batches LIST] [--decode-contexts LIST]\n"
             "                   [--decode-kv-heads LIST] [--decode-runs R] [--decode-budget-mb M]\n"
+            "       build/bench --fragmentation [--json] [--frag-*]   (paged vs contiguous KV under one budget;\n"
+            "                   its flags: build/bench --fragmentation --help)\n"
             "       build/bench --blas     (the BLAS kernels, CPU features and OpenMP wait policy in use)\n"
             "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
             "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
@@ -577,6 +580,8 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
 
 int main(int argc, char **argv) {
     common_runtime_init(argc, argv);
+    for (int i = 1; i < argc; i++) // --fragmentation parses its own flags (fragment.c)
+        if (strcmp(argv[i], "--fragmentation") == 0) return bench_fragmentation_main(argc, argv);
     BenchOpts o;
     char err[ERR_LEN];
     int r = parse_flags(argc, argv, &o, err);
