@@ -221,17 +221,12 @@ static void expect_png(const char *path) {
 Test(cli_kv, attention_matrices_and_heatmaps, .timeout = 120) {
     cr_assert_eq(system("command -v gnuplot > /dev/null"), 0, "gnuplot is missing: bash scripts/install-deps.sh");
     const char *plain = cliutil_write_corpus();
-    // the same text with one STX in front: the vocabulary holds it, so the model has a start symbol
-    size_t n;
-    char *text = cliutil_read_file(plain, &n);
-    char *stx = malloc(n + 1);
-    stx[0] = 0x02;
-    memcpy(stx + 1, text, n);
-    const char *corpus = cliutil_tmp("stx.txt");
-    cliutil_write_file(corpus, stx, n + 1);
-    free(text);
-    free(stx);
-    const char *ckpt = cliutil_train_tiny(corpus, "stx.ckpt");
+    // a model trained with a start symbol (build/train --bos: STX joins the vocabulary)
+    const char *corpus = plain;
+    const char *ckpt = cliutil_tmp("stx.ckpt");
+    Run t = RUN("train", "--preset", "tiny", "--steps", "5", "--bos", "--data", plain, "--out", ckpt, "--quiet");
+    cliutil_expect_ok(&t, "train --bos");
+    cliutil_run_free(&t);
     char dir[256], path[320], args[700], *out;
     snprintf(dir, sizeof(dir), "%s", cliutil_tmp("mat"));
     mkdir(dir, 0755);

@@ -110,7 +110,7 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
 // intervals and cases with a known answer: tests/report_stats_test.py.
 Test(report, stats_checks) {
     char *out;
-    char cmd[256], log[300];
+    char cmd[512], log[300];
     snprintf(log, sizeof log, "%s", cliutil_tmp("stats.log"));
     snprintf(cmd, sizeof cmd, "python3 tests/report_stats_test.py > '%s' 2>&1", log);
     int st = system(cmd);
