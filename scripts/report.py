@@ -47,7 +47,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
         context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
-        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64,
+        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64, serve_clients='1,8,32',
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'mqa'], t2_seeds=[3, 5, 7],
@@ -59,7 +59,7 @@ SCALES = {
     'smoke': dict(  # checks the pipeline in a few minutes; its numbers mean nothing
         warmup=['--preset', 'baby', '--steps', '60'], recall=['--context', '128', '--batch', '4', '--mix', 'recall:0.5', '--steps', '20'],
         context=128, streams=4, recall_per_distance=2, stream_factor=4, stream_streams=2, seeds=2,
-        latency_context=256, sink_cache=16, sink_stream=128, ruler_items=5, gen_prompts=4,
+        latency_context=256, sink_cache=16, sink_stream=128, ruler_items=5, gen_prompts=4, serve_clients='1,2',
         attn_preset=['--preset', 'baby', '--steps', '40'], attn=['mha', 'gqa:2', 'mqa'], t2_seed_attn=['mqa'], t2_seeds=[3, 5],
         convert=[2, 1], uptrain_steps=4, uptrain_G=2,
         decode_batch=['--decode-batches', '1,2', '--decode-contexts', '64', '--decode-runs', '1'],
@@ -70,7 +70,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
         context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
-        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64,
+        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64, serve_clients='1,8,32',
         attn_preset=['--preset', 'small', '--steps', '1200'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'gqa:4', 'mqa'], t2_seeds=[3, 5, 7], convert=[8, 4, 1], uptrain_steps=60, uptrain_G=4,
         decode_batch=[], frag=[], bench_t='128,256,512,1024,2048,4096,8192', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
@@ -270,7 +270,7 @@ def count_steps(sc):
     n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
     n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
     n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval
-    n += 7  # tier 3: flash, flash against M, fragmentation, paged, prefix, tier, reuse
+    n += 8  # tier 3: flash, flash against M, fragmentation, serving, paged, prefix, tier, reuse
     if sc['pretrained'] and os.path.exists(os.path.join(ROOT, report_pretrained.MODEL)):
         n += 3
     return n
@@ -368,6 +368,9 @@ def main():
          '--json'] for M in sc['flash_m']], jobs=2)
     res['frag'] = R.json_step('t3-fragmentation', 'tier 3: paged pool vs contiguous reservation (build/bench --fragmentation)', [
         [BIN + '/bench', '--fragmentation', '--json'] + sc['frag']])
+    res['serving'] = R.json_step('t3-serving', 'tier 3: build/serve throughput and latency per KV format and client count (serial)', [
+        ['python3', 'scripts/serve_bench.py', '--ckpt', rel(model), '--bin', BIN, '--kv-format', f, '--clients', sc['serve_clients'],
+         '--requests', '4', '--max-tokens', str(C // 2)] for f in ('fp32', 'fp16', 'int8', 'int4')])
     res['paged'] = R.json_step('t3-paged', 'tier 3: pages with formats and selection', [q(s) for s in system_specs(C)])
     res['prefix'] = R.json_step('t3-prefix', 'tier 3: prefix sharing (8 requests sharing 3/4 of the prompt)', [
         infer + ['--eval', 'prefix', '--kv', 'paged:16', '--context', str(C), '--prefill', str(3 * C // 4), '--data', rel(corpus), '--json']])

@@ -252,6 +252,7 @@ def write_report(out, sc, scale, res, R):
       'sharing, a slower tier with prefetch, and reuse across requests?\n')
     flash = flash_section(md, res, img, work)
     frag = fragmentation_section(md, res, table)
+    serving_section(md, res, table)
     system_section(md, res, C, fp16, ppl_full)
 
     # ---- the pretrained model, then the anchors ----
@@ -357,6 +358,20 @@ def flash_section(md, res, img, work):
                   'already hold what a row block needs and the traffic is the Θ(Nd) floor of reading Q, K, V once.\n' % (
                       ', '.join('%d→%d: %.2fx' % h for h in halves)))
     return out
+
+
+def serving_section(md, res, table):
+    rows = res.get('serving') or []
+    md.append('### Serving: throughput and latency per KV format and load\n')
+    if not rows:
+        md.append('(no rows)\n')
+        return
+    md.append('`build/serve` on the tier-1 model (one engine thread, paged pool of 16-token blocks in the given row '
+              'format), `scripts/serve-load.py`: C concurrent clients, 4 streamed requests each (`scripts/serve_bench.py`). '
+              'Latency percentiles over the requests.\n')
+    md.append(table(['KV format', 'clients', 'tokens/s', 'TTFT ms p50 / p95', 'request ms p50 / p95', 'errors'],
+                    [[r['kv_format'], r['clients'], '%.0f' % r['tokens_per_s'], '%.1f / %.1f' % (r['ttft_ms_p50'], r['ttft_ms_p95']),
+                      '%.1f / %.1f' % (r['latency_ms_p50'], r['latency_ms_p95']), r['errors']] for r in rows]) + '\n')
 
 
 def fragmentation_section(md, res, table):

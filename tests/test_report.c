@@ -42,7 +42,7 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
     snprintf(args, sizeof args, "--smoke --out '%s'", dir);
     int rc = report(args, &out);
     cr_assert_eq(rc, 0, "report.py failed:\n%s", out);
-    cr_assert(strstr(out, "[ 61/61") && strstr(out, "wrote"), "progress lines and the end:\n%s", out);
+    cr_assert(strstr(out, "[ 62/62") && strstr(out, "wrote"), "progress lines and the end:\n%s", out);
     free(out);
     char path[400];
     snprintf(path, sizeof path, "%s/REPORT.md", dir);
@@ -53,7 +53,7 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
                               "### Attention patterns", "### Latency and peak memory", "### Text generation under compression", "## Retrieval: a RULER-like suite",
                               "Against kvpress", "## Tier 2: model level", "MHA → 2 kv heads", "### Uptraining",
                               "### Batched decode", "## Tier 3: system level", "### Flash against naive attention",
-                              "### Paged against contiguous", "### Prefix sharing", "### A slower tier with prefetch",
+                              "### Paged against contiguous", "### Serving: throughput", "### Prefix sharing", "### A slower tier with prefetch",
                               "### Reuse across requests", "## A pretrained model", "## Paper vs ours", "**The question:**",
                               "### What the numbers say"};
     for (size_t i = 0; i < sizeof sections / sizeof *sections; i++)
