@@ -46,7 +46,7 @@ SCALES = {
         # context 64, then half recall, half text at context 128; three seeds
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
-        context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
+        context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=32, seeds=3,
         latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64, serve_clients='1,8,32',
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
@@ -69,7 +69,7 @@ SCALES = {
     'full': dict(
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
-        context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=8, seeds=3,
+        context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=32, seeds=3,
         latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64, serve_clients='1,8,32',
         attn_preset=['--preset', 'small', '--steps', '1200'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'gqa:4', 'mqa'], t2_seeds=[3, 5, 7], convert=[8, 4, 1], uptrain_steps=60, uptrain_G=4,
@@ -272,7 +272,7 @@ def count_steps(sc):
     n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval
     n += 8  # tier 3: flash, flash against M, fragmentation, serving, paged, prefix, tier, reuse
     if sc['pretrained'] and os.path.exists(os.path.join(ROOT, report_pretrained.MODEL)):
-        n += 3
+        n += 4
     return n
 
 

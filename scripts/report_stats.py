@@ -34,28 +34,44 @@ def dppl(r):
     return math.exp((sum(r['stream_nll']) - sum(r['stream_nll_full'])) / r['tokens']) - 1.0
 
 
+SMALL_N = 20  # below this many streams the percentile bootstrap under-covers: a t interval instead
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093]  # two-sided 95% Student t, 1..19 degrees of freedom
+
+
+def _mean_interval(d):
+    """(low, high) for the mean of d: the percentile bootstrap, or with fewer than SMALL_N values a t interval."""
+    n = len(d)
+    if n < SMALL_N:
+        if n < 2:
+            return d[0], d[0]
+        m = sum(d) / n
+        sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+        h = T975[n - 2] * sd / math.sqrt(n)
+        return m - h, m + h
+    return _interval([sum(d[i] for i in idx) / n for idx in _resamples(n)])
+
+
 def dppl_ci(r):
-    """(estimate, low, high) of dppl: a percentile bootstrap over streams (resampling whole streams keeps the
-    dependence between the tokens of a stream)."""
-    n, per = r['streams'], _tokens_per_stream(r)
-    a, b = r['stream_nll'], r['stream_nll_full']
-    boots = [math.exp(sum(a[i] - b[i] for i in idx) / (n * per)) - 1.0 for idx in _resamples(n)]
-    lo, hi = _interval(boots)
-    return dppl(r), lo, hi
+    """(estimate, low, high) of dppl: an interval for the mean per-stream NLL difference (a percentile bootstrap
+    over streams, which keeps the dependence between the tokens of a stream; a t interval under SMALL_N streams),
+    mapped through exp(.) - 1."""
+    per = _tokens_per_stream(r)
+    d = [(x - y) / per for x, y in zip(r['stream_nll'], r['stream_nll_full'])]
+    lo, hi = _mean_interval(d)
+    return dppl(r), math.exp(lo) - 1.0, math.exp(hi) - 1.0
 
 
 def kl_ci(r):
-    n, per = r['streams'], _tokens_per_stream(r)
-    k = r['stream_kl']
-    lo, hi = _interval([sum(k[i] for i in idx) / (n * per) for idx in _resamples(n)])
-    return sum(k) / r['tokens'], lo, hi
+    per = _tokens_per_stream(r)
+    lo, hi = _mean_interval([k / per for k in r['stream_kl']])
+    return sum(r['stream_kl']) / r['tokens'], max(0.0, lo), hi
 
 
 def top1_ci(r):
-    n, per = r['streams'], _tokens_per_stream(r)
-    g = r['stream_agree']
-    lo, hi = _interval([sum(g[i] for i in idx) / (n * per) for idx in _resamples(n)])
-    return sum(g) / r['tokens'], lo, hi
+    per = _tokens_per_stream(r)
+    lo, hi = _mean_interval([g / per for g in r['stream_agree']])
+    return sum(r['stream_agree']) / r['tokens'], max(0.0, lo), min(1.0, hi)
 
 
 def paired_diff_ci(a, b):
@@ -63,17 +79,16 @@ def paired_diff_ci(a, b):
     high) in nats. Negative: a predicts better."""
     if a['streams'] != b['streams'] or a['tokens'] != b['tokens']:
         raise ValueError('paired comparison needs the same streams: %s vs %s' % (a['spec'], b['spec']))
-    n, per = a['streams'], _tokens_per_stream(a)
-    d = [x - y for x, y in zip(a['stream_nll'], b['stream_nll'])]
-    lo, hi = _interval([sum(d[i] for i in idx) / (n * per) for idx in _resamples(n)])
-    return sum(d) / a['tokens'], lo, hi
+    per = _tokens_per_stream(a)
+    d = [(x - y) / per for x, y in zip(a['stream_nll'], b['stream_nll'])]
+    lo, hi = _mean_interval(d)
+    return sum(d) / len(d), lo, hi
 
 
 def mean_ci(values):
     """(mean, low, high): a percentile bootstrap of the mean of independent values (e.g. one per prompt)."""
-    n = len(values)
-    lo, hi = _interval([sum(values[i] for i in idx) / n for idx in _resamples(n)])
-    return sum(values) / n, lo, hi
+    lo, hi = _mean_interval(list(values))
+    return sum(values) / len(values), lo, hi
 
 
 def wilson(k, n, z=1.96):

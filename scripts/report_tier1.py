@@ -8,6 +8,7 @@ are linear in the budget once the cache is full) and the budget that reaches the
 terms on the full selection sit where their format puts them. Rows whose budget would exceed the prompt
 (selection would have nothing to do) or fall below a form's minimum are left out and listed.
 """
+import math
 import os
 
 import report_stats as S
@@ -36,16 +37,21 @@ def spec_of(name, codec, B):
 
 
 def storage_specs():
-    """Full selection, one storage term each; the KIVI ablation is the 2x2 of layout (per token vs KIVI's
-    per-channel keys) and an fp32 residual of the newest 32 tokens (none vs 32), at groups of 16."""
+    """Full selection, one storage term each, and the KIVI ablation (KIVI_ABLATION)."""
     return ['full+fp16', 'full+int8', 'full+int4', 'full+int4+hadamard', 'full+int2', 'full+int2+fpkeep:4,32',
-            'full+int2:16', 'full+kivi2:16,16', 'full+int2:16+fpkeep:0,32', 'full+kivi2:16,32', 'full+kivi4:16,32',
-            'full+lowrank:8+fp16', 'full+minicache:2+fp16']
+            'full+kivi4:16,32', 'full+lowrank:8+fp16', 'full+minicache:2+fp16'] + [s for _, _, s in KIVI_ABLATION]
 
 
-KIVI_ABLATION = [('per token', 'none', 'full+int2:16'), ('KIVI (per-channel keys)', 'none', 'full+kivi2:16,16'),
-                 ('per token', 'newest 32 fp32', 'full+int2:16+fpkeep:0,32'),
-                 ('KIVI (per-channel keys)', 'newest 32 fp32', 'full+kivi2:16,32')]
+# KIVI's two ingredients apart, 2 bits in groups of 16: the key layout (per token vs KIVI's per channel) and an fp32
+# residual of the newest tokens. KIVI quantizes a group of G=16 tokens once R are waiting, so kivi2:16,16 always
+# keeps 0..15 tokens in fp32 (7.5 on average) and kivi2:16,32 keeps 16..31 (23.5): its per-token partners keep a
+# fixed 8 and 24 (fpkeep), the same residual on average. Layout alone: the pairs at equal residual; residual
+# alone: a per-token format with the residual against KIVI at the same bytes.
+KIVI_ABLATION = [('per token', 'none', 'full+int2:16'),
+                 ('per token', 'newest 8', 'full+int2:16+fpkeep:0,8'),
+                 ('KIVI (per-channel keys)', '0-15 newest (7.5 on average)', 'full+kivi2:16,16'),
+                 ('per token', 'newest 24', 'full+int2:16+fpkeep:0,24'),
+                 ('KIVI (per-channel keys)', '16-31 newest (23.5 on average)', 'full+kivi2:16,32')]
 
 
 def ratio(r):
@@ -132,7 +138,7 @@ def run(R, sc, bin_dir, rel, val, corpus, dev, train_seq, res):
     res['stream'] = R.json_step('t1-stream', 'tier 1: streaming %d tokens past a cache of %d' % (L, C // 2), [
         infer(models[0]) + ['--eval', rel(val), '--kv', spec, '--context', str(L), '--prefill', str(C), '--streams',
                             str(sc['stream_streams']), '--json', '--curve', '16']
-        for spec in ('window:%d' % (C // 2), 'sink:4,window:%d' % (C // 2 - 4), 'full')], jobs=2)
+        for spec in ('window:%d' % (C // 2), 'sink:4,window:%d' % (C // 2 - 4))], jobs=2)
     # latency and peak memory of each technique alone (no lockstep reference), where the cache dominates
     LT = sc['latency_context']
     lat = []
@@ -196,19 +202,21 @@ def write(md, res, sc, img, work, gnuplot, table):
         for r in these:
             a, b = q[r['spec']], rc[r['spec']]
             trs.append(['`%s`' % r['spec'], r['name'], r['codec'], '%.3fx' % ratio(a), '%.1f' % (a['kv_bytes_peak'] / 1024),
-                        S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
+                        S.fmt_pct_ci(S.dppl_ci(a)), fmt_kl(a), S.fmt_prop_ci(S.top1_ci(a)),
                 S.fmt_prop_ci(S.wilson(*recall_counts(b))), S.fmt_prop_ci(S.wilson(*recall_far(b)))])
         for s in stor:
             a = st[s]
             b = sr.get(s)
             trs.append(['`%s`' % s, 'full', s.split('+', 1)[1], '%.3fx' % ratio(a), '%.1f' % (a['kv_bytes_peak'] / 1024),
-                        S.fmt_pct_ci(S.dppl_ci(a)), '%.3f' % a['top1_agree'],
+                        S.fmt_pct_ci(S.dppl_ci(a)), fmt_kl(a), S.fmt_prop_ci(S.top1_ci(a)),
                 S.fmt_prop_ci(S.wilson(*recall_counts(b))) if b else '', S.fmt_prop_ci(S.wilson(*recall_far(b))) if b else ''])
         trs.sort(key=lambda x: float(x[5].split('%')[0]))
         w('**At %.3gx of a full fp16 cache** (storage terms within 35%% of it shown beside):\n' % t)
-        w(table(['spec', 'selection', 'format', 'mean bytes vs fp16', 'peak KiB', 'Δppl [95% CI]', 'top-1', 'recall [95% CI]',
+        w(table(['spec', 'selection', 'format', 'mean bytes vs fp16', 'peak KiB', 'Δppl [95% CI]', 'KL [95% CI]',
+                 'top-1 [95% CI]', 'recall [95% CI]',
                  'recall at d=%s' % max(full_r['recall_acc_by_distance'], key=int)], trs) + '\n')
-        cands = [(q[r['spec']], r['spec']) for r in these] + [(st[s], s) for s in stor]
+        # the ranking holds only what fits the target (storage terms a little above it are context, not rivals)
+        cands = [(q[r['spec']], r['spec']) for r in these] + [(st[s], s) for s in stor if ratio(st[s]) <= 1.05 * t]
         cands.sort(key=lambda x: S.dppl(x[0]))
         if len(cands) >= 2:
             best_at[t] = cands
@@ -219,6 +227,11 @@ def write(md, res, sc, img, work, gnuplot, table):
     w('![perplexity against KV bytes, with intervals](img/tier1-memory-ppl.png)\n')
     w('![recall against KV bytes](img/tier1-memory-recall.png)\n')
     return best_at
+
+
+def fmt_kl(r):
+    est, lo, hi = S.kl_ci(r)
+    return '%.2e [%.2e, %.2e]' % (est, lo, hi)
 
 
 def sc_targets():
@@ -277,10 +290,11 @@ def write_findings(md, res, sc, best_at, table):
     rc = {r['spec']: r for r in res['t1_recall']}
     rows = res['t1_rows']
     w('### What the numbers say (tier 1)\n')
+    seeds = seed_rows(res)
     for t, cands in sorted(best_at.items()):
         (a, sa), (b, sb) = cands[0], cands[1]
-        w('- At %.3gx of fp16, the lowest Δppl is `%s` (%s); against the next, `%s`: %s.' % (
-            t, sa, S.fmt_pct_ci(S.dppl_ci(a)), sb, S.compare_ppl(a, b, '`%s`' % sa, '`%s`' % sb)))
+        w('- At %.3gx of fp16, the lowest Δppl is `%s` (%s); against the next, `%s`: %s%s.' % (
+            t, sa, S.fmt_pct_ci(S.dppl_ci(a)), sb, S.compare_ppl(a, b, '`%s`' % sa, '`%s`' % sb), seed_note(seeds, sa, sb)))
     # the random floor: each fp16 policy against random eviction at the same target
     for t in TARGETS:
         rnd = [r for r in rows if r['name'] == 'random' and r['codec'] == 'fp16' and r['target'] == t]
@@ -309,11 +323,34 @@ def write_findings(md, res, sc, best_at, table):
     st = {r['spec']: r for r in res['storage']}
     sr = {r['spec']: r for r in res['storage_recall']}
     k = {s: st[s] for _, _, s in KIVI_ABLATION}
-    layout = S.compare_ppl(k['full+kivi2:16,16'], k['full+int2:16'], 'KIVI\'s layout', 'per-token int2')
-    resid = S.compare_ppl(k['full+int2:16+fpkeep:0,32'], k['full+kivi2:16,32'], 'per-token int2 with the fp32 residual',
-                          'KIVI-2 with it')
-    w('- The KIVI ablation (no residual): %s. With the same fp32 residual of 32 tokens: %s.' % (layout, resid))
+    at = lambda spec: '%s at %.3fx' % ('`%s`' % spec, ratio(k[spec]))
+    layout = S.compare_ppl(k['full+kivi2:16,16'], k['full+int2:16+fpkeep:0,8'], at('full+kivi2:16,16'), at('full+int2:16+fpkeep:0,8'))
+    resid = S.compare_ppl(k['full+int2:16+fpkeep:0,24'], k['full+kivi2:16,32'], at('full+int2:16+fpkeep:0,24'), at('full+kivi2:16,32'))
+    own = S.compare_ppl(k['full+int2:16+fpkeep:0,24'], k['full+int2:16'], at('full+int2:16+fpkeep:0,24'), at('full+int2:16'))
+    w('- The KIVI ablation. Layout alone (the same fp32 residual on average): %s. The residual alone, per token, against '
+      'KIVI with its residual: %s. What the residual buys a per-token format: %s.' % (layout, resid, own))
     w('')
+
+
+def seed_rows(res):
+    """{spec: [Δppl on each seed's model]} for the rows every seed ran (seed 1 first)."""
+    out = {}
+    main = {r['spec']: r for r in res['t1_quality'] + res['storage']}
+    others = [{r['spec']: r for r in res['t1_seeds'][i] if 'task' not in r} for i in sorted(res['t1_seeds'])]
+    for spec, r in main.items():
+        if others and all(spec in o for o in others):
+            out[spec] = [S.dppl(r)] + [S.dppl(o[spec]) for o in others]
+    return out
+
+
+def seed_note(seeds, a, b):
+    """Whether the order of a and b holds on every seed's model (the stream interval is one model's)."""
+    if a not in seeds or b not in seeds:
+        return ' (one training seed: the other seeds\' models did not run these rows)'
+    same = all(x < y for x, y in zip(seeds[a], seeds[b])) or all(x > y for x, y in zip(seeds[a], seeds[b]))
+    return ('; the order holds on all %d seeds\' models' % len(seeds[a]) if same else
+            '; but the order is not the same on all %d seeds\' models (Δppl %s vs %s): not a robust ranking' % (
+                len(seeds[a]), '/'.join('%+.2f%%' % (100 * x) for x in seeds[a]), '/'.join('%+.2f%%' % (100 * x) for x in seeds[b])))
 
 
 def write_kivi(md, res, table):
@@ -371,9 +408,11 @@ def write_stream(md, res, sc, img, work, gnuplot, table, tag, title, stream_rows
             'full': list(zip(win['curve_position'], win['curve_ppl_full']))}
     gnuplot(os.path.join(img, 'stream-%s.png' % tag),
             "set title '%s'\nset xlabel 'position'\nset ylabel 'perplexity'\nset logscale y\n"
-            "set arrow from %d, graph 0 to %d, graph 1 nohead dt 2\n"
+            "%s"
             "plot 'win.dat' w lp pt 7 t '%s', 'sink.dat' w lp pt 5 t '%s', 'full.dat' w lp pt 9 dt 3 t 'full cache'\n" % (
-                title, C_trained, C_trained, win['spec'], sink['spec']), data, work)
+                title, ("set arrow from %d, graph 0 to %d, graph 1 nohead dt 2\nset label 'trained context' at %d, graph 0.95 "
+                        "offset 0.5,0\n" % (C_trained, C_trained, C_trained)) if C_trained and C_trained < win['context'] else '',
+                win['spec'], sink['spec']), data, work)
     md.append('![perplexity against position](img/stream-%s.png)\n' % tag)
     rows = []
     for x in (win, sink):
@@ -382,6 +421,24 @@ def write_stream(md, res, sc, img, work, gnuplot, table, tag, title, stream_rows
     md.append(table(['spec', 'streams', 'tokens', 'ppl', 'Δppl vs full [95% CI]', 'ppl, last 1/16', 'full cache, last 1/16',
                      'mean bytes vs fp16'], rows) + '\n')
     return win, sink
+
+
+COLLAPSE = math.log(1.1)  # window-only at least 10% worse than sinks + window (paired interval above this)
+
+
+def sink_verdict(label, stat, win, sink):
+    """The control's outcome: a model with a sink (a head puts over 3x uniform attention on token 0) must collapse
+    without it (window-only's paired ΔNLL interval above COLLAPSE); a model without one must not."""
+    has = stat['max']['sink1'] > 3 * stat['uniform']['sink1']
+    est, lo, hi = S.paired_diff_ci(win, sink)
+    collapse = lo > COLLAPSE
+    verdict = ('the control behaves as it must' if has == collapse else
+               'a sink without a collapse: the pipeline or the sink is suspect' if has else
+               'a collapse without a sink: suspect')
+    return ('%s: %s (most attention on token 0 by one head %.3f, uniform %.4f); window-only %s (ΔNLL %.4f [%.4f, %.4f] '
+            'nats/token, threshold %.3f): %s.' % (label, 'has a sink' if has else 'has no sink', stat['max']['sink1'],
+                                                  stat['uniform']['sink1'], 'collapses' if collapse else 'does not collapse',
+                                                  est, lo, hi, COLLAPSE, verdict))
 
 
 def write_latency(md, res, table):

@@ -144,7 +144,8 @@ def write_decode_batch(md, res, img, work, gnuplot, table):
     if budget:
         md.append('The largest batch that fits a KV budget of %.0f MiB, and its throughput:\n' % (budget[0]['budget_bytes'] / 2 ** 20))
         md.append(table(['kv heads', 'context', 'largest batch', 'tokens/s (median)'],
-                        [[r['kv_heads'], r['context'], r['max_batch'], '%.0f' % r['tokens_per_s_median']] for r in budget]) + '\n')
+                        [[r['kv_heads'], r['context'], ('≥%d (capped)' % r['max_batch']) if r.get('capped') else r['max_batch'],
+                          '%.0f' % r['tokens_per_s_median']] for r in budget]) + '\n')
     data = {}
     for r in rows:
         data.setdefault('kv%d_T%d' % (r['kv_heads'], r['context']), []).append((r['batch'], r['tokens_per_s_median'],
@@ -165,10 +166,12 @@ def seed_spread(res, sc):
     return out
 
 
-def gap_at(res, sc, raw, f):
-    """Validation loss of the mean-pooled model uptrained for fraction f, minus the MHA model's."""
+def gap_vs_control(res, sc, raw, f):
+    """Validation loss of the mean-pooled model uptrained for fraction f, minus the MHA model continued for the
+    same steps (the control: both trained that much longer)."""
     exp = res['uptrain_exp']
     name = lambda p: os.path.join(raw, 'train-%s.jsonl' % os.path.basename(p)[:-len('.ckpt')])
-    mha = val_losses(os.path.join(raw, 'train-attn-mha.jsonl'))
     v = val_losses(name(exp['mean'][f]))
-    return v[max(v)] - mha[max(mha)]
+    cont = val_losses(name(exp['mha_continued']))
+    c = cont.get(round(f * steps_of(sc)))
+    return None if c is None else v[max(v)] - c

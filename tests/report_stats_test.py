@@ -45,6 +45,14 @@ class Bootstrap(unittest.TestCase):
         # no difference at all: a degenerate interval at 0
         self.assertEqual(S.dppl_ci(stream_row('y', full, full)), (0.0, 0.0, 0.0))
 
+    def test_few_streams_take_a_t_interval(self):
+        # 5 streams, per-token differences 1..5: mean 3, sd 1.5811, t(4) = 2.776 -> 3 -/+ 1.9630
+        r = stream_row('t', [1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5, per=1)
+        est, lo, hi = S.dppl_ci(r)
+        self.assertAlmostEqual(est, math.exp(3.0) - 1)
+        self.assertAlmostEqual(math.log1p(lo), 3.0 - 1.96297, places=4)
+        self.assertAlmostEqual(math.log1p(hi), 3.0 + 1.96297, places=4)
+
     def test_paired_rule(self):
         rng = random.Random(2)
         base = [64 * 1.5 + rng.gauss(0, 5) for _ in range(64)]  # streams differ a lot; the specs little
