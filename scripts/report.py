@@ -47,7 +47,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],  # the copy forms near step 2000
         recall=['--context', '128', '--batch', '12', '--mix', 'recall:0.5', '--steps', '1500'],
         context=128, streams=64, recall_per_distance=100, stream_factor=16, stream_streams=32, seeds=3,
-        latency_context=4096, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64, serve_clients='1,8,32',
+        latency_context=8192, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64, serve_clients='1,8,32',
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'mqa'], t2_seeds=[3, 5, 7],
@@ -70,7 +70,7 @@ SCALES = {
         warmup=['--preset', 'baby', '--mix', 'recall:1.0', '--steps', '4500'],
         recall=['--context', '256', '--batch', '16', '--mix', 'recall:0.5', '--steps', '2500'],
         context=256, streams=128, recall_per_distance=100, stream_factor=16, stream_streams=32, seeds=3,
-        latency_context=8192, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64, serve_clients='1,8,32',
+        latency_context=16384, sink_cache=64, sink_stream=2048, ruler_items=200, gen_prompts=64, serve_clients='1,8,32',
         attn_preset=['--preset', 'small', '--steps', '1200'], attn=['mha', 'gqa:8', 'gqa:4', 'gqa:2', 'mqa'],
         t2_seed_attn=['mha', 'gqa:4', 'mqa'], t2_seeds=[3, 5, 7], convert=[8, 4, 1], uptrain_steps=60, uptrain_G=4,
         decode_batch=[], frag=[], bench_t='128,256,512,1024,2048,4096,8192', flash_m=[256, 1024, 4096, 16384, 65536, 262144],
@@ -266,7 +266,7 @@ def data_args(args):
 def count_steps(sc):
     """Steps main() runs, for the progress lines."""
     seeds = sc['seeds']
-    n = 2 * seeds + 9 + (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
+    n = 2 * seeds + 9 + 2 * (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
     n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
     n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
     n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval

@@ -143,7 +143,7 @@ def ordering_vs_kvpress(md, rows, table):
     md.append('kvpress\'s leaderboard (RULER-4k, read off its plot; the model probably Llama-3.1-8B-Instruct) beside '
               'ours (query-agnostic unless marked; our `h2o` plays ObservedAttention, `sink+window` StreamingLLM). Our '
               'rank is shared by presses whose Wilson intervals overlap (1 + the number wholly above):\n')
-    md.append(table(['press', 'kvpress score', 'kvpress rank', 'ours [95% CI]', 'our rank', 'not separable from'], trs) + '\n')
+    md.append(table(['press', 'kvpress score (%)', 'kvpress rank', 'ours, share [95% CI]', 'our rank', 'not separable from'], trs) + '\n')
     # inversions that the intervals support: kvpress puts p above q, our intervals put q wholly above p
     moved = ['%s above %s' % (q, p) for i, p in enumerate(paper_rank) for q in paper_rank[i + 1:]
              if KVPRESS_05[p] > KVPRESS_05[q] and ci[q][1] > ci[p][2]]
