@@ -568,7 +568,7 @@ def write_ninja(n, v):
         n.build(['$builddir/.run/bench'], 'run', ['$builddir/bench'])
         n.build(['bench'], 'phony', ['$builddir/.run/bench'])
         n.comment('ninja report: train, evaluate and write report/REPORT.md (resumes; see scripts/report.py).')
-        n.build(['$builddir/.run/report'], 'report', [], implicit=['$builddir/' + p for p in ('train', 'infer', 'bench')])
+        n.build(['$builddir/.run/report'], 'report', [], implicit=['$builddir/' + p for p in ('train', 'infer', 'bench', 'serve')])
         n.build(['report'], 'phony', ['$builddir/.run/report'])
     n.newline()
     write_fuzz(n, v, obj)

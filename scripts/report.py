@@ -4,16 +4,17 @@
 Every number in report/REPORT.md comes from this run: the script trains the models, runs the evaluations
 through build/train, build/infer and build/bench, keeps the results the report cites as JSON lines under
 report/raw/ (each evaluation step's output, and each training run's loss curve), writes the exact commands to
-report/commands.sh, draws the plots with gnuplot (pngcairo) and the attention heat maps with build/infer
-(stb_image_write), and writes the report. Everything else goes to report/work/ (not committed): models, the
+report/commands.sh, draws the plots and the labelled attention heat maps with gnuplot (pngcairo; the heat maps
+through scripts/heatmaps.py), and writes the report (scripts/report_write.py and the report_*.py it imports). Everything else goes to report/work/ (not committed): models, the
 per-step training logs, the validation text, each step's signature (what its results depend on) and meta.json
 (the scale of the run).
 
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
---quick (the default) takes about 11 minutes on a 2-core CPU (10 min 42 s measured from scratch); --full is the GPU scale (longer training,
-the trained contexts of BENCHMARKS.md, more heads; 28 min on the same CPU). Seeds are fixed, so a rerun gives the same numbers up to
-timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept (an
+--quick (the default) took 52 minutes of step time on a 2-core CPU (summed over resumed runs, trainings partly
+under load; 18 of them the SmolLM2 tier, run only when models/ holds its file); --full is the GPU scale (longer
+training, the trained contexts of BENCHMARKS.md, more heads; not run since this report grew). Seeds are fixed, so a
+rerun gives the same numbers up to timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept (an
 evaluation counts as finished once its output file in report/raw/ is complete and its signature in report/work/
 matches; a training run once report/work/NAME.ckpt.done exists), an interrupted training run continues from its
 last checkpoint with build/train --resume. --fresh starts over.
@@ -279,7 +280,7 @@ def count_steps(sc):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     g = ap.add_mutually_exclusive_group()
-    g.add_argument('--quick', action='store_true', help='the 2-core CPU scale, about 20 minutes (default)')
+    g.add_argument('--quick', action='store_true', help='the 2-core CPU scale, about 50 minutes with the SmolLM2 tier (default)')
     g.add_argument('--full', action='store_true', help='the GPU scale (longer training, larger contexts)')
     ap.add_argument('--fresh', action='store_true', help='delete earlier results and start over')
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where build/train runs [cpu]')
@@ -292,7 +293,7 @@ def main():
     out = os.path.join(ROOT, a.out)
     global BIN
     BIN = a.bin
-    for prog in (BIN + '/train', BIN + '/infer', BIN + '/bench'):
+    for prog in (BIN + '/train', BIN + '/infer', BIN + '/bench', BIN + '/serve'):
         if not os.access(os.path.join(ROOT, prog), os.X_OK):
             sys.exit('report: %s is missing: build first (./configure.py && ninja)' % prog)
     if not shutil.which('gnuplot'):

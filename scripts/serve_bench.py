@@ -37,7 +37,9 @@ def main():
     serve = os.path.join(a.bin, 'serve')
     if not os.access(serve, os.X_OK):
         sys.exit('serve_bench: %s is missing: build first' % serve)
-    proc = subprocess.Popen([serve, '--ckpt', a.ckpt, '--port', '0', '--kv-format', a.kv_format, '--threads', str(a.threads)],
+    # every client is on 127.0.0.1: the per-address connection limit (32 by default) would refuse the load itself
+    proc = subprocess.Popen([serve, '--ckpt', a.ckpt, '--port', '0', '--kv-format', a.kv_format, '--threads', str(a.threads),
+                             '--max-conns-per-ip', '256'],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         port, said, t0 = None, [], time.time()
