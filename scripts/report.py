@@ -376,8 +376,13 @@ def main():
     res['prefix'] = R.json_step('t3-prefix', 'tier 3: prefix sharing (8 requests sharing 3/4 of the prompt)', [
         infer + ['--eval', 'prefix', '--kv', 'paged:16', '--context', str(C), '--prefill', str(3 * C // 4), '--data', rel(corpus), '--json']])
     tier = infer + ['--eval', 'tier', '--kv', 'paged:16', '--transfer-us', '10', '--context', str(C), '--data', rel(corpus), '--json']
-    res['tier'] = R.json_step('t3-tier', 'tier 3: a slower tier, reactive vs predictive at 25% and 50%', [tier + ['--prefetch', 'resident']] + [
-        tier + ['--fast', str(f), '--prefetch', m] for f in (max(2, C // 16 // 4), max(2, C // 16 // 2)) for m in ('reactive', 'predictive')])
+    # a slow link (10 µs per block and layer moved), where overlapping transfers with compute can pay, and a free one
+    # (0 µs), where there is nothing to hide and the predictor can only cost (its thread, its wrong guesses)
+    free = [a if a != '10' else '0' for a in tier]
+    res['tier'] = R.json_step('t3-tier', 'tier 3: a slower tier, reactive vs predictive at 25% and 50%, slow and free link', [
+        tier + ['--prefetch', 'resident']] + [
+        t_ + ['--fast', str(f), '--prefetch', m] for t_ in (tier, free) for f in (max(2, C // 16 // 4), max(2, C // 16 // 2))
+        for m in ('reactive', 'predictive')], jobs=1)
     res['reuse'] = R.json_step('t3-reuse', 'tier 3: reuse across requests (lsh, semshare)', [
         infer + ['--eval', 'reuse', '--reuse', m, '--context', str(C), '--data', rel(corpus), '--json'] for m in ('lsh', 'semshare')])
 
