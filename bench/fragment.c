@@ -172,6 +172,9 @@ int bench_fragmentation_main(int argc, char **argv) {
     if (r == 0 && frag_pool_blocks((size_t)o.budget_mb << 20, o.block, frag_token_bytes(&mc)) < 1)
         err_set(err, "--frag-budget-mb %d holds no block of %d tokens (%zu bytes a token)", o.budget_mb, o.block,
                 frag_token_bytes(&mc)), r = -1;
+    if (r == 0 && frag_admit_contiguous(1, (size_t)o.budget_mb << 20, o.max_len, frag_token_bytes(&mc)) < 1)
+        err_set(err, "--frag-budget-mb %d holds no request of --frag-max-len %d (%zu bytes a token): nothing to compare",
+                o.budget_mb, o.max_len, frag_token_bytes(&mc)), r = -1;
     if (r != 0) {
         fprintf(stderr, "bench: %s\n", err);
         return 1;

@@ -142,7 +142,16 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     }
     common_free(tcs);
     common_free(bos_buf);
-    int write_failed = tf && (ferror(tf) | fclose(tf));
+    int write_failed = 0, write_errno = 0;
+    if (tf) { // a write that failed while buffered shows at the close (a full disk: ENOSPC)
+        int e = ferror(tf) ? errno : 0;
+        write_failed = e != 0 || ferror(tf);
+        if (fclose(tf) != 0) {
+            write_failed = 1;
+            if (!e) e = errno;
+        }
+        write_errno = e ? e : EIO;
+    }
     if (!cfg->no_reference) decode_state_free(&ds_full);
     decode_state_free(&ds_comp);
     out->tokens = acc.scored;
@@ -166,7 +175,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     }
     for (int i = 0; i < G; i++) evalcore_pair_free(&pairs[i]);
     if (write_failed) {
-        err_set(err, "writing '%s' failed", cfg->tokens_out);
+        err_set(err, "writing '%s' failed: %s", cfg->tokens_out, strerror(write_errno));
         kv_eval_result_free(out);
         return -1;
     }
@@ -191,9 +200,10 @@ void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEva
     evalcore_json_int(&j, "streams", cfg->streams);
     evalcore_json_int(&j, "tokens", (long long)r->tokens);
     evalcore_json_num(&j, "ppl", r->ppl);
-    evalcore_json_num(&j, "ppl_full", r->ppl_full);
-    evalcore_json_num(&j, "kl", r->kl);
-    evalcore_json_num(&j, "top1_agree", r->top1_agree);
+    double none = NAN; // without the reference there is nothing to compare with: null
+    evalcore_json_num(&j, "ppl_full", cfg->no_reference ? none : r->ppl_full);
+    evalcore_json_num(&j, "kl", cfg->no_reference ? none : r->kl);
+    evalcore_json_num(&j, "top1_agree", cfg->no_reference ? none : r->top1_agree);
     evalcore_json_int(&j, "kv_bytes", (long long)r->kv_bytes);
     evalcore_json_num(&j, "bytes_per_token", r->bytes_per_token);
     evalcore_json_num(&j, "fp16_bytes_per_token", r->fp16_bytes_per_token);
@@ -206,9 +216,11 @@ void kv_eval_print_json(const KVSpec *spec, const KVEvalConfig *cfg, const KVEva
     evalcore_json_int(&j, "bos", cfg->bos);
     evalcore_json_int(&j, "reference", !cfg->no_reference);
     evalcore_json_num_array(&j, "stream_nll", r->stream_nll, cfg->streams);
-    evalcore_json_num_array(&j, "stream_nll_full", r->stream_nll_full, cfg->streams);
-    evalcore_json_num_array(&j, "stream_kl", r->stream_kl, cfg->streams);
-    evalcore_json_int_array(&j, "stream_agree", r->stream_agree, cfg->streams);
+    if (!cfg->no_reference) {
+        evalcore_json_num_array(&j, "stream_nll_full", r->stream_nll_full, cfg->streams);
+        evalcore_json_num_array(&j, "stream_kl", r->stream_kl, cfg->streams);
+        evalcore_json_int_array(&j, "stream_agree", r->stream_agree, cfg->streams);
+    }
     if (cfg->curve) {
         evalcore_json_int_array(&j, "curve_position", r->curve_start, cfg->curve);
         evalcore_json_num_array(&j, "curve_ppl", r->curve_ppl, cfg->curve);

@@ -162,6 +162,13 @@ static int kv_run_streams(const Model *m, Tokenizer *tok, const KvOpts *o, const
     }
     int evaluated = rc == 0;
     if (rc == 0 && o->json) kv_eval_print_json(spec, &kc, &r);
+    else if (rc == 0 && kc.no_reference)
+        printf("eval: %s --kv=%s alone (no reference): %zu tokens scored (%d streams of %d, scoring after %d): ppl %.4f; "
+               "over the scored steps %.0f bytes on average (%.3fx a full fp16 cache), %zu at the peak; prefill %.0f, "
+               "decode %.0f tokens/s; peak RSS %zu bytes\n",
+               o->file, spec->text, r.tokens, kc.streams, kc.context, kc.prefill, r.ppl, r.kv_bytes_mean,
+               r.kv_bytes_mean / r.fp16_full_bytes_mean, r.kv_bytes_peak, r.prefill_tokens_per_s, r.decode_tokens_per_s,
+               r.peak_rss_bytes);
     else if (rc == 0)
         printf("eval: %s --kv=%s: %zu tokens scored (%d streams of %d, scoring after %d): ppl %.4f (full cache "
                "%.4f), KL %.3g, top-1 agreement %.4f, KV %zu bytes = %.1f bytes/token (fp16 full: %.1f); over the "

@@ -51,7 +51,7 @@ SCALES = {
         latency_context=8192, sink_cache=32, sink_stream=1024, ruler_items=100, gen_prompts=64, serve_clients='1,8,32',
         # tier 2: the baby shape with 8 heads of 16 (MHA, GQA with 4 and 2 groups, MQA), equal steps
         attn_preset=['--preset', 'baby', '--heads', '8', '--steps', '1500'], attn=['mha', 'gqa:4', 'gqa:2', 'mqa'],
-        t2_seed_attn=['mha', 'mqa'], t2_seeds=[3, 5, 7],
+        t2_seed_attn=['mha', 'gqa:4', 'gqa:2', 'mqa'], t2_seeds=[3, 5, 7],
         convert=[4, 2, 1], uptrain_steps=75, uptrain_G=2,  # 75: 5% of the pretraining steps (the GQA paper's alpha)
         decode_batch=[], frag=[],  # build/bench's defaults
         bench_t='128,256,512,1024,2048,4096', flash_m=[256, 1024, 4096, 16384, 65536, 262144],

@@ -153,8 +153,9 @@ def anchors(res, extra):
 
 def write(md, res, extra, table):
     md.append('## Paper vs ours\n')
-    md.append('For each anchor paper: its claim, the figure it reports (evidence marks from shared/reference: [V] '
-              'primary source, [S] secondary transcription, [U] unverified, ≈ read off a plot), ours from this run with '
+    md.append('For each anchor paper: its claim, the figure it reports (as transcribed in the project\'s reference notes '
+              'on the papers, kept outside this repository, with their evidence marks: [V] primary source, [S] secondary '
+              'transcription, [U] unverified, ≈ read off a plot), ours from this run with '
               'its 95% interval, and a verdict computed from the interval and the stated threshold: consistent, not '
               'reproduced, or inconclusive (the interval spans the threshold). The papers\' models are 10^3-10^5 times '
               'larger; a verdict is about the direction at our scale, not about the paper.\n')

@@ -94,7 +94,7 @@ def write(md, res, sc, img, work, gnuplot, table, write_stream):
              for r in rr if r['name'] != 'full']
     paper_rank, our_rank, moved, ours = report_ruler.ordering_vs_kvpress(md, rows_, table)
     md.append('- Ordering at 0.5, kvpress (Llama-3.1-8B, RULER-4k): %s; SmolLM2 here: %s. %s\n' % (
-        ' > '.join(paper_rank), ' > '.join(our_rank),
+        ' > '.join(paper_rank), our_rank,
         ('Where our intervals reverse kvpress\'s order: %s.' % '; '.join(moved)) if moved else
         'No pair of presses is reversed with separated intervals.'))
     return win, sink

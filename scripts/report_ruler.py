@@ -100,7 +100,8 @@ def write(md, res, sc, img, work, gnuplot, table):
     gnuplot(os.path.join(img, 'ruler.png'),
             "set title 'Retrieval score against compression ratio (solid: query-aware, dashed: query-agnostic)'\n"
             "set xlabel 'compression ratio (fraction of the context removed)'\nset ylabel 'score (exact)'\n"
-            "set yrange [-0.02:1.05]\nset key outside right font ',9'\nplot %s\n" % ', '.join(lines), data, work, size='1200,650')
+            "set yrange [-0.02:1.05]\nset key outside right font ',9' samplen 2 width -2\nset rmargin 34\nplot %s\n" % ', '.join(lines),
+            data, work, size='1400,700')
     md.append('![retrieval against compression](img/ruler.png)\n')
     # by task at 0.5
     trs = []
@@ -114,7 +115,7 @@ def write(md, res, sc, img, work, gnuplot, table):
     md.append('At ratio 0.5, by task, with what the cache holds while it answers (`single`: mean bytes over the answer '
               'steps against a full fp16 cache of the prompt; SnapKV appends the question and answer tokens after it '
               'compresses, so it holds a little more than the others):\n')
-    md.append(table(['policy', 'compressed'] + tasks + ['bytes vs fp16 (single)'], trs) + '\n')
+    md.append(table(['policy', 'compressed'] + tasks + ['bytes vs fp16 (single; fp32 rows, so 0.5 kept is about 1x)'], trs) + '\n')
     return ordering_vs_kvpress(md, rows, table)
 
 
@@ -134,6 +135,9 @@ def ordering_vs_kvpress(md, rows, table):
     # a shared rank for what the intervals cannot separate: 1 + the presses whose interval is wholly above
     rank = {p: 1 + sum(1 for q in ours if ci[q][1] > ci[p][2]) for p in ours}
     our_rank = sorted(ours, key=lambda p: (rank[p], -ci[p][0]))
+    chain = ''
+    for i, p in enumerate(our_rank):  # '=' joins presses of one shared rank, '>' separates ranks
+        chain += ('' if i == 0 else ' = ' if rank[p] == rank[our_rank[i - 1]] else ' > ') + p
     trs = []
     for p in paper_rank:
         ties = [q for q in ours if q != p and not S.separated(ci[p], ci[q])]
@@ -147,4 +151,4 @@ def ordering_vs_kvpress(md, rows, table):
     # inversions that the intervals support: kvpress puts p above q, our intervals put q wholly above p
     moved = ['%s above %s' % (q, p) for i, p in enumerate(paper_rank) for q in paper_rank[i + 1:]
              if KVPRESS_05[p] > KVPRESS_05[q] and ci[q][1] > ci[p][2]]
-    return paper_rank, our_rank, moved, ours
+    return paper_rank, chain, moved, ours

@@ -154,7 +154,8 @@ def write_decode_batch(md, res, img, work, gnuplot, table):
                       for k in sorted(data))
     gnuplot(os.path.join(img, 'tier2-decode-batch.png'),
             "set title 'Batched decode throughput (bars: min and max of the runs)'\nset xlabel 'batch'\n"
-            "set ylabel 'tokens/s'\nset logscale xy\nset key outside right font ',9'\nplot %s\n" % lines, data, work, size='1100,600')
+            "set ylabel 'tokens/s'\nset logscale xy\nset key outside right font ',9' samplen 2 width -2\nset rmargin 30\n"
+            "plot %s\n" % lines, data, work, size='1300,650')
     md.append('![batched decode](img/tier2-decode-batch.png)\n')
 
 

@@ -186,8 +186,8 @@ def write_report(out, sc, scale, res, R):
 
     # ---- retrieval ----
     paper_rank, our_rank, moved, ours = report_ruler.write(md, res, sc, img, work, gnuplot, table)
-    md.append('- Ordering at 0.5, kvpress: %s; ours (by shared rank): %s. %s\n' % (
-        ' > '.join(paper_rank), ' > '.join(our_rank),
+    md.append('- Ordering at 0.5, kvpress: %s; ours (= where the intervals overlap): %s. %s\n' % (
+        ' > '.join(paper_rank), our_rank,
         ('Where our intervals reverse kvpress\'s order: %s.' % '; '.join(moved)) if moved else
         'No pair of presses is reversed with separated intervals.'))
 

@@ -19,14 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--ckpt', required=True)
-    ap.add_argument('--bin', default='build')
-    ap.add_argument('--kv-format', default='fp32')
-    ap.add_argument('--clients', default='1,8')
-    ap.add_argument('--requests', type=int, default=4)
-    ap.add_argument('--max-tokens', type=int, default=64)
-    ap.add_argument('--threads', type=int, default=1)
+    ap = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    ap.add_argument('--ckpt', required=True, help='the checkpoint or GGUF model build/serve serves')
+    ap.add_argument('--bin', default='build', help='build directory holding serve [build]')
+    ap.add_argument('--kv-format', default='fp32', help='the pool\'s row format (build/serve --kv-format) [fp32]')
+    ap.add_argument('--clients', default='1,8', help='comma-separated client counts, one load run each [1,8]')
+    ap.add_argument('--requests', type=int, default=4, help='streamed requests per client [4]')
+    ap.add_argument('--max-tokens', type=int, default=64, help='tokens generated per request [64]')
+    ap.add_argument('--threads', type=int, default=1, help='the engine\'s OpenMP threads [1]')
     a = ap.parse_args()
     try:
         clients = [int(c) for c in a.clients.split(',')]

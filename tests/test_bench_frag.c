@@ -171,6 +171,8 @@ Test(bench_frag, bad_flags_give_one_line) {
         {ARGS("--fragmentation", "--quick"), "unknown flag '--quick'"},
         {ARGS("--fragmentation", "--json=1"), "takes no value"},
         {ARGS("--fragmentation", "--frag-budget-mb", "1", "--frag-block", "4096"), "holds no block"},
+        // a budget below one max-length request: nothing admitted on the contiguous side, nothing to compare
+        {ARGS("--fragmentation", "--frag-budget-mb", "1"), "holds no request of --frag-max-len 1024"},
         {ARGS("--frag-block", "16"), "unknown flag '--frag-block'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

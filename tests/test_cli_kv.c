@@ -38,6 +38,19 @@ Test(cli_kv, kv_eval_flags) {
     cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
     cr_assert(strstr(r.out, "\"spec\": \"sink:2,window:6+int4\"") && strstr(r.out, "\"top1_agree\""), "%s", r.out);
     cliutil_run_free(&r);
+    // the cache alone: nothing to compare with, so the reference's fields are null and its arrays absent
+    r = RUN("infer", "kv", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:6+fp16", "--context", "32", "--streams", "2",
+            "--no-reference", "--json");
+    cr_assert_eq(r.status, 0, "stderr:\n%s", r.err);
+    cr_assert(strstr(r.out, "\"ppl_full\": null, \"kl\": null, \"top1_agree\": null") && strstr(r.out, "\"reference\": 0") &&
+              strstr(r.out, "\"stream_nll\"") && !strstr(r.out, "\"stream_nll_full\"") && !strstr(r.out, "\"stream_kl\""),
+              "%s", r.out);
+    cliutil_run_free(&r);
+    // a per-token file that cannot be written says why
+    r = RUN("infer", "kv", "--ckpt", ckpt, "--eval", corpus, "--kv", "window:6", "--context", "32", "--streams", "2",
+            "--tokens-out", "/dev/full");
+    EXPECT_ERROR(&r, "infer kv", "writing '/dev/full' failed: No space left on device");
+    cliutil_run_free(&r);
 }
 
 // The paged pool's request workload: the spec and the mode go together, and reuse is exact.
