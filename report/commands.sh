@@ -211,18 +211,18 @@ OMP_NUM_THREADS=1 build-report/infer compare-gen --ckpt report/work/recall-s2.ck
 OMP_NUM_THREADS=1 build-report/infer compare-gen --ckpt report/work/recall-s2.ckpt --kv full+int2:16 --prompts 64 --json >> report/raw/t1-generation.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv window:64 --context 2048 --prefill 128 --streams 32 --json --curve 16 >> report/raw/t1-stream.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv sink:4,window:60 --context 2048 --prefill 128 --streams 32 --json --curve 16 >> report/raw/t1-stream.jsonl  # kept from an earlier run
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv window:1738+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv sink:4,window:1734+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv h2o:843,843+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv tova:1686+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv knorm:1686,0+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv random:1738+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv h2o:843,843+pyramid+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+int8 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+int4 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+kivi2:16,32 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv window:1738+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv sink:4,window:1734+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv h2o:843,843+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv tova:1686+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv knorm:1686,0+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv random:1738+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv h2o:843,843+pyramid+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+fp16 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+int8 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+int4 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv full+kivi2:16,32 --context 8192 --prefill 6144 --streams 1 --no-reference --json >> report/raw/t1-latency.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval attention --out report/work --context 128 --data data/tinyshakespeare.txt --json >> report/raw/t1-attention.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn mha --seed 3 --out report/work/attn-mha.ckpt --log report/work/train-attn-mha.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:4 --seed 3 --out report/work/attn-gqa4.ckpt --log report/work/train-attn-gqa4.jsonl  # kept from an earlier run
@@ -240,14 +240,14 @@ build-report/train --preset baby --heads 8 --steps 1500 --attn mha --seed 5 --ou
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-mha-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-mha-s5.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn mha --seed 7 --out report/work/attn-mha-s7.ckpt --log report/work/train-attn-mha-s7.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-mha-s7.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-mha-s7.jsonl  # kept from an earlier run
-build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:4 --seed 5 --out report/work/attn-gqa4-s5.ckpt --log report/work/train-attn-gqa4-s5.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa4-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa4-s5.jsonl
-build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:4 --seed 7 --out report/work/attn-gqa4-s7.ckpt --log report/work/train-attn-gqa4-s7.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa4-s7.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa4-s7.jsonl
-build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:2 --seed 5 --out report/work/attn-gqa2-s5.ckpt --log report/work/train-attn-gqa2-s5.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa2-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa2-s5.jsonl
-build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:2 --seed 7 --out report/work/attn-gqa2-s7.ckpt --log report/work/train-attn-gqa2-s7.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa2-s7.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa2-s7.jsonl
+build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:4 --seed 5 --out report/work/attn-gqa4-s5.ckpt --log report/work/train-attn-gqa4-s5.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa4-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa4-s5.jsonl  # kept from an earlier run
+build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:4 --seed 7 --out report/work/attn-gqa4-s7.ckpt --log report/work/train-attn-gqa4-s7.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa4-s7.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa4-s7.jsonl  # kept from an earlier run
+build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:2 --seed 5 --out report/work/attn-gqa2-s5.ckpt --log report/work/train-attn-gqa2-s5.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa2-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa2-s5.jsonl  # kept from an earlier run
+build-report/train --preset baby --heads 8 --steps 1500 --attn gqa:2 --seed 7 --out report/work/attn-gqa2-s7.ckpt --log report/work/train-attn-gqa2-s7.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-gqa2-s7.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-gqa2-s7.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn mqa --seed 5 --out report/work/attn-mqa-s5.ckpt --log report/work/train-attn-mqa-s5.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/attn-mqa-s5.ckpt --eval report/work/val.txt --kv full --json --streams 64 >> report/raw/t2-eval-mqa-s5.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn mqa --seed 7 --out report/work/attn-mqa-s7.ckpt --log report/work/train-attn-mqa-s7.jsonl  # kept from an earlier run
@@ -273,7 +273,7 @@ build-report/train --init-from report/work/attn-mha.ckpt --attn gqa:2 --kv-init 
 build-report/train --init-from report/work/attn-mha.ckpt --attn gqa:2 --kv-init first --steps 750 --warmup 5 --lr 5e-4 --seed 4 --out report/work/up-first-0.5.ckpt --log report/work/train-up-first-0.5.jsonl  # kept from an earlier run
 build-report/train --init-from report/work/attn-mha.ckpt --steps 750 --eval-interval 75 --warmup 5 --lr 5e-4 --seed 4 --out report/work/up-mha-continued.ckpt --log report/work/train-up-mha-continued.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --attn gqa:2 --steps 2250 --seed 3 --eval-interval 75 --out report/work/up-scratch.ckpt --log report/work/train-up-scratch.jsonl  # kept from an earlier run
-OMP_NUM_THREADS=1 build-report/bench --decode-batch --json >> report/raw/t2-decode-batch.jsonl
+OMP_NUM_THREADS=1 build-report/bench --decode-batch --json >> report/raw/t2-decode-batch.jsonl  # kept from an earlier run
 build-report/train --preset baby --heads 8 --steps 1500 --attn mha --bos --seed 3 --out report/work/sink-bos.ckpt --log report/work/train-sink-bos.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/sink-bos.ckpt --eval report/work/val.txt --kv window:32 --context 1024 --prefill 32 --streams 32 --json --curve 16 >> report/raw/sink-bos-stream.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/sink-bos.ckpt --eval report/work/val.txt --kv sink:4,window:28 --context 1024 --prefill 32 --streams 32 --json --curve 16 >> report/raw/sink-bos-stream.jsonl  # kept from an earlier run
@@ -339,18 +339,18 @@ OMP_NUM_THREADS=1 build-report/infer ruler --ckpt report/work/recall-s2.ckpt --k
 OMP_NUM_THREADS=1 build-report/infer ruler --ckpt report/work/recall-s2.ckpt --kv knorm:96,0 --context 128 --items 100 --tasks single,multikey,multiquery --query aware --json >> report/raw/ruler-keep0.75.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer ruler --ckpt report/work/recall-s2.ckpt --kv random:96 --context 128 --items 100 --tasks single,multikey,multiquery --query agnostic --json >> report/raw/ruler-keep0.75.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer ruler --ckpt report/work/recall-s2.ckpt --kv random:96 --context 128 --items 100 --tasks single,multikey,multiquery --query aware --json >> report/raw/ruler-keep0.75.jsonl  # kept from an earlier run
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 128,256,512,1024,2048,4096 --json >> report/raw/t3-flash.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 256 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 1024 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 4096 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 16384 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 65536 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 262144 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl
-OMP_NUM_THREADS=1 build-report/bench --fragmentation --json >> report/raw/t3-fragmentation.jsonl
-OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format fp32 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl
-OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format fp16 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl
-OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format int8 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl
-OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format int4 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 128,256,512,1024,2048,4096 --json >> report/raw/t3-flash.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 256 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 1024 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 4096 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 16384 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 65536 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --attention --attention-t 2048 --attention-m 262144 --attention-runs 1 --json >> report/raw/t3-flash-m.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/bench --fragmentation --json >> report/raw/t3-fragmentation.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format fp32 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format fp16 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format int8 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 python3 scripts/serve_bench.py --ckpt report/work/recall-s2.ckpt --bin build-report --kv-format int4 --clients 1,8,32 --requests 4 --max-tokens 64 >> report/raw/t3-serving.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv paged:16 --context 128 --streams 64 --json >> report/raw/t3-paged.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv paged:16+int8 --context 128 --streams 64 --json >> report/raw/t3-paged.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv paged:16+int4 --context 128 --streams 64 --json >> report/raw/t3-paged.jsonl  # kept from an earlier run
@@ -358,15 +358,15 @@ OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval re
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv h2o:16,16+paged:16 --context 128 --streams 64 --json >> report/raw/t3-paged.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval report/work/val.txt --kv window:32+paged:16+int4 --context 128 --streams 64 --json >> report/raw/t3-paged.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval prefix --kv paged:16 --context 128 --prefill 96 --data data/tinyshakespeare.txt --json >> report/raw/t3-prefix.jsonl  # kept from an earlier run
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --prefetch resident >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch reactive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch predictive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch reactive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch predictive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch reactive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch predictive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch reactive >> report/raw/t3-tier.jsonl
-OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch predictive >> report/raw/t3-tier.jsonl
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --prefetch resident >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch reactive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch predictive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch reactive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 10 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch predictive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch reactive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 2 --prefetch predictive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch reactive >> report/raw/t3-tier.jsonl  # kept from an earlier run
+OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval tier --kv paged:16 --transfer-us 0 --context 128 --data data/tinyshakespeare.txt --json --fast 4 --prefetch predictive >> report/raw/t3-tier.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval reuse --reuse lsh --context 128 --data data/tinyshakespeare.txt --json >> report/raw/t3-reuse.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --ckpt report/work/recall-s2.ckpt --eval reuse --reuse semshare --context 128 --data data/tinyshakespeare.txt --json >> report/raw/t3-reuse.jsonl  # kept from an earlier run
 OMP_NUM_THREADS=1 build-report/infer --model models/SmolLM2-135M-Instruct.Q4_1.gguf --eval report/work/val.txt --kv window:64 --context 768 --prefill 64 --streams 8 --json --curve 16 >> report/raw/pt-stream.jsonl  # kept from an earlier run

@@ -30,6 +30,7 @@ FORMS = {
 CODECS = {'fp16': list(FORMS), 'int8': ['window', 'sink+window', 'h2o', 'tova', 'random'],
           'int4': ['window', 'sink+window', 'h2o', 'tova', 'random']}
 PROBE = (16, 32)
+PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf']  # one per FORMS entry
 
 
 def spec_of(name, codec, B):
@@ -267,9 +268,11 @@ def plot_tier1(res, sc, img, work, gnuplot):
             h, n = recall_counts(rc[r['spec']])
             pts.append((ratio(a), 100 * e, 100 * lo, 100 * hi, h / n))
         data[key] = pts
-        dt = {'fp16': 1, 'int8': 2, 'int4': 4}[codec]
-        lines.append("'%s.dat' u 1:2:3:4 w yerrorlines dt %d pt %d lw 1.5 t '%s %s'" % (key, dt, 5 + i % 8, name, codec))
-        rlines.append("'%s.dat' u 1:5 w lp dt %d pt %d lw 1.5 t '%s %s'" % (key, dt, 5 + i % 8, name, codec))
+        # one colour per selection policy, one dash and point type per storage format: no two lines look alike
+        dt, pt = {'fp16': (1, 7), 'int8': (2, 5), 'int4': (4, 9)}[codec]
+        lc = PALETTE[list(FORMS).index(name) % len(PALETTE)]
+        lines.append("'%s.dat' u 1:2:3:4 w yerrorlines dt %d pt %d lc rgb '%s' lw 1.5 t '%s %s'" % (key, dt, pt, lc, name, codec))
+        rlines.append("'%s.dat' u 1:5 w lp dt %d pt %d lc rgb '%s' lw 1.5 t '%s %s'" % (key, dt, pt, lc, name, codec))
     spts = []
     for s in storage_specs():
         a = st[s]
@@ -281,13 +284,14 @@ def plot_tier1(res, sc, img, work, gnuplot):
     gnuplot(os.path.join(img, 'tier1-memory-ppl.png'),
             "set title 'Tier 1: perplexity cost against mean KV bytes (bars: 95%% bootstrap over streams)'\n"
             "set xlabel 'mean KV bytes held / full fp16 cache'\nset ylabel 'perplexity increase vs full cache (%%)'\n"
-            "set logscale xy\nset yrange [0.01:*]\nset key outside right top font ',9'\n"
+            "set logscale xy\nset xrange [0.1:1.3]\nset yrange [0.01:*]\nset key outside right top font ',9'\n"
             "plot %s, 'storage.dat' u 1:($2>0.01?$2:0.01):($3>0.01?$3:0.01):4 w yerrorbars pt 7 ps 1.1 lc 'black' "
             "t 'storage terms (full selection)', 'storage.dat' u 1:($2>0.01?$2:0.01):6 w labels font ',8' offset 0,0.8 "
             "tc 'gray30' notitle\n" % ', '.join(lines), data, work, size='1200,700')
     gnuplot(os.path.join(img, 'tier1-memory-recall.png'),
             "set title 'Tier 1: recall against mean KV bytes (context %d)'\nset xlabel 'mean KV bytes held / full fp16 cache'\n"
-            "set ylabel 'recall (exact, all distances)'\nset yrange [-0.02:1.05]\nset logscale x\nset key outside right top font ',9'\n"
+            "set ylabel 'recall (exact, all distances)'\nset yrange [-0.02:1.05]\nset logscale x\nset xrange [0.1:1.3]\n"
+            "set key outside right top font ',9'\n"
             "plot %s, 'storage.dat' u 1:($5>=0?$5:1/0) w p pt 7 lc 'black' t 'storage terms', "
             "'storage.dat' u 1:($5>=0?$5:1/0):6 w labels font ',8' offset 0,0.8 tc 'gray30' notitle\n" % (
                 sc['context'], ', '.join(rlines)), data, work, size='1200,700')
