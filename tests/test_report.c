@@ -49,7 +49,7 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
     char *md = cliutil_read_file(path, NULL);
     cr_assert_not_null(md);
     const char *sections[] = {"## Tier 1: token level", "### Selection and storage at matched bytes", "Δppl [95% CI]",
-                              "### The KIVI ablation", "### Three training seeds", "StreamingLLM", "### The sink control",
+                              "### The KIVI ablation", "### 2 training seeds", "StreamingLLM", "### The sink control",
                               "### Attention patterns", "### Latency and peak memory", "### Text generation under compression", "## Retrieval: a RULER-like suite",
                               "Against kvpress", "## Tier 2: model level", "MHA → 2 kv heads", "### Uptraining",
                               "### Batched decode", "## Tier 3: system level", "### Flash against naive attention",
