@@ -270,7 +270,7 @@ def count_steps(sc):
     n = 2 * seeds + 9 + 2 * (seeds - 1) + 2  # tier 1 (report_tier1.run), heat maps and attention statistics
     n += 2 * len(sc['attn']) + 2 * len(sc['t2_seed_attn']) * (len(sc['t2_seeds']) - 1) + 3 * len(sc['convert'])
     n += 2 * (1 + len(report_tier2.FRACTIONS)) + 2 + 1  # the uptraining experiment, batched decode
-    n += 6 + 1 + len(report_ruler.KEEP)  # the sink control (with its heat maps), retrieval
+    n += 6 + 3 * (len(sc['t2_seeds']) - 1) + 1 + len(report_ruler.KEEP)  # the sink control (heat maps, seeds), retrieval
     n += 8  # tier 3: flash, flash against M, fragmentation, serving, paged, prefix, tier, reuse
     if sc['pretrained'] and os.path.exists(os.path.join(ROOT, report_pretrained.MODEL)):
         n += 4
@@ -347,7 +347,11 @@ def main():
     os.makedirs(os.path.join(out, 'img', 'bos'), exist_ok=True)
     heat_maps(R, [BIN + '/infer', '--ckpt', rel(bos)], 'sink control: labelled heat maps of the --bos model', 'attn-bos',
               os.path.join(out, 'img', 'bos'), 2 * BC, rel(corpus), 4)
-    for tag, m in (('bos', bos), ('nobos', ck['mha'])):
+    # the --bos recipe on the other tier-2 seeds too: whether a sink grows is a property of a training run
+    more = [('bos-s%d' % sd, R.train_step('sink-bos-s%d' % sd, 'sink control: the --bos recipe, seed %d' % sd,
+                                          sc['attn_preset'] + ['--attn', 'mha', '--bos', '--seed', str(sd)] + dev))
+            for sd in sc['t2_seeds'][1:]]
+    for tag, m in [('bos', bos), ('nobos', ck['mha'])] + more:
         base = [BIN + '/infer', '--ckpt', rel(m)]
         res['sink_controls'][tag] = dict(
             stream=R.json_step('sink-%s-stream' % tag, 'sink control (%s): streaming %d tokens past a cache of %d' % (
