@@ -11,7 +11,7 @@ per-step training logs, the validation text, each step's signature (what its res
 
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
---quick (the default) took 52 minutes of step time on a 2-core CPU (summed over resumed runs, trainings partly
+--quick (the default) took 59 minutes of step time on a 2-core CPU (summed over resumed runs, trainings partly
 under load; 18 of them the SmolLM2 tier, run only when models/ holds its file); --full is the GPU scale (longer
 training, the trained contexts of BENCHMARKS.md, more heads; not run since this report grew). Seeds are fixed, so a
 rerun gives the same numbers up to timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept (an
@@ -280,7 +280,7 @@ def count_steps(sc):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     g = ap.add_mutually_exclusive_group()
-    g.add_argument('--quick', action='store_true', help='the 2-core CPU scale, about 50 minutes with the SmolLM2 tier (default)')
+    g.add_argument('--quick', action='store_true', help='the 2-core CPU scale, about an hour with the SmolLM2 tier (default)')
     g.add_argument('--full', action='store_true', help='the GPU scale (longer training, larger contexts)')
     ap.add_argument('--fresh', action='store_true', help='delete earlier results and start over')
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where build/train runs [cpu]')
