@@ -103,6 +103,7 @@ void evalcore_cache_free(EvalCache *c) {
 }
 
 void evalcore_cache_reset(EvalCache *c, int prefill) {
+    if (!c->kv && !c->pool) return; // never initialised (a pair without its reference)
     if (c->pool) {
         kv_paged_end(c->pool, &c->seq); // a stream starts empty, keeping the policy
         return;
@@ -266,6 +267,8 @@ static void json_put_key(EvalJson *j, const char *key) {
     json_put_string(j->f, key);
     fputs(": ", j->f);
 }
+
+void evalcore_json_key(EvalJson *j, const char *key) { json_put_key(j, key); }
 
 void evalcore_json_begin(EvalJson *j, FILE *f) {
     j->f = f;

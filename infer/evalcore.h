@@ -32,7 +32,8 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
 // The reference: a plain fp32 full cache (--kv full).
 int evalcore_cache_init_full(EvalCache *c, const Model *m, int max_positions, char *err);
 void evalcore_cache_free(EvalCache *c);
-// Empties the cache for a new stream; prefill is the prompt length SnapKV compresses at (0 = none).
+// Empties the cache for a new stream; prefill is the prompt length SnapKV compresses at (0 = none). A cache never
+// initialised (zeroed) is left as it is.
 void evalcore_cache_reset(EvalCache *c, int prefill);
 // Token `token` at position pos (the next one) through the cache; logits in c->ds.logits. -1 with a message
 // when the cache cannot take it (a pool out of blocks, a cache past its positions).
@@ -120,6 +121,9 @@ void evalcore_json_num(EvalJson *j, const char *key, double value); // %.6g
 void evalcore_json_fmt(EvalJson *j, const char *key, const char *fmt, double value);
 void evalcore_json_int_array(EvalJson *j, const char *key, const int *v, int n);
 void evalcore_json_num_array(EvalJson *j, const char *key, const double *v, int n); // %.6g
+// Writes the key (and the separator before it) and leaves the value to the caller, for a value the typed
+// writers above do not cover (e.g. an object of arrays).
+void evalcore_json_key(EvalJson *j, const char *key);
 // {"k0": v0, ...} with integer keys (e.g. recall accuracy by distance).
 void evalcore_json_num_map(EvalJson *j, const char *key, const int *keys, const double *v, int n);
 

@@ -51,14 +51,20 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
     int G = cfg->streams < KV_EVAL_BATCH ? cfg->streams : KV_EVAL_BATCH;
     if (spec->rank) G = 1;
     EvalPair pairs[KV_EVAL_BATCH];
-    for (int i = 0; i < G; i++)
-        if ((cfg->no_reference ? (pairs[i] = (EvalPair){0}, evalcore_cache_init(&pairs[i].comp, m, spec, T, cfg->calib,
-                                                                                cfg->n_calib, err))
-                               : evalcore_pair_init(&pairs[i], m, spec, T, cfg->calib, cfg->n_calib, err)) != 0) {
+    for (int i = 0; i < G; i++) {
+        int rc; // without the reference, the pair's full cache stays uninitialised (reset and free skip it)
+        if (cfg->no_reference) {
+            pairs[i] = (EvalPair){0};
+            rc = evalcore_cache_init(&pairs[i].comp, m, spec, T, cfg->calib, cfg->n_calib, err);
+        } else {
+            rc = evalcore_pair_init(&pairs[i], m, spec, T, cfg->calib, cfg->n_calib, err);
+        }
+        if (rc != 0) {
             while (i-- > 0) evalcore_pair_free(&pairs[i]);
             if (tf) fclose(tf);
             return -1;
         }
+    }
     DecodeState ds_full, ds_comp;
     if (!cfg->no_reference) decode_state_init(&ds_full, c, G, T);
     decode_state_init(&ds_comp, c, G, T);
@@ -94,8 +100,7 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
                 memcpy(b + 1, tokens + start, (size_t)from_text * sizeof(int));
                 x[i] = b;
             }
-            if (cfg->no_reference) evalcore_cache_reset(&pairs[i].comp, cfg->prefill);
-            else evalcore_pair_reset(&pairs[i], cfg->prefill);
+            evalcore_pair_reset(&pairs[i], cfg->prefill);
             full[i] = &pairs[i].full;
             comp[i] = &pairs[i].comp;
         }

@@ -81,10 +81,9 @@ void kv_ruler_print_json(const KVSpec *spec, const RulerConfig *cfg, const Ruler
     evalcore_json_int(&j, "items", r->items);
     evalcore_json_int(&j, "correct", r->correct);
     evalcore_json_num(&j, "acc", (double)r->correct / r->items);
-    // {"0.1": [correct, n], ...}: each depth bucket's centre; evalcore's writer has no nested object, so this
-    // field is written here, after the fields above (its separator follows the writer's)
-    fputs(", \"by_depth\": {", j.f);
-    j.fields++;
+    // {"0.1": [correct, n], ...}: each depth bucket's centre
+    evalcore_json_key(&j, "by_depth");
+    fputc('{', j.f);
     for (int b = 0; b < r->depths; b++)
         fprintf(j.f, "%s\"%g\": [%d, %d]", b ? ", " : "", (b + 0.5) / r->depths, r->by_depth_correct[b],
                 r->by_depth_n[b]);

@@ -6,16 +6,16 @@ import os
 
 import report_ruler
 import report_tier1
+from report_tier1 import FORMS
 import report_stats as S
 
 MODEL = 'models/SmolLM2-135M-Instruct.Q4_1.gguf'
 
 
 def specs_at(B):
-    return [('window', 'window:%d+fp16' % B), ('sink+window', 'sink:4,window:%d+fp16' % (B - 4)),
-            ('h2o', 'h2o:%d,%d+fp16' % (B // 2, B - B // 2)), ('tova', 'tova:%d+fp16' % B),
-            ('l2norm', 'knorm:%d,0+fp16' % B), ('random', 'random:%d+fp16' % B),
-            ('full+int4', 'full+int4'), ('full+kivi2', 'full+kivi2'), ('full+kivi4', 'full+kivi4'), ('full+int8', 'full+int8')]
+    """The fp16 policies at budget B (report_tier1's forms), then storage terms where their formats put them."""
+    return [(n, FORMS[n][0](B) + '+fp16') for n in ('window', 'sink+window', 'h2o', 'tova', 'l2norm', 'random')] + \
+        [(s, s) for s in ('full+int4', 'full+kivi2', 'full+kivi4', 'full+int8')]
 
 
 def run(R, sc, bin_dir, rel, root, val, res):

@@ -6,20 +6,17 @@ Scores are shares of items answered exactly, with Wilson intervals."""
 import os
 
 import report_stats as S
+from report_tier1 import FORMS
 
 KEEP = (0.125, 0.25, 0.5, 0.75)  # kept fractions: compression ratios 0.875, 0.75, 0.5, 0.25
 TASKS = 'single,multikey,multiquery'
 
-# name -> spec of a budget B; kvpress's press that plays the part, for the comparison with its leaderboard
-POLICIES = {
-    'window': (lambda B: 'window:%d' % B, None),
-    'sink+window': (lambda B: 'sink:4,window:%d' % (B - 4), 'StreamingLLM'),
-    'h2o': (lambda B: 'h2o:%d,%d' % (B // 2, B - B // 2), 'ObservedAttention'),
-    'tova': (lambda B: 'tova:%d' % B, 'TOVA'),
-    'snapkv': (lambda B: 'snapkv:%d,%d' % (B - min(16, B // 2), min(16, B // 2)), 'SnapKV'),
-    'l2norm': (lambda B: 'knorm:%d,0' % B, 'Knorm'),
-    'random': (lambda B: 'random:%d' % B, 'Random'),
-}
+# name -> spec of a budget B (report_tier1's forms; SnapKV's observation window capped at 16 here) and kvpress's
+# press that plays the part, for the comparison with its leaderboard
+PRESS = {'window': None, 'sink+window': 'StreamingLLM', 'h2o': 'ObservedAttention', 'tova': 'TOVA', 'snapkv': 'SnapKV',
+         'l2norm': 'Knorm', 'random': 'Random'}
+POLICIES = {name: (FORMS[name][0], press) for name, press in PRESS.items()}
+POLICIES['snapkv'] = (lambda B: 'snapkv:%d,%d' % (B - min(16, B // 2), min(16, B // 2)), 'SnapKV')
 
 # kvpress's README leaderboard, RULER-4k, compression ratio 0.5 (shared/reference/kv-techniques.md: read off the
 # plot by eye, the model probably Llama-3.1-8B-Instruct); SnapKV query-aware is "SnapKV, compressed question"

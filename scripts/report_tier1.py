@@ -60,6 +60,14 @@ def ratio(r):
     return r['kv_bytes_mean'] / r['fp16_full_bytes_mean']
 
 
+def budget_for(by_probe, name, codec, fp16_bytes):
+    """The budget at which a form's mean bytes reach fp16_bytes: its bytes are a line in the budget once the cache
+    is full, and the probe measured two points of it."""
+    lo, hi = (by_probe[spec_of(name, codec, B)] for B in PROBE)
+    slope = (lo['kv_bytes_mean'] - hi['kv_bytes_mean']) / (PROBE[0] - PROBE[1])
+    return int(round((fp16_bytes - (lo['kv_bytes_mean'] - slope * PROBE[0])) / slope))
+
+
 def solve_budgets(probe, C):
     """Rows {name, codec, target, B, spec} from the probe's bytes (two budgets per form), and the rows left out
     with the reason."""
@@ -67,11 +75,9 @@ def solve_budgets(probe, C):
     rows, out = [], []
     for codec, names in CODECS.items():
         for name in names:
-            lo, hi = (by[spec_of(name, codec, B)] for B in PROBE)
-            slope = (lo['kv_bytes_mean'] - hi['kv_bytes_mean']) / (PROBE[0] - PROBE[1])
-            base = lo['kv_bytes_mean'] - slope * PROBE[0]
+            full = by[spec_of(name, codec, PROBE[0])]['fp16_full_bytes_mean']
             for t in TARGETS:
-                B = int(round((t * lo['fp16_full_bytes_mean'] - base) / slope))
+                B = budget_for(by, name, codec, t * full)
                 if B < FORMS[name][1]:
                     out.append((name, codec, t, 'needs a budget of %d, below the form\'s minimum %d' % (B, FORMS[name][1])))
                 elif B > C // 2:
@@ -158,11 +164,10 @@ def run(R, sc, bin_dir, rel, val, corpus, dev, train_seq, res):
     for r in rows:
         if r['target'] != 0.25 or r['codec'] != 'fp16':
             continue
-        a, b = (by_probe[spec_of(r['name'], 'fp16', B)] for B in PROBE)
-        slope = (a['kv_bytes_mean'] - b['kv_bytes_mean']) / (PROBE[0] - PROBE[1])
-        base = a['kv_bytes_mean'] - slope * PROBE[0]
-        full_mean = a['fp16_full_bytes_mean'] / ((C // 2 + C - 1) / 2) * ((LP + LT - 1) / 2)
-        lat.append(spec_of(r['name'], 'fp16', max(FORMS[r['name']][1], int(round((0.25 * full_mean - base) / slope)))))
+        # a full fp16 cache's mean bytes at the latency run's steps, from the probe's at the tier's steps
+        full = by_probe[spec_of(r['name'], 'fp16', PROBE[0])]['fp16_full_bytes_mean'] / ((C // 2 + C - 1) / 2) * \
+            ((LP + LT - 1) / 2)
+        lat.append(spec_of(r['name'], 'fp16', max(FORMS[r['name']][1], budget_for(by_probe, r['name'], 'fp16', 0.25 * full))))
     lat += ['full', 'full+fp16', 'full+int8', 'full+int4', 'full+kivi2:16,32']
     res['latency'] = R.json_step('t1-latency', 'tier 1: latency and peak memory alone at context %d (serial)' % LT, [
         infer(m0) + ['--eval', rel(val), '--kv', s, '--context', str(LT), '--prefill', str(LP), '--streams', '1',
@@ -414,11 +419,15 @@ def write_seeds(md, res, sc, table):
                     ['Δppl spread'], out) + '\n')
 
 
+def window_and_sink(stream_rows):
+    """The window-only and the sink + window rows of a streaming step."""
+    return ([r for r in stream_rows if r['spec'].startswith(p)][0] for p in ('window', 'sink'))
+
+
 def write_stream(md, res, sc, img, work, gnuplot, table, tag, title, stream_rows, C_cache, C_trained):
     """StreamingLLM on one model: window-only, sink + window and the full cache, perplexity against position."""
     st = {r['spec']: r for r in stream_rows}
-    win = [r for r in stream_rows if r['spec'].startswith('window')][0]
-    sink = [r for r in stream_rows if r['spec'].startswith('sink')][0]
+    win, sink = window_and_sink(stream_rows)
     full = st.get('full')
     data = {'win': list(zip(win['curve_position'], win['curve_ppl'])), 'sink': list(zip(sink['curve_position'], sink['curve_ppl'])),
             'full': list(zip(win['curve_position'], win['curve_ppl_full']))}

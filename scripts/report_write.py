@@ -181,8 +181,7 @@ def write_report(out, sc, scale, res, R):
     for tag in sorted(t for t in sc_ if t.startswith('bos-s')):  # the --bos recipe on other seeds
         summ = [r for r in sc_[tag]['attn'] if r.get('type') == 'attn_summary']
         rows = sc_[tag]['stream']
-        wr = [r for r in rows if r['spec'].startswith('window')][0]
-        sr = [r for r in rows if r['spec'].startswith('sink')][0]
+        wr, sr = report_tier1.window_and_sink(rows)
         if summ:
             sink_lines.append('- ' + report_tier1.sink_verdict('the same --bos recipe, seed %s' % tag[len('bos-s'):], summ[0], wr, sr))
     w('\n'.join(sink_lines) + '\n')
