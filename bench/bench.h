@@ -1,4 +1,4 @@
-// What build/bench's files share (bench.c: flags, training/decode rows, attention; busy.c: the competing
+// What build/bench's files share (bench.c: flags, training/decode rows; attention.c: naive vs flash; busy.c: the competing
 // process; large.c: rows at the shape of a 135M-parameter Llama-architecture model; batch.c and batch_run.c:
 // batched decode throughput and the KV budget for MHA, GQA and MQA).
 #ifndef KVLAB_BENCH_H
@@ -39,6 +39,9 @@ int bench_large(const BenchOpts *o);
 // sequences stepped at once, and the largest batch a KV budget holds.
 #define BENCH_DECODE_MAX_BYTES (4.0 * 1024 * 1024 * 1024) // the most KV cache one row may hold
 int bench_decode_batch(const BenchOpts *o);
+
+// build/bench --attention (attention.c): naive against flash causal attention for each T of o->ts.
+int bench_attention(const BenchOpts *o);
 
 // Writes bytes as "12.5 KiB", "3.00 MiB" and so on.
 void bench_fmt_bytes(char *buf, size_t n, double bytes);
