@@ -98,7 +98,8 @@ def anchors(res, extra):
             v, ours = 'not measured', 'gap %.4f after conversion; no control at 5%%' % g['gap0']
         else:
             v = 'consistent' if g['gap5'] <= g['gap0'] / 2 else 'not reproduced'
-            ours = 'gap %.4f after conversion; %.4f after 5%% against MHA continued as long (one run each)' % (g['gap0'], g['gap5'])
+            ours = 'gap %.4f after conversion; %.4f after 5%% against MHA continued as long (%s)' % (
+                g['gap0'], g['gap5'], 'mean of %d seeds' % g['seeds'] if g['seeds'] > 1 else 'one run each')
         rows.append(('5% uptraining recovers most of the conversion loss (threshold: the gap to MHA trained as long halves)',
                      'α = 0.05 "close to multi-head" [V]', ours, v))
     out.append(('GQA (Ainslie et al. 2023)', rows))

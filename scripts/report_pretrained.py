@@ -53,6 +53,10 @@ def run(R, sc, bin_dir, rel, root, val, res):
 def write(md, res, sc, img, work, gnuplot, table, write_stream):
     md.append('## A pretrained model: SmolLM2-135M-Instruct\n')
     out = res.get('pretrained')
+    if not sc['pretrained']:
+        md.append('Not part of this scale: what the tier measures does not depend on the models trained here, and the '
+                  '--quick report (report/REPORT.md) runs it.\n')
+        return None
     if not out:
         md.append('Not run: %s is not here (`scripts/get-model.sh smollm2` fetches it). The tier runs when it is.\n' % MODEL)
         return None

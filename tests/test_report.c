@@ -42,7 +42,7 @@ Test(report, smoke_run_writes_every_section_and_resumes) {
     snprintf(args, sizeof args, "--smoke --out '%s'", dir);
     int rc = report(args, &out);
     cr_assert_eq(rc, 0, "report.py failed:\n%s", out);
-    cr_assert(strstr(out, "[ 66/66") && strstr(out, "wrote"), "progress lines and the end:\n%s", out);
+    cr_assert(strstr(out, "[ 80/80") && strstr(out, "wrote"), "progress lines and the end:\n%s", out);
     free(out);
     char path[400];
     snprintf(path, sizeof path, "%s/REPORT.md", dir);
