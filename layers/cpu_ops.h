@@ -8,6 +8,7 @@
 
 #include "../attention/attention.h"
 #include "../common/common.h"
+#include "dropout.h"
 
 void encoder_forward_cpu(float *out, const int *tokens, const float *wte, int B, int T, int C);
 void encoder_backward_cpu(float *dwte, const float *dout, const int *tokens, int B, int T, int C);

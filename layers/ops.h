@@ -79,7 +79,8 @@ typedef struct {
     void (*dropout_apply)(float *out, const float *inp, const float *keep, size_t N);
     // x (N) = 0
     void (*fill_zero)(float *x, size_t N);
-    // Fills keep (N) with 0 or 1/(1-p) from the RNG.
+    // Fills keep (N) with 0 or 1/(1-p): a counter-based mask keyed by two draws from the RNG (residual.c),
+    // the same on every backend.
     void (*dropout_mask)(float *keep, size_t N, float p, Rng *rng);
 
     // probs (N,V) = softmax(logits); losses (N) = -log probs[target] (targets and losses may be NULL).

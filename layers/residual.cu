@@ -1,14 +1,13 @@
 // Residual add, dropout mask and its application, and zero fill on the GPU (residual.c's ops). The
 // arithmetic uses round-to-nearest intrinsics (no FMA contraction), so these ops are bit-identical to the
-// CPU's. The dropout mask is drawn on the HOST with dropout_mask_cpu from the same Rng and uploaded: the
-// CPU and CUDA backends then drop exactly the same elements and a run is reproducible across backends,
-// at the price of a host loop and a synchronous upload of N floats per mask (a counter-based device RNG
-// that reproduces the host stream is the later speed-up).
+// CPU's. The dropout mask is counter-based (common/philox.h): the host takes the same two RNG draws as the
+// CPU op (dropout_mask_draw) and a kernel computes every element from them, so both backends drop exactly
+// the same elements with no host loop, no upload and no sync.
 #include "../common/cuda_check.cuh"
 #include "../common/device.h"
 #include "cuda_ops.h"
 
-extern "C" void dropout_mask_cpu(float *keep, size_t N, float p, Rng *rng); // layers/residual.c
+#include "dropout.h"
 
 #define RESID_THREADS 256
 
@@ -46,11 +45,20 @@ extern "C" void fill_zero_cuda(float *x, size_t N) {
     CUDA_OP_DONE("fill_zero");
 }
 
+// one thread per Philox block of DROPOUT_PER_BLOCK elements, as the CPU loop
+__global__ void dropout_mask_kernel(float *keep, size_t N, DropoutDraw d) {
+    size_t blocks = (N + DROPOUT_PER_BLOCK - 1) / DROPOUT_PER_BLOCK;
+    for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < blocks; b += (size_t)gridDim.x * blockDim.x) {
+        uint32_t w[4];
+        philox_block(d.key, d.stream, b, w);
+        for (int j = 0; j < DROPOUT_PER_BLOCK && b * DROPOUT_PER_BLOCK + j < N; j++) keep[b * DROPOUT_PER_BLOCK + j] = dropout_keep(w, j, &d);
+    }
+}
+
 extern "C" void dropout_mask_cuda(float *keep, size_t N, float p, Rng *rng) {
     if (N == 0) return;
-    float *h = (float *)common_calloc(N, sizeof(float)); // host staging: the CPU's mask, same RNG draws
-    dropout_mask_cpu(h, N, p, rng);
-    device_upload(keep, h, N * sizeof(float)); // synchronous, so h can go
-    common_free(h);
+    DropoutDraw d;
+    dropout_mask_draw(&d, p, rng);
+    dropout_mask_kernel<<<resid_grid((N + DROPOUT_PER_BLOCK - 1) / DROPOUT_PER_BLOCK), RESID_THREADS, 0, cuda_stream()>>>(keep, N, d);
     CUDA_OP_DONE("dropout_mask");
 }

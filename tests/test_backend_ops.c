@@ -7,7 +7,7 @@
 //
 // Tolerances (normalised MSE, fp32): 0 (bit-identical) where the CUDA op does exactly the CPU's float
 // operations in the CPU's order (copies, the encoder's ordered accumulation, RoPE from the host's angle table,
-// residual/dropout/scale and AdamW with round-to-nearest intrinsics, the host-drawn dropout mask);
+// residual/dropout/scale and AdamW with round-to-nearest intrinsics, the counter-based dropout mask);
 // TOL_ELEM = 1e-10 for elementwise ops where nvcc's expf or an FMA contraction may differ by an ulp;
 // TOL_RED = 1e-8 for reductions and matrix products (other summation order).
 #include <criterion/criterion.h>
@@ -251,7 +251,7 @@ static void run_dropout(void) {
     float *d_keep = bk_dev_poisoned(N), *d_inp = bk_dev_from_host(inp, N), *d_out = bk_dev_poisoned(N);
     dropout_mask_cuda(d_keep, N, 0.25f, &r_cuda);
     cr_expect(r_cuda.state == r_cpu.state, "dropout_mask: the RNG must advance exactly as on the CPU");
-    bk_expect_close(d_keep, keep, N, TOL_EXACT, "dropout_mask keep"); // drawn on the host: same draws
+    bk_expect_close(d_keep, keep, N, TOL_EXACT, "dropout_mask keep"); // the same Philox words from the same draws
     dropout_apply_cuda(d_out, d_inp, d_keep, N);
     bk_expect_close(d_out, out, N, TOL_EXACT, "dropout_apply out");
     dropout_apply_cuda(d_inp, d_inp, d_keep, N); // in place
