@@ -193,6 +193,134 @@ void attention_flash_forward_cpu(float *out, float *lse, const float *q, const f
     }
 }
 
+// --- flash backward ----------------------------------------------------------------------------------------
+
+// One thread's tiles for the backward pass (FlashAttention-2, Algorithm 2): for a key tile K_j, V_j and its
+// gradients dK_j, dV_j held on chip, every query tile i at or below the diagonal is visited once per query head
+// of the group.
+typedef struct {
+    int Br, Bc, HD;
+    float *k, *v, *dk, *dv; // (Bc, HD)
+    float *q, *dO, *dq;     // (Br, HD); q pre-multiplied by the scale
+    float *p, *dp;          // (Br, Bc)
+    float *lse, *D;         // (Br)
+    float *block;
+} FlashBackWork;
+
+static void flash_back_init(FlashBackWork *w, int Br, int Bc, int HD) {
+    size_t nk = (size_t)Bc * HD, nq = (size_t)Br * HD, ns = (size_t)Br * Bc;
+    w->Br = Br, w->Bc = Bc, w->HD = HD;
+    w->block = common_calloc(4 * nk + 3 * nq + 2 * ns + 2 * (size_t)Br, F);
+    float *x = w->block;
+    w->k = x, x += nk;
+    w->v = x, x += nk;
+    w->dk = x, x += nk;
+    w->dv = x, x += nk;
+    w->q = x, x += nq;
+    w->dO = x, x += nq;
+    w->dq = x, x += nq;
+    w->p = x, x += ns;
+    w->dp = x, x += ns;
+    w->lse = x, x += Br;
+    w->D = x;
+}
+
+// Adds a contiguous (n, HD) tile times mul into rows [r0, r0 + n) of a strided (T, HD) head view.
+static void add_rows(float *dst, int ld, int r0, int n, int HD, const float *src, float mul) {
+    for (int r = 0; r < n; r++) {
+        float *row = dst + (size_t)(r0 + r) * ld;
+        const float *s = src + (size_t)r * HD;
+        for (int c = 0; c < HD; c++) row[c] += s[c] * mul;
+    }
+}
+
+void attention_flash_backward_cpu(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                  const float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                  int NH, int NKV, int HD, const FlashTiles *tiles) {
+    CHECK(B >= 1 && T >= 1 && NH >= 1 && NKV >= 1 && NH % NKV == 0 && HD >= 1);
+    int Br, Bc;
+    flash_tiles_resolve(tiles, HD, &Br, &Bc);
+    int C = NH * HD, KVC = NKV * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    // D (B, NH, T) = rowsum(dO o O): the softmax backward's correction term, one pass before the tiles
+    float *D = common_calloc((size_t)B * NH * T, F);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++) {
+                const float *o = out + ((size_t)b * T + t) * C + h * HD, *d = dout + ((size_t)b * T + t) * C + h * HD;
+                float s = 0.0f;
+                for (int c = 0; c < HD; c++) s += o[c] * d[c];
+                D[((size_t)b * NH + h) * T + t] = s;
+            }
+    // a thread owns (batch, kv head): the dK, dV of its key tiles and the dQ rows of the group's query heads,
+    // so no two threads write the same element and the sums run in a fixed order
+    int nthreads = omp_get_max_threads();
+    if ((long)nthreads > (long)B * NKV) nthreads = B * NKV;
+#pragma omp parallel num_threads(nthreads)
+    {
+        FlashBackWork w;
+        flash_back_init(&w, Br, Bc, HD);
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int g = 0; g < NKV; g++) {
+                const float *kh = k + (size_t)b * T * KVC + g * HD, *vh = v + (size_t)b * T * KVC + g * HD;
+                for (int c0 = 0; c0 < T; c0 += Bc) {
+                    int nc = T - c0 < Bc ? T - c0 : Bc;
+                    load_rows(w.k, kh, KVC, c0, nc, HD, 1.0f);
+                    load_rows(w.v, vh, KVC, c0, nc, HD, 1.0f);
+                    memset(w.dk, 0, (size_t)nc * HD * F);
+                    memset(w.dv, 0, (size_t)nc * HD * F);
+                    for (int h = g * rep; h < (g + 1) * rep; h++) {
+                        const float *qh = q + (size_t)b * T * C + h * HD, *doh = dout + (size_t)b * T * C + h * HD;
+                        const float *lseh = lse + ((size_t)b * NH + h) * T, *Dh = D + ((size_t)b * NH + h) * T;
+                        float *dqh = dq + (size_t)b * T * C + h * HD;
+                        for (int r0 = (c0 / Br) * Br; r0 < T; r0 += Br) { // query tiles that see this key tile
+                            int nr = T - r0 < Br ? T - r0 : Br;
+                            load_rows(w.q, qh, C, r0, nr, HD, scale);
+                            load_rows(w.dO, doh, C, r0, nr, HD, 1.0f);
+                            // P = exp(scale Q K^T - lse), 0 where the key is after the query
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nc, HD, 1.0f, w.q, HD, w.k, HD, 0.0f,
+                                        w.p, Bc);
+                            for (int r = 0; r < nr; r++) {
+                                float *prow = w.p + (size_t)r * Bc;
+                                int nvalid = r0 + r - c0 + 1;
+                                if (nvalid > nc) nvalid = nc;
+                                if (nvalid < 0) nvalid = 0;
+                                float l = lseh[r0 + r];
+                                for (int s = 0; s < nvalid; s++) prow[s] = expf(prow[s] - l);
+                                for (int s = nvalid; s < nc; s++) prow[s] = 0.0f;
+                            }
+                            // dV_j += P^T dO_i
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, HD, nr, 1.0f, w.p, Bc, w.dO, HD, 1.0f,
+                                        w.dv, HD);
+                            // dP = dO_i V_j^T; dS = P o (dP - D_i), in w.dp
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, nc, HD, 1.0f, w.dO, HD, w.v, HD, 0.0f,
+                                        w.dp, Bc);
+                            for (int r = 0; r < nr; r++) {
+                                float *dprow = w.dp + (size_t)r * Bc;
+                                const float *prow = w.p + (size_t)r * Bc;
+                                float d = Dh[r0 + r];
+                                for (int s = 0; s < nc; s++) dprow[s] = prow[s] * (dprow[s] - d);
+                            }
+                            // dQ_i += scale dS K_j; dK_j += dS^T (scale Q_i)
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, HD, nc, 1.0f, w.dp, Bc, w.k, HD, 0.0f,
+                                        w.dq, HD);
+                            add_rows(dqh, C, r0, nr, HD, w.dq, scale);
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, HD, nr, 1.0f, w.dp, Bc, w.q, HD, 1.0f,
+                                        w.dk, HD);
+                        }
+                    }
+                    add_rows(dk + (size_t)b * T * KVC + g * HD, KVC, c0, nc, HD, w.dk, 1.0f);
+                    add_rows(dv + (size_t)b * T * KVC + g * HD, KVC, c0, nc, HD, w.dv, 1.0f);
+                }
+            }
+        }
+        common_free(w.block);
+    }
+    common_free(D);
+}
+
 // --- closed forms ------------------------------------------------------------------------------------------
 
 uint64_t attention_naive_io_formula(int B, int T, int NH, int HD) {

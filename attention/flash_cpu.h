@@ -54,6 +54,16 @@ void attn_io_add(AttnIO *dst, const AttnIO *src);
 void attention_flash_forward_cpu(float *out, float *lse, const float *q, const float *k, const float *v, int B,
                                  int T, int NH, int NKV, int HD, const FlashTiles *tiles, AttnIO *io);
 
+// Backward of attention_flash_forward_cpu from its saved out and lse (FlashAttention-2's Algorithm 2): per
+// (batch, kv head) and key tile K_j, V_j, every query tile of the group's heads at or below the diagonal
+// recomputes P = exp(scale Q K^T - lse), then dV += P^T dO, dS = P o (dO V^T - rowsum(dO o O)), dQ += scale dS K,
+// dK += scale dS^T Q. dq (B,T,NH,HD), dk and dv (B,T,NKV,HD) ACCUMULATE (+=). Never materialises (T, T);
+// allocates a (B,NH,T) float array for rowsum(dO o O) and per-thread tiles. Parallel over batch x kv heads
+// (each thread owns its kv head's dK, dV and its query heads' dQ: deterministic).
+void attention_flash_backward_cpu(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                  const float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                  int NH, int NKV, int HD, const FlashTiles *tiles);
+
 // attention_forward_cpu (attention/attention.c: it is that op, which calls it with io NULL), with the paper's
 // Algorithm 0 traffic counted where it happens, block by causal block (query rows in blocks, each against the
 // keys it can see): S = Q K^T reads the block's Q rows and the visible K rows and writes that block of S; the

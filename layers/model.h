@@ -68,7 +68,8 @@ typedef struct {
     float *q;          // (L, B, T, C)   after RoPE
     float *k;          // (L, B, T, KVC) after RoPE
     float *v;          // (L, B, T, KVC)
-    float *att;        // (L, B, NH, T, T) softmax probabilities (causal, upper triangle zero)
+    float *att;        // (L, B, NH, T, T) softmax probabilities (causal, upper triangle zero); with flash
+                       // attention (L, B, NH, T), each row's log-sum-exp
     float *atty;       // (L, B, T, C)   attention output before the output projection
     float *attproj;    // (L, B, T, C)   output projection, before dropout
     float *attdrop;    // (L, B, T, C)   dropout keep-scale (0 or 1/(1-p)); empty when dropout == 0
@@ -107,7 +108,7 @@ typedef struct {
     float *datty;      // (B, T, C)
     float *dhg;        // (B, T, H)
     float *dlogits;    // (B, T, V)
-    float *scratch;    // (B, NH, T, T) attention backward
+    float *scratch;    // (B, NH, T, T) attention backward; empty with flash attention
     float *dnorm_w;    // (5, B, C)   norm weight gradients per chunk of sequences, summed in chunk order:
                        //             attn_norm sets 0-1, mlp_norm sets 0-1, final_norm
 } GradActs;
@@ -117,6 +118,11 @@ typedef struct {
 //   WHOLE    every op over the whole batch, each op parallel inside (and the only schedule of a device backend);
 //   CHUNKED  one sequence per chunk whenever B >= 2 (tests use it to check the chunked path on small shapes).
 typedef enum { MODEL_SCHEDULE_AUTO, MODEL_SCHEDULE_WHOLE, MODEL_SCHEDULE_CHUNKED } ModelSchedule;
+
+// How training attention runs (the op table's two forms, the same function):
+//   NAIVE  materialises the (B,NH,T,T) probabilities, saved for backward: the reference (the default);
+//   FLASH  tiled with an online softmax: saves only out and lse (B,NH,T), the backward recomputes the tiles.
+typedef enum { MODEL_ATTENTION_NAIVE, MODEL_ATTENTION_FLASH } ModelAttention;
 
 typedef struct {
     ModelConfig cfg;
@@ -142,6 +148,8 @@ typedef struct {
     Rng dropout_rng;
     int dropout_active;   // whether the last forward drew dropout masks (the backward then applies them)
     ModelSchedule schedule; // AUTO unless a test forces one
+    ModelAttention attention; // NAIVE unless set; a change takes effect at the next model_alloc_acts
+    int act_flash;          // the attention form the activations were allocated for
     float mean_loss;      // of the last forward with targets; -1 without targets
 } Model;
 
@@ -163,13 +171,13 @@ void model_alloc_inference_acts(Model *m, int B, int T);
 // Element counts of the buffers model_alloc_acts(B, T) allocates: a (ActTensors order) and g (GradActs
 // order). Counted in double so that a size no machine could hold is still a number to compare, never a
 // wrapped size_t.
-void model_act_counts(const ModelConfig *cfg, int B, int T, double a[NUM_ACT_TENSORS],
+void model_act_counts(const ModelConfig *cfg, int B, int T, ModelAttention attn, double a[NUM_ACT_TENSORS],
                       double g[NUM_GRAD_ACT_TENSORS]);
 // Bytes of the activations and activation gradients model_alloc_acts(B, T) allocates (the parameter
 // gradients, n_params floats, come on top).
-double model_train_act_bytes(const ModelConfig *cfg, int B, int T);
+double model_train_act_bytes(const ModelConfig *cfg, int B, int T, ModelAttention attn);
 // Bytes of the activations model_alloc_inference_acts(B, T) allocates (no gradients).
-double model_inference_act_bytes(const ModelConfig *cfg, int B, int T);
+double model_inference_act_bytes(const ModelConfig *cfg, int B, int T, ModelAttention attn);
 
 // Forward over tokens (B, T). With targets (B, T) fills acts.losses and mean_loss; train != 0 applies
 // dropout. T may be smaller than the allocated act_T.

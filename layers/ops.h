@@ -62,6 +62,15 @@ typedef struct {
                                const float *att, const float *q, const float *k, const float *v, int B,
                                int T, int NH, int NKV, int HD);
 
+    // Flash attention, the same function without the (T,T) matrix (tiled, online softmax): out overwritten, lse
+    // (B,NH,T) the log of each row's softmax denominator, saved for the backward, which recomputes the
+    // probabilities tile by tile; dq, dk, dv accumulate. attention/flash_cpu.h, attention/attention_cuda.h.
+    void (*attention_flash_forward)(float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                                    int T, int NH, int NKV, int HD);
+    void (*attention_flash_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                     const float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                     int NH, int NKV, int HD);
+
     // One decode query against a cache: q (NH,HD), kc and vc hold each kv head's (Tc,HD) rows, head g at
     // offset g * head_stride floats -> out (NH,HD); att (NH,Tc) receives the probabilities (scratch the
     // caller owns, also what H2O/TOVA-style policies read).

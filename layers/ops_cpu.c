@@ -4,8 +4,22 @@
 
 #include <string.h>
 
+#include "../attention/flash_cpu.h"
+
 static void *mem_alloc_cpu(size_t bytes) { return common_calloc(bytes ? bytes : 1, 1); }
 static void mem_copy_cpu(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+
+// the ops table's flash: the default tiles, no IO counting
+static void attention_flash_forward_op_cpu(float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                                           int T, int NH, int NKV, int HD) {
+    attention_flash_forward_cpu(out, lse, q, k, v, B, T, NH, NKV, HD, NULL, NULL);
+}
+
+static void attention_flash_backward_op_cpu(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                            const float *lse, const float *q, const float *k, const float *v, int B,
+                                            int T, int NH, int NKV, int HD) {
+    attention_flash_backward_cpu(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HD, NULL);
+}
 
 const Ops ops_cpu = {
     .name = "cpu",
@@ -28,6 +42,8 @@ const Ops ops_cpu = {
     .rope_backward = rope_backward_cpu,
     .attention_forward = attention_forward_cpu,
     .attention_backward = attention_backward_cpu,
+    .attention_flash_forward = attention_flash_forward_op_cpu,
+    .attention_flash_backward = attention_flash_backward_op_cpu,
     .attention_decode = attention_decode_cpu,
     .swiglu_forward = swiglu_forward_cpu,
     .swiglu_backward = swiglu_backward_cpu,

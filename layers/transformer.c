@@ -170,10 +170,12 @@ void model_init_weights(Model *m, uint64_t seed) {
     }
 }
 
-void model_act_counts(const ModelConfig *c, int B, int T, double a[NUM_ACT_TENSORS],
+void model_act_counts(const ModelConfig *c, int B, int T, ModelAttention attn, double a[NUM_ACT_TENSORS],
                       double g[NUM_GRAD_ACT_TENSORS]) {
     double L = c->n_layer, C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, V = c->vocab_size;
-    double NH = c->n_head, BT = (double)B * T, TT = (double)T * T, drop = c->dropout > 0.0f;
+    double NH = c->n_head, BT = (double)B * T, drop = c->dropout > 0.0f;
+    double TT = attn == MODEL_ATTENTION_FLASH ? (double)T : (double)T * T; // per head: lse or probabilities
+    double scratch = attn == MODEL_ATTENTION_FLASH ? 0.0 : B * NH * TT;
     double acts[NUM_ACT_TENSORS] = {
         (L + 1) * BT * C, L * BT * C, L * BT, L * BT * C, L * BT * KVC, L * BT * KVC, L * B * NH * TT,
         L * BT * C, L * BT * C, drop * L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT * H, L * BT * H,
@@ -181,23 +183,23 @@ void model_act_counts(const ModelConfig *c, int B, int T, double a[NUM_ACT_TENSO
     double grads[NUM_GRAD_ACT_TENSORS] = {3 * BT * C,  2 * BT * C,  drop * 2 * BT * C, drop * 2 * BT * C,
                                           2 * BT * H,  2 * BT * H,  2 * BT * C,        2 * BT * KVC,
                                           2 * BT * KVC, BT * C,     BT * C,            BT * C,
-                                          BT * H,      BT * V,      B * NH * TT,       5.0 * B * C};
+                                          BT * H,      BT * V,      scratch,           5.0 * B * C};
     memcpy(a, acts, sizeof acts);
     memcpy(g, grads, sizeof grads);
 }
 
-double model_train_act_bytes(const ModelConfig *c, int B, int T) {
+double model_train_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) {
     double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
-    model_act_counts(c, B, T, a, g);
+    model_act_counts(c, B, T, attn, a, g);
     double n = 0.0;
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
     for (int i = 0; i < NUM_GRAD_ACT_TENSORS; i++) n += g[i];
     return n * sizeof(float);
 }
 
-double model_inference_act_bytes(const ModelConfig *c, int B, int T) {
+double model_inference_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) {
     double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
-    model_act_counts(c, B, T, a, g);
+    model_act_counts(c, B, T, attn, a, g);
     double n = 0.0;
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
     return n * sizeof(float);
@@ -212,13 +214,15 @@ static void counts_to_sizes(const double *x, size_t *out, int count) {
 }
 
 static void alloc_acts(Model *m, int B, int T, int with_grads) {
-    if (m->acts_memory && B <= m->act_B && T <= m->act_T && (m->grads_memory || !with_grads)) return;
+    int flash = m->attention == MODEL_ATTENTION_FLASH;
+    if (m->acts_memory && B <= m->act_B && T <= m->act_T && (m->grads_memory || !with_grads) && flash == m->act_flash)
+        return;
     free_acts(m);
     const Ops *op = m->ops;
     const ModelConfig *c = &m->cfg;
     size_t BT = (size_t)B * T;
     double ad[NUM_ACT_TENSORS], gd[NUM_GRAD_ACT_TENSORS];
-    model_act_counts(c, B, T, ad, gd);
+    model_act_counts(c, B, T, m->attention, ad, gd);
     size_t a[NUM_ACT_TENSORS];
     counts_to_sizes(ad, a, NUM_ACT_TENSORS);
     ActTensors *t = &m->acts;
@@ -232,6 +236,7 @@ static void alloc_acts(Model *m, int B, int T, int with_grads) {
     point_tensors(af, a, NUM_ACT_TENSORS, m->acts_memory);
     m->act_B = B;
     m->act_T = T;
+    m->act_flash = flash;
     if (op->on_device) {
         m->tokens_dev = op->mem_alloc(BT * sizeof(int));
         m->targets_dev = op->mem_alloc(BT * sizeof(int));
@@ -342,7 +347,10 @@ static void forward_chunk(const Pass *ps, const Chunk *ch) {
         op->matmul_forward(v, ln1, p->wv + (size_t)l * KVC * C, nr, C, KVC);
         op->rope_forward(q, nb, T, NH, HD, 0, c->rope_theta);
         op->rope_forward(k, nb, T, NKV, HD, 0, c->rope_theta);
-        op->attention_forward(atty, a->att + ((size_t)l * B + ch->b0) * NH * TT, q, k, v, nb, T, NH, NKV, HD);
+        if (m->act_flash)
+            op->attention_flash_forward(atty, a->att + ((size_t)l * B + ch->b0) * NH * T, q, k, v, nb, T, NH, NKV, HD);
+        else
+            op->attention_forward(atty, a->att + ((size_t)l * B + ch->b0) * NH * TT, q, k, v, nb, T, NH, NKV, HD);
         op->matmul_forward(attproj, atty, p->wo + (size_t)l * C * C, nr, C, C);
         op->residual_forward(mid, x, attproj, attdrop, nrC);
         op->rmsnorm_forward(ln2, a->ln2_rstd + l * BT + r0, mid, p->mlp_norm + (size_t)l * C, nr, C, c->norm_eps);
@@ -496,9 +504,14 @@ static void backward_layer_rows(const Pass *ps, int l, const Chunk *ch) {
     op->fill_zero(dq, nrC);
     op->fill_zero(dk, nr * KVC);
     op->fill_zero(dv, nr * KVC);
-    size_t att_off = ((size_t)l * B + ch->b0) * NH * TT;
-    op->attention_backward(dq, dk, dv, d->scratch + (size_t)ch->b0 * NH * TT, datty, a->att + att_off, q, k, v, nb,
-                           T, NH, NKV, HD);
+    if (m->act_flash) {
+        op->attention_flash_backward(dq, dk, dv, datty, atty, a->att + ((size_t)l * B + ch->b0) * NH * T, q, k, v, nb, T,
+                                     NH, NKV, HD);
+    } else {
+        size_t att_off = ((size_t)l * B + ch->b0) * NH * TT;
+        op->attention_backward(dq, dk, dv, d->scratch + (size_t)ch->b0 * NH * TT, datty, a->att + att_off, q, k, v,
+                               nb, T, NH, NKV, HD);
+    }
     op->rope_backward(dq, nb, T, NH, HD, 0, c->rope_theta);
     op->rope_backward(dk, nb, T, NKV, HD, 0, c->rope_theta);
     op->fill_zero(dln, nrC);

@@ -452,6 +452,8 @@ static void run_ops_table(void) {
     cr_expect(t->encoder_forward && t->encoder_backward && t->rmsnorm_forward && t->rmsnorm_backward &&
               t->matmul_forward && t->matmul_backward && t->rope_forward && t->rope_backward &&
               t->attention_forward && t->attention_backward && t->attention_decode && t->swiglu_forward &&
+              t->attention_flash_forward == attention_flash_forward_cuda &&
+              t->attention_flash_backward == attention_flash_backward_cuda &&
               t->swiglu_backward && t->residual_forward && t->dropout_apply && t->fill_zero && t->dropout_mask &&
               t->crossentropy_forward && t->crossentropy_backward);
     cr_expect(t->encoder_backward == encoder_backward_cuda && t->rope_backward == rope_backward_cuda &&

@@ -520,3 +520,28 @@ Test(cli, init_from_errors) {
     cliutil_run_free(&r);
     cr_assert_neq(access(cliutil_tmp("y.ckpt"), F_OK), 0, "no checkpoint should be written by a failed run");
 }
+
+// --attention: a bad value is one line; flash and naive train the same model (the same function up to float
+// rounding: the validation losses after 5 steps agree to 1e-3)
+static double val_loss_of(const Run *r) {
+    const char *p = strstr(r->err, "val loss ");
+    cr_assert_not_null(p, "no 'val loss' in:\n%s", r->err);
+    return atof(p + strlen("val loss "));
+}
+
+Test(cli, train_attention_flash_and_naive) {
+    Run r = RUN("train", "--preset", "tiny", "--attention", "tiled");
+    EXPECT_ERROR(&r, "train", "bad --attention 'tiled': valid values are naive, flash");
+    cliutil_run_free(&r);
+    const char *corpus = cliutil_write_corpus();
+    double loss[2];
+    const char *forms[] = {"naive", "flash"};
+    for (int i = 0; i < 2; i++) {
+        r = RUN("train", "--preset", "tiny", "--steps", "5", "--data", corpus, "--out", cliutil_tmp(forms[i]),
+                "--attention", forms[i], "--quiet");
+        cliutil_expect_ok(&r, forms[i]);
+        loss[i] = val_loss_of(&r);
+        cliutil_run_free(&r);
+    }
+    cr_expect(fabs(loss[0] - loss[1]) < 1e-3, "val loss naive %.4f, flash %.4f", loss[0], loss[1]);
+}

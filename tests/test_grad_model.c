@@ -45,12 +45,13 @@ static double model_obj(void *p) {
 #define MODEL_MAX_TOL 2e-3
 #define MODEL_NORM_TOL 1e-2
 
-static void model_fd_case(int n_kv_head, float dropout, ModelSchedule schedule, uint64_t seed) {
+static void model_fd_case(int n_kv_head, float dropout, ModelSchedule schedule, ModelAttention attn, uint64_t seed) {
     enum { B = 2, T = 5, SAMPLES = 20 };
     ModelConfig cfg = gradutil_fd_config(n_kv_head, dropout);
     Model m;
     gradutil_make_fd_model(&m, &cfg, seed);
     m.schedule = schedule;
+    m.attention = attn;
     cr_assert_eq(model_pass_chunks(&m, B, T), schedule == MODEL_SCHEDULE_CHUNKED ? B : 1);
     model_alloc_acts(&m, B, T);
     Rng rng;
@@ -81,8 +82,9 @@ static void model_fd_case(int n_kv_head, float dropout, ModelSchedule schedule, 
         size_t idx[SAMPLES], n = s[t] <= SAMPLES ? s[t] : SAMPLES;
         for (size_t k = 0; k < n; k++) idx[k] = s[t] <= SAMPLES ? k : (size_t)rng_below(&rng, s[t]);
         char name[64];
-        snprintf(name, sizeof name, "model kv %d%s%s %s", n_kv_head, train ? " dropout" : "",
-                 schedule == MODEL_SCHEDULE_CHUNKED ? " chunked" : "", tensor_names[t]);
+        snprintf(name, sizeof name, "model kv %d%s%s%s %s", n_kv_head, train ? " dropout" : "",
+                 schedule == MODEL_SCHEDULE_CHUNKED ? " chunked" : "", attn == MODEL_ATTENTION_FLASH ? " flash" : "",
+                 tensor_names[t]);
         gradutil_expect_fd(
             name, gradutil_fd_check(m.params_memory + off, grads + off, s[t], idx, n, model_obj, &c, MODEL_EPS),
             MODEL_MAX_TOL, MODEL_NORM_TOL);
@@ -101,13 +103,76 @@ static void model_fd_case(int n_kv_head, float dropout, ModelSchedule schedule, 
     model_free(&m);
 }
 
-Test(model, grad_fd_mha) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_AUTO, 101); }
-Test(model, grad_fd_gqa) { model_fd_case(2, 0.0f, MODEL_SCHEDULE_AUTO, 102); }
-Test(model, grad_fd_mqa) { model_fd_case(1, 0.0f, MODEL_SCHEDULE_AUTO, 103); }
-Test(model, grad_fd_gqa_dropout) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_AUTO, 104); }
+#define NAIVE MODEL_ATTENTION_NAIVE
+#define FLASH MODEL_ATTENTION_FLASH
+Test(model, grad_fd_mha) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_AUTO, NAIVE, 101); }
+Test(model, grad_fd_gqa) { model_fd_case(2, 0.0f, MODEL_SCHEDULE_AUTO, NAIVE, 102); }
+Test(model, grad_fd_mqa) { model_fd_case(1, 0.0f, MODEL_SCHEDULE_AUTO, NAIVE, 103); }
+Test(model, grad_fd_gqa_dropout) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_AUTO, NAIVE, 104); }
 // the chunked schedule (transformer.c: one sequence per chunk here), on its own finite differences
-Test(model, grad_fd_mha_chunked) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_CHUNKED, 105); }
-Test(model, grad_fd_gqa_dropout_chunked) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_CHUNKED, 106); }
+Test(model, grad_fd_mha_chunked) { model_fd_case(4, 0.0f, MODEL_SCHEDULE_CHUNKED, NAIVE, 105); }
+Test(model, grad_fd_gqa_dropout_chunked) { model_fd_case(2, 0.25f, MODEL_SCHEDULE_CHUNKED, NAIVE, 106); }
+// flash attention in the model (the op table's flash forward and backward), on its own finite differences
+Test(model, grad_fd_gqa_flash) { model_fd_case(2, 0.0f, MODEL_SCHEDULE_AUTO, FLASH, 107); }
+Test(model, grad_fd_mqa_dropout_chunked_flash) { model_fd_case(1, 0.25f, MODEL_SCHEDULE_CHUNKED, FLASH, 108); }
+
+// Flash against naive attention in the whole model, on a context longer than a flash tile (T = 40, query
+// tiles of HD = 8 rows): the same loss and parameter gradients up to float rounding, and flash's activations
+// hold no (T, T) matrix.
+static void flash_vs_naive_case(int n_kv_head, ModelSchedule schedule, uint64_t seed) {
+    enum { B = 3, T = 40 };
+    ModelConfig cfg = gradutil_fd_config(n_kv_head, 0.0f);
+    cfg.block_size = T;
+    Rng rng;
+    rng_init(&rng, seed);
+    int tokens[B * T], targets[B * T];
+    gradutil_random_tokens(tokens, B * T, cfg.vocab_size, &rng);
+    gradutil_random_tokens(targets, B * T, cfg.vocab_size, &rng);
+    float *grads[2], loss[2];
+    for (int i = 0; i < 2; i++) {
+        Model m;
+        gradutil_make_fd_model(&m, &cfg, seed + 1);
+        m.schedule = schedule;
+        m.attention = i ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE;
+        model_alloc_acts(&m, B, T);
+        model_forward(&m, tokens, targets, B, T, 1);
+        model_zero_grad(&m);
+        model_backward(&m, tokens, targets, B, T);
+        loss[i] = m.mean_loss;
+        grads[i] = gradutil_dup(m.grads_memory, m.n_params);
+        for (size_t j = 0; j < m.n_params; j++) cr_assert(isfinite(grads[i][j]), "grad %zu not finite", j);
+        model_free(&m);
+    }
+    cr_expect(fabsf(loss[0] - loss[1]) <= 1e-5f * loss[0], "loss naive %.9g, flash %.9g", loss[0], loss[1]);
+    size_t n = 0, s[NUM_PARAM_TENSORS], off = 0;
+    model_param_sizes(&cfg, s);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) n += s[t];
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        double max_ref = 0.0, max_diff = 0.0;
+        for (size_t j = off; j < off + s[t]; j++) {
+            max_ref = fmax(max_ref, fabs(grads[0][j]));
+            max_diff = fmax(max_diff, fabs((double)grads[1][j] - grads[0][j]));
+        }
+        cr_expect(max_ref > 1e-4, "%s: gradients too small to compare", tensor_names[t]);
+        cr_expect(max_diff <= 1e-4 * max_ref, "%s: max |flash - naive| %g against max |grad| %g", tensor_names[t], max_diff, max_ref);
+        off += s[t];
+    }
+    cr_assert_eq(off, n);
+    double a_naive[NUM_ACT_TENSORS], a_flash[NUM_ACT_TENSORS], g_naive[NUM_GRAD_ACT_TENSORS], g_flash[NUM_GRAD_ACT_TENSORS];
+    model_act_counts(&cfg, B, T, MODEL_ATTENTION_NAIVE, a_naive, g_naive);
+    model_act_counts(&cfg, B, T, MODEL_ATTENTION_FLASH, a_flash, g_flash);
+    double saved = model_train_act_bytes(&cfg, B, T, MODEL_ATTENTION_NAIVE) - model_train_act_bytes(&cfg, B, T, MODEL_ATTENTION_FLASH);
+    double tt = (double)cfg.n_head * T * T; // per sequence: L probability matrices and the backward's scratch
+    cr_expect(saved == 4.0 * ((cfg.n_layer + 1) * B * tt - cfg.n_layer * B * (double)cfg.n_head * T),
+              "flash saves %.0f bytes", saved);
+    common_free(grads[0]), common_free(grads[1]);
+}
+
+Test(model, flash_matches_naive) {
+    flash_vs_naive_case(4, MODEL_SCHEDULE_WHOLE, 201);
+    flash_vs_naive_case(2, MODEL_SCHEDULE_CHUNKED, 202);
+    flash_vs_naive_case(1, MODEL_SCHEDULE_AUTO, 203);
+}
 
 // The chunked schedule against the whole-batch one on a deeper model (4 layers: every set of the rotating
 // gradient buffers is used and reused) with an uneven batch, with and without dropout: the same loss, logits

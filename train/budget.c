@@ -4,14 +4,14 @@
 
 #include <unistd.h>
 
-TrainBudget train_budget_of(const ModelConfig *mc, const TrainConfig *tc) {
+TrainBudget train_budget_of(const ModelConfig *mc, const TrainConfig *tc, ModelAttention attn) {
     double n = (double)model_param_count(mc);
     double tokens = (double)tc->batch_size * tc->seq_len;
     TrainBudget b;
     // weights, gradients, AdamW m and v (4 n bytes each), and the training section built at every save (8 n)
     b.model_bytes = 4.0 * 4.0 * n + 8.0 * n;
     // inputs and targets: two int buffers of (B, T)
-    b.act_bytes = model_train_act_bytes(mc, tc->batch_size, tc->seq_len) + 2.0 * tokens * sizeof(int);
+    b.act_bytes = model_train_act_bytes(mc, tc->batch_size, tc->seq_len, attn) + 2.0 * tokens * sizeof(int);
     return b;
 }
 
@@ -26,8 +26,8 @@ void train_budget_format(char *out, size_t len, double bytes) {
     else snprintf(out, len, "%.1f %s", bytes, units[u]);
 }
 
-int train_budget_check(const ModelConfig *mc, const TrainConfig *tc, double limit_bytes, char *err) {
-    TrainBudget b = train_budget_of(mc, tc);
+int train_budget_check(const ModelConfig *mc, const TrainConfig *tc, ModelAttention attn, double limit_bytes, char *err) {
+    TrainBudget b = train_budget_of(mc, tc, attn);
     double total = b.model_bytes + b.act_bytes;
     if (limit_bytes <= 0.0 || total <= limit_bytes) return 0;
     char acts[32], model[32], limit[32];

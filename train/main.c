@@ -38,6 +38,10 @@ static const char *usage =
     "                       holds STX keeps its start symbol (--resume, --init-from, build/infer) without\n"
     "                       the flag; --bos with one that lacks it is an error (the vocabulary is fixed)\n"
     "  --device cpu|cuda    where to train; checkpoints load and save on the host either way   [cpu]\n"
+    "  --attention naive|flash  how attention trains: naive keeps the (T, T) probabilities for backward (the\n"
+    "                       reference), flash keeps one log-sum-exp per row and recomputes them tile by tile\n"
+    "                       (memory linear in T; the same function within float rounding)\n"
+    "                       [naive on cpu, flash on cuda]\n"
     "files:\n"
     "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
     "  --out CKPT           checkpoint written at each evaluation and at the end; checked before training:\n"
@@ -58,7 +62,7 @@ static const char *usage =
     "  --quiet              no progress lines (the banner and the summary remain)\n";
 
 typedef struct {
-    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init;
+    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention;
     int stop_after, quiet, force, bos;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
@@ -99,6 +103,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--init-from")) rc = args_string(&a, &f->init_from);
         else if (args_is(&a, "--log")) rc = args_string(&a, &f->log);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
+        else if (args_is(&a, "--attention")) rc = args_string(&a, &f->attention);
         else if (args_is(&a, "--quiet")) f->quiet = 1;
         else if (args_is(&a, "--force")) f->force = 1;
         else if (args_is(&a, "--bos")) f->bos = 1;
@@ -145,6 +150,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     if (r < 0) return err_set(err, "%s", a.err), -1;
     if (strcmp(f->device, "cpu") != 0 && strcmp(f->device, "cuda") != 0)
         return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
+    if (f->attention && strcmp(f->attention, "naive") != 0 && strcmp(f->attention, "flash") != 0)
+        return err_set(err, "bad --attention '%s': valid values are naive, flash", f->attention), -1;
     if (f->resume && f->init_from) return err_set(err, "--resume and --init-from cannot be combined"), -1;
     if (f->kv_init && strcmp(f->kv_init, "mean") != 0 && strcmp(f->kv_init, "first") != 0)
         return err_set(err, "bad --kv-init '%s': valid values are mean, first", f->kv_init), -1;
@@ -286,7 +293,9 @@ int main(int argc, char **argv) {
     }
     // the settings and the memory they need are checked before the model is allocated
     if (train_config_validate(&tc, &mc, err) != 0) goto fail;
-    if (train_budget_check(&mc, &tc, (double)common_physical_bytes(), err) != 0) goto fail;
+    ModelAttention attention = f.attention ? (strcmp(f.attention, "flash") == 0 ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE)
+                                           : backend->on_device ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE;
+    if (train_budget_check(&mc, &tc, attention, (double)common_physical_bytes(), err) != 0) goto fail;
     if (fresh) {
         model_init(&model, &mc, &ops_cpu);
         model_init_weights(&model, tc.seed);
@@ -332,6 +341,7 @@ int main(int argc, char **argv) {
 
     model_to_backend(&model, backend);
     train_state_to_backend(&st, model.n_params, backend);
+    model.attention = attention;
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
     int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
     TrainRun loop = {.model = &model, .st = &st, .tc = &tc, .corpus = &corpus, .tok = &tok, .out = out,
