@@ -37,6 +37,7 @@ static void usage(FILE *f) {
             "       build/bench --fragmentation [--json] [--frag-*]   (paged vs contiguous KV under one budget;\n"
             "                   its flags: build/bench --fragmentation --help)\n"
             "       build/bench --blas     (the BLAS kernels, CPU features and OpenMP wait policy in use)\n"
+            "       build/bench --device cuda [--json] [--quick] [--peak-tflops X]\n"
             "       build/bench --attention [--json] [--attention-t LIST] [--attention-m M] [--attention-d D]\n"
             "                   [--attention-batch B] [--attention-heads NH] [--attention-kv-heads NKV]\n"
             "                   [--attention-runs R]\n"
@@ -66,7 +67,15 @@ static void usage(FILE *f) {
             "                        Br = min(Bc, d), as in FlashAttention's Algorithm 1)\n"
             "  --attention-d D       head dimension (default 64)\n"
             "  --attention-batch B, --attention-heads NH, --attention-kv-heads NKV   (default 1, 1, NH)\n"
-            "  --attention-runs R    timed runs per point after one warm-up; the best is reported (default 3)\n",
+            "  --attention-runs R    timed runs per point after one warm-up; the best is reported (default 3)\n"
+            "  --device cuda         on the GPU, through the training op table: train steps (median of 5 after 2\n"
+            "                        warm-ups) at the shakespeare preset and GPT-2 small's shape (12 layers, 12 heads\n"
+            "                        of 64, context 1024, batch 8), each with naive and flash attention: tokens/s,\n"
+            "                        TFLOP/s (PaLM's 6N + 12LCT per token) and MFU against the fp32 peak; then\n"
+            "                        attention forward and backward alone, naive vs flash, B=4 NH=12 HD=64, T 1k-8k.\n"
+            "                        With --quick: the tiny preset and T=64 (checks the plumbing, e.g. under the\n"
+            "                        CUDA emulator)\n"
+            "  --peak-tflops X       the GPU's fp32 peak for MFU (default: H100/H200 66.9, A100 19.5, else none)\n",
             BATCH_MAX_CAP, BATCH_DECODE_STEPS + 1, FLASH_DEFAULT_M);
 }
 
@@ -381,6 +390,18 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
                 *bools[i].dst = matched = 1;
             }
         if (matched) continue;
+        if (args_is(&a, "--device")) {
+            if (args_string(&a, &o->device) != 0) return err_set(err, "%s", a.err), -1;
+            if (strcmp(o->device, "cuda") != 0 && strcmp(o->device, "cpu") != 0)
+                return err_set(err, "bad --device '%s': valid values are cpu, cuda", o->device), -1;
+            continue;
+        }
+        if (args_is(&a, "--peak-tflops")) {
+            float v;
+            if (args_float(&a, 1e-3f, 1e6f, &v) != 0) return err_set(err, "%s", a.err), -1;
+            o->peak_tflops = v;
+            continue;
+        }
         if (args_is(&a, "--large-contexts")) {
             const char *v;
             if (args_string(&a, &v) != 0) return err_set(err, "%s", a.err), -1;
@@ -406,6 +427,13 @@ static int parse_flags(int argc, char **argv, BenchOpts *o, char *err) {
         }
     }
     if (o->attention_flag && !o->attention) return err_set(err, "%s needs --attention", o->attention_flag), -1;
+    if (o->device && strcmp(o->device, "cpu") == 0) o->device = NULL; // the CPU rows, as without the flag
+    if (o->peak_tflops > 0 && !o->device) return err_set(err, "--peak-tflops needs --device cuda"), -1;
+    if (o->device) {
+        if (o->large || o->attention || o->decode_batch || o->busy || large_contexts || decode_flag)
+            return err_set(err, "--device cuda runs on its own (with --json, --quick, --peak-tflops)"), -1;
+        return 0;
+    }
     if (large_contexts && !o->large) return err_set(err, "--large-contexts needs --large"), -1;
     if (decode_flag && !o->decode_batch) return err_set(err, "%s needs --decode-batch", decode_flag), -1;
     if (o->decode_batch) {
@@ -458,5 +486,6 @@ int main(int argc, char **argv) {
     describe_machine(o.json);
     if (o.large) return bench_large(&o);
     if (o.decode_batch) return bench_decode_batch(&o);
+    if (o.device) return bench_cuda(&o);
     return o.attention ? bench_attention(&o) : bench_train_decode(&o);
 }

@@ -18,6 +18,8 @@ typedef struct {
     int decode_batch;                              // --decode-batch and its lists
     int batches[MAX_LIST], n_batches, contexts[MAX_LIST], n_contexts, kv_heads[MAX_LIST], n_kv_heads;
     int decode_runs, budget_mb;
+    const char *device;  // --device: "cuda" runs bench_cuda (cuda.c) instead of the CPU rows
+    double peak_tflops;  // --peak-tflops: the GPU's fp32 peak for MFU (0: from cuda.c's table by name)
 } BenchOpts;
 
 // A process that spins on the machine's last CPU until busy_stop: the "another job on one core" of issue 13.
@@ -42,6 +44,11 @@ int bench_decode_batch(const BenchOpts *o);
 
 // build/bench --attention (attention.c): naive against flash causal attention for each T of o->ts.
 int bench_attention(const BenchOpts *o);
+
+// build/bench --device cuda (cuda.c): training rows (tokens/s, TFLOP/s, MFU; naive and flash attention) at the
+// shakespeare preset and GPT-2 small's shape, then attention forward + backward, naive vs flash, T 1k..8k;
+// with --quick the tiny preset and T = 64 (the emulator's plumbing check). 1 when no GPU is usable.
+int bench_cuda(const BenchOpts *o);
 
 // Writes bytes as "12.5 KiB", "3.00 MiB" and so on.
 void bench_fmt_bytes(char *buf, size_t n, double bytes);
