@@ -13,7 +13,6 @@
 #include "../layers/model.h"
 #include "../layers/ops.h"
 #include "../train/presets.h"
-#include "../train/trainer.h"
 #include "bench.h"
 
 // Dense peak fp32 rates (non-tensor-core FMA) of the GPUs this project is lent, from the vendors' datasheets,
