@@ -1,0 +1,659 @@
+// The CUDA emulator's runtime: kernel launches (validated against an H100's limits), the block scheduler that
+// runs one fiber per CUDA thread, __syncthreads and the warp collectives with their checks, shared memory, and
+// the CUDA runtime API subset of include/cuda_runtime.h. See cuda_emu.h for what a rewritten .cu file sees.
+//
+// Scheduling: a launch runs its blocks one after another (x fastest, then y, then z). In a block, the scheduler
+// passes over the threads in order and switches into each runnable one; a thread runs until it exits, waits at
+// __syncthreads (until every thread of the block is there) or at a warp collective (until every lane of the
+// mask is there). The last thread to arrive releases the others. A pass in which no thread can run while some
+// are unfinished is a deadlock: reported with where each thread waits.
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "emu_fiber.h"
+
+// H100 SXM limits (compute capability 9.0)
+#define EMU_MAX_THREADS 1024
+#define EMU_MAX_BLOCK_XY 1024
+#define EMU_MAX_BLOCK_Z 64
+#define EMU_MAX_GRID_X 2147483647u
+#define EMU_MAX_GRID_YZ 65535u
+#define EMU_SMEM_DEFAULT (48 * 1024)  // dynamic + static shared memory without the opt-in
+#define EMU_SMEM_OPTIN 232448         // 227 KB: the most one block may opt in to
+#define EMU_STACK_BYTES (256 * 1024)  // per fiber (CUDA thread); AddressSanitizer frames are large
+#define EMU_POISON 0xff               // shared memory fill: NaN as float and double, -1 as an integer
+
+uint3 cuemu_threadIdx, cuemu_blockIdx;
+dim3 cuemu_blockDim, cuemu_gridDim;
+
+namespace {
+
+enum State { RUNNABLE, AT_BARRIER, AT_WARP, EXITED };
+
+struct Thread {
+    CuemuFiber *fiber;
+    uint3 idx;
+    int tid;   // linear index in the block
+    int state;
+    const char *file; // where it waits
+    int line;
+};
+
+struct Warp {
+    int count;        // lanes arrived at the collective in progress
+    unsigned arrived; // their bits
+    unsigned mask, exited;
+    int kind, gen, first_lane;
+    const char *name, *file;
+    int line;
+    uint64_t slots[2][32]; // deposits, double-buffered by gen parity
+};
+
+struct Launch {
+    const char *kernel, *file;
+    int line;
+    CuemuBody body;
+    void *ctx;
+    dim3 grid, block;
+    int nthreads;
+    size_t shmem, smem_limit;
+    unsigned char *dyn_smem;
+};
+
+std::mutex g_launch_lock; // one launch at a time per process (the state below is the running block's)
+Launch g_launch;
+std::vector<Thread> g_threads;  // of the running block
+std::vector<CuemuFiber *> g_pool;
+Thread *g_cur;
+int g_live, g_exited, g_first_exited;
+int g_bar_count, g_bar_line;
+const char *g_bar_file;
+Warp g_warps[EMU_MAX_THREADS / 32];
+uint64_t g_block_gen;                 // one per block ever run: a static __shared__ slot of an older one is stale
+alignas(16) unsigned char g_static_smem[EMU_SMEM_DEFAULT];
+size_t g_static_used;
+
+std::mutex g_attr_lock;
+std::map<const void *, int> g_max_dyn_smem; // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+
+cudaError_t g_last_error = cudaSuccess;
+
+const char *where(char *buf, size_t len) {
+    snprintf(buf, len, "kernel %s (launched at %s:%d), block (%u,%u,%u)", g_launch.kernel, g_launch.file,
+             g_launch.line, cuemu_blockIdx.x, cuemu_blockIdx.y, cuemu_blockIdx.z);
+    return buf;
+}
+
+const char *thread_name(const Thread *t, char *buf, size_t len) {
+    snprintf(buf, len, "thread (%u,%u,%u) [warp %d lane %d]", t->idx.x, t->idx.y, t->idx.z, t->tid / 32, t->tid % 32);
+    return buf;
+}
+
+void fiber_main(CuemuFiber *self) {
+    cuemu_fiber_started(self);
+    for (;;) {
+        g_launch.body(g_launch.ctx); // one CUDA thread of the current block, to completion
+        Thread *t = g_cur;
+        char w[512], a[96];
+        if (g_bar_count > 0)
+            cuemu_fail("divergent __syncthreads in %s: %s exited while %d threads wait at %s:%d", where(w, sizeof w),
+                       thread_name(t, a, sizeof a), g_bar_count, g_bar_file, g_bar_line);
+        Warp *wp = &g_warps[t->tid / 32];
+        unsigned bit = 1u << (t->tid % 32);
+        if (wp->count > 0 && (wp->mask & bit))
+            cuemu_fail("%s in %s: %s exited while lanes 0x%08x wait for it at %s (%s:%d, mask 0x%08x)", wp->name,
+                       where(w, sizeof w), thread_name(t, a, sizeof a), wp->arrived, wp->name, wp->file, wp->line,
+                       wp->mask);
+        wp->exited |= bit;
+        t->state = EXITED;
+        if (g_exited++ == 0) g_first_exited = t->tid;
+        g_live--;
+        cuemu_fiber_yield(self);
+    }
+}
+
+void deadlock(void) {
+    char w[512], a[96];
+    fprintf(stderr, "cuda-emu: deadlock in %s: no thread can go on\n", where(w, sizeof w));
+    int shown = 0;
+    for (const Thread &t : g_threads) {
+        if (t.state == RUNNABLE || t.state == EXITED) continue;
+        if (shown++ >= 8) break;
+        const Warp &wp = g_warps[t.tid / 32];
+        if (t.state == AT_BARRIER)
+            fprintf(stderr, "  %s waits at __syncthreads (%s:%d)\n", thread_name(&t, a, sizeof a), t.file, t.line);
+        else
+            fprintf(stderr, "  %s waits at %s (%s:%d) for the lanes 0x%08x of mask 0x%08x not yet there\n",
+                    thread_name(&t, a, sizeof a), wp.name, t.file, t.line, wp.mask & ~wp.arrived, wp.mask);
+    }
+    cuemu_fail("deadlock in %s (a warp collective whose mask names lanes that are elsewhere, or a barrier some "
+               "threads never reach)", where(w, sizeof w));
+}
+
+void run_block(void) {
+    Launch &L = g_launch;
+    g_block_gen++;
+    g_static_used = 0;
+    memset(L.dyn_smem, EMU_POISON, L.shmem);
+    g_live = L.nthreads;
+    g_exited = 0;
+    g_bar_count = 0;
+    for (int w = 0; w < (L.nthreads + 31) / 32; w++) {
+        g_warps[w].count = 0;
+        g_warps[w].arrived = 0;
+        g_warps[w].exited = 0;
+        g_warps[w].gen = 0;
+    }
+    for (int i = 0; i < L.nthreads; i++) g_threads[i].state = RUNNABLE;
+    while (g_live > 0) {
+        int ran = 0;
+        for (int i = 0; i < L.nthreads; i++) {
+            Thread *t = &g_threads[i];
+            if (t->state != RUNNABLE) continue;
+            g_cur = t;
+            cuemu_threadIdx = t->idx;
+            cuemu_fiber_switch_to(t->fiber);
+            ran = 1;
+        }
+        if (!ran) deadlock();
+    }
+}
+
+void set_error(cudaError_t e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void set_error(cudaError_t e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda-emu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (%s)\n", cudaGetErrorString(e));
+    va_end(ap);
+    g_last_error = e;
+}
+
+} // namespace
+
+extern "C" void cuemu_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda-emu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    abort();
+}
+
+extern "C" void cuemu_syncthreads(const char *file, int line) {
+    Thread *t = g_cur;
+    char w[512], a[96], b[96];
+    if (!t) cuemu_fail("__syncthreads (%s:%d) called outside a kernel", file, line);
+    if (g_exited > 0)
+        cuemu_fail("divergent __syncthreads in %s: %s waits at %s:%d, but %d threads of the block have exited "
+                   "(first %s)", where(w, sizeof w), thread_name(t, a, sizeof a), file, line, g_exited,
+                   thread_name(&g_threads[g_first_exited], b, sizeof b));
+    if (g_bar_count == 0) {
+        g_bar_file = file;
+        g_bar_line = line;
+    } else if (g_bar_line != line || strcmp(g_bar_file, file) != 0) {
+        const Thread *other = NULL;
+        for (const Thread &o : g_threads)
+            if (o.state == AT_BARRIER) other = &o;
+        cuemu_fail("divergent __syncthreads in %s: %s waits at %s:%d, %s at %s:%d", where(w, sizeof w),
+                   thread_name(t, a, sizeof a), file, line, other ? thread_name(other, b, sizeof b) : "another thread",
+                   g_bar_file, g_bar_line);
+    }
+    if (++g_bar_count == g_launch.nthreads) { // the last one: release everyone
+        g_bar_count = 0;
+        for (Thread &o : g_threads)
+            if (o.state == AT_BARRIER) o.state = RUNNABLE;
+        return;
+    }
+    t->state = AT_BARRIER;
+    t->file = file;
+    t->line = line;
+    cuemu_fiber_yield(t->fiber);
+}
+
+extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, int arg, int width, const char *name,
+                                     const char *file, int line) {
+    Thread *t = g_cur;
+    char w[512], a[96];
+    if (!t) cuemu_fail("%s (%s:%d) called outside a kernel", name, file, line);
+    const int lane = t->tid % 32, warp = t->tid / 32;
+    const unsigned bit = 1u << lane;
+    Warp &W = g_warps[warp];
+    int nlanes = g_launch.nthreads - warp * 32;
+    unsigned exist = nlanes >= 32 ? 0xffffffffu : (1u << nlanes) - 1u;
+    if (!(mask & bit))
+        cuemu_fail("%s (%s:%d) in %s: %s calls it with mask 0x%08x, which does not name it", name, file, line,
+                   where(w, sizeof w), thread_name(t, a, sizeof a), mask);
+    if (mask & ~exist)
+        cuemu_fail("%s (%s:%d) in %s: mask 0x%08x names lanes 0x%08x of warp %d that do not exist (%d threads per "
+                   "block)", name, file, line, where(w, sizeof w), mask, mask & ~exist, warp, g_launch.nthreads);
+    if (mask & W.exited)
+        cuemu_fail("%s (%s:%d) in %s: %s names exited lanes 0x%08x in its mask 0x%08x", name, file, line,
+                   where(w, sizeof w), thread_name(t, a, sizeof a), mask & W.exited, mask);
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        cuemu_fail("%s (%s:%d) in %s: width %d is not a power of two up to 32", name, file, line, where(w, sizeof w),
+                   width);
+    if (W.count == 0) {
+        W.mask = mask;
+        W.kind = kind;
+        W.name = name;
+        W.file = file;
+        W.line = line;
+        W.first_lane = lane;
+    } else if (W.mask != mask || W.kind != kind || W.line != line || strcmp(W.file, file) != 0) {
+        cuemu_fail("lanes of warp %d disagree in %s: lane %d is at %s (%s:%d, mask 0x%08x), lane %d at %s (%s:%d, "
+                   "mask 0x%08x)", warp, where(w, sizeof w), W.first_lane, W.name, W.file, W.line, W.mask, lane, name,
+                   file, line, mask);
+    }
+    const int par = W.gen & 1;
+    W.slots[par][lane] = value;
+    W.arrived |= bit;
+    if (++W.count == __builtin_popcount(mask)) { // the last lane: release the others
+        W.count = 0;
+        W.arrived = 0;
+        W.gen++;
+        for (int l = 0; l < 32; l++)
+            if ((mask >> l) & 1u) {
+                Thread &o = g_threads[warp * 32 + l];
+                if (o.state == AT_WARP) o.state = RUNNABLE;
+            }
+    } else {
+        t->state = AT_WARP;
+        t->file = file;
+        t->line = line;
+        cuemu_fiber_yield(t->fiber);
+    }
+    const uint64_t *s = W.slots[par];
+    const int seg = lane & ~(width - 1);
+    int src = lane;
+    switch (kind) {
+    case CUEMU_SHFL: src = seg + (arg & (width - 1)); break;
+    case CUEMU_SHFL_XOR: src = lane ^ arg; if (src < 0 || src >= seg + width) src = lane; break;
+    case CUEMU_SHFL_UP: src = lane - arg; if (src < seg) src = lane; break;
+    case CUEMU_SHFL_DOWN: src = lane + arg; if (src >= seg + width) src = lane; break;
+    case CUEMU_BALLOT: {
+        uint64_t b = 0;
+        for (int l = 0; l < 32; l++)
+            if (((mask >> l) & 1u) && s[l]) b |= 1ull << l;
+        return b;
+    }
+    default: return 0; // __syncwarp
+    }
+    if (src < 0 || src > 31 || !((mask >> src) & 1u))
+        cuemu_fail("%s (%s:%d) in %s: %s reads lane %d, which its mask 0x%08x does not name", name, file, line,
+                   where(w, sizeof w), thread_name(t, a, sizeof a), src, mask);
+    return s[src];
+}
+
+extern "C" void *cuemu_dynamic_smem(void) {
+    if (!g_cur) cuemu_fail("extern __shared__ memory used outside a kernel");
+    return g_launch.dyn_smem;
+}
+
+extern "C" void *cuemu_static_smem(uint64_t *slot_gen, void **slot_ptr, size_t bytes, size_t align, const char *name) {
+    if (!g_cur) cuemu_fail("__shared__ %s used outside a kernel", name);
+    if (*slot_gen == g_block_gen) return *slot_ptr;
+    size_t at = (g_static_used + align - 1) / align * align;
+    char w[512];
+    if (at + bytes > sizeof g_static_smem)
+        cuemu_fail("%s: static __shared__ memory above 48 KB (%s needs %zu bytes at offset %zu)", where(w, sizeof w),
+                   name, bytes, at);
+    if (at + bytes + g_launch.shmem > g_launch.smem_limit)
+        cuemu_fail("%s: %zu bytes of static and %zu of dynamic shared memory exceed the kernel's limit of %zu (a GPU "
+                   "refuses the launch)", where(w, sizeof w), at + bytes, g_launch.shmem, g_launch.smem_limit);
+    void *p = g_static_smem + at;
+    memset(p, EMU_POISON, bytes);
+    g_static_used = at + bytes;
+    *slot_gen = g_block_gen;
+    *slot_ptr = p;
+    return p;
+}
+
+extern "C" void cuemu_func_set_attribute(const void *func, int attr, int value, cudaError_t *err) {
+    *err = cudaSuccess;
+    if (!func) {
+        *err = cudaErrorInvalidDeviceFunction;
+        return;
+    }
+    if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+        if (value < 0 || value > EMU_SMEM_OPTIN) {
+            set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: %d bytes of dynamic shared memory is above the "
+                      "device's %d", value, EMU_SMEM_OPTIN);
+            g_last_error = cudaSuccess; // returned, not sticky
+            *err = cudaErrorInvalidValue;
+            return;
+        }
+        std::lock_guard<std::mutex> lock(g_attr_lock);
+        g_max_dyn_smem[func] = value;
+    } else if (attr != cudaFuncAttributePreferredSharedMemoryCarveout) {
+        *err = cudaErrorInvalidValue;
+    }
+}
+
+extern "C" void cuemu_launch(const char *kernel, const char *file, int line, const void *func, dim3 grid, dim3 block,
+                             size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx) {
+    (void)stream;
+    std::lock_guard<std::mutex> lock(g_launch_lock);
+    unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+    if (nthreads == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+        set_error(cudaErrorInvalidConfiguration, "%s:%d: launch of %s with an empty grid (%u,%u,%u) or block "
+                  "(%u,%u,%u)", file, line, kernel, grid.x, grid.y, grid.z, block.x, block.y, block.z);
+        return;
+    }
+    if (nthreads > EMU_MAX_THREADS || block.x > EMU_MAX_BLOCK_XY || block.y > EMU_MAX_BLOCK_XY ||
+        block.z > EMU_MAX_BLOCK_Z) {
+        set_error(cudaErrorInvalidConfiguration, "%s:%d: launch of %s with block (%u,%u,%u): at most %d threads, "
+                  "(%d,%d,%d) per dimension", file, line, kernel, block.x, block.y, block.z, EMU_MAX_THREADS,
+                  EMU_MAX_BLOCK_XY, EMU_MAX_BLOCK_XY, EMU_MAX_BLOCK_Z);
+        return;
+    }
+    if (grid.x > EMU_MAX_GRID_X || grid.y > EMU_MAX_GRID_YZ || grid.z > EMU_MAX_GRID_YZ) {
+        set_error(cudaErrorInvalidConfiguration, "%s:%d: launch of %s with grid (%u,%u,%u): y and z at most %u",
+                  file, line, kernel, grid.x, grid.y, grid.z, EMU_MAX_GRID_YZ);
+        return;
+    }
+    size_t limit = EMU_SMEM_DEFAULT;
+    {
+        std::lock_guard<std::mutex> alock(g_attr_lock);
+        auto it = g_max_dyn_smem.find(func);
+        if (it != g_max_dyn_smem.end() && (size_t)it->second > limit) limit = (size_t)it->second;
+    }
+    if (shmem > EMU_SMEM_OPTIN) {
+        set_error(cudaErrorInvalidValue, "%s:%d: launch of %s with %zu bytes of dynamic shared memory, above the "
+                  "device's %d", file, line, kernel, shmem, EMU_SMEM_OPTIN);
+        return;
+    }
+    if (shmem > limit) {
+        set_error(cudaErrorInvalidValue, "%s:%d: launch of %s with %zu bytes of dynamic shared memory, above its "
+                  "limit of %zu (above 48 KB a kernel opts in with cudaFuncSetAttribute("
+                  "cudaFuncAttributeMaxDynamicSharedMemorySize))", file, line, kernel, shmem, limit);
+        return;
+    }
+    Launch &L = g_launch;
+    L.kernel = kernel;
+    L.file = file;
+    L.line = line;
+    L.body = body;
+    L.ctx = ctx;
+    L.grid = grid;
+    L.block = block;
+    L.nthreads = (int)nthreads;
+    L.shmem = shmem;
+    L.smem_limit = limit > EMU_SMEM_DEFAULT ? limit : EMU_SMEM_DEFAULT;
+    // exactly shmem bytes: AddressSanitizer reports a read past the dynamic shared memory
+    L.dyn_smem = (unsigned char *)malloc(shmem);
+    if (!L.dyn_smem && shmem) cuemu_fail("out of memory for %zu bytes of shared memory", shmem);
+    while (g_pool.size() < (size_t)nthreads) g_pool.push_back(cuemu_fiber_new(fiber_main, EMU_STACK_BYTES));
+    g_threads.resize((size_t)nthreads);
+    for (int i = 0; i < L.nthreads; i++) {
+        Thread &t = g_threads[i];
+        t.fiber = g_pool[i];
+        t.tid = i;
+        t.idx.x = (unsigned)i % block.x;
+        t.idx.y = (unsigned)i / block.x % block.y;
+        t.idx.z = (unsigned)i / (block.x * block.y);
+    }
+    cuemu_blockDim = block;
+    cuemu_gridDim = grid;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                cuemu_blockIdx.x = x, cuemu_blockIdx.y = y, cuemu_blockIdx.z = z;
+                run_block();
+            }
+    g_cur = NULL;
+    free(L.dyn_smem);
+    L.dyn_smem = NULL;
+}
+
+// --- runtime API ------------------------------------------------------------------------------------------
+
+namespace {
+
+std::mutex g_mem_lock;
+std::map<uintptr_t, size_t> g_allocs; // device allocations: base -> bytes
+
+// The allocation holding [p, p + bytes): its base, or 0.
+uintptr_t find_alloc(const void *p, size_t bytes, size_t *size) {
+    std::lock_guard<std::mutex> lock(g_mem_lock);
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return 0;
+    --it;
+    if (a < it->first || a - it->first > it->second || bytes > it->second - (a - it->first)) return 0;
+    if (size) *size = it->second;
+    return it->first;
+}
+
+int is_device(const void *p) { return find_alloc(p, 0, NULL) != 0; }
+
+cudaError_t check_range(const void *p, size_t bytes, const char *call, const char *what) {
+    const char *why = cuemu_device_range_problem(p, bytes);
+    if (!why) return cudaSuccess;
+    fprintf(stderr, "cuda-emu: %s: %s: %s\n", call, what, why);
+    return cudaErrorInvalidValue;
+}
+
+} // namespace
+
+extern "C" const char *cuemu_device_range_problem(const void *p, size_t bytes) {
+    static thread_local char buf[256];
+    if (find_alloc(p, bytes, NULL)) return NULL;
+    std::lock_guard<std::mutex> lock(g_mem_lock);
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it != g_allocs.begin() && (--it, a >= it->first && a - it->first <= it->second))
+        snprintf(buf, sizeof buf, "%zu bytes at offset %zu of a %zu-byte device allocation run past its end", bytes,
+                 (size_t)(a - it->first), it->second);
+    else
+        snprintf(buf, sizeof buf, "%p is not in any device allocation (a host pointer?)", p);
+    return buf;
+}
+
+extern "C" cudaError_t cudaGetDeviceCount(int *count) {
+    *count = 1;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
+    if (device != 0) return cudaErrorInvalidValue;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "kvlab CUDA emulator (H100-like, CPU)");
+    p->totalGlobalMem = 80ull << 30;
+    p->sharedMemPerBlock = EMU_SMEM_DEFAULT;
+    p->sharedMemPerBlockOptin = EMU_SMEM_OPTIN;
+    p->sharedMemPerMultiprocessor = 233472;
+    p->regsPerBlock = 65536;
+    p->warpSize = 32;
+    p->maxThreadsPerBlock = EMU_MAX_THREADS;
+    p->maxThreadsDim[0] = EMU_MAX_BLOCK_XY, p->maxThreadsDim[1] = EMU_MAX_BLOCK_XY, p->maxThreadsDim[2] = EMU_MAX_BLOCK_Z;
+    p->maxGridSize[0] = (int)EMU_MAX_GRID_X, p->maxGridSize[1] = (int)EMU_MAX_GRID_YZ;
+    p->maxGridSize[2] = (int)EMU_MAX_GRID_YZ;
+    p->major = 9, p->minor = 0;
+    p->multiProcessorCount = 132;
+    p->maxThreadsPerMultiProcessor = 2048;
+    p->l2CacheSize = 50 << 20;
+    p->totalConstMem = 65536;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+extern "C" cudaError_t cudaGetDevice(int *device) {
+    *device = 0;
+    return cudaSuccess;
+}
+extern "C" cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+extern "C" cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+extern "C" cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+
+extern "C" const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    }
+    return "cudaErrorUnknown";
+}
+
+extern "C" const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorInvalidDeviceFunction: return "invalid device function";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    }
+    return "unrecognized error code";
+}
+
+extern "C" cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+    void *p = NULL;
+    // exactly `bytes` (AddressSanitizer then sees a read one past the end), 256-aligned as cudaMalloc's
+    if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) {
+        *ptr = NULL;
+        return cudaErrorMemoryAllocation;
+    }
+    std::lock_guard<std::mutex> lock(g_mem_lock);
+    g_allocs[(uintptr_t)p] = bytes;
+    *ptr = p;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaFree(void *ptr) {
+    if (!ptr) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(g_mem_lock);
+        auto it = g_allocs.find((uintptr_t)ptr);
+        if (it == g_allocs.end()) {
+            fprintf(stderr, "cuda-emu: cudaFree(%p): not the start of a device allocation\n", ptr);
+            return cudaErrorInvalidValue;
+        }
+        g_allocs.erase(it);
+    }
+    free(ptr);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMallocAsync(void **ptr, size_t bytes, cudaStream_t stream) {
+    (void)stream;
+    return cudaMalloc(ptr, bytes);
+}
+
+extern "C" cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream) {
+    (void)stream;
+    return cudaFree(ptr);
+}
+
+extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                                       cudaStream_t stream) {
+    (void)stream;
+    if (bytes == 0) return cudaSuccess;
+    cudaError_t e = cudaSuccess;
+    switch (kind) {
+    case cudaMemcpyHostToDevice:
+        e = check_range(dst, bytes, "cudaMemcpy(HostToDevice)", "destination");
+        if (!e && is_device(src)) {
+            fprintf(stderr, "cuda-emu: cudaMemcpy(HostToDevice): the source %p is device memory\n", src);
+            e = cudaErrorInvalidValue;
+        }
+        break;
+    case cudaMemcpyDeviceToHost:
+        e = check_range(src, bytes, "cudaMemcpy(DeviceToHost)", "source");
+        if (!e && is_device(dst)) {
+            fprintf(stderr, "cuda-emu: cudaMemcpy(DeviceToHost): the destination %p is device memory\n", dst);
+            e = cudaErrorInvalidValue;
+        }
+        break;
+    case cudaMemcpyDeviceToDevice:
+        e = check_range(src, bytes, "cudaMemcpy(DeviceToDevice)", "source");
+        if (!e) e = check_range(dst, bytes, "cudaMemcpy(DeviceToDevice)", "destination");
+        break;
+    case cudaMemcpyHostToHost:
+    case cudaMemcpyDefault: break;
+    default: return cudaErrorInvalidMemcpyDirection;
+    }
+    if (e) return e;
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+}
+
+extern "C" cudaError_t cudaMemsetAsync(void *ptr, int byte, size_t bytes, cudaStream_t stream) {
+    (void)stream;
+    if (bytes == 0) return cudaSuccess;
+    cudaError_t e = check_range(ptr, bytes, "cudaMemset", "destination");
+    if (e) return e;
+    memset(ptr, byte, bytes);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemset(void *ptr, int byte, size_t bytes) { return cudaMemsetAsync(ptr, byte, bytes, 0); }
+
+struct CUstream_st {
+    int id;
+};
+struct CUmemPoolHandle_st {
+    uint64_t release_threshold;
+};
+static CUmemPoolHandle_st g_pool_handle;
+
+extern "C" cudaError_t cudaStreamCreate(cudaStream_t *stream) {
+    *stream = new CUstream_st{1};
+    return cudaSuccess;
+}
+extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    delete stream;
+    return cudaSuccess;
+}
+extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    (void)stream; // every launch and copy already ran to completion
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device) {
+    if (device != 0) return cudaErrorInvalidValue;
+    *pool = &g_pool_handle;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void *value) {
+    if (!pool || !value) return cudaErrorInvalidValue;
+    if (attr == cudaMemPoolAttrReleaseThreshold) pool->release_threshold = *(uint64_t *)value;
+    return cudaSuccess;
+}
