@@ -16,6 +16,7 @@ void *cuemu_fiber_user(CuemuFiber *f);            // the user pointer (set with 
 void cuemu_fiber_set_user(CuemuFiber *f, void *user);
 void cuemu_fiber_switch_to(CuemuFiber *f);        // from the scheduler (the OS thread's own stack) into f
 void cuemu_fiber_yield(CuemuFiber *self);         // from f back to the scheduler
+void cuemu_fiber_switch(CuemuFiber *self, CuemuFiber *to); // from one fiber straight into another
 void cuemu_fiber_started(CuemuFiber *self);       // the first thing fn does (AddressSanitizer bookkeeping)
 
 #endif

@@ -98,6 +98,24 @@ const char *thread_name(const Thread *t, char *buf, size_t len) {
     return buf;
 }
 
+int g_pos; // the thread of the pass in progress
+
+// The running thread t stops (it waits or exited): on to the next runnable thread of this pass, else back to the
+// scheduler, which starts the next pass.
+void pass_on(Thread *t) {
+    const int n = g_launch.nthreads;
+    for (int i = g_pos + 1; i < n; i++) {
+        Thread *o = &g_threads[i];
+        if (o->state != RUNNABLE) continue;
+        g_pos = i;
+        g_cur = o;
+        cuemu_threadIdx = o->idx;
+        cuemu_fiber_switch(t->fiber, o->fiber);
+        return;
+    }
+    cuemu_fiber_yield(t->fiber);
+}
+
 void fiber_main(CuemuFiber *self) {
     cuemu_fiber_started(self);
     for (;;) {
@@ -117,7 +135,7 @@ void fiber_main(CuemuFiber *self) {
         t->state = EXITED;
         if (g_exited++ == 0) g_first_exited = t->tid;
         g_live--;
-        cuemu_fiber_yield(self);
+        pass_on(t);
     }
 }
 
@@ -154,17 +172,14 @@ void run_block(void) {
         g_warps[w].gen = 0;
     }
     for (int i = 0; i < L.nthreads; i++) g_threads[i].state = RUNNABLE;
-    while (g_live > 0) {
-        int ran = 0;
-        for (int i = 0; i < L.nthreads; i++) {
-            Thread *t = &g_threads[i];
-            if (t->state != RUNNABLE) continue;
-            g_cur = t;
-            cuemu_threadIdx = t->idx;
-            cuemu_fiber_switch_to(t->fiber);
-            ran = 1;
-        }
-        if (!ran) deadlock();
+    while (g_live > 0) { // one pass: the first runnable thread, which passes on to the next (pass_on)
+        int i = 0;
+        while (i < L.nthreads && g_threads[i].state != RUNNABLE) i++;
+        if (i == L.nthreads) deadlock();
+        g_pos = i;
+        g_cur = &g_threads[i];
+        cuemu_threadIdx = g_cur->idx;
+        cuemu_fiber_switch_to(g_cur->fiber);
     }
 }
 
@@ -220,31 +235,49 @@ extern "C" void cuemu_syncthreads(const char *file, int line) {
     t->state = AT_BARRIER;
     t->file = file;
     t->line = line;
-    cuemu_fiber_yield(t->fiber);
+    pass_on(t);
+}
+
+// The failures of a warp collective, out of line (the fast path keeps a small stack frame).
+__attribute__((cold, noinline, noreturn)) static void collective_fail(int why, const Thread *t, unsigned mask,
+                                                                       unsigned extra, int width, const char *name,
+                                                                       const char *file, int line) {
+    char w[512], a[96];
+    const int warp = t->tid / 32, lane = t->tid % 32;
+    const Warp &W = g_warps[warp];
+    where(w, sizeof w);
+    thread_name(t, a, sizeof a);
+    switch (why) {
+    case 0: cuemu_fail("%s (%s:%d) called outside a kernel", name, file, line);
+    case 1: cuemu_fail("%s (%s:%d) in %s: %s calls it with mask 0x%08x, which does not name it", name, file, line, w, a,
+                       mask);
+    case 2: cuemu_fail("%s (%s:%d) in %s: mask 0x%08x names lanes 0x%08x of warp %d that do not exist (%d threads per "
+                       "block)", name, file, line, w, mask, extra, warp, g_launch.nthreads);
+    case 3: cuemu_fail("%s (%s:%d) in %s: %s names exited lanes 0x%08x in its mask 0x%08x", name, file, line, w, a,
+                       extra, mask);
+    case 4: cuemu_fail("%s (%s:%d) in %s: width %d is not a power of two up to 32", name, file, line, w, width);
+    case 5: cuemu_fail("lanes of warp %d disagree in %s: lane %d is at %s (%s:%d, mask 0x%08x), lane %d at %s (%s:%d, "
+                       "mask 0x%08x)", warp, w, W.first_lane, W.name, W.file, W.line, W.mask, lane, name, file, line,
+                       mask);
+    default: cuemu_fail("%s (%s:%d) in %s: %s reads lane %u, which its mask 0x%08x does not name", name, file, line, w,
+                        a, extra, mask);
+    }
 }
 
 extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, int arg, int width, const char *name,
                                      const char *file, int line) {
     Thread *t = g_cur;
-    char w[512], a[96];
-    if (!t) cuemu_fail("%s (%s:%d) called outside a kernel", name, file, line);
+    if (__builtin_expect(!t, 0)) collective_fail(0, t, mask, 0, width, name, file, line);
     const int lane = t->tid % 32, warp = t->tid / 32;
     const unsigned bit = 1u << lane;
     Warp &W = g_warps[warp];
-    int nlanes = g_launch.nthreads - warp * 32;
-    unsigned exist = nlanes >= 32 ? 0xffffffffu : (1u << nlanes) - 1u;
-    if (!(mask & bit))
-        cuemu_fail("%s (%s:%d) in %s: %s calls it with mask 0x%08x, which does not name it", name, file, line,
-                   where(w, sizeof w), thread_name(t, a, sizeof a), mask);
-    if (mask & ~exist)
-        cuemu_fail("%s (%s:%d) in %s: mask 0x%08x names lanes 0x%08x of warp %d that do not exist (%d threads per "
-                   "block)", name, file, line, where(w, sizeof w), mask, mask & ~exist, warp, g_launch.nthreads);
-    if (mask & W.exited)
-        cuemu_fail("%s (%s:%d) in %s: %s names exited lanes 0x%08x in its mask 0x%08x", name, file, line,
-                   where(w, sizeof w), thread_name(t, a, sizeof a), mask & W.exited, mask);
-    if (width < 1 || width > 32 || (width & (width - 1)))
-        cuemu_fail("%s (%s:%d) in %s: width %d is not a power of two up to 32", name, file, line, where(w, sizeof w),
-                   width);
+    const int nlanes = g_launch.nthreads - warp * 32;
+    const unsigned exist = nlanes >= 32 ? 0xffffffffu : (1u << nlanes) - 1u;
+    if (__builtin_expect(!(mask & bit), 0)) collective_fail(1, t, mask, 0, width, name, file, line);
+    if (__builtin_expect(mask & ~exist, 0)) collective_fail(2, t, mask, mask & ~exist, width, name, file, line);
+    if (__builtin_expect(mask & W.exited, 0)) collective_fail(3, t, mask, mask & W.exited, width, name, file, line);
+    if (__builtin_expect(width < 1 || width > 32 || (width & (width - 1)), 0))
+        collective_fail(4, t, mask, 0, width, name, file, line);
     if (W.count == 0) {
         W.mask = mask;
         W.kind = kind;
@@ -252,10 +285,9 @@ extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, in
         W.file = file;
         W.line = line;
         W.first_lane = lane;
-    } else if (W.mask != mask || W.kind != kind || W.line != line || strcmp(W.file, file) != 0) {
-        cuemu_fail("lanes of warp %d disagree in %s: lane %d is at %s (%s:%d, mask 0x%08x), lane %d at %s (%s:%d, "
-                   "mask 0x%08x)", warp, where(w, sizeof w), W.first_lane, W.name, W.file, W.line, W.mask, lane, name,
-                   file, line, mask);
+    } else if (__builtin_expect(W.mask != mask || W.kind != kind || W.line != line ||
+                                    (W.file != file && strcmp(W.file, file) != 0), 0)) {
+        collective_fail(5, t, mask, 0, width, name, file, line);
     }
     const int par = W.gen & 1;
     W.slots[par][lane] = value;
@@ -264,16 +296,13 @@ extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, in
         W.count = 0;
         W.arrived = 0;
         W.gen++;
-        for (int l = 0; l < 32; l++)
-            if ((mask >> l) & 1u) {
-                Thread &o = g_threads[warp * 32 + l];
-                if (o.state == AT_WARP) o.state = RUNNABLE;
-            }
+        Thread *base = &g_threads[warp * 32];
+        for (unsigned m = mask & ~bit; m; m &= m - 1) base[__builtin_ctz(m)].state = RUNNABLE;
     } else {
         t->state = AT_WARP;
         t->file = file;
         t->line = line;
-        cuemu_fiber_yield(t->fiber);
+        pass_on(t);
     }
     const uint64_t *s = W.slots[par];
     const int seg = lane & ~(width - 1);
@@ -285,15 +314,14 @@ extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, in
     case CUEMU_SHFL_DOWN: src = lane + arg; if (src >= seg + width) src = lane; break;
     case CUEMU_BALLOT: {
         uint64_t b = 0;
-        for (int l = 0; l < 32; l++)
-            if (((mask >> l) & 1u) && s[l]) b |= 1ull << l;
+        for (unsigned m = mask; m; m &= m - 1)
+            if (s[__builtin_ctz(m)]) b |= 1ull << __builtin_ctz(m);
         return b;
     }
     default: return 0; // __syncwarp
     }
-    if (src < 0 || src > 31 || !((mask >> src) & 1u))
-        cuemu_fail("%s (%s:%d) in %s: %s reads lane %d, which its mask 0x%08x does not name", name, file, line,
-                   where(w, sizeof w), thread_name(t, a, sizeof a), src, mask);
+    if (__builtin_expect(src < 0 || src > 31 || !((mask >> src) & 1u), 0))
+        collective_fail(6, t, mask, (unsigned)src, width, name, file, line);
     return s[src];
 }
 
