@@ -2,11 +2,12 @@
 // runs one fiber per CUDA thread, __syncthreads and the warp collectives with their checks, shared memory, and
 // the CUDA runtime API subset of include/cuda_runtime.h. See cuda_emu.h for what a rewritten .cu file sees.
 //
-// Scheduling: a launch runs its blocks one after another (x fastest, then y, then z). In a block, the scheduler
-// passes over the threads in order and switches into each runnable one; a thread runs until it exits, waits at
-// __syncthreads (until every thread of the block is there) or at a warp collective (until every lane of the
-// mask is there). The last thread to arrive releases the others. A pass in which no thread can run while some
-// are unfinished is a deadlock: reported with where each thread waits.
+// Scheduling: a launch runs its blocks one after another (x fastest, then y, then z). In a block, a thread runs
+// until it exits, waits at __syncthreads (until every thread of the block is there) or at a warp collective
+// (until every lane of the mask is there), then switches straight to the next runnable thread, warp-major (see
+// next_runnable: a warp runs ahead to its next barrier before the next warp moves, in ascending warp order in
+// even blocks and descending in odd ones). The last thread to arrive releases the others. When no thread can
+// run while some are unfinished, that is a deadlock: reported with where each thread waits.
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -98,22 +99,40 @@ const char *thread_name(const Thread *t, char *buf, size_t len) {
     return buf;
 }
 
-int g_pos; // the thread of the pass in progress
+int g_warp_dir; // +1: warps in ascending order, -1: descending (odd blocks), so a missing barrier shows both ways
 
-// The running thread t stops (it waits or exited): on to the next runnable thread of this pass, else back to the
-// scheduler, which starts the next pass.
+// The next runnable thread after t, warp-major: first the other lanes of t's warp, then the next warps in the
+// block's order. A warp thus runs on until all of its lanes wait at a __syncthreads (or exit) before another
+// warp moves: as far apart as a GPU may run them, so shared memory passed between warps without a barrier
+// reads the wrong data. NULL when no thread can run.
+Thread *next_runnable(const Thread *t) {
+    const int n = g_launch.nthreads, nwarps = (n + 31) / 32, w0 = t->tid / 32;
+    const int lanes0 = n - w0 * 32 < 32 ? n - w0 * 32 : 32;
+    for (int k = 1; k <= lanes0; k++) {
+        Thread *o = &g_threads[w0 * 32 + (t->tid % 32 + k) % lanes0];
+        if (o->state == RUNNABLE) return o;
+    }
+    for (int k = 1; k < nwarps; k++) {
+        int w = ((w0 + k * g_warp_dir) % nwarps + nwarps) % nwarps;
+        int end = w * 32 + 32 < n ? w * 32 + 32 : n;
+        for (int i = w * 32; i < end; i++)
+            if (g_threads[i].state == RUNNABLE) return &g_threads[i];
+    }
+    return NULL;
+}
+
+// The running thread t stops (it waits or exited): straight on to the next runnable thread, else back to the
+// scheduler (which then finds the block finished, or deadlocked).
 void pass_on(Thread *t) {
-    const int n = g_launch.nthreads;
-    for (int i = g_pos + 1; i < n; i++) {
-        Thread *o = &g_threads[i];
-        if (o->state != RUNNABLE) continue;
-        g_pos = i;
-        g_cur = o;
-        cuemu_threadIdx = o->idx;
-        cuemu_fiber_switch(t->fiber, o->fiber);
+    Thread *o = next_runnable(t);
+    if (!o) {
+        cuemu_fiber_yield(t->fiber);
         return;
     }
-    cuemu_fiber_yield(t->fiber);
+    if (o == t) return; // only possible for a thread that did not stop; kept for safety
+    g_cur = o;
+    cuemu_threadIdx = o->idx;
+    cuemu_fiber_switch(t->fiber, o->fiber);
 }
 
 void fiber_main(CuemuFiber *self) {
@@ -172,14 +191,17 @@ void run_block(void) {
         g_warps[w].gen = 0;
     }
     for (int i = 0; i < L.nthreads; i++) g_threads[i].state = RUNNABLE;
-    while (g_live > 0) { // one pass: the first runnable thread, which passes on to the next (pass_on)
-        int i = 0;
-        while (i < L.nthreads && g_threads[i].state != RUNNABLE) i++;
-        if (i == L.nthreads) deadlock();
-        g_pos = i;
-        g_cur = &g_threads[i];
-        cuemu_threadIdx = g_cur->idx;
-        cuemu_fiber_switch_to(g_cur->fiber);
+    uint64_t linear = ((uint64_t)cuemu_blockIdx.z * L.grid.y + cuemu_blockIdx.y) * L.grid.x + cuemu_blockIdx.x;
+    g_warp_dir = linear % 2 ? -1 : 1;
+    // the first warp in the block's order starts; the threads pass on to each other (pass_on) and come back here
+    // only when none can run
+    Thread *first = &g_threads[g_warp_dir > 0 ? 0 : ((L.nthreads - 1) / 32) * 32];
+    while (g_live > 0) {
+        Thread *t = first->state == RUNNABLE ? first : next_runnable(first);
+        if (!t) deadlock();
+        g_cur = t;
+        cuemu_threadIdx = t->idx;
+        cuemu_fiber_switch_to(t->fiber);
     }
 }
 

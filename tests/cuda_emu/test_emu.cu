@@ -2,11 +2,13 @@
 // like the backend's .cu sources): what it must run as a GPU does (thread and block indices, barriers, shuffles
 // and ballots, shared memory, cuBLAS's column-major products, half floats), and what it must catch, each with a
 // deliberately broken tiny kernel: launch limits (a GPU refuses the launch: cudaGetLastError says so), reads of
-// shared memory no thread wrote (NaN), barriers some threads skip or reach at another __syncthreads, warp
-// collectives whose mask names exited or absent lanes (the emulator aborts naming the block), and reads past a
-// device buffer (AddressSanitizer, in the --sanitize build; copies and cuBLAS operands are checked in every build).
-// A test that expects an abort runs the kernel in a child process and checks the signal and the message.
+// shared memory no thread wrote (NaN), a barrier missing between warps (the reading warp runs first), barriers
+// some threads skip or reach at another __syncthreads, warp collectives whose mask names exited or absent lanes
+// (the emulator aborts naming the block), and reads past a device buffer (AddressSanitizer, in the --sanitize
+// build; copies and cuBLAS operands are checked in every build). A test that expects an abort runs the kernel in
+// a child process and checks the signal and the message.
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 
 #include <math.h>
 #include <signal.h>
@@ -190,7 +192,7 @@ Test(cuda_emu, dynamic_shared_opt_in) {
 }
 
 // cuBLAS's column-major product against a naive loop, transposes and a batch stride included.
-Test(cuda_emu, cublas_column_major) {
+Test(cuda_emu, cublas_column_major, .init = cr_redirect_stderr) {
     const int m = 5, n = 3, k = 4, batch = 2, lda = 7, ldb = 6, ldc = 8;
     const long long sA = 40, sB = 30, sC = 30;
     static float hA[80], hB[60], hC[60], want[60];
@@ -256,7 +258,7 @@ static void expect_refused(dim3 grid, dim3 block, size_t shmem, cudaError_t want
     cudaFree(flag);
 }
 
-Test(cuda_emu, launch_limits) {
+Test(cuda_emu, launch_limits, .init = cr_redirect_stderr) {
     expect_refused(1, 1025, 0, cudaErrorInvalidConfiguration, "1025 threads");
     expect_refused(1, dim3(512, 4), 0, cudaErrorInvalidConfiguration, "2048 threads in 2-D");
     expect_refused(1, dim3(1, 1, 65), 0, cudaErrorInvalidConfiguration, "block z 65");
@@ -276,7 +278,7 @@ Test(cuda_emu, launch_limits) {
     cudaFree(flag);
 }
 
-Test(cuda_emu, shared_memory_opt_in_limit) {
+Test(cuda_emu, shared_memory_opt_in_limit, .init = cr_redirect_stderr) {
     // the opt-in above the device's 227 KB fails, and so does a launch past it
     cr_assert(cudaFuncSetAttribute(mark_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 232448 + 4) ==
               cudaErrorInvalidValue);
@@ -331,6 +333,34 @@ Test(cuda_emu, unwritten_shared_is_nan) {
     download(h2, o2, 96);
     for (int i = 0; i < 96; i++) cr_assert(i < 32 ? h2[i] == 5.0f : isnan(h2[i]), "element %d: %g", i, h2[i]);
     cudaFree(out), cudaFree(dout), cudaFree(o2);
+}
+
+// --- a barrier missing between warps ------------------------------------------------------------------------
+
+// Every thread writes its element and reads one of the other warp's; without the barrier the read races the
+// write on a GPU. The emulator runs a warp on to its next barrier before the other moves (ascending warp order
+// in even blocks, descending in odd ones), so in each block one warp reads before the other wrote.
+template <bool BARRIER>
+__global__ void exchange_kernel(float *out) {
+    __shared__ float s[64];
+    int t = threadIdx.x;
+    s[t] = (float)t;
+    if (BARRIER) __syncthreads();
+    out[blockIdx.x * 64 + t] = s[(t + 32) % 64];
+}
+
+Test(cuda_emu, missing_barrier_shows) {
+    float *out = dev_alloc<float>(128), h[128];
+    exchange_kernel<true><<<2, 64>>>(out);
+    download(h, out, 128);
+    for (int i = 0; i < 128; i++) cr_assert_eq(h[i], (float)((i % 64 + 32) % 64), "with the barrier, element %d", i);
+    exchange_kernel<false><<<2, 64>>>(out);
+    download(h, out, 128);
+    for (int t = 0; t < 32; t++) {
+        cr_assert(isnan(h[t]), "block 0: warp 0 ran first and read warp 1's elements before they were written");
+        cr_assert(isnan(h[64 + 32 + t]), "block 1: warp 1 ran first and read warp 0's elements unwritten");
+    }
+    cudaFree(out);
 }
 
 // --- divergent barriers --------------------------------------------------------------------------------------
@@ -483,7 +513,7 @@ Test(cuda_emu, global_out_of_bounds) { expect_asan_overflow(global_overread, "gl
 Test(cuda_emu, shared_out_of_bounds) { expect_asan_overflow(shared_overread, "shared_overread_kernel"); }
 
 // Copies and memsets outside a device allocation fail in every build.
-Test(cuda_emu, copies_checked) {
+Test(cuda_emu, copies_checked, .init = cr_redirect_stderr) {
     float *d = dev_alloc<float>(10), h[11] = {0};
     cr_assert(cudaMemcpy(d, h, 11 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
     cr_assert(cudaMemcpy(h, d + 5, 6 * sizeof(float), cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
