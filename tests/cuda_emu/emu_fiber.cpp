@@ -9,6 +9,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <new>
+
 #if defined(__SANITIZE_ADDRESS__)
 #define CUEMU_ASAN 1
 #elif defined(__has_feature)
@@ -110,14 +112,17 @@ static void fiber_trampoline(unsigned lo, unsigned hi) {
 CuemuFiber *cuemu_fiber_new(CuemuFiberFn fn, size_t stack_bytes) {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     stack_bytes = (stack_bytes + page - 1) / page * page;
-    char *mem = (char *)mmap(NULL, stack_bytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t head = (sizeof(CuemuFiber) + page - 1) / page * page;
+    // [guard page][stack, growing down][the CuemuFiber]: no heap allocation, so nothing for the leak checker (the
+    // pool lives as long as the process)
+    char *mem = (char *)mmap(NULL, page + stack_bytes + head, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                             -1, 0);
     if (mem == MAP_FAILED) {
         fprintf(stderr, "cuda-emu: cannot map a %zu-byte fiber stack\n", stack_bytes);
         abort();
     }
     if (mprotect(mem, page, PROT_NONE) != 0) abort(); // guard page: an overflow faults instead of corrupting
-    CuemuFiber *f = (CuemuFiber *)calloc(1, sizeof(CuemuFiber));
-    if (!f) abort();
+    CuemuFiber *f = new (mem + page + stack_bytes) CuemuFiber();
     f->fn = fn;
     f->stack = mem + page;
     f->stack_size = stack_bytes;

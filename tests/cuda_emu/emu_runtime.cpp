@@ -72,8 +72,9 @@ struct Launch {
 
 std::mutex g_launch_lock; // one launch at a time per process (the state below is the running block's)
 Launch g_launch;
-std::vector<Thread> g_threads;  // of the running block
-std::vector<CuemuFiber *> g_pool;
+// Containers that outlive the program's own exit handlers (which may still free device memory): never destroyed
+std::vector<Thread> &g_threads = *new std::vector<Thread>;  // of the running block
+std::vector<CuemuFiber *> &g_pool = *new std::vector<CuemuFiber *>;
 Thread *g_cur;
 int g_live, g_exited, g_first_exited;
 int g_bar_count, g_bar_line;
@@ -84,7 +85,7 @@ alignas(16) unsigned char g_static_smem[EMU_SMEM_DEFAULT];
 size_t g_static_used;
 
 std::mutex g_attr_lock;
-std::map<const void *, int> g_max_dyn_smem; // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+std::map<const void *, int> &g_max_dyn_smem = *new std::map<const void *, int>; // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
 
 cudaError_t g_last_error = cudaSuccess;
 
@@ -473,7 +474,7 @@ extern "C" void cuemu_launch(const char *kernel, const char *file, int line, con
 namespace {
 
 std::mutex g_mem_lock;
-std::map<uintptr_t, size_t> g_allocs; // device allocations: base -> bytes
+std::map<uintptr_t, size_t> &g_allocs = *new std::map<uintptr_t, size_t>; // device allocations: base -> bytes
 
 // The allocation holding [p, p + bytes): its base, or 0.
 uintptr_t find_alloc(const void *p, size_t bytes, size_t *size) {
