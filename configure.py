@@ -462,7 +462,7 @@ def main():
             emu_note = ('%s: %d .cu sources emulated into %s/cuda-emu/%s, tests in %s/cuda-emu/tests'
                         % (args.cxx, len(lib_cu), builddir, CUDA_SO, builddir))
         else:
-            print('  %s\n  -> the CUDA ops are not tested on this machine (no GPU, no emulator)' % emu_note)
+            print('  %s\n  -> without the emulator the CUDA ops are tested only on a GPU' % emu_note)
     stale_so = os.path.join(builddir, CUDA_SO)
     if not cuda and os.path.exists(stale_so):  # from an earlier configuration with CUDA: programs would load it
         os.remove(stale_so)

@@ -1,6 +1,7 @@
 // Fibers for the CUDA emulator: see emu_fiber.h. glibc's swapcontext saves and restores the signal mask with a
 // system call on every switch, which made a kernel with barriers or warp shuffles hundreds of times slower;
-// on x86-64 the switch here is cuemu_switch_ctx below (six pushes, a stack swap, six pops, ret).
+// on x86-64 the switch here is cuemu_switch_ctx below (six pushes, a stack swap, six pops, ret). Other
+// architectures (or -DCUEMU_FORCE_UCONTEXT, to test that path on x86-64) use getcontext/makecontext/swapcontext.
 #include "emu_fiber.h"
 
 #include <stdint.h>
@@ -26,13 +27,13 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(CUEMU_FORCE_UCONTEXT)
 #include <ucontext.h>
 #endif
 
 struct CuemuFiber {
     void *sp; // saved stack pointer (x86-64)
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(CUEMU_FORCE_UCONTEXT)
     ucontext_t uc;
 #endif
     CuemuFiberFn fn;
@@ -44,7 +45,7 @@ struct CuemuFiber {
 
 // The scheduler's side: its saved context, and (AddressSanitizer) the bounds of its stack.
 static void *g_sched_sp;
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(CUEMU_FORCE_UCONTEXT)
 static ucontext_t g_sched_uc;
 #endif
 #if CUEMU_ASAN
@@ -61,7 +62,7 @@ static void asan_arrived(void *fake) {
 }
 #endif
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CUEMU_FORCE_UCONTEXT)
 extern "C" void cuemu_switch_ctx(void **save_sp, void *new_sp);
 extern "C" void cuemu_fiber_entry(void);
 // cuemu_switch_ctx(save, to): pushes the callee-saved registers, stores rsp in *save, loads `to` and pops the
@@ -107,6 +108,15 @@ static void fiber_trampoline(unsigned lo, unsigned hi) {
     f->fn(f);
     abort();
 }
+
+__attribute__((noinline)) static void init_ucontext(CuemuFiber *f) {
+    if (getcontext(&f->uc) != 0) abort();
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = f->stack_size;
+    f->uc.uc_link = NULL;
+    uintptr_t p = (uintptr_t)f;
+    makecontext(&f->uc, (void (*)(void))fiber_trampoline, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
+}
 #endif
 
 CuemuFiber *cuemu_fiber_new(CuemuFiberFn fn, size_t stack_bytes) {
@@ -126,7 +136,7 @@ CuemuFiber *cuemu_fiber_new(CuemuFiberFn fn, size_t stack_bytes) {
     f->fn = fn;
     f->stack = mem + page;
     f->stack_size = stack_bytes;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CUEMU_FORCE_UCONTEXT)
     // Stack colouring: the fibers' stack tops, where their hot frames live, would all sit at the same offset in
     // a page and evict each other from the same cache sets (a block's threads run in turn); spread them out.
     static unsigned count;
@@ -143,12 +153,7 @@ CuemuFiber *cuemu_fiber_new(CuemuFiberFn fn, size_t stack_bytes) {
     sp[6] = (void *)&cuemu_fiber_entry;
     f->sp = sp;
 #else
-    if (getcontext(&f->uc) != 0) abort();
-    f->uc.uc_stack.ss_sp = f->stack;
-    f->uc.uc_stack.ss_size = stack_bytes;
-    f->uc.uc_link = NULL;
-    uintptr_t p = (uintptr_t)f;
-    makecontext(&f->uc, (void (*)(void))fiber_trampoline, 2, (unsigned)(p & 0xffffffffu), (unsigned)(p >> 32));
+    init_ucontext(f);
 #endif
     return f;
 }
@@ -161,7 +166,7 @@ void cuemu_fiber_switch_to(CuemuFiber *f) {
     g_from_sched = 1;
     __sanitizer_start_switch_fiber(&g_sched_fake, f->stack, f->stack_size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CUEMU_FORCE_UCONTEXT)
     cuemu_switch_ctx(&g_sched_sp, f->sp);
 #else
     (void)g_sched_sp;
@@ -183,7 +188,7 @@ void cuemu_fiber_yield(CuemuFiber *self) {
 #if CUEMU_ASAN
     __sanitizer_start_switch_fiber(&self->asan_fake, g_sched_bottom, g_sched_size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CUEMU_FORCE_UCONTEXT)
     cuemu_switch_ctx(&self->sp, g_sched_sp);
 #else
     if (swapcontext(&self->uc, &g_sched_uc) != 0) abort();
@@ -200,7 +205,7 @@ void cuemu_fiber_switch(CuemuFiber *self, CuemuFiber *to) {
     g_from_sched = 0;
     __sanitizer_start_switch_fiber(&self->asan_fake, to->stack, to->stack_size);
 #endif
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CUEMU_FORCE_UCONTEXT)
     cuemu_switch_ctx(&self->sp, to->sp);
 #else
     if (swapcontext(&self->uc, &to->uc) != 0) abort();
