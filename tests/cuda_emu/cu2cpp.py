@@ -6,7 +6,8 @@
 Three rewrites, none of which adds or removes a line (and a #line directive names SOURCE.cu, so compiler
 messages and __FILE__/__LINE__ point at the .cu source):
   kernel<<<grid, block[, shmem[, stream]]>>>(args)  ->  cuemu::launcher(kernel, "kernel", __FILE__, __LINE__,
-                                                          grid, block[, shmem[, stream]])(args)
+                                                          bound, grid, block[, shmem[, stream]])(args)
+    (bound: the maximum threads of the kernel's __launch_bounds__ when this file declares it, else 0)
   extern __shared__ T name[];                        ->  T *const name = CUEMU_DYNAMIC_SHARED(T);
   __shared__ T name[N]...;  (in a function)          ->  CUEMU_SHARED(T, [N]..., name);
 Everything else (qualifiers, built-ins, intrinsics, the runtime API) is cuda_emu.h's. Comments and string
@@ -79,8 +80,43 @@ def kernel_start(masked, pos):
     return i
 
 
+def balanced(masked, open_pos):
+    """The index just past the parenthesis that closes the one at open_pos."""
+    depth = 0
+    for i in range(open_pos, len(masked)):
+        if masked[i] == '(':
+            depth += 1
+        elif masked[i] == ')':
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
+def launch_bounds(src, masked):
+    """{kernel name: the maximum threads of its __launch_bounds__(max[, min blocks]) (source text)}."""
+    bounds = {}
+    for m in re.finditer(r'__launch_bounds__\s*\(', masked):
+        end = balanced(masked, m.end() - 1)
+        if end < 0:
+            continue
+        args, depth, cut = masked[m.end():end - 1], 0, None
+        for i, c in enumerate(args):
+            depth += c == '('
+            depth -= c == ')'
+            if c == ',' and depth == 0:
+                cut = i
+                break
+        expr = src[m.end():m.end() + (cut if cut is not None else len(args))].strip()
+        name = re.match(r'\s*([A-Za-z_]\w*)\s*\(', masked[end:])
+        if name:
+            bounds[name.group(1)] = expr
+    return bounds
+
+
 def launch_edits(src, masked, path):
     edits = []  # (start, end, replacement)
+    bounds = launch_bounds(src, masked)
     for m in re.finditer(r'<<<', masked):
         start = kernel_start(masked, m.start())
         kernel = src[start:m.start()].strip()
@@ -91,7 +127,10 @@ def launch_edits(src, masked, path):
             raise RewriteError('%s:%d: <<< without >>>' % (path, line_of(src, m.start())))
         config = src[m.end():close]
         name = re.sub(r'\s+', '', kernel).replace('\\', '\\\\').replace('"', '\\"')
-        edits.append((start, close + 3, 'cuemu::launcher(%s, "%s", __FILE__, __LINE__,%s)' % (kernel, name, config)))
+        base = re.match(r'[\w:]+', kernel).group(0).split('::')[-1]
+        limit = '(%s)' % bounds[base] if base in bounds else '0'
+        edits.append((start, close + 3, 'cuemu::launcher(%s, "%s", __FILE__, __LINE__, %s,%s)'
+                      % (kernel, name, limit, config)))
     return edits
 
 

@@ -6,7 +6,7 @@
 // include/cublas_v2.h; this header is included first by every rewritten file (cu2cpp.py) and pulls them in.
 //
 // Checked as a GPU would fail (or worse, silently misbehave): launch limits (threads per block, grid and block
-// dimensions, dynamic shared memory above 48 KB without the cudaFuncSetAttribute opt-in or above the device
+// dimensions, more threads than the kernel's __launch_bounds__, dynamic shared memory above 48 KB without the cudaFuncSetAttribute opt-in or above the device
 // maximum), barriers some threads of a block skip (exited, or waiting at another __syncthreads), warp
 // collectives whose mask names exited or absent lanes, or whose lanes disagree; shared memory starts every
 // block filled with 0xff bytes (a NaN as float and double), so a read of an element no thread wrote shows.
@@ -65,8 +65,8 @@ CUEMU_HIDDEN void *cuemu_static_smem(uint64_t *slot_gen, void **slot_ptr, size_t
                                      const char *name);
 CUEMU_HIDDEN void cuemu_func_set_attribute(const void *func, int attr, int value, cudaError_t *err);
 typedef void (*CuemuBody)(void *ctx);
-CUEMU_HIDDEN void cuemu_launch(const char *kernel, const char *file, int line, const void *func, dim3 grid,
-                               dim3 block, size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx);
+CUEMU_HIDDEN void cuemu_launch(const char *kernel, const char *file, int line, int max_threads, const void *func,
+                               dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx);
 CUEMU_HIDDEN void cuemu_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 }
 
@@ -132,6 +132,7 @@ static inline unsigned cuemu_syncwarp_mask(unsigned m) { return m ? m : 0xffffff
         alignof(cuemu_shared_type_##name), #name))
 
 // --- launches (cu2cpp.py: kernel<<<grid, block, shmem, stream>>>(args) -> cuemu::launcher(...)(args)) ------
+// The kernel's __launch_bounds__ reach the launch through cu2cpp.py (the macro itself expands to nothing).
 
 namespace cuemu {
 
@@ -139,7 +140,7 @@ template <typename... P>
 struct Launch {
     void (*kernel)(P...);
     const char *name, *file;
-    int line;
+    int line, max_threads; // max_threads: __launch_bounds__, 0 for none
     dim3 grid, block;
     size_t shmem;
     cudaStream_t stream;
@@ -159,15 +160,15 @@ struct Launch {
         static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
         std::tuple<typename std::decay<P>::type...> args(static_cast<P>(std::forward<A>(a))...);
         Ctx<decltype(args)> ctx = {kernel, &args};
-        cuemu_launch(name, file, line, reinterpret_cast<const void *>(kernel), grid, block, shmem, stream,
-                     &Ctx<decltype(args)>::run, &ctx);
+        cuemu_launch(name, file, line, max_threads, reinterpret_cast<const void *>(kernel), grid, block, shmem,
+                     stream, &Ctx<decltype(args)>::run, &ctx);
     }
 };
 
 template <typename... P>
-static inline Launch<P...> launcher(void (*kernel)(P...), const char *name, const char *file, int line, dim3 grid,
-                                    dim3 block, size_t shmem = 0, cudaStream_t stream = 0) {
-    return Launch<P...>{kernel, name, file, line, grid, block, shmem, stream};
+static inline Launch<P...> launcher(void (*kernel)(P...), const char *name, const char *file, int line,
+                                    int max_threads, dim3 grid, dim3 block, size_t shmem = 0, cudaStream_t stream = 0) {
+    return Launch<P...>{kernel, name, file, line, max_threads, grid, block, shmem, stream};
 }
 
 } // namespace cuemu

@@ -393,8 +393,8 @@ extern "C" void cuemu_func_set_attribute(const void *func, int attr, int value, 
     }
 }
 
-extern "C" void cuemu_launch(const char *kernel, const char *file, int line, const void *func, dim3 grid, dim3 block,
-                             size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx) {
+extern "C" void cuemu_launch(const char *kernel, const char *file, int line, int max_threads, const void *func,
+                             dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx) {
     (void)stream;
     std::lock_guard<std::mutex> lock(g_launch_lock);
     unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
@@ -408,6 +408,11 @@ extern "C" void cuemu_launch(const char *kernel, const char *file, int line, con
         set_error(cudaErrorInvalidConfiguration, "%s:%d: launch of %s with block (%u,%u,%u): at most %d threads, "
                   "(%d,%d,%d) per dimension", file, line, kernel, block.x, block.y, block.z, EMU_MAX_THREADS,
                   EMU_MAX_BLOCK_XY, EMU_MAX_BLOCK_XY, EMU_MAX_BLOCK_Z);
+        return;
+    }
+    if (max_threads > 0 && nthreads > (unsigned long long)max_threads) {
+        set_error(cudaErrorLaunchOutOfResources, "%s:%d: launch of %s with %llu threads per block, above its "
+                  "__launch_bounds__ of %d", file, line, kernel, nthreads, max_threads);
         return;
     }
     if (grid.x > EMU_MAX_GRID_X || grid.y > EMU_MAX_GRID_YZ || grid.z > EMU_MAX_GRID_YZ) {

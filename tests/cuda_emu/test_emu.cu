@@ -1,12 +1,12 @@
 // Tests of the CUDA emulator itself, suite `cuda_emu` (in $builddir/cuda-emu/tests, compiled through cu2cpp.py
 // like the backend's .cu sources): what it must run as a GPU does (thread and block indices, barriers, shuffles
 // and ballots, shared memory, cuBLAS's column-major products, half floats), and what it must catch, each with a
-// deliberately broken tiny kernel: launch limits (a GPU refuses the launch: cudaGetLastError says so), reads of
-// shared memory no thread wrote (NaN), a barrier missing between warps (the reading warp runs first), barriers
-// some threads skip or reach at another __syncthreads, warp collectives whose mask names exited or absent lanes
-// (the emulator aborts naming the block), and reads past a device buffer (AddressSanitizer, in the --sanitize
-// build; copies and cuBLAS operands are checked in every build). A test that expects an abort runs the kernel in
-// a child process and checks the signal and the message.
+// deliberately broken tiny kernel: launch limits and __launch_bounds__ (a GPU refuses the launch:
+// cudaGetLastError says so), reads of shared memory no thread wrote (NaN), a barrier missing between warps (the
+// reading warp runs first), barriers some threads skip or reach at another __syncthreads, warp collectives whose
+// mask names exited or absent lanes (the emulator aborts naming the block), and reads past a device buffer
+// (AddressSanitizer, in the --sanitize build; copies and cuBLAS operands are checked in every build). A test
+// that expects an abort runs the kernel in a child process and checks the signal and the message.
 #include <criterion/criterion.h>
 #include <criterion/redirect.h>
 
@@ -275,6 +275,22 @@ Test(cuda_emu, launch_limits, .init = cr_redirect_stderr) {
     cr_assert(cudaGetLastError() == cudaSuccess);
     mark_kernel<<<1, dim3(16, 1, 64)>>>(flag);
     cr_assert(cudaGetLastError() == cudaSuccess);
+    cudaFree(flag);
+}
+
+__global__ void __launch_bounds__(64, 2) bounded_kernel(int *flag) { *flag = 1; }
+
+Test(cuda_emu, launch_bounds, .init = cr_redirect_stderr) {
+    int *flag = dev_filled<int>(1, 0), h = 0;
+    bounded_kernel<<<1, 64>>>(flag);
+    cr_assert(cudaGetLastError() == cudaSuccess);
+    download(&h, flag, 1);
+    cr_assert_eq(h, 1);
+    cudaMemset(flag, 0, sizeof(int));
+    bounded_kernel<<<1, 65>>>(flag);
+    cr_assert(cudaGetLastError() == cudaErrorLaunchOutOfResources, "65 threads above __launch_bounds__(64)");
+    download(&h, flag, 1);
+    cr_assert_eq(h, 0, "the kernel ran anyway");
     cudaFree(flag);
 }
 
