@@ -437,6 +437,11 @@ extern "C" void cuemu_launch(const char *kernel, const char *file, int line, int
                   "cudaFuncAttributeMaxDynamicSharedMemorySize))", file, line, kernel, shmem, limit);
         return;
     }
+    static int trace = -1; // KVLAB_CUDA_EMU_TRACE=1: one line per launch on stderr
+    if (trace < 0) trace = getenv("KVLAB_CUDA_EMU_TRACE") && atoi(getenv("KVLAB_CUDA_EMU_TRACE")) > 0;
+    if (trace)
+        fprintf(stderr, "cuda-emu: launch %s grid (%u,%u,%u) block (%u,%u,%u) shmem %zu (%s:%d)\n", kernel, grid.x,
+                grid.y, grid.z, block.x, block.y, block.z, shmem, file, line);
     Launch &L = g_launch;
     L.kernel = kernel;
     L.file = file;
