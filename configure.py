@@ -239,26 +239,33 @@ def probe_fuzz(fuzz_cc):
     return ok, ('' if ok else '%s cannot link %s: %s' % (fuzz_cc, FUZZ_SANITIZE, err))
 
 
+EMU_VAR_INIT = '-ftrivial-auto-var-init=pattern'  # uninitialised locals ("registers") read as a junk pattern
+
+
 def probe_cxx(cxx):
-    """Whether cxx compiles and links C++17 (the CUDA emulator's compiler); (ok, note)."""
+    """Whether cxx compiles and links C++17 (the CUDA emulator's compiler); (ok, note, extra flags it takes)."""
     argv = shlex.split(cxx)
     if not argv or not shutil.which(argv[0]):
-        return False, '%s not found (Debian package: g++)' % cxx
+        return False, '%s not found (Debian package: g++)' % cxx, []
     tmp = tempfile.mkdtemp(prefix='kvlab-configure-')
-    try:
+
+    def build(flags):
         src = os.path.join(tmp, 'probe.cpp')
         with open(src, 'w') as f:
             f.write('#include <tuple>\nint main() { return std::apply([](int a) { return a; }, std::tuple<int>(0)); }\n')
-        p = subprocess.run(argv + ['-std=c++17', src, '-o', os.path.join(tmp, 'probe')], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
+        return subprocess.run(argv + ['-std=c++17'] + flags + [src, '-o', os.path.join(tmp, 'probe')],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    try:
+        p = build([])
+        extra = [EMU_VAR_INIT] if p.returncode == 0 and build([EMU_VAR_INIT]).returncode == 0 else []
     except OSError as e:
-        return False, '%s: %s' % (cxx, e)
+        return False, '%s: %s' % (cxx, e), []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if p.returncode != 0:
         lines = p.stdout.strip().splitlines()
-        return False, '%s cannot build C++17: %s (Debian package: g++)' % (cxx, lines[0] if lines else '')
-    return True, ''
+        return False, '%s cannot build C++17: %s (Debian package: g++)' % (cxx, lines[0] if lines else ''), []
+    return True, '', extra
 
 
 def find_nvcc():
@@ -333,7 +340,8 @@ def main():
         cflags += san + ([] if args.debug else ['-g'])
         ldflags += san
     # the emulated CUDA sources (C++17 through tests/cuda_emu/cu2cpp.py): position-independent, into a .so.
-    # Unknown pragmas are nvcc's #pragma unroll; sign-compare is host-compiler-only (nvcc never warns on device code)
+    # Unknown pragmas are nvcc's #pragma unroll; sign-compare is host-compiler-only (nvcc never warns on device code).
+    # Where the compiler has it, EMU_VAR_INIT fills uninitialised locals with a pattern, as a GPU's registers hold junk.
     emu_cxxflags = opt + ['-march=native', '-std=c++17', '-ffp-contract=off', '-fPIC', '-I.', '-I' + EMU_DIR,
                           '-I' + EMU_DIR + '/include', '-DKVLAB_CUDA=1', '-Wall', '-Wextra', '-Wno-unused-parameter',
                           '-Wno-unknown-pragmas', '-Wno-sign-compare']
@@ -454,7 +462,8 @@ def main():
     elif not lib_cu:
         emu_note = 'no .cu sources'
     else:
-        emu_ok, emu_note = probe_cxx(args.cxx)
+        emu_ok, emu_note, emu_extra = probe_cxx(args.cxx)
+        emu_cxxflags += emu_extra
         print('checking for the CUDA emulator\'s C++17 compiler (%s)... %s' % (args.cxx, 'yes' if emu_ok else 'no'))
         if emu_ok:
             emu = dict(tests=[s for s in CUDA_TESTS if os.path.isfile(s)],
