@@ -10,8 +10,9 @@ Where the build file goes (paths in it are relative to the repository root; alwa
 so several configurations (say build/ and build-asan/) can live side by side.
 
 Targets: all (default: the library, the CUDA backend libkvlab_cuda.so when nvcc is found, and every program:
-train, infer, serve, bench, tests; with g++, also the CUDA emulator's backend and its tests, in <builddir>/cuda-emu/),
-test (build and run the Criterion tests: <builddir>/tests, then every CUDA op on the emulator: <builddir>/cuda-emu/tests),
+train, infer, serve, bench, tests; with g++, also the CUDA emulator's backend and tests in <builddir>/cuda-emu/),
+test (build and run the Criterion tests: <builddir>/tests, then every CUDA op on the emulator,
+<builddir>/cuda-emu/tests),
 bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
 fuzz (the libFuzzer targets of tests/fuzz/, built with clang into <builddir>-fuzz/ when clang with libFuzzer is
 found; run them with scripts/fuzz.sh), plus any output path such as build/train.
@@ -37,7 +38,7 @@ FUZZ_MAIN = 'main_libfuzzer.c'    # the libFuzzer entry point: fuzz build only, 
 FUZZ_SANITIZE = '-fsanitize=fuzzer,address,undefined'
 CUDA_SO = 'libkvlab_cuda.so'      # the CUDA backend, loaded at run time by common/device.c
 CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point and the *_cuda ops
-# The CUDA emulator (tests/cuda_emu/, README "Testing the CUDA backend without a GPU"): every .cu source rewritten by
+# The CUDA emulator (tests/cuda_emu/, README "Testing the CUDA kernels without a GPU"): every .cu source rewritten by
 # cu2cpp.py into C++ for g++, linked with the emulator's runtime into <builddir>/cuda-emu/libkvlab_cuda.so, and the
 # CUDA tests built against it into <builddir>/cuda-emu/tests (the loader finds the library next to the program).
 EMU_DIR = 'tests/cuda_emu'
