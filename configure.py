@@ -253,7 +253,8 @@ def probe_cxx(cxx):
     def build(flags):
         src = os.path.join(tmp, 'probe.cpp')
         with open(src, 'w') as f:
-            f.write('#include <tuple>\nint main() { return std::apply([](int a) { return a; }, std::tuple<int>(0)); }\n')
+            f.write('#include <tuple>\n'
+                    'int main() { return std::apply([](int a) { return a; }, std::tuple<int>(0)); }\n')
         return subprocess.run(argv + ['-std=c++17'] + flags + [src, '-o', os.path.join(tmp, 'probe')],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     try:

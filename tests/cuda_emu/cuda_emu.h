@@ -6,10 +6,11 @@
 // include/cublas_v2.h; this header is included first by every rewritten file (cu2cpp.py) and pulls them in.
 //
 // Checked as a GPU would fail (or worse, silently misbehave): launch limits (threads per block, grid and block
-// dimensions, more threads than the kernel's __launch_bounds__, dynamic shared memory above 48 KB without the cudaFuncSetAttribute opt-in or above the device
-// maximum), barriers some threads of a block skip (exited, or waiting at another __syncthreads), warp
-// collectives whose mask names exited or absent lanes, or whose lanes disagree; shared memory starts every
-// block filled with 0xff bytes (a NaN as float and double), so a read of an element no thread wrote shows.
+// dimensions, more threads than the kernel's __launch_bounds__, dynamic shared memory above 48 KB without the
+// cudaFuncSetAttribute opt-in or above the device maximum), barriers some threads of a block skip (exited, or
+// waiting at another __syncthreads), warp collectives whose mask names exited or absent lanes, or whose lanes
+// disagree; shared memory starts every block filled with 0xff bytes (a NaN as float and double), so a read of an
+// element no thread wrote shows.
 #ifndef KVLAB_CUDA_EMU_H
 #define KVLAB_CUDA_EMU_H
 

@@ -85,7 +85,8 @@ alignas(16) unsigned char g_static_smem[EMU_SMEM_DEFAULT];
 size_t g_static_used;
 
 std::mutex g_attr_lock;
-std::map<const void *, int> &g_max_dyn_smem = *new std::map<const void *, int>; // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+// cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+std::map<const void *, int> &g_max_dyn_smem = *new std::map<const void *, int>;
 
 cudaError_t g_last_error = cudaSuccess;
 
@@ -539,7 +540,8 @@ extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
     p->regsPerBlock = 65536;
     p->warpSize = 32;
     p->maxThreadsPerBlock = EMU_MAX_THREADS;
-    p->maxThreadsDim[0] = EMU_MAX_BLOCK_XY, p->maxThreadsDim[1] = EMU_MAX_BLOCK_XY, p->maxThreadsDim[2] = EMU_MAX_BLOCK_Z;
+    p->maxThreadsDim[0] = EMU_MAX_BLOCK_XY, p->maxThreadsDim[1] = EMU_MAX_BLOCK_XY;
+    p->maxThreadsDim[2] = EMU_MAX_BLOCK_Z;
     p->maxGridSize[0] = (int)EMU_MAX_GRID_X, p->maxGridSize[1] = (int)EMU_MAX_GRID_YZ;
     p->maxGridSize[2] = (int)EMU_MAX_GRID_YZ;
     p->major = 9, p->minor = 0;
