@@ -11,8 +11,8 @@ so several configurations (say build/ and build-asan/) can live side by side.
 
 Targets: all (default: the library, the CUDA backend libkvlab_cuda.so when nvcc is found, and every program:
 train, infer, serve, bench, tests; with g++, also the CUDA emulator's backend and tests in <builddir>/cuda-emu/),
-test (build and run the Criterion tests: <builddir>/tests, then every CUDA op on the emulator,
-<builddir>/cuda-emu/tests),
+test (build and run the Criterion tests: <builddir>/tests, and every CUDA op on the emulator,
+<builddir>/cuda-emu/tests, which test-cuda-emu runs alone),
 bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
 fuzz (the libFuzzer targets of tests/fuzz/, built with clang into <builddir>-fuzz/ when clang with libFuzzer is
 found; run them with scripts/fuzz.sh), plus any output path such as build/train.
@@ -659,9 +659,9 @@ def write_ninja(n, v):
         n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
                 variables={'args': '--jobs 2'})
         runs = ['$builddir/.run/test']
-        if emu_tests:  # after the main suite (order-only: both always run)
-            n.build(['$builddir/.run/test-cuda-emu'], 'run', [emu_tests[-1]], order_only=['$builddir/.run/test'],
-                    variables={'args': '--jobs 2'})
+        if emu_tests:  # the console pool runs one suite at a time; `ninja test-cuda-emu` runs this one alone
+            n.build(['$builddir/.run/test-cuda-emu'], 'run', [emu_tests[-1]], variables={'args': '--jobs 2'})
+            n.build(['test-cuda-emu'], 'phony', ['$builddir/.run/test-cuda-emu'])
             runs.append('$builddir/.run/test-cuda-emu')
         n.build(['test'], 'phony', runs)
     if 'bench' in v['programs']:
