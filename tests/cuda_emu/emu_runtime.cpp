@@ -309,8 +309,9 @@ extern "C" uint64_t cuemu_collective(int kind, unsigned mask, uint64_t value, in
         W.file = file;
         W.line = line;
         W.first_lane = lane;
-    } else if (__builtin_expect(W.mask != mask || W.kind != kind || W.line != line ||
-                                    (W.file != file && strcmp(W.file, file) != 0), 0)) {
+    } else if (__builtin_expect(W.mask != mask || W.kind != kind ||
+                                    (kind != CUEMU_SYNCWARP && // sm_70+ lets lanes meet at different __syncwarp
+                                     (W.line != line || (W.file != file && strcmp(W.file, file) != 0))), 0)) {
         collective_fail(5, t, mask, 0, width, name, file, line);
     }
     const int par = W.gen & 1;
