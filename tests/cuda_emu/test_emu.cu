@@ -466,6 +466,24 @@ static void shfl_outside_mask(void) {
     shfl_outside_mask_kernel<<<4, 32>>>(out);
 }
 
+// In block (0,0,1), the two half-warps reach two different shuffles, each with the full mask.
+__global__ void shfl_split_kernel(float *out) {
+    int lane = threadIdx.x % 32;
+    float v = (float)lane;
+    if (blockIdx.z == 1 && lane < 16)
+        v = __shfl_xor_sync(FULL, v, 1);
+    else
+        v = __shfl_xor_sync(FULL, v, 2);
+    out[threadIdx.x] = v;
+}
+
+static void shfl_split(void) {
+    float *out = dev_alloc<float>(32);
+    shfl_split_kernel<<<dim3(1, 1, 2), 32>>>(out);
+}
+
+Test(cuda_emu, shuffle_lanes_disagree) { expect_abort(shfl_split, "disagree", "block (0,0,1)", "test_emu.cu"); }
+
 Test(cuda_emu, shuffle_exited_lanes) {
     expect_abort(shfl_exited, "__shfl_xor_sync", "exited", "block (2,0,0)");
 }
