@@ -1,8 +1,8 @@
 // The CUDA emulator's cuda_runtime.h (tests/cuda_emu/): the vector types, the error codes and the subset of the
-// CUDA runtime API that kvlab's .cu sources call, implemented on the host by ../emu_runtime.cpp. "Device" memory
-// is host memory (malloc), so AddressSanitizer sees a kernel read past a buffer; every allocation is recorded so
-// copies, memsets, frees and cuBLAS operands outside a device allocation are reported. Work on a stream runs at
-// once, in order (every launch is synchronous).
+// CUDA runtime API that kvlab's .cu sources call, implemented on the host by ../emu_api.cpp (and the launches by
+// ../emu_runtime.cpp). "Device" memory is host memory (malloc), so AddressSanitizer sees a kernel read past a
+// buffer; every allocation is recorded so copies, memsets, frees and cuBLAS operands outside a device allocation
+// are reported. Work on a stream runs at once, in order (every launch is synchronous).
 #ifndef KVLAB_CUDA_EMU_RUNTIME_H
 #define KVLAB_CUDA_EMU_RUNTIME_H
 
