@@ -10,7 +10,9 @@ Where the build file goes (paths in it are relative to the repository root; alwa
 so several configurations (say build/ and build-asan/) can live side by side.
 
 Targets: all (default: the library, the CUDA backend libkvlab_cuda.so when nvcc is found, and every program:
-train, infer, serve, bench, tests), test (build and run the Criterion tests),
+train, infer, serve, bench, tests; with g++, also the CUDA emulator's backend and tests in <builddir>/cuda-emu/),
+test (build and run the Criterion tests: <builddir>/tests, and every CUDA op on the emulator,
+<builddir>/cuda-emu/tests, which test-cuda-emu runs alone),
 bench (build and run the benchmarks), report (build, then reproduce the course report into report/: scripts/report.py),
 fuzz (the libFuzzer targets of tests/fuzz/, built with clang into <builddir>-fuzz/ when clang with libFuzzer is
 found; run them with scripts/fuzz.sh), plus any output path such as build/train.
@@ -36,6 +38,14 @@ FUZZ_MAIN = 'main_libfuzzer.c'    # the libFuzzer entry point: fuzz build only, 
 FUZZ_SANITIZE = '-fsanitize=fuzzer,address,undefined'
 CUDA_SO = 'libkvlab_cuda.so'      # the CUDA backend, loaded at run time by common/device.c
 CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point and the *_cuda ops
+# The CUDA emulator (tests/cuda_emu/, README "Testing the CUDA kernels without a GPU"): every .cu source rewritten by
+# cu2cpp.py into C++ for g++, linked with the emulator's runtime into <builddir>/cuda-emu/libkvlab_cuda.so, and the
+# CUDA tests built against it into <builddir>/cuda-emu/tests (the loader finds the library next to the program).
+EMU_DIR = 'tests/cuda_emu'
+EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp')
+EMU_TEST_CU = 'test_emu.cu'       # the emulator's own tests: deliberately broken kernels, through the same rewrite
+CUDA_TESTS = ('tests/backend_util.c', 'tests/test_backend_ops.c', 'tests/test_backend_attention.c',
+              'tests/test_cuda_train.c')  # the tests of the CUDA backend, run on the emulator too
 
 
 # --- a ninja_syntax-style writer ------------------------------------------------------------------
@@ -230,6 +240,36 @@ def probe_fuzz(fuzz_cc):
     return ok, ('' if ok else '%s cannot link %s: %s' % (fuzz_cc, FUZZ_SANITIZE, err))
 
 
+EMU_VAR_INIT = '-ftrivial-auto-var-init=pattern'  # uninitialised locals ("registers") read as a junk pattern
+
+
+def probe_cxx(cxx):
+    """Whether cxx compiles and links C++17 (the CUDA emulator's compiler); (ok, note, extra flags it takes)."""
+    argv = shlex.split(cxx)
+    if not argv or not shutil.which(argv[0]):
+        return False, '%s not found (Debian package: g++)' % cxx, []
+    tmp = tempfile.mkdtemp(prefix='kvlab-configure-')
+
+    def build(flags):
+        src = os.path.join(tmp, 'probe.cpp')
+        with open(src, 'w') as f:
+            f.write('#include <tuple>\n'
+                    'int main() { return std::apply([](int a) { return a; }, std::tuple<int>(0)); }\n')
+        return subprocess.run(argv + ['-std=c++17'] + flags + [src, '-o', os.path.join(tmp, 'probe')],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    try:
+        p = build([])
+        extra = [EMU_VAR_INIT] if p.returncode == 0 and build([EMU_VAR_INIT]).returncode == 0 else []
+    except OSError as e:
+        return False, '%s: %s' % (cxx, e), []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if p.returncode != 0:
+        lines = p.stdout.strip().splitlines()
+        return False, '%s cannot build C++17: %s (Debian package: g++)' % (cxx, lines[0] if lines else ''), []
+    return True, '', extra
+
+
 def find_nvcc():
     nvcc = shutil.which('nvcc')
     if not nvcc and os.access('/usr/local/cuda/bin/nvcc', os.X_OK):
@@ -256,7 +296,12 @@ def parse_args():
                         '`ninja test` then runs with leak detection and halts on the first error')
     p.add_argument('--cuda-arch', default='sm_90', metavar='ARCH',
                    help='nvcc -arch for .cu sources (default: %(default)s)')
-    p.add_argument('--no-cuda', action='store_true', help='ignore nvcc even when it is installed')
+    p.add_argument('--no-cuda', action='store_true',
+                   help='ignore nvcc even when it is installed (the CUDA emulator stays on: see --no-cuda-emu)')
+    p.add_argument('--cxx', default=os.environ.get('CXX') or 'g++', metavar='CXX',
+                   help='C++ compiler for the CUDA emulator (default: $CXX, else g++; currently %(default)s)')
+    p.add_argument('--no-cuda-emu', action='store_true',
+                   help='do not build the CUDA emulator\'s backend and tests (<builddir>/cuda-emu/), even with g++')
     p.add_argument('--builddir', default='build', metavar='DIR',
                    help='where objects and programs go (default: %(default)s)')
     p.add_argument('--cc', default=os.environ.get('CC') or 'cc', metavar='CC',
@@ -279,19 +324,30 @@ def main():
     builddir = args.builddir
     ninja_file = 'build.ninja' if builddir == 'build' else os.path.join(builddir, 'build.ninja')
     configure_args = ['--cc', args.cc, '--builddir', builddir, '--cuda-arch', args.cuda_arch,
-                      '--fuzz-cc', args.fuzz_cc]
+                      '--fuzz-cc', args.fuzz_cc, '--cxx', args.cxx]
     configure_args += [f for f, on in (('--debug', args.debug), ('--sanitize', args.sanitize),
-                                       ('--no-cuda', args.no_cuda), ('--no-fuzz', args.no_fuzz)) if on]
+                                       ('--no-cuda', args.no_cuda), ('--no-fuzz', args.no_fuzz),
+                                       ('--no-cuda-emu', args.no_cuda_emu)) if on]
 
     # Flags.
     opt = ['-O0', '-g'] if args.debug else ['-O3']
-    cflags = opt + ['-march=native', '-std=c11', '-D_GNU_SOURCE', '-I.',
+    # -ffp-contract=off: no fused multiply-adds the source does not write. gcc's -std=c11 implies it, clang's
+    # does not; the bit-exact CPU-vs-CUDA tests rely on it (and the emulated .cu sources get it too).
+    cflags = opt + ['-march=native', '-std=c11', '-D_GNU_SOURCE', '-I.', '-ffp-contract=off',
                     '-Wall', '-Wextra', '-Wno-unused-parameter', '-fopenmp']
     ldflags = ['-fopenmp']
+    san = []
     if args.sanitize:
         san = [SANITIZE, '-fno-sanitize-recover=all', '-fno-omit-frame-pointer']
         cflags += san + ([] if args.debug else ['-g'])
         ldflags += san
+    # the emulated CUDA sources (C++17 through tests/cuda_emu/cu2cpp.py): position-independent, into a .so.
+    # Unknown pragmas are nvcc's #pragma unroll; sign-compare is host-compiler-only (nvcc never warns on device code).
+    # Where the compiler has it, EMU_VAR_INIT fills uninitialised locals with a pattern, as a GPU's registers hold junk.
+    emu_cxxflags = opt + ['-march=native', '-std=c++17', '-ffp-contract=off', '-fPIC', '-I.', '-I' + EMU_DIR,
+                          '-I' + EMU_DIR + '/include', '-DKVLAB_CUDA=1', '-Wall', '-Wextra', '-Wno-unused-parameter',
+                          '-Wno-unknown-pragmas', '-Wno-sign-compare']
+    emu_cxxflags += san + (['-g'] if args.sanitize and not args.debug else [])
     libs = ['-lxxhash', '-lopenblas', '-lm', '-ldl']
     test_libs = ['-lcriterion']
     serve_libs = ['-lmicrohttpd', '-ljansson']  # linked into build/serve only
@@ -383,6 +439,8 @@ def main():
     # CUDA libraries: common/device.c loads the .so with dlopen when a run asks for --device cuda, so a CPU run
     # starts in milliseconds and a few MiB (issue 13). Only the tests binary links the .so, to call the *_cuda
     # ops directly (compiled with KVLAB_CUDA=1).
+    cu_dirs = {'common'} | {s.split(os.sep)[0] for s in lib_cu}
+    pic_c = [s for s in lib_c if s.split(os.sep)[0] in cu_dirs and s != os.path.join('common', 'device.c')]
     nvcc = None if args.no_cuda else find_nvcc()
     cuda = None
     if args.no_cuda:
@@ -396,11 +454,26 @@ def main():
         cuda_lib = os.path.join(cuda_root, 'lib64')
         cuda_libs = ['-L' + cuda_lib, '-Wl,-rpath,' + cuda_lib] if os.path.isdir(cuda_lib) else []
         cuda_libs += ['-lcudart', '-lcublas', '-lcurand', '-lstdc++']
-        cu_dirs = {'common'} | {s.split(os.sep)[0] for s in lib_cu}
-        pic_c = [s for s in lib_c if s.split(os.sep)[0] in cu_dirs and s != os.path.join('common', 'device.c')]
-        cuda = dict(libs=cuda_libs, pic_c=pic_c, so='$builddir/' + CUDA_SO)
+        cuda = dict(libs=cuda_libs, so='$builddir/' + CUDA_SO)
         cuda_note = ('found at %s, %d .cu sources (-arch=%s), built as %s/%s, loaded by --device cuda'
                      % (nvcc, len(lib_cu), args.cuda_arch, builddir, CUDA_SO))
+    # The CUDA emulator: independent of nvcc (CI may have none), on whenever g++ builds C++17.
+    emu = None
+    if args.no_cuda_emu:
+        emu_note = 'off (--no-cuda-emu)'
+    elif not lib_cu:
+        emu_note = 'no .cu sources'
+    else:
+        emu_ok, emu_note, emu_extra = probe_cxx(args.cxx)
+        emu_cxxflags += emu_extra
+        print('checking for the CUDA emulator\'s C++17 compiler (%s)... %s' % (args.cxx, 'yes' if emu_ok else 'no'))
+        if emu_ok:
+            emu = dict(tests=[s for s in CUDA_TESTS if os.path.isfile(s)],
+                       test_cu=[s for s in [os.path.join(EMU_DIR, EMU_TEST_CU)] if os.path.isfile(s)])
+            emu_note = ('%s: %d .cu sources emulated into %s/cuda-emu/%s, tests in %s/cuda-emu/tests'
+                        % (args.cxx, len(lib_cu), builddir, CUDA_SO, builddir))
+        else:
+            print('  %s\n  -> without the emulator the CUDA ops are tested only on a GPU' % emu_note)
     stale_so = os.path.join(builddir, CUDA_SO)
     if not cuda and os.path.exists(stale_so):  # from an earlier configuration with CUDA: programs would load it
         os.remove(stale_so)
@@ -422,6 +495,7 @@ def main():
             args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
             cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
             blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, cuda=cuda, lib_c=lib_c, lib_cu=lib_cu,
+            pic_c=pic_c, emu=emu, emu_note=emu_note, emu_cxxflags=emu_cxxflags,
             programs=programs, fuzz_ok=fuzz_ok, fuzz_note=fuzz_note, fuzz_c=fuzz_c, fuzz_targets=fuzz_targets,
             fuzz_serve=fuzz_serve))
     os.replace(tmp_file, ninja_file)
@@ -433,6 +507,7 @@ def main():
     print('features: OpenMP, CBLAS (OpenBLAS, %s), Criterion, xxHash, stb, libmicrohttpd, jansson%s'
           % (blas_note, ', ASan+UBSan' if args.sanitize else ''))
     print('cuda:     %s' % cuda_note)
+    print('cuda-emu: %s' % emu_note)
     print('fuzz:     %s' % fuzz_note)
     print('sources:  %d library (.c), %d library (.cu); programs: %s'
           % (len(lib_c), len(lib_cu), ', '.join(sorted(programs)) or 'none yet'))
@@ -454,6 +529,7 @@ def write_ninja(n, v):
     n.comment('  debug: %s  sanitize: %s  cuda-arch: %s' % ('yes' if args.debug else 'no',
               'yes' if args.sanitize else 'no', args.cuda_arch))
     n.comment('  cuda: %s' % v['cuda_note'])
+    n.comment('  cuda-emu: %s' % v['emu_note'])
     n.comment('  openblas: %s' % v['blas_note'])
     n.comment('run ninja from %s%s' % (v['root'], '' if v['ninja_file'] == 'build.ninja'
                                        else ' as: ninja -f ' + v['ninja_file']))
@@ -478,6 +554,10 @@ def write_ninja(n, v):
         n.variable('nvcc', escape(v['nvcc']))
         n.variable('cuda_flags', '-g -G -O0' if args.debug else '-O3')
         n.variable('cuda_libs', escape(' '.join(cuda['libs'])))
+    emu = v['emu']
+    if emu:
+        n.variable('cxx', escape(args.cxx))
+        n.variable('emu_cxxflags', escape(' '.join(v['emu_cxxflags'])))
     n.newline()
 
     n.rule('cc', '$cc -MMD -MF $out.d $cflags -c $in -o $out',
@@ -493,6 +573,14 @@ def write_ninja(n, v):
         n.rule('solink', '$cc -shared -o $out $in $ldflags -Wl,-soname,%s -Wl,--no-undefined -Wl,-Bsymbolic '
                '-Wl,--version-script,%s -Wl,--as-needed $cuda_libs $libs' % (CUDA_SO, CUDA_SO_EXPORTS),
                description='LINK $out')
+    if emu:
+        n.rule('cu2cpp', '$python %s/cu2cpp.py $in $out' % EMU_DIR, description='CU2CPP $out')
+        # $srcdir: the .cu source's folder, where its #include "..." lines are relative to
+        n.rule('emu_cxx', '$cxx -MMD -MF $out.d $emu_cxxflags -iquote $srcdir -c $in -o $out',
+               description='CXX $out', depfile='$out.d', deps='gcc')
+        n.rule('emu_solink', '$cxx -shared -o $out $in $ldflags -Wl,-soname,%s -Wl,--no-undefined -Wl,-Bsymbolic '
+               '-Wl,--version-script,%s $libs' % (CUDA_SO, CUDA_SO_EXPORTS), description='LINK $out')
+        n.rule('emu_link', '$cxx $ldflags -o $out $in $libs', description='LINK $out')
     n.rule('ar', 'rm -f $out && ar crs $out $in', description='AR $out')
     n.rule('link', '$cc $ldflags -o $out $in $libs', description='LINK $out')
     n.rule('run', 'cd $root && env $run_env $in $args', description='RUN $in', pool='console')
@@ -518,20 +606,23 @@ def write_ninja(n, v):
         n.newline()
 
     outputs = [lib] if lib_objs else []
+    if cuda or emu:
+        n.comment('PIC copies of the C helpers the .cu sources call, for the CUDA backend (real and emulated).')
+        pic_objs = []
+        for src in v['pic_c']:
+            pic = obj(src).replace('$builddir/obj/', '$builddir/obj-pic/', 1)
+            n.build([pic], 'cc', [src], variables={'cflags': '$cflags -fPIC'})
+            pic_objs.append(pic)
+        n.build(['$builddir/libkvlab_pic.a'], 'ar', pic_objs)
+        n.newline()
     so = []  # the CUDA backend: every program depends on it, so `ninja build/infer` never pairs a stale one
     if cuda:
-        n.comment('The CUDA backend, loaded by --device cuda (common/device.c): the .cu objects and PIC copies')
+        n.comment('The CUDA backend, loaded by --device cuda (common/device.c): the .cu objects and the PIC copies')
         n.comment('of the C helpers they call (only the archive members they need are linked).')
         cu_objs = []
         for src in v['lib_cu']:
             n.build([obj(src)], 'cuda', [src])
             cu_objs.append(obj(src))
-        pic_objs = []
-        for src in cuda['pic_c']:
-            pic = obj(src).replace('$builddir/obj/', '$builddir/obj-pic/', 1)
-            n.build([pic], 'cc', [src], variables={'cflags': '$cflags -fPIC'})
-            pic_objs.append(pic)
-        n.build(['$builddir/libkvlab_pic.a'], 'ar', pic_objs)
         n.build([cuda['so']], 'solink', cu_objs + ['$builddir/libkvlab_pic.a'], implicit=[CUDA_SO_EXPORTS])
         so = [cuda['so']]
         outputs += so
@@ -558,12 +649,21 @@ def write_ninja(n, v):
         outputs.append(out)
         n.newline()
 
+    emu_tests = write_emu(n, v, obj, lib if lib_objs else None) if emu else None
+    if emu_tests:
+        outputs += emu_tests
+
     n.comment('ninja test / ninja bench: build, then run from the repository root (always re-run).')
     progs = ['$builddir/' + p for p in ('train', 'infer', 'serve', 'bench') if p in v['programs']]  # tests run them
     if 'tests' in v['programs']:
         n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
                 variables={'args': '--jobs 2'})
-        n.build(['test'], 'phony', ['$builddir/.run/test'])
+        runs = ['$builddir/.run/test']
+        if emu_tests:  # the console pool runs one suite at a time; `ninja test-cuda-emu` runs this one alone
+            n.build(['$builddir/.run/test-cuda-emu'], 'run', [emu_tests[-1]], variables={'args': '--jobs 2'})
+            n.build(['test-cuda-emu'], 'phony', ['$builddir/.run/test-cuda-emu'])
+            runs.append('$builddir/.run/test-cuda-emu')
+        n.build(['test'], 'phony', runs)
     if 'bench' in v['programs']:
         n.build(['$builddir/.run/bench'], 'run', ['$builddir/bench'])
         n.build(['bench'], 'phony', ['$builddir/.run/bench'])
@@ -576,6 +676,48 @@ def write_ninja(n, v):
     n.build([v['ninja_file']], 'configure', implicit=['configure.py'])
     n.build(['all'], 'phony', outputs)
     n.default(['all'])
+
+
+def write_emu(n, v, obj, lib):
+    """The CUDA emulator (tests/cuda_emu/): every .cu source through cu2cpp.py and g++ into
+    $builddir/cuda-emu/libkvlab_cuda.so (the same entry point and exports as the real backend), and the CUDA tests
+    plus the emulator's own (EMU_TEST_CU) into $builddir/cuda-emu/tests, which loads that library (it sits next to
+    the program, where common/device.c looks). Returns [the library, the tests program]."""
+    emu = v['emu']
+    d = '$builddir/cuda-emu'
+    n.comment('The CUDA emulator: the .cu sources as C++ (%s/cu2cpp.py), fibers for CUDA threads, cuBLAS on '
+              'OpenBLAS.' % EMU_DIR)
+    cu2cpp = os.path.join(EMU_DIR, 'cu2cpp.py')
+
+    def emulated(src):  # .cu -> generated .cpp -> object
+        gen = '%s/gen/%s.cpp' % (d, src)
+        o = '%s/obj/%s.o' % (d, src)
+        n.build([gen], 'cu2cpp', [src], implicit=[cu2cpp])
+        n.build([o], 'emu_cxx', [gen], variables={'srcdir': os.path.dirname(src) or '.'})
+        return o
+
+    cu_objs = [emulated(src) for src in v['lib_cu']]
+    rt_objs = []
+    for name in EMU_RUNTIME:
+        src = os.path.join(EMU_DIR, name)
+        o = '%s/obj/%s.o' % (d, src)
+        n.build([o], 'emu_cxx', [src], variables={'srcdir': EMU_DIR})
+        rt_objs.append(o)
+    n.build([d + '/libcuemu.a'], 'ar', rt_objs)
+    so = d + '/' + CUDA_SO
+    n.build([so], 'emu_solink', cu_objs + [d + '/libcuemu.a', '$builddir/libkvlab_pic.a'],
+            implicit=[CUDA_SO_EXPORTS])
+    test_objs = []
+    for src in emu['tests']:  # the CUDA tests, compiled as in a build with nvcc
+        o = '%s/obj/%s.o' % (d, src[:-2])
+        n.build([o], 'cc', [src], variables={'cflags': '$cflags -DKVLAB_CUDA=1'})
+        test_objs.append(o)
+    test_objs += [emulated(src) for src in emu['test_cu']]
+    prog = d + '/tests'
+    n.build([prog], 'emu_link', test_objs + [d + '/libcuemu.a'] + ([lib] if lib else []) + [so],
+            variables={'libs': "-lcriterion -Wl,-rpath,'$$ORIGIN' $libs"})
+    n.newline()
+    return [so, prog]
 
 
 def write_fuzz(n, v, obj):

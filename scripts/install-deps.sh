@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
     gcc libc6-dev              # C11 compiler, OpenMP (libgomp), ASan/UBSan runtimes
+    g++                        # the CUDA emulator (tests/cuda_emu/): every CUDA kernel tested without a GPU or nvcc
     ninja-build python3        # build: ./configure.py writes build.ninja
     libopenblas-openmp-dev     # CBLAS matrix products (the OpenMP build of OpenBLAS)
     libcriterion-dev           # unit tests
