@@ -1,7 +1,12 @@
-// End to end on the CUDA backend (skipped without a GPU): 10 training steps match the CPU's losses (fp32),
-// the same run twice is bitwise identical, and weights written from one backend continue on the other.
+// End to end on the CUDA backend (skipped without a GPU; run on the emulator of tests/cuda_emu/ by ninja test):
+// 10 training steps match the CPU's losses (fp32, dropout on: the counter-based masks agree), with naive and
+// with flash attention, the same run twice is bitwise identical, weights written from one backend continue on
+// the other, and build/bench --device cuda --quick gives finite rows through the same backend.
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -23,7 +28,7 @@ static TrainConfig train_config(void) {
 }
 
 // Trains STEPS steps on `ops` from the same seed; losses (STEPS) and the final weights (host) come back.
-static void run(const Ops *ops, const Corpus *c, int vocab, float *losses, float *weights) {
+static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab, float *losses, float *weights) {
     TrainConfig tc = train_config();
     ModelConfig mc = CFG;
     mc.vocab_size = vocab;
@@ -34,6 +39,7 @@ static void run(const Ops *ops, const Corpus *c, int vocab, float *losses, float
     train_state_init(&st, m.n_params, tc.seed);
     model_to_backend(&m, ops);
     train_state_to_backend(&st, m.n_params, ops);
+    m.attention = attn;
     model_alloc_acts(&m, tc.batch_size, tc.seq_len);
     int *in = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
     int *tg = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
@@ -59,9 +65,9 @@ Test(cuda_train, matches_cpu_and_repeats) {
     float cpu[STEPS], gpu[STEPS], gpu2[STEPS];
     float *w_cpu = common_calloc(n, sizeof(float)), *w_gpu = common_calloc(n, sizeof(float));
     float *w_gpu2 = common_calloc(n, sizeof(float));
-    run(&ops_cpu, &c, tok.vocab_size, cpu, w_cpu);
-    run(cuda, &c, tok.vocab_size, gpu, w_gpu);
-    run(cuda, &c, tok.vocab_size, gpu2, w_gpu2);
+    run(&ops_cpu, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, cpu, w_cpu);
+    run(cuda, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, gpu, w_gpu);
+    run(cuda, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, gpu2, w_gpu2);
     for (int i = 0; i < STEPS; i++) {
         cr_expect(fabsf(cpu[i] - gpu[i]) <= 1e-4f, "step %d: cpu %.7f cuda %.7f", i + 1, cpu[i], gpu[i]);
         cr_expect(memcmp(&gpu[i], &gpu2[i], sizeof(float)) == 0, "step %d: two CUDA runs differ", i + 1);
@@ -71,6 +77,77 @@ Test(cuda_train, matches_cpu_and_repeats) {
     common_free(w_gpu);
     common_free(w_gpu2);
     corpus_free(&c);
+}
+
+// Flash attention on the device (the model's attention_flash_forward/backward entries) against the CPU's
+// naive and flash training: the same losses step by step (fp32, 1e-4), and twice the same bits.
+Test(cuda_train, flash_matches_cpu) {
+    char why[ERR_LEN];
+    const Ops *cuda = ops_for_device("cuda", why);
+    if (!cuda) cr_skip_test("%s", why);
+    Corpus c;
+    Tokenizer tok;
+    char err[ERR_LEN];
+    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    ModelConfig mc = CFG;
+    mc.vocab_size = tok.vocab_size;
+    size_t n = model_param_count(&mc);
+    float naive[STEPS], flash_cpu[STEPS], gpu[STEPS], gpu2[STEPS];
+    float *w[4];
+    for (int i = 0; i < 4; i++) w[i] = common_calloc(n, sizeof(float));
+    run(&ops_cpu, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, naive, w[0]);
+    run(&ops_cpu, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, flash_cpu, w[1]);
+    run(cuda, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu, w[2]);
+    run(cuda, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu2, w[3]);
+    for (int i = 0; i < STEPS; i++) {
+        cr_expect(fabsf(naive[i] - gpu[i]) <= 1e-4f, "step %d: cpu naive %.7f, cuda flash %.7f", i + 1, naive[i], gpu[i]);
+        cr_expect(fabsf(flash_cpu[i] - gpu[i]) <= 1e-4f, "step %d: cpu flash %.7f, cuda flash %.7f", i + 1, flash_cpu[i], gpu[i]);
+        cr_expect(memcmp(&gpu[i], &gpu2[i], sizeof(float)) == 0, "step %d: two CUDA flash runs differ", i + 1);
+    }
+    for (int i = 0; i < 4; i++) common_free(w[i]);
+    corpus_free(&c);
+}
+
+// build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
+// real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
+// rows, every figure finite and positive.
+Test(cuda_train, bench_device_rows) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    const char *build = getenv("KVLAB_BUILD");
+    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
+    char self[PATH_MAX], cmd[3 * PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert(k > 0);
+    self[k] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/bench' --device cuda --quick --json 2>&1", self, build);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char line[2048];
+    int device = 0, train[2] = {0, 0}, attention[2] = {0, 0};
+    while (fgets(line, sizeof line, p)) {
+        if (strstr(line, "\"cuda_device\"")) device++;
+        int flash = strstr(line, "\"attention\": \"flash\"") != NULL;
+        const char *t = strstr(line, "\"tokens_per_s\": "), *l = strstr(line, "\"loss\": ");
+        if (strstr(line, "\"cuda_train\"")) {
+            cr_assert(t && l, "%s", line);
+            double tps = atof(t + 16), loss = atof(l + 8);
+            cr_expect(tps > 0 && isfinite(loss) && loss > 0, "%s", line);
+            train[flash]++;
+        }
+        const char *f = strstr(line, "\"forward_ms\": "), *b = strstr(line, "\"backward_ms\": ");
+        if (strstr(line, "\"cuda_attention\"")) {
+            cr_assert(f && b, "%s", line);
+            cr_expect(atof(f + 14) > 0 && atof(b + 15) > 0, "%s", line);
+            attention[flash]++;
+        }
+    }
+    int rc = pclose(p);
+    cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d", rc);
+    cr_expect(device == 1 && train[0] == 1 && train[1] == 1 && attention[0] == 1 && attention[1] == 1,
+              "rows: device %d, train naive %d flash %d, attention naive %d flash %d", device, train[0], train[1],
+              attention[0], attention[1]);
 }
 
 // A model moved to the device and back keeps its weights bit for bit, and a checkpoint saved from the
