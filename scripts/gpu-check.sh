@@ -113,7 +113,7 @@ record cuda-tests $status $((SECONDS - t0)) "$note"
 if command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck synccheck; do
         t0=$SECONDS
-        run "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 97 "$bin/tests" --filter 'backend_ops/*' -j1
+        run "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 97 "$bin/tests" --filter 'backend_ops/*' -j1
         rc=$?
         if [ $rc -eq 0 ]; then record "san-$tool" pass $((SECONDS - t0)) "backend_ops under $tool"
         else record "san-$tool" fail $((SECONDS - t0)) "exit $rc (sanitizer-$tool.log)"; fi
