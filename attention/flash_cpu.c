@@ -1,4 +1,4 @@
-// FlashAttention's forward on the CPU and the IO counters (see flash_cpu.h); the counted naive attention is
+// FlashAttention's forward and backward on the CPU and the IO counters (see flash_cpu.h); the counted naive attention is
 // attention_forward_counted_cpu in attention.c, the training op itself.
 //
 // "Loading a tile" is literal here: Q_i, K_j and V_j are copied from the strided (T, HD) head views into small

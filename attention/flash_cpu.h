@@ -1,4 +1,5 @@
-// FlashAttention's forward on the CPU, and the naive attention_forward_cpu with IO counting, so the two
+// FlashAttention's forward and backward on the CPU (the backward: the op table's training path, layers/ops.h),
+// and the naive attention_forward_cpu with IO counting, so the two
 // can be compared the way the FlashAttention paper (Dao et al. 2022) compares them: bytes moved between "slow
 // memory" (HBM on a GPU; DRAM here) and an on-chip budget of M floats (SRAM; here: cache-sized tiles).
 //

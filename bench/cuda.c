@@ -15,12 +15,13 @@
 #include "../train/presets.h"
 #include "bench.h"
 
-// Dense peak fp32 rates (non-tensor-core FMA) of the GPUs this project is lent, from the vendors' datasheets,
-// for MFU: the training here runs in fp32. A GPU not listed gets no MFU (give --peak-tflops).
+// Dense peak fp32 rates (non-tensor-core FMA) from the vendors' datasheets, for MFU: the training here runs in
+// fp32. The first name part found in the device's name wins (the PCIe and NVL H100s before the SXM one). A GPU
+// not listed gets no MFU (give --peak-tflops).
 static const struct {
     const char *name_part;
     double fp32_tflops;
-} PEAKS[] = {{"H100", 66.9}, {"H200", 66.9}, {"A100", 19.5}};
+} PEAKS[] = {{"H100 PCIe", 51.2}, {"H100 NVL", 60.0}, {"H100", 66.9}, {"H200", 66.9}, {"A100", 19.5}};
 
 // PaLM's convention (Chowdhury et al. 2022, appendix B): a training step costs 6 N flops per token for the N
 // weights its matrix products use (the tied embedding counted once, as the output projection), plus 12 L C T
@@ -129,11 +130,11 @@ static void attention_row(const Ops *ops, int B, int T, int NH, int HD, int runs
             printf("{\"bench\": \"cuda_attention\", \"attention\": \"%s\", \"B\": %d, \"T\": %d, \"NH\": %d, \"HD\": %d, "
                    "\"forward_ms\": %.4f, \"backward_ms\": %.4f, \"forward_tflops\": %.3f, \"backward_tflops\": %.3f, "
                    "\"intermediate_bytes\": %zu, \"runs\": %d}\n", an, B, T, NH, HD, fw[runs / 2] * 1e3, bw[runs / 2] * 1e3,
-                   tf, tb, (flash ? nl : 2 * natt) * sizeof(float), runs);
+                   tf, tb, (flash ? 2 * nl : 2 * natt) * sizeof(float), runs);
         else
             printf("cuda attention %-5s B=%d T=%-6d NH=%d HD=%d  forward %9.3f ms (%6.2f TFLOP/s)  backward %9.3f ms "
                    "(%6.2f TFLOP/s)  intermediates %.1f MB\n", an, B, T, NH, HD, fw[runs / 2] * 1e3, tf, bw[runs / 2] * 1e3,
-                   tb, (flash ? nl : 2 * natt) * sizeof(float) / 1e6);
+                   tb, (flash ? 2 * nl : 2 * natt) * sizeof(float) / 1e6);
         fflush(stdout);
         if (att) ops->mem_free(att), ops->mem_free(scratch);
     }

@@ -10,7 +10,7 @@
 enum { EVAL_STREAM_ROWS = 64 };
 
 uint64_t eval_forward_bytes(const ModelConfig *c, int T) {
-    return (uint64_t)model_inference_act_bytes(c, 1, T, MODEL_ATTENTION_NAIVE); // what model_alloc_inference_acts(1, T) takes
+    return (uint64_t)model_inference_act_bytes(c, 1, T, MODEL_ATTENTION_NAIVE) /* evaluation runs naive */; // what model_alloc_inference_acts(1, T) takes
 }
 
 uint64_t eval_stream_bytes(const ModelConfig *c, int T) {

@@ -31,8 +31,8 @@ void swiglu_backward_cuda(float *da, float *db, const float *dout, const float *
 void residual_forward_cuda(float *out, const float *a, const float *b, const float *scale_b, size_t N);
 void dropout_apply_cuda(float *out, const float *inp, const float *keep, size_t N);
 void fill_zero_cuda(float *x, size_t N);
-// Draws the mask on the host with dropout_mask_cpu (same RNG stream, bit-identical to the CPU backend) and
-// uploads it: synchronous.
+// The counter-based mask (layers/dropout.h): the same two RNG draws as dropout_mask_cpu on the host, the
+// Philox words on the device; bit-identical to the CPU backend. Asynchronous.
 void dropout_mask_cuda(float *keep, size_t N, float p, Rng *rng);
 void crossentropy_forward_cuda(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
 void crossentropy_backward_cuda(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);

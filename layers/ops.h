@@ -16,6 +16,7 @@ typedef struct {
     // Backend memory (host memory on the CPU, device memory on a GPU). mem_alloc zeroes and never returns
     // NULL; uploads and downloads are complete when they return.
     int on_device;
+    int flash_max_hd; // the largest head dimension attention_flash_* take; 0: any
     void *(*mem_alloc)(size_t bytes);
     void (*mem_free)(void *ptr);
     void (*mem_upload)(void *dst, const void *src, size_t bytes);   // host -> backend

@@ -24,6 +24,7 @@ static void attention_flash_backward_op_cpu(float *dq, float *dk, float *dv, con
 const Ops ops_cpu = {
     .name = "cpu",
     .on_device = 0,
+    .flash_max_hd = 0,
     .mem_alloc = mem_alloc_cpu,
     .mem_free = common_free,
     .mem_upload = mem_copy_cpu,

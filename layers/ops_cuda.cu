@@ -28,6 +28,7 @@ static void matmul_many_forward_cuda(float *const *outs, const float *inp, const
 extern "C" const Ops ops_cuda = {
     .name = "cuda",
     .on_device = 1,
+    .flash_max_hd = ATTENTION_FLASH_MAX_HD,
     .mem_alloc = mem_alloc_cuda,
     .mem_free = device_free,
     .mem_upload = device_upload,     // synchronous: complete on return

@@ -56,9 +56,9 @@ __global__ void dropout_mask_kernel(float *keep, size_t N, DropoutDraw d) {
 }
 
 extern "C" void dropout_mask_cuda(float *keep, size_t N, float p, Rng *rng) {
-    if (N == 0) return;
     DropoutDraw d;
-    dropout_mask_draw(&d, p, rng);
+    dropout_mask_draw(&d, p, rng); // before any early return: the RNG advances as the CPU op's does
+    if (N == 0) return;
     dropout_mask_kernel<<<resid_grid((N + DROPOUT_PER_BLOCK - 1) / DROPOUT_PER_BLOCK), RESID_THREADS, 0, cuda_stream()>>>(keep, N, d);
     CUDA_OP_DONE("dropout_mask");
 }

@@ -86,7 +86,8 @@ def paired_diff_ci(a, b):
 
 
 def mean_ci(values):
-    """(mean, low, high): a percentile bootstrap of the mean of independent values (e.g. one per prompt)."""
+    """(mean, low, high) of the mean of independent values (e.g. one per prompt or seed): a percentile bootstrap, or
+    a t interval below 20 values (_mean_interval)."""
     lo, hi = _mean_interval(list(values))
     return sum(values) / len(values), lo, hi
 

@@ -108,12 +108,9 @@ Test(cuda_train, flash_matches_cpu) {
     corpus_free(&c);
 }
 
-// build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
-// real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
-// rows, every figure finite and positive.
-Test(cuda_train, bench_device_rows) {
-    char why[ERR_LEN];
-    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+// Runs `$KVLAB_BUILD/PROG ARGS` with the backend this test binary loaded (the library next to it: the real one,
+// or the emulator's) into out (stdout and stderr); returns its exit status. Skips without KVLAB_BUILD.
+static int run_program(const char *prog, const char *args, char *out, size_t len) {
     const char *build = getenv("KVLAB_BUILD");
     if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
     char self[PATH_MAX], cmd[3 * PATH_MAX];
@@ -121,12 +118,49 @@ Test(cuda_train, bench_device_rows) {
     cr_assert(k > 0);
     self[k] = 0;
     *strrchr(self, '/') = 0;
-    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/bench' --device cuda --quick --json 2>&1", self, build);
+    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/%s' %s 2>&1", self, build, prog, args);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}
+
+// The CUDA flash kernels take head dimensions up to 128: past that, training on the device falls back to naive
+// attention by default and refuses an explicit --attention flash with one line (it aborted before).
+Test(cuda_train, flash_head_dim_limit) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    static char out[1 << 16];
+    char args[512];
+    snprintf(args, sizeof args, "--preset tiny --width 256 --heads 1 --steps 1 --eval-windows 4 --device cuda "
+             "--attention flash --out /tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
+    int rc = run_program("train", args, out, sizeof out);
+    cr_expect(rc != 0 && strstr(out, "--attention flash: the cuda flash kernels take head dimensions up to 128, "
+                                     "this model's is 256 (use --attention naive)"), "exit %d:\n%s", rc, out);
+    snprintf(args, sizeof args, "--preset tiny --width 256 --heads 1 --steps 1 --eval-windows 4 --device cuda "
+             "--out /tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
+    rc = run_program("train", args, out, sizeof out);
+    cr_expect(rc == 0 && strstr(out, "naive attention on cuda"), "exit %d:\n%s", rc, out);
+    snprintf(args, sizeof args, "/tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
+    remove(args);
+}
+
+// build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
+// real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
+// rows, every figure finite and positive.
+Test(cuda_train, bench_device_rows) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    static char out[1 << 16];
+    int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
     char line[2048];
     int device = 0, train[2] = {0, 0}, attention[2] = {0, 0};
-    while (fgets(line, sizeof line, p)) {
+    for (const char *at = out; *at;) {
+        const char *nl = strchr(at, '\n');
+        size_t n = nl ? (size_t)(nl - at) : strlen(at);
+        snprintf(line, sizeof line, "%.*s", (int)(n < sizeof line - 1 ? n : sizeof line - 1), at);
+        at += n + (nl != NULL);
         if (strstr(line, "\"cuda_device\"")) device++;
         int flash = strstr(line, "\"attention\": \"flash\"") != NULL;
         const char *t = strstr(line, "\"tokens_per_s\": "), *l = strstr(line, "\"loss\": ");
@@ -143,7 +177,6 @@ Test(cuda_train, bench_device_rows) {
             attention[flash]++;
         }
     }
-    int rc = pclose(p);
     cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d", rc);
     cr_expect(device == 1 && train[0] == 1 && train[1] == 1 && attention[0] == 1 && attention[1] == 1,
               "rows: device %d, train naive %d flash %d, attention naive %d flash %d", device, train[0], train[1],

@@ -293,8 +293,15 @@ int main(int argc, char **argv) {
     }
     // the settings and the memory they need are checked before the model is allocated
     if (train_config_validate(&tc, &mc, err) != 0) goto fail;
+    // flash by default on a device whose flash kernels take this head dimension (the CUDA ones: up to 128)
+    int head_dim = model_head_dim(&mc), flash_ok = !backend->flash_max_hd || head_dim <= backend->flash_max_hd;
     ModelAttention attention = f.attention ? (strcmp(f.attention, "flash") == 0 ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE)
-                                           : backend->on_device ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE;
+                                           : backend->on_device && flash_ok ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE;
+    if (attention == MODEL_ATTENTION_FLASH && !flash_ok) {
+        snprintf(err, sizeof(err), "--attention flash: the %s flash kernels take head dimensions up to %d, this model's is %d "
+                 "(use --attention naive)", backend->name, backend->flash_max_hd, head_dim);
+        goto fail;
+    }
     if (train_budget_check(&mc, &tc, attention, (double)common_physical_bytes(), err) != 0) goto fail;
     if (fresh) {
         model_init(&model, &mc, &ops_cpu);
@@ -330,9 +337,10 @@ int main(int argc, char **argv) {
     if (target != 0) goto fail;
     if (f.log && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
 
-    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s\n",
-            run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
-            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels());
+    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s, "
+            "%s attention on %s\n", run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
+            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels(),
+            attention == MODEL_ATTENTION_FLASH ? "flash" : "naive", backend->name);
     char bos_note[48] = "";
     if (corpus_bos(&corpus) >= 0) snprintf(bos_note, sizeof(bos_note), " (start symbol STX, id %d)", corpus_bos(&corpus));
     fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d%s, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
