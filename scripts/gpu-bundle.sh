@@ -43,9 +43,10 @@ cp data/tinyshakespeare.txt "$out/data/"
 cp scripts/gpu-check.sh "$out/"
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"
 
-# the libraries the programs load, less glibc and the dynamic loader (the GPU machine's own are newer) and
+# the libraries the programs load, less glibc, the dynamic loader, libstdc++, libgcc_s, zlib and libffi (the GPU
+# machine has its own, newer: its tools load them too) and
 # the CUDA toolkit's (taken from the GPU machine: the same major version, 13, as the nvcc that built these)
-skip='^(libkvlab_cuda|linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libcuda|libcudart|libcublas|libcurand|libnvidia|libnvrtc|libnvJitLink)'
+skip='^(libkvlab_cuda|libstdc\+\+|libgcc_s|libz\.so|libffi|linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libcuda|libcudart|libcublas|libcurand|libnvidia|libnvrtc|libnvJitLink)'
 for f in "$out"/bin/*; do
     LD_LIBRARY_PATH="$out/bin" ldd "$f" | awk '/=> \// {print $1, $3}'
 done | sort -u | while read -r name path; do
