@@ -11,9 +11,10 @@ per-step training logs, the validation text, each step's signature (what its res
 
   python3 scripts/report.py [--quick | --full] [--fresh] [--device cpu|cuda] [--out DIR]
 
---quick (the default) took 59 minutes of step time on a 2-core CPU (summed over resumed runs, trainings partly
-under load; 18 of them the SmolLM2 tier, run only when models/ holds its file); --full is the GPU scale (longer
-training, the trained contexts of BENCHMARKS.md, more heads; not run since this report grew). Seeds are fixed, so a
+--quick (the default, into report/) took 68 minutes of step time on a 2-core CPU (summed over the resumed runs
+that made the committed report, its trainings partly under load; 18 of them the SmolLM2 tier, run only when
+models/ holds its file). --full (into report/full/) is the larger scale: tier 1 at context 256 on two seeds,
+tier 2 on the small preset's 16 heads, one seed each, no pretrained tier (see SCALES). Seeds are fixed, so a
 rerun gives the same numbers up to timing noise. A run that stops (Ctrl-C, a crash) resumes where it stopped: finished steps are kept (an
 evaluation counts as finished once its output file in report/raw/ is complete and its signature in report/work/
 matches; a training run once report/work/NAME.ckpt.done exists), an interrupted training run continues from its
@@ -288,14 +289,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     g = ap.add_mutually_exclusive_group()
     g.add_argument('--quick', action='store_true', help='the 2-core CPU scale, about an hour with the SmolLM2 tier (default)')
-    g.add_argument('--full', action='store_true', help='the GPU scale (longer training, larger contexts)')
+    g.add_argument('--full', action='store_true', help='the larger scale: tier 1 at context 256, tier 2 on 16 heads (into report/full)')
     ap.add_argument('--fresh', action='store_true', help='delete earlier results and start over')
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where build/train runs [cpu]')
-    ap.add_argument('--out', default='report', help='output directory [report]')
+    ap.add_argument('--out', default=None, help='output directory [report, or report/full with --full]')
     ap.add_argument('--bin', default='build', help='build directory with train, infer, bench [build]')
     ap.add_argument('--smoke', action='store_true', help=argparse.SUPPRESS)  # minutes-long pipeline check
     a = ap.parse_args()
     scale = 'full' if a.full else 'smoke' if a.smoke else 'quick'
+    a.out = a.out or ('report/full' if a.full else 'report')
     sc = SCALES[scale]
     out = os.path.join(ROOT, a.out)
     global BIN
