@@ -188,22 +188,17 @@ void model_act_counts(const ModelConfig *c, int B, int T, ModelAttention attn, d
     memcpy(g, grads, sizeof grads);
 }
 
-double model_train_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) {
-    double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
+// Bytes of the activations, and with grads their gradients, that alloc_acts allocates.
+static double act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn, int grads) {
+    double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS], n = 0.0;
     model_act_counts(c, B, T, attn, a, g);
-    double n = 0.0;
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
-    for (int i = 0; i < NUM_GRAD_ACT_TENSORS; i++) n += g[i];
+    for (int i = 0; grads && i < NUM_GRAD_ACT_TENSORS; i++) n += g[i];
     return n * sizeof(float);
 }
 
-double model_inference_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) {
-    double a[NUM_ACT_TENSORS], g[NUM_GRAD_ACT_TENSORS];
-    model_act_counts(c, B, T, attn, a, g);
-    double n = 0.0;
-    for (int i = 0; i < NUM_ACT_TENSORS; i++) n += a[i];
-    return n * sizeof(float);
-}
+double model_train_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) { return act_bytes(c, B, T, attn, 1); }
+double model_inference_act_bytes(const ModelConfig *c, int B, int T, ModelAttention attn) { return act_bytes(c, B, T, attn, 0); }
 
 // Element counts as sizes; the callers sized the run first (train/), so a count past 2^53 is a bug.
 static void counts_to_sizes(const double *x, size_t *out, int count) {
@@ -347,10 +342,9 @@ static void forward_chunk(const Pass *ps, const Chunk *ch) {
         op->matmul_forward(v, ln1, p->wv + (size_t)l * KVC * C, nr, C, KVC);
         op->rope_forward(q, nb, T, NH, HD, 0, c->rope_theta);
         op->rope_forward(k, nb, T, NKV, HD, 0, c->rope_theta);
-        if (m->act_flash)
-            op->attention_flash_forward(atty, a->att + ((size_t)l * B + ch->b0) * NH * T, q, k, v, nb, T, NH, NKV, HD);
-        else
-            op->attention_forward(atty, a->att + ((size_t)l * B + ch->b0) * NH * TT, q, k, v, nb, T, NH, NKV, HD);
+        float *att = a->att + ((size_t)l * B + ch->b0) * NH * (m->act_flash ? (size_t)T : TT); // lse or probabilities
+        if (m->act_flash) op->attention_flash_forward(atty, att, q, k, v, nb, T, NH, NKV, HD);
+        else op->attention_forward(atty, att, q, k, v, nb, T, NH, NKV, HD);
         op->matmul_forward(attproj, atty, p->wo + (size_t)l * C * C, nr, C, C);
         op->residual_forward(mid, x, attproj, attdrop, nrC);
         op->rmsnorm_forward(ln2, a->ln2_rstd + l * BT + r0, mid, p->mlp_norm + (size_t)l * C, nr, C, c->norm_eps);
@@ -504,14 +498,9 @@ static void backward_layer_rows(const Pass *ps, int l, const Chunk *ch) {
     op->fill_zero(dq, nrC);
     op->fill_zero(dk, nr * KVC);
     op->fill_zero(dv, nr * KVC);
-    if (m->act_flash) {
-        op->attention_flash_backward(dq, dk, dv, datty, atty, a->att + ((size_t)l * B + ch->b0) * NH * T, q, k, v, nb, T,
-                                     NH, NKV, HD);
-    } else {
-        size_t att_off = ((size_t)l * B + ch->b0) * NH * TT;
-        op->attention_backward(dq, dk, dv, d->scratch + (size_t)ch->b0 * NH * TT, datty, a->att + att_off, q, k, v,
-                               nb, T, NH, NKV, HD);
-    }
+    const float *att = a->att + ((size_t)l * B + ch->b0) * NH * (m->act_flash ? (size_t)T : TT); // lse or probabilities
+    if (m->act_flash) op->attention_flash_backward(dq, dk, dv, datty, atty, att, q, k, v, nb, T, NH, NKV, HD);
+    else op->attention_backward(dq, dk, dv, d->scratch + (size_t)ch->b0 * NH * TT, datty, att, q, k, v, nb, T, NH, NKV, HD);
     op->rope_backward(dq, nb, T, NH, HD, 0, c->rope_theta);
     op->rope_backward(dk, nb, T, NKV, HD, 0, c->rope_theta);
     op->fill_zero(dln, nrC);

@@ -51,17 +51,22 @@ static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab,
     model_free(&m);
 }
 
+// The corpus the training tests read; returns the parameter count of CFG on its vocabulary.
+static size_t load_corpus(Corpus *c, Tokenizer *tok) {
+    char err[ERR_LEN];
+    cr_assert_eq(corpus_load(c, tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    ModelConfig mc = CFG;
+    mc.vocab_size = tok->vocab_size;
+    return model_param_count(&mc);
+}
+
 Test(cuda_train, matches_cpu_and_repeats) {
     char why[ERR_LEN];
     const Ops *cuda = ops_for_device("cuda", why);
     if (!cuda) cr_skip_test("%s", why);
     Corpus c;
     Tokenizer tok;
-    char err[ERR_LEN];
-    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
-    ModelConfig mc = CFG;
-    mc.vocab_size = tok.vocab_size;
-    size_t n = model_param_count(&mc);
+    size_t n = load_corpus(&c, &tok);
     float cpu[STEPS], gpu[STEPS], gpu2[STEPS];
     float *w_cpu = common_calloc(n, sizeof(float)), *w_gpu = common_calloc(n, sizeof(float));
     float *w_gpu2 = common_calloc(n, sizeof(float));
@@ -87,11 +92,7 @@ Test(cuda_train, flash_matches_cpu) {
     if (!cuda) cr_skip_test("%s", why);
     Corpus c;
     Tokenizer tok;
-    char err[ERR_LEN];
-    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
-    ModelConfig mc = CFG;
-    mc.vocab_size = tok.vocab_size;
-    size_t n = model_param_count(&mc);
+    size_t n = load_corpus(&c, &tok);
     float naive[STEPS], flash_cpu[STEPS], gpu[STEPS], gpu2[STEPS];
     float *w[4];
     for (int i = 0; i < 4; i++) w[i] = common_calloc(n, sizeof(float));
