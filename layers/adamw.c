@@ -59,6 +59,31 @@ void adamw_update_cpu(float *params, const float *grads, float *m, float *v, siz
     }
 }
 
+// OPT_CHUNK pieces of every segment handed to the team in one parallel region (not one region per segment: every
+// region is a wait on a shared machine); element-wise, so the same bits as adamw_update_cpu per segment.
+void adamw_update_segments_cpu(float *params, const float *grads, float *m, float *v, const AdamwSegments *seg,
+                               float lr, float beta1, float beta2, float eps, int t) {
+    CHECK(seg->n >= 0 && seg->n <= ADAMW_MAX_SEGMENTS);
+    size_t piece0[ADAMW_MAX_SEGMENTS + 1], start = 0; // segment i holds pieces [piece0[i], piece0[i + 1])
+    piece0[0] = 0;
+    for (int i = 0; i < seg->n; i++) {
+        CHECK(seg->end[i] >= start);
+        piece0[i + 1] = piece0[i] + (seg->end[i] - start + OPT_CHUNK - 1) / OPT_CHUNK;
+        start = seg->end[i];
+    }
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    long pieces = (long)piece0[seg->n];
+#pragma omp parallel for if (par_worth(start)) schedule(static)
+    for (long k = 0; k < pieces; k++) {
+        int i = 0;
+        while ((size_t)k >= piece0[i + 1]) i++;
+        size_t lo = (i ? seg->end[i - 1] : 0) + ((size_t)k - piece0[i]) * OPT_CHUNK;
+        size_t len = seg->end[i] - lo < OPT_CHUNK ? seg->end[i] - lo : OPT_CHUNK;
+        AdamwArgs a = {lr, beta1, beta2, 1.0f - beta1, 1.0f - beta2, eps, seg->decay[i], bc1, bc2};
+        adamw_range(params + lo, grads + lo, m + lo, v + lo, len, &a);
+    }
+}
+
 void scale_cpu(float *x, size_t n, float s) {
 #pragma omp parallel for if (par_worth(n)) schedule(static)
     for (size_t i = 0; i < n; i++) x[i] *= s;

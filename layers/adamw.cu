@@ -18,9 +18,15 @@ static unsigned opt_grid(size_t n, unsigned cap) {
     return g > cap ? cap : g; // grid-stride beyond
 }
 
-__global__ void adamw_update_kernel(float *params, const float *grads, float *m, float *v, size_t n, float lr,
-                                    float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2) {
+// One launch over every segment of the parameter block (ops.h's AdamwSegments, passed by value): each element
+// finds its segment's weight decay by a scan of at most ADAMW_MAX_SEGMENTS ends.
+__global__ void adamw_update_kernel(float *params, const float *grads, float *m, float *v, AdamwSegments seg,
+                                    float lr, float beta1, float beta2, float eps, float bc1, float bc2) {
+    size_t n = seg.n > 0 ? seg.end[seg.n - 1] : 0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int s = 0;
+        while (i >= seg.end[s]) s++;
+        float weight_decay = seg.decay[s];
         float g = grads[i];
         // m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
         float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
@@ -71,14 +77,24 @@ __global__ void scale_kernel(float *x, size_t n, float s) {
         x[i] = __fmul_rn(x[i], s);
 }
 
-extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr,
-                                  float beta1, float beta2, float eps, float weight_decay, int t) {
+extern "C" void adamw_update_segments_cuda(float *params, const float *grads, float *m, float *v,
+                                           const AdamwSegments *seg, float lr, float beta1, float beta2, float eps,
+                                           int t) {
+    CHECK(seg->n >= 0 && seg->n <= ADAMW_MAX_SEGMENTS);
+    for (int i = 1; i < seg->n; i++) CHECK(seg->end[i] >= seg->end[i - 1]);
+    size_t n = seg->n > 0 ? seg->end[seg->n - 1] : 0;
     if (n == 0) return;
     // on the host, exactly as adamw_update_cpu computes them
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    adamw_update_kernel<<<opt_grid(n, 1u << 20), OPT_THREADS, 0, cuda_stream()>>>(params, grads, m, v, n, lr, beta1,
-                                                                                  beta2, eps, weight_decay, bc1, bc2);
+    adamw_update_kernel<<<opt_grid(n, 1u << 20), OPT_THREADS, 0, cuda_stream()>>>(params, grads, m, v, *seg, lr, beta1,
+                                                                                  beta2, eps, bc1, bc2);
     CUDA_OP_DONE("adamw_update");
+}
+
+extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                                  float beta1, float beta2, float eps, float weight_decay, int t) {
+    AdamwSegments seg = {.n = 1, .end = {n}, .decay = {weight_decay}};
+    adamw_update_segments_cuda(params, grads, m, v, &seg, lr, beta1, beta2, eps, t);
 }
 
 extern "C" float grad_norm_cuda(const float *grads, size_t n) {

@@ -9,6 +9,7 @@
 #include "../attention/attention.h"
 #include "../common/common.h"
 #include "dropout.h"
+#include "ops.h"
 
 void encoder_forward_cpu(float *out, const int *tokens, const float *wte, int B, int T, int C);
 void encoder_backward_cpu(float *dwte, const float *dout, const int *tokens, int B, int T, int C);
@@ -36,9 +37,12 @@ void fill_zero_cpu(float *x, size_t N);
 void dropout_mask_cpu(float *keep, size_t N, float p, Rng *rng);
 void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
 void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
-// layers/adamw.c: one AdamW update (t is the 1-based step); x (n) *= s; sqrt(sum x^2) in double, fixed blocks.
+// layers/adamw.c: one AdamW update of n elements (t is the 1-based step); the op table's form over segments
+// (ops.h); x (n) *= s; sqrt(sum x^2) in double, fixed blocks.
 void adamw_update_cpu(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                       float beta2, float eps, float weight_decay, int t);
+void adamw_update_segments_cpu(float *params, const float *grads, float *m, float *v, const AdamwSegments *seg,
+                               float lr, float beta1, float beta2, float eps, int t);
 void scale_cpu(float *x, size_t n, float s);
 float grad_norm_cpu(const float *x, size_t n);
 

@@ -47,9 +47,11 @@ void crossentropy_fused_forward_backward_cuda(float *losses, float *dlogits, con
 //   scale_cuda(grads, n, 1.0f / grad_accum);          // average over micro-batches
 //   float norm = grad_norm_cuda(grads, n);            // before clipping
 //   if (clip > 0 && norm > clip) scale_cuda(grads, n, clip / (norm + 1e-6f));
-//   adamw_update_cuda(...) per parameter tensor (weight decay per tensor as on the CPU)
-// adamw_update_cuda: the same float arithmetic as adamw_update_cpu (bias corrections computed on the host with
-// powf, no FMA contraction on the device): bit-identical to the CPU. Asynchronous.
+//   adamw_update_segments_cuda(...) over the whole block in one launch (weight decay per tensor as on the CPU)
+// The same float arithmetic as adamw_update_cpu (bias corrections computed on the host with powf, no FMA
+// contraction on the device): bit-identical to the CPU. Asynchronous. adamw_update_cuda: one segment.
+void adamw_update_segments_cuda(float *params, const float *grads, float *m, float *v, const AdamwSegments *seg,
+                                float lr, float beta1, float beta2, float eps, int t);
 void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                        float beta2, float eps, float weight_decay, int t);
 // sqrt(sum grads[i]^2), accumulated in double in a fixed order (two-pass block reduction: the same bits every

@@ -10,6 +10,15 @@
 extern "C" { // also included from .cu files
 #endif
 
+// The parameter block as AdamW sees it: segment i covers elements [i ? end[i - 1] : 0, end[i]) and is decayed by
+// decay[i] (the matrices are, the norm gains are not). The segments are in order and cover the block.
+#define ADAMW_MAX_SEGMENTS 16
+typedef struct {
+    int n;
+    size_t end[ADAMW_MAX_SEGMENTS];
+    float decay[ADAMW_MAX_SEGMENTS];
+} AdamwSegments;
+
 typedef struct {
     const char *name;
 
@@ -23,11 +32,13 @@ typedef struct {
     void (*mem_download)(void *dst, const void *src, size_t bytes); // backend -> host
 
     // Optimizer pieces (layers/adamw.c): x (n) *= s; sqrt(sum x^2) accumulated in double in a fixed order;
-    // one AdamW update (t is the 1-based step).
+    // one AdamW update of every segment of the parameter block in one pass (one parallel region on the CPU, one
+    // launch on a device; t is the 1-based step). The update is element-wise: the same bits as one call per
+    // segment.
     void (*scale)(float *x, size_t n, float s);
     float (*grad_norm)(const float *x, size_t n);
-    void (*adamw_update)(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                         float beta2, float eps, float weight_decay, int t);
+    void (*adamw_update)(float *params, const float *grads, float *m, float *v, const AdamwSegments *seg, float lr,
+                         float beta1, float beta2, float eps, int t);
 
     // out (B,T,C) = wte[tokens]
     void (*encoder_forward)(float *out, const int *tokens, const float *wte, int B, int T, int C);

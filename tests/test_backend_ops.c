@@ -376,6 +376,41 @@ static void run_adamw(void) {
     common_free(p), common_free(m), common_free(v);
 }
 
+static float *host_dup(const float *x, size_t n) {
+    float *c = common_calloc(n, sizeof(float));
+    memcpy(c, x, n * sizeof(float));
+    return c;
+}
+
+// The op table's AdamW: one launch over segments with their own weight decay (an empty one and one shorter than a
+// block among them) against adamw_update_cpu per segment, and against the CPU's segmented form: bit-identical.
+static void run_adamw_segments(void) {
+    AdamwSegments seg = {.n = 5, .end = {300, 300, 301, 70000, 70011}, .decay = {0.1f, 0.5f, 0.0f, 0.1f, 0.0f}};
+    size_t n = seg.end[seg.n - 1];
+    float *p = bk_host_random(n, 81, 1.0f), *m = bk_host_random(n, 82, 0.01f), *v = bk_host_random(n, 83, 0.01f);
+    for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+    float *d_p = bk_dev_from_host(p, n), *d_m = bk_dev_from_host(m, n), *d_v = bk_dev_from_host(v, n);
+    float *p2 = host_dup(p, n), *m2 = host_dup(m, n), *v2 = host_dup(v, n);
+    float *g = bk_host_random(n, 84, 0.5f), *d_g = bk_dev_from_host(g, n);
+    for (int t = 1; t <= 2; t++) {
+        size_t lo = 0;
+        for (int i = 0; i < seg.n; i++) {
+            adamw_update_cpu(p + lo, g + lo, m + lo, v + lo, seg.end[i] - lo, 3e-3f, 0.9f, 0.95f, 1e-8f, seg.decay[i], t);
+            lo = seg.end[i];
+        }
+        adamw_update_segments_cpu(p2, g, m2, v2, &seg, 3e-3f, 0.9f, 0.95f, 1e-8f, t);
+        ops_cuda.adamw_update(d_p, d_g, d_m, d_v, &seg, 3e-3f, 0.9f, 0.95f, 1e-8f, t);
+    }
+    cr_expect(memcmp(p2, p, n * sizeof(float)) == 0, "adamw_update_segments_cpu differs from per-segment updates");
+    cr_expect(memcmp(m2, m, n * sizeof(float)) == 0 && memcmp(v2, v, n * sizeof(float)) == 0, "segmented moments");
+    bk_expect_close(d_p, p, n, TOL_EXACT, "adamw segments params");
+    bk_expect_close(d_m, m, n, TOL_EXACT, "adamw segments m");
+    bk_expect_close(d_v, v, n, TOL_EXACT, "adamw segments v");
+    float *host[] = {p, m, v, p2, m2, v2, g}, *dev[] = {d_p, d_m, d_v, d_g};
+    for (int i = 0; i < 7; i++) common_free(host[i]);
+    for (int i = 0; i < 4; i++) bk_dev_free(dev[i]);
+}
+
 static void run_grad_norm(void) {
     size_t sizes[] = {1, 255, 100003, 3000017}; // the last needs the capped grid's grid-stride loop
     for (int k = 0; k < 4; k++) {
@@ -498,6 +533,7 @@ BACKEND_TEST(crossentropy_forward)
 BACKEND_TEST(crossentropy_backward)
 BACKEND_TEST(crossentropy_fused)
 BACKEND_TEST(adamw)
+BACKEND_TEST(adamw_segments)
 BACKEND_TEST(grad_norm)
 BACKEND_TEST(scale)
 BACKEND_TEST(deterministic)

@@ -6,7 +6,6 @@
 
 #include "trainer.h"
 
-#include "../common/par.h"
 
 // lo <= v <= hi, or -1 with the setting named in err.
 static int check_int(const char *name, int v, int lo, int hi, char *err) {
@@ -87,31 +86,20 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
 }
 
 // AdamW over every tensor (weight decay where the model marks it). On the CPU the tensors are cut into pieces of
-// OPT_PIECE elements handed out to the OpenMP team in one parallel region (not one region per tensor: every
-// region is a wait on a shared machine); the update is element-wise, so the pieces give the same bits as whole
-// tensors. A device backend gets one call per tensor.
-#define OPT_PIECE ((size_t)1 << 16)
+// Every tensor's AdamW in one op call (one parallel region on the CPU, one launch on a device), each with the
+// weight decay the model marks for it.
 static void adamw_all(Model *m, TrainState *s, const TrainConfig *tc, float lr) {
-    const Ops *op = m->ops;
-    size_t sizes[NUM_PARAM_TENSORS], start[NUM_PARAM_TENSORS + 1], piece0[NUM_PARAM_TENSORS + 1];
+    size_t sizes[NUM_PARAM_TENSORS], end = 0;
     model_param_sizes(&m->cfg, sizes);
-    start[0] = piece0[0] = 0;
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { // tensor i holds pieces [piece0[i], piece0[i + 1])
-        start[i + 1] = start[i] + sizes[i];
-        piece0[i + 1] = piece0[i] + (op->on_device ? 1 : (sizes[i] + OPT_PIECE - 1) / OPT_PIECE);
+    AdamwSegments seg = {.n = NUM_PARAM_TENSORS};
+    _Static_assert(NUM_PARAM_TENSORS <= ADAMW_MAX_SEGMENTS, "one AdamW segment per parameter tensor");
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        end += sizes[i];
+        seg.end[i] = end;
+        seg.decay[i] = model_param_is_decayed(i) ? tc->weight_decay : 0.0f;
     }
-    long n = (long)piece0[NUM_PARAM_TENSORS];
-#pragma omp parallel for schedule(dynamic, 1) if (!op->on_device && par_worth(m->n_params))
-    for (long k = 0; k < n; k++) {
-        int i = 0;
-        while ((size_t)k >= piece0[i + 1]) i++;
-        size_t piece = op->on_device ? sizes[i] : OPT_PIECE;
-        size_t lo = ((size_t)k - piece0[i]) * piece, len = sizes[i] - lo < piece ? sizes[i] - lo : piece;
-        size_t off = start[i] + lo;
-        float wd = model_param_is_decayed(i) ? tc->weight_decay : 0.0f;
-        op->adamw_update(m->params_memory + off, m->grads_memory + off, s->m + off, s->v + off, len, lr, tc->beta1,
-                         tc->beta2, tc->adam_eps, wd, s->step + 1);
-    }
+    m->ops->adamw_update(m->params_memory, m->grads_memory, s->m, s->v, &seg, lr, tc->beta1, tc->beta2,
+                         tc->adam_eps, s->step + 1);
 }
 
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
