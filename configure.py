@@ -42,7 +42,7 @@ CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point a
 # cu2cpp.py into C++ for g++, linked with the emulator's runtime into <builddir>/cuda-emu/libkvlab_cuda.so, and the
 # CUDA tests built against it into <builddir>/cuda-emu/tests (the loader finds the library next to the program).
 EMU_DIR = 'tests/cuda_emu'
-EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp')
+EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp', 'emu_host.cpp')
 EMU_TEST_CU = 'test_emu.cu'       # the emulator's own tests: deliberately broken kernels, through the same rewrite
 CUDA_TESTS = ('tests/backend_util.c', 'tests/test_backend_ops.c', 'tests/test_backend_attention.c',
               'tests/test_cuda_train.c')  # the tests of the CUDA backend, run on the emulator too

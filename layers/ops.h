@@ -23,7 +23,9 @@ typedef struct {
     const char *name;
 
     // Backend memory (host memory on the CPU, device memory on a GPU). mem_alloc zeroes and never returns
-    // NULL; uploads and downloads are complete when they return.
+    // NULL. mem_upload's source may be reused once it returns; on a device the transfer is ordered before every
+    // later op but need not have happened (small uploads are staged and do not wait). mem_download is complete
+    // when it returns.
     int on_device;
     int flash_max_hd; // the largest head dimension attention_flash_* take; 0: any
     void *(*mem_alloc)(size_t bytes);

@@ -8,6 +8,7 @@
 #include "../common/cuda_check.cuh"
 #include "../common/device.h"
 #include "../common/device_backend.h"
+#include "../common/upload.cuh"
 #include "cuda_ops.h"
 #include "ops.h"
 
@@ -31,7 +32,7 @@ extern "C" const Ops ops_cuda = {
     .flash_max_hd = ATTENTION_FLASH_MAX_HD,
     .mem_alloc = mem_alloc_cuda,
     .mem_free = device_free,
-    .mem_upload = device_upload,     // synchronous: complete on return
+    .mem_upload = device_upload_staged, // no wait: staged through page-locked memory (common/upload.cuh)
     .mem_download = device_download, // synchronous
     .scale = scale_cuda,
     .grad_norm = grad_norm_cuda,

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "../layers/cpu_ops.h"
+#include "../common/upload.cuh"
 #include "../layers/cuda_ops.h"
 #include "backend_util.h"
 
@@ -475,6 +476,37 @@ static void run_deterministic(void) {
     common_free(tok), common_free(dout), common_free(inp), common_free(w), common_free(rstd), common_free(dwte);
 }
 
+// mem_upload stages small uploads through a ring of page-locked slots (common/upload.cuh): more uploads in a row than
+// there are slots, from one source rewritten between them, land intact (each slot holds its copy until its
+// transfer is done), and an upload past the staging size takes the synchronous path.
+static void run_upload_staged(void) {
+    enum { K = 3 * DEVICE_STAGE_SLOTS + 1 };
+    size_t n = 257, big = DEVICE_STAGE_BYTES / sizeof(float) + 5;
+    float *src = common_calloc(big, sizeof(float)), *back = common_calloc(big, sizeof(float));
+    float *d[K];
+    for (int k = 0; k < K; k++) {
+        d[k] = ops_cuda.mem_alloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) src[i] = (float)(k * 1000 + (int)i);
+        ops_cuda.mem_upload(d[k], src, n * sizeof(float));
+    }
+    memset(src, 0, n * sizeof(float)); // the caller may reuse its source once mem_upload returns
+    for (int k = 0; k < K; k++) {
+        ops_cuda.mem_download(back, d[k], n * sizeof(float));
+        int ok = 1;
+        for (size_t i = 0; i < n; i++) ok &= back[i] == (float)(k * 1000 + (int)i);
+        cr_expect(ok, "staged upload %d arrived changed", k);
+        ops_cuda.mem_free(d[k]);
+    }
+    for (size_t i = 0; i < big; i++) src[i] = (float)i * 0.5f;
+    float *dbig = ops_cuda.mem_alloc(big * sizeof(float));
+    ops_cuda.mem_upload(dbig, src, big * sizeof(float));
+    ops_cuda.mem_download(back, dbig, big * sizeof(float));
+    cr_expect(memcmp(back, src, big * sizeof(float)) == 0, "an upload past the staging size");
+    ops_cuda.mem_free(dbig);
+    common_free(src);
+    common_free(back);
+}
+
 // --- the table ----------------------------------------------------------------------------------------------
 
 static void run_ops_table(void) {
@@ -538,3 +570,4 @@ BACKEND_TEST(grad_norm)
 BACKEND_TEST(scale)
 BACKEND_TEST(deterministic)
 BACKEND_TEST(ops_table)
+BACKEND_TEST(upload_staged)

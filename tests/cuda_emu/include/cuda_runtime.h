@@ -109,6 +109,15 @@ CUEMU_API cudaError_t cudaMemsetAsync(void *ptr, int byte, size_t bytes, cudaStr
 CUEMU_API cudaError_t cudaStreamCreate(cudaStream_t *stream);
 CUEMU_API cudaError_t cudaStreamDestroy(cudaStream_t stream);
 CUEMU_API cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+// Page-locked host memory and events (emu_host.cpp): work runs at once, so an event is complete when recorded.
+typedef struct CUevent_st *cudaEvent_t;
+#define cudaEventDisableTiming 0x02
+CUEMU_API cudaError_t cudaMallocHost(void **ptr, size_t bytes);
+CUEMU_API cudaError_t cudaFreeHost(void *ptr);
+CUEMU_API cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags);
+CUEMU_API cudaError_t cudaEventDestroy(cudaEvent_t event);
+CUEMU_API cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
+CUEMU_API cudaError_t cudaEventSynchronize(cudaEvent_t event);
 CUEMU_API cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int device);
 CUEMU_API cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void *value);
 CUEMU_API void cuemu_func_set_attribute(const void *func, int attr, int value, cudaError_t *err);

@@ -1,0 +1,35 @@
+// device_upload_staged (upload.cuh): small uploads through a ring of page-locked slots, each guarded by the event
+// recorded after its last transfer. The slots live as long as the library (a program's lifetime).
+#include <string.h>
+
+#include "common.h"
+#include "cuda_check.cuh"
+#include "device.h"
+#include "upload.cuh"
+
+typedef struct {
+    void *host;        // DEVICE_STAGE_BYTES page-locked bytes, allocated on first use
+    cudaEvent_t done;  // recorded behind the slot's last transfer
+} StageSlot;
+
+static StageSlot g_slots[DEVICE_STAGE_SLOTS];
+static int g_next;
+
+extern "C" void device_upload_staged(void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    if (bytes > DEVICE_STAGE_BYTES) {
+        device_upload(dst, src, bytes);
+        return;
+    }
+    StageSlot *s = &g_slots[g_next];
+    g_next = (g_next + 1) % DEVICE_STAGE_SLOTS;
+    if (!s->host) {
+        CUDA_CHECK(cudaMallocHost(&s->host, DEVICE_STAGE_BYTES));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
+    } else {
+        CUDA_CHECK(cudaEventSynchronize(s->done)); // the transfer DEVICE_STAGE_SLOTS uploads ago has left the slot
+    }
+    memcpy(s->host, src, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dst, s->host, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+    CUDA_CHECK(cudaEventRecord(s->done, cuda_stream()));
+}
