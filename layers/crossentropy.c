@@ -1,4 +1,6 @@
-// Softmax + cross-entropy over the vocabulary, fused; the backward is probs - onehot(target). Each row's
+// Softmax + cross-entropy over the vocabulary, fused; the backward is probs - onehot(target). The training step
+// runs both in one pass (crossentropy_fused_cpu), with the same float operations as the two ops, so its bits
+// are theirs. Each row's
 // softmax runs through common/vmath.h (vectorised max, exp with the running sum, scale); rows split across
 // threads when the whole pass pays for a parallel region (common/par.h).
 #include "cpu_ops.h"
@@ -29,5 +31,22 @@ void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *ta
         float *d = dlogits + (size_t)n * V;
         for (int i = 0; i < V; i++) d[i] = p[i] * dloss;
         d[targets[n]] -= dloss;
+    }
+}
+
+void crossentropy_fused_cpu(float *losses, float *dlogits, const float *logits, const int *targets, float dloss, int N,
+                            int V) {
+#pragma omp parallel for if (par_worth((size_t)N * V)) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *z = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        float mx = vmath_max(z, V);
+        float zt = z[targets[n]]; // read before an in-place pass overwrites it
+        for (int i = 0; i < V; i++) d[i] = z[i];
+        float sum = vmath_exp_shift_sum(d, V, mx);
+        vmath_scale(d, V, 1.0f / sum);
+        for (int i = 0; i < V; i++) d[i] *= dloss;
+        d[targets[n]] -= dloss;
+        if (losses) losses[n] = -(zt - mx - logf(sum));
     }
 }

@@ -147,6 +147,7 @@ typedef struct {
 
     Rng dropout_rng;
     int dropout_active;   // whether the last forward drew dropout masks (the backward then applies them)
+    int loss_fused;       // whether the last forward (train with targets) also wrote the loss gradient, dlogits
     ModelSchedule schedule; // AUTO unless a test forces one
     ModelAttention attention; // NAIVE unless set; a change takes effect at the next model_alloc_acts
     int act_flash;          // the attention form the activations were allocated for

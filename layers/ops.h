@@ -112,6 +112,10 @@ typedef struct {
     // dlogits (N,V) = (probs - onehot(target)) * dloss (overwrites).
     void (*crossentropy_backward)(float *dlogits, const float *probs, const int *targets, float dloss,
                                   int N, int V);
+    // Both in one pass without probs (the training step): losses (N) as crossentropy_forward (may be NULL),
+    // dlogits (N,V) as crossentropy_backward, overwritten; dlogits may be logits (in place); targets not NULL.
+    void (*crossentropy_fused)(float *losses, float *dlogits, const float *logits, const int *targets, float dloss,
+                               int N, int V);
 } Ops;
 
 extern const Ops ops_cpu;

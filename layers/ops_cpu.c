@@ -54,4 +54,5 @@ const Ops ops_cpu = {
     .dropout_mask = dropout_mask_cpu,
     .crossentropy_forward = crossentropy_forward_cpu,
     .crossentropy_backward = crossentropy_backward_cpu,
+    .crossentropy_fused = crossentropy_fused_cpu,
 };

@@ -59,6 +59,7 @@ extern "C" const Ops ops_cuda = {
     .dropout_mask = dropout_mask_cuda,
     .crossentropy_forward = crossentropy_forward_cuda,
     .crossentropy_backward = crossentropy_backward_cuda,
+    .crossentropy_fused = crossentropy_fused_forward_backward_cuda,
 };
 
 static const DeviceCudaBackend backend = {

@@ -356,8 +356,12 @@ static void forward_chunk(const Pass *ps, const Chunk *ch) {
     }
     op->rmsnorm_forward(a->lnf + rC, a->lnf_rstd + r0, a->resid + L * BTC + rC, p->final_norm, nr, C, c->norm_eps);
     op->matmul_forward(a->logits + r0 * V, a->lnf + rC, p->wte, nr, C, V); // tied output projection
-    op->crossentropy_forward(ps->targets ? a->losses + r0 : NULL, a->probs + r0 * V, a->logits + r0 * V,
-                             ps->targets ? ps->targets + r0 : NULL, nr, V);
+    if (m->loss_fused) // the training step: the loss gradient now, in the same pass, without probs
+        op->crossentropy_fused(a->losses + r0, m->grad_acts.dlogits + r0 * V, a->logits + r0 * V, ps->targets + r0,
+                               1.0f / BT, nr, V);
+    else
+        op->crossentropy_forward(ps->targets ? a->losses + r0 : NULL, a->probs + r0 * V, a->logits + r0 * V,
+                                 ps->targets ? ps->targets + r0 : NULL, nr, V);
 }
 
 void model_forward(Model *m, const int *tokens, const int *targets, int B, int T, int train) {
@@ -368,6 +372,7 @@ void model_forward(Model *m, const int *tokens, const int *targets, int B, int T
     int L = c->n_layer, BT = B * T;
     size_t BTC = (size_t)BT * c->n_embd;
     m->dropout_active = train && c->dropout > 0.0f;
+    m->loss_fused = train && targets && m->grad_acts_memory;
     if (op->on_device) { // the ops read tokens and targets in the backend's memory
         op->mem_upload(m->tokens_dev, tokens, (size_t)BT * sizeof(int));
         tokens = m->tokens_dev;
@@ -436,8 +441,9 @@ static void backward_top_rows(const Pass *ps, const Chunk *ch) {
     int L = c->n_layer, C = c->n_embd, V = c->vocab_size;
     size_t BT = (size_t)ps->B * ps->T, r0 = ch->r0, nr = ch->nr, rC = r0 * C;
     float *dtop = d->dres + (size_t)(L % 3) * BT * C + rC;
-    // loss = mean over the B*T positions
-    op->crossentropy_backward(d->dlogits + r0 * V, a->probs + r0 * V, ps->targets + r0, 1.0f / BT, nr, V);
+    // loss = mean over the B*T positions (already differentiated when the forward fused it)
+    if (!m->loss_fused)
+        op->crossentropy_backward(d->dlogits + r0 * V, a->probs + r0 * V, ps->targets + r0, 1.0f / BT, nr, V);
     op->fill_zero(d->dln + rC, nr * C);
     op->matmul_backward(d->dln + rC, NULL, d->dlogits + r0 * V, a->lnf + rC, m->params.wte, nr, C, V);
     op->fill_zero(dtop, nr * C);

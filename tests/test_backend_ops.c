@@ -522,7 +522,8 @@ static void run_ops_table(void) {
               t->attention_flash_forward == attention_flash_forward_cuda &&
               t->attention_flash_backward == attention_flash_backward_cuda &&
               t->swiglu_backward && t->residual_forward && t->dropout_apply && t->fill_zero && t->dropout_mask &&
-              t->crossentropy_forward && t->crossentropy_backward);
+              t->crossentropy_forward && t->crossentropy_backward &&
+              t->crossentropy_fused == crossentropy_fused_forward_backward_cuda);
     cr_expect(t->encoder_backward == encoder_backward_cuda && t->rope_backward == rope_backward_cuda &&
               t->crossentropy_backward == crossentropy_backward_cuda && t->grad_norm == grad_norm_cuda,
               "ops_cuda fields out of order");

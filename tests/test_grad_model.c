@@ -223,6 +223,38 @@ Test(model, chunked_matches_whole) {
     chunked_vs_whole_case(0.0f, 1, 113);
 }
 
+// A training forward differentiates the loss in the same pass (crossentropy_fused, no probs); a scoring forward
+// leaves it to the backward (crossentropy_forward, then crossentropy_backward). Without dropout the two are the
+// same function with the same float operations: the same loss and gradients, bit for bit, on both schedules.
+Test(model, fused_loss_matches_separate) {
+    enum { B = 4, T = 5 };
+    ModelConfig cfg = gradutil_fd_config(2, 0.0f);
+    Rng rng;
+    rng_init(&rng, 121);
+    int tokens[B * T], targets[B * T];
+    gradutil_random_tokens(tokens, B * T, cfg.vocab_size, &rng);
+    gradutil_random_tokens(targets, B * T, cfg.vocab_size, &rng);
+    const ModelSchedule sched[2] = {MODEL_SCHEDULE_WHOLE, MODEL_SCHEDULE_CHUNKED};
+    for (int k = 0; k < 2; k++) {
+        Model m[2];
+        for (int train = 0; train < 2; train++) {
+            gradutil_make_fd_model(&m[train], &cfg, 122);
+            m[train].schedule = sched[k];
+            model_alloc_acts(&m[train], B, T);
+            model_forward(&m[train], tokens, targets, B, T, train);
+            cr_expect_eq(m[train].loss_fused, train);
+            model_zero_grad(&m[train]);
+            model_backward(&m[train], tokens, targets, B, T);
+        }
+        cr_expect(memcmp(&m[0].mean_loss, &m[1].mean_loss, sizeof(float)) == 0, "loss %.9g vs fused %.9g",
+                  m[0].mean_loss, m[1].mean_loss);
+        cr_expect(memcmp(m[0].grads_memory, m[1].grads_memory, m[0].n_params * sizeof(float)) == 0,
+                  "schedule %d: fused loss gradients differ from the separate ops'", k);
+        model_free(&m[0]);
+        model_free(&m[1]);
+    }
+}
+
 // --- GQA / MHA equivalences and conversion --------------------------------------------------------------
 
 static void forward_backward(Model *m, const int *tokens, const int *targets, int B, int T) {
