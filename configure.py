@@ -19,6 +19,7 @@ found; run them with scripts/fuzz.sh), plus any output path such as build/train.
 """
 
 import argparse
+import glob
 import os
 import re
 import shlex
@@ -44,8 +45,9 @@ CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point a
 EMU_DIR = 'tests/cuda_emu'
 EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp', 'emu_host.cpp')
 EMU_TEST_CU = 'test_emu.cu'       # the emulator's own tests: deliberately broken kernels, through the same rewrite
-CUDA_TESTS = ('tests/backend_util.c', 'tests/test_backend_ops.c', 'tests/test_backend_attention.c',
-              'tests/test_cuda_train.c')  # the tests of the CUDA backend, run on the emulator too
+# the tests of the CUDA backend, run on the emulator too: backend_util.c and every test_backend_*.c, test_cuda_*.c
+CUDA_TEST_UTIL = 'tests/backend_util.c'
+CUDA_TEST_GLOBS = ('tests/test_backend_*.c', 'tests/test_cuda_*.c')
 
 
 # --- a ninja_syntax-style writer ------------------------------------------------------------------
@@ -468,7 +470,7 @@ def main():
         emu_cxxflags += emu_extra
         print('checking for the CUDA emulator\'s C++17 compiler (%s)... %s' % (args.cxx, 'yes' if emu_ok else 'no'))
         if emu_ok:
-            emu = dict(tests=[s for s in CUDA_TESTS if os.path.isfile(s)],
+            emu = dict(tests=[CUDA_TEST_UTIL] + sorted(f for g in CUDA_TEST_GLOBS for f in glob.glob(g)),
                        test_cu=[s for s in [os.path.join(EMU_DIR, EMU_TEST_CU)] if os.path.isfile(s)])
             emu_note = ('%s: %d .cu sources emulated into %s/cuda-emu/%s, tests in %s/cuda-emu/tests'
                         % (args.cxx, len(lib_cu), builddir, CUDA_SO, builddir))

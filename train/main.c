@@ -1,5 +1,6 @@
 // build/train: trains an MHA, GQA or MQA decoder on a text corpus, from scratch, from a checkpoint's
 // weights (--init-from, optionally converting to fewer key/value heads), or continuing exactly (--resume).
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "../common/runtime.h"
 #include "../data/recall.h"
 #include "budget.h"
+#include "gradcheck.h"
 #include "presets.h"
 #include "run.h"
 #include "state_io.h"
@@ -59,17 +61,47 @@ static const char *usage =
     "                       tokens_per_s; a number that is not finite is null; a failed write stops the run\n"
     "a non-finite loss, validation loss, gradient norm or weight stops the run (exit 1) before anything is\n"
     "saved: the last good checkpoint is kept\n"
-    "  --quiet              no progress lines (the banner and the summary remain)\n";
+    "  --quiet              no progress lines (the banner and the summary remain)\n"
+    "  --check-grads        instead of training: one batch's loss and every parameter tensor's gradient on the\n"
+    "                       CPU and on --device cuda from the same weights, printed per tensor (relative L2 error,\n"
+    "                       largest difference); exit 1 when any exceeds the tolerance. Writes nothing\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention;
-    int stop_after, quiet, force, bos;
+    int stop_after, quiet, force, bos, check_grads;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
     float dropout, lr, min_lr, weight_decay, beta2, grad_clip, mix;
     int seed_given;
     uint64_t seed;
 } Flags;
+
+// --check-grads: 0 when every tensor agrees within the tolerance, 1 when one does not, -1 with err when the check
+// cannot run.
+static int check_grads(const Model *m, const Ops *backend, ModelAttention attn, const TrainConfig *tc, const Corpus *c,
+                       char *err) {
+    if (!backend->on_device) {
+        err_set(err, "--check-grads compares the CPU with a device: give --device cuda");
+        return -1;
+    }
+    GradCheck g;
+    train_grad_check(m, backend, attn, tc, c, tc->seed, &g);
+    double tol = GRAD_CHECK_TOL_FP32, loss_rel = fabs((double)g.loss_dev - g.loss_cpu) / fmax(fabs(g.loss_cpu), 1e-30);
+    printf("check-grads: batch %d x %d, %s attention, tolerance %.0e (relative L2 per tensor, and the loss)\n",
+           tc->batch_size, tc->seq_len, attn == MODEL_ATTENTION_FLASH ? "flash" : "naive", tol);
+    printf("%-12s %10s %12s %12s %12s\n", "tensor", "elements", "rel_l2", "max_diff", "max_cpu");
+    int bad = !(loss_rel <= tol);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        const GradDiff *d = &g.t[i];
+        int ok = d->rel_l2 <= tol;
+        bad |= !ok;
+        printf("%-12s %10zu %12.3e %12.3e %12.3e%s\n", d->name, d->n, d->rel_l2, d->max_abs_diff, d->max_abs_ref,
+               ok ? "" : "  FAIL");
+    }
+    printf("loss cpu %.7f %s %.7f (relative %.3e)\ncheck-grads: %s (worst tensor %.3e)\n", g.loss_cpu, backend->name,
+           g.loss_dev, loss_rel, bad ? "FAIL" : "pass", g.worst_rel_l2);
+    return bad;
+}
 
 static int die(const char *msg) {
     fprintf(stderr, "train: %s\n", msg);
@@ -105,6 +137,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "--attention")) rc = args_string(&a, &f->attention);
         else if (args_is(&a, "--quiet")) f->quiet = 1;
+        else if (args_is(&a, "--check-grads")) f->check_grads = 1;
         else if (args_is(&a, "--force")) f->force = 1;
         else if (args_is(&a, "--bos")) f->bos = 1;
         else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, TRAIN_MAX_STEPS, &f->stop_after);
@@ -313,6 +346,11 @@ int main(int argc, char **argv) {
         snprintf(err, sizeof(err), "--mix recall needs a context of at least %d tokens", 2 * RECALL_ITEM_LEN);
         goto fail;
     }
+    if (f.check_grads) {
+        rc = check_grads(&model, backend, attention, &tc, &corpus, err);
+        if (rc < 0) goto fail;
+        goto done;
+    }
     if (!f.resume) train_state_init(&st, model.n_params, tc.seed);
     if (st.step >= tc.max_steps) {
         snprintf(err, sizeof(err), "the checkpoint is already at step %d of %d; give --steps N with N > %d to continue",
@@ -364,6 +402,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train: %s\n", err);
         rc = 1;
     }
+done:
     train_log_close(&log, NULL);
     train_state_free(&st);
     corpus_free(&corpus);

@@ -1,0 +1,50 @@
+// build/train --check-grads on the CUDA backend (through the emulator in ninja test; skipped without a backend):
+// every tensor of one batch's gradient agrees with the CPU's within the fp32 tolerance, with both attention forms,
+// and the check refuses to run without a device.
+#include <criterion/criterion.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/device.h"
+#include "../layers/ops.h"
+
+// Runs build/<prog> args with this binary's CUDA library (the emulated one in the cuda-emu tests); output in out.
+static int run_train(const char *args, char *out, size_t len) {
+    const char *build = getenv("KVLAB_BUILD");
+    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
+    char self[PATH_MAX], cmd[3 * PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert(k > 0);
+    self[k] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/train' %s 2>&1", self, build, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}
+
+Test(cuda_gradcheck, every_tensor_agrees) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    static char out[1 << 14];
+    const char *forms[] = {"naive", "flash"};
+    for (int i = 0; i < 2; i++) {
+        char args[256];
+        snprintf(args, sizeof args, "--preset tiny --dropout 0.1 --device cuda --attention %s --check-grads", forms[i]);
+        int rc = run_train(args, out, sizeof out);
+        cr_expect(rc == 0 && strstr(out, "check-grads: pass"), "%s: exit %d:\n%s", forms[i], rc, out);
+        cr_expect(strstr(out, "final_norm") && strstr(out, "wte") && !strstr(out, "FAIL"), "%s", out);
+    }
+}
+
+Test(cuda_gradcheck, needs_a_device) {
+    static char out[1 << 12];
+    int rc = run_train("--preset tiny --check-grads", out, sizeof out);
+    cr_expect(rc != 0 && strstr(out, "train: --check-grads compares the CPU with a device: give --device cuda\n"),
+              "exit %d:\n%s", rc, out);
+}
