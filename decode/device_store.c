@@ -125,6 +125,24 @@ int decode_device_positions(const DecodeDevice *d, int layer, int *out) {
     return n;
 }
 
+void decode_device_fill(DecodeDevice *d, const float *rows, int n) {
+    CHECK(!d->rope_at_view && n >= 1 && n <= d->cap);
+    size_t head_stride = (size_t)d->cap * d->row_bytes;
+    for (int l = 0; l < d->n_layer; l++) {
+        CHECK(d->seen[l] == 0);
+        size_t off = (size_t)l * d->n_kv_head * head_stride;
+        for (int g = 0; g < d->n_kv_head; g++) {
+            const float *src = rows + (size_t)g * n * d->head_dim;
+            d->ops->kv_encode_rows(d->k + off + g * head_stride, d->row_bytes, src, d->head_dim, n, d->head_dim,
+                                   d->group, d->bits);
+            d->ops->kv_encode_rows(d->v + off + g * head_stride, d->row_bytes, src, d->head_dim, n, d->head_dim,
+                                   d->group, d->bits);
+        }
+        for (int t = 0; t < n; t++) d->pos[(size_t)l * d->cap + t] = t;
+        d->seen[l] = n;
+    }
+}
+
 static int device_attend(KVStore *st, const Model *m, DecodeState *s, int l, int row0, int n, char *err) {
     DecodeDevice *d = st->ctx;
     const Ops *op = m->ops;

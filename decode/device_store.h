@@ -55,6 +55,11 @@ size_t decode_device_bytes(const DecodeDevice *d);          // as kv_cache_bytes
 // returns how many.
 int decode_device_positions(const DecodeDevice *d, int layer, int *out);
 
+// Fills every layer of an empty full or window cache with n tokens at positions 0..n-1 whose keys and values
+// (the keys as already rotated) are the device rows `rows` (n_kv_head, n, head_dim), encoded into the cache's
+// format: a long context for a benchmark without its prefill. n <= the cache's rows.
+void decode_device_fill(DecodeDevice *d, const float *rows, int n);
+
 // The store over a device cache (step.h): each row's key rotated by RoPE on entry (or kept before RoPE for
 // sink), encoded into its row on the device, the query rotated to the position the cache gives it, attention
 // through attention_decode_kv. -1 with a message when a full cache is past its positions.
