@@ -325,7 +325,11 @@ static void decode_group_case(int NH, int NKV, int HD, int Tc, uint64_t seed) {
     float *o2 = bk_download(dout, nq), *a2 = bk_download(datt, na);
     cr_assert(memcmp(o1, o2, nq * sizeof(float)) == 0 && memcmp(a1, a2, na * sizeof(float)) == 0,
               "decode NH=%d NKV=%d HD=%d Tc=%d: two runs differ", NH, NKV, HD, Tc);
-    bk_dev_free(dkc), bk_dev_free(dvc), bk_dev_free(dq), bk_dev_free(dout), bk_dev_free(datt);
+    bk_dev_free(dkc);
+    bk_dev_free(dvc);
+    bk_dev_free(dq);
+    bk_dev_free(dout);
+    bk_dev_free(datt);
     float *host[] = {kc, vc, q, out, att, o1, o2, a1, a2};
     for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) common_free(host[i]);
 }
@@ -368,16 +372,19 @@ static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int 
     for (int p = 0; p < sink + window; p++)
         for (int i = 0; i < half; i++) {
             double ang = rope_angle(p, i, HD, 10000.0f);
-            cs[(size_t)p * half + i] = (float)cos(ang), sn[(size_t)p * half + i] = (float)sin(ang);
+            cs[(size_t)p * half + i] = (float)cos(ang);
+            sn[(size_t)p * half + i] = (float)sin(ang);
         }
     for (int g = 0; g < NKV; g++)
         for (int t = 0; t < Tc; t++) { // physical row t holds kf row t; the reference's slot s holds row order[s]
             const float *kt = kf + ((size_t)g * Tc + t) * HD, *vt = vf + ((size_t)g * Tc + t) * HD;
             uint8_t *ko = kq + (size_t)g * hsb + (size_t)t * rb, *vo = vq + (size_t)g * hsb + (size_t)t * rb;
             if (bits == 32) {
-                memcpy(ko, kt, HD * sizeof(float)), memcpy(vo, vt, HD * sizeof(float));
+                memcpy(ko, kt, HD * sizeof(float));
+                memcpy(vo, vt, HD * sizeof(float));
             } else {
-                quant_encode_row(ko, kt, HD, group, bits), quant_encode_row(vo, vt, HD, group, bits);
+                quant_encode_row(ko, kt, HD, group, bits);
+                quant_encode_row(vo, vt, HD, group, bits);
             }
         }
     for (int g = 0; g < NKV; g++)
@@ -385,9 +392,11 @@ static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int 
             const uint8_t *ko = kq + (size_t)g * hsb + (size_t)order[s] * rb, *vo = vq + (size_t)g * hsb + (size_t)order[s] * rb;
             float *kd = kr + ((size_t)g * Tc + s) * HD, *vd = vr + ((size_t)g * Tc + s) * HD;
             if (bits == 32) {
-                memcpy(kd, ko, HD * sizeof(float)), memcpy(vd, vo, HD * sizeof(float));
+                memcpy(kd, ko, HD * sizeof(float));
+                memcpy(vd, vo, HD * sizeof(float));
             } else {
-                quant_decode_row(kd, ko, HD, group, bits), quant_decode_row(vd, vo, HD, group, bits);
+                quant_decode_row(kd, ko, HD, group, bits);
+                quant_decode_row(vd, vo, HD, group, bits);
             }
             for (int i = 0; i < half; i++) { // kv/cache.c's rope_row at position s
                 float a = kd[2 * i], b = kd[2 * i + 1], c = cs[(size_t)s * half + i], n = sn[(size_t)s * half + i];
@@ -401,7 +410,8 @@ static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int 
     for (int h = 0; h < NH; h++)
         for (int s = 0; s < Tc; s++) perm[(size_t)h * Tc + order[s]] = att[(size_t)h * Tc + s];
     uint8_t *dk = device_malloc(nbytes), *dv = device_malloc(nbytes);
-    device_upload(dk, kq, nbytes), device_upload(dv, vq, nbytes);
+    device_upload(dk, kq, nbytes);
+    device_upload(dv, vq, nbytes);
     float *dcs = bk_dev_from_host(cs, (size_t)(sink + window) * half), *dsn = bk_dev_from_host(sn, (size_t)(sink + window) * half);
     float *dq = bk_dev_from_host(q, nq), *dout = bk_dev_poisoned(nq), *datt = bk_dev_poisoned((size_t)NH * Tc);
     attention_decode_kv_cuda(dout, datt, dq, dk, dv, bits, group, Tc, hsb, rb, NH, NKV, HD, dcs, dsn, sink, window, newest);
@@ -410,11 +420,18 @@ static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int 
     bk_expect_close(dout, out, nq, TOL, what);
     snprintf(what, sizeof(what), "decode rope int%d sink %d window %d seen %d att", bits, sink, window, seen);
     bk_expect_close(datt, perm, (size_t)NH * Tc, TOL, what);
-    device_free(dk), device_free(dv);
-    bk_dev_free(dcs), bk_dev_free(dsn), bk_dev_free(dq), bk_dev_free(dout), bk_dev_free(datt);
+    device_free(dk);
+    device_free(dv);
+    bk_dev_free(dcs);
+    bk_dev_free(dsn);
+    bk_dev_free(dq);
+    bk_dev_free(dout);
+    bk_dev_free(datt);
     float *host[] = {kf, vf, q, kr, vr, cs, sn, out, att, perm};
     for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) common_free(host[i]);
-    common_free(kq), common_free(vq), common_free(order);
+    common_free(kq);
+    common_free(vq);
+    common_free(order);
 }
 
 // before the sinks fill, before the ring wraps, just after, and many wraps later; fp32 and int4; MHA and GQA
@@ -439,7 +456,10 @@ static void encode_rows_case(int n, int HD, int group, int bits, size_t src_stri
         float *r = src + (size_t)i * src_stride;
         if (i % 5 == 1)
             for (int d = 0; d < group && d < HD; d++) r[d] = 0.75f; // a constant group
-        if (i % 5 == 2) r[0] = 60000.0f, r[1] = -65504.0f; // fp16's edges
+        if (i % 5 == 2) { // fp16's edges
+            r[0] = 60000.0f;
+            r[1] = -65504.0f;
+        }
         if (i % 5 == 3)
             for (int d = 0; d < HD; d++) r[d] = 1e-6f * r[d] + 100.0f; // a large offset, a tiny spread
         if (i % 5 == 4) r[HD - 1] = 1e-7f; // subnormal territory
@@ -461,7 +481,9 @@ static void encode_rows_case(int n, int HD, int group, int bits, size_t src_stri
                   bits, HD, group, i, i / dst_stride, got[i], ref[i]);
     device_free(d);
     bk_dev_free(dsrc);
-    common_free(src), common_free(ref), common_free(got);
+    common_free(src);
+    common_free(ref);
+    common_free(got);
 }
 
 static void run_encode_rows(void) {
