@@ -52,6 +52,26 @@ void attention_flash_backward_cuda(float *dq, float *dk, float *dv, const float 
 void attention_decode_q_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc, int bits,
                              int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH, int NKV, int HD);
 
+// The device KV cache's two kernels (decode/device_store.c reaches them through layers/ops.h's device-only ops).
+//
+// attention_decode_kv_cuda: attention_decode_cuda / attention_decode_q_cuda over rows at byte strides: bits 32
+// for fp32 rows (HD floats, row_bytes a multiple of 4), or 8/4/2 for kv/quant.h's group rows as in
+// attention_decode_q_cuda. With rope_cos == NULL the keys are used as stored (rotated on entry). Otherwise they
+// are stored before RoPE and rotated as they are read, with the (positions, HD/2) tables rope_cos/rope_sin
+// (kv/cache.c's: (float)cos and (float)sin of rope_angle), row t to its position in a StreamingLLM cache: rows
+// [0, sink) at positions 0..sink-1; rows [sink, Tc) a ring of `window` rows whose newest is row sink + newest,
+// the row of age a at position Tc - 1 - a (window 0: row t at position t). Deterministic; Tc >= 1.
+void attention_decode_kv_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc, int bits,
+                              int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH, int NKV, int HD,
+                              const float *rope_cos, const float *rope_sin, int sink, int window, int newest);
+
+// kv_encode_rows_cuda: n rows of HD floats (row i at src + i * src_stride floats) into dst (row i at byte
+// i * dst_stride): bits 32 copies the floats; bits 8, 4 or 2 writes exactly the bytes kv/quant.h's
+// quant_encode_row writes (groups of `group` values dividing HD; directed fp16 rounding of min and scale,
+// codes rounded half to even), byte for byte.
+void kv_encode_rows_cuda(uint8_t *dst, size_t dst_stride, const float *src, size_t src_stride, int n, int HD,
+                         int group, int bits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,12 +1,16 @@
-// One decode query per head against the cached keys and values, flash-decoding style. The Tc cached rows are
-// split into chunks of DEC_CHUNK_MIN..DEC_CHUNK_MAX rows (chosen from Tc and NH only, so a shape always gives
-// the same bits); pass 1 runs one block per (chunk, head): the scores (written to att), the chunk's max, its sum
-// of exp(score - max) and its exp-weighted sum of V rows, into a workspace. Pass 2 runs per head: the global
-// max M and sum L from the chunk partials in chunk order, out = sum_c exp(m_c - M) o_c / L, and att rewritten
-// as the probabilities exp(score - M) / L. Every reduction has a fixed order: deterministic, no atomics.
+// One decode query per head against the cached keys and values, flash-decoding style, one block per key/value
+// head group: the Tc cached rows are split into chunks (a power of two of rows chosen from the shape only, so a
+// shape always gives the same bits), and pass 1 runs one block per (chunk, kv head) that serves all R = NH/NKV
+// query heads of the group, so each cached key and value element is read (and dequantized) once per step, not
+// R times (GQA and MQA read their fewer heads' bytes once). The block writes the raw scores (to att), and per
+// query head the chunk's max, its sum of exp(score - max) and its exp-weighted sum of V rows, into a workspace.
+// Pass 2 runs per query head: the global max M and sum L from the chunk partials in chunk order,
+// out = sum_c exp(m_c - M) o_c / L, and att rewritten as the probabilities exp(score - M) / L. Every reduction
+// has a fixed order (warp shuffles in a fixed tree, rows in index order): deterministic, no atomics.
 //
 // The cache rows are read through a small accessor, so the fp32 cache and the group-quantized cache
-// (kv/quant.h's row layout, dequantized in the kernel) share one kernel.
+// (kv/quant.h's row layout, dequantized in the kernel) share one kernel; a third accessor rotates keys stored
+// before RoPE to their position in the cache as it reads them (StreamingLLM's sink:S,window:W).
 #include <cuda_fp16.h>
 #include <math.h>
 
@@ -18,8 +22,11 @@
 #define DEC_THREADS 128
 #define DEC_WARPS (DEC_THREADS / 32)
 #define DEC_CHUNK_MIN 64
+#define DEC_CHUNK_FLOOR 16    // the smallest chunk when shared memory is short (large groups of wide heads)
 #define DEC_CHUNK_MAX 1024
 #define DEC_TARGET_BLOCKS 512 // pass-1 blocks to aim for before chunks grow past DEC_CHUNK_MIN
+#define DEC_VTILE 16          // value rows staged in shared memory at a time for P V
+#define DEC_SMEM_MAX (96 * 1024)
 
 static __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -53,13 +60,15 @@ static __device__ float dec_block_sum(float x, float *sw) {
     return r;
 }
 
-// fp32 cache: kv head g's rows (Tc, HD) at g * head_stride floats.
+// fp32 cache: row t of kv head g (HD floats) at byte g * head_stride + t * row_bytes.
 struct DecodeRowsF32 {
-    const float *k, *v;
-    size_t head_stride;
-    int HD;
-    __device__ float key(int g, int t, int d) const { return k[(size_t)g * head_stride + (size_t)t * HD + d]; }
-    __device__ float val(int g, int t, int d) const { return v[(size_t)g * head_stride + (size_t)t * HD + d]; }
+    const uint8_t *k, *v;
+    size_t head_stride, row_bytes;
+    __device__ float at(const uint8_t *base, int g, int t, int d) const {
+        return ((const float *)(base + (size_t)g * head_stride + (size_t)t * row_bytes))[d];
+    }
+    __device__ float key(int g, int t, int d) const { return at(k, g, t, d); }
+    __device__ float val(int g, int t, int d) const { return at(v, g, t, d); }
 };
 
 // Group-quantized cache (kv/quant.h): row t of kv head g at byte g * head_stride + t * row_bytes, groups of
@@ -81,59 +90,117 @@ struct DecodeRowsQ {
     __device__ float val(int g, int t, int d) const { return at(v, g, t, d); }
 };
 
-// Pass 1. Grid (nchunks, NH), DEC_THREADS threads, dynamic shared memory dec_partial_smem(HD, chunk).
-// part (NH, nchunks, HD + 2): [max, sum, o[HD]] per (head, chunk). att (NH, Tc) gets the raw scores.
+// Keys stored before RoPE, rotated as they are read to their position in the cache (kv/cache.c's view of a
+// sink:S,window:W cache: slot s at position s, in age order), with kv/cache.c's rope_row arithmetic (no fused
+// multiply-add) and its (cos, sin) table. Rows [0, sink) are the sinks at positions 0..sink-1; rows
+// [sink, Tc) a ring of `window` rows whose newest is row sink + newest, so the row of age a (0 = newest) sits
+// at position Tc - 1 - a. window 0: row t at position t.
+template <class Rows>
+struct DecodeRowsRope {
+    Rows rows;
+    const float *cs, *sn; // (positions, HD/2)
+    int half, sink, window, newest, Tc;
+    __device__ int pos(int t) const {
+        if (window == 0 || t < sink) return t;
+        int age = newest - (t - sink);
+        if (age < 0) age += window;
+        return Tc - 1 - age;
+    }
+    __device__ float key(int g, int t, int d) const {
+        int i = d >> 1;
+        size_t at = (size_t)pos(t) * half + i;
+        float a = rows.key(g, t, 2 * i), b = rows.key(g, t, 2 * i + 1), c = cs[at], s = sn[at];
+        return (d & 1) ? __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)) : __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    }
+    __device__ float val(int g, int t, int d) const { return rows.val(g, t, d); }
+};
+
+// Shared memory of pass 1, in floats: the group's queries, a key row per warp, the scores of the chunk per query
+// head, the P V accumulators, a tile of value rows, and each head's chunk max and sum.
+static size_t dec_partial_floats(int R, int HD, int chunk) {
+    return (size_t)R * (2 * (size_t)HD + (size_t)chunk + 2) + (size_t)HD * (DEC_WARPS + DEC_VTILE);
+}
+
+// Pass 1. Grid (nchunks, NKV), DEC_THREADS threads, dynamic shared memory dec_partial_floats(R, HD, chunk).
+// part (NH, nchunks, HD + 2): [max, sum, o[HD]] per (query head, chunk). att (NH, Tc) gets the raw scores.
 template <class Rows>
 __global__ void __launch_bounds__(DEC_THREADS)
-    attention_decode_partial_kernel(float *part, float *att, const float *q, Rows rows, int Tc, int chunk, int NH,
-                                    int NKV, int HD, float scale) {
+    attention_decode_partial_kernel(float *part, float *att, const float *q, Rows rows, int Tc, int chunk, int R,
+                                    int HD, float scale) {
     extern __shared__ float dec_smem[];
-    __shared__ float sw[DEC_WARPS];
-    const int groups = HD <= DEC_THREADS ? DEC_THREADS / HD : 1; // thread groups splitting the rows for P V
-    float *sq = dec_smem;        // (HD) the query
-    float *sp = sq + HD;         // (chunk) scores, then exp(score - max)
-    float *sred = sp + chunk;    // (groups * HD) partial P V per thread group
-    const int c = blockIdx.x, h = blockIdx.y, g = h / (NH / NKV), nchunks = gridDim.x;
+    float *sq = dec_smem;              // (R, HD) the group's queries
+    float *skey = sq + R * HD;         // (DEC_WARPS, HD) the key row each warp is scoring
+    float *sp = skey + DEC_WARPS * HD; // (R, chunk) scores, then exp(score - max)
+    float *sacc = sp + R * chunk;      // (R, HD) P V
+    float *svt = sacc + R * HD;        // (DEC_VTILE, HD) value rows
+    float *smx = svt + DEC_VTILE * HD; // (R) chunk max per head
+    float *ssum = smx + R;             // (R) chunk sum per head
+    const int c = blockIdx.x, g = blockIdx.y, nchunks = gridDim.x, h0 = g * R;
     const int t0 = c * chunk, n = min(chunk, Tc - t0); // n >= 1
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    for (int d = tid; d < HD; d += DEC_THREADS) sq[d] = q[(size_t)h * HD + d];
+    for (int e = tid; e < R * HD; e += DEC_THREADS) sq[e] = q[(size_t)h0 * HD + e];
     __syncthreads();
-    // scores: one warp per row, lanes on d
+    // scores: one warp per key row, lanes on d; the row is read once and scored against every query of the group
+    float *kw = skey + warp * HD;
     for (int j = warp; j < n; j += DEC_WARPS) {
-        float s = 0.0f;
-        for (int d = lane; d < HD; d += 32) s = fmaf(sq[d], rows.key(g, t0 + j, d), s);
-        s = warp_sum(s) * scale;
-        if (lane == 0) {
-            sp[j] = s;
-            att[(size_t)h * Tc + t0 + j] = s;
+        for (int d = lane; d < HD; d += 32) kw[d] = rows.key(g, t0 + j, d); // each lane reads back only its own d
+        for (int r = 0; r < R; r++) {
+            const float *qr = sq + r * HD;
+            float s = 0.0f;
+            for (int d = lane; d < HD; d += 32) s = fmaf(qr[d], kw[d], s);
+            s = warp_sum(s) * scale;
+            if (lane == 0) {
+                sp[r * chunk + j] = s;
+                att[(size_t)(h0 + r) * Tc + t0 + j] = s;
+            }
         }
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int j = tid; j < n; j += DEC_THREADS) mx = fmaxf(mx, sp[j]);
-    mx = dec_block_max(mx, sw);
-    float sum = 0.0f;
-    for (int j = tid; j < n; j += DEC_THREADS) {
-        float e = expf(sp[j] - mx);
-        sp[j] = e; // read by other threads below, after dec_block_sum's barriers
-        sum += e;
+    // softmax pieces: one warp per query head
+    for (int r = warp; r < R; r += DEC_WARPS) {
+        float *pr = sp + r * chunk;
+        float mx = -INFINITY;
+        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, pr[j]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int j = lane; j < n; j += 32) {
+            float e = expf(pr[j] - mx);
+            pr[j] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            smx[r] = mx;
+            ssum[r] = sum;
+        }
     }
-    sum = dec_block_sum(sum, sw);
-    // P V: thread group gi sums rows gi, gi + groups, ... of dimension d
-    for (int e = tid; e < groups * HD; e += DEC_THREADS) {
-        int gi = e / HD, d = e - gi * HD;
-        float acc = 0.0f;
-        for (int j = gi; j < n; j += groups) acc = fmaf(sp[j], rows.val(g, t0 + j, d), acc);
-        sred[e] = acc;
+    // P V: a tile of value rows at a time into shared memory (each value read once), then every (head, d)
+    // accumulates the tile's rows in order; element e of sacc belongs to thread e % DEC_THREADS throughout
+    for (int j0 = 0; j0 < n; j0 += DEC_VTILE) {
+        const int m = min(DEC_VTILE, n - j0);
+        __syncthreads(); // the previous tile is read (and, the first time, the softmax is written)
+        for (int e = tid; e < m * HD; e += DEC_THREADS) {
+            int j = e / HD, d = e - j * HD;
+            svt[e] = rows.val(g, t0 + j0 + j, d);
+        }
+        __syncthreads();
+        for (int e = tid; e < R * HD; e += DEC_THREADS) {
+            int r = e / HD, d = e - r * HD;
+            const float *pr = sp + r * chunk + j0;
+            float acc = j0 ? sacc[e] : 0.0f;
+            for (int j = 0; j < m; j++) acc = fmaf(pr[j], svt[j * HD + d], acc);
+            sacc[e] = acc;
+        }
     }
-    __syncthreads();
-    float *po = part + ((size_t)h * nchunks + c) * (HD + 2);
-    for (int d = tid; d < HD; d += DEC_THREADS) {
-        float acc = 0.0f;
-        for (int gi = 0; gi < groups; gi++) acc += sred[gi * HD + d];
-        po[2 + d] = acc;
+    for (int e = tid; e < R * HD; e += DEC_THREADS) { // the same threads wrote these elements last
+        int r = e / HD, d = e - r * HD;
+        part[((size_t)(h0 + r) * nchunks + c) * (HD + 2) + 2 + d] = sacc[e];
     }
-    if (tid == 0) po[0] = mx, po[1] = sum;
+    for (int r = tid; r < R; r += DEC_THREADS) { // written before the tile loop's barriers
+        float *po = part + ((size_t)(h0 + r) * nchunks + c) * (HD + 2);
+        po[0] = smx[r];
+        po[1] = ssum[r];
+    }
 }
 
 // Pass 2. Grid (NH, nblk), DEC_THREADS threads. Every block recomputes its head's M and L (cheap, fixed order);
@@ -162,33 +229,35 @@ __global__ void __launch_bounds__(DEC_THREADS)
 }
 
 // Rows per chunk: the smallest power of two in [DEC_CHUNK_MIN, DEC_CHUNK_MAX] that keeps pass 1 at or under
-// DEC_TARGET_BLOCKS blocks (a function of the shape only, never of the device).
-static int dec_chunk(int Tc, int NH) {
+// DEC_TARGET_BLOCKS blocks, then halved (down to DEC_CHUNK_FLOOR) while the block's shared memory would exceed
+// DEC_SMEM_MAX. A function of the shape only, never of the device.
+static int dec_chunk(int Tc, int NKV, int R, int HD) {
     int chunk = DEC_CHUNK_MIN;
-    while (chunk < DEC_CHUNK_MAX && (size_t)NH * (size_t)((Tc + chunk - 1) / chunk) > DEC_TARGET_BLOCKS) chunk *= 2;
+    while (chunk < DEC_CHUNK_MAX && (size_t)NKV * (size_t)((Tc + chunk - 1) / chunk) > DEC_TARGET_BLOCKS) chunk *= 2;
+    while (chunk > DEC_CHUNK_FLOOR && dec_partial_floats(R, HD, chunk) * sizeof(float) > DEC_SMEM_MAX) chunk /= 2;
     return chunk;
-}
-
-static size_t dec_partial_smem(int HD, int chunk) {
-    size_t groups_hd = HD <= DEC_THREADS ? (size_t)(DEC_THREADS / HD) * HD : (size_t)HD;
-    return sizeof(float) * ((size_t)HD + (size_t)chunk + groups_hd);
 }
 
 template <class Rows>
 static void dec_launch(float *out, float *att, const float *q, Rows rows, int Tc, int NH, int NKV, int HD,
                        const char *name) {
     CHECK(Tc > 0 && NH > 0 && NKV > 0 && HD > 0 && NH % NKV == 0);
-    CHECK(NH <= 65535);
+    CHECK(NKV <= 65535 && NH <= 2147483647 / 2);
     cudaStream_t st = cuda_stream();
-    const int chunk = dec_chunk(Tc, NH), nchunks = (Tc + chunk - 1) / chunk;
+    const int R = NH / NKV, chunk = dec_chunk(Tc, NKV, R, HD), nchunks = (Tc + chunk - 1) / chunk;
+    size_t smem = dec_partial_floats(R, HD, chunk) * sizeof(float);
+    if (smem > DEC_SMEM_MAX) {
+        fprintf(stderr, "%s: %d query heads of %d per kv head need %zu bytes of shared memory (at most %d)\n", name,
+                R, HD, smem, DEC_SMEM_MAX);
+        abort();
+    }
     float *part = NULL;
     CUDA_CHECK(cudaMallocAsync((void **)&part, (size_t)NH * nchunks * ((size_t)HD + 2) * sizeof(float), st));
-    size_t smem = dec_partial_smem(HD, chunk);
     if (smem > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(attention_decode_partial_kernel<Rows>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid1(nchunks, NH);
-    attention_decode_partial_kernel<Rows><<<grid1, DEC_THREADS, smem, st>>>(part, att, q, rows, Tc, chunk, NH, NKV, HD,
+    dim3 grid1(nchunks, NKV);
+    attention_decode_partial_kernel<Rows><<<grid1, DEC_THREADS, smem, st>>>(part, att, q, rows, Tc, chunk, R, HD,
                                                                             1.0f / sqrtf((float)HD));
     CUDA_OP_DONE(name);
     unsigned nblk = cuda_blocks((size_t)Tc, 4 * DEC_THREADS);
@@ -200,16 +269,49 @@ static void dec_launch(float *out, float *att, const float *q, Rows rows, int Tc
 
 extern "C" void attention_decode_cuda(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                                       size_t head_stride, int NH, int NKV, int HD) {
-    DecodeRowsF32 rows = {kc, vc, head_stride, HD};
+    DecodeRowsF32 rows = {(const uint8_t *)kc, (const uint8_t *)vc, head_stride * sizeof(float),
+                          (size_t)HD * sizeof(float)};
     dec_launch(out, att, q, rows, Tc, NH, NKV, HD, "attention_decode");
+}
+
+static DecodeRowsQ dec_rows_q(const uint8_t *kc, const uint8_t *vc, int bits, int group, size_t head_stride_bytes,
+                              size_t row_bytes, int HD) {
+    CHECK((bits == 8 || bits == 4 || bits == 2) && group >= 1 && HD % group == 0);
+    int group_bytes = 4 + (group * bits + 7) / 8;
+    CHECK(row_bytes >= (size_t)(HD / group) * (size_t)group_bytes); // a stride: head-major or interleaved layouts
+    return DecodeRowsQ{kc, vc, head_stride_bytes, row_bytes, group, bits, group_bytes};
 }
 
 extern "C" void attention_decode_q_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc,
                                         int bits, int group, int Tc, size_t head_stride_bytes, size_t row_bytes,
                                         int NH, int NKV, int HD) {
-    CHECK((bits == 8 || bits == 4 || bits == 2) && group >= 1 && HD % group == 0);
-    int group_bytes = 4 + (group * bits + 7) / 8;
-    CHECK(row_bytes >= (size_t)(HD / group) * (size_t)group_bytes); // a stride: head-major or interleaved layouts
-    DecodeRowsQ rows = {kc, vc, head_stride_bytes, row_bytes, group, bits, group_bytes};
+    DecodeRowsQ rows = dec_rows_q(kc, vc, bits, group, head_stride_bytes, row_bytes, HD);
     dec_launch(out, att, q, rows, Tc, NH, NKV, HD, "attention_decode_q");
+}
+
+extern "C" void attention_decode_kv_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc,
+                                         int bits, int group, int Tc, size_t head_stride_bytes, size_t row_bytes,
+                                         int NH, int NKV, int HD, const float *rope_cos, const float *rope_sin,
+                                         int sink, int window, int newest) {
+    CHECK(bits == 32 || bits == 8 || bits == 4 || bits == 2);
+    CHECK(!rope_cos || (HD % 2 == 0 && sink >= 0 && window >= 0 && (window == 0 || (newest >= 0 && newest < window))));
+    const char *name = "attention_decode_kv";
+    if (bits == 32) {
+        CHECK(row_bytes >= (size_t)HD * sizeof(float) && row_bytes % sizeof(float) == 0);
+        DecodeRowsF32 rows = {kc, vc, head_stride_bytes, row_bytes};
+        if (!rope_cos) {
+            dec_launch(out, att, q, rows, Tc, NH, NKV, HD, name);
+            return;
+        }
+        DecodeRowsRope<DecodeRowsF32> rr = {rows, rope_cos, rope_sin, HD / 2, sink, window, newest, Tc};
+        dec_launch(out, att, q, rr, Tc, NH, NKV, HD, name);
+        return;
+    }
+    DecodeRowsQ rows = dec_rows_q(kc, vc, bits, group, head_stride_bytes, row_bytes, HD);
+    if (!rope_cos) {
+        dec_launch(out, att, q, rows, Tc, NH, NKV, HD, name);
+        return;
+    }
+    DecodeRowsRope<DecodeRowsQ> rr = {rows, rope_cos, rope_sin, HD / 2, sink, window, newest, Tc};
+    dec_launch(out, att, q, rr, Tc, NH, NKV, HD, name);
 }

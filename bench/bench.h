@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "../layers/ops.h"
+
 #define MAX_TS 64
 #define MAX_LIST 16 // --decode-batches, --decode-contexts, --decode-kv-heads
 
@@ -49,6 +51,12 @@ int bench_attention(const BenchOpts *o);
 // shakespeare preset and GPT-2 small's shape, then attention forward + backward, naive vs flash, T 1k..8k;
 // with --quick the tiny preset and T = 64 (the emulator's plumbing check). 1 when no GPU is usable.
 int bench_cuda(const BenchOpts *o);
+
+// build/bench --device cuda's decode rows (cuda_decode.c): decode tokens/s and achieved bandwidth through the
+// device KV cache, fp32/int8/int4, MHA and GQA, contexts 1k..32k at GPT-2 small's shape (--quick: a tiny shape
+// at contexts 64 and 130). ops: the CUDA op table; vocab: the model's vocabulary. 1 when a row's logits are not
+// finite.
+int bench_cuda_decode(const Ops *ops, int vocab, const BenchOpts *o);
 
 // Writes bytes as "12.5 KiB", "3.00 MiB" and so on.
 void bench_fmt_bytes(char *buf, size_t n, double bytes);

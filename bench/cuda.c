@@ -193,6 +193,7 @@ int bench_cuda(const BenchOpts *o) {
             }
     }
     for (int i = 0; i < n_ts; i++) attention_row(ops, aB, ts[i], aNH, aHD, runs, o->json);
+    if (bench_cuda_decode(ops, tok.vocab_size, o) != 0) rc = 1;
     corpus_free(&c);
     return rc;
 }

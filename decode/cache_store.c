@@ -9,6 +9,7 @@ static int cache_attend(KVStore *st, const Model *m, DecodeState *s, int l, int 
     DecodeCache *c = st->ctx;
     const ModelConfig *mc = &m->cfg;
     int C = mc->n_embd, KVC = model_kv_dim(mc), NH = mc->n_head, NKV = mc->n_kv_head, HD = model_head_dim(mc);
+    CHECK(!m->ops->on_device); // host memory only: a device model attends through decode_store_device
     for (int r = row0; r < row0 + n; r++) {
         float *q = s->q + (size_t)r * C, *out = s->atty + (size_t)r * C;
         if (kv_cache_append(c->kv, l, s->pos[r], s->k + (size_t)r * KVC, s->v + (size_t)r * KVC) != 0) {
@@ -18,7 +19,7 @@ static int cache_attend(KVStore *st, const Model *m, DecodeState *s, int l, int 
         CHECK(kv_cache_tokens(c->kv, l) <= s->capacity);
         int qpos = kv_cache_query_pos(c->kv, l);
         m->ops->rope_forward(q, 1, 1, NH, HD, qpos, mc->rope_theta);
-        int Tc = m->ops->on_device ? 0 : kv_cache_attend(c->kv, l, q, out, s->att);
+        int Tc = kv_cache_attend(c->kv, l, q, out, s->att);
         if (!Tc) {
             const float *kc, *vc;
             int view_qpos;

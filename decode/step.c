@@ -9,11 +9,14 @@ KVShape decode_kv_shape(const ModelConfig *c, int max_positions) {
     return (KVShape){c->n_layer, c->n_head, c->n_kv_head, model_head_dim(c), max_positions, c->rope_theta, 0};
 }
 
-void decode_state_init(DecodeState *s, const ModelConfig *c, int max_rows, int capacity) {
-    size_t C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, R = (size_t)max_rows;
+void decode_state_init_on(DecodeState *s, const ModelConfig *c, const Ops *ops, int max_rows, int capacity) {
+    size_t C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden, R = (size_t)max_rows, V = c->vocab_size;
     CHECK(max_rows >= 1 && capacity >= 1);
-    size_t n = R * (5 * C + 2 * KVC + 3 * H + 1 + c->vocab_size) + (size_t)c->n_head * capacity;
-    float *p = common_calloc(n, sizeof(float));
+    *s = (DecodeState){.ops = ops, .max_rows = max_rows, .capacity = capacity};
+    int dev = ops->on_device;
+    // on a device the logits are a separate device buffer and the host's copy is allocated on its own
+    size_t n = R * (5 * C + 2 * KVC + 3 * H + 1 + (dev ? 0 : V)) + (size_t)c->n_head * capacity;
+    float *p = dev ? ops->mem_alloc(n * sizeof(float)) : common_calloc(n, sizeof(float));
     float **rows_c[] = {&s->x, &s->xn, &s->q, &s->atty, &s->proj};
     float **rows_h[] = {&s->h1, &s->h3, &s->hg};
     for (int i = 0; i < 5; i++) {
@@ -30,17 +33,32 @@ void decode_state_init(DecodeState *s, const ModelConfig *c, int max_rows, int c
     }
     s->rstd = p;
     p += R;
-    s->logits = p;
-    p += R * c->vocab_size;
+    if (dev) {
+        s->logits = common_calloc(R * V, sizeof(float));
+        s->logits_dev = ops->mem_alloc(R * V * sizeof(float));
+        s->tokens_dev = ops->mem_alloc(R * sizeof(int));
+    } else {
+        s->logits = p;
+        p += R * V;
+    }
     s->att = p;
     s->tokens = common_calloc(2 * R, sizeof(int));
     s->pos = s->tokens + R;
-    s->max_rows = max_rows;
-    s->capacity = capacity;
+}
+
+void decode_state_init(DecodeState *s, const ModelConfig *c, int max_rows, int capacity) {
+    decode_state_init_on(s, c, &ops_cpu, max_rows, capacity);
 }
 
 void decode_state_free(DecodeState *s) {
-    common_free(s->x);
+    if (s->ops && s->ops->on_device) {
+        s->ops->mem_free(s->x);
+        s->ops->mem_free(s->logits_dev);
+        s->ops->mem_free(s->tokens_dev);
+        common_free(s->logits);
+    } else {
+        common_free(s->x);
+    }
     common_free(s->tokens);
     memset(s, 0, sizeof(*s));
 }
@@ -60,9 +78,11 @@ int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n
     const ParamTensors *p = &m->params;
     int C = c->n_embd, KVC = model_kv_dim(c), H = c->n_hidden;
     CHECK(n >= 1 && n <= s->max_rows && (n_stores == 1 || n_stores == n));
+    CHECK(!op->on_device == !s->ops->on_device); // the buffers live where the model's ops run
     memmove(s->tokens, tokens, (size_t)n * sizeof(int));
     memmove(s->pos, pos, (size_t)n * sizeof(int));
-    op->encoder_forward(s->x, s->tokens, p->wte, 1, n, C);
+    if (op->on_device) op->mem_upload(s->tokens_dev, s->tokens, (size_t)n * sizeof(int));
+    op->encoder_forward(s->x, op->on_device ? s->tokens_dev : s->tokens, p->wte, 1, n, C);
     for (int l = 0; l < c->n_layer; l++) {
         size_t lC = (size_t)l * C, lCC = lC * C, lKC = (size_t)l * KVC * C, lHC = (size_t)l * H * C;
         op->rmsnorm_forward(s->xn, s->rstd, s->x, p->attn_norm + lC, n, C, c->norm_eps);
@@ -92,7 +112,12 @@ int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n
     }
     int first = logits == DECODE_LOGITS_LAST ? n - 1 : 0, rows = n - first;
     op->rmsnorm_forward(s->xn, s->rstd, s->x + (size_t)first * C, p->final_norm, rows, C, c->norm_eps);
-    op->matmul_forward(s->logits, s->xn, p->wte, rows, C, c->vocab_size);
+    if (op->on_device) { // computed on the device, sampled and compared on the host
+        op->matmul_forward(s->logits_dev, s->xn, p->wte, rows, C, c->vocab_size);
+        op->mem_download(s->logits, s->logits_dev, (size_t)rows * c->vocab_size * sizeof(float));
+    } else {
+        op->matmul_forward(s->logits, s->xn, p->wte, rows, C, c->vocab_size);
+    }
     for (int i = 0; i < n_stores; i++)
         if (stores[i]->ops->step_end) stores[i]->ops->step_end(stores[i]);
     return n;

@@ -16,6 +16,9 @@ KVShape decode_kv_shape(const ModelConfig *cfg, int max_positions);
 
 // Buffers of one step, for up to max_rows rows (llama2.c's RunState). Row r of each (rows, width) buffer is
 // at r * width.
+// On a device backend (decode_state_init_on with ops->on_device) every float buffer but logits lives in device
+// memory; tokens and pos stay on the host (the stores read them) and are uploaded to tokens_dev, and the logits a
+// step computes (in logits_dev) are downloaded into the host's logits for sampling and comparison.
 typedef struct {
     float *x, *xn, *q, *atty, *proj; // (max_rows, C) residual stream, normed, queries, attention out, a product
     float *k, *v;                    // (max_rows, KVC) keys and values before RoPE
@@ -25,9 +28,16 @@ typedef struct {
     float *logits;                   // (max_rows, V)
     int *tokens, *pos;               // (max_rows) each row's token and position (a store may compact them)
     int max_rows, capacity;          // capacity: the most tokens any store may attend over
+    const Ops *ops;                  // the backend whose memory holds the buffers (ops_cpu: the host)
+    float *logits_dev;               // device: (max_rows, V) the step's logits before their download
+    int *tokens_dev;                 // device: (max_rows) the tokens, uploaded for the embedding
 } DecodeState;
 
+// Host buffers (the CPU backend).
 void decode_state_init(DecodeState *s, const ModelConfig *cfg, int max_rows, int capacity);
+// Buffers in ops' memory (host for ops_cpu: the same as decode_state_init). decode_forward needs the model's
+// backend to be the state's.
+void decode_state_init_on(DecodeState *s, const ModelConfig *cfg, const Ops *ops, int max_rows, int capacity);
 void decode_state_free(DecodeState *s);
 
 typedef struct KVStore KVStore;

@@ -62,6 +62,18 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
     const ModelConfig *mc = &m->cfg;
     KVShape shape = decode_kv_shape(mc, max_positions);
     *c = (EvalCache){.n_layer = mc->n_layer};
+    if (m->ops->on_device) { // the device cache: its own specs, its own prompt path (in chunks of rows)
+        if (decode_device_check(spec, err) != 0) return -1;
+        c->dev = common_calloc(1, sizeof(DecodeDevice));
+        if (decode_device_init(c->dev, m->ops, spec, &shape, err) != 0) {
+            common_free(c->dev);
+            c->dev = NULL;
+            return -1;
+        }
+        c->chunked = 1;
+        decode_state_init_on(&c->ds, mc, m->ops, EVALCORE_PREFILL_ROWS, max_positions);
+        return 0;
+    }
     if (spec->paged_block) { // one sequence: room for a stream, and a block to spare
         int n_blocks = (max_positions + spec->paged_block - 1) / spec->paged_block + 1;
         if (kv_pool_init_spec(&c->pool, &shape, spec, n_blocks, err) != 0) return -1;
@@ -94,8 +106,12 @@ int evalcore_cache_init_full(EvalCache *c, const Model *m, int max_positions, ch
 }
 
 void evalcore_cache_free(EvalCache *c) {
-    if (!c->kv && !c->pool) return; // never initialised, or freed
+    if (!c->kv && !c->pool && !c->dev) return; // never initialised, or freed
     decode_state_free(&c->ds);
+    if (c->dev) {
+        decode_device_free(c->dev);
+        common_free(c->dev);
+    }
     if (c->pool) kv_paged_end(c->pool, &c->seq);
     kv_pool_free(c->pool);
     kv_cache_free(c->kv);
@@ -103,7 +119,11 @@ void evalcore_cache_free(EvalCache *c) {
 }
 
 void evalcore_cache_reset(EvalCache *c, int prefill) {
-    if (!c->kv && !c->pool) return; // never initialised (a pair without its reference)
+    if (!c->kv && !c->pool && !c->dev) return; // never initialised (a pair without its reference)
+    if (c->dev) {
+        decode_device_reset(c->dev);
+        return;
+    }
     if (c->pool) {
         kv_paged_end(c->pool, &c->seq); // a stream starts empty, keeping the policy
         return;
@@ -113,6 +133,11 @@ void evalcore_cache_reset(EvalCache *c, int prefill) {
 }
 
 int evalcore_cache_step(EvalCache *c, const Model *m, int token, int pos, char *err) {
+    if (c->dev) {
+        KVStore st = decode_store_device(c->dev);
+        KVStore *stores[] = {&st};
+        return decode_forward(m, &c->ds, stores, 1, &token, &pos, 1, DECODE_LOGITS_ALL, err) < 0 ? -1 : 0;
+    }
     if (c->pool) return model_decode_step_paged(m, &c->ds, c->pool, &c->seq, token, pos, err);
     if (model_decode_step(m, &c->ds, c->kv, token, pos) != 0) {
         err_set(err, "the KV cache has no room for position %d", pos);
@@ -128,6 +153,7 @@ int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int 
         start = kv_paged_begin(c->pool, &c->seq, tokens, n, KV_PRIORITY_DEFAULT, err);
         if (start < 0) return -1;
     }
+    if (c->dev) return decode_prefill_device(m, &c->ds, c->dev, tokens, n, err);
     if (c->chunked) {
         return decode_prefill_cache(m, &c->ds, c->kv, tokens, n, err); // the store names a position it cannot hold
     }
@@ -138,6 +164,7 @@ int evalcore_cache_prefill(EvalCache *c, const Model *m, const int *tokens, int 
 }
 
 KVStore evalcore_cache_store(EvalCache *c, EvalStoreSlot *slot) {
+    if (c->dev) return decode_store_device(c->dev);
     if (c->pool) {
         slot->paged = (DecodePaged){c->pool, &c->seq};
         return decode_store_paged(&slot->paged);
@@ -159,6 +186,7 @@ int evalcore_caches_step(EvalCache *const *caches, int n, const Model *m, Decode
 }
 
 size_t evalcore_cache_bytes(const EvalCache *c) {
+    if (c->dev) return decode_device_bytes(c->dev);
     if (!c->pool) return kv_cache_bytes(c->kv);
     int blocks = kv_paged_blocks(&c->seq);
     int held = 0;
@@ -171,7 +199,7 @@ size_t evalcore_cache_bytes(const EvalCache *c) {
 double evalcore_cache_held(const EvalCache *c) {
     if (c->pool) return kv_paged_held(c->pool, &c->seq);
     double sum = 0.0;
-    for (int l = 0; l < c->n_layer; l++) sum += kv_cache_tokens(c->kv, l);
+    for (int l = 0; l < c->n_layer; l++) sum += c->dev ? decode_device_tokens(c->dev, l) : kv_cache_tokens(c->kv, l);
     return sum / c->n_layer;
 }
 

@@ -11,14 +11,18 @@
 
 #include "../kv/kv.h"
 #include "../kv/paged.h"
+#include "../decode/device_store.h"
 #include "../decode/step.h"
 #include "../layers/model.h"
 
 // A cache of any spec with its decode state. A paged spec (SELECT+paged:B[+FORMAT]) holds one sequence in
-// a pool of its own, sized for max_positions tokens plus a block to spare; anything else is a KVCache.
+// a pool of its own, sized for max_positions tokens plus a block to spare; anything else is a KVCache. On a
+// device model (m->ops->on_device) the cache is a device cache (decode/device_store.h: the specs it names)
+// and the decode state's buffers are in device memory too (ds.logits is the host's copy).
 typedef struct {
-    KVCache *kv;    // contiguous cache, NULL when paged
+    KVCache *kv;    // contiguous cache, NULL when paged or on a device
     KVPool *pool;   // paged: the pool and its one sequence
+    DecodeDevice *dev; // device: the cache in device memory
     KVSeq seq;
     DecodeState ds; // logits of the last step in ds.logits (V)
     int n_layer;

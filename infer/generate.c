@@ -157,9 +157,10 @@ static int generate_run(void *p, char *err) {
         err_set(err, "--kv ...+tier:N applies to the tier mode (build/infer tier)");
         return -1;
     }
+    if (mode_check_device_spec(&o->common, &spec, err) != 0) return -1;
     Model m;
     Tokenizer tok;
-    if (mode_load_model(&o->common, 0, &m, &tok, err) != 0) return -1;
+    if (mode_load_model(&o->common, 1, &m, &tok, err) != 0) return -1;
     Corpus calib;
     int rc = generate_check_prompt(&tok, o->prompt, err);
     if (rc == 0) rc = mode_load_calibration(&spec, &tok, o->data, &calib, err);

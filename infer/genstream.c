@@ -9,6 +9,7 @@
 // (its keys' positions then stay within that distance of the query); 0 when kept tokens age without bound.
 static int genstream_reach(const KVSpec *spec, const EvalCache *c) {
     const KVPolicy *pol = spec->policy;
+    if (c->dev) return pol->bounded_reach ? decode_device_budget(c->dev) : 0; // the rows it holds at most
     if (spec->paged_block) // whole blocks dropped after a step: at most budget + B - 1 held, plus the new token;
                            // pages keep absolute positions, so sinks do not help there
         return pol->bounded_reach && !pol->in_cache_positions ? kv_spec_budget(spec) + spec->paged_block : 0;

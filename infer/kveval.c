@@ -66,8 +66,8 @@ int kv_eval_streams(const Model *m, const KVSpec *spec, const int *tokens, size_
         }
     }
     DecodeState ds_full, ds_comp;
-    if (!cfg->no_reference) decode_state_init(&ds_full, c, G, T);
-    decode_state_init(&ds_comp, c, G, T);
+    if (!cfg->no_reference) decode_state_init_on(&ds_full, c, m->ops, G, T);
+    decode_state_init_on(&ds_comp, c, m->ops, G, T);
     int span = T - cfg->prefill; // predicted positions prefill .. T-1
     EvalTokenCompare *tcs = common_calloc((size_t)G * span, sizeof(EvalTokenCompare));
     EvalAcc acc = {0};

@@ -8,6 +8,7 @@
 
 #include "../checkpoints/gguf.h"
 #include "../common/args.h"
+#include "../decode/device_store.h"
 
 const Mode *mode_find(const char *name) {
     for (int i = 0; i < mode_count; i++)
@@ -129,8 +130,8 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
         return -1;
     }
     if (strcmp(c->device, "cuda") == 0 && !allow_cuda) {
-        err_set(err, "--device cuda runs `build/infer score` (--eval FILE) in this release; generation and the KV "
-                     "evals run on the CPU");
+        err_set(err, "--device cuda runs `build/infer score`, `generate` and `kv` in this release; the other modes "
+                     "run on the CPU");
         return -1;
     }
     const Ops *backend = ops_for_device(c->device, err);
@@ -148,6 +149,11 @@ int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *to
     }
     model_to_backend(m, backend);
     return 0;
+}
+
+int mode_check_device_spec(const ModeCommon *c, const KVSpec *spec, char *err) {
+    if (strcmp(c->device, "cuda") != 0) return 0;
+    return decode_device_check(spec, err);
 }
 
 int mode_load_calibration(const KVSpec *spec, Tokenizer *tok, const char *data, Corpus *calib, char *err) {

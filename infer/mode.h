@@ -63,6 +63,10 @@ int mode_flag_takes_value(const char *name);
 // bad pooling). The tokenizer may hold a BPE: release it with tokenizer_free.
 int mode_load_model(const ModeCommon *c, int allow_cuda, Model *m, Tokenizer *tok, char *err);
 
+// With --device cuda, whether the device KV cache runs spec (decode/device_store.h); -1 with one line naming
+// what it takes. Asked before the checkpoint loads, so the answer needs no GPU.
+int mode_check_device_spec(const ModeCommon *c, const KVSpec *spec, char *err);
+
 // Low-rank specs fit their bases on the training split of --data: loads it into calib when spec needs it
 // (else leaves calib empty). -1 with a message naming the file.
 int mode_load_calibration(const KVSpec *spec, Tokenizer *tok, const char *data, Corpus *calib, char *err);
@@ -79,6 +83,6 @@ int mode_load_calibration(const KVSpec *spec, Tokenizer *tok, const char *data, 
     {"--kv-heads", NULL, MODE_FLAG_INT, offsetof(ModeCommon, kv_heads), 1, 1024, "G",                          \
      "GQA conversion at load: mean-pool the key/value heads into G groups (no retraining)"},                   \
     {"--device", NULL, MODE_FLAG_STRING, offsetof(ModeCommon, device), 0, 0, "cpu|cuda",                       \
-     "cuda runs `score` only in this release   [cpu]"}
+     "cuda runs score, generate and kv (--kv full, window:W, sink:S,window:W; fp32/int8/int4/int2)   [cpu]"}
 
 #endif

@@ -202,9 +202,10 @@ static int kv_run(void *p, char *err) {
         err_set(err, "--curve applies to the streaming eval with --json (build/infer kv --eval FILE --kv SPEC --json)");
         return -1;
     }
+    if (mode_check_device_spec(&o->common, &spec, err) != 0) return -1;
     Model m;
     Tokenizer tok;
-    if (mode_load_model(&o->common, 0, &m, &tok, err) != 0) return -1;
+    if (mode_load_model(&o->common, 1, &m, &tok, err) != 0) return -1;
     int rc = kv_run_streams(&m, &tok, o, &spec, err);
     model_free(&m);
     tokenizer_free(&tok);

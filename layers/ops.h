@@ -116,6 +116,24 @@ typedef struct {
     // dlogits (N,V) as crossentropy_backward, overwritten; dlogits may be logits (in place); targets not NULL.
     void (*crossentropy_fused)(float *losses, float *dlogits, const float *logits, const int *targets, float dloss,
                                int N, int V);
+
+    // ---- Device-only: the device KV cache of decode/device_store.c (GPU inference) ----------------------------
+    // NULL in ops_cpu (the CPU's caches live in kv/ and encode and attend on the host); set by backends with
+    // on_device. Rows are addressed in bytes: row t of kv head g at g * head_stride_bytes + t * row_bytes.
+    // bits 32: fp32 rows; 8, 4, 2: kv/quant.h's group rows (groups of `group` values).
+    //
+    // dst row i (at i * dst_stride bytes) = src row i (n rows of HD floats, row i at i * src_stride floats)
+    // encoded: a copy (bits 32), or exactly the bytes quant_encode_row writes.
+    void (*kv_encode_rows)(uint8_t *dst, size_t dst_stride, const float *src, size_t src_stride, int n, int HD,
+                           int group, int bits);
+    // attention_decode over Tc stored rows -> out (NH,HD), att (NH,Tc) probabilities. rope_cos == NULL: keys
+    // stored rotated (on entry). Else keys stored before RoPE are rotated as read with the (positions, HD/2)
+    // tables, row t to its cache position: rows [0, sink) at 0..sink-1, rows [sink, Tc) a ring of `window`
+    // rows whose newest is row sink + newest, age a at Tc - 1 - a (StreamingLLM; window 0: row t at t).
+    void (*attention_decode_kv)(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc,
+                                int bits, int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH,
+                                int NKV, int HD, const float *rope_cos, const float *rope_sin, int sink, int window,
+                                int newest);
 } Ops;
 
 extern const Ops ops_cpu;

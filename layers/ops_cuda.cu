@@ -60,6 +60,9 @@ extern "C" const Ops ops_cuda = {
     .crossentropy_forward = crossentropy_forward_cuda,
     .crossentropy_backward = crossentropy_backward_cuda,
     .crossentropy_fused = crossentropy_fused_forward_backward_cuda,
+    // device-only: the device KV cache (decode/device_store.c)
+    .kv_encode_rows = kv_encode_rows_cuda,
+    .attention_decode_kv = attention_decode_kv_cuda,
 };
 
 static const DeviceCudaBackend backend = {

@@ -1,6 +1,8 @@
 // CPU-vs-CUDA tests of the attention ops: the naive materialised pair, flash attention (against the same CPU
 // reference: out, a float64 log-sum-exp, and the gradients), fp32 decode and decode from a group-quantized cache
-// (against attention_decode_cpu on the rows kv/quant.h decodes). Odd shapes: B=2, T 37 and 130, NH 6 over
+// (against attention_decode_cpu on the rows kv/quant.h decodes), decode by kv head group at NH/NKV 1, 4 and NH,
+// keys rotated at view for a StreamingLLM ring, and the device's row encoder byte for byte against
+// quant_encode_row. Odd shapes: B=2, T 37 and 130, NH 6 over
 // NKV 6 / 2 / 1, HD 16 / 32 / 64 (plus odd head dims), Tc up to 3000 (and one long context). Outputs start as
 // NaN so an unwritten element fails; gradients start random so accumulation (+=) is checked; cache rows past
 // Tc are NaN so a read past the end fails. Without a GPU every test skips.
@@ -298,6 +300,204 @@ static void decode_q_shapes(int bits) {
     decode_q_case(6, 32, 37, bits, 16, 1, seed + 3);
 }
 
+// --- decode by kv head group (one block per (chunk, kv head) serves its NH/NKV query heads) -----------------
+
+// attention_decode_cuda at any NH/NKV against attention_decode_cpu, and twice the same bits.
+static void decode_group_case(int NH, int NKV, int HD, int Tc, uint64_t seed) {
+    const int cap = Tc + 3;
+    size_t hs = (size_t)cap * HD, ncache = (size_t)NKV * hs, nq = (size_t)NH * HD, na = (size_t)NH * Tc;
+    float *kc = bk_host_random(ncache, seed, 2.0f), *vc = bk_host_random(ncache, seed + 1, 1.0f);
+    float *q = bk_host_random(nq, seed + 2, 2.0f);
+    for (int g = 0; g < NKV; g++)
+        for (size_t i = (size_t)Tc * HD; i < hs; i++) kc[g * hs + i] = vc[g * hs + i] = NAN;
+    float *out = common_calloc(nq, sizeof(float)), *att = common_calloc(na, sizeof(float));
+    attention_decode_cpu(out, att, q, kc, vc, Tc, hs, NH, NKV, HD);
+    float *dkc = bk_dev_from_host(kc, ncache), *dvc = bk_dev_from_host(vc, ncache), *dq = bk_dev_from_host(q, nq);
+    float *dout = bk_dev_poisoned(nq), *datt = bk_dev_poisoned(na);
+    attention_decode_cuda(dout, datt, dq, dkc, dvc, Tc, hs, NH, NKV, HD);
+    char what[160];
+    snprintf(what, sizeof(what), "decode out NH=%d NKV=%d HD=%d Tc=%d", NH, NKV, HD, Tc);
+    bk_expect_close(dout, out, nq, TOL, what);
+    snprintf(what, sizeof(what), "decode att NH=%d NKV=%d HD=%d Tc=%d", NH, NKV, HD, Tc);
+    bk_expect_close(datt, att, na, TOL, what);
+    float *o1 = bk_download(dout, nq), *a1 = bk_download(datt, na);
+    attention_decode_cuda(dout, datt, dq, dkc, dvc, Tc, hs, NH, NKV, HD);
+    float *o2 = bk_download(dout, nq), *a2 = bk_download(datt, na);
+    cr_assert(memcmp(o1, o2, nq * sizeof(float)) == 0 && memcmp(a1, a2, na * sizeof(float)) == 0,
+              "decode NH=%d NKV=%d HD=%d Tc=%d: two runs differ", NH, NKV, HD, Tc);
+    bk_dev_free(dkc);
+    bk_dev_free(dvc);
+    bk_dev_free(dq);
+    bk_dev_free(dout);
+    bk_dev_free(datt);
+    float *host[] = {kc, vc, q, out, att, o1, o2, a1, a2};
+    for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) common_free(host[i]);
+}
+
+// NH/NKV = 1, 4 and NH (MQA); Tc of one row, under one chunk (odd), one row past a chunk, and many chunks; head
+// dims under a warp, odd, and past the block's threads
+static void run_decode_groups(void) {
+    static const int nkvs[] = {8, 2, 1}, hds[] = {8, 26, 64}, tcs[] = {1, 5, 65, 4097};
+    uint64_t seed = 6000;
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t c = 0; c < 4; c++, seed += 7) decode_group_case(8, nkvs[a], hds[b], tcs[c], seed);
+    decode_group_case(12, 3, 160, 300, seed);  // HD past the block's 128 threads, a group of 4
+    decode_group_case(32, 1, 128, 700, seed + 1); // MQA, 32 wide queries: past 48 KB of shared memory (opt-in)
+    decode_group_case(64, 1, 128, 130, seed + 2); // the chunk shrinks to fit shared memory
+}
+
+// RoPE at view for a StreamingLLM cache on the device (attention_decode_kv_cuda with tables): the device holds
+// pre-RoPE rows in physical order (sinks, then a ring of `window` rows, the newest at sink + newest); the
+// reference lays the same rows out in cache order (sinks, then the window oldest first), rotates row s to
+// position s as kv/cache.c's view does, and runs attention_decode_cpu. att is compared row by row through the
+// ring's permutation. bits 32 and 4 (the reference decodes the int4 rows first).
+static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int seen, int bits, uint64_t seed) {
+    const int half = HD / 2, group = 16;
+    int n_win = seen - sink < window ? seen - sink : window, Tc = sink + (n_win > 0 ? n_win : 0);
+    if (seen < sink) Tc = seen;
+    int newest = seen > sink ? (seen - 1 - sink) % window : 0;
+    size_t rb = bits == 32 ? (size_t)HD * sizeof(float) : quant_row_bytes(HD, group, bits);
+    size_t hsb = (size_t)(sink + window) * rb, nbytes = (size_t)NKV * hsb, nq = (size_t)NH * HD;
+    float *kf = bk_host_random((size_t)NKV * Tc * HD, seed, 2.0f), *vf = bk_host_random((size_t)NKV * Tc * HD, seed + 1, 1.0f);
+    float *q = bk_host_random(nq, seed + 2, 2.0f);
+    uint8_t *kq = common_calloc(nbytes, 1), *vq = common_calloc(nbytes, 1);
+    float *kr = common_calloc((size_t)NKV * Tc * HD, sizeof(float)), *vr = common_calloc((size_t)NKV * Tc * HD, sizeof(float));
+    int *order = common_calloc(Tc, sizeof(int)); // cache slot s -> physical row
+    for (int s = 0; s < Tc; s++) {
+        int age = Tc - 1 - s; // window rows: the newest at slot Tc - 1
+        order[s] = s < sink ? s : sink + ((newest - age) % window + window) % window;
+    }
+    float *cs = common_calloc((size_t)(sink + window) * half, sizeof(float)), *sn = common_calloc((size_t)(sink + window) * half, sizeof(float));
+    for (int p = 0; p < sink + window; p++)
+        for (int i = 0; i < half; i++) {
+            double ang = rope_angle(p, i, HD, 10000.0f);
+            cs[(size_t)p * half + i] = (float)cos(ang);
+            sn[(size_t)p * half + i] = (float)sin(ang);
+        }
+    for (int g = 0; g < NKV; g++)
+        for (int t = 0; t < Tc; t++) { // physical row t holds kf row t; the reference's slot s holds row order[s]
+            const float *kt = kf + ((size_t)g * Tc + t) * HD, *vt = vf + ((size_t)g * Tc + t) * HD;
+            uint8_t *ko = kq + (size_t)g * hsb + (size_t)t * rb, *vo = vq + (size_t)g * hsb + (size_t)t * rb;
+            if (bits == 32) {
+                memcpy(ko, kt, HD * sizeof(float));
+                memcpy(vo, vt, HD * sizeof(float));
+            } else {
+                quant_encode_row(ko, kt, HD, group, bits);
+                quant_encode_row(vo, vt, HD, group, bits);
+            }
+        }
+    for (int g = 0; g < NKV; g++)
+        for (int s = 0; s < Tc; s++) {
+            const uint8_t *ko = kq + (size_t)g * hsb + (size_t)order[s] * rb, *vo = vq + (size_t)g * hsb + (size_t)order[s] * rb;
+            float *kd = kr + ((size_t)g * Tc + s) * HD, *vd = vr + ((size_t)g * Tc + s) * HD;
+            if (bits == 32) {
+                memcpy(kd, ko, HD * sizeof(float));
+                memcpy(vd, vo, HD * sizeof(float));
+            } else {
+                quant_decode_row(kd, ko, HD, group, bits);
+                quant_decode_row(vd, vo, HD, group, bits);
+            }
+            for (int i = 0; i < half; i++) { // kv/cache.c's rope_row at position s
+                float a = kd[2 * i], b = kd[2 * i + 1], c = cs[(size_t)s * half + i], n = sn[(size_t)s * half + i];
+                kd[2 * i] = a * c - b * n;
+                kd[2 * i + 1] = a * n + b * c;
+            }
+        }
+    float *out = common_calloc(nq, sizeof(float)), *att = common_calloc((size_t)NH * Tc, sizeof(float));
+    attention_decode_cpu(out, att, q, kr, vr, Tc, (size_t)Tc * HD, NH, NKV, HD);
+    float *perm = common_calloc((size_t)NH * Tc, sizeof(float)); // the reference's att in physical row order
+    for (int h = 0; h < NH; h++)
+        for (int s = 0; s < Tc; s++) perm[(size_t)h * Tc + order[s]] = att[(size_t)h * Tc + s];
+    uint8_t *dk = device_malloc(nbytes), *dv = device_malloc(nbytes);
+    device_upload(dk, kq, nbytes);
+    device_upload(dv, vq, nbytes);
+    float *dcs = bk_dev_from_host(cs, (size_t)(sink + window) * half), *dsn = bk_dev_from_host(sn, (size_t)(sink + window) * half);
+    float *dq = bk_dev_from_host(q, nq), *dout = bk_dev_poisoned(nq), *datt = bk_dev_poisoned((size_t)NH * Tc);
+    attention_decode_kv_cuda(dout, datt, dq, dk, dv, bits, group, Tc, hsb, rb, NH, NKV, HD, dcs, dsn, sink, window, newest);
+    char what[160];
+    snprintf(what, sizeof(what), "decode rope int%d sink %d window %d seen %d out", bits, sink, window, seen);
+    bk_expect_close(dout, out, nq, TOL, what);
+    snprintf(what, sizeof(what), "decode rope int%d sink %d window %d seen %d att", bits, sink, window, seen);
+    bk_expect_close(datt, perm, (size_t)NH * Tc, TOL, what);
+    device_free(dk);
+    device_free(dv);
+    bk_dev_free(dcs);
+    bk_dev_free(dsn);
+    bk_dev_free(dq);
+    bk_dev_free(dout);
+    bk_dev_free(datt);
+    float *host[] = {kf, vf, q, kr, vr, cs, sn, out, att, perm};
+    for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) common_free(host[i]);
+    common_free(kq);
+    common_free(vq);
+    common_free(order);
+}
+
+// before the sinks fill, before the ring wraps, just after, and many wraps later; fp32 and int4; MHA and GQA
+static void run_decode_rope_ring(void) {
+    static const int seens[] = {3, 10, 21, 22, 1000};
+    uint64_t seed = 7000;
+    for (size_t i = 0; i < 5; i++, seed += 10) {
+        decode_rope_case(4, 4, 32, 4, 17, seens[i], 32, seed);
+        decode_rope_case(8, 2, 64, 4, 17, seens[i], 4, seed + 5);
+    }
+    decode_rope_case(6, 1, 16, 1, 300, 2000, 32, seed); // a ring of several chunks
+}
+
+// kv_encode_rows_cuda writes what quant_encode_row writes, byte for byte (8, 4 and 2 bits, groups that leave a
+// partial code byte, constant groups, values at fp16's edges, strided rows); bits 32 copies rows.
+static void encode_rows_case(int n, int HD, int group, int bits, size_t src_stride, uint64_t seed) {
+    size_t rb = bits == 32 ? (size_t)HD * sizeof(float) : quant_row_bytes(HD, group, bits);
+    cr_assert(rb > 0);
+    size_t dst_stride = rb + (bits == 32 ? 8 : 5), nbytes = (size_t)n * dst_stride; // unaligned quantized rows
+    float *src = bk_host_random((size_t)n * src_stride, seed, 3.0f);
+    for (int i = 0; i < n; i++) {
+        float *r = src + (size_t)i * src_stride;
+        if (i % 5 == 1)
+            for (int d = 0; d < group && d < HD; d++) r[d] = 0.75f; // a constant group
+        if (i % 5 == 2) { // fp16's edges
+            r[0] = 60000.0f;
+            r[1] = -65504.0f;
+        }
+        if (i % 5 == 3)
+            for (int d = 0; d < HD; d++) r[d] = 1e-6f * r[d] + 100.0f; // a large offset, a tiny spread
+        if (i % 5 == 4) r[HD - 1] = 1e-7f; // subnormal territory
+    }
+    uint8_t *ref = common_calloc(nbytes, 1), *got = common_calloc(nbytes, 1);
+    memset(ref, 0xA5, nbytes);
+    for (int i = 0; i < n; i++) {
+        uint8_t *o = ref + (size_t)i * dst_stride;
+        if (bits == 32) memcpy(o, src + (size_t)i * src_stride, (size_t)HD * sizeof(float));
+        else quant_encode_row(o, src + (size_t)i * src_stride, HD, group, bits);
+    }
+    uint8_t *d = device_malloc(nbytes);
+    device_memset(d, 0xA5, nbytes);
+    float *dsrc = bk_dev_from_host(src, (size_t)n * src_stride);
+    kv_encode_rows_cuda(d, dst_stride, dsrc, src_stride, n, HD, group, bits);
+    device_download(got, d, nbytes);
+    for (size_t i = 0; i < nbytes; i++)
+        cr_assert(got[i] == ref[i], "encode int%d HD=%d group=%d: byte %zu (row %zu) is 0x%02x, quant_encode_row 0x%02x",
+                  bits, HD, group, i, i / dst_stride, got[i], ref[i]);
+    device_free(d);
+    bk_dev_free(dsrc);
+    common_free(src);
+    common_free(ref);
+    common_free(got);
+}
+
+static void run_encode_rows(void) {
+    static const int bitss[] = {8, 4, 2};
+    uint64_t seed = 8000;
+    for (int b = 0; b < 3; b++, seed += 10) {
+        encode_rows_case(40, 64, 32, bitss[b], 64, seed);
+        encode_rows_case(13, 26, 13, bitss[b], 30, seed + 1); // odd groups: a partial last code byte
+        encode_rows_case(7, 16, 16, bitss[b], 16, seed + 2);
+        encode_rows_case(5, 96, 3, bitss[b], 100, seed + 3);
+    }
+    encode_rows_case(9, 24, 24, 32, 31, seed);
+}
+
 static void run_decode_q8(void) { decode_q_shapes(8); }
 static void run_decode_q4(void) { decode_q_shapes(4); }
 static void run_decode_q2(void) { decode_q_shapes(2); }
@@ -323,3 +523,6 @@ Test(backend_attention, decode_long_and_odd) { BACKEND_REQUIRE_CUDA(); BK_RUN(ru
 Test(backend_attention, decode_int8) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_q8); }
 Test(backend_attention, decode_int4) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_q4); }
 Test(backend_attention, decode_int2) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_q2); }
+Test(backend_attention, decode_kv_groups) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_groups); }
+Test(backend_attention, decode_rope_ring) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_rope_ring); }
+Test(backend_attention, encode_rows_byte_exact) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_encode_rows); }

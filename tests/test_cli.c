@@ -263,8 +263,11 @@ Test(cli, infer_mode_errors) {
     r = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "--device", "tpu");
     EXPECT_ERROR(&r, "infer", "bad --device 'tpu'", "cpu, cuda");
     cliutil_run_free(&r);
-    r = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "--device", "cuda");
-    EXPECT_ERROR(&r, "infer", "--device cuda runs `build/infer score` (--eval FILE)");
+    r = RUN("infer", "attention", "--ckpt", ckpt, "--matrix-out", "/tmp", "--device", "cuda");
+    EXPECT_ERROR(&r, "infer attention", "--device cuda runs `build/infer score`, `generate` and `kv`");
+    cliutil_run_free(&r);
+    r = RUN("infer", "--ckpt", ckpt, "--prompt", "the", "--device", "cuda", "--kv", "h2o:8,4");
+    EXPECT_ERROR(&r, "infer", "--kv 'h2o:8,4' does not run on cuda", "window:W");
     cliutil_run_free(&r);
     if (!device_cuda_available(NULL)) {
         r = RUN("infer", "--ckpt", ckpt, "--eval", ckpt, "--device", "cuda");
