@@ -45,7 +45,7 @@ EMU_DIR = 'tests/cuda_emu'
 EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp')
 EMU_TEST_CU = 'test_emu.cu'       # the emulator's own tests: deliberately broken kernels, through the same rewrite
 CUDA_TESTS = ('tests/backend_util.c', 'tests/test_backend_ops.c', 'tests/test_backend_attention.c',
-              'tests/test_cuda_train.c')  # the tests of the CUDA backend, run on the emulator too
+              'tests/test_backend_matmul.c', 'tests/test_cuda_train.c')  # the tests of the CUDA backend, run on the emulator too
 
 
 # --- a ninja_syntax-style writer ------------------------------------------------------------------
