@@ -1,7 +1,8 @@
 // End to end on the CUDA backend (skipped without a GPU; run on the emulator of tests/cuda_emu/ by ninja test):
 // 10 training steps match the CPU's losses (fp32, dropout on: the counter-based masks agree), with naive and
-// with flash attention, the same run twice is bitwise identical, weights written from one backend continue on
-// the other, and build/bench --device cuda --quick gives finite rows through the same backend.
+// with flash attention, and track them in tf32 and bf16 (precision_set); the same run twice is bitwise identical,
+// weights written from one backend continue on the other, and build/bench --device cuda --quick gives finite rows
+// through the same backend.
 #include <criterion/criterion.h>
 #include <limits.h>
 #include <math.h>
@@ -27,8 +28,11 @@ static TrainConfig train_config(void) {
                          .grad_clip = 1.0f, .grad_accum = 2, .eval_interval = 0, .eval_windows = 4, .seed = 7};
 }
 
-// Trains STEPS steps on `ops` from the same seed; losses (STEPS) and the final weights (host) come back.
-static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab, float *losses, float *weights) {
+// Trains STEPS steps on `ops` from the same seed with its matrix products in `precision` (ops.h precision_set,
+// registered after the move to the backend, as build/train does); losses (STEPS) and the final weights (host)
+// come back.
+static void run_in(const Ops *ops, int precision, ModelAttention attn, const Corpus *c, int vocab, float *losses,
+                   float *weights) {
     TrainConfig tc = train_config();
     ModelConfig mc = CFG;
     mc.vocab_size = vocab;
@@ -39,6 +43,8 @@ static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab,
     train_state_init(&st, m.n_params, tc.seed);
     model_to_backend(&m, ops);
     train_state_to_backend(&st, m.n_params, ops);
+    char err[ERR_LEN];
+    cr_assert_eq(ops->precision_set(precision, m.params_memory, m.n_params, err), 0, "%s", err);
     m.attention = attn;
     model_alloc_acts(&m, tc.batch_size, tc.seq_len);
     int *in = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
@@ -49,6 +55,11 @@ static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab,
     common_free(tg);
     train_state_free(&st);
     model_free(&m);
+    cr_assert_eq(ops->precision_set(OPS_PRECISION_FP32, NULL, 0, err), 0, "%s", err);
+}
+
+static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab, float *losses, float *weights) {
+    run_in(ops, OPS_PRECISION_FP32, attn, c, vocab, losses, weights);
 }
 
 // The corpus the training tests read; returns the parameter count of CFG on its vocabulary.
@@ -106,6 +117,42 @@ Test(cuda_train, flash_matches_cpu) {
         cr_expect(memcmp(&gpu[i], &gpu2[i], sizeof(float)) == 0, "step %d: two CUDA flash runs differ", i + 1);
     }
     for (int i = 0; i < 4; i++) common_free(w[i]);
+    corpus_free(&c);
+}
+
+// TF32 and bf16 training on the device tracks the CPU's fp32 losses step by step, and repeats bit for bit.
+Test(cuda_train, precisions_track_cpu) {
+    char why[ERR_LEN];
+    const Ops *cuda = ops_for_device("cuda", why);
+    if (!cuda) cr_skip_test("%s", why);
+    Corpus c;
+    Tokenizer tok;
+    size_t n = load_corpus(&c, &tok);
+    float cpu[STEPS], gpu[STEPS], gpu2[STEPS];
+    float *w = common_calloc(n, sizeof(float)), *w2 = common_calloc(n, sizeof(float));
+    run(&ops_cpu, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, cpu, w);
+    for (int mode = OPS_PRECISION_TF32; mode <= OPS_PRECISION_BF16; mode++) {
+        run_in(cuda, mode, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu, w);
+        run_in(cuda, mode, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu2, w2);
+        // The loss (about 4 nats here) is computed from logits whose relative error from the rounded inputs is of
+        // the order of the unit roundoff u (tf32 u = 2^-10 allowing for truncation, bf16 2^-8), and ten AdamW steps
+        // at this learning rate do not amplify it much: |loss - cpu| <= 4 u (0.0039, 0.0156). On the emulator the
+        // differences are about 2e-4 in both; a shadow left stale by the optimizer misses by the training's progress
+        // (tenths of a nat).
+        float tol = 4.0f * (mode == OPS_PRECISION_BF16 ? 1.0f / 256 : 1.0f / 1024), worst = 0.0f;
+        for (int i = 0; i < STEPS; i++) {
+            float d = fabsf(cpu[i] - gpu[i]);
+            worst = d > worst ? d : worst;
+            cr_expect(d <= tol, "%s step %d: cpu fp32 %.7f, cuda %.7f (tolerance %g)", ops_precision_name(mode), i + 1,
+                      cpu[i], gpu[i], (double)tol);
+            cr_expect(memcmp(&gpu[i], &gpu2[i], sizeof(float)) == 0, "%s step %d: two runs differ",
+                      ops_precision_name(mode), i + 1);
+        }
+        fprintf(stderr, "cuda_train %s: largest loss difference from cpu fp32 over %d steps: %.3g\n",
+                ops_precision_name(mode), STEPS, (double)worst);
+    }
+    common_free(w);
+    common_free(w2);
     corpus_free(&c);
 }
 
