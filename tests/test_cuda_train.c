@@ -194,6 +194,26 @@ Test(cuda_train, flash_head_dim_limit) {
     remove(args);
 }
 
+// build/train --device cuda --precision tf32|bf16 trains (a finite validation loss, the checkpoint written) and
+// says so in its banner.
+Test(cuda_train, precision_flag) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    static char out[1 << 16];
+    const char *modes[] = {"tf32", "bf16"};
+    for (int i = 0; i < 2; i++) {
+        char args[512], want[64], path[64];
+        snprintf(path, sizeof path, "/tmp/kvlab-test-prec-%d.ckpt", (int)getpid());
+        snprintf(args, sizeof args, "--preset tiny --steps 2 --eval-windows 2 --device cuda --precision %s --out %s",
+                 modes[i], path);
+        int rc = run_program("train", args, out, sizeof out);
+        snprintf(want, sizeof want, "flash attention on cuda, %s products", modes[i]);
+        cr_expect(rc == 0 && strstr(out, want) && strstr(out, "train: done: step 2"), "exit %d:\n%s", rc, out);
+        cr_expect(access(path, F_OK) == 0, "%s: no checkpoint", modes[i]);
+        remove(path);
+    }
+}
+
 // build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
 // real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
 // rows, every figure finite and positive.
