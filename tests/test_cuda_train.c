@@ -215,15 +215,15 @@ Test(cuda_train, precision_flag) {
 }
 
 // build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
-// real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
-// rows, every figure finite and positive.
+// real one, or the emulator's): a device line, then training rows (fp32 with naive and flash attention; flash in
+// tf32 and bf16) and attention rows, every figure finite and positive.
 Test(cuda_train, bench_device_rows) {
     char why[ERR_LEN];
     if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
     static char out[1 << 16];
     int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
     char line[2048];
-    int device = 0, train[2] = {0, 0}, attention[2] = {0, 0};
+    int device = 0, train[2] = {0, 0}, attention[2] = {0, 0}, precision[OPS_PRECISION_COUNT] = {0};
     for (const char *at = out; *at;) {
         const char *nl = strchr(at, '\n');
         size_t n = nl ? (size_t)(nl - at) : strlen(at);
@@ -237,6 +237,11 @@ Test(cuda_train, bench_device_rows) {
             double tps = atof(t + 16), loss = atof(l + 8);
             cr_expect(tps > 0 && isfinite(loss) && loss > 0, "%s", line);
             train[flash]++;
+            for (int p = 0; p < OPS_PRECISION_COUNT; p++) {
+                char want[48];
+                snprintf(want, sizeof want, "\"precision\": \"%s\"", ops_precision_name(p));
+                precision[p] += strstr(line, want) != NULL;
+            }
         }
         const char *f = strstr(line, "\"forward_ms\": "), *b = strstr(line, "\"backward_ms\": ");
         if (strstr(line, "\"cuda_attention\"")) {
@@ -246,9 +251,11 @@ Test(cuda_train, bench_device_rows) {
         }
     }
     cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d", rc);
-    cr_expect(device == 1 && train[0] == 1 && train[1] == 1 && attention[0] == 1 && attention[1] == 1,
+    cr_expect(device == 1 && train[0] == 1 && train[1] == 3 && attention[0] == 1 && attention[1] == 1,
               "rows: device %d, train naive %d flash %d, attention naive %d flash %d", device, train[0], train[1],
               attention[0], attention[1]);
+    cr_expect(precision[0] == 2 && precision[1] == 1 && precision[2] == 1, "train rows: fp32 %d, tf32 %d, bf16 %d",
+              precision[0], precision[1], precision[2]);
 }
 
 // A model moved to the device and back keeps its weights bit for bit, and a checkpoint saved from the
