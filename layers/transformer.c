@@ -534,9 +534,7 @@ static void backward_layer_weights(const Pass *ps, int l, int task) {
     const float *dmlp = m->dropout_active ? d->dmlp + set * BTC : d->dres + ((l + 1) % 3) * BTC;
     const float *dproj = m->dropout_active ? d->dproj + set * BTC : d->dmid + set * BTC;
     const float *ln1 = a->ln1 + l * BTC, *ln2 = a->ln2 + l * BTC;
-    int grouped = !ps->chunked && (task == WTASK_W1 || task == WTASK_W3 || task == WTASK_WQ || task == WTASK_WK ||
-                                   task == WTASK_WV);
-    if (grouped) return; // done with the rows (backward_layer_rows' matmul_many_backward)
+    if (!ps->chunked && task != WTASK_W2 && task != WTASK_WO && task != WTASK_NORMS) return; // done with the rows
     switch (task) {
     case WTASK_W1: op->matmul_backward(NULL, g->w1 + lHC, d->dh1 + set * BTH, ln2, p->w1 + lHC, BT, C, H); break;
     case WTASK_W3: op->matmul_backward(NULL, g->w3 + lHC, d->dh3 + set * BTH, ln2, p->w3 + lHC, BT, C, H); break;
