@@ -53,9 +53,10 @@ typedef struct {
     // dinp (N,IN) += dout @ weight; dweight (OUT,IN) += dout^T @ inp. Either output may be NULL.
     void (*matmul_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, int N, int IN, int OUT);
-    // k products of the same input in one call: outs[j] (N,outs_dim[j]) = inp (N,IN) @ weights[j]^T, as k
-    // matmul_forward calls (the decode step's Q, K, V and W1, W3; the CPU splits all their rows in one
-    // parallel region). The arrays are host arrays of backend pointers.
+    // k (1..8) products of the same input in one call: outs[j] (N,outs_dim[j]) = inp (N,IN) @ weights[j]^T, as k
+    // matmul_forward calls (Q, K, V and W1, W3 of the decode step and the training forward; the CPU splits all
+    // their rows in one parallel region, CUDA makes them one grouped product). The arrays are host arrays of
+    // backend pointers.
     void (*matmul_many_forward)(float *const *outs, const float *inp, const float *const *weights,
                                 const int *outs_dim, int k, int N, int IN);
     // Their backward: dinp (N,IN) += sum_j douts[j] (N,outs_dim[j]) @ weights[j], added in j order (as k
