@@ -12,9 +12,11 @@
 // writes them from its by-value arguments into a table owned here, so the host never waits (a pageable
 // cudaMemcpyAsync may synchronise), and the next call's table write is stream-ordered after this call's GEMM.
 // cuBLAS's grouped call takes bf16 inputs only with bf16 outputs, so in bf16 the k products are k cublasLtMatmul
-// calls after one conversion of the shared operand. The input gradient of k products is k accumulating products
+// calls after one conversion of the shared operand. A cuBLAS that answers the grouped call with
+// CUBLAS_STATUS_NOT_SUPPORTED gets one sgemm per product from then on (said once on stderr). The input gradient of k products is k accumulating products
 // in j order, as on the CPU.
 #include <cuda_bf16.h>
+#include <stdio.h>
 
 #include "../common/cuda_check.cuh"
 #include "cuda_ops.h"
@@ -31,6 +33,7 @@ static size_t g_master_n = 0;
 static __nv_bfloat16 *g_shadow = NULL;
 static void *g_lt_workspace = NULL;
 static void **g_group_ptrs = NULL; // 3 * GROUP_MAX device pointers: the A, B and C arrays of a grouped call
+static int g_grouped_unsupported = 0; // cuBLAS said CUBLAS_STATUS_NOT_SUPPORTED once: one call per product
 
 __global__ void bf16_round_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -192,13 +195,25 @@ static void gemm_grouped(int cnt, cublasOperation_t ta, cublasOperation_t tb, co
         betas[j] = beta;
         sizes[j] = 1;
     }
+    if (g_grouped_unsupported) { // the same products one call each
+        for (int j = 0; j < cnt; j++) gemm(ta, tb, m[j], n[j], k[j], A[j], lda[j], B[j], ldb[j], beta, C[j], ldc[j]);
+        return;
+    }
     group_ptrs_kernel<<<1, 3 * GROUP_MAX, 0, cuda_stream()>>>(g_group_ptrs, gp, 3 * cnt);
     CUDA_OP_DONE("matmul_group_ptrs");
     void **d = g_group_ptrs;
-    CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+    cublasStatus_t st = cublasGemmGroupedBatchedEx(
         cuda_cublas(), tas, tbs, m, n, k, alphas, (const void *const *)d, CUDA_R_32F, lda,
         (const void *const *)(d + cnt), CUDA_R_32F, ldb, betas, d + 2 * cnt, CUDA_R_32F, ldc, cnt, sizes,
-        g_mode == OPS_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F));
+        g_mode == OPS_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) { // this cuBLAS or GPU lacks it: say so once, then one call each
+        fprintf(stderr, "kvlab: cublasGemmGroupedBatchedEx is not supported here (%s); grouped products run one "
+                        "cuBLAS call each\n", cublasGetStatusString(st));
+        g_grouped_unsupported = 1;
+        gemm_grouped(cnt, ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    CUBLAS_CHECK(st);
 }
 
 // --- the ops -----------------------------------------------------------------------------------------------------

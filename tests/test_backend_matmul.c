@@ -16,6 +16,7 @@
 #include <criterion/criterion.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../layers/cpu_ops.h"
@@ -188,6 +189,17 @@ static void run_many_fp32(void) {
     many_case(OPS_PRECISION_FP32, 3, 20, 9, odd, 0, 130); // an empty product among them
 }
 
+// A cuBLAS that refuses the grouped call (the emulator's CUEMU_NO_GROUPED_GEMM=1): the same products one call each.
+// The fallback then holds for the process (Criterion runs each test in its own). On a GPU the variable means
+// nothing and this repeats the grouped cases.
+static void run_many_ungrouped(void) {
+    setenv("CUEMU_NO_GROUPED_GEMM", "1", 1);
+    const int qkv[3] = {67, 17, 17};
+    many_case(OPS_PRECISION_FP32, 3, 51, 67, qkv, 0, 160);
+    many_case(OPS_PRECISION_TF32, 3, 51, 64, qkv, 0, 170);
+    unsetenv("CUEMU_NO_GROUPED_GEMM");
+}
+
 // Empty N: nothing written, nothing read.
 static void run_many_empty(void) {
     const int qkv[3] = {67, 17, 17};
@@ -297,5 +309,6 @@ static void run_bf16_shadow(void) {
 
 BACKEND_TEST(many_fp32)
 BACKEND_TEST(many_empty)
+BACKEND_TEST(many_ungrouped)
 BACKEND_TEST(precisions)
 BACKEND_TEST(bf16_shadow)

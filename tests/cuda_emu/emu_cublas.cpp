@@ -8,6 +8,7 @@
 // mantissas already (include/cuda_bf16.h); the products accumulate in fp32 either way, as tensor cores do.
 #include <cblas.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <vector>
@@ -168,6 +169,8 @@ extern "C" cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cub
                                                      const int ldc_array[], int group_count, const int group_size[],
                                                      cublasComputeType_t computeType) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    const char *off = getenv("CUEMU_NO_GROUPED_GEMM"); // a cuBLAS without the call, for the callers' fallback
+    if (off && *off && *off != '0') return CUBLAS_STATUS_NOT_SUPPORTED;
     if (group_count < 0 || !alpha_array || !beta_array || (group_count > 0 && !group_size))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F ||

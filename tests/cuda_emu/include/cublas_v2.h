@@ -56,7 +56,8 @@ CUEMU_API cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublas
 // group_count groups of group_size[i] products each; the per-group arrays (transa .. ldc, alpha, beta, group_size)
 // are host arrays, Aarray, Barray and Carray device arrays of device pointers (one per product, in group order).
 // fp32 operands only (Atype = Btype = Ctype = CUDA_R_32F, CUBLAS_COMPUTE_32F or _FAST_TF32): cuBLAS takes bf16
-// inputs here only with bf16 outputs, which kvlab does not use (CUBLAS_STATUS_NOT_SUPPORTED).
+// inputs here only with bf16 outputs, which kvlab does not use (CUBLAS_STATUS_NOT_SUPPORTED). With
+// CUEMU_NO_GROUPED_GEMM=1 in the environment every call answers CUBLAS_STATUS_NOT_SUPPORTED (a cuBLAS without it).
 CUEMU_API cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa_array[],
                                                     const cublasOperation_t transb_array[], const int m_array[],
                                                     const int n_array[], const int k_array[], const void *alpha_array,
