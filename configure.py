@@ -455,7 +455,7 @@ def main():
         cuda_root = os.path.dirname(os.path.dirname(nvcc))
         cuda_lib = os.path.join(cuda_root, 'lib64')
         cuda_libs = ['-L' + cuda_lib, '-Wl,-rpath,' + cuda_lib] if os.path.isdir(cuda_lib) else []
-        cuda_libs += ['-lcudart', '-lcublas', '-lcurand', '-lstdc++']
+        cuda_libs += ['-lcudart', '-lcublas', '-lcublasLt', '-lcurand', '-lstdc++']
         cuda = dict(libs=cuda_libs, so='$builddir/' + CUDA_SO)
         cuda_note = ('found at %s, %d .cu sources (-arch=%s), built as %s/%s, loaded by --device cuda'
                      % (nvcc, len(lib_cu), args.cuda_arch, builddir, CUDA_SO))

@@ -1,6 +1,7 @@
 // build/bench --device cuda: what a GPU run measures, through the op table and model code that training uses
 // (layers/ops_cuda.cu, loaded on demand by common/device.c). Training rows: tokens/s, achieved TFLOP/s and MFU
-// at the shakespeare preset and a GPT-2-small-like shape, with naive and with flash attention; attention rows:
+// at the shakespeare preset and a GPT-2-small-like shape, with naive and with flash attention in fp32, and with
+// flash attention in tf32 and bf16 (--precision; MFU against that precision's dense peak); attention rows:
 // forward + backward alone, naive against flash, as T grows. --quick swaps in shapes small enough for the
 // CUDA emulator of the tests (tests/cuda_emu/), which checks the plumbing, not the speed (bench.h).
 #include <stdio.h>
@@ -15,13 +16,18 @@
 #include "../train/presets.h"
 #include "bench.h"
 
-// Dense peak fp32 rates (non-tensor-core FMA) from the vendors' datasheets, for MFU: the training here runs in
-// fp32. The first name part found in the device's name wins (the PCIe and NVL H100s before the SXM one). A GPU
-// not listed gets no MFU (give --peak-tflops).
+// Dense peak rates from the vendors' datasheets, for MFU, one per precision of the training rows: fp32 (non-tensor-
+// core FMA), TF32 and BF16 tensor cores, dense (the datasheets' headline tensor figures are with 2:4 sparsity,
+// twice these). The first name part found in the device's name wins (the PCIe and NVL H100s before the SXM
+// one). A GPU not listed gets no MFU (--peak-tflops gives the fp32 one).
 static const struct {
     const char *name_part;
-    double fp32_tflops;
-} PEAKS[] = {{"H100 PCIe", 51.2}, {"H100 NVL", 60.0}, {"H100", 66.9}, {"H200", 66.9}, {"A100", 19.5}};
+    double tflops[OPS_PRECISION_COUNT]; // fp32, tf32, bf16
+} PEAKS[] = {{"H100 PCIe", {51.2, 378.0, 756.0}},
+             {"H100 NVL", {60.0, 417.5, 835.0}},
+             {"H100", {66.9, 494.7, 989.4}},
+             {"H200", {66.9, 494.7, 989.4}},
+             {"A100", {19.5, 156.0, 312.0}}};
 
 // PaLM's convention (Chowdhury et al. 2022, appendix B): a training step costs 6 N flops per token for the N
 // weights its matrix products use (the tied embedding counted once, as the output projection), plus 12 L C T
@@ -43,10 +49,11 @@ typedef struct {
     TrainConfig tc;
 } CudaShape;
 
-// One training row: the median step time of `runs` steps after two warm-up steps (train_step waits for the
-// loss, so a step's time includes the GPU's work).
-static int train_row(const Ops *ops, const CudaShape *s, ModelAttention attn, const Corpus *corpus, int runs,
-                     double peak, int json) {
+// One training row with the matrix products in `precision`: the median step time of `runs` steps after two
+// warm-up steps (train_step waits for the loss, so a step's time includes the GPU's work); MFU against `peak`,
+// that precision's.
+static int train_row(const Ops *ops, const CudaShape *s, ModelAttention attn, int precision, const Corpus *corpus,
+                     int runs, double peak, int json) {
     Model m = {0};
     model_init(&m, &s->mc, &ops_cpu);
     model_init_weights(&m, 1);
@@ -55,6 +62,13 @@ static int train_row(const Ops *ops, const CudaShape *s, ModelAttention attn, co
     TrainState st;
     train_state_init(&st, m.n_params, 1);
     train_state_to_backend(&st, m.n_params, ops);
+    char err[ERR_LEN];
+    if (ops->precision_set(precision, m.params_memory, m.n_params, err) != 0) {
+        fprintf(stderr, "bench: %s\n", err);
+        train_state_free(&st);
+        model_free(&m);
+        return -1;
+    }
     TrainConfig tc = s->tc;
     model_alloc_acts(&m, tc.batch_size, tc.seq_len);
     size_t BT = (size_t)tc.batch_size * tc.seq_len;
@@ -71,15 +85,17 @@ static int train_row(const Ops *ops, const CudaShape *s, ModelAttention attn, co
     double med = times[runs / 2], tps = BT / med, tflops = tps * train_flops_per_token(&m.cfg, tc.seq_len) / 1e12;
     const char *an = attn == MODEL_ATTENTION_FLASH ? "flash" : "naive";
     if (json) {
-        printf("{\"bench\": \"cuda_train\", \"shape\": \"%s\", \"attention\": \"%s\", \"params\": %zu, \"B\": %d, "
-               "\"T\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, \"tflops\": %.3f, ", s->label, an,
-               m.n_params, tc.batch_size, tc.seq_len, med * 1e3, tps, tflops);
+        printf("{\"bench\": \"cuda_train\", \"shape\": \"%s\", \"attention\": \"%s\", \"precision\": \"%s\", "
+               "\"params\": %zu, \"B\": %d, \"T\": %d, \"ms_per_step\": %.3f, \"tokens_per_s\": %.1f, \"tflops\": %.3f, ",
+               s->label, an, ops_precision_name(precision), m.n_params, tc.batch_size, tc.seq_len, med * 1e3, tps,
+               tflops);
         if (peak > 0) printf("\"mfu\": %.4f, ", tflops / peak);
         else printf("\"mfu\": null, ");
         printf("\"loss\": %.4f, \"runs\": %d}\n", loss, runs);
     } else {
-        printf("cuda train  %-12s %-5s %7.2fM params  B=%-3d T=%-5d %9.2f ms/step %10.0f tokens/s %7.2f TFLOP/s",
-               s->label, an, m.n_params / 1e6, tc.batch_size, tc.seq_len, med * 1e3, tps, tflops);
+        printf("cuda train  %-12s %-5s %s %7.2fM params  B=%-3d T=%-5d %9.2f ms/step %10.0f tokens/s %7.2f TFLOP/s",
+               s->label, an, ops_precision_name(precision), m.n_params / 1e6, tc.batch_size, tc.seq_len, med * 1e3,
+               tps, tflops);
         if (peak > 0) printf("  MFU %.1f%%", 100.0 * tflops / peak);
         printf("  (median of %d)\n", runs);
     }
@@ -88,6 +104,7 @@ static int train_row(const Ops *ops, const CudaShape *s, ModelAttention attn, co
     common_free(in), common_free(tg);
     train_state_free(&st);
     model_free(&m);
+    if (ops->precision_set(OPS_PRECISION_FP32, NULL, 0, err) != 0) ok = 0;
     return ok ? 0 : -1;
 }
 
@@ -157,18 +174,27 @@ int bench_cuda(const BenchOpts *o) {
         return 1;
     }
     const char *name = device_cuda_name();
-    double peak = o->peak_tflops;
-    for (size_t i = 0; peak <= 0 && i < sizeof PEAKS / sizeof PEAKS[0]; i++)
-        if (strstr(name, PEAKS[i].name_part)) peak = PEAKS[i].fp32_tflops;
+    double peak[OPS_PRECISION_COUNT] = {0}; // 0: unknown
+    for (size_t i = 0; i < sizeof PEAKS / sizeof PEAKS[0]; i++)
+        if (strstr(name, PEAKS[i].name_part)) {
+            memcpy(peak, PEAKS[i].tflops, sizeof peak);
+            break;
+        }
+    if (o->peak_tflops > 0) peak[OPS_PRECISION_FP32] = o->peak_tflops;
     if (o->json) {
         printf("{\"bench\": \"cuda_device\", \"name\": ");
         bench_json_string(name);
-        printf(", \"peak_fp32_tflops\": ");
-        if (peak > 0) printf("%.1f}\n", peak);
-        else printf("null}\n");
+        for (int p = 0; p < OPS_PRECISION_COUNT; p++) {
+            printf(", \"peak_%s_tflops\": ", ops_precision_name(p));
+            if (peak[p] > 0) printf("%.1f", peak[p]);
+            else printf("null");
+        }
+        printf("}\n");
     } else {
-        printf("device: %s; MFU against %s\n", name, peak > 0 ? "its dense fp32 peak" : "nothing (unknown GPU: --peak-tflops X)");
-        if (peak > 0) printf("peak: %.1f TFLOP/s fp32\n", peak);
+        printf("device: %s; MFU against %s\n", name,
+               peak[0] > 0 ? "its dense peak in each row's precision" : "nothing (unknown GPU: --peak-tflops X)");
+        if (peak[0] > 0)
+            printf("peak: %.1f TFLOP/s fp32, %.1f tf32, %.1f bf16 (dense)\n", peak[0], peak[1], peak[2]);
     }
     // the shakespeare preset; GPT-2 small's shape (12 layers, 12 heads of 64, context 1024) on this vocabulary
     CudaShape shapes[2] = {{"shakespeare", preset_find("shakespeare")->model, preset_find("shakespeare")->train},
@@ -186,11 +212,15 @@ int bench_cuda(const BenchOpts *o) {
         shapes[i].mc.vocab_size = tok.vocab_size;
         shapes[i].mc.n_hidden = model_default_hidden(shapes[i].mc.n_embd);
         shapes[i].mc.dropout = 0.0f; // dropout's mask is a separate kernel: timed without it, as llm.c's figures are
-        for (int a = 0; a < 2; a++)
-            if (train_row(ops, &shapes[i], a ? MODEL_ATTENTION_FLASH : MODEL_ATTENTION_NAIVE, &c, runs, peak, o->json) != 0) {
-                fprintf(stderr, "bench: %s: the training loss is not finite\n", shapes[i].label);
+        // fp32 with naive and flash attention, then flash in tf32 and bf16
+        for (int r = 0; r < 1 + OPS_PRECISION_COUNT; r++) {
+            ModelAttention a = r == 0 ? MODEL_ATTENTION_NAIVE : MODEL_ATTENTION_FLASH;
+            int p = r == 0 ? OPS_PRECISION_FP32 : r - 1;
+            if (train_row(ops, &shapes[i], a, p, &c, runs, peak[p], o->json) != 0) {
+                fprintf(stderr, "bench: %s %s: the training loss is not finite\n", shapes[i].label, ops_precision_name(p));
                 rc = 1;
             }
+        }
     }
     for (int i = 0; i < n_ts; i++) attention_row(ops, aB, ts[i], aNH, aHD, runs, o->json);
     if (bench_cuda_decode(ops, tok.vocab_size, o) != 0) rc = 1;

@@ -1,9 +1,11 @@
-// For .cu files only: check macros for every CUDA and cuBLAS call, the stream and cuBLAS handle every op
-// launches on, and the per-op hook that makes a fault name its op. KVLAB_CUDA_SYNC=1 in the environment
-// synchronises after every op so an asynchronous failure is reported by the op that caused it.
+// For .cu files only: check macros for every CUDA and cuBLAS call (CUBLAS_CHECK also takes cuBLASLt's: the same
+// status type), the stream and the cuBLAS and cuBLASLt handles every op launches on, and the per-op hook that
+// makes a fault name its op. KVLAB_CUDA_SYNC=1 in the environment synchronises after every op so an asynchronous
+// failure is reported by the op that caused it.
 #ifndef KVLAB_CUDA_CHECK_CUH
 #define KVLAB_CUDA_CHECK_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -32,6 +34,7 @@ void cuda_op_done(const char *op, const char *file, int line);
 cudaStream_t cuda_stream(void);       // the stream every op runs on (the default stream unless set)
 void cuda_set_stream(cudaStream_t s);
 cublasHandle_t cuda_cublas(void);     // created on first use, bound to cuda_stream()
+cublasLtHandle_t cuda_cublaslt(void); // created on first use (cuBLASLt takes the stream per call)
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,7 @@
 
 static cudaStream_t g_stream = 0;
 static cublasHandle_t g_cublas = NULL;
+static cublasLtHandle_t g_cublaslt = NULL;
 static int g_sync = -1; // KVLAB_CUDA_SYNC, read once
 
 extern "C" void cuda_fail(const char *call, const char *msg, const char *file, int line) {
@@ -42,10 +43,15 @@ extern "C" cublasHandle_t cuda_cublas(void) {
     if (!g_cublas) {
         CUBLAS_CHECK(cublasCreate(&g_cublas));
         CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
-        // fp32 parity mode: no TF32 unless a caller asks for it
+        // fp32 parity mode: no TF32 unless precision_set asks for it (layers/matmul.cu)
         CUBLAS_CHECK(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
     }
     return g_cublas;
+}
+
+extern "C" cublasLtHandle_t cuda_cublaslt(void) {
+    if (!g_cublaslt) CUBLAS_CHECK(cublasLtCreate(&g_cublaslt));
+    return g_cublaslt;
 }
 
 static int g_available = -1;

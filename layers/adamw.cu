@@ -3,6 +3,7 @@
 // multiply-adds the CPU does not, and the result is bit-identical to adamw_update_cpu. The norm reduces in
 // double: each block sums its grid-strided elements and then its threads in a fixed tree, one block sums the
 // per-block partials the same way; the grid depends only on n, so the same n gives the same bits every run.
+#include <cuda_bf16.h>
 #include <math.h>
 
 #include "../common/common.h"
@@ -19,9 +20,11 @@ static unsigned opt_grid(size_t n, unsigned cap) {
 }
 
 // One launch over every segment of the parameter block (ops.h's AdamwSegments, passed by value): each element
-// finds its segment's weight decay by a scan of at most ADAMW_MAX_SEGMENTS ends.
+// finds its segment's weight decay by a scan of at most ADAMW_MAX_SEGMENTS ends. shadow: NULL, or the bf16 copy of
+// params (precision_shadow_cuda, bf16 mode) written with the new values.
 __global__ void adamw_update_kernel(float *params, const float *grads, float *m, float *v, AdamwSegments seg,
-                                    float lr, float beta1, float beta2, float eps, float bc1, float bc2) {
+                                    float lr, float beta1, float beta2, float eps, float bc1, float bc2,
+                                    __nv_bfloat16 *shadow) {
     size_t n = seg.n > 0 ? seg.end[seg.n - 1] : 0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         int s = 0;
@@ -37,7 +40,10 @@ __global__ void adamw_update_kernel(float *params, const float *grads, float *m,
         // p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p)
         float p = params[i];
         float step = __fadd_rn(__fdiv_rn(mhat, __fadd_rn(__fsqrt_rn(vhat), eps)), __fmul_rn(weight_decay, p));
-        params[i] = __fsub_rn(p, __fmul_rn(lr, step));
+        float p_new = __fsub_rn(p, __fmul_rn(lr, step));
+        params[i] = p_new;
+        // --- precision (layers/matmul.cu): the bf16 shadow follows the master weight in the same kernel ---
+        if (shadow) shadow[i] = __float2bfloat16_rn(p_new);
     }
 }
 
@@ -86,8 +92,9 @@ extern "C" void adamw_update_segments_cuda(float *params, const float *grads, fl
     if (n == 0) return;
     // on the host, exactly as adamw_update_cpu computes them
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    __nv_bfloat16 *shadow = (__nv_bfloat16 *)precision_shadow_cuda(params, n); // NULL unless bf16 (matmul.cu)
     adamw_update_kernel<<<opt_grid(n, 1u << 20), OPT_THREADS, 0, cuda_stream()>>>(params, grads, m, v, *seg, lr, beta1,
-                                                                                  beta2, eps, bc1, bc2);
+                                                                                  beta2, eps, bc1, bc2, shadow);
     CUDA_OP_DONE("adamw_update");
 }
 

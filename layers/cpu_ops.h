@@ -25,6 +25,9 @@ void matmul_many_forward_cpu(float *const *outs, const float *inp, const float *
                              int k, int N, int IN);
 void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IN, int OUT);
+// k matmul_backward_cpu calls (ops.h matmul_many_backward): dinp in j order, then the weight gradients.
+void matmul_many_backward_cpu(float *dinp, float *const *dweights, const float *const *douts, const float *inp,
+                              const float *const *weights, const int *outs_dim, int k, int N, int IN);
 // The angle RoPE rotates pair i of a head of HD dimensions by at position pos.
 double rope_angle(int pos, int i, int HD, float theta);
 void rope_forward_cpu(float *x, int B, int T, int NH, int HD, int pos0, float theta);

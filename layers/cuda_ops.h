@@ -24,6 +24,22 @@ void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const
 void matmul_forward_cuda(float *out, const float *inp, const float *weight, int N, int IN, int OUT);
 void matmul_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                           int N, int IN, int OUT);
+// k <= 8 products of one input (ops.h): one grouped cuBLAS call in fp32/tf32 (the weight gradients too), k
+// cuBLASLt products after one rounding of the shared input in bf16; dinp: k accumulating products in j order.
+void matmul_many_forward_cuda(float *const *outs, const float *inp, const float *const *weights, const int *outs_dim,
+                              int k, int N, int IN);
+void matmul_many_backward_cuda(float *dinp, float *const *dweights, const float *const *douts, const float *inp,
+                               const float *const *weights, const int *outs_dim, int k, int N, int IN);
+// layers/matmul.cu: ops.h's precision_set (every later matmul_*_cuda; the cuBLAS handle's math mode), the mode now,
+// and the bf16 shadow of the registered block: precision_shadow_cuda gives the bf16 words (a __nv_bfloat16 *) of
+// [p, p + n) when p lies in the block (the range must then end inside it), else NULL; precision_refresh_cuda
+// re-rounds the shadow over a write of `bytes` at dst (no-op outside the block; asynchronous);
+// precision_forget_cuda drops the shadow when ptr is the registered block (before it is freed).
+int precision_set_cuda(int mode, const float *params, size_t n, char *err);
+int precision_get_cuda(void);
+void *precision_shadow_cuda(const float *p, size_t n);
+void precision_refresh_cuda(const void *dst, size_t bytes);
+void precision_forget_cuda(const void *ptr);
 void rope_forward_cuda(float *x, int B, int T, int NH, int HD, int pos0, float theta);
 void rope_backward_cuda(float *dx, int B, int T, int NH, int HD, int pos0, float theta);
 void swiglu_forward_cuda(float *out, const float *a, const float *b, size_t N);
@@ -49,7 +65,8 @@ void crossentropy_fused_forward_backward_cuda(float *losses, float *dlogits, con
 //   if (clip > 0 && norm > clip) scale_cuda(grads, n, clip / (norm + 1e-6f));
 //   adamw_update_segments_cuda(...) over the whole block in one launch (weight decay per tensor as on the CPU)
 // The same float arithmetic as adamw_update_cpu (bias corrections computed on the host with powf, no FMA
-// contraction on the device): bit-identical to the CPU. Asynchronous. adamw_update_cuda: one segment.
+// contraction on the device): bit-identical to the CPU. Asynchronous. adamw_update_cuda: one segment. Params inside
+// the block registered by precision_set_cuda in bf16 get their bf16 shadow written by the same kernel.
 void adamw_update_segments_cuda(float *params, const float *grads, float *m, float *v, const AdamwSegments *seg,
                                 float lr, float beta1, float beta2, float eps, int t);
 void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,

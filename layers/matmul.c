@@ -85,3 +85,13 @@ void matmul_backward_cpu(float *dinp, float *dweight, const float *dout, const f
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OUT, IN, N, 1.0f, dout, OUT, inp, IN, 1.0f, dweight,
                     IN);
 }
+
+void matmul_many_backward_cpu(float *dinp, float *const *dweights, const float *const *douts, const float *inp,
+                              const float *const *weights, const int *outs_dim, int k, int N, int IN) {
+    CHECK(k >= 1 && N >= 0 && IN >= 0);
+    if (N == 0 || IN == 0) return; // nothing to add (CBLAS would reject the zero leading dimensions)
+    for (int j = 0; j < k; j++) // the input gradient summed in j order
+        if (dinp && outs_dim[j] > 0) matmul_backward_cpu(dinp, NULL, douts[j], inp, weights[j], N, IN, outs_dim[j]);
+    for (int j = 0; dweights && j < k; j++)
+        if (outs_dim[j] > 0) matmul_backward_cpu(NULL, dweights[j], douts[j], inp, weights[j], N, IN, outs_dim[j]);
+}

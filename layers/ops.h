@@ -33,6 +33,15 @@ typedef struct {
     void (*mem_upload)(void *dst, const void *src, size_t bytes);   // host -> backend
     void (*mem_download)(void *dst, const void *src, size_t bytes); // backend -> host
 
+    // The precision of every later matrix product (matmul_*), a run setting (OPS_PRECISION_*, below): 0, or -1
+    // with a one-line reason in err (the CPU takes OPS_PRECISION_FP32 only). params (n floats of backend memory,
+    // the model's whole parameter block) are the fp32 master weights: in bf16 the backend keeps their bf16 copy
+    // (round to nearest even) itself, made here and refreshed by its own writes into the range (adamw_update on
+    // params there, mem_upload into it, in the same operation), and a product whose weight lies in the range
+    // reads the copy; every other operand is rounded to bf16 in backend scratch per product. Calling again
+    // replaces the setting; mem_free(params) drops the copy. params may be NULL (n 0): no shadow.
+    int (*precision_set)(int mode, const float *params, size_t n, char *err);
+
     // Optimizer pieces (layers/adamw.c): x (n) *= s; sqrt(sum x^2) accumulated in double in a fixed order;
     // one AdamW update of every segment of the parameter block in one pass (one parallel region on the CPU, one
     // launch on a device; t is the 1-based step). The update is element-wise: the same bits as one call per
@@ -57,11 +66,17 @@ typedef struct {
     // dinp (N,IN) += dout @ weight; dweight (OUT,IN) += dout^T @ inp. Either output may be NULL.
     void (*matmul_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, int N, int IN, int OUT);
-    // k products of the same input in one call: outs[j] (N,outs_dim[j]) = inp (N,IN) @ weights[j]^T, as k
-    // matmul_forward calls (the decode step's Q, K, V and W1, W3; the CPU splits all their rows in one
-    // parallel region). The arrays are host arrays of backend pointers.
+    // k (1..8) products of the same input in one call: outs[j] (N,outs_dim[j]) = inp (N,IN) @ weights[j]^T, as k
+    // matmul_forward calls (Q, K, V and W1, W3 of the decode step and the training forward; the CPU splits all
+    // their rows in one parallel region, CUDA makes them one grouped product). The arrays are host arrays of
+    // backend pointers.
     void (*matmul_many_forward)(float *const *outs, const float *inp, const float *const *weights,
                                 const int *outs_dim, int k, int N, int IN);
+    // Their backward: dinp (N,IN) += sum_j douts[j] (N,outs_dim[j]) @ weights[j], added in j order (as k
+    // matmul_backward calls); dweights[j] (outs_dim[j],IN) += douts[j]^T @ inp. dinp or the array dweights may be
+    // NULL (that side skipped), as in matmul_backward. Host arrays of backend pointers.
+    void (*matmul_many_backward)(float *dinp, float *const *dweights, const float *const *douts, const float *inp,
+                                 const float *const *weights, const int *outs_dim, int k, int N, int IN);
 
     // Rotates x (B,T,NH,HD) in place, token t at position pos0 + t. Backward rotates gradients back.
     void (*rope_forward)(float *x, int B, int T, int NH, int HD, int pos0, float theta);
@@ -135,6 +150,16 @@ typedef struct {
                                 int NKV, int HD, const float *rope_cos, const float *rope_sin, int sink, int window,
                                 int newest);
 } Ops;
+
+// precision_set's modes. FP32: cuBLAS without tensor-op math, the CPU's parity. TF32: the same fp32 operands, the
+// products on TF32 tensor cores (inputs rounded to 10 mantissa bits, fp32 accumulation). BF16: inputs rounded to
+// bf16 (7 mantissa bits), fp32 accumulation and fp32 outputs; parameters, gradients, optimizer state and every
+// other op stay fp32.
+typedef enum { OPS_PRECISION_FP32 = 0, OPS_PRECISION_TF32 = 1, OPS_PRECISION_BF16 = 2 } OpsPrecision;
+#define OPS_PRECISION_COUNT 3
+// "fp32", "tf32", "bf16" (layers/precision.c); parse: the mode of such a name, or -1 with a one-line reason.
+const char *ops_precision_name(int mode);
+int ops_precision_parse(const char *name, int *mode, char *err);
 
 extern const Ops ops_cpu;
 

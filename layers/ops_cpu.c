@@ -9,6 +9,16 @@
 static void *mem_alloc_cpu(size_t bytes) { return common_calloc(bytes ? bytes : 1, 1); }
 static void mem_copy_cpu(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 
+// ops.h's precision_set: the CPU computes in fp32 only (no shadow to keep).
+static int precision_set_cpu(int mode, const float *params, size_t n, char *err) {
+    (void)params;
+    (void)n;
+    if (mode == OPS_PRECISION_FP32) return 0;
+    err_set(err, "--precision %s: the cpu backend computes in fp32 only (tf32 and bf16 need --device cuda)",
+            ops_precision_name(mode));
+    return -1;
+}
+
 // the ops table's flash: the default tiles, no IO counting
 static void attention_flash_forward_op_cpu(float *out, float *lse, const float *q, const float *k, const float *v, int B,
                                            int T, int NH, int NKV, int HD) {
@@ -29,6 +39,7 @@ const Ops ops_cpu = {
     .mem_free = common_free,
     .mem_upload = mem_copy_cpu,
     .mem_download = mem_copy_cpu,
+    .precision_set = precision_set_cpu,
     .scale = scale_cpu,
     .grad_norm = grad_norm_cpu,
     .adamw_update = adamw_update_segments_cpu,
@@ -39,6 +50,7 @@ const Ops ops_cpu = {
     .matmul_forward = matmul_forward_cpu,
     .matmul_backward = matmul_backward_cpu,
     .matmul_many_forward = matmul_many_forward_cpu,
+    .matmul_many_backward = matmul_many_backward_cpu,
     .rope_forward = rope_forward_cpu,
     .rope_backward = rope_backward_cpu,
     .attention_forward = attention_forward_cpu,

@@ -20,10 +20,16 @@ static void *mem_alloc_cuda(size_t bytes) {
     return p;
 }
 
-// ops.h's matmul_many_forward: one cuBLAS product per weight.
-static void matmul_many_forward_cuda(float *const *outs, const float *inp, const float *const *weights,
-                                     const int *outs_dim, int k, int N, int IN) {
-    for (int j = 0; j < k; j++) matmul_forward_cuda(outs[j], inp, weights[j], N, IN, outs_dim[j]);
+// The parameter block's bf16 shadow follows every write into it (ops.h precision_set): an upload re-rounds the
+// range it wrote, freeing the block drops the shadow.
+static void mem_upload_cuda(void *dst, const void *src, size_t bytes) {
+    device_upload_staged(dst, src, bytes);
+    precision_refresh_cuda(dst, bytes);
+}
+
+static void mem_free_cuda(void *ptr) {
+    precision_forget_cuda(ptr);
+    device_free(ptr);
 }
 
 extern "C" const Ops ops_cuda = {
@@ -31,9 +37,10 @@ extern "C" const Ops ops_cuda = {
     .on_device = 1,
     .flash_max_hd = ATTENTION_FLASH_MAX_HD,
     .mem_alloc = mem_alloc_cuda,
-    .mem_free = device_free,
-    .mem_upload = device_upload_staged, // no wait: staged through page-locked memory (common/upload.cuh)
+    .mem_free = mem_free_cuda,
+    .mem_upload = mem_upload_cuda,   // no wait: staged through page-locked memory (common/upload.cuh)
     .mem_download = device_download, // synchronous
+    .precision_set = precision_set_cuda,
     .scale = scale_cuda,
     .grad_norm = grad_norm_cuda,
     .adamw_update = adamw_update_segments_cuda,
@@ -44,6 +51,7 @@ extern "C" const Ops ops_cuda = {
     .matmul_forward = matmul_forward_cuda,
     .matmul_backward = matmul_backward_cuda,
     .matmul_many_forward = matmul_many_forward_cuda,
+    .matmul_many_backward = matmul_many_backward_cuda,
     .rope_forward = rope_forward_cuda,
     .rope_backward = rope_backward_cuda,
     .attention_forward = attention_forward_cuda,

@@ -337,9 +337,10 @@ static void forward_chunk(const Pass *ps, const Chunk *ch) {
         const float *attdrop = m->dropout_active ? a->attdrop + l * BTC + rC : NULL;
         const float *mlpdrop = m->dropout_active ? a->mlpdrop + l * BTC + rC : NULL;
         op->rmsnorm_forward(ln1, a->ln1_rstd + l * BT + r0, x, p->attn_norm + (size_t)l * C, nr, C, c->norm_eps);
-        op->matmul_forward(q, ln1, p->wq + (size_t)l * C * C, nr, C, C);
-        op->matmul_forward(k, ln1, p->wk + (size_t)l * KVC * C, nr, C, KVC);
-        op->matmul_forward(v, ln1, p->wv + (size_t)l * KVC * C, nr, C, KVC);
+        float *qkv[3] = {q, k, v};
+        const float *wqkv[3] = {p->wq + (size_t)l * C * C, p->wk + (size_t)l * KVC * C, p->wv + (size_t)l * KVC * C};
+        const int qkv_dim[3] = {C, KVC, KVC};
+        op->matmul_many_forward(qkv, ln1, wqkv, qkv_dim, 3, nr, C); // one product on a device
         op->rope_forward(q, nb, T, NH, HD, 0, c->rope_theta);
         op->rope_forward(k, nb, T, NKV, HD, 0, c->rope_theta);
         float *att = a->att + ((size_t)l * B + ch->b0) * NH * (m->act_flash ? (size_t)T : TT); // lse or probabilities
@@ -348,8 +349,10 @@ static void forward_chunk(const Pass *ps, const Chunk *ch) {
         op->matmul_forward(attproj, atty, p->wo + (size_t)l * C * C, nr, C, C);
         op->residual_forward(mid, x, attproj, attdrop, nrC);
         op->rmsnorm_forward(ln2, a->ln2_rstd + l * BT + r0, mid, p->mlp_norm + (size_t)l * C, nr, C, c->norm_eps);
-        op->matmul_forward(h1, ln2, p->w1 + (size_t)l * H * C, nr, C, H);
-        op->matmul_forward(h3, ln2, p->w3 + (size_t)l * H * C, nr, C, H);
+        float *h13[2] = {h1, h3};
+        const float *w13[2] = {p->w1 + (size_t)l * H * C, p->w3 + (size_t)l * H * C};
+        const int h13_dim[2] = {H, H};
+        op->matmul_many_forward(h13, ln2, w13, h13_dim, 2, nr, C);
         op->swiglu_forward(hg, h1, h3, nr * H);
         op->matmul_forward(mlp, hg, p->w2 + (size_t)l * C * H, nr, H, C);
         op->residual_forward(a->resid + (l + 1) * BTC + rC, mid, mlp, mlpdrop, nrC);
@@ -485,9 +488,12 @@ static void backward_layer_rows(const Pass *ps, int l, const Chunk *ch) {
     op->fill_zero(dh1, nr * H);
     op->fill_zero(dh3, nr * H);
     op->swiglu_backward(dh1, dh3, dhg, h1, h3, nr * H);
+    // with one chunk the weight gradients come here too, in one grouped product (their tasks then skip them)
+    float *dw13[2] = {g->w1 + lHC, g->w3 + lHC};
+    const float *dh13[2] = {dh1, dh3}, *w13[2] = {p->w1 + lHC, p->w3 + lHC};
+    const int h13_dim[2] = {H, H};
     op->fill_zero(dln, nrC);
-    op->matmul_backward(dln, NULL, dh1, ln2, p->w1 + lHC, nr, C, H);
-    op->matmul_backward(dln, NULL, dh3, ln2, p->w3 + lHC, nr, C, H);
+    op->matmul_many_backward(dln, ps->chunked ? NULL : dw13, dh13, ln2, w13, h13_dim, 2, nr, C);
     op->fill_zero(dnorm, nrC);
     op->rmsnorm_backward(dnorm, norm_weight_grad(ps, ch, 1, l, g->mlp_norm + lC), dln, mid, p->mlp_norm + lC,
                          a->ln2_rstd + l * BT + r0, nr, C);
@@ -509,10 +515,11 @@ static void backward_layer_rows(const Pass *ps, int l, const Chunk *ch) {
     else op->attention_backward(dq, dk, dv, d->scratch + (size_t)ch->b0 * NH * TT, datty, att, q, k, v, nb, T, NH, NKV, HD);
     op->rope_backward(dq, nb, T, NH, HD, 0, c->rope_theta);
     op->rope_backward(dk, nb, T, NKV, HD, 0, c->rope_theta);
+    float *dwqkv[3] = {g->wq + lCC, g->wk + lKC, g->wv + lKC};
+    const float *dqkv[3] = {dq, dk, dv}, *wqkv[3] = {p->wq + lCC, p->wk + lKC, p->wv + lKC};
+    const int qkv_dim[3] = {C, KVC, KVC};
     op->fill_zero(dln, nrC);
-    op->matmul_backward(dln, NULL, dq, ln1, p->wq + lCC, nr, C, C);
-    op->matmul_backward(dln, NULL, dk, ln1, p->wk + lKC, nr, C, KVC);
-    op->matmul_backward(dln, NULL, dv, ln1, p->wv + lKC, nr, C, KVC);
+    op->matmul_many_backward(dln, ps->chunked ? NULL : dwqkv, dqkv, ln1, wqkv, qkv_dim, 3, nr, C);
     op->fill_zero(dnorm, nrC);
     op->rmsnorm_backward(dnorm, norm_weight_grad(ps, ch, 0, l, g->attn_norm + lC), dln, x, p->attn_norm + lC,
                          a->ln1_rstd + l * BT + r0, nr, C);
@@ -533,6 +540,7 @@ static void backward_layer_weights(const Pass *ps, int l, int task) {
     const float *dmlp = m->dropout_active ? d->dmlp + set * BTC : d->dres + ((l + 1) % 3) * BTC;
     const float *dproj = m->dropout_active ? d->dproj + set * BTC : d->dmid + set * BTC;
     const float *ln1 = a->ln1 + l * BTC, *ln2 = a->ln2 + l * BTC;
+    if (!ps->chunked && task != WTASK_W2 && task != WTASK_WO && task != WTASK_NORMS) return; // done with the rows
     switch (task) {
     case WTASK_W1: op->matmul_backward(NULL, g->w1 + lHC, d->dh1 + set * BTH, ln2, p->w1 + lHC, BT, C, H); break;
     case WTASK_W3: op->matmul_backward(NULL, g->w3 + lHC, d->dh3 + set * BTH, ln2, p->w3 + lHC, BT, C, H); break;

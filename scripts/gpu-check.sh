@@ -10,11 +10,14 @@
 #                where it was made: "Illegal instruction" here means rebuild it on a CPU this one can run);
 #                a CUDA 13 build needs driver >= 580; every program's libraries must resolve
 #   cuda-tests   every CUDA test (backend ops, attention, training parity); a SKIPPED CUDA test FAILS here
-#   train-<p>    the shakespeare preset on the GPU for 90 s, per precision build/train offers (--precision;
-#                fp32 only until it exists): validation loss and tokens/s from its log
-#   grads        one step on the CPU and on the GPU from the same checkpoint at the shakespeare preset: the
-#                loss (1e-4) and the global gradient norm (1e-3) must agree (build/train --log): a summary of
-#                the gradients, not each one
+#   train-<p>    the shakespeare preset on the GPU per precision (--precision fp32, tf32, bf16; fp32 alone with
+#                a build/train that lacks the flag): 60 s in fp32 and tf32, 90 s in bf16 (issue 16's target,
+#                val <= 1.47 within 90 s on an H100, is the fast mode's); validation loss and tokens/s from its log
+#   grads-<p>    one step on the CPU (fp32) and on the GPU in each precision from the same checkpoint at the
+#                shakespeare preset: the loss and the global gradient norm must agree within the precision's
+#                relative tolerance (build/train --log): fp32 1e-4 and 1e-3; tf32 1e-3 and 1e-2; bf16 4e-3 and
+#                4e-2 (about u and 10 u for the unit roundoff u of the products' inputs: tf32 2^-10, allowing
+#                for truncation, bf16 2^-8); a summary of the gradients, not each one
 #   bench        build/bench --device cuda
 #   san-<tool>   compute-sanitizer memcheck, racecheck and synccheck over the flash attention and dropout
 #                tests (when installed), last: the slowest, bounded by what time is left
@@ -27,7 +30,7 @@ out="" bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin="${2:?--bin needs a directory}"; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "gpu-check: unknown flag '$1' (see --help)" >&2; exit 2 ;;
         *) out="$1"; shift ;;
     esac
@@ -104,7 +107,7 @@ fi
 # ---- the CUDA tests: none may skip ------------------------------------------------------------------------
 t0=$SECONDS
 status=pass note=""
-for s in backend_ops backend_attention cuda_train device; do
+for s in backend_ops backend_attention backend_matmul cuda_train device; do
     KVLAB_BUILD="$bin" run "cuda-tests-$s" 240 "$bin/tests" --filter "$s/*" --verbose
     rc=$?
     skipped=$(grep -c "^\[SKIP\] $s::" "$out/cuda-tests-$s.log")
@@ -124,15 +127,17 @@ for p in $precisions; do
     t0=$SECONDS
     extra=()
     [ $has_precision -eq 0 ] || extra=(--precision "$p")
-    run "train-$p" 90 "$bin/train" --preset shakespeare --device cuda --data "$data" --steps 5000 --eval-interval 250 \
+    secs=60
+    [ "$p" != bf16 ] || secs=90
+    run "train-$p" $secs "$bin/train" --preset shakespeare --device cuda --data "$data" --steps 5000 --eval-interval 250 \
         --out "$ck/shakespeare-$p.ckpt" --log "$out/train-$p.jsonl" ${extra[@]+"${extra[@]}"}
     rc=$?
     val=$(grep -o '"val_loss": [0-9.]*' "$out/train-$p.jsonl" 2>/dev/null | tail -1 | cut -d' ' -f2)
     tps=$(grep -o '"tokens_per_s": [0-9.]*' "$out/train-$p.jsonl" 2>/dev/null | tail -1 | cut -d' ' -f2)
     if [ $rc -eq $OUT_OF_TIME ]; then
         record "train-$p" "not run" 0 "out of time"
-    elif [ $rc -eq 124 ] && [ -n "$val" ]; then # the time limit is the plan: 90 s (start-up included), then the log
-        record "train-$p" pass $((SECONDS - t0)) "val loss $val at the last validation within 90 s, $tps tokens/s (issue 16's target: <= 1.47 within 90 s on an H100)"
+    elif [ $rc -eq 124 ] && [ -n "$val" ]; then # the time limit is the plan (start-up included), then the log
+        record "train-$p" pass $((SECONDS - t0)) "val loss $val at the last validation within $secs s, $tps tokens/s (issue 16's target: <= 1.47 within 90 s on an H100)"
     elif [ $rc -eq 0 ]; then
         record "train-$p" pass $((SECONDS - t0)) "finished: val loss $val, $tps tokens/s"
     else
@@ -140,28 +145,40 @@ for p in $precisions; do
     fi
 done
 
-# ---- one step on each device from the same checkpoint -----------------------------------------------------
+# ---- one step on each device from the same checkpoint, per precision -------------------------------------
 t0=$SECONDS
 one=(--preset shakespeare --steps 1 --warmup 0 --dropout 0 --eval-windows 64 --data "$data" --quiet)
+pick() { grep -o "\"$1\": [0-9.e+-]*" "$2" | head -1 | cut -d' ' -f2; }
 if run grads-init 120 "$bin/train" "${one[@]}" --lr 1e-9 --min-lr 1e-9 --out "$ck/grads-init.ckpt" &&
-   run grads-cpu 120 "$bin/train" --init-from "$ck/grads-init.ckpt" "${one[@]}" --out "$ck/grads-cpu.ckpt" --log "$out/grads-cpu.jsonl" &&
-   run grads-gpu 60 "$bin/train" --init-from "$ck/grads-init.ckpt" "${one[@]}" --device cuda --attention naive --out "$ck/grads-gpu.ckpt" --log "$out/grads-gpu.jsonl"; then
-    pick() { grep -o "\"$1\": [0-9.e+-]*" "$2" | head -1 | cut -d' ' -f2; }
-    verdict=$(python3 - "$(pick train_loss "$out/grads-cpu.jsonl")" "$(pick train_loss "$out/grads-gpu.jsonl")" \
-        "$(pick grad_norm "$out/grads-cpu.jsonl")" "$(pick grad_norm "$out/grads-gpu.jsonl")" 2>&1 <<'EOF'
+   run grads-cpu 120 "$bin/train" --init-from "$ck/grads-init.ckpt" "${one[@]}" --out "$ck/grads-cpu.ckpt" --log "$out/grads-cpu.jsonl"; then
+    for p in $precisions; do
+        t1=$SECONDS
+        extra=()
+        [ $has_precision -eq 0 ] || extra=(--precision "$p")
+        case "$p" in fp32) tol="1e-4 1e-3" ;; tf32) tol="1e-3 1e-2" ;; *) tol="4e-3 4e-2" ;; esac
+        run "grads-gpu-$p" 60 "$bin/train" --init-from "$ck/grads-init.ckpt" "${one[@]}" --device cuda --attention naive \
+            --out "$ck/grads-gpu-$p.ckpt" --log "$out/grads-gpu-$p.jsonl" ${extra[@]+"${extra[@]}"}
+        rc=$?
+        if [ $rc -eq $OUT_OF_TIME ]; then record "grads-$p" "not run" 0 "out of time"; continue; fi
+        if [ $rc -ne 0 ]; then record "grads-$p" fail $((SECONDS - t1)) "the GPU run failed, exit $rc (grads-gpu-$p.log)"; continue; fi
+        # shellcheck disable=SC2086 # $tol is two numbers
+        verdict=$(python3 - $tol "$(pick train_loss "$out/grads-cpu.jsonl")" "$(pick train_loss "$out/grads-gpu-$p.jsonl")" \
+            "$(pick grad_norm "$out/grads-cpu.jsonl")" "$(pick grad_norm "$out/grads-gpu-$p.jsonl")" 2>&1 <<'EOF'
 import sys
-lc, lg, gc, gg = map(float, sys.argv[1:])
+tl, tg, lc, lg, gc, gg = map(float, sys.argv[1:])
 rel = lambda a, b: abs(a - b) / max(abs(a), 1e-30)
-ok = rel(lc, lg) < 1e-4 and rel(gc, gg) < 1e-3
-print('%s loss cpu %.6f gpu %.6f, grad norm cpu %.6f gpu %.6f' % ('pass' if ok else 'fail', lc, lg, gc, gg))
+ok = rel(lc, lg) <= tl and rel(gc, gg) <= tg
+print('%s loss cpu %.6f gpu %.6f (rel %.2g, tol %g), grad norm cpu %.6f gpu %.6f (rel %.2g, tol %g)'
+      % ('pass' if ok else 'fail', lc, lg, rel(lc, lg), tl, gc, gg, rel(gc, gg), tg))
 EOF
 ) || verdict="fail cannot compare the logs: ${verdict//$'\n'/ }"
-    [ -n "$verdict" ] || verdict="fail cannot compare the logs"
-    record grads "${verdict%% *}" $((SECONDS - t0)) "${verdict#* }"
+        [ -n "$verdict" ] || verdict="fail cannot compare the logs"
+        record "grads-$p" "${verdict%% *}" $((SECONDS - t1)) "${verdict#* }"
+    done
 else
     rc=$?
     if [ $rc -eq $OUT_OF_TIME ]; then record grads "not run" 0 "out of time"
-    else record grads fail $((SECONDS - t0)) "a run failed, exit $rc (grads-*.log)"; fi
+    else record grads fail $((SECONDS - t0)) "a CPU run failed, exit $rc (grads-*.log)"; fi
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------------------------

@@ -524,6 +524,8 @@ static void run_ops_table(void) {
               t->swiglu_backward && t->residual_forward && t->dropout_apply && t->fill_zero && t->dropout_mask &&
               t->crossentropy_forward && t->crossentropy_backward &&
               t->crossentropy_fused == crossentropy_fused_forward_backward_cuda);
+    cr_expect(t->precision_set == precision_set_cuda && t->matmul_many_forward == matmul_many_forward_cuda &&
+              t->matmul_many_backward == matmul_many_backward_cuda, "ops_cuda: the precision and grouped products");
     cr_expect(t->encoder_backward == encoder_backward_cuda && t->rope_backward == rope_backward_cuda &&
               t->crossentropy_backward == crossentropy_backward_cuda && t->grad_norm == grad_norm_cuda,
               "ops_cuda fields out of order");

@@ -1,5 +1,6 @@
 // build/train --check-grads on the CUDA backend (through the emulator in ninja test; skipped without a backend):
-// every tensor of one batch's gradient agrees with the CPU's within the fp32 tolerance, with both attention forms,
+// every tensor of one batch's gradient agrees with the CPU's within the tolerance of each precision, with both
+// attention forms,
 // and the check refuses to run without a device.
 #include <criterion/criterion.h>
 #include <limits.h>
@@ -32,8 +33,9 @@ Test(cuda_gradcheck, every_tensor_agrees) {
     char why[ERR_LEN];
     if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
     static char out[1 << 14];
-    const char *forms[] = {"naive", "flash"};
-    for (int i = 0; i < 2; i++) {
+    const char *forms[] = {"naive --precision fp32", "flash --precision fp32", "flash --precision tf32",
+                           "flash --precision bf16"};
+    for (int i = 0; i < 4; i++) {
         char args[256];
         snprintf(args, sizeof args, "--preset tiny --dropout 0.1 --device cuda --attention %s --check-grads", forms[i]);
         int rc = run_train(args, out, sizeof out);

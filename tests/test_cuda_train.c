@@ -1,7 +1,8 @@
 // End to end on the CUDA backend (skipped without a GPU; run on the emulator of tests/cuda_emu/ by ninja test):
 // 10 training steps match the CPU's losses (fp32, dropout on: the counter-based masks agree), with naive and
-// with flash attention, the same run twice is bitwise identical, weights written from one backend continue on
-// the other, and build/bench --device cuda --quick gives finite rows through the same backend.
+// with flash attention, and track them in tf32 and bf16 (precision_set); the same run twice is bitwise identical,
+// weights written from one backend continue on the other, and build/bench --device cuda --quick gives finite rows
+// through the same backend.
 #include <criterion/criterion.h>
 #include <limits.h>
 #include <math.h>
@@ -27,8 +28,11 @@ static TrainConfig train_config(void) {
                          .grad_clip = 1.0f, .grad_accum = 2, .eval_interval = 0, .eval_windows = 4, .seed = 7};
 }
 
-// Trains STEPS steps on `ops` from the same seed; losses (STEPS) and the final weights (host) come back.
-static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab, float *losses, float *weights) {
+// Trains STEPS steps on `ops` from the same seed with its matrix products in `precision` (ops.h precision_set,
+// registered after the move to the backend, as build/train does); losses (STEPS) and the final weights (host)
+// come back.
+static void run_in(const Ops *ops, int precision, ModelAttention attn, const Corpus *c, int vocab, float *losses,
+                   float *weights) {
     TrainConfig tc = train_config();
     ModelConfig mc = CFG;
     mc.vocab_size = vocab;
@@ -39,6 +43,8 @@ static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab,
     train_state_init(&st, m.n_params, tc.seed);
     model_to_backend(&m, ops);
     train_state_to_backend(&st, m.n_params, ops);
+    char err[ERR_LEN];
+    cr_assert_eq(ops->precision_set(precision, m.params_memory, m.n_params, err), 0, "%s", err);
     m.attention = attn;
     model_alloc_acts(&m, tc.batch_size, tc.seq_len);
     int *in = common_calloc((size_t)tc.batch_size * tc.seq_len, sizeof(int));
@@ -49,6 +55,11 @@ static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab,
     common_free(tg);
     train_state_free(&st);
     model_free(&m);
+    cr_assert_eq(ops->precision_set(OPS_PRECISION_FP32, NULL, 0, err), 0, "%s", err);
+}
+
+static void run(const Ops *ops, ModelAttention attn, const Corpus *c, int vocab, float *losses, float *weights) {
+    run_in(ops, OPS_PRECISION_FP32, attn, c, vocab, losses, weights);
 }
 
 // The corpus the training tests read; returns the parameter count of CFG on its vocabulary.
@@ -109,6 +120,42 @@ Test(cuda_train, flash_matches_cpu) {
     corpus_free(&c);
 }
 
+// TF32 and bf16 training on the device tracks the CPU's fp32 losses step by step, and repeats bit for bit.
+Test(cuda_train, precisions_track_cpu) {
+    char why[ERR_LEN];
+    const Ops *cuda = ops_for_device("cuda", why);
+    if (!cuda) cr_skip_test("%s", why);
+    Corpus c;
+    Tokenizer tok;
+    size_t n = load_corpus(&c, &tok);
+    float cpu[STEPS], gpu[STEPS], gpu2[STEPS];
+    float *w = common_calloc(n, sizeof(float)), *w2 = common_calloc(n, sizeof(float));
+    run(&ops_cpu, MODEL_ATTENTION_NAIVE, &c, tok.vocab_size, cpu, w);
+    for (int mode = OPS_PRECISION_TF32; mode <= OPS_PRECISION_BF16; mode++) {
+        run_in(cuda, mode, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu, w);
+        run_in(cuda, mode, MODEL_ATTENTION_FLASH, &c, tok.vocab_size, gpu2, w2);
+        // The loss (about 4 nats here) is computed from logits whose relative error from the rounded inputs is of
+        // the order of the unit roundoff u (tf32 u = 2^-10 allowing for truncation, bf16 2^-8), and ten AdamW steps
+        // at this learning rate do not amplify it much: |loss - cpu| <= 4 u (0.0039, 0.0156). On the emulator the
+        // differences are about 2e-4 in both; a shadow left stale by the optimizer misses by the training's progress
+        // (tenths of a nat).
+        float tol = 4.0f * (mode == OPS_PRECISION_BF16 ? 1.0f / 256 : 1.0f / 1024), worst = 0.0f;
+        for (int i = 0; i < STEPS; i++) {
+            float d = fabsf(cpu[i] - gpu[i]);
+            worst = d > worst ? d : worst;
+            cr_expect(d <= tol, "%s step %d: cpu fp32 %.7f, cuda %.7f (tolerance %g)", ops_precision_name(mode), i + 1,
+                      cpu[i], gpu[i], (double)tol);
+            cr_expect(memcmp(&gpu[i], &gpu2[i], sizeof(float)) == 0, "%s step %d: two runs differ",
+                      ops_precision_name(mode), i + 1);
+        }
+        fprintf(stderr, "cuda_train %s: largest loss difference from cpu fp32 over %d steps: %.3g\n",
+                ops_precision_name(mode), STEPS, (double)worst);
+    }
+    common_free(w);
+    common_free(w2);
+    corpus_free(&c);
+}
+
 // Runs `$KVLAB_BUILD/PROG ARGS` with the backend this test binary loaded (the library next to it: the real one,
 // or the emulator's) into out (stdout and stderr); returns its exit status. Skips without KVLAB_BUILD.
 static int run_program(const char *prog, const char *args, char *out, size_t len) {
@@ -147,16 +194,36 @@ Test(cuda_train, flash_head_dim_limit) {
     remove(args);
 }
 
+// build/train --device cuda --precision tf32|bf16 trains (a finite validation loss, the checkpoint written) and
+// says so in its banner.
+Test(cuda_train, precision_flag) {
+    char why[ERR_LEN];
+    if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
+    static char out[1 << 16];
+    const char *modes[] = {"tf32", "bf16"};
+    for (int i = 0; i < 2; i++) {
+        char args[512], want[64], path[64];
+        snprintf(path, sizeof path, "/tmp/kvlab-test-prec-%d.ckpt", (int)getpid());
+        snprintf(args, sizeof args, "--preset tiny --steps 2 --eval-windows 2 --device cuda --precision %s --out %s",
+                 modes[i], path);
+        int rc = run_program("train", args, out, sizeof out);
+        snprintf(want, sizeof want, "flash attention on cuda, %s products", modes[i]);
+        cr_expect(rc == 0 && strstr(out, want) && strstr(out, "train: done: step 2"), "exit %d:\n%s", rc, out);
+        cr_expect(access(path, F_OK) == 0, "%s: no checkpoint", modes[i]);
+        remove(path);
+    }
+}
+
 // build/bench --device cuda --quick through the backend this test binary loaded (the library next to it: the
-// real one, or the emulator's): a device line, then training rows with naive and flash attention and attention
-// rows, every figure finite and positive.
+// real one, or the emulator's): a device line, then training rows (fp32 with naive and flash attention; flash in
+// tf32 and bf16) and attention rows, every figure finite and positive.
 Test(cuda_train, bench_device_rows) {
     char why[ERR_LEN];
     if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
     static char out[1 << 16];
     int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
     char line[2048];
-    int device = 0, train[2] = {0, 0}, attention[2] = {0, 0};
+    int device = 0, train[2] = {0, 0}, attention[2] = {0, 0}, precision[OPS_PRECISION_COUNT] = {0};
     for (const char *at = out; *at;) {
         const char *nl = strchr(at, '\n');
         size_t n = nl ? (size_t)(nl - at) : strlen(at);
@@ -170,6 +237,11 @@ Test(cuda_train, bench_device_rows) {
             double tps = atof(t + 16), loss = atof(l + 8);
             cr_expect(tps > 0 && isfinite(loss) && loss > 0, "%s", line);
             train[flash]++;
+            for (int p = 0; p < OPS_PRECISION_COUNT; p++) {
+                char want[48];
+                snprintf(want, sizeof want, "\"precision\": \"%s\"", ops_precision_name(p));
+                precision[p] += strstr(line, want) != NULL;
+            }
         }
         const char *f = strstr(line, "\"forward_ms\": "), *b = strstr(line, "\"backward_ms\": ");
         if (strstr(line, "\"cuda_attention\"")) {
@@ -179,9 +251,11 @@ Test(cuda_train, bench_device_rows) {
         }
     }
     cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d", rc);
-    cr_expect(device == 1 && train[0] == 1 && train[1] == 1 && attention[0] == 1 && attention[1] == 1,
+    cr_expect(device == 1 && train[0] == 1 && train[1] == 3 && attention[0] == 1 && attention[1] == 1,
               "rows: device %d, train naive %d flash %d, attention naive %d flash %d", device, train[0], train[1],
               attention[0], attention[1]);
+    cr_expect(precision[0] == 2 && precision[1] == 1 && precision[2] == 1, "train rows: fp32 %d, tf32 %d, bf16 %d",
+              precision[0], precision[1], precision[2]);
 }
 
 // A model moved to the device and back keeps its weights bit for bit, and a checkpoint saved from the

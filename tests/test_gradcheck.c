@@ -22,7 +22,8 @@ static GradCheck check_with(const Ops *dev) {
     model_init(&m, &mc, &ops_cpu);
     model_init_weights(&m, 3);
     GradCheck g;
-    train_grad_check(&m, dev, MODEL_ATTENTION_NAIVE, &TC, &c, TC.seed, &g);
+    cr_assert_eq(train_grad_check(&m, dev, MODEL_ATTENTION_NAIVE, OPS_PRECISION_FP32, &TC, &c, TC.seed, &g, err), 0,
+                 "%s", err);
     model_free(&m);
     corpus_free(&c);
     return g;
@@ -60,9 +61,26 @@ Test(gradcheck, a_wrong_op_fails_the_tensors_it_feeds) {
         const GradDiff *d = &g.t[i];
         for (size_t k = 0; k < sizeof hit / sizeof *hit; k++)
             if (strcmp(d->name, hit[k]) == 0)
-                cr_expect(d->rel_l2 > GRAD_CHECK_TOL_FP32, "%s: rel %g not caught", d->name, d->rel_l2);
+                cr_expect(d->rel_l2 > train_grad_check_tolerance(OPS_PRECISION_FP32), "%s: rel %g not caught", d->name, d->rel_l2);
         for (size_t k = 0; k < sizeof clean / sizeof *clean; k++)
             if (strcmp(d->name, clean[k]) == 0) cr_expect(d->rel_l2 == 0.0, "%s: rel %g", d->name, d->rel_l2);
     }
     cr_expect(g.worst_rel_l2 > 1e-3, "worst %g", g.worst_rel_l2);
+}
+
+// The device's precision is the check's: a table that refuses it stops the check with its line.
+Test(gradcheck, a_refused_precision_is_an_error) {
+    char err[ERR_LEN] = "";
+    Corpus c;
+    Tokenizer tok;
+    cr_assert_eq(corpus_load(&c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    ModelConfig mc = CFG;
+    mc.vocab_size = tok.vocab_size;
+    Model m;
+    model_init(&m, &mc, &ops_cpu);
+    GradCheck g;
+    cr_expect_eq(train_grad_check(&m, &ops_cpu, MODEL_ATTENTION_NAIVE, OPS_PRECISION_BF16, &TC, &c, 1, &g, err), -1);
+    cr_expect(strstr(err, "fp32 only"), "%s", err);
+    model_free(&m);
+    corpus_free(&c);
 }

@@ -44,6 +44,10 @@ static const char *usage =
     "                       reference), flash keeps one log-sum-exp per row and recomputes them tile by tile\n"
     "                       (memory linear in T; the same function within float rounding)\n"
     "                       [naive on cpu, flash on cuda]\n"
+    "  --precision fp32|tf32|bf16  the matrix products: fp32 (the CPU's parity), tf32 (tensor cores, 10-bit\n"
+    "                       inputs) or bf16 (bf16 inputs, fp32 accumulation; the master weights, gradients,\n"
+    "                       optimizer state and every other op stay fp32); tf32 and bf16 need --device cuda.\n"
+    "                       A run setting: checkpoints do not record it (give it again with --resume)   [fp32]\n"
     "files:\n"
     "  --data FILE          text corpus (first 90% trains, last 10% validates)  [data/tinyshakespeare.txt]\n"
     "  --out CKPT           checkpoint written at each evaluation and at the end; checked before training:\n"
@@ -63,11 +67,13 @@ static const char *usage =
     "saved: the last good checkpoint is kept\n"
     "  --quiet              no progress lines (the banner and the summary remain)\n"
     "  --check-grads        instead of training: one batch's loss and every parameter tensor's gradient on the\n"
-    "                       CPU and on --device cuda from the same weights, printed per tensor (relative L2 error,\n"
-    "                       largest difference); exit 1 when any exceeds the tolerance. Writes nothing\n";
+    "                       CPU (fp32) and on --device cuda in --precision from the same weights, printed per tensor\n"
+    "                       (relative L2 error, largest difference); exit 1 when any exceeds the precision's\n"
+    "                       tolerance (fp32 1e-4, tf32 1e-2, bf16 4e-2). Writes nothing\n";
 
 typedef struct {
-    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention;
+    const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention, *precision;
+    int precision_mode; // OPS_PRECISION_*
     int stop_after, quiet, force, bos, check_grads;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
@@ -78,17 +84,18 @@ typedef struct {
 
 // --check-grads: 0 when every tensor agrees within the tolerance, 1 when one does not, -1 with err when the check
 // cannot run.
-static int check_grads(const Model *m, const Ops *backend, ModelAttention attn, const TrainConfig *tc, const Corpus *c,
-                       char *err) {
+static int check_grads(const Model *m, const Ops *backend, ModelAttention attn, int precision, const TrainConfig *tc,
+                       const Corpus *c, char *err) {
     if (!backend->on_device) {
         err_set(err, "--check-grads compares the CPU with a device: give --device cuda");
         return -1;
     }
     GradCheck g;
-    train_grad_check(m, backend, attn, tc, c, tc->seed, &g);
-    double tol = GRAD_CHECK_TOL_FP32, loss_rel = fabs((double)g.loss_dev - g.loss_cpu) / fmax(fabs(g.loss_cpu), 1e-30);
-    printf("check-grads: batch %d x %d, %s attention, tolerance %.0e (relative L2 per tensor, and the loss)\n",
-           tc->batch_size, tc->seq_len, attn == MODEL_ATTENTION_FLASH ? "flash" : "naive", tol);
+    if (train_grad_check(m, backend, attn, precision, tc, c, tc->seed, &g, err) != 0) return -1;
+    double tol = train_grad_check_tolerance(precision), loss_rel = fabs((double)g.loss_dev - g.loss_cpu) / fmax(fabs(g.loss_cpu), 1e-30);
+    printf("check-grads: batch %d x %d, %s attention, %s products on %s, tolerance %.1e (relative L2 per tensor, and "
+           "the loss)\n", tc->batch_size, tc->seq_len, attn == MODEL_ATTENTION_FLASH ? "flash" : "naive",
+           ops_precision_name(precision), backend->name, tol);
     printf("%-12s %10s %12s %12s %12s\n", "tensor", "elements", "rel_l2", "max_diff", "max_cpu");
     int bad = !(loss_rel <= tol);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
@@ -136,6 +143,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--log")) rc = args_string(&a, &f->log);
         else if (args_is(&a, "--device")) rc = args_string(&a, &f->device);
         else if (args_is(&a, "--attention")) rc = args_string(&a, &f->attention);
+        else if (args_is(&a, "--precision")) rc = args_string(&a, &f->precision);
         else if (args_is(&a, "--quiet")) f->quiet = 1;
         else if (args_is(&a, "--check-grads")) f->check_grads = 1;
         else if (args_is(&a, "--force")) f->force = 1;
@@ -185,6 +193,11 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         return err_set(err, "bad --device '%s': valid values are cpu, cuda", f->device), -1;
     if (f->attention && strcmp(f->attention, "naive") != 0 && strcmp(f->attention, "flash") != 0)
         return err_set(err, "bad --attention '%s': valid values are naive, flash", f->attention), -1;
+    if (f->precision && ops_precision_parse(f->precision, &f->precision_mode, err) != 0) return -1;
+    if (f->precision_mode != OPS_PRECISION_FP32 && strcmp(f->device, "cuda") != 0) {
+        err_set(err, "--precision %s needs --device cuda (the cpu backend computes in fp32 only)", f->precision);
+        return -1;
+    }
     if (f->resume && f->init_from) return err_set(err, "--resume and --init-from cannot be combined"), -1;
     if (f->kv_init && strcmp(f->kv_init, "mean") != 0 && strcmp(f->kv_init, "first") != 0)
         return err_set(err, "bad --kv-init '%s': valid values are mean, first", f->kv_init), -1;
@@ -347,7 +360,7 @@ int main(int argc, char **argv) {
         goto fail;
     }
     if (f.check_grads) {
-        rc = check_grads(&model, backend, attention, &tc, &corpus, err);
+        rc = check_grads(&model, backend, attention, f.precision_mode, &tc, &corpus, err);
         if (rc < 0) goto fail;
         goto done;
     }
@@ -376,9 +389,9 @@ int main(int argc, char **argv) {
     if (f.log && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
 
     fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s, "
-            "%s attention on %s\n", run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head, attn,
-            model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels(),
-            attention == MODEL_ATTENTION_FLASH ? "flash" : "naive", backend->name);
+            "%s attention on %s, %s products\n", run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head,
+            attn, model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels(),
+            attention == MODEL_ATTENTION_FLASH ? "flash" : "naive", backend->name, ops_precision_name(f.precision_mode));
     char bos_note[48] = "";
     if (corpus_bos(&corpus) >= 0) snprintf(bos_note, sizeof(bos_note), " (start symbol STX, id %d)", corpus_bos(&corpus));
     fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d%s, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
@@ -387,6 +400,8 @@ int main(int argc, char **argv) {
 
     model_to_backend(&model, backend);
     train_state_to_backend(&st, model.n_params, backend);
+    // after the weights reached the backend: in bf16 it keeps their bf16 copy from here on
+    if (backend->precision_set(f.precision_mode, model.params_memory, model.n_params, err) != 0) goto fail;
     model.attention = attention;
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
     int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;

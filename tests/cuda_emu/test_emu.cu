@@ -1,6 +1,7 @@
 // Tests of the CUDA emulator itself, suite `cuda_emu` (in $builddir/cuda-emu/tests, compiled through cu2cpp.py
 // like the backend's .cu sources): what it must run as a GPU does (thread and block indices, barriers, shuffles
-// and ballots, shared memory, cuBLAS's column-major products, half floats), and what it must catch, each with a
+// and ballots, shared memory, cuBLAS's column-major products and their TF32/bf16 rounding, the grouped and cuBLASLt
+// calls, half floats), and what it must catch, each with a
 // deliberately broken tiny kernel: launch limits and __launch_bounds__ (a GPU refuses the launch:
 // cudaGetLastError says so), reads of shared memory no thread wrote (NaN), a barrier missing between warps (the
 // reading warp runs first), barriers some threads skip or reach at another __syncthreads, warp collectives whose
@@ -17,7 +18,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -228,6 +231,159 @@ Test(cuda_emu, cublas_column_major, .init = cr_redirect_stderr) {
               CUBLAS_STATUS_INVALID_VALUE, "lda 4 < m 5");
     cublasDestroy(h);
     cudaFree(A), cudaFree(B), cudaFree(C);
+}
+
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static unsigned bf16_bits(float f) { return __float2bfloat16_rn(f).x; }
+
+// bf16 rounding (round to nearest, ties to even) on chosen values, then against an independent reference: the
+// nearer of the two bf16 neighbours in double arithmetic, the even one on a tie.
+Test(cuda_emu, bf16_rounding) {
+    cr_expect_eq(bf16_bits(1.0f), 0x3f80u);
+    cr_expect_eq(bf16_bits(u2f(0x3f808000u)), 0x3f80u, "1 + 2^-8, a tie: to the even 1");
+    cr_expect_eq(bf16_bits(u2f(0x3f818000u)), 0x3f82u, "1 + 3 * 2^-8, a tie: up to the even neighbour");
+    cr_expect_eq(bf16_bits(u2f(0x3f808001u)), 0x3f81u, "just past the tie: up");
+    cr_expect_eq(bf16_bits(u2f(0x3f807fffu)), 0x3f80u, "just below the tie: down");
+    cr_expect_eq(bf16_bits(u2f(0x3fffffffu)), 0x4000u, "the carry runs into the exponent");
+    cr_expect_eq(bf16_bits(u2f(0x7f7fffffu)), 0x7f80u, "FLT_MAX rounds to infinity");
+    cr_expect_eq(bf16_bits(u2f(0x7f7f7fffu)), 0x7f7fu, "below the last half step stays finite");
+    cr_expect_eq(bf16_bits(-0.0f), 0x8000u);
+    cr_expect_eq(bf16_bits(-INFINITY), 0xff80u);
+    cr_expect_eq(bf16_bits(u2f(0x7f800001u)), 0x7fc0u, "a NaN whose payload would round away stays a NaN");
+    cr_expect_eq(bf16_bits(u2f(0x00018000u)), 0x0002u, "subnormal tie, odd: up");
+    cr_expect_eq(bf16_bits(u2f(0x00008000u)), 0x0000u, "subnormal tie, even: down");
+    cr_expect(__bfloat162float(__nv_bfloat16{0x3f81}) == 1.0f + 1.0f / 128, "bf16 -> float is exact");
+    uint32_t x = 12345u;
+    for (int i = 0; i < 1 << 20; i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5; // xorshift32
+        uint32_t u = x;
+        if ((u & 0x7f800000u) == 0x7f800000u) continue; // inf / NaN: above
+        uint32_t up = (u & 0xffff0000u) + 0x10000u; // the neighbour away from zero (2^128 in magnitude past FLT_MAX)
+        double v = u2f(u), lo = u2f(u & 0xffff0000u);
+        double hi = (up & 0x7fffffffu) == 0x7f800000u ? copysign(ldexp(1.0, 128), v) : (double)u2f(up);
+        double dl = fabs(v - lo), dh = fabs(v - hi);
+        uint32_t want = dl < dh ? u >> 16 : dh < dl ? (u >> 16) + 1 : ((u >> 16) & 1 ? (u >> 16) + 1 : u >> 16);
+        cr_assert_eq(bf16_bits(u2f(u)), want, "0x%08x: 0x%04x, want 0x%04x", u, bf16_bits(u2f(u)), want);
+    }
+    // TF32's 10 bits through the same rounding
+    cr_expect_eq(f2u(cuemu_round_mantissa(u2f(0x3f801000u), 10)), 0x3f800000u, "1 + 2^-11, a tie: to the even 1");
+    cr_expect_eq(f2u(cuemu_round_mantissa(u2f(0x3f803000u), 10)), 0x3f804000u, "1 + 3 * 2^-11, a tie: up");
+}
+
+// TF32 math rounds the inputs of the fp32 products to 10 mantissa bits; the default math does not. 1 + 2^-12 is
+// 1 in TF32, 1 + 3 * 2^-12 is 1 + 2^-10.
+Test(cuda_emu, tf32_math_mode) {
+    float hA[2] = {1.0f + 1.0f / 4096, 1.0f + 3.0f / 4096}, hB[2] = {1.0f, 1.0f}, got[1];
+    float *A = dev_alloc<float>(2), *B = dev_alloc<float>(2), *C = dev_alloc<float>(1);
+    cudaMemcpy(A, hA, sizeof hA, cudaMemcpyHostToDevice);
+    cudaMemcpy(B, hB, sizeof hB, cudaMemcpyHostToDevice);
+    const float one = 1.0f, zero = 0.0f;
+    cublasHandle_t h;
+    cr_assert(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, 1, 1, 2, &one, A, 2, B, 2, &zero, C, 1) == CUBLAS_STATUS_SUCCESS);
+    download(got, C, 1);
+    cr_expect(got[0] == hA[0] + hA[1], "fp32: %.9g", got[0]);
+    cr_assert(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, 1, 1, 2, &one, A, 2, B, 2, &zero, C, 1) == CUBLAS_STATUS_SUCCESS);
+    download(got, C, 1);
+    cr_expect(got[0] == 2.0f + 1.0f / 1024, "tf32: %.9g, want 2 + 2^-10", got[0]);
+    cublasDestroy(h);
+    cudaFree(A), cudaFree(B), cudaFree(C);
+}
+
+// A grouped call of two products of different shapes equals the two products; its pointer arrays must be in device
+// memory (host arrays are refused with a message), and bf16 inputs with fp32 outputs are not offered.
+Test(cuda_emu, grouped_gemm, .init = cr_redirect_stderr) {
+    const int k = 3, m[2] = {2, 4}, n[2] = {3, 3}, K[2] = {k, k};
+    float hA[18], hB[9], want[20] = {0};
+    for (int i = 0; i < 18; i++) hA[i] = (float)(i % 5) - 2.0f;
+    for (int i = 0; i < 9; i++) hB[i] = (float)(i % 4) - 1.5f;
+    float *A = dev_alloc<float>(18), *B = dev_alloc<float>(9), *C = dev_alloc<float>(20);
+    cudaMemcpy(A, hA, sizeof hA, cudaMemcpyHostToDevice);
+    cudaMemcpy(B, hB, sizeof hB, cudaMemcpyHostToDevice);
+    // product g: C_g (m_g, 3) = A_g^T B with A_g stored (k, m_g): A_0 = A, A_1 = A + 6; C_0 = C, C_1 = C + 6
+    for (int g = 0; g < 2; g++)
+        for (int j = 0; j < 3; j++)
+            for (int i = 0; i < m[g]; i++) {
+                float s = 0.0f;
+                for (int p = 0; p < k; p++) s += hA[g * 6 + i * k + p] * hB[j * k + p];
+                want[g * 6 + j * m[g] + i] = s;
+            }
+    const void *hptrs[6] = {A, A + 6, B, B, C, C + 6};
+    void **ptrs = dev_alloc<void *>(6);
+    cudaMemcpy(ptrs, hptrs, sizeof hptrs, cudaMemcpyHostToDevice);
+    cublasOperation_t ta[2] = {CUBLAS_OP_T, CUBLAS_OP_T}, tb[2] = {CUBLAS_OP_N, CUBLAS_OP_N};
+    const int lda[2] = {k, k}, ldb[2] = {k, k}, sizes[2] = {1, 1};
+    const float alpha[2] = {1.0f, 1.0f}, beta[2] = {0.0f, 0.0f};
+    cublasHandle_t h;
+    cr_assert(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasGemmGroupedBatchedEx(h, ta, tb, m, n, K, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
+                                         (const void *const *)ptrs + 2, CUDA_R_32F, ldb, beta, ptrs + 4, CUDA_R_32F, m,
+                                         2, sizes, CUBLAS_COMPUTE_32F) == CUBLAS_STATUS_SUCCESS);
+    float got[20];
+    download(got, C, 20);
+    for (int i = 0; i < 18; i++) cr_expect(got[i] == want[i], "C[%d]: %g, want %g", i, got[i], want[i]);
+    cr_expect(cublasGemmGroupedBatchedEx(h, ta, tb, m, n, K, alpha, hptrs, CUDA_R_32F, lda, hptrs + 2, CUDA_R_32F, ldb,
+                                         beta, (void *const *)hptrs + 4, CUDA_R_32F, m, 2, sizes,
+                                         CUBLAS_COMPUTE_32F) == CUBLAS_STATUS_INVALID_VALUE,
+              "host pointer arrays are refused");
+    cr_expect(cublasGemmGroupedBatchedEx(h, ta, tb, m, n, K, alpha, (const void *const *)ptrs, CUDA_R_16BF, lda,
+                                         (const void *const *)ptrs + 2, CUDA_R_16BF, ldb, beta, ptrs + 4, CUDA_R_32F,
+                                         m, 2, sizes, CUBLAS_COMPUTE_32F) == CUBLAS_STATUS_NOT_SUPPORTED);
+    cublasDestroy(h);
+    cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(ptrs);
+}
+
+// cublasLtMatmul on bf16 A (transposed) and B, fp32 C accumulated (beta 1): the product of the widened bf16 values.
+Test(cuda_emu, cublaslt_bf16) {
+    const int m = 3, n = 2, k = 5;
+    __nv_bfloat16 hA[15], hB[10];
+    float fA[15], fB[10], want[6];
+    for (int i = 0; i < 15; i++) hA[i] = __float2bfloat16_rn(0.1f * (float)(i - 7)), fA[i] = __bfloat162float(hA[i]);
+    for (int i = 0; i < 10; i++) hB[i] = __float2bfloat16_rn(0.3f * (float)(i - 4)), fB[i] = __bfloat162float(hB[i]);
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 1.0; // C starts at 1
+            for (int p = 0; p < k; p++) s += (double)fA[i * k + p] * fB[j * k + p];
+            want[j * m + i] = (float)s;
+        }
+    __nv_bfloat16 *A = dev_alloc<__nv_bfloat16>(15), *B = dev_alloc<__nv_bfloat16>(10);
+    float *C = dev_filled<float>(6, 1.0f);
+    void *ws = dev_alloc<char>(1024);
+    cudaMemcpy(A, hA, sizeof hA, cudaMemcpyHostToDevice);
+    cudaMemcpy(B, hB, sizeof hB, cudaMemcpyHostToDevice);
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    int32_t opT = CUBLAS_OP_T;
+    const float one = 1.0f;
+    cr_assert(cublasLtCreate(&h) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, m, k) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, m, n, m) == CUBLAS_STATUS_SUCCESS);
+    cr_assert(cublasLtMatmul(h, desc, &one, A, la, B, lb, &one, C, lc, C, lc, NULL, ws, 1024, 0) == CUBLAS_STATUS_SUCCESS);
+    float got[6];
+    download(got, C, 6);
+    for (int i = 0; i < 6; i++) cr_expect(fabsf(got[i] - want[i]) <= 1e-6f, "C[%d]: %.9g, want %.9g", i, got[i], want[i]);
+    cr_expect(cublasLtMatmul(h, desc, &one, A, lb, B, lb, &one, C, lc, C, lc, NULL, ws, 1024, 0) ==
+              CUBLAS_STATUS_INVALID_VALUE, "A's layout does not fit op(A) (m x k)");
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(h);
+    cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(ws);
 }
 
 Test(cuda_emu, half_to_float) {
