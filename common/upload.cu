@@ -1,5 +1,7 @@
 // device_upload_staged (upload.cuh): small uploads through a ring of page-locked slots, each guarded by the event
-// recorded after its last transfer. The slots live as long as the library (a program's lifetime).
+// recorded after its last transfer. The slots live as long as the library (a program's lifetime); a lock makes
+// the ring safe for uploads from several host threads.
+#include <pthread.h>
 #include <string.h>
 
 #include "common.h"
@@ -14,6 +16,7 @@ typedef struct {
 
 static StageSlot g_slots[DEVICE_STAGE_SLOTS];
 static int g_next;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 extern "C" void device_upload_staged(void *dst, const void *src, size_t bytes) {
     if (bytes == 0) return;
@@ -21,6 +24,7 @@ extern "C" void device_upload_staged(void *dst, const void *src, size_t bytes) {
         device_upload(dst, src, bytes);
         return;
     }
+    pthread_mutex_lock(&g_lock);
     StageSlot *s = &g_slots[g_next];
     g_next = (g_next + 1) % DEVICE_STAGE_SLOTS;
     if (!s->host) {
@@ -32,4 +36,5 @@ extern "C" void device_upload_staged(void *dst, const void *src, size_t bytes) {
     memcpy(s->host, src, bytes);
     CUDA_CHECK(cudaMemcpyAsync(dst, s->host, bytes, cudaMemcpyHostToDevice, cuda_stream()));
     CUDA_CHECK(cudaEventRecord(s->done, cuda_stream()));
+    pthread_mutex_unlock(&g_lock);
 }

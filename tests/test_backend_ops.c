@@ -478,14 +478,16 @@ static void run_deterministic(void) {
 
 // mem_upload stages small uploads through a ring of page-locked slots (common/upload.cuh): more uploads in a row than
 // there are slots, from one source rewritten between them, land intact (each slot holds its copy until its
-// transfer is done), and an upload past the staging size takes the synchronous path.
+// transfer is done), and an upload past the staging size takes the synchronous path. On the emulator a staged transfer reads its slot only when the stream needs it (tests/cuda_emu/emu_host.cpp), so a
+// slot rewritten before its transfer ran would show here as on a GPU. The uploads run back to back: nothing between
+// them waits for the stream.
 static void run_upload_staged(void) {
     enum { K = 3 * DEVICE_STAGE_SLOTS + 1 };
     size_t n = 257, big = DEVICE_STAGE_BYTES / sizeof(float) + 5;
     float *src = common_calloc(big, sizeof(float)), *back = common_calloc(big, sizeof(float));
     float *d[K];
+    for (int k = 0; k < K; k++) d[k] = ops_cuda.mem_alloc(n * sizeof(float));
     for (int k = 0; k < K; k++) {
-        d[k] = ops_cuda.mem_alloc(n * sizeof(float));
         for (size_t i = 0; i < n; i++) src[i] = (float)(k * 1000 + (int)i);
         ops_cuda.mem_upload(d[k], src, n * sizeof(float));
     }

@@ -41,7 +41,8 @@ cudaError_t check_range(const void *p, size_t bytes, const char *call, const cha
 
 } // namespace
 
-extern "C" const char *cuemu_device_range_problem(const void *p, size_t bytes) {
+// cuemu_device_range_problem without running the queued copies (the queueing copy itself checks with this)
+static const char *range_problem(const void *p, size_t bytes) {
     static thread_local char buf[256];
     if (find_alloc(p, bytes, NULL)) return NULL;
     std::lock_guard<std::mutex> lock(g_mem_lock);
@@ -53,6 +54,11 @@ extern "C" const char *cuemu_device_range_problem(const void *p, size_t bytes) {
     else
         snprintf(buf, sizeof buf, "%p is not in any device allocation (a host pointer?)", p);
     return buf;
+}
+
+extern "C" const char *cuemu_device_range_problem(const void *p, size_t bytes) {
+    cuemu_flush_copies(); // whatever touches device memory next sees the queued copies done (emu_host.cpp)
+    return range_problem(p, bytes);
 }
 
 extern "C" cudaError_t cudaGetDeviceCount(int *count) {
@@ -88,7 +94,10 @@ extern "C" cudaError_t cudaGetDevice(int *device) {
     *device = 0;
     return cudaSuccess;
 }
-extern "C" cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+extern "C" cudaError_t cudaDeviceSynchronize(void) {
+    cuemu_flush_copies();
+    return cudaSuccess;
+}
 
 extern "C" cudaError_t cudaGetLastError(void) {
     cudaError_t e = cuemu_last_error;
@@ -171,9 +180,21 @@ extern "C" cudaError_t cudaFreeAsync(void *ptr, cudaStream_t stream) {
     return cudaFree(ptr);
 }
 
+// cudaMemcpy's stream: a copy complete when it returns (never queued)
+#define CUEMU_SYNC_COPY ((cudaStream_t)(uintptr_t)-1)
+
 extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                                        cudaStream_t stream) {
-    (void)stream;
+    if (kind == cudaMemcpyHostToDevice && stream != CUEMU_SYNC_COPY && bytes && cuemu_is_pinned(src, bytes)) {
+        const char *why = range_problem(dst, bytes);
+        if (why) {
+            fprintf(stderr, "cuda-emu: cudaMemcpy(HostToDevice): destination: %s\n", why);
+            return cudaErrorInvalidValue;
+        }
+        cuemu_queue_copy(dst, src, bytes); // the one copy a GPU overlaps with the host (emu_host.cpp)
+        return cudaSuccess;
+    }
+    cuemu_flush_copies(); // every other copy runs after the queued ones, in stream order
     if (bytes == 0) return cudaSuccess;
     cudaError_t e = cudaSuccess;
     switch (kind) {
@@ -205,7 +226,7 @@ extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes,
 }
 
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
-    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+    return cudaMemcpyAsync(dst, src, bytes, kind, CUEMU_SYNC_COPY);
 }
 
 extern "C" cudaError_t cudaMemsetAsync(void *ptr, int byte, size_t bytes, cudaStream_t stream) {
@@ -236,7 +257,8 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-    (void)stream; // every launch and copy already ran to completion
+    (void)stream; // every launch and copy already ran to completion but the queued ones
+    cuemu_flush_copies();
     return cudaSuccess;
 }
 

@@ -18,5 +18,9 @@
 
 // cudaGetLastError's error: set by a refused launch, cleared when read
 extern "C" __attribute__((visibility("hidden"))) cudaError_t cuemu_last_error;
+// emu_host.cpp: host-to-device copies from cudaMallocHost memory wait in a queue until the stream needs them.
+extern "C" __attribute__((visibility("hidden"))) int cuemu_is_pinned(const void *p, size_t bytes);
+extern "C" __attribute__((visibility("hidden"))) void cuemu_queue_copy(void *dst, const void *src, size_t bytes);
+extern "C" __attribute__((visibility("hidden"))) void cuemu_flush_copies(void);
 
 #endif

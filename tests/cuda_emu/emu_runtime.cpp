@@ -387,6 +387,7 @@ extern "C" void cuemu_func_set_attribute(const void *func, int attr, int value, 
 extern "C" void cuemu_launch(const char *kernel, const char *file, int line, int max_threads, const void *func,
                              dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, CuemuBody body, void *ctx) {
     (void)stream;
+    cuemu_flush_copies(); // the kernel runs after the copies queued before it (emu_host.cpp)
     std::lock_guard<std::mutex> lock(g_launch_lock);
     unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
     if (nthreads == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0) {

@@ -386,6 +386,45 @@ Test(cuda_emu, cublaslt_bf16) {
     cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(ws);
 }
 
+__global__ void read_first(float *out, const float *in) { out[0] = in[0]; }
+
+// A copy from cudaMallocHost memory to the device is queued as a GPU would overlap it: it reads its source when the
+// stream next needs it (a launch, another copy, a synchronisation), so a host write before then shows; a copy from
+// ordinary memory, and cudaMemcpy, happen at once.
+Test(cuda_emu, pinned_copies_are_asynchronous) {
+    float *pinned = NULL, *d = NULL, *d_out = NULL, host = 0.0f, got = 0.0f;
+    cr_assert_eq(cudaMallocHost((void **)&pinned, sizeof(float)), cudaSuccess);
+    cr_assert_eq(cudaMalloc((void **)&d, sizeof(float)), cudaSuccess);
+    cr_assert_eq(cudaMalloc((void **)&d_out, sizeof(float)), cudaSuccess);
+    pinned[0] = 1.0f;
+    cr_assert_eq(cudaMemcpyAsync(d, pinned, sizeof(float), cudaMemcpyHostToDevice, 0), cudaSuccess);
+    pinned[0] = 2.0f; // before the stream reached the copy: the device sees this value
+    read_first<<<1, 1>>>(d_out, d);
+    cr_assert_eq(cudaMemcpy(&got, d_out, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_expect_eq(got, 2.0f, "the queued copy read its source at the launch: got %g", got);
+    cudaEvent_t ev;
+    cr_assert_eq(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+    cr_assert_eq(cudaMemcpyAsync(d, pinned, sizeof(float), cudaMemcpyHostToDevice, 0), cudaSuccess);
+    cr_assert_eq(cudaEventRecord(ev, 0), cudaSuccess);
+    cr_assert_eq(cudaEventSynchronize(ev), cudaSuccess);
+    pinned[0] = 3.0f; // after the event: too late to change the copy
+    cr_assert_eq(cudaMemcpy(&got, d, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_expect_eq(got, 2.0f, "a copy done by its event changed afterwards: got %g", got);
+    host = 4.0f; // pageable memory: copied before cudaMemcpyAsync returns
+    cr_assert_eq(cudaMemcpyAsync(d, &host, sizeof(float), cudaMemcpyHostToDevice, 0), cudaSuccess);
+    host = 5.0f;
+    cr_assert_eq(cudaMemcpy(&got, d, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_expect_eq(got, 4.0f);
+    cr_assert_eq(cudaMemcpy(d, pinned, sizeof(float), cudaMemcpyHostToDevice), cudaSuccess); // synchronous
+    pinned[0] = 6.0f;
+    cr_assert_eq(cudaMemcpy(&got, d, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_expect_eq(got, 3.0f);
+    cudaEventDestroy(ev);
+    cudaFree(d);
+    cudaFree(d_out);
+    cr_expect_eq(cudaFreeHost(pinned), cudaSuccess);
+}
+
 Test(cuda_emu, half_to_float) {
 #if defined(__F16C__)
     for (unsigned b = 0; b < 65536; b++) {
