@@ -39,7 +39,6 @@ void dropout_apply_cpu(float *out, const float *inp, const float *keep, size_t N
 void fill_zero_cpu(float *x, size_t N);
 void dropout_mask_cpu(float *keep, size_t N, float p, Rng *rng);
 void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
-void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
 void crossentropy_fused_cpu(float *losses, float *dlogits, const float *logits, const int *targets, float dloss, int N,
                             int V);
 // layers/adamw.c: one AdamW update of n elements (t is the 1-based step); the op table's form over segments

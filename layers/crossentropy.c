@@ -1,8 +1,7 @@
-// Softmax + cross-entropy over the vocabulary, fused; the backward is probs - onehot(target). The training step
-// runs both in one pass (crossentropy_fused_cpu), with the same float operations as the two ops, so its bits
-// are theirs. Each row's
-// softmax runs through common/vmath.h (vectorised max, exp with the running sum, scale); rows split across
-// threads when the whole pass pays for a parallel region (common/par.h).
+// Softmax + cross-entropy over the vocabulary: the forward (probabilities and losses, for scoring) and the loss with
+// its gradient, probs - onehot(target), in one pass from the logits (training: the probabilities are never kept).
+// Each row's softmax runs through common/vmath.h (vectorised max, exp with the running sum, scale); rows split
+// across threads when the whole pass pays for a parallel region (common/par.h).
 #include "cpu_ops.h"
 
 #include <math.h>
@@ -21,16 +20,6 @@ void crossentropy_forward_cpu(float *losses, float *probs, const float *logits, 
         vmath_scale(p, V, 1.0f / sum);
         // -log softmax computed from the logits, not log(p), so a tiny probability stays finite
         if (targets && losses) losses[n] = -(z[targets[n]] - mx - logf(sum));
-    }
-}
-
-void crossentropy_backward_cpu(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V) {
-#pragma omp parallel for if (par_worth((size_t)N * V)) schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *p = probs + (size_t)n * V;
-        float *d = dlogits + (size_t)n * V;
-        for (int i = 0; i < V; i++) d[i] = p[i] * dloss;
-        d[targets[n]] -= dloss;
     }
 }
 

@@ -80,17 +80,6 @@ __global__ void crossentropy_forward_kernel(float *losses, float *probs, const f
 }
 
 // dlogits (N,V) = (probs - onehot(target)) * dloss, one thread per element; overwrites.
-__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs, const int *targets, float dloss,
-                                             size_t NV, int V) {
-    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < NV;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        int t = targets[idx / (size_t)V], i = (int)(idx % (size_t)V);
-        float d = probs[idx] * dloss;
-        if (i == t) d -= dloss;
-        dlogits[idx] = (t >= 0 && t < V) ? d : NAN;
-    }
-}
-
 // One block per row. dlogits may be logits: every read of the row happens before row_maxsum's last barrier
 // or, in the write pass, by the thread that then writes the same element.
 __global__ void crossentropy_fused_forward_backward_kernel(float *losses, float *dlogits, const float *logits,
@@ -121,17 +110,6 @@ extern "C" void crossentropy_forward_cuda(float *losses, float *probs, const flo
     if (N == 0) return;
     crossentropy_forward_kernel<<<(unsigned)N, ce_threads(V), 0, cuda_stream()>>>(losses, probs, logits, targets, V);
     CUDA_OP_DONE("crossentropy_forward");
-}
-
-extern "C" void crossentropy_backward_cuda(float *dlogits, const float *probs, const int *targets, float dloss, int N,
-                                           int V) {
-    CHECK(N >= 0 && V > 0 && targets);
-    size_t NV = (size_t)N * V;
-    if (NV == 0) return;
-    unsigned grid = cuda_blocks(NV, 256);
-    if (grid > (1u << 20)) grid = 1u << 20; // grid-stride beyond
-    crossentropy_backward_kernel<<<grid, 256, 0, cuda_stream()>>>(dlogits, probs, targets, dloss, NV, V);
-    CUDA_OP_DONE("crossentropy_backward");
 }
 
 extern "C" void crossentropy_fused_forward_backward_cuda(float *losses, float *dlogits, const float *logits,

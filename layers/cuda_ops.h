@@ -51,7 +51,6 @@ void fill_zero_cuda(float *x, size_t N);
 // Philox words on the device; bit-identical to the CPU backend. Asynchronous.
 void dropout_mask_cuda(float *keep, size_t N, float p, Rng *rng);
 void crossentropy_forward_cuda(float *losses, float *probs, const float *logits, const int *targets, int N, int V);
-void crossentropy_backward_cuda(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V);
 
 // Forward and backward in one pass, never materialising probs: losses (N) = -log softmax(logits)[target]
 // (losses may be NULL), dlogits (N,V) = (softmax(logits) - onehot(target)) * dloss, overwritten.

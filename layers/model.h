@@ -61,6 +61,7 @@ const char *model_param_name(int tensor_index);
 int model_params_describe_nonfinite(const ModelConfig *cfg, const float *params, char *what, size_t len);
 
 #define NUM_ACT_TENSORS 23
+#define ACT_PROBS 21 // the index of probs in ActTensors order
 typedef struct {
     float *resid;      // (L+1, B, T, C) residual stream entering each layer; resid[L] feeds the final norm
     float *ln1;        // (L, B, T, C)
@@ -84,7 +85,8 @@ typedef struct {
     float *lnf;        // (B, T, C)
     float *lnf_rstd;   // (B, T)
     float *logits;     // (B, T, V)
-    float *probs;      // (B, T, V)      softmax of logits
+    float *probs;      // (B, T, V)      softmax of logits (a scoring forward's); with gradients allocated it is
+                       //                grad_acts.dlogits' memory, which a backward overwrites
     float *losses;     // (B, T)
 } ActTensors;
 
@@ -169,8 +171,8 @@ void model_init_weights(Model *m, uint64_t seed);
 void model_alloc_acts(Model *m, int B, int T);
 // Activations only (forward passes without backward): scoring and evaluation.
 void model_alloc_inference_acts(Model *m, int B, int T);
-// Element counts of the buffers model_alloc_acts(B, T) allocates: a (ActTensors order) and g (GradActs
-// order). Counted in double so that a size no machine could hold is still a number to compare, never a
+// Element counts of the buffers model_alloc_inference_acts(B, T) (a, ActTensors order) and model_alloc_acts(B, T)
+// (a and g, GradActs order, less a[ACT_PROBS], which then lives in dlogits) allocate. Counted in double so that a size no machine could hold is still a number to compare, never a
 // wrapped size_t.
 void model_act_counts(const ModelConfig *cfg, int B, int T, ModelAttention attn, double a[NUM_ACT_TENSORS],
                       double g[NUM_GRAD_ACT_TENSORS]);

@@ -124,11 +124,9 @@ typedef struct {
     // probs (N,V) = softmax(logits); losses (N) = -log probs[target] (targets and losses may be NULL).
     void (*crossentropy_forward)(float *losses, float *probs, const float *logits, const int *targets, int N,
                                  int V);
-    // dlogits (N,V) = (probs - onehot(target)) * dloss (overwrites).
-    void (*crossentropy_backward)(float *dlogits, const float *probs, const int *targets, float dloss,
-                                  int N, int V);
-    // Both in one pass without probs (the training step): losses (N) as crossentropy_forward (may be NULL),
-    // dlogits (N,V) as crossentropy_backward, overwritten; dlogits may be logits (in place); targets not NULL.
+    // The loss and its gradient in one pass, from the logits (the training step's forward, or the backward after
+    // a scoring forward): losses (N) as crossentropy_forward (may be NULL), dlogits (N,V) = (softmax(logits) -
+    // onehot(target)) * dloss, overwritten; dlogits may be logits (in place); targets not NULL.
     void (*crossentropy_fused)(float *losses, float *dlogits, const float *logits, const int *targets, float dloss,
                                int N, int V);
 

@@ -65,6 +65,5 @@ const Ops ops_cpu = {
     .fill_zero = fill_zero_cpu,
     .dropout_mask = dropout_mask_cpu,
     .crossentropy_forward = crossentropy_forward_cpu,
-    .crossentropy_backward = crossentropy_backward_cpu,
     .crossentropy_fused = crossentropy_fused_cpu,
 };

@@ -66,7 +66,6 @@ extern "C" const Ops ops_cuda = {
     .fill_zero = fill_zero_cuda,
     .dropout_mask = dropout_mask_cuda,
     .crossentropy_forward = crossentropy_forward_cuda,
-    .crossentropy_backward = crossentropy_backward_cuda,
     .crossentropy_fused = crossentropy_fused_forward_backward_cuda,
     // device-only: the device KV cache (decode/device_store.c)
     .kv_encode_rows = kv_encode_rows_cuda,

@@ -302,27 +302,6 @@ static void run_crossentropy_forward(void) {
     crossentropy_forward_case(3, 1, 1, 40); // V = 1: probability 1, loss 0
 }
 
-static void crossentropy_backward_case(int N, int V, uint64_t seed) {
-    size_t nv = (size_t)N * V;
-    float *logits = bk_host_random(nv, seed, 8.0f), *probs = common_calloc(nv, sizeof(float));
-    float *dlogits = common_calloc(nv, sizeof(float));
-    int *tgt = bk_host_tokens(N, seed + 1, V);
-    float dloss = 1.0f / N;
-    crossentropy_forward_cpu(NULL, probs, logits, NULL, N, V);
-    crossentropy_backward_cpu(dlogits, probs, tgt, dloss, N, V);
-    float *d_probs = bk_dev_from_host(probs, nv), *d_dlogits = bk_dev_poisoned(nv);
-    int *d_tgt = bk_dev_ints(tgt, N);
-    crossentropy_backward_cuda(d_dlogits, d_probs, d_tgt, dloss, N, V);
-    bk_expect_close(d_dlogits, dlogits, nv, TOL_ELEM, "crossentropy_backward dlogits"); // p*d - d may be an FMA
-    bk_dev_free(d_probs), bk_dev_free(d_dlogits), bk_dev_free(d_tgt);
-    common_free(logits), common_free(probs), common_free(dlogits), common_free(tgt);
-}
-
-static void run_crossentropy_backward(void) {
-    crossentropy_backward_case(3 * 17, 65, 41);
-    crossentropy_backward_case(7, 1000, 42);
-}
-
 // in_place: dlogits is the logits buffer; with_losses: losses given (else NULL)
 static void crossentropy_fused_case(int N, int V, int in_place, int with_losses, uint64_t seed) {
     size_t nv = (size_t)N * V;
@@ -330,8 +309,8 @@ static void crossentropy_fused_case(int N, int V, int in_place, int with_losses,
     float *dlogits = common_calloc(nv, sizeof(float)), *losses = common_calloc(N, sizeof(float));
     int *tgt = bk_host_tokens(N, seed + 1, V);
     float dloss = 1.0f / N;
-    crossentropy_forward_cpu(losses, probs, logits, tgt, N, V);
-    crossentropy_backward_cpu(dlogits, probs, tgt, dloss, N, V);
+    crossentropy_forward_cpu(losses, probs, logits, tgt, N, V); // the losses from the scoring op
+    crossentropy_fused_cpu(NULL, dlogits, logits, tgt, dloss, N, V);
     float *d_logits = bk_dev_from_host(logits, nv), *d_losses = bk_dev_poisoned(N);
     float *d_dlogits = in_place ? d_logits : bk_dev_poisoned(nv);
     int *d_tgt = bk_dev_ints(tgt, N);
@@ -524,12 +503,11 @@ static void run_ops_table(void) {
               t->attention_flash_forward == attention_flash_forward_cuda &&
               t->attention_flash_backward == attention_flash_backward_cuda &&
               t->swiglu_backward && t->residual_forward && t->dropout_apply && t->fill_zero && t->dropout_mask &&
-              t->crossentropy_forward && t->crossentropy_backward &&
-              t->crossentropy_fused == crossentropy_fused_forward_backward_cuda);
+              t->crossentropy_forward && t->crossentropy_fused == crossentropy_fused_forward_backward_cuda);
     cr_expect(t->precision_set == precision_set_cuda && t->matmul_many_forward == matmul_many_forward_cuda &&
               t->matmul_many_backward == matmul_many_backward_cuda, "ops_cuda: the precision and grouped products");
     cr_expect(t->encoder_backward == encoder_backward_cuda && t->rope_backward == rope_backward_cuda &&
-              t->crossentropy_backward == crossentropy_backward_cuda && t->grad_norm == grad_norm_cuda,
+              t->crossentropy_fused == crossentropy_fused_forward_backward_cuda && t->grad_norm == grad_norm_cuda,
               "ops_cuda fields out of order");
     // mem_alloc zeroes (ops.h); the round trip through mem_upload / mem_download
     size_t n = 1000 + 3;
@@ -567,7 +545,6 @@ BACKEND_TEST(residual_forward)
 BACKEND_TEST(dropout)
 BACKEND_TEST(fill_zero)
 BACKEND_TEST(crossentropy_forward)
-BACKEND_TEST(crossentropy_backward)
 BACKEND_TEST(crossentropy_fused)
 BACKEND_TEST(adamw)
 BACKEND_TEST(adamw_segments)

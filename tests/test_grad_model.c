@@ -223,8 +223,8 @@ Test(model, chunked_matches_whole) {
     chunked_vs_whole_case(0.0f, 1, 113);
 }
 
-// A training forward differentiates the loss in the same pass (crossentropy_fused, no probs); a scoring forward
-// leaves it to the backward (crossentropy_forward, then crossentropy_backward). Without dropout the two are the
+// A training forward differentiates the loss in the same pass (crossentropy_fused, no probs); after a scoring
+// forward (crossentropy_forward) the backward runs the fused op from the logits. Without dropout the two are the
 // same function with the same float operations: the same loss and gradients, bit for bit, on both schedules.
 Test(model, fused_loss_matches_separate) {
     enum { B = 4, T = 5 };
@@ -250,6 +250,12 @@ Test(model, fused_loss_matches_separate) {
                   m[0].mean_loss, m[1].mean_loss);
         cr_expect(memcmp(m[0].grads_memory, m[1].grads_memory, m[0].n_params * sizeof(float)) == 0,
                   "schedule %d: fused loss gradients differ from the separate ops'", k);
+        // the scoring forward's probabilities share dlogits' memory: a second backward still accumulates the same
+        // gradient (it starts again from the logits)
+        float *once = gradutil_dup(m[0].grads_memory, m[0].n_params);
+        model_backward(&m[0], tokens, targets, B, T);
+        gradutil_expect_accumulated("backward after a scoring forward", m[0].grads_memory, once, once, m[0].n_params);
+        common_free(once);
         model_free(&m[0]);
         model_free(&m[1]);
     }

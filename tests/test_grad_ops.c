@@ -405,10 +405,18 @@ Test(grad, crossentropy) {
         for (int i = 0; i < V; i++) ps += probs[n * V + i];
         cr_expect(fabs(ps - 1.0) <= 1e-5);
     }
-    for (int i = 0; i < N * V; i++) dlogits[i] = 1e30f; // the backward overwrites
-    ops_cpu.crossentropy_backward(dlogits, probs, targets, 0.37f, N, V);
+    for (int i = 0; i < N * V; i++) dlogits[i] = 1e30f; // the fused pass overwrites
+    float *fused_losses = gradutil_falloc(N);
+    ops_cpu.crossentropy_fused(fused_losses, dlogits, logits, targets, 0.37f, N, V);
+    cr_expect(memcmp(fused_losses, losses, N * sizeof(float)) == 0, "the fused pass's losses are the forward's");
     gradutil_expect_fd("crossentropy dlogits", gradutil_fd_check(logits, dlogits, N * V, NULL, 0, ce_obj, &c, OP_EPS),
                        OP_MAX_TOL, OP_NORM_TOL);
+    // in place (the logits become their gradient): the same bits
+    float *inplace = gradutil_dup(logits, N * V);
+    ops_cpu.crossentropy_fused(NULL, inplace, inplace, targets, 0.37f, N, V);
+    cr_expect(memcmp(inplace, dlogits, (size_t)N * V * sizeof(float)) == 0, "in place differs");
+    common_free(inplace);
+    common_free(fused_losses);
 
     // a vanishing target probability still gives a finite loss (computed from the logits, not log(p))
     float big[3] = {0.0f, 200.0f, -200.0f}, p3[3], l1;

@@ -63,13 +63,13 @@ static const char *usage =
     "  --stop-after N       stop after optimiser step N and save (the schedule still runs to --steps)\n"
     "  --log FILE           JSON lines: step, train_loss, val_loss (when evaluated), lr, grad_norm,\n"
     "                       tokens_per_s; a number that is not finite is null; a failed write stops the run\n"
-    "a non-finite loss, validation loss, gradient norm or weight stops the run (exit 1) before anything is\n"
-    "saved: the last good checkpoint is kept\n"
     "  --quiet              no progress lines (the banner and the summary remain)\n"
     "  --check-grads        instead of training: one batch's loss and every parameter tensor's gradient on the\n"
     "                       CPU (fp32) and on --device cuda in --precision from the same weights, printed per tensor\n"
     "                       (relative L2 error, largest difference); exit 1 when any exceeds the precision's\n"
-    "                       tolerance (fp32 1e-4, tf32 1e-2, bf16 4e-2). Writes nothing\n";
+    "                       tolerance (fp32 1e-4, tf32 1e-2, bf16 4e-2). Writes nothing\n"
+    "a non-finite loss, validation loss, gradient norm or weight stops the run (exit 1) before anything is\n"
+    "saved: the last good checkpoint is kept\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention, *precision;

@@ -6,7 +6,6 @@
 
 #include "trainer.h"
 
-
 // lo <= v <= hi, or -1 with the setting named in err.
 static int check_int(const char *name, int v, int lo, int hi, char *err) {
     if (v >= lo && v <= hi) return 0;
@@ -85,7 +84,6 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
     s->ops = ops;
 }
 
-// AdamW over every tensor (weight decay where the model marks it). On the CPU the tensors are cut into pieces of
 // Every tensor's AdamW in one op call (one parallel region on the CPU, one launch on a device), each with the
 // weight decay the model marks for it.
 static void adamw_all(Model *m, TrainState *s, const TrainConfig *tc, float lr) {
