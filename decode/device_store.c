@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../attention/attention_cuda.h"
 #include "../kv/codec.h"
 #include "../kv/policy.h"
 #include "../layers/cpu_ops.h"
@@ -44,6 +45,14 @@ int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, cons
     size_t row_bytes = spec->codec->row_bytes(spec->codec, HD, group);
     if (row_bytes == 0) {
         err_set(err, "--kv '%s': group size %d must divide the head dimension %d", spec->text, group, HD);
+        return -1;
+    }
+    int R = shape->n_head / shape->n_kv_head;
+    if (!attention_decode_fits(R, HD)) {
+        err_set(err,
+                "%d query heads per kv head of dimension %d do not run on cuda: the decode kernel would need %zu "
+                "bytes of shared memory (at most %d); use --device cpu",
+                R, HD, attention_decode_smem_bytes(R, HD, ATTENTION_DECODE_CHUNK_FLOOR), ATTENTION_DECODE_SMEM_MAX);
         return -1;
     }
     if (shape->max_positions < 1) {
@@ -170,7 +179,7 @@ static int device_attend(KVStore *st, const Model *m, DecodeState *s, int l, int
         // the query at its own position, or (sink) at the newest slot of the cache, as kv_cache_query_pos says
         op->rope_forward(q, 1, 1, NH, HD, d->rope_at_view ? Tc - 1 : pos, d->rope_theta);
         int newest = seen > d->sink ? (seen - 1 - d->sink) % d->ring : 0;
-        op->attention_decode_kv(out, s->att, q, d->k + layer_off, d->v + layer_off, d->bits, d->group, Tc, head_stride,
+        op->attention_decode_kv(out, NULL, q, d->k + layer_off, d->v + layer_off, d->bits, d->group, Tc, head_stride,
                                 rb, NH, NKV, HD, d->rope_at_view ? d->rope_cos : NULL, d->rope_sin, d->sink,
                                 d->rope_at_view ? d->ring : 0, newest);
     }

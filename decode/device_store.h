@@ -44,7 +44,8 @@ const char *decode_device_forms(void);
 // no device (programs ask before loading anything).
 int decode_device_check(const KVSpec *spec, char *err);
 // A device cache for spec (decode_device_check must pass) of shape on ops. -1 with a message (a group that does
-// not divide the head dimension).
+// not divide the head dimension, or a head group too large for the decode kernel's shared memory:
+// attention_decode_fits).
 int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, const KVShape *shape, char *err);
 void decode_device_free(DecodeDevice *d);
 void decode_device_reset(DecodeDevice *d);
@@ -62,7 +63,7 @@ void decode_device_fill(DecodeDevice *d, const float *rows, int n);
 
 // The store over a device cache (step.h): each row's key rotated by RoPE on entry (or kept before RoPE for
 // sink), encoded into its row on the device, the query rotated to the position the cache gives it, attention
-// through attention_decode_kv. -1 with a message when a full cache is past its positions.
+// through attention_decode_kv (no probabilities: s->att is left alone). -1 with a message when a full cache is past its positions.
 KVStore decode_store_device(DecodeDevice *d);
 // A prompt into a device cache, as decode_prefill_cache: tokens[0..n) at positions 0..n-1 in chunks of
 // s->max_rows rows. Logits of the last token at s->logits.

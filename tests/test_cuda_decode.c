@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../attention/attention_cuda.h"
 #include "../common/device.h"
 #include "../decode/device_store.h"
 #include "../decode/sample.h"
@@ -64,16 +65,17 @@ static int *random_tokens(size_t n, uint64_t seed) {
 
 static float spec_tol(const KVSpec *spec) { return strcmp(kv_spec_codec_name(spec), "fp32") == 0 ? TOL_FP32 : TOL_QUANT; }
 
-// Greedy generation of 70 tokens after a 10-token prompt (past the trained context of 32: the full caches are
-// rebuilt there, window and sink stream on), each side fed its own choice.
-static void generation_case(const Ops *cuda, const char *text, int n_kv_head) {
+// Greedy generation of 70 tokens after a prompt of n_prompt tokens (past the trained context of 32: the full
+// caches are rebuilt there, window and sink stream on), each side fed its own choice.
+static void generation_case(const Ops *cuda, const char *text, int n_kv_head, int n_prompt) {
     char err[ERR_LEN];
     KVSpec spec;
     cr_assert_eq(kv_spec_parse(&spec, text, err), 0, "%s", err);
     Model cpu, dev;
     make_model(&cpu, n_kv_head, &ops_cpu);
     make_model(&dev, n_kv_head, cuda);
-    enum { PROMPT = 10, NEW = 70 };
+    enum { NEW = 70 };
+    const int PROMPT = n_prompt;
     int *prompt = random_tokens(PROMPT, 5);
     GenStream gc, gd;
     cr_assert_eq(genstream_init(&gc, &cpu, &spec, PROMPT + NEW, NULL, 0, err), 0, "%s", err);
@@ -112,15 +114,23 @@ static const char *const SPECS[] = {"full", "window:12", "sink:2,window:10", "in
 
 Test(cuda_decode, generation_matches_cpu_gqa) {
     const Ops *cuda = cuda_or_skip();
-    for (size_t i = 0; i < N_SPECS; i++) generation_case(cuda, SPECS[i], 2);
+    for (size_t i = 0; i < N_SPECS; i++) generation_case(cuda, SPECS[i], 2, 10);
+}
+
+// A prompt of 25 tokens into rings of 6 to 12 rows: the prefill itself wraps the ring (several times for the
+// smallest), so the first generated token already attends over overwritten rows.
+Test(cuda_decode, generation_matches_cpu_when_the_prompt_wraps_the_window) {
+    const Ops *cuda = cuda_or_skip();
+    const char *specs[] = {"window:6", "window:12+int8", "sink:2,window:5", "sink:3,window:9+int4"};
+    for (int i = 0; i < 4; i++) generation_case(cuda, specs[i], 2, 25);
 }
 
 Test(cuda_decode, generation_matches_cpu_mha_and_mqa) {
     const Ops *cuda = cuda_or_skip();
     const char *specs[] = {"full", "window:12+int4", "sink:2,window:10+int8"};
     for (int i = 0; i < 3; i++) {
-        generation_case(cuda, specs[i], 4);
-        generation_case(cuda, specs[i], 1);
+        generation_case(cuda, specs[i], 4, 10);
+        generation_case(cuda, specs[i], 1, 10);
     }
 }
 
@@ -210,6 +220,28 @@ Test(cuda_decode, eviction_keeps_cpu_positions) {
     common_free(tokens);
     model_free(&cpu);
     model_free(&dev);
+}
+
+// A head group whose decode needs more shared memory than the kernel takes is refused at init with one line
+// (attention_decode_fits), not aborted in the kernel's launcher; the largest group that fits is taken.
+Test(cuda_decode, init_refuses_groups_past_shared_memory) {
+    const Ops *cuda = cuda_or_skip();
+    char err[ERR_LEN];
+    KVSpec spec;
+    cr_assert_eq(kv_spec_parse(&spec, "window:8+int4", err), 0, "%s", err);
+    int R = 1;
+    while (attention_decode_fits(R + 1, 128)) R++;
+    KVShape shape = {.n_layer = 1, .n_head = R + 1, .n_kv_head = 1, .head_dim = 128, .max_positions = 16,
+                     .rope_theta = 10000.0f};
+    DecodeDevice d;
+    err[0] = 0;
+    cr_assert_eq(decode_device_init(&d, cuda, &spec, &shape, err), -1);
+    char want[128];
+    snprintf(want, sizeof want, "%d query heads per kv head of dimension 128 do not run on cuda", R + 1);
+    cr_expect(strstr(err, want) && strstr(err, "use --device cpu") && !strchr(err, '\n'), "%s", err);
+    shape.n_head = R;
+    cr_assert_eq(decode_device_init(&d, cuda, &spec, &shape, err), 0, "%s", err);
+    decode_device_free(&d);
 }
 
 // The op table's kv_encode_rows (what the device store calls) writes quant_encode_row's bytes, strided per head.
