@@ -29,6 +29,7 @@
 #include "../infer/genstream.h"
 #include "../infer/kveval.h"
 #include "../kv/quant.h"
+#include "backend_util.h"
 
 #define TOL_FP32 1e-4f
 #define TOL_QUANT 2e-2f
@@ -270,26 +271,6 @@ Test(cuda_decode, op_table_encoder_byte_exact) {
     }
 }
 
-// Runs `$KVLAB_BUILD/PROG ARGS` (with the backend library next to this test binary, the real one or the
-// emulator's, when there is one) into out; returns its exit status. Skips without KVLAB_BUILD.
-static int run_program(const char *prog, const char *args, char *out, size_t len) {
-    const char *build = getenv("KVLAB_BUILD");
-    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
-    char self[PATH_MAX], cmd[3 * PATH_MAX], lib[PATH_MAX + 32];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    cr_assert(k > 0);
-    self[k] = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(lib, sizeof lib, "%s/libkvlab_cuda.so", self);
-    snprintf(cmd, sizeof cmd, "%s%s%s'%s/%s' %s 2>&1", access(lib, R_OK) == 0 ? "KVLAB_CUDA_LIB='" : "",
-             access(lib, R_OK) == 0 ? lib : "", access(lib, R_OK) == 0 ? "' " : "", build, prog, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
-
 // A spec the device cache does not run: one line naming what it takes, non-zero exit, before anything loads (the
 // checkpoint named does not even exist), so with or without a GPU.
 Test(cuda_decode, cli_refuses_other_specs) {
@@ -298,7 +279,7 @@ Test(cuda_decode, cli_refuses_other_specs) {
                            "kv --ckpt /nonexistent.ckpt --eval /nonexistent.txt --device cuda --kv window:8+fp16",
                            "generate --ckpt /nonexistent.ckpt --prompt ab --device cuda --kv int4+hadamard"};
     for (int i = 0; i < 3; i++) {
-        int rc = run_program("infer", cases[i], out, sizeof out);
+        int rc = bk_run_program("infer", cases[i], out, sizeof out);
         cr_expect(rc != 0, "%s: exit 0", cases[i]);
         cr_expect(strstr(out, "does not run on cuda: the device KV cache takes full, window:W and sink:S,window:W with "
                               "fp32, int8[:G], int4[:G] or int2[:G] rows"), "%s:\n%s", cases[i], out);
@@ -311,7 +292,7 @@ Test(cuda_decode, cli_refuses_other_specs) {
 Test(cuda_decode, bench_decode_rows) {
     cuda_or_skip();
     static char out[1 << 16];
-    int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
+    int rc = bk_run_program("bench", "--device cuda --quick --json", out, sizeof out);
     cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d:\n%s", rc, out);
     int rows = 0, kinds[3] = {0, 0, 0}, gqa = 0;
     char line[2048];
