@@ -65,6 +65,7 @@ int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, cons
     // a budget past the stream is clamped to max_positions, as kv/cache.c does (then nothing is ever evicted)
     int budget = d->full ? shape->max_positions : kv_spec_budget(spec);
     d->cap = budget < shape->max_positions ? budget : shape->max_positions;
+    d->clamped_from = budget > shape->max_positions ? budget : 0;
     d->sink = d->full ? 0 : spec->sink < d->cap ? spec->sink : d->cap;
     d->ring = d->cap - d->sink;
     d->rope_at_view = spec->policy->in_cache_positions;
@@ -111,6 +112,8 @@ int decode_device_tokens(const DecodeDevice *d, int layer) {
 }
 
 int decode_device_budget(const DecodeDevice *d) { return d->full ? 0 : d->cap; }
+
+int decode_device_clamped_budget(const DecodeDevice *d) { return d->clamped_from; }
 
 size_t decode_device_bytes(const DecodeDevice *d) {
     size_t per_token = 2 * d->row_bytes + (d->full ? 0 : sizeof(int)), held = 0;

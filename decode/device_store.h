@@ -31,6 +31,7 @@ typedef struct {
     int sink, ring;            // rows [0, sink) fixed, then a ring of `ring` rows; full: ring = cap
     int rope_at_view;          // sink: keys stored before RoPE, rotated when read
     int cap;                   // rows per (layer, kv head) = sink + ring
+    int clamped_from;          // the spec's budget when it was past max_positions (then cap = max_positions); else 0
     uint8_t *k, *v;            // device: (n_layer, n_kv_head, cap, row_bytes)
     float *rope_cos, *rope_sin; // device (cap, head_dim/2) tables, rope_at_view only
     int *seen;                 // (n_layer) tokens appended to each layer since the reset
@@ -51,6 +52,9 @@ void decode_device_free(DecodeDevice *d);
 void decode_device_reset(DecodeDevice *d);
 int decode_device_tokens(const DecodeDevice *d, int layer); // rows held by each kv head of layer
 int decode_device_budget(const DecodeDevice *d);            // the most rows held (0: unbounded, full)
+// The spec's budget when it exceeds max_positions and the cache holds max_positions instead (nothing is ever
+// evicted then), else 0: kv_cache_clamped_budget for the same spec.
+int decode_device_clamped_budget(const DecodeDevice *d);
 size_t decode_device_bytes(const DecodeDevice *d);          // as kv_cache_bytes for the same spec
 // The original positions held by layer, in cache order (sinks, then oldest to newest), into out (cap ints);
 // returns how many.

@@ -14,6 +14,7 @@
 // a wide margin while a wrong row, position or scale moves logits by ~1. Greedy tokens must be identical: the
 // model's logits are spread out (embeddings scaled up) so that the top-2 gap stays above these tolerances.
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -191,6 +192,8 @@ Test(cuda_decode, eviction_keeps_cpu_positions) {
         cr_assert_eq(evalcore_cache_init(&cc, &cpu, &spec, 60, NULL, 0, err), 0, "%s", err);
         cr_assert_eq(evalcore_cache_init(&dc, &dev, &spec, 60, NULL, 0, err), 0, "%s", err);
         cr_assert(dc.dev && !dc.kv, "a device model gets a device cache");
+        cr_assert_eq(decode_device_clamped_budget(dc.dev), kv_cache_clamped_budget(cc.kv), "--kv %s: clamped budget",
+                     specs[i]);
         cr_assert_eq(evalcore_cache_prefill(&cc, &cpu, tokens, 9, err), 0, "%s", err);
         cr_assert_eq(evalcore_cache_prefill(&dc, &dev, tokens, 9, err), 0, "%s", err);
         int got[64];
@@ -221,6 +224,30 @@ Test(cuda_decode, eviction_keeps_cpu_positions) {
     common_free(tokens);
     model_free(&cpu);
     model_free(&dev);
+}
+
+// A budget past every stream is clamped on the device as on the CPU, and the device path says so with the CPU
+// path's note (evalcore_cache_init, once per run).
+Test(cuda_decode, a_budget_past_the_stream_is_noted, .init = cr_redirect_stderr) {
+    const Ops *cuda = cuda_or_skip();
+    char err[ERR_LEN];
+    KVSpec spec;
+    cr_assert_eq(kv_spec_parse(&spec, "sink:4,window:96+int8", err), 0, "%s", err);
+    Model dev;
+    make_model(&dev, 2, cuda);
+    EvalCache dc;
+    cr_assert_eq(evalcore_cache_init(&dc, &dev, &spec, 60, NULL, 0, err), 0, "%s", err);
+    cr_assert(dc.dev && decode_device_clamped_budget(dc.dev) == 100 && decode_device_budget(dc.dev) == 60);
+    evalcore_cache_free(&dc);
+    model_free(&dev);
+    fflush(stderr);
+    static char text[4096];
+    FILE *f = cr_get_redirected_stderr();
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    cr_expect(strstr(text, "infer: note: --kv 'sink:4,window:96+int8' keeps up to 100 tokens per layer and head; a "
+                           "stream here holds at most 60, so that is its budget\n"),
+              "stderr:\n%s", text);
 }
 
 // A head group whose decode needs more shared memory than the kernel takes is refused at init with one line
