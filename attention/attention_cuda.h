@@ -23,20 +23,21 @@ void attention_decode_cuda(float *out, float *att, const float *q, const float *
                            size_t head_stride, int NH, int NKV, int HD);
 
 // The decode kernels' shared memory (attention/decode.cu's pass 1, one block per chunk of cached rows and kv
-// head): the group's R = NH/NKV queries, a key row per warp, the chunk's scores per query head, the P V
+// head): the group's R = NH/NKV queries, ATTENTION_DECODE_KROWS key rows per warp, the chunk's scores per query head, the P V
 // accumulators, a tile of value rows and each head's max and sum. The chunk is halved down to
 // ATTENTION_DECODE_CHUNK_FLOOR rows while this exceeds ATTENTION_DECODE_SMEM_MAX, the kernel's own limit (so
 // the bits depend on the shape only): a GPU must let a block opt in to 96 KB (compute capability 7.0, 8.x,
 // 9.x); a shape that does not fit even then is refused (attention_decode_fits). These two are inline, so C
 // code asks them in any build.
 #define ATTENTION_DECODE_WARPS 4
+#define ATTENTION_DECODE_KROWS 4  // key rows a warp loads at a time
 #define ATTENTION_DECODE_VTILE 16 // value rows staged at a time
 #define ATTENTION_DECODE_CHUNK_FLOOR 16
 #define ATTENTION_DECODE_SMEM_MAX (96 * 1024)
 
 static inline size_t attention_decode_smem_bytes(int R, int HD, int chunk) {
     size_t floats = (size_t)R * (2 * (size_t)HD + (size_t)chunk + 2) +
-                    (size_t)HD * (ATTENTION_DECODE_WARPS + ATTENTION_DECODE_VTILE);
+                    (size_t)HD * (ATTENTION_DECODE_WARPS * ATTENTION_DECODE_KROWS + ATTENTION_DECODE_VTILE);
     return floats * sizeof(float);
 }
 

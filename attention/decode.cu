@@ -24,6 +24,8 @@
 
 #define DEC_WARPS ATTENTION_DECODE_WARPS
 #define DEC_THREADS (DEC_WARPS * 32)
+#define DEC_KROWS ATTENTION_DECODE_KROWS // key rows a warp loads at a time in pass 1
+#define DEC_VTILE ATTENTION_DECODE_VTILE // value rows staged in shared memory at a time for P V
 #define DEC_CHUNK_MIN 64
 #define DEC_CHUNK_FLOOR ATTENTION_DECODE_CHUNK_FLOOR // the smallest chunk when shared memory is short
 #define DEC_CHUNK_MAX 1024
@@ -111,39 +113,54 @@ struct DecodeRowsRope {
 // chunk) (attention_cuda.h: the layout below). part (NH, nchunks, HD + 2): [max, sum, o[HD]] per (query head,
 // chunk). att (NH, Tc) gets the raw scores, unless NULL.
 //
-// Each warp scores one key row at a time (DEC_WARPS rows in flight per block); the blocks of a long cache fill
-// the device (DEC_TARGET_BLOCKS). Scoring several rows per warp at once would keep more loads in flight, at
-// the price of DEC_WARPS x more key rows in shared memory (which moves dec_chunk, hence the bits): not done
-// without a GPU to measure it on.
+// Each warp loads DEC_KROWS key rows before scoring them, so a block keeps DEC_WARPS * DEC_KROWS rows of loads
+// in flight (pass 1 has few blocks per SM: at most DEC_TARGET_BLOCKS in all once chunks grow).
 template <class Rows>
 __global__ void __launch_bounds__(DEC_THREADS)
     attention_decode_partial_kernel(float *part, float *att, const float *q, Rows rows, int Tc, int chunk, int R,
                                     int HD, float scale) {
     extern __shared__ float dec_smem[];
-    float *sq = dec_smem;              // (R, HD) the group's queries
-    float *skey = sq + R * HD;         // (DEC_WARPS, HD) the key row each warp is scoring
-    float *sp = skey + DEC_WARPS * HD; // (R, chunk) scores, then exp(score - max)
-    float *sacc = sp + R * chunk;      // (R, HD) P V
-    float *svt = sacc + R * HD;        // (ATTENTION_DECODE_VTILE, HD) value rows
-    float *smx = svt + ATTENTION_DECODE_VTILE * HD; // (R) chunk max per head
-    float *ssum = smx + R;             // (R) chunk sum per head
+    float *sq = dec_smem;                         // (R, HD) the group's queries
+    float *skey = sq + R * HD;                    // (DEC_WARPS, DEC_KROWS, HD) the key rows each warp scores
+    float *sp = skey + DEC_WARPS * DEC_KROWS * HD; // (R, chunk) scores, then exp(score - max)
+    float *sacc = sp + R * chunk;                 // (R, HD) P V
+    float *svt = sacc + R * HD;                   // (DEC_VTILE, HD) value rows
+    float *smx = svt + DEC_VTILE * HD;            // (R) chunk max per head
+    float *ssum = smx + R;                        // (R) chunk sum per head
     const int c = blockIdx.x, g = blockIdx.y, nchunks = gridDim.x, h0 = g * R;
     const int t0 = c * chunk, n = min(chunk, Tc - t0); // n >= 1
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     for (int e = tid; e < R * HD; e += DEC_THREADS) sq[e] = q[(size_t)h0 * HD + e];
     __syncthreads();
-    // scores: one warp per key row, lanes on d; the row is read once and scored against every query of the group
-    float *kw = skey + warp * HD;
-    for (int j = warp; j < n; j += DEC_WARPS) {
-        for (int d = lane; d < HD; d += 32) kw[d] = rows.key(g, t0 + j, d); // each lane reads back only its own d
+    // scores: DEC_KROWS consecutive key rows per warp at a time (all their loads issued before any is used),
+    // lanes on d; each row is read once and scored against every query of the group. A score's arithmetic is the
+    // same whichever rows share the warp: fmaf over d = lane, lane + 32, ..., then warp_sum.
+    float *kw = skey + warp * DEC_KROWS * HD;
+    for (int j0 = warp * DEC_KROWS; j0 < n; j0 += DEC_WARPS * DEC_KROWS) {
+        const int m = min(DEC_KROWS, n - j0); // uniform over the warp
+        for (int d = lane; d < HD; d += 32) // each lane reads back only its own d
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++)
+                if (u < m) kw[u * HD + d] = rows.key(g, t0 + j0 + u, d);
         for (int r = 0; r < R; r++) {
             const float *qr = sq + r * HD;
-            float s = 0.0f;
-            for (int d = lane; d < HD; d += 32) s = fmaf(qr[d], kw[d], s);
-            s = warp_sum(s) * scale;
-            if (lane == 0) {
-                sp[r * chunk + j] = s;
-                if (att) att[(size_t)(h0 + r) * Tc + t0 + j] = s;
+            float s[DEC_KROWS];
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++) s[u] = 0.0f;
+            for (int d = lane; d < HD; d += 32) {
+                const float qd = qr[d];
+#pragma unroll
+                for (int u = 0; u < DEC_KROWS; u++)
+                    if (u < m) s[u] = fmaf(qd, kw[u * HD + d], s[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++) {
+                if (u >= m) break;
+                const float v = warp_sum(s[u]) * scale;
+                if (lane == 0) {
+                    sp[r * chunk + j0 + u] = v;
+                    if (att) att[(size_t)(h0 + r) * Tc + t0 + j0 + u] = v;
+                }
             }
         }
     }
@@ -168,8 +185,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
     }
     // P V: a tile of value rows at a time into shared memory (each value read once), then every (head, d)
     // accumulates the tile's rows in order; element e of sacc belongs to thread e % DEC_THREADS throughout
-    for (int j0 = 0; j0 < n; j0 += ATTENTION_DECODE_VTILE) {
-        const int m = min(ATTENTION_DECODE_VTILE, n - j0);
+    for (int j0 = 0; j0 < n; j0 += DEC_VTILE) {
+        const int m = min(DEC_VTILE, n - j0);
         __syncthreads(); // the previous tile is read (and, the first time, the softmax is written)
         for (int e = tid; e < m * HD; e += DEC_THREADS) {
             int j = e / HD, d = e - j * HD;
