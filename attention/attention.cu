@@ -23,19 +23,8 @@
 
 #include "../common/common.h"
 #include "../common/cuda_check.cuh"
+#include "../common/cuda_utils.cuh"
 #include "attention_cuda.h"
-
-#define FULL_MASK 0xffffffffu
-
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v; // butterfly: every lane ends with the same bits
-}
-
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
 
 static void attention_check_shape(int B, int T, int NH, int NKV, int HD) {
     CHECK(B > 0 && T > 0 && NH > 0 && NKV > 0 && HD > 0);

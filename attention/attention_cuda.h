@@ -22,6 +22,32 @@ void attention_backward_cuda(float *dq, float *dk, float *dv, float *scratch, co
 void attention_decode_cuda(float *out, float *att, const float *q, const float *kc, const float *vc, int Tc,
                            size_t head_stride, int NH, int NKV, int HD);
 
+// The decode kernels' shared memory (attention/decode.cu's pass 1, one block per chunk of cached rows and kv
+// head): the group's R = NH/NKV queries, ATTENTION_DECODE_KROWS key rows per warp, the chunk's scores per query head, the P V
+// accumulators, a tile of value rows and each head's max and sum. The chunk is halved down to
+// ATTENTION_DECODE_CHUNK_FLOOR rows while this exceeds ATTENTION_DECODE_SMEM_MAX, the kernel's own limit (so
+// the bits depend on the shape only): a GPU must let a block opt in to 96 KB (compute capability 7.0, 8.x,
+// 9.x); a shape that does not fit even then is refused (attention_decode_fits). These two are inline, so C
+// code asks them in any build.
+#define ATTENTION_DECODE_WARPS 4
+#define ATTENTION_DECODE_KROWS 4  // key rows a warp loads at a time
+#define ATTENTION_DECODE_VTILE 16 // value rows staged at a time
+#define ATTENTION_DECODE_CHUNK_FLOOR 16
+#define ATTENTION_DECODE_SMEM_MAX (96 * 1024)
+
+static inline size_t attention_decode_smem_bytes(int R, int HD, int chunk) {
+    size_t floats = (size_t)R * (2 * (size_t)HD + (size_t)chunk + 2) +
+                    (size_t)HD * (ATTENTION_DECODE_WARPS * ATTENTION_DECODE_KROWS + ATTENTION_DECODE_VTILE);
+    return floats * sizeof(float);
+}
+
+// 1 when the decode kernels (attention_decode_cuda, _q_cuda, _kv_cuda) take R query heads per kv head of HD
+// values; 0 when they would need more than ATTENTION_DECODE_SMEM_MAX bytes of shared memory (the launchers
+// abort on such a shape).
+static inline int attention_decode_fits(int R, int HD) {
+    return attention_decode_smem_bytes(R, HD, ATTENTION_DECODE_CHUNK_FLOOR) <= ATTENTION_DECODE_SMEM_MAX;
+}
+
 // Largest head dimension the flash kernels take (any HD in 1..ATTENTION_FLASH_MAX_HD; a multiple of 4 wastes
 // nothing, other sizes are zero-padded in shared memory).
 #define ATTENTION_FLASH_MAX_HD 128
@@ -48,7 +74,8 @@ void attention_flash_backward_cuda(float *dq, float *dk, float *dv, const float 
 // kernel as min + scale * code (rounded like quant_decode_row: no fused multiply-add).
 // Keys must be stored as the model uses them, already rotated by RoPE (post-RoPE); if keys were also
 // Hadamard-rotated before quantizing, the caller rotates q the same way. q (NH,HD), out (NH,HD) and
-// att (NH,Tc) are fp32 as in attention_decode_cuda; att receives the probabilities. Tc >= 1.
+// att (NH,Tc) are fp32 as in attention_decode_cuda; att receives the probabilities, or is NULL (not written:
+// out has the same bits either way). Tc >= 1.
 void attention_decode_q_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc, int bits,
                              int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH, int NKV, int HD);
 
@@ -60,7 +87,9 @@ void attention_decode_q_cuda(float *out, float *att, const float *q, const uint8
 // are stored before RoPE and rotated as they are read, with the (positions, HD/2) tables rope_cos/rope_sin
 // (kv/cache.c's: (float)cos and (float)sin of rope_angle), row t to its position in a StreamingLLM cache: rows
 // [0, sink) at positions 0..sink-1; rows [sink, Tc) a ring of `window` rows whose newest is row sink + newest,
-// the row of age a at position Tc - 1 - a (window 0: row t at position t). Deterministic; Tc >= 1.
+// the row of age a at position Tc - 1 - a (window 0: row t at position t). att (NH, Tc) receives the
+// probabilities, or is NULL: the kernels then skip writing the scores and rewriting them, and out has the same
+// bits as with att (the device KV cache passes NULL: nothing reads them). Deterministic; Tc >= 1.
 void attention_decode_kv_cuda(float *out, float *att, const float *q, const uint8_t *kc, const uint8_t *vc, int bits,
                               int group, int Tc, size_t head_stride_bytes, size_t row_bytes, int NH, int NKV, int HD,
                               const float *rope_cos, const float *rope_sin, int sink, int window, int newest);

@@ -2,11 +2,13 @@
 // head group: the Tc cached rows are split into chunks (a power of two of rows chosen from the shape only, so a
 // shape always gives the same bits), and pass 1 runs one block per (chunk, kv head) that serves all R = NH/NKV
 // query heads of the group, so each cached key and value element is read (and dequantized) once per step, not
-// R times (GQA and MQA read their fewer heads' bytes once). The block writes the raw scores (to att), and per
-// query head the chunk's max, its sum of exp(score - max) and its exp-weighted sum of V rows, into a workspace.
-// Pass 2 runs per query head: the global max M and sum L from the chunk partials in chunk order,
-// out = sum_c exp(m_c - M) o_c / L, and att rewritten as the probabilities exp(score - M) / L. Every reduction
-// has a fixed order (warp shuffles in a fixed tree, rows in index order): deterministic, no atomics.
+// R times (GQA and MQA read their fewer heads' bytes once). The block writes the raw scores (to att, when the
+// caller wants the probabilities), and per query head the chunk's max, its sum of exp(score - max) and its
+// exp-weighted sum of V rows, into a workspace. Pass 2 runs per query head: the global max M and sum L from the
+// chunk partials in chunk order, out = sum_c exp(m_c - M) o_c / L, and att rewritten as the probabilities
+// exp(score - M) / L. out never reads att, so att == NULL (the device cache: nothing reads them) skips both
+// writes and gives the same bits. Every reduction has a fixed order (warp shuffles in a fixed tree, rows in
+// index order): deterministic, no atomics.
 //
 // The cache rows are read through a small accessor, so the fp32 cache and the group-quantized cache
 // (kv/quant.h's row layout, dequantized in the kernel) share one kernel; a third accessor rotates keys stored
@@ -16,27 +18,19 @@
 
 #include "../common/common.h"
 #include "../common/cuda_check.cuh"
+#include "../common/cuda_utils.cuh"
+#include "../common/f16.h"
 #include "attention_cuda.h"
 
-#define FULL_MASK 0xffffffffu
-#define DEC_THREADS 128
-#define DEC_WARPS (DEC_THREADS / 32)
+#define DEC_WARPS ATTENTION_DECODE_WARPS
+#define DEC_THREADS (DEC_WARPS * 32)
+#define DEC_KROWS ATTENTION_DECODE_KROWS // key rows a warp loads at a time in pass 1
+#define DEC_VTILE ATTENTION_DECODE_VTILE // value rows staged in shared memory at a time for P V
 #define DEC_CHUNK_MIN 64
-#define DEC_CHUNK_FLOOR 16    // the smallest chunk when shared memory is short (large groups of wide heads)
+#define DEC_CHUNK_FLOOR ATTENTION_DECODE_CHUNK_FLOOR // the smallest chunk when shared memory is short
 #define DEC_CHUNK_MAX 1024
 #define DEC_TARGET_BLOCKS 512 // pass-1 blocks to aim for before chunks grow past DEC_CHUNK_MIN
-#define DEC_VTILE 16          // value rows staged in shared memory at a time for P V
-#define DEC_SMEM_MAX (96 * 1024)
-
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
+#define DEC_SMEM_MAX ATTENTION_DECODE_SMEM_MAX
 
 // Block-wide reductions over DEC_THREADS threads; every thread gets the same result (the warp totals are
 // combined in warp order). sw holds DEC_WARPS floats; the leading barrier lets a call reuse it.
@@ -84,7 +78,7 @@ struct DecodeRowsQ {
         float scale = __half2float(__ushort_as_half((unsigned short)(gp[0] | (gp[1] << 8))));
         float mn = __half2float(__ushort_as_half((unsigned short)(gp[2] | (gp[3] << 8))));
         unsigned code = ((unsigned)gp[4 + (bit >> 3)] >> (bit & 7)) & ((1u << bits) - 1u);
-        return __fadd_rn(mn, __fmul_rn(scale, (float)code)); // as quant_decode_row: no fused multiply-add
+        return f16_group_value(mn, scale, (float)code); // as quant_decode_row: no fused multiply-add
     }
     __device__ float key(int g, int t, int d) const { return at(k, g, t, d); }
     __device__ float val(int g, int t, int d) const { return at(v, g, t, d); }
@@ -115,43 +109,58 @@ struct DecodeRowsRope {
     __device__ float val(int g, int t, int d) const { return rows.val(g, t, d); }
 };
 
-// Shared memory of pass 1, in floats: the group's queries, a key row per warp, the scores of the chunk per query
-// head, the P V accumulators, a tile of value rows, and each head's chunk max and sum.
-static size_t dec_partial_floats(int R, int HD, int chunk) {
-    return (size_t)R * (2 * (size_t)HD + (size_t)chunk + 2) + (size_t)HD * (DEC_WARPS + DEC_VTILE);
-}
-
-// Pass 1. Grid (nchunks, NKV), DEC_THREADS threads, dynamic shared memory dec_partial_floats(R, HD, chunk).
-// part (NH, nchunks, HD + 2): [max, sum, o[HD]] per (query head, chunk). att (NH, Tc) gets the raw scores.
+// Pass 1. Grid (nchunks, NKV), DEC_THREADS threads, dynamic shared memory attention_decode_smem_bytes(R, HD,
+// chunk) (attention_cuda.h: the layout below). part (NH, nchunks, HD + 2): [max, sum, o[HD]] per (query head,
+// chunk). att (NH, Tc) gets the raw scores, unless NULL.
+//
+// Each warp loads DEC_KROWS key rows before scoring them, so a block keeps DEC_WARPS * DEC_KROWS rows of loads
+// in flight (pass 1 has few blocks per SM: at most DEC_TARGET_BLOCKS in all once chunks grow).
 template <class Rows>
 __global__ void __launch_bounds__(DEC_THREADS)
     attention_decode_partial_kernel(float *part, float *att, const float *q, Rows rows, int Tc, int chunk, int R,
                                     int HD, float scale) {
     extern __shared__ float dec_smem[];
-    float *sq = dec_smem;              // (R, HD) the group's queries
-    float *skey = sq + R * HD;         // (DEC_WARPS, HD) the key row each warp is scoring
-    float *sp = skey + DEC_WARPS * HD; // (R, chunk) scores, then exp(score - max)
-    float *sacc = sp + R * chunk;      // (R, HD) P V
-    float *svt = sacc + R * HD;        // (DEC_VTILE, HD) value rows
-    float *smx = svt + DEC_VTILE * HD; // (R) chunk max per head
-    float *ssum = smx + R;             // (R) chunk sum per head
+    float *sq = dec_smem;                         // (R, HD) the group's queries
+    float *skey = sq + R * HD;                    // (DEC_WARPS, DEC_KROWS, HD) the key rows each warp scores
+    float *sp = skey + DEC_WARPS * DEC_KROWS * HD; // (R, chunk) scores, then exp(score - max)
+    float *sacc = sp + R * chunk;                 // (R, HD) P V
+    float *svt = sacc + R * HD;                   // (DEC_VTILE, HD) value rows
+    float *smx = svt + DEC_VTILE * HD;            // (R) chunk max per head
+    float *ssum = smx + R;                        // (R) chunk sum per head
     const int c = blockIdx.x, g = blockIdx.y, nchunks = gridDim.x, h0 = g * R;
     const int t0 = c * chunk, n = min(chunk, Tc - t0); // n >= 1
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     for (int e = tid; e < R * HD; e += DEC_THREADS) sq[e] = q[(size_t)h0 * HD + e];
     __syncthreads();
-    // scores: one warp per key row, lanes on d; the row is read once and scored against every query of the group
-    float *kw = skey + warp * HD;
-    for (int j = warp; j < n; j += DEC_WARPS) {
-        for (int d = lane; d < HD; d += 32) kw[d] = rows.key(g, t0 + j, d); // each lane reads back only its own d
+    // scores: DEC_KROWS consecutive key rows per warp at a time (all their loads issued before any is used),
+    // lanes on d; each row is read once and scored against every query of the group. A score's arithmetic is the
+    // same whichever rows share the warp: fmaf over d = lane, lane + 32, ..., then warp_sum.
+    float *kw = skey + warp * DEC_KROWS * HD;
+    for (int j0 = warp * DEC_KROWS; j0 < n; j0 += DEC_WARPS * DEC_KROWS) {
+        const int m = min(DEC_KROWS, n - j0); // uniform over the warp
+        for (int d = lane; d < HD; d += 32) // each lane reads back only its own d
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++)
+                if (u < m) kw[u * HD + d] = rows.key(g, t0 + j0 + u, d);
         for (int r = 0; r < R; r++) {
             const float *qr = sq + r * HD;
-            float s = 0.0f;
-            for (int d = lane; d < HD; d += 32) s = fmaf(qr[d], kw[d], s);
-            s = warp_sum(s) * scale;
-            if (lane == 0) {
-                sp[r * chunk + j] = s;
-                att[(size_t)(h0 + r) * Tc + t0 + j] = s;
+            float s[DEC_KROWS];
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++) s[u] = 0.0f;
+            for (int d = lane; d < HD; d += 32) {
+                const float qd = qr[d];
+#pragma unroll
+                for (int u = 0; u < DEC_KROWS; u++)
+                    if (u < m) s[u] = fmaf(qd, kw[u * HD + d], s[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < DEC_KROWS; u++) {
+                if (u >= m) break;
+                const float v = warp_sum(s[u]) * scale;
+                if (lane == 0) {
+                    sp[r * chunk + j0 + u] = v;
+                    if (att) att[(size_t)(h0 + r) * Tc + t0 + j0 + u] = v;
+                }
             }
         }
     }
@@ -204,7 +213,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 }
 
 // Pass 2. Grid (NH, nblk), DEC_THREADS threads. Every block recomputes its head's M and L (cheap, fixed order);
-// block y == 0 writes out, and the blocks share the rewrite of att.
+// block y == 0 writes out, and the blocks share the rewrite of att (att NULL: nblk 1, no rewrite).
 __global__ void __launch_bounds__(DEC_THREADS)
     attention_decode_combine_kernel(float *out, float *att, const float *part, int Tc, int nchunks, int HD) {
     __shared__ float sw[DEC_WARPS];
@@ -224,6 +233,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
             out[(size_t)h * HD + d] = acc / L;
         }
     }
+    if (!att) return;
     float *p = att + (size_t)h * Tc;
     for (int t = blockIdx.y * DEC_THREADS + tid; t < Tc; t += gridDim.y * DEC_THREADS) p[t] = expf(p[t] - M) / L;
 }
@@ -234,7 +244,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 static int dec_chunk(int Tc, int NKV, int R, int HD) {
     int chunk = DEC_CHUNK_MIN;
     while (chunk < DEC_CHUNK_MAX && (size_t)NKV * (size_t)((Tc + chunk - 1) / chunk) > DEC_TARGET_BLOCKS) chunk *= 2;
-    while (chunk > DEC_CHUNK_FLOOR && dec_partial_floats(R, HD, chunk) * sizeof(float) > DEC_SMEM_MAX) chunk /= 2;
+    while (chunk > DEC_CHUNK_FLOOR && attention_decode_smem_bytes(R, HD, chunk) > DEC_SMEM_MAX) chunk /= 2;
     return chunk;
 }
 
@@ -245,8 +255,8 @@ static void dec_launch(float *out, float *att, const float *q, Rows rows, int Tc
     CHECK(NKV <= 65535 && NH <= 2147483647 / 2);
     cudaStream_t st = cuda_stream();
     const int R = NH / NKV, chunk = dec_chunk(Tc, NKV, R, HD), nchunks = (Tc + chunk - 1) / chunk;
-    size_t smem = dec_partial_floats(R, HD, chunk) * sizeof(float);
-    if (smem > DEC_SMEM_MAX) {
+    size_t smem = attention_decode_smem_bytes(R, HD, chunk);
+    if (smem > DEC_SMEM_MAX) { // callers ask attention_decode_fits first (decode_device_init does)
         fprintf(stderr, "%s: %d query heads of %d per kv head need %zu bytes of shared memory (at most %d)\n", name,
                 R, HD, smem, DEC_SMEM_MAX);
         abort();
@@ -260,7 +270,7 @@ static void dec_launch(float *out, float *att, const float *q, Rows rows, int Tc
     attention_decode_partial_kernel<Rows><<<grid1, DEC_THREADS, smem, st>>>(part, att, q, rows, Tc, chunk, R, HD,
                                                                             1.0f / sqrtf((float)HD));
     CUDA_OP_DONE(name);
-    unsigned nblk = cuda_blocks((size_t)Tc, 4 * DEC_THREADS);
+    unsigned nblk = att ? cuda_blocks((size_t)Tc, 4 * DEC_THREADS) : 1;
     dim3 grid2(NH, nblk < 64 ? nblk : 64);
     attention_decode_combine_kernel<<<grid2, DEC_THREADS, 0, st>>>(out, att, part, Tc, nchunks, HD);
     CUDA_OP_DONE(name);

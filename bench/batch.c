@@ -22,11 +22,6 @@ typedef struct {
     double record, fill, decode; // seconds spent in each, for the closing line
 } BatchTimes;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 // How many whole sequences of `per_seq` bytes fit in `budget` bytes, before the cap.
 static double floor_div(double budget, size_t per_seq) { return (double)(long long)(budget / (double)per_seq); }
 
@@ -60,8 +55,8 @@ static int batch_measure(const BenchOpts *o, const Model *m, const BatchPrompt *
         res->bytes_per_seq = kv_cache_bytes(r.kv[0]);
         CHECK(res->bytes_per_seq == batch_kv_bytes_per_seq(&m->cfg, T)); // the budget's arithmetic is the cache's
         CHECK(kv_cache_tokens(r.kv[B - 1], 0) == T);
-        qsort(tps, o->decode_runs, sizeof(double), cmp_double);
-        qsort(ms, o->decode_runs, sizeof(double), cmp_double);
+        qsort(tps, o->decode_runs, sizeof(double), bench_cmp_double);
+        qsort(ms, o->decode_runs, sizeof(double), bench_cmp_double);
         res->tps_min = tps[0], res->tps_med = tps[o->decode_runs / 2], res->tps_max = tps[o->decode_runs - 1];
         res->ms_step_med = ms[o->decode_runs / 2];
     }

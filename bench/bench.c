@@ -79,11 +79,6 @@ static void usage(FILE *f) {
             BATCH_MAX_CAP, BATCH_DECODE_STEPS + 1, FLASH_DEFAULT_M);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 // Writes s as a JSON string literal (quotes, backslashes and control characters escaped).
 void bench_json_string(const char *s) {
     putchar('"');
@@ -173,7 +168,7 @@ static double bench_train(void *ctx, const char *load) {
         train_step(&m, &st, &tc, c, in, tg, &norm);
         times[i] = common_now() - t0;
     }
-    qsort(times, steps, sizeof(double), cmp_double);
+    qsort(times, steps, sizeof(double), bench_cmp_double);
     double med = times[steps / 2];
     if (json)
         printf("{\"bench\": \"train\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"B\": %d, \"T\": %d, "
@@ -213,7 +208,7 @@ static double bench_decode(void *ctx, const char *load) {
         for (int t = 0; t < mc.block_size; t++) model_decode_step(&m, &ds, kv, t % vocab, t);
         if (r > 0) times[r - 1] = common_now() - t0;
     }
-    qsort(times, runs, sizeof(double), cmp_double);
+    qsort(times, runs, sizeof(double), bench_cmp_double);
     double med = times[runs / 2];
     if (json)
         printf("{\"bench\": \"decode\", \"preset\": \"%s\", \"attn\": \"%s\", \"params\": %zu, \"tokens\": %d, "

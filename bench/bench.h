@@ -58,6 +58,13 @@ int bench_cuda(const BenchOpts *o);
 // finite.
 int bench_cuda_decode(const Ops *ops, int vocab, const BenchOpts *o);
 
+// qsort's comparison for doubles, ascending (medians of timed runs). Inline: the tests compile bench files
+// that use it (fragment_run.c) without bench.c.
+static inline int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 // Writes bytes as "12.5 KiB", "3.00 MiB" and so on.
 void bench_fmt_bytes(char *buf, size_t n, double bytes);
 

@@ -9,6 +9,7 @@
 #include "../kv/kv.h"
 #include "../kv/paged.h"
 #include "../train/presets.h"
+#include "bench.h"
 #include "fragment.h"
 
 ModelConfig frag_model_config(int max_len) {
@@ -58,13 +59,8 @@ int frag_admit_paged(const int *lens, int n, int n_blocks, int block) {
     return n;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(double *x, int n) {
-    qsort(x, n, sizeof(double), cmp_double);
+    qsort(x, n, sizeof(double), bench_cmp_double);
     return x[n / 2];
 }
 

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../attention/attention_cuda.h"
 #include "../kv/codec.h"
 #include "../kv/policy.h"
 #include "../layers/cpu_ops.h"
@@ -46,6 +47,14 @@ int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, cons
         err_set(err, "--kv '%s': group size %d must divide the head dimension %d", spec->text, group, HD);
         return -1;
     }
+    int R = shape->n_head / shape->n_kv_head;
+    if (!attention_decode_fits(R, HD)) {
+        err_set(err,
+                "%d query heads per kv head of dimension %d do not run on cuda: the decode kernel would need %zu "
+                "bytes of shared memory (at most %d); use --device cpu",
+                R, HD, attention_decode_smem_bytes(R, HD, ATTENTION_DECODE_CHUNK_FLOOR), ATTENTION_DECODE_SMEM_MAX);
+        return -1;
+    }
     if (shape->max_positions < 1) {
         err_set(err, "KV cache needs room for at least one position");
         return -1;
@@ -56,6 +65,7 @@ int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, cons
     // a budget past the stream is clamped to max_positions, as kv/cache.c does (then nothing is ever evicted)
     int budget = d->full ? shape->max_positions : kv_spec_budget(spec);
     d->cap = budget < shape->max_positions ? budget : shape->max_positions;
+    d->clamped_from = budget > shape->max_positions ? budget : 0;
     d->sink = d->full ? 0 : spec->sink < d->cap ? spec->sink : d->cap;
     d->ring = d->cap - d->sink;
     d->rope_at_view = spec->policy->in_cache_positions;
@@ -102,6 +112,8 @@ int decode_device_tokens(const DecodeDevice *d, int layer) {
 }
 
 int decode_device_budget(const DecodeDevice *d) { return d->full ? 0 : d->cap; }
+
+int decode_device_clamped_budget(const DecodeDevice *d) { return d->clamped_from; }
 
 size_t decode_device_bytes(const DecodeDevice *d) {
     size_t per_token = 2 * d->row_bytes + (d->full ? 0 : sizeof(int)), held = 0;
@@ -170,7 +182,7 @@ static int device_attend(KVStore *st, const Model *m, DecodeState *s, int l, int
         // the query at its own position, or (sink) at the newest slot of the cache, as kv_cache_query_pos says
         op->rope_forward(q, 1, 1, NH, HD, d->rope_at_view ? Tc - 1 : pos, d->rope_theta);
         int newest = seen > d->sink ? (seen - 1 - d->sink) % d->ring : 0;
-        op->attention_decode_kv(out, s->att, q, d->k + layer_off, d->v + layer_off, d->bits, d->group, Tc, head_stride,
+        op->attention_decode_kv(out, NULL, q, d->k + layer_off, d->v + layer_off, d->bits, d->group, Tc, head_stride,
                                 rb, NH, NKV, HD, d->rope_at_view ? d->rope_cos : NULL, d->rope_sin, d->sink,
                                 d->rope_at_view ? d->ring : 0, newest);
     }

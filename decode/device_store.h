@@ -31,6 +31,7 @@ typedef struct {
     int sink, ring;            // rows [0, sink) fixed, then a ring of `ring` rows; full: ring = cap
     int rope_at_view;          // sink: keys stored before RoPE, rotated when read
     int cap;                   // rows per (layer, kv head) = sink + ring
+    int clamped_from;          // the spec's budget when it was past max_positions (then cap = max_positions); else 0
     uint8_t *k, *v;            // device: (n_layer, n_kv_head, cap, row_bytes)
     float *rope_cos, *rope_sin; // device (cap, head_dim/2) tables, rope_at_view only
     int *seen;                 // (n_layer) tokens appended to each layer since the reset
@@ -44,12 +45,16 @@ const char *decode_device_forms(void);
 // no device (programs ask before loading anything).
 int decode_device_check(const KVSpec *spec, char *err);
 // A device cache for spec (decode_device_check must pass) of shape on ops. -1 with a message (a group that does
-// not divide the head dimension).
+// not divide the head dimension, or a head group too large for the decode kernel's shared memory:
+// attention_decode_fits).
 int decode_device_init(DecodeDevice *d, const Ops *ops, const KVSpec *spec, const KVShape *shape, char *err);
 void decode_device_free(DecodeDevice *d);
 void decode_device_reset(DecodeDevice *d);
 int decode_device_tokens(const DecodeDevice *d, int layer); // rows held by each kv head of layer
 int decode_device_budget(const DecodeDevice *d);            // the most rows held (0: unbounded, full)
+// The spec's budget when it exceeds max_positions and the cache holds max_positions instead (nothing is ever
+// evicted then), else 0: kv_cache_clamped_budget for the same spec.
+int decode_device_clamped_budget(const DecodeDevice *d);
 size_t decode_device_bytes(const DecodeDevice *d);          // as kv_cache_bytes for the same spec
 // The original positions held by layer, in cache order (sinks, then oldest to newest), into out (cap ints);
 // returns how many.
@@ -62,7 +67,7 @@ void decode_device_fill(DecodeDevice *d, const float *rows, int n);
 
 // The store over a device cache (step.h): each row's key rotated by RoPE on entry (or kept before RoPE for
 // sink), encoded into its row on the device, the query rotated to the position the cache gives it, attention
-// through attention_decode_kv. -1 with a message when a full cache is past its positions.
+// through attention_decode_kv (no probabilities: s->att is left alone). -1 with a message when a full cache is past its positions.
 KVStore decode_store_device(DecodeDevice *d);
 // A prompt into a device cache, as decode_prefill_cache: tokens[0..n) at positions 0..n-1 in chunks of
 // s->max_rows rows. Logits of the last token at s->logits.

@@ -57,6 +57,15 @@ int evalcore_calibrate_cache(const Model *m, KVCache *kv, const int *tokens, siz
     return rc;
 }
 
+// Once per run (the evaluations make many caches of one spec): a budget past every stream was clamped.
+static void note_clamped_budget(const KVSpec *spec, int budget, int max_positions) {
+    static int noted;
+    if (!budget || noted) return;
+    fprintf(stderr, "infer: note: --kv '%s' keeps up to %d tokens per layer and head; a stream here holds at most "
+            "%d, so that is its budget\n", spec->text, budget, max_positions);
+    noted = 1;
+}
+
 int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int max_positions, const int *calib,
                         size_t n_calib, char *err) {
     const ModelConfig *mc = &m->cfg;
@@ -70,6 +79,7 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
             c->dev = NULL;
             return -1;
         }
+        note_clamped_budget(spec, decode_device_clamped_budget(c->dev), max_positions);
         c->chunked = 1;
         decode_state_init_on(&c->ds, mc, m->ops, EVALCORE_PREFILL_ROWS, max_positions);
         return 0;
@@ -88,12 +98,7 @@ int evalcore_cache_init(EvalCache *c, const Model *m, const KVSpec *spec, int ma
         c->kv = NULL;
         return -1;
     }
-    static int clamp_noted; // once per run: the evaluations make many caches of one spec
-    if (c->kv && kv_cache_clamped_budget(c->kv) && !clamp_noted) {
-        fprintf(stderr, "infer: note: --kv '%s' keeps up to %d tokens per layer and head; a stream here holds at most "
-                "%d, so that is its budget\n", spec->text, kv_cache_clamped_budget(c->kv), max_positions);
-        clamp_noted = 1;
-    }
+    if (c->kv) note_clamped_budget(spec, kv_cache_clamped_budget(c->kv), max_positions);
     c->chunked = !c->pool && !spec->merge_from;
     decode_state_init(&c->ds, mc, c->chunked ? EVALCORE_PREFILL_ROWS : 1, max_positions);
     return 0;

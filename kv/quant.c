@@ -1,6 +1,9 @@
 // fp16 conversion, asymmetric group quantization (row and strided-column forms) and the Walsh-Hadamard
-// rotation. See quant.h for the formats and the error bound.
+// rotation. See quant.h for the formats and the error bound. The fp16 arithmetic and the group parameters are
+// common/f16.h's, which the device encoder and decoder (attention/kv_rows.cu, decode.cu) share.
 #include "quant.h"
+
+#include "../common/f16.h"
 
 #include <assert.h>
 #include <math.h>
@@ -8,38 +11,9 @@
 
 // --- IEEE binary16 -------------------------------------------------------------------------------------
 
-uint16_t quant_f32_to_f16(float x) {
-    uint32_t f;
-    memcpy(&f, &x, 4);
-    uint32_t sign = (f >> 16) & 0x8000u, abs = f & 0x7FFFFFFFu;
-    if (abs > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((abs >> 13) & 0x3FFu)); // NaN stays (quiet) NaN
-    if (abs >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); // >= 65520 (65504 + half an ulp, ties to even): inf
-    if (abs < 0x38800000u) {                                   // below 2^-14: fp16 subnormal or zero
-        if (abs <= 0x33000000u) return (uint16_t)sign;         // <= 2^-25, half the smallest subnormal (tie to 0)
-        uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;         // 24-bit significand, value mant * 2^(e-150)
-        int shift = 126 - (int)(abs >> 23);                    // 14..24: units of 2^-24
-        uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;      // a carry to 0x400 is the smallest normal: right
-        return (uint16_t)(sign | q);
-    }
-    uint32_t h = ((abs >> 23) - 112) << 10 | ((abs >> 13) & 0x3FFu), rem = abs & 0x1FFFu; // rebias 127 -> 15
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; // a carry into the exponent is still correct
-    return (uint16_t)(sign | h);
-}
+uint16_t quant_f32_to_f16(float x) { return f16_from_f32(x); }
 
-float quant_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, f;
-    if (e == 0x1F) f = sign | 0x7F800000u | (mant << 13);
-    else if (e) f = sign | ((e + 112) << 23) | (mant << 13);
-    else if (!mant) f = sign;
-    else { // subnormal: mant * 2^-24, exact in float
-        float v = (float)mant * 5.9604644775390625e-8f;
-        return sign ? -v : v;
-    }
-    float out;
-    memcpy(&out, &f, 4);
-    return out;
-}
+float quant_f16_to_f32(uint16_t h) { return f16_to_f32(h); }
 
 void quant_f16_encode_row(uint16_t *dst, const float *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = quant_f32_to_f16(src[i]);
@@ -47,26 +21,6 @@ void quant_f16_encode_row(uint16_t *dst, const float *src, int n) {
 
 void quant_f16_decode_row(float *dst, const uint16_t *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = quant_f16_to_f32(src[i]);
-}
-
-// Directed roundings for the group parameters, on finite values, saturating at +-65504 (0x7BFF).
-static uint16_t f16_nearest_sat(float x) {
-    if (x >= 65504.0f) return 0x7BFFu;
-    if (x <= -65504.0f) return 0xFBFFu;
-    return quant_f32_to_f16(x);
-}
-
-static uint16_t f16_down(float x) { // largest fp16 <= x
-    if (x <= -65504.0f) return 0xFBFFu;
-    uint16_t h = f16_nearest_sat(x);
-    if (quant_f16_to_f32(h) > x) h = (h & 0x8000u) ? (uint16_t)(h + 1) : h == 0 ? 0x8001u : (uint16_t)(h - 1);
-    return h;
-}
-
-static uint16_t f16_up_pos(float x) { // smallest fp16 >= x, for x >= 0
-    uint16_t h = f16_nearest_sat(x);
-    if (quant_f16_to_f32(h) < x && h < 0x7BFFu) h++;
-    return h;
 }
 
 // --- Group quantization ----------------------------------------------------------------------------------
@@ -94,38 +48,20 @@ static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, 
         hi = v > hi ? v : hi;
     }
     uint16_t hmin, hscale;
-    float min, scale;
-    if (!(hi > lo)) { // constant group: scale 0, min to nearest; decodes exactly to min
-        hmin = f16_nearest_sat(lo);
-        hscale = 0;
-        min = quant_f16_to_f32(hmin), scale = 0.0f;
-    } else {
-        hmin = f16_down(lo);
-        min = quant_f16_to_f32(hmin);
-        hscale = f16_up_pos((hi - min) / (float)levels);
-        // (hi - min) / levels was itself rounded in float; step up until the grid reaches hi as decode computes
-        // it (scale * levels is exact: 11 x 8 significant bits). Runs at most once or twice.
-        while (hscale < 0x7BFFu && min + quant_f16_to_f32(hscale) * (float)levels < hi) hscale++;
-        scale = quant_f16_to_f32(hscale);
-    }
+    f16_group_params(lo, hi, levels, &hmin, &hscale);
+    float min = f16_to_f32(hmin), scale = f16_to_f32(hscale);
     put_u16(dst, hscale);
     put_u16(dst + 2, hmin);
     uint8_t *codes = dst + 4;
     memset(codes, 0, group_code_bytes(g, bits));
     if (hscale == 0) return; // all codes 0
-    // t = (x - min) / scale lies in [0, levels] up to float rounding; clamp, then round half to even (rintf,
-    // like lrintf in the default rounding mode, but vectorizable). A chunk of codes at a time, then packed.
+    // the codes of a chunk at a time (f16_group_code, vectorizable), then packed
     enum { CHUNK = 64 };
     uint8_t q[CHUNK];
     for (int i0 = 0; i0 < g; i0 += CHUNK) {
         int cnt = g - i0 < CHUNK ? g - i0 : CHUNK;
         const float *xc = x + i0 * stride;
-        for (int i = 0; i < cnt; i++) {
-            float t = (xc[i * stride] - min) / scale;
-            t = t > 0.0f ? t : 0.0f;
-            t = t < (float)levels ? t : (float)levels;
-            q[i] = (uint8_t)rintf(t);
-        }
+        for (int i = 0; i < cnt; i++) q[i] = (uint8_t)f16_group_code(xc[i * stride], min, scale, levels);
         for (int i = 0; i < cnt; i++) codes[((i0 + i) * bits) >> 3] |= (uint8_t)(q[i] << (((i0 + i) * bits) & 7));
     }
 }
@@ -133,15 +69,15 @@ static inline void encode_group(uint8_t *dst, const float *x, ptrdiff_t stride, 
 // The 4- and 2-bit paths look the dequantized levels up in a small table (the same min + scale * code, so the
 // values are identical); whole code bytes first, then any codes in a partial last byte.
 static inline void decode_group(float *y, ptrdiff_t stride, const uint8_t *src, int g, int bits) {
-    float scale = quant_f16_to_f32(get_u16(src)), min = quant_f16_to_f32(get_u16(src + 2));
+    float scale = f16_to_f32(get_u16(src)), min = f16_to_f32(get_u16(src + 2));
     const uint8_t *codes = src + 4;
     if (bits == 8) {
-        for (int i = 0; i < g; i++) y[i * stride] = min + scale * (float)codes[i];
+        for (int i = 0; i < g; i++) y[i * stride] = f16_group_value(min, scale, (float)codes[i]);
         return;
     }
     float lut[16];
     int levels = (1 << bits) - 1, per_byte = 8 / bits, i = 0;
-    for (int k = 0; k <= levels; k++) lut[k] = min + scale * (float)k;
+    for (int k = 0; k <= levels; k++) lut[k] = f16_group_value(min, scale, (float)k);
     if (bits == 4) {
         for (; i + 1 < g; i += 2) {
             unsigned b = codes[i >> 1];

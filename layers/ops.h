@@ -139,7 +139,8 @@ typedef struct {
     // encoded: a copy (bits 32), or exactly the bytes quant_encode_row writes.
     void (*kv_encode_rows)(uint8_t *dst, size_t dst_stride, const float *src, size_t src_stride, int n, int HD,
                            int group, int bits);
-    // attention_decode over Tc stored rows -> out (NH,HD), att (NH,Tc) probabilities. rope_cos == NULL: keys
+    // attention_decode over Tc stored rows -> out (NH,HD), att (NH,Tc) probabilities, or att NULL: not written
+    // (the same out bits; the device cache passes NULL, nothing reads them). rope_cos == NULL: keys
     // stored rotated (on entry). Else keys stored before RoPE are rotated as read with the (positions, HD/2)
     // tables, row t to its cache position: rows [0, sink) at 0..sink-1, rows [sink, Tc) a ring of `window`
     // rows whose newest is row sink + newest, age a at Tc - 1 - a (StreamingLLM; window 0: row t at t).

@@ -4,16 +4,12 @@
 // (fixed order: strided rows per thread, then a fixed tree over the 8 thread rows), pass 2 adds the partials
 // of each column in row-chunk order into dweight. Same bits every run.
 #include "../common/cuda_check.cuh"
+#include "../common/cuda_utils.cuh"
 #include "cuda_ops.h"
 
 #define RMS_WARPS 8    // rows per block (forward, dinp)
 #define RMS_ROWS 256   // rows per partial of the dweight reduction
 #define RMS_TY 8       // thread rows of a dweight tile block (32 x RMS_TY threads)
-
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // out may alias inp: each lane reads its elements before writing them
 __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight, int N, int C,

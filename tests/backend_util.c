@@ -3,8 +3,12 @@
 #include "backend_util.h"
 
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 float *bk_host_random(size_t n, uint64_t seed, float scale) {
     float *h = common_calloc(n ? n : 1, sizeof(float));
@@ -98,3 +102,22 @@ void bk_expect_close(const float *dev, const float *ref, size_t n, double tol, c
 }
 
 void bk_dev_free(void *dev) { device_free(dev); }
+
+int bk_run_program(const char *prog, const char *args, char *out, size_t len) {
+    const char *build = getenv("KVLAB_BUILD");
+    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
+    char self[PATH_MAX], cmd[3 * PATH_MAX + 64], lib[PATH_MAX + 32];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert(k > 0);
+    self[k] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(lib, sizeof lib, "%s/libkvlab_cuda.so", self);
+    char env[PATH_MAX + 64] = "";
+    if (access(lib, R_OK) == 0) snprintf(env, sizeof env, "KVLAB_CUDA_LIB='%s' ", lib);
+    snprintf(cmd, sizeof cmd, "%s'%s/%s' %s 2>&1", env, build, prog, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}

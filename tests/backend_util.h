@@ -59,4 +59,9 @@ void bk_expect_close(const float *dev, const float *ref, size_t n, double tol, c
 
 void bk_dev_free(void *dev); // device_free; NULL is fine
 
+// Runs `$KVLAB_BUILD/PROG ARGS` with the CUDA library of this test binary (the one next to it, real or the
+// emulator's, through KVLAB_CUDA_LIB; none when there is none) into out (stdout and stderr, NUL-terminated,
+// at most len - 1 bytes); returns pclose's status. Skips the Criterion test when KVLAB_BUILD is not set.
+int bk_run_program(const char *prog, const char *args, char *out, size_t len);
+
 #endif

@@ -302,7 +302,29 @@ static void decode_q_shapes(int bits) {
 
 // --- decode by kv head group (one block per (chunk, kv head) serves its NH/NKV query heads) -----------------
 
-// attention_decode_cuda at any NH/NKV against attention_decode_cpu, and twice the same bits.
+// att == NULL: the kernels skip the probabilities, and out keeps the bits of the att-writing run (ref, nq
+// floats). attention_decode_cuda and attention_decode_kv_cuda (bits 32, no RoPE) over the same fp32 rows.
+static void expect_same_out_without_att(const float *ref, size_t nq, const float *dq, const float *dkc,
+                                        const float *dvc, int Tc, size_t hs, int NH, int NKV, int HD) {
+    float *dout = bk_dev_poisoned(nq);
+    attention_decode_cuda(dout, NULL, dq, dkc, dvc, Tc, hs, NH, NKV, HD);
+    float *o = bk_download(dout, nq);
+    cr_assert(memcmp(o, ref, nq * sizeof(float)) == 0, "decode NH=%d NKV=%d HD=%d Tc=%d: out differs without att", NH,
+              NKV, HD, Tc);
+    common_free(o);
+    bk_dev_free(dout);
+    dout = bk_dev_poisoned(nq);
+    attention_decode_kv_cuda(dout, NULL, dq, (const uint8_t *)dkc, (const uint8_t *)dvc, 32, HD, Tc, hs * sizeof(float),
+                             (size_t)HD * sizeof(float), NH, NKV, HD, NULL, NULL, 0, 0, 0);
+    o = bk_download(dout, nq);
+    cr_assert(memcmp(o, ref, nq * sizeof(float)) == 0, "decode_kv NH=%d NKV=%d HD=%d Tc=%d: out differs without att",
+              NH, NKV, HD, Tc);
+    common_free(o);
+    bk_dev_free(dout);
+}
+
+// attention_decode_cuda at any NH/NKV against attention_decode_cpu, twice the same bits, and the same out bits
+// without att.
 static void decode_group_case(int NH, int NKV, int HD, int Tc, uint64_t seed) {
     const int cap = Tc + 3;
     size_t hs = (size_t)cap * HD, ncache = (size_t)NKV * hs, nq = (size_t)NH * HD, na = (size_t)NH * Tc;
@@ -325,6 +347,7 @@ static void decode_group_case(int NH, int NKV, int HD, int Tc, uint64_t seed) {
     float *o2 = bk_download(dout, nq), *a2 = bk_download(datt, na);
     cr_assert(memcmp(o1, o2, nq * sizeof(float)) == 0 && memcmp(a1, a2, na * sizeof(float)) == 0,
               "decode NH=%d NKV=%d HD=%d Tc=%d: two runs differ", NH, NKV, HD, Tc);
+    expect_same_out_without_att(o1, nq, dq, dkc, dvc, Tc, hs, NH, NKV, HD);
     bk_dev_free(dkc);
     bk_dev_free(dvc);
     bk_dev_free(dq);
@@ -345,6 +368,16 @@ static void run_decode_groups(void) {
     decode_group_case(12, 3, 160, 300, seed);  // HD past the block's 128 threads, a group of 4
     decode_group_case(32, 1, 128, 700, seed + 1); // MQA, 32 wide queries: past 48 KB of shared memory (opt-in)
     decode_group_case(64, 1, 128, 130, seed + 2); // the chunk shrinks to fit shared memory
+}
+
+// attention_decode_fits says which shapes the launchers take: the largest group of 128-wide heads that fits
+// runs (its chunk at the floor), one more head does not fit.
+static void run_decode_fits(void) {
+    int R = 1;
+    while (attention_decode_fits(R + 1, 128)) R++;
+    cr_assert(R > 64 && !attention_decode_fits(R + 1, 128), "largest group of 128-wide heads: %d", R);
+    cr_assert(attention_decode_smem_bytes(R, 128, ATTENTION_DECODE_CHUNK_FLOOR) <= ATTENTION_DECODE_SMEM_MAX);
+    decode_group_case(R, 1, 128, 40, 6900);
 }
 
 // RoPE at view for a StreamingLLM cache on the device (attention_decode_kv_cuda with tables): the device holds
@@ -420,6 +453,14 @@ static void decode_rope_case(int NH, int NKV, int HD, int sink, int window, int 
     bk_expect_close(dout, out, nq, TOL, what);
     snprintf(what, sizeof(what), "decode rope int%d sink %d window %d seen %d att", bits, sink, window, seen);
     bk_expect_close(datt, perm, (size_t)NH * Tc, TOL, what);
+    float *o1 = bk_download(dout, nq), *dout2 = bk_dev_poisoned(nq); // without att: the same out bits
+    attention_decode_kv_cuda(dout2, NULL, dq, dk, dv, bits, group, Tc, hsb, rb, NH, NKV, HD, dcs, dsn, sink, window, newest);
+    float *o2 = bk_download(dout2, nq);
+    bk_dev_free(dout2);
+    cr_assert(memcmp(o1, o2, nq * sizeof(float)) == 0, "decode rope int%d sink %d window %d seen %d: out differs without att",
+              bits, sink, window, seen);
+    common_free(o1);
+    common_free(o2);
     device_free(dk);
     device_free(dv);
     bk_dev_free(dcs);
@@ -524,5 +565,6 @@ Test(backend_attention, decode_int8) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode
 Test(backend_attention, decode_int4) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_q4); }
 Test(backend_attention, decode_int2) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_q2); }
 Test(backend_attention, decode_kv_groups) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_groups); }
+Test(backend_attention, decode_fits_says_which_groups_run) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_fits); }
 Test(backend_attention, decode_rope_ring) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_decode_rope_ring); }
 Test(backend_attention, encode_rows_byte_exact) { BACKEND_REQUIRE_CUDA(); BK_RUN(run_encode_rows); }

@@ -14,6 +14,7 @@
 // a wide margin while a wrong row, position or scale moves logits by ~1. Greedy tokens must be identical: the
 // model's logits are spread out (embeddings scaled up) so that the top-2 gap stays above these tolerances.
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../attention/attention_cuda.h"
 #include "../common/device.h"
 #include "../decode/device_store.h"
 #include "../decode/sample.h"
@@ -28,6 +30,7 @@
 #include "../infer/genstream.h"
 #include "../infer/kveval.h"
 #include "../kv/quant.h"
+#include "backend_util.h"
 
 #define TOL_FP32 1e-4f
 #define TOL_QUANT 2e-2f
@@ -64,16 +67,17 @@ static int *random_tokens(size_t n, uint64_t seed) {
 
 static float spec_tol(const KVSpec *spec) { return strcmp(kv_spec_codec_name(spec), "fp32") == 0 ? TOL_FP32 : TOL_QUANT; }
 
-// Greedy generation of 70 tokens after a 10-token prompt (past the trained context of 32: the full caches are
-// rebuilt there, window and sink stream on), each side fed its own choice.
-static void generation_case(const Ops *cuda, const char *text, int n_kv_head) {
+// Greedy generation of 70 tokens after a prompt of n_prompt tokens (past the trained context of 32: the full
+// caches are rebuilt there, window and sink stream on), each side fed its own choice.
+static void generation_case(const Ops *cuda, const char *text, int n_kv_head, int n_prompt) {
     char err[ERR_LEN];
     KVSpec spec;
     cr_assert_eq(kv_spec_parse(&spec, text, err), 0, "%s", err);
     Model cpu, dev;
     make_model(&cpu, n_kv_head, &ops_cpu);
     make_model(&dev, n_kv_head, cuda);
-    enum { PROMPT = 10, NEW = 70 };
+    enum { NEW = 70 };
+    const int PROMPT = n_prompt;
     int *prompt = random_tokens(PROMPT, 5);
     GenStream gc, gd;
     cr_assert_eq(genstream_init(&gc, &cpu, &spec, PROMPT + NEW, NULL, 0, err), 0, "%s", err);
@@ -112,15 +116,23 @@ static const char *const SPECS[] = {"full", "window:12", "sink:2,window:10", "in
 
 Test(cuda_decode, generation_matches_cpu_gqa) {
     const Ops *cuda = cuda_or_skip();
-    for (size_t i = 0; i < N_SPECS; i++) generation_case(cuda, SPECS[i], 2);
+    for (size_t i = 0; i < N_SPECS; i++) generation_case(cuda, SPECS[i], 2, 10);
+}
+
+// A prompt of 25 tokens into rings of 6 to 12 rows: the prefill itself wraps the ring (several times for the
+// smallest), so the first generated token already attends over overwritten rows.
+Test(cuda_decode, generation_matches_cpu_when_the_prompt_wraps_the_window) {
+    const Ops *cuda = cuda_or_skip();
+    const char *specs[] = {"window:6", "window:12+int8", "sink:2,window:5", "sink:3,window:9+int4"};
+    for (int i = 0; i < 4; i++) generation_case(cuda, specs[i], 2, 25);
 }
 
 Test(cuda_decode, generation_matches_cpu_mha_and_mqa) {
     const Ops *cuda = cuda_or_skip();
     const char *specs[] = {"full", "window:12+int4", "sink:2,window:10+int8"};
     for (int i = 0; i < 3; i++) {
-        generation_case(cuda, specs[i], 4);
-        generation_case(cuda, specs[i], 1);
+        generation_case(cuda, specs[i], 4, 10);
+        generation_case(cuda, specs[i], 1, 10);
     }
 }
 
@@ -180,6 +192,8 @@ Test(cuda_decode, eviction_keeps_cpu_positions) {
         cr_assert_eq(evalcore_cache_init(&cc, &cpu, &spec, 60, NULL, 0, err), 0, "%s", err);
         cr_assert_eq(evalcore_cache_init(&dc, &dev, &spec, 60, NULL, 0, err), 0, "%s", err);
         cr_assert(dc.dev && !dc.kv, "a device model gets a device cache");
+        cr_assert_eq(decode_device_clamped_budget(dc.dev), kv_cache_clamped_budget(cc.kv), "--kv %s: clamped budget",
+                     specs[i]);
         cr_assert_eq(evalcore_cache_prefill(&cc, &cpu, tokens, 9, err), 0, "%s", err);
         cr_assert_eq(evalcore_cache_prefill(&dc, &dev, tokens, 9, err), 0, "%s", err);
         int got[64];
@@ -212,6 +226,52 @@ Test(cuda_decode, eviction_keeps_cpu_positions) {
     model_free(&dev);
 }
 
+// A budget past every stream is clamped on the device as on the CPU, and the device path says so with the CPU
+// path's note (evalcore_cache_init, once per run).
+Test(cuda_decode, a_budget_past_the_stream_is_noted, .init = cr_redirect_stderr) {
+    const Ops *cuda = cuda_or_skip();
+    char err[ERR_LEN];
+    KVSpec spec;
+    cr_assert_eq(kv_spec_parse(&spec, "sink:4,window:96+int8", err), 0, "%s", err);
+    Model dev;
+    make_model(&dev, 2, cuda);
+    EvalCache dc;
+    cr_assert_eq(evalcore_cache_init(&dc, &dev, &spec, 60, NULL, 0, err), 0, "%s", err);
+    cr_assert(dc.dev && decode_device_clamped_budget(dc.dev) == 100 && decode_device_budget(dc.dev) == 60);
+    evalcore_cache_free(&dc);
+    model_free(&dev);
+    fflush(stderr);
+    static char text[4096];
+    FILE *f = cr_get_redirected_stderr();
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    cr_expect(strstr(text, "infer: note: --kv 'sink:4,window:96+int8' keeps up to 100 tokens per layer and head; a "
+                           "stream here holds at most 60, so that is its budget\n"),
+              "stderr:\n%s", text);
+}
+
+// A head group whose decode needs more shared memory than the kernel takes is refused at init with one line
+// (attention_decode_fits), not aborted in the kernel's launcher; the largest group that fits is taken.
+Test(cuda_decode, init_refuses_groups_past_shared_memory) {
+    const Ops *cuda = cuda_or_skip();
+    char err[ERR_LEN];
+    KVSpec spec;
+    cr_assert_eq(kv_spec_parse(&spec, "window:8+int4", err), 0, "%s", err);
+    int R = 1;
+    while (attention_decode_fits(R + 1, 128)) R++;
+    KVShape shape = {.n_layer = 1, .n_head = R + 1, .n_kv_head = 1, .head_dim = 128, .max_positions = 16,
+                     .rope_theta = 10000.0f};
+    DecodeDevice d;
+    err[0] = 0;
+    cr_assert_eq(decode_device_init(&d, cuda, &spec, &shape, err), -1);
+    char want[128];
+    snprintf(want, sizeof want, "%d query heads per kv head of dimension 128 do not run on cuda", R + 1);
+    cr_expect(strstr(err, want) && strstr(err, "use --device cpu") && !strchr(err, '\n'), "%s", err);
+    shape.n_head = R;
+    cr_assert_eq(decode_device_init(&d, cuda, &spec, &shape, err), 0, "%s", err);
+    decode_device_free(&d);
+}
+
 // The op table's kv_encode_rows (what the device store calls) writes quant_encode_row's bytes, strided per head.
 Test(cuda_decode, op_table_encoder_byte_exact) {
     const Ops *cuda = cuda_or_skip();
@@ -238,26 +298,6 @@ Test(cuda_decode, op_table_encoder_byte_exact) {
     }
 }
 
-// Runs `$KVLAB_BUILD/PROG ARGS` (with the backend library next to this test binary, the real one or the
-// emulator's, when there is one) into out; returns its exit status. Skips without KVLAB_BUILD.
-static int run_program(const char *prog, const char *args, char *out, size_t len) {
-    const char *build = getenv("KVLAB_BUILD");
-    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
-    char self[PATH_MAX], cmd[3 * PATH_MAX], lib[PATH_MAX + 32];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    cr_assert(k > 0);
-    self[k] = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(lib, sizeof lib, "%s/libkvlab_cuda.so", self);
-    snprintf(cmd, sizeof cmd, "%s%s%s'%s/%s' %s 2>&1", access(lib, R_OK) == 0 ? "KVLAB_CUDA_LIB='" : "",
-             access(lib, R_OK) == 0 ? lib : "", access(lib, R_OK) == 0 ? "' " : "", build, prog, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
-
 // A spec the device cache does not run: one line naming what it takes, non-zero exit, before anything loads (the
 // checkpoint named does not even exist), so with or without a GPU.
 Test(cuda_decode, cli_refuses_other_specs) {
@@ -266,7 +306,7 @@ Test(cuda_decode, cli_refuses_other_specs) {
                            "kv --ckpt /nonexistent.ckpt --eval /nonexistent.txt --device cuda --kv window:8+fp16",
                            "generate --ckpt /nonexistent.ckpt --prompt ab --device cuda --kv int4+hadamard"};
     for (int i = 0; i < 3; i++) {
-        int rc = run_program("infer", cases[i], out, sizeof out);
+        int rc = bk_run_program("infer", cases[i], out, sizeof out);
         cr_expect(rc != 0, "%s: exit 0", cases[i]);
         cr_expect(strstr(out, "does not run on cuda: the device KV cache takes full, window:W and sink:S,window:W with "
                               "fp32, int8[:G], int4[:G] or int2[:G] rows"), "%s:\n%s", cases[i], out);
@@ -279,7 +319,7 @@ Test(cuda_decode, cli_refuses_other_specs) {
 Test(cuda_decode, bench_decode_rows) {
     cuda_or_skip();
     static char out[1 << 16];
-    int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
+    int rc = bk_run_program("bench", "--device cuda --quick --json", out, sizeof out);
     cr_expect_eq(rc, 0, "bench --device cuda --quick exited with %d:\n%s", rc, out);
     int rows = 0, kinds[3] = {0, 0, 0}, gqa = 0;
     char line[2048];

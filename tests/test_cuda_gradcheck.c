@@ -11,23 +11,7 @@
 
 #include "../common/device.h"
 #include "../layers/ops.h"
-
-// Runs build/<prog> args with this binary's CUDA library (the emulated one in the cuda-emu tests); output in out.
-static int run_train(const char *args, char *out, size_t len) {
-    const char *build = getenv("KVLAB_BUILD");
-    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
-    char self[PATH_MAX], cmd[3 * PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    cr_assert(k > 0);
-    self[k] = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/train' %s 2>&1", self, build, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
+#include "backend_util.h"
 
 Test(cuda_gradcheck, every_tensor_agrees) {
     char why[ERR_LEN];
@@ -38,7 +22,7 @@ Test(cuda_gradcheck, every_tensor_agrees) {
     for (int i = 0; i < 4; i++) {
         char args[256];
         snprintf(args, sizeof args, "--preset tiny --dropout 0.1 --device cuda --attention %s --check-grads", forms[i]);
-        int rc = run_train(args, out, sizeof out);
+        int rc = bk_run_program("train", args, out, sizeof out);
         cr_expect(rc == 0 && strstr(out, "check-grads: pass"), "%s: exit %d:\n%s", forms[i], rc, out);
         cr_expect(strstr(out, "final_norm") && strstr(out, "wte") && !strstr(out, "FAIL"), "%s", out);
     }
@@ -46,7 +30,7 @@ Test(cuda_gradcheck, every_tensor_agrees) {
 
 Test(cuda_gradcheck, needs_a_device) {
     static char out[1 << 12];
-    int rc = run_train("--preset tiny --check-grads", out, sizeof out);
+    int rc = bk_run_program("train", "--preset tiny --check-grads", out, sizeof out);
     cr_expect(rc != 0 && strstr(out, "train: --check-grads compares the CPU with a device: give --device cuda\n"),
               "exit %d:\n%s", rc, out);
 }

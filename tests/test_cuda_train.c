@@ -16,6 +16,7 @@
 #include "../data/loader.h"
 #include "../train/state_io.h"
 #include "../train/trainer.h"
+#include "backend_util.h"
 
 #define STEPS 10
 
@@ -156,24 +157,6 @@ Test(cuda_train, precisions_track_cpu) {
     corpus_free(&c);
 }
 
-// Runs `$KVLAB_BUILD/PROG ARGS` with the backend this test binary loaded (the library next to it: the real one,
-// or the emulator's) into out (stdout and stderr); returns its exit status. Skips without KVLAB_BUILD.
-static int run_program(const char *prog, const char *args, char *out, size_t len) {
-    const char *build = getenv("KVLAB_BUILD");
-    if (!build) cr_skip_test("KVLAB_BUILD is not set (ninja test sets it)");
-    char self[PATH_MAX], cmd[3 * PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    cr_assert(k > 0);
-    self[k] = 0;
-    *strrchr(self, '/') = 0;
-    snprintf(cmd, sizeof cmd, "KVLAB_CUDA_LIB='%s/libkvlab_cuda.so' '%s/%s' %s 2>&1", self, build, prog, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    return pclose(p);
-}
-
 // The CUDA flash kernels take head dimensions up to 128: past that, training on the device falls back to naive
 // attention by default and refuses an explicit --attention flash with one line (it aborted before).
 Test(cuda_train, flash_head_dim_limit) {
@@ -183,12 +166,12 @@ Test(cuda_train, flash_head_dim_limit) {
     char args[512];
     snprintf(args, sizeof args, "--preset tiny --width 256 --heads 1 --steps 1 --eval-windows 4 --device cuda "
              "--attention flash --out /tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
-    int rc = run_program("train", args, out, sizeof out);
+    int rc = bk_run_program("train", args, out, sizeof out);
     cr_expect(rc != 0 && strstr(out, "--attention flash: the cuda flash kernels take head dimensions up to 128, "
                                      "this model's is 256 (use --attention naive)"), "exit %d:\n%s", rc, out);
     snprintf(args, sizeof args, "--preset tiny --width 256 --heads 1 --steps 1 --eval-windows 4 --device cuda "
              "--out /tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
-    rc = run_program("train", args, out, sizeof out);
+    rc = bk_run_program("train", args, out, sizeof out);
     cr_expect(rc == 0 && strstr(out, "naive attention on cuda"), "exit %d:\n%s", rc, out);
     snprintf(args, sizeof args, "/tmp/kvlab-test-hd-%d.ckpt", (int)getpid());
     remove(args);
@@ -206,7 +189,7 @@ Test(cuda_train, precision_flag) {
         snprintf(path, sizeof path, "/tmp/kvlab-test-prec-%d.ckpt", (int)getpid());
         snprintf(args, sizeof args, "--preset tiny --steps 2 --eval-windows 2 --device cuda --precision %s --out %s",
                  modes[i], path);
-        int rc = run_program("train", args, out, sizeof out);
+        int rc = bk_run_program("train", args, out, sizeof out);
         snprintf(want, sizeof want, "flash attention on cuda, %s products", modes[i]);
         cr_expect(rc == 0 && strstr(out, want) && strstr(out, "train: done: step 2"), "exit %d:\n%s", rc, out);
         cr_expect(access(path, F_OK) == 0, "%s: no checkpoint", modes[i]);
@@ -221,7 +204,7 @@ Test(cuda_train, bench_device_rows) {
     char why[ERR_LEN];
     if (!ops_for_device("cuda", why)) cr_skip_test("%s", why);
     static char out[1 << 16];
-    int rc = run_program("bench", "--device cuda --quick --json", out, sizeof out);
+    int rc = bk_run_program("bench", "--device cuda --quick --json", out, sizeof out);
     char line[2048];
     int device = 0, train[2] = {0, 0}, attention[2] = {0, 0}, precision[OPS_PRECISION_COUNT] = {0};
     for (const char *at = out; *at;) {
