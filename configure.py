@@ -45,6 +45,9 @@ CUDA_SO_EXPORTS = 'layers/ops_cuda.map'  # its version script: the entry point a
 EMU_DIR = 'tests/cuda_emu'
 EMU_RUNTIME = ('emu_runtime.cpp', 'emu_api.cpp', 'emu_fiber.cpp', 'emu_cublas.cpp', 'emu_host.cpp')
 EMU_TEST_CU = 'test_emu.cu'       # the emulator's own tests: deliberately broken kernels, through the same rewrite
+# Data-parallel training (train/dist.h): train/dist_mpi.c is compiled with the MPI wrapper's flags into build/train
+# only, ahead of the library, whose train/dist_serial.c (the same functions for one process) it then replaces.
+MPI_SRC = os.path.join('train', 'dist_mpi.c')
 # the tests of the CUDA backend, run on the emulator too: backend_util.c and every test_backend_*.c, test_cuda_*.c
 CUDA_TEST_UTIL = 'tests/backend_util.c'
 CUDA_TEST_GLOBS = ('tests/test_backend_*.c', 'tests/test_cuda_*.c')
@@ -218,6 +221,58 @@ int main(void) {
 '''
 
 
+PROBE_MPI = r'''#include <mpi.h>
+int main(void) {
+    char v[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    return MPI_Get_library_version(v, &n) != MPI_SUCCESS;
+}
+'''
+
+
+def probe_mpi(probe, no_mpi):
+    """MPI for build/train: (compile flags, link flags, note), or (None, None, note) without it (build/train then
+    runs one process and says so). The flags come from the compiler wrapper (mpicc --showme:compile/link, Open
+    MPI; mpicc -compile_info/-link_info, MPICH) or pkg-config ompi-c, and must build a probe with our compiler."""
+    if no_mpi:
+        return None, None, 'off (--no-mpi): build/train runs one process'
+    candidates = []
+    mpicc = shutil.which('mpicc')
+    if mpicc:
+        for compile_arg, link_arg in (('--showme:compile', '--showme:link'), ('-compile_info', '-link_info')):
+            try:
+                c = subprocess.run([mpicc, compile_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   universal_newlines=True, timeout=30)
+                l = subprocess.run([mpicc, link_arg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   universal_newlines=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if c.returncode == 0 and l.returncode == 0:
+                cflags, lflags = shlex.split(c.stdout), shlex.split(l.stdout)
+                if compile_arg == '-compile_info':  # MPICH prints the whole command: keep the flags
+                    cflags = [f for f in cflags[1:] if f.startswith(('-I', '-D'))]
+                    lflags = [f for f in lflags[1:] if f.startswith(('-L', '-l', '-Wl'))]
+                candidates.append((cflags, lflags))
+                break
+    if shutil.which('pkg-config'):
+        try:
+            c = subprocess.run(['pkg-config', '--cflags', 'ompi-c'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               universal_newlines=True, timeout=30)
+            l = subprocess.run(['pkg-config', '--libs', 'ompi-c'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               universal_newlines=True, timeout=30)
+            if c.returncode == 0 and l.returncode == 0:
+                candidates.append((shlex.split(c.stdout), shlex.split(l.stdout)))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    err = 'no mpicc on PATH and no pkg-config ompi-c'
+    for cflags, lflags in candidates:
+        ok, err, _ = probe.build(PROBE_MPI, cflags, lflags)
+        if ok:
+            launcher = 'mpirun' if shutil.which('mpirun') else 'no mpirun on PATH (Debian package: openmpi-bin)'
+            return cflags, lflags, 'yes (%s; %s)' % (' '.join(lflags), launcher)
+    return None, None, '%s -> build/train runs one process (Debian packages: libopenmpi-dev openmpi-bin)' % err
+
+
 PROBE_LIBFUZZER = r'''#include <stddef.h>
 #include <stdint.h>
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -311,6 +366,8 @@ def parse_args():
     p.add_argument('--fuzz-cc', default='clang', metavar='CC',
                    help='clang for `ninja fuzz` (libFuzzer targets in <builddir>-fuzz/; default: %(default)s); '
                         'without one the rest of the build is unchanged and `ninja fuzz` says why')
+    p.add_argument('--no-mpi', action='store_true',
+                   help='build build/train without MPI even when mpicc is found (one process only)')
     p.add_argument('--no-fuzz', action='store_true', help='write no libFuzzer edges even when clang has libFuzzer')
     args = p.parse_args()
     args.builddir = os.path.normpath(args.builddir)
@@ -328,7 +385,7 @@ def main():
     configure_args = ['--cc', args.cc, '--builddir', builddir, '--cuda-arch', args.cuda_arch,
                       '--fuzz-cc', args.fuzz_cc, '--cxx', args.cxx]
     configure_args += [f for f, on in (('--debug', args.debug), ('--sanitize', args.sanitize),
-                                       ('--no-cuda', args.no_cuda), ('--no-fuzz', args.no_fuzz),
+                                       ('--no-cuda', args.no_cuda), ('--no-fuzz', args.no_fuzz), ('--no-mpi', args.no_mpi),
                                        ('--no-cuda-emu', args.no_cuda_emu)) if on]
 
     # Flags.
@@ -389,6 +446,8 @@ def main():
         probe.check('stb (stb/stb_ds.h)', 'libstb-dev', PROBE_STB)
         probe.check('libmicrohttpd', 'libmicrohttpd-dev', PROBE_MHD, libs=['-lmicrohttpd'])
         probe.check('jansson', 'libjansson-dev', PROBE_JANSSON, libs=['-ljansson'])
+        mpi_cflags, mpi_libs, mpi_note = probe_mpi(probe, args.no_mpi)
+        print('checking for MPI (build/train across processes)... %s' % mpi_note)
         if args.sanitize:
             probe.check(SANITIZE, 'gcc (libasan, libubsan)', PROBE_MAIN, [SANITIZE], [SANITIZE])
         missing = probe.missing
@@ -405,12 +464,14 @@ def main():
         return 1
 
     # Sources.
-    lib_c = [s for d in LIB_DIRS for s in sources(d, '.c') if os.path.basename(s) != 'main.c']
+    lib_c = [s for d in LIB_DIRS for s in sources(d, '.c') if os.path.basename(s) != 'main.c' and s != MPI_SRC]
     lib_cu = [s for d in LIB_DIRS for s in sources(d, '.cu')]
     programs = {}  # name -> sources besides the library
     for name in ('train', 'infer'):
         if os.path.isfile(os.path.join(name, 'main.c')):
             programs[name] = [os.path.join(name, 'main.c')]
+    if 'train' in programs and mpi_cflags is not None and os.path.isfile(MPI_SRC):
+        programs['train'].append(MPI_SRC)
     if sources('serve', '.c'):
         programs['serve'] = sources('serve', '.c')
     if sources('bench', '.c'):
@@ -495,7 +556,8 @@ def main():
     with open(tmp_file, 'w') as f:
         write_ninja(Writer(f), dict(
             args=args, root=root, builddir=builddir, ninja_file=ninja_file, configure_args=configure_args,
-            cflags=cflags, ldflags=ldflags, libs=libs, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
+            cflags=cflags, ldflags=ldflags, libs=libs, mpi_cflags=mpi_cflags or [], mpi_libs=mpi_libs or [],
+            mpi_note=mpi_note, test_libs=test_libs, serve_libs=serve_libs, run_env=run_env,
             blas_note=blas_note, cuda_note=cuda_note, nvcc=nvcc, cuda=cuda, lib_c=lib_c, lib_cu=lib_cu,
             pic_c=pic_c, emu=emu, emu_note=emu_note, emu_cxxflags=emu_cxxflags,
             programs=programs, fuzz_ok=fuzz_ok, fuzz_note=fuzz_note, fuzz_c=fuzz_c, fuzz_targets=fuzz_targets,
@@ -511,6 +573,7 @@ def main():
     print('cuda:     %s' % cuda_note)
     print('cuda-emu: %s' % emu_note)
     print('fuzz:     %s' % fuzz_note)
+    print('mpi:      %s' % mpi_note)
     print('sources:  %d library (.c), %d library (.cu); programs: %s'
           % (len(lib_c), len(lib_cu), ', '.join(sorted(programs)) or 'none yet'))
     print('wrote %s (builddir %s)' % (ninja_file, builddir))
@@ -533,6 +596,7 @@ def write_ninja(n, v):
     n.comment('  cuda: %s' % v['cuda_note'])
     n.comment('  cuda-emu: %s' % v['emu_note'])
     n.comment('  openblas: %s' % v['blas_note'])
+    n.comment('  mpi: %s' % v['mpi_note'])
     n.comment('run ninja from %s%s' % (v['root'], '' if v['ninja_file'] == 'build.ninja'
                                        else ' as: ninja -f ' + v['ninja_file']))
     n.newline()
@@ -550,6 +614,8 @@ def write_ninja(n, v):
     n.variable('libs', escape(' '.join(v['libs'])))
     n.variable('test_libs', escape(' '.join(v['test_libs'])))
     n.variable('serve_libs', escape(' '.join(v['serve_libs'])))
+    n.variable('mpi_cflags', escape(' '.join(v['mpi_cflags'])))
+    n.variable('mpi_libs', escape(' '.join(v['mpi_libs'])))
     n.variable('run_env', escape(' '.join(v['run_env'])))
     cuda = v['cuda']
     if cuda:
@@ -634,9 +700,12 @@ def write_ninja(n, v):
         # the tests call the *_cuda ops directly (tests/backend_util.h): KVLAB_CUDA=1 and the .so linked
         cuda_tests = name == 'tests' and cuda
         for src in srcs:
-            n.build([obj(src)], 'cc', [src], variables={'cflags': '$cflags -DKVLAB_CUDA=1'} if cuda_tests else None)
+            flags = '$cflags -DKVLAB_CUDA=1' if cuda_tests else '$cflags $mpi_cflags' if src == MPI_SRC else None
+            n.build([obj(src)], 'cc', [src], variables={'cflags': flags} if flags else None)
         out = '$builddir/' + name
         extra = {'tests': '$test_libs', 'serve': '$serve_libs'}.get(name)
+        if MPI_SRC in srcs:  # its objects come before the library, so its dist_* replace dist_serial.c's
+            extra = '$mpi_libs'
         link_objs = [obj(s) for s in srcs]
         if name == 'tests' and v['fuzz_c']:  # the http fuzz target includes serve/http.c: serve's other parts
             for src in v['fuzz_serve']:

@@ -11,7 +11,9 @@
 #include "../data/recall.h"
 #include "budget.h"
 #include "gradcheck.h"
+#include "dist.h"
 #include "presets.h"
+#include "ranks.h"
 #include "run.h"
 #include "state_io.h"
 #include "../common/progress.h"
@@ -69,12 +71,19 @@ static const char *usage =
     "                       (relative L2 error, largest difference); exit 1 when any exceeds the precision's\n"
     "                       tolerance (fp32 1e-4, tf32 1e-2, bf16 4e-2). Writes nothing\n"
     "a non-finite loss, validation loss, gradient norm or weight stops the run (exit 1) before anything is\n"
-    "saved: the last good checkpoint is kept\n";
+    "saved: the last good checkpoint is kept\n"
+    "several processes (mpirun -np N build/train ...; every rank reads the same corpus and checkpoint):\n"
+    "  each step is N ranks x --grad-accum G micro-batches x --batch B sequences (global batch N G B): rank r\n"
+    "  trains micro-batches r G .. r G + G - 1 of the step, the gradients are summed across ranks, and rank 0\n"
+    "  validates, logs and saves. The same training as one process with --grad-accum N G, up to the order of the\n"
+    "  gradient sums. --resume takes any rank count that divides the checkpoint's micro-batches per step\n"
+    "  --zero 0|1           1: ZeRO-1, each rank keeps the AdamW moments of its 1/N of the weights (the same\n"
+    "                       bits as 0; checkpoints hold all of them)   [0]\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention, *precision;
     int precision_mode; // OPS_PRECISION_*
-    int stop_after, quiet, force, bos, check_grads;
+    int stop_after, quiet, force, bos, check_grads, zero;
     // overrides: -1 (or < 0) means "not given"
     int layers, width, heads, hidden, context, batch, steps, warmup, grad_accum, eval_interval, eval_windows;
     float dropout, lr, min_lr, weight_decay, beta2, grad_clip, mix;
@@ -110,8 +119,9 @@ static int check_grads(const Model *m, const Ops *backend, ModelAttention attn, 
     return bad;
 }
 
+// An error every rank meets alike (a flag): rank 0 says it.
 static int die(const char *msg) {
-    fprintf(stderr, "train: %s\n", msg);
+    if (dist_rank() == 0) fprintf(stderr, "train: %s\n", msg);
     return 1;
 }
 
@@ -131,7 +141,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     while ((r = args_next(&a)) > 0) {
         int rc = 0;
         if (args_is(&a, "--help") || args_is(&a, "-h")) {
-            fputs(usage, stdout);
+            if (dist_rank() == 0) printf("%sthis build: %s\n", usage, dist_about());
             exit(0);
         } else if (args_is(&a, "--preset")) rc = args_string(&a, &f->preset);
         else if (args_is(&a, "--attn")) rc = args_string(&a, &f->attn);
@@ -148,6 +158,7 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
         else if (args_is(&a, "--check-grads")) f->check_grads = 1;
         else if (args_is(&a, "--force")) f->force = 1;
         else if (args_is(&a, "--bos")) f->bos = 1;
+        else if (args_is(&a, "--zero")) rc = args_int(&a, 0, 1, &f->zero);
         else if (args_is(&a, "--stop-after")) rc = args_int(&a, 1, TRAIN_MAX_STEPS, &f->stop_after);
         else if (args_is(&a, "--layers")) rc = args_int(&a, 1, 256, &f->layers);
         else if (args_is(&a, "--width")) rc = args_int(&a, 2, 65536, &f->width);
@@ -245,6 +256,8 @@ static void apply_overrides(const Flags *f, ModelConfig *mc, TrainConfig *tc) {
 int main(int argc, char **argv) {
     common_runtime_init(argc, argv);
     char err[ERR_LEN];
+    if (dist_init(err) != 0) return die(err);
+    int root = dist_rank() == 0, ranks = dist_size();
     Flags f;
     if (parse_flags(&f, argc, argv, err) != 0) return die(err);
     const Preset *preset = preset_find(f.preset);
@@ -261,7 +274,7 @@ int main(int argc, char **argv) {
     TrainConfig tc = preset->train;
     TrainState st = {0};
     ModelConfig mc = preset->model;
-    int have_state = 0;
+    int have_state = 0, agreed = 0; // agreed: every rank has passed the setup check (dist_agree)
     Corpus corpus = {0};
     TrainLog log = {0};
     int rc = 0;
@@ -320,6 +333,21 @@ int main(int argc, char **argv) {
         if (attn_resolve(kv_spec, mc.n_head, &mc.n_kv_head, err) != 0) goto fail;
     }
 
+    // the checkpoint stores the micro-batches of all ranks; flags give them per rank
+    if (f.resume && tc.grad_accum % ranks != 0) {
+        snprintf(err, sizeof(err), "'%s' was trained with %d micro-batches of %d sequences per step (global batch %d); "
+                 "%d ranks cannot split them: resume on a rank count that divides %d", f.resume, tc.grad_accum,
+                 tc.batch_size, tc.grad_accum * tc.batch_size, ranks, tc.grad_accum);
+        goto fail;
+    }
+    if (!f.resume) {
+        if ((long long)tc.grad_accum * ranks > TRAIN_MAX_GRAD_ACCUM) {
+            snprintf(err, sizeof(err), "--grad-accum %d x %d ranks is more than %d micro-batches per step",
+                     tc.grad_accum, ranks, TRAIN_MAX_GRAD_ACCUM);
+            goto fail;
+        }
+        tc.grad_accum *= ranks;
+    }
     size_t n_oov = 0;
     int fresh = !f.resume && !f.init_from;
     if (!fresh && f.bos && tokenizer_bos_id(&tok) < 0) { // the start symbol is part of the vocabulary
@@ -329,7 +357,7 @@ int main(int argc, char **argv) {
     }
     int vocab = !fresh ? CORPUS_VOCAB_GIVEN : f.bos ? CORPUS_VOCAB_BUILD_BOS : CORPUS_VOCAB_BUILD;
     if (corpus_load(&corpus, &tok, f.data, vocab, &n_oov, err) != 0) goto fail;
-    if (n_oov) fprintf(stderr, "train: note: %zu bytes of '%s' are outside the checkpoint's vocabulary and were skipped\n", n_oov, f.data);
+    if (n_oov && root) fprintf(stderr, "train: note: %zu bytes of '%s' are outside the checkpoint's vocabulary and were skipped\n", n_oov, f.data);
     if (fresh) {
         mc.vocab_size = tok.vocab_size;
         if (model_config_validate(&mc, err) != 0) goto fail;
@@ -360,6 +388,10 @@ int main(int argc, char **argv) {
         goto fail;
     }
     if (f.check_grads) {
+        if (ranks > 1) {
+            err_set(err, "--check-grads runs in one process, not under mpirun -np %d", ranks);
+            goto fail;
+        }
         rc = check_grads(&model, backend, attention, f.precision_mode, &tc, &corpus, err);
         if (rc < 0) goto fail;
         goto done;
@@ -380,23 +412,34 @@ int main(int argc, char **argv) {
     const char *run_name = f.resume ? "resumed" : f.init_from ? "uptrained" : f.preset;
     snprintf(out_default, sizeof(out_default), "checkpoints/%s-%s.ckpt", run_name, attn);
     const char *out = f.out ? f.out : (f.resume ? f.resume : out_default);
-    int target = checkpoint_check_target(out, f.force, err);
+    int target = root ? checkpoint_check_target(out, f.force, err) : 0; // rank 0 writes it
     if (target == -2) {
         size_t n = strlen(err);
         snprintf(err + n, sizeof(err) - n, " (--force replaces it)");
     }
     if (target != 0) goto fail;
-    if (f.log && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
+    if (f.log && root && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
+    agreed = 1; // every rank is set up, or learns here which one is not
+    if (dist_agree(0, err) != 0) goto fail;
+    if (train_ranks_check(&corpus, &model, &st, &tc, f.data, err) != 0) goto fail;
+    if (f.zero) train_state_shard(&st, model.n_params, dist_rank(), ranks);
 
-    fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s, "
-            "%s attention on %s, %s products\n", run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head,
-            attn, model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels(),
-            attention == MODEL_ATTENTION_FLASH ? "flash" : "naive", backend->name, ops_precision_name(f.precision_mode));
+    if (root)
+        fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s, "
+                "%s attention on %s, %s products\n", run_name, model.cfg.n_layer, model.cfg.n_head, model.cfg.n_kv_head,
+                attn, model.cfg.n_embd, model.cfg.n_hidden, tc.seq_len, model.n_params / 1e6, common_blas_kernels(),
+                attention == MODEL_ATTENTION_FLASH ? "flash" : "naive", backend->name, ops_precision_name(f.precision_mode));
     char bos_note[48] = "";
     if (corpus_bos(&corpus) >= 0) snprintf(bos_note, sizeof(bos_note), " (start symbol STX, id %d)", corpus_bos(&corpus));
-    fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d%s, batch %d x grad-accum %d, steps %d..%d, checkpoint %s\n",
-            corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, bos_note, tc.batch_size, tc.grad_accum,
-            st.step, tc.max_steps, out);
+    char batch[128];
+    if (ranks == 1) snprintf(batch, sizeof(batch), "batch %d x grad-accum %d", tc.batch_size, tc.grad_accum);
+    else
+        snprintf(batch, sizeof(batch), "batch %d x grad-accum %d x %d ranks = %d sequences per step%s", tc.batch_size,
+                 tc.grad_accum / ranks, ranks, tc.batch_size * tc.grad_accum, f.zero ? ", ZeRO-1" : "");
+    if (root)
+        fprintf(stderr, "train: %zu train / %zu val tokens, vocab %d%s, %s, steps %d..%d, checkpoint %s\n",
+                corpus.n_train, corpus.n_tokens - corpus.n_train, tok.vocab_size, bos_note, batch, st.step,
+                tc.max_steps, out);
 
     model_to_backend(&model, backend);
     train_state_to_backend(&st, model.n_params, backend);
@@ -406,15 +449,19 @@ int main(int argc, char **argv) {
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
     int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
     TrainRun loop = {.model = &model, .st = &st, .tc = &tc, .corpus = &corpus, .tok = &tok, .out = out,
-                    .log = &log, .last = last, .quiet = f.quiet};
+                    .log = &log, .last = last, .quiet = f.quiet || !root};
     rc = train_run_loop(&loop, err);
     if (rc != 0) goto fail;
     if (train_log_close(&log, err) != 0) goto fail;
-    fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
+    if (root) fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
             st.step, loop.train_loss, loop.val_loss, loop.elapsed, loop.tokens_per_s, out);
     if (0) {
     fail:
-        fprintf(stderr, "train: %s\n", err);
+        if (!agreed) { // the setup failed here: the other ranks learn it at their setup check (dist_agree)
+            agreed = 1;
+            dist_agree(1, err);
+        }
+        if (root) fprintf(stderr, "train: %s\n", err);
         rc = 1;
     }
 done:

@@ -50,6 +50,7 @@ static void put_train_config(unsigned char **p, const TrainConfig *tc) {
 
 void train_state_encode(unsigned char *bytes, const TrainConfig *tc, const TrainState *s, size_t n_params) {
     CHECK(bytes && tc && s && s->m && s->v);
+    CHECK(s->shard_lo == 0 && s->shard_n == n_params); // a ZeRO-1 shard is gathered first (train_state_gather)
     unsigned char *p = bytes;
     put_train_config(&p, tc);
     CHECK(p == bytes + TRAIN_CONFIG_BYTES);

@@ -21,6 +21,8 @@
 size_t train_state_section_size(size_t n_params);
 
 // bytes (train_state_section_size(n_params)) <- tc and s; moments held by a device backend are downloaded.
+// s holds all n_params moments (a ZeRO-1 shard is gathered first: train_state_gather). The section is the same
+// whatever the rank count: step, RNGs, config (grad_accum counts the micro-batches of all ranks) and moments.
 void train_state_encode(unsigned char *bytes, const TrainConfig *tc, const TrainState *s, size_t n_params);
 
 // tc and s <- bytes (size bytes) for a model of config cfg. s is allocated (train_state_init, host memory) only

@@ -1,9 +1,11 @@
 // One optimizer step and the validation pass. The step: grad_accum micro-batches of forward + backward
 // (the loss of each scaled by 1/grad_accum through the gradient), global-norm clipping, AdamW with the
-// scheduled learning rate. Weight decay is applied per tensor as the model marks it.
+// scheduled learning rate. Weight decay is applied per tensor as the model marks it. With several ranks each
+// runs its share of the micro-batches and the gradients are summed across ranks before the scale (trainer.h).
 #include <math.h>
 #include <string.h>
 
+#include "dist.h"
 #include "trainer.h"
 
 // lo <= v <= hi, or -1 with the setting named in err.
@@ -54,6 +56,7 @@ void train_state_init(TrainState *s, size_t n_params, uint64_t seed) {
     memset(s, 0, sizeof(*s));
     s->m = common_calloc(n_params, sizeof(float));
     s->v = common_calloc(n_params, sizeof(float));
+    s->shard_n = n_params;
     rng_init(&s->data_rng, seed);
     rng_init(&s->dropout_rng, seed ^ 0xD809D809ull);
 }
@@ -72,56 +75,162 @@ void train_state_free(TrainState *s) {
 void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
     const Ops *from = s->ops ? s->ops : &ops_cpu;
     if (from == ops) return;
+    CHECK(s->shard_lo + s->shard_n <= n_params);
+    size_t bytes = s->shard_n * sizeof(float);
     float **moments[2] = {&s->m, &s->v};
-    float *host = common_calloc(n_params, sizeof(float));
+    float *host = common_calloc(s->shard_n, sizeof(float));
     for (int i = 0; i < 2; i++) {
-        from->mem_download(host, *moments[i], n_params * sizeof(float));
+        from->mem_download(host, *moments[i], bytes);
         from->mem_free(*moments[i]);
-        *moments[i] = ops->mem_alloc(n_params * sizeof(float));
-        ops->mem_upload(*moments[i], host, n_params * sizeof(float));
+        *moments[i] = ops->mem_alloc(bytes);
+        ops->mem_upload(*moments[i], host, bytes);
     }
     common_free(host);
     s->ops = ops;
 }
 
-// Every tensor's AdamW in one op call (one parallel region on the CPU, one launch on a device), each with the
-// weight decay the model marks for it.
+void train_shard_range(size_t n_params, int rank, int size, size_t *lo, size_t *n) {
+    CHECK(size >= 1 && rank >= 0 && rank < size);
+    *lo = n_params * (size_t)rank / (size_t)size;
+    *n = n_params * (size_t)(rank + 1) / (size_t)size - *lo;
+}
+
+void train_state_shard(TrainState *s, size_t n_params, int rank, int size) {
+    CHECK(!s->ops && s->shard_lo == 0 && s->shard_n == n_params);
+    size_t lo, n;
+    train_shard_range(n_params, rank, size, &lo, &n);
+    float **moments[2] = {&s->m, &s->v};
+    for (int i = 0; i < 2; i++) {
+        float *part = common_calloc(n ? n : 1, sizeof(float));
+        memcpy(part, *moments[i] + lo, n * sizeof(float));
+        common_free(*moments[i]);
+        *moments[i] = part;
+    }
+    s->shard_lo = lo;
+    s->shard_n = n;
+}
+
+// The shards of every rank: count[r] elements at displ[r] (dist_size() entries each; free them).
+static void shard_table(size_t n_params, size_t **count, size_t **displ) {
+    int size = dist_size();
+    *count = common_calloc((size_t)size, sizeof(size_t));
+    *displ = common_calloc((size_t)size, sizeof(size_t));
+    for (int r = 0; r < size; r++) train_shard_range(n_params, r, size, &(*displ)[r], &(*count)[r]);
+}
+
+void train_state_gather(TrainState *full, const TrainState *s, size_t n_params) {
+    memset(full, 0, sizeof(*full));
+    size_t *count, *displ;
+    shard_table(n_params, &count, &displ);
+    CHECK(count[dist_rank()] == s->shard_n && displ[dist_rank()] == s->shard_lo);
+    int root = dist_rank() == 0, on_device = s->ops && s->ops->on_device;
+    if (root) {
+        full->m = common_calloc(n_params, sizeof(float));
+        full->v = common_calloc(n_params, sizeof(float));
+        full->shard_n = n_params;
+        full->step = s->step;
+        full->data_rng = s->data_rng;
+        full->dropout_rng = s->dropout_rng;
+    }
+    float *host = on_device ? common_calloc(s->shard_n ? s->shard_n : 1, sizeof(float)) : NULL;
+    const float *parts[2] = {s->m, s->v};
+    float *wholes[2] = {full->m, full->v};
+    for (int i = 0; i < 2; i++) {
+        if (on_device) s->ops->mem_download(host, parts[i], s->shard_n * sizeof(float));
+        dist_gatherv_f32(wholes[i], on_device ? host : parts[i], count, displ);
+    }
+    common_free(host);
+    common_free(count);
+    common_free(displ);
+}
+
+// The sum over ranks of x (n floats in the memory of ops), through host memory on a device (NCCL is not used yet).
+static void allreduce_backend(const Ops *ops, float *x, size_t n) {
+    if (dist_size() == 1) return;
+    if (!ops->on_device) {
+        dist_allreduce_sum_f32(x, n);
+        return;
+    }
+    float *host = common_calloc(n, sizeof(float));
+    ops->mem_download(host, x, n * sizeof(float));
+    dist_allreduce_sum_f32(host, n);
+    ops->mem_upload(x, host, n * sizeof(float));
+    common_free(host);
+}
+
+// Every rank's updated shard of the parameters to every rank (ZeRO-1), through host memory on a device.
+static void allgather_params(Model *m) {
+    size_t *count, *displ;
+    shard_table(m->n_params, &count, &displ);
+    const Ops *ops = m->ops;
+    float *host = ops->on_device ? common_calloc(m->n_params, sizeof(float)) : m->params_memory;
+    if (ops->on_device) ops->mem_download(host, m->params_memory, m->n_params * sizeof(float));
+    dist_allgatherv_f32(host, count, displ);
+    if (ops->on_device) {
+        ops->mem_upload(m->params_memory, host, m->n_params * sizeof(float));
+        common_free(host);
+    }
+    common_free(count);
+    common_free(displ);
+}
+
+// AdamW over every tensor (weight decay where the model marks it) in one op call (one parallel region on the
+// CPU, one launch on a device). With ZeRO-1 the call covers this rank's shard: the tensors' segments cut to it.
 static void adamw_all(Model *m, TrainState *s, const TrainConfig *tc, float lr) {
-    size_t sizes[NUM_PARAM_TENSORS], end = 0;
+    size_t sizes[NUM_PARAM_TENSORS], start = 0, lo = s->shard_lo, hi = s->shard_lo + s->shard_n;
     model_param_sizes(&m->cfg, sizes);
-    AdamwSegments seg = {.n = NUM_PARAM_TENSORS};
+    AdamwSegments seg = {.n = 0};
     _Static_assert(NUM_PARAM_TENSORS <= ADAMW_MAX_SEGMENTS, "one AdamW segment per parameter tensor");
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        end += sizes[i];
-        seg.end[i] = end;
-        seg.decay[i] = model_param_is_decayed(i) ? tc->weight_decay : 0.0f;
+        size_t end = start + sizes[i];
+        if (end > lo && start < hi) { // the part of tensor i inside the shard, relative to its start
+            seg.end[seg.n] = (end < hi ? end : hi) - lo;
+            seg.decay[seg.n] = model_param_is_decayed(i) ? tc->weight_decay : 0.0f;
+            seg.n++;
+        }
+        start = end;
     }
-    m->ops->adamw_update(m->params_memory, m->grads_memory, s->m, s->v, &seg, lr, tc->beta1, tc->beta2,
+    CHECK(hi <= start);
+    m->ops->adamw_update(m->params_memory + lo, m->grads_memory + lo, s->m, s->v, &seg, lr, tc->beta1, tc->beta2,
                          tc->adam_eps, s->step + 1);
+    if (s->shard_n != m->n_params) allgather_params(m);
+}
+
+// Micro-batch k's dropout RNG: seeded by the step's dropout state and k alone, so any rank can start it.
+static void micro_dropout_rng(Rng *out, const Rng *step, int k) {
+    rng_init(out, step->state + (uint64_t)k * 0x9E3779B97F4A7C15ull);
 }
 
 float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c, int *inputs, int *targets,
                  float *grad_norm) {
     int B = tc->batch_size, T = tc->seq_len;
+    CHECK(tc->grad_accum % dist_size() == 0);
+    int local = tc->grad_accum / dist_size(), first = dist_rank() * local;
     if (grad_norm) *grad_norm = NAN;
     model_zero_grad(m);
-    m->dropout_rng = s->dropout_rng;
     double loss = 0.0;
-    for (int micro = 0; micro < tc->grad_accum; micro++) {
+    // every rank draws every micro-batch, so the data RNG stays the same on all of them, and trains on its own
+    for (int k = 0; k < tc->grad_accum; k++) {
         loader_train_batch(c, &s->data_rng, B, T, tc->recall_mix, inputs, targets);
+        if (k < first || k >= first + local) continue;
+        micro_dropout_rng(&m->dropout_rng, &s->dropout_rng, k);
         model_forward(m, inputs, targets, B, T, 1);
-        if (!isfinite(m->mean_loss)) return m->mean_loss; // diverged: no backward of a non-finite loss
-        model_backward(m, inputs, targets, B, T);
         loss += m->mean_loss;
+        if (!isfinite(m->mean_loss)) break; // diverged: no backward of a non-finite loss
+        model_backward(m, inputs, targets, B, T);
     }
-    // the gradients summed over micro-batches: average them, then the global norm and clipping
+    // the loss summed over ranks: a non-finite one anywhere stops every rank here, before the gradients' sum
+    dist_allreduce_sum_f64(&loss, 1);
+    float mean = (float)(loss / tc->grad_accum);
+    if (!isfinite(mean)) return mean;
+    // the gradients summed over micro-batches and ranks: average them, then the global norm and clipping
     const Ops *op = m->ops;
+    allreduce_backend(op, m->grads_memory, m->n_params);
     if (tc->grad_accum > 1) op->scale(m->grads_memory, m->n_params, 1.0f / tc->grad_accum);
     float norm = op->grad_norm(m->grads_memory, m->n_params);
     if (grad_norm) *grad_norm = norm;
-    float mean = (float)(loss / tc->grad_accum);
     if (!isfinite(norm)) return mean; // diverged: no update
-    s->dropout_rng = m->dropout_rng;
+    rng_next_u64(&s->dropout_rng); // the next step's dropout state
     if (tc->grad_clip > 0.0f && norm > tc->grad_clip) op->scale(m->grads_memory, m->n_params, tc->grad_clip / (norm + 1e-6f));
     adamw_all(m, s, tc, schedule_lr(tc, s->step));
     s->step++;

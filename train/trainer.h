@@ -20,7 +20,7 @@ typedef struct {
     float weight_decay; // decoupled (AdamW), matrices only
     float beta1, beta2, adam_eps;
     float grad_clip;    // max global gradient norm; 0 disables
-    int grad_accum;     // micro-batches per optimizer step
+    int grad_accum;     // micro-batches per optimizer step, over all ranks (each runs grad_accum / dist_size())
     int eval_interval;  // steps between validation passes; 0 = only at the end
     int eval_windows;   // fixed validation windows (B-sized batches of them)
     uint64_t seed;
@@ -30,7 +30,9 @@ typedef struct {
 // Everything that changes during training besides the weights: enough for --resume to continue exactly.
 typedef struct {
     int step;           // optimizer steps completed
-    float *m, *v;       // AdamW moments, (n_params) each, in the memory of `ops`
+    float *m, *v;       // AdamW moments of elements [shard_lo, shard_lo + shard_n) of the parameter block (all
+                        // n_params of them but with ZeRO-1, train_state_shard), in the memory of `ops`
+    size_t shard_lo, shard_n;
     const Ops *ops;     // the backend whose memory holds m and v (NULL: host memory)
     Rng data_rng;       // draws the training window offsets (this is the data position)
     Rng dropout_rng;    // copied in and out of Model.dropout_rng around each step
@@ -60,10 +62,29 @@ void train_state_free(TrainState *s);
 // Moves the AdamW moments into another backend's memory (train on CUDA after loading on the CPU).
 void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops);
 
+// Data parallelism (train/dist.h). Every rank draws every micro-batch of a step from the same data RNG and
+// trains on its own contiguous run of them: rank r takes the global micro-batches [r G, (r + 1) G) of the
+// step's tc->grad_accum = N G. The gradients are summed over ranks (dist_allreduce_sum_f32) and scaled by
+// 1 / (N G), so the norm, the clipping and AdamW see the same bits on every rank. Micro-batch k's dropout masks
+// come from an RNG seeded by (the step's dropout state, k), so a rank needs no other rank's draws, and N ranks
+// of G micro-batches train what one process of N G does, up to the order of the gradient sums.
+//
+// ZeRO-1: each rank keeps the AdamW moments of its shard of the parameter block only (elements
+// [n r / N, n (r + 1) / N)), updates that shard and all-gathers the parameters; the update is element-wise,
+// so the weights are the same bits as without sharding.
+// The shard of rank `rank` of `size` over n_params elements.
+void train_shard_range(size_t n_params, int rank, int size, size_t *lo, size_t *n);
+// Keeps only this rank's shard of full (host) moments (train_state_init's or a checkpoint's).
+void train_state_shard(TrainState *s, size_t n_params, int rank, int size);
+// A collective: every rank's shard of the moments (in any backend's memory) into full, on rank 0 a host
+// TrainState holding all n_params moments with s's step and RNGs (for a save); elsewhere full is zeroed and
+// holds nothing. Free it with train_state_free.
+void train_state_gather(TrainState *full, const TrainState *s, size_t n_params);
+
 // Learning rate at optimizer step `step` (0-based).
 float schedule_lr(const TrainConfig *tc, int step);
 
-// One optimizer step: grad_accum micro-batches forward/backward, clip, AdamW. Returns the mean train loss;
+// One optimizer step: grad_accum micro-batches forward/backward (this rank's share of them, see above), clip, AdamW. Returns the mean train loss;
 // *grad_norm receives the norm before clipping. inputs/targets are (B, T) scratch owned by the caller.
 // Divergence: when a micro-batch's loss is not finite (returned at once, without its backward; *grad_norm
 // is then NaN) or the gradient norm is not finite, nothing is updated: weights, moments and the step stay as
