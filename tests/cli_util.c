@@ -89,19 +89,30 @@ void cliutil_run_free(Run *r) {
     memset(r, 0, sizeof(*r));
 }
 
-Run cliutil_run_argv(const char *prog, const char *const *args) {
+const char *cliutil_exe(const char *prog) {
+    static char bufs[4][512];
+    static int next;
+    char *exe = bufs[next++ % 4];
     const char *build = getenv("KVLAB_BUILD");
-    char exe[512];
-    snprintf(exe, sizeof exe, "%s/%s", build && *build ? build : "build", prog);
+    snprintf(exe, sizeof bufs[0], "%s/%s", build && *build ? build : "build", prog);
     cr_assert_eq(access(exe, X_OK), 0, "%s is not an executable (build it first): %s", exe, strerror(errno));
+    return exe;
+}
+
+Run cliutil_run_argv(const char *prog, const char *const *args) {
     const char *argv[64];
     int argc = 0;
-    argv[argc++] = exe;
+    argv[argc++] = cliutil_exe(prog);
     for (int i = 0; args[i]; i++) {
         cr_assert_lt(argc, 63);
         argv[argc++] = args[i];
     }
     argv[argc] = NULL;
+    return cliutil_run_cmd(argv);
+}
+
+Run cliutil_run_cmd(const char *const *argv) {
+    const char *exe = argv[0];
     char out_path[256], err_path[256];
     snprintf(out_path, sizeof out_path, "%s/.stdout", cliutil_dir);
     snprintf(err_path, sizeof err_path, "%s/.stderr", cliutil_dir);
@@ -118,7 +129,7 @@ Run cliutil_run_argv(const char *prog, const char *const *args) {
         // Criterion runs tests side by side; OpenMP threads that spin while waiting then starve each other
         // (a 30 ms run took seconds on 2 cores). Sleeping waits keep the programs' threads but not the spinning.
         setenv("OMP_WAIT_POLICY", "passive", 0);
-        execv(exe, (char *const *)argv);
+        execvp(exe, (char *const *)argv);
         _exit(127);
     }
     int ws;

@@ -45,6 +45,12 @@ void cliutil_run_free(Run *r);
 // Runs $KVLAB_BUILD/<prog> with the NULL-terminated arguments; stdout and stderr are captured through files.
 Run cliutil_run_argv(const char *prog, const char *const *args);
 
+// The path of $KVLAB_BUILD/<prog>, asserted executable (a few rotating static buffers).
+const char *cliutil_exe(const char *prog);
+
+// Runs the NULL-terminated argv (argv[0] looked up on PATH when it has no '/'), output captured the same way.
+Run cliutil_run_cmd(const char *const *argv);
+
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define RUN(prog, ...) cliutil_run_argv(prog, ARGS(__VA_ARGS__))
 
