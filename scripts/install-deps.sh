@@ -15,6 +15,7 @@ packages=(
     libmicrohttpd-dev          # build/serve: the HTTP server (thread per connection, chunked SSE)
     libjansson-dev             # build/serve: JSON requests and responses
     gnuplot-nox                # ninja report: the plots (pngcairo)
+    libopenmpi-dev openmpi-bin # build/train on several processes (mpirun -np N); the tests' suite `mpi`
 )
 
 sudo=()
