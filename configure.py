@@ -727,7 +727,9 @@ def write_ninja(n, v):
     n.comment('ninja test / ninja bench: build, then run from the repository root (always re-run).')
     progs = ['$builddir/' + p for p in ('train', 'infer', 'serve', 'bench') if p in v['programs']]  # tests run them
     if 'tests' in v['programs']:
-        n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs,
+        # and the emulated CUDA backend, which the mpi suite's CUDA case loads into build/train
+        emu_so = emu_tests[:1] if emu_tests else []
+        n.build(['$builddir/.run/test'], 'run', ['$builddir/tests'], implicit=progs + emu_so,
                 variables={'args': '--jobs 2'})
         runs = ['$builddir/.run/test']
         if emu_tests:  # the console pool runs one suite at a time; `ninja test-cuda-emu` runs this one alone
