@@ -50,6 +50,15 @@ static void require_mpi(void) {
     cliutil_run_free(&r);
     if (!has) cr_skip_test("build/train was built without MPI (configure.py found no mpicc: libopenmpi-dev)");
     setenv("OMP_NUM_THREADS", "1", 1); // ranks x threads = the 2 cores of CI
+    // The sanitizer build: Open MPI keeps its runtime's allocations to the end (tests/lsan.supp names its
+    // libraries, and only those). The fast unwinder loses the frames of its plugins, leaving stacks that name no
+    // library to match; the precise one keeps them (slower mallocs, and these runs make few).
+    const char *asan = getenv("ASAN_OPTIONS");
+    if (asan && !strstr(asan, "fast_unwind_on_malloc")) {
+        static char opts[512];
+        snprintf(opts, sizeof opts, "%s:fast_unwind_on_malloc=0", asan);
+        setenv("ASAN_OPTIONS", opts, 1);
+    }
 }
 
 // Runs build/train on np ranks with the NULL-terminated arguments.
