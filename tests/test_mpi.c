@@ -398,4 +398,19 @@ Test(mpi, cuda_ranks_reduce_through_host_memory) {
     expect_close(&one, &two, 1, 4, "cuda: 2 ranks vs 1 process");
     for (int s = 1; s <= 4; s++) cr_expect_str_eq(zero.text[s], two.text[s], "cuda ZeRO-1, step %d", s);
     cr_expect(cliutil_files_equal(cliutil_tmp("two.ckpt"), cliutil_tmp("zero.ckpt")));
+    // bf16 products read a bf16 shadow of the weights that every write into them refreshes: ZeRO-1's shard
+    // update and the all-gathered upload must leave it as the unsharded update does
+    const char *names[2][2] = {{"bf16.jsonl", "bf16.ckpt"}, {"bf16z.jsonl", "bf16z.ckpt"}};
+    for (int z = 0; z < 2; z++) {
+        r = MPIRUN(2, "--preset", "tiny", "--steps", "2", "--eval-windows", "4", "--seed", "7", "--device", "cuda",
+                   "--precision", "bf16", "--data", corpus, "--quiet", "--zero", z ? "1" : "0", "--log",
+                   cliutil_tmp(names[z][0]), "--out", cliutil_tmp(names[z][1]));
+        expect_ok(&r, z ? "cuda bf16, --zero 1" : "cuda bf16");
+        cliutil_run_free(&r);
+    }
+    read_log(cliutil_tmp("bf16.jsonl"), &two);
+    read_log(cliutil_tmp("bf16z.jsonl"), &zero);
+    cr_assert_eq(zero.n, 2);
+    for (int s = 1; s <= 2; s++) cr_expect_str_eq(zero.text[s], two.text[s], "cuda bf16 ZeRO-1, step %d", s);
+    cr_expect(cliutil_files_equal(cliutil_tmp("bf16.ckpt"), cliutil_tmp("bf16z.ckpt")));
 }
