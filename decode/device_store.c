@@ -195,12 +195,5 @@ KVStore decode_store_device(DecodeDevice *d) { return (KVStore){&device_ops, d};
 
 int decode_prefill_device(const Model *m, DecodeState *s, DecodeDevice *d, const int *tokens, int n, char *err) {
     KVStore st = decode_store_device(d);
-    KVStore *stores[] = {&st};
-    int pos[s->max_rows];
-    for (int t0 = 0; t0 < n; t0 += s->max_rows) {
-        int rows = n - t0 < s->max_rows ? n - t0 : s->max_rows;
-        for (int i = 0; i < rows; i++) pos[i] = t0 + i;
-        if (decode_forward(m, s, stores, 1, tokens + t0, pos, rows, DECODE_LOGITS_LAST, err) != rows) return -1;
-    }
-    return 0;
+    return decode_prefill(m, s, &st, tokens, n, err);
 }

@@ -123,10 +123,8 @@ int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n
     return n;
 }
 
-int decode_prefill_cache(const Model *m, DecodeState *s, KVCache *kv, const int *tokens, int n, char *err) {
-    DecodeCache dc = {.kv = kv};
-    KVStore st = decode_store_cache(&dc);
-    KVStore *stores[] = {&st};
+int decode_prefill(const Model *m, DecodeState *s, KVStore *st, const int *tokens, int n, char *err) {
+    KVStore *stores[] = {st};
     int pos[s->max_rows];
     for (int t0 = 0; t0 < n; t0 += s->max_rows) {
         int rows = n - t0 < s->max_rows ? n - t0 : s->max_rows;
@@ -134,6 +132,12 @@ int decode_prefill_cache(const Model *m, DecodeState *s, KVCache *kv, const int 
         if (decode_forward(m, s, stores, 1, tokens + t0, pos, rows, DECODE_LOGITS_LAST, err) != rows) return -1;
     }
     return 0;
+}
+
+int decode_prefill_cache(const Model *m, DecodeState *s, KVCache *kv, const int *tokens, int n, char *err) {
+    DecodeCache dc = {.kv = kv};
+    KVStore st = decode_store_cache(&dc);
+    return decode_prefill(m, s, &st, tokens, n, err);
 }
 
 int model_decode_step(const Model *m, DecodeState *s, KVCache *kv, int token, int pos) {

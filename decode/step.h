@@ -70,9 +70,11 @@ enum { DECODE_LOGITS_ALL = 0, DECODE_LOGITS_LAST = 1 };
 int decode_forward(const Model *m, DecodeState *s, KVStore *const *stores, int n_stores, const int *tokens,
                    const int *pos, int n, int logits, char *err);
 
-// A prompt into a contiguous cache: tokens[0..n) at positions 0..n-1 in chunks of s->max_rows rows (matrix
-// products over the chunk, attention row by row, so the cache sees the appends of token-by-token steps). Logits
-// of the last token at s->logits. -1 with a message in err (may be NULL) when the cache cannot hold a position.
+// A prompt through one store: tokens[0..n) at positions 0..n-1 in chunks of s->max_rows rows (matrix products over
+// the chunk, attention row by row, so the store sees the appends of token-by-token steps). Logits of the last
+// token at s->logits. -1 with a message in err (may be NULL) when the store cannot hold a position.
+int decode_prefill(const Model *m, DecodeState *s, KVStore *st, const int *tokens, int n, char *err);
+// decode_prefill into a contiguous cache.
 int decode_prefill_cache(const Model *m, DecodeState *s, KVCache *kv, const int *tokens, int n, char *err);
 
 // --- stores ---------------------------------------------------------------------------------------------------
