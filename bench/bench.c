@@ -70,12 +70,16 @@ static void usage(FILE *f) {
             "  --attention-runs R    timed runs per point after one warm-up; the best is reported (default 3)\n"
             "  --device cuda         on the GPU, through the training op table: train steps (median of 5 after 2\n"
             "                        warm-ups) at the shakespeare preset and GPT-2 small's shape (12 layers, 12 heads\n"
-            "                        of 64, context 1024, batch 8), each with naive and flash attention: tokens/s,\n"
-            "                        TFLOP/s (PaLM's 6N + 12LCT per token) and MFU against the fp32 peak; then\n"
-            "                        attention forward and backward alone, naive vs flash, B=4 NH=12 HD=64, T 1k-8k.\n"
-            "                        With --quick: the tiny preset and T=64 (checks the plumbing, e.g. under the\n"
-            "                        CUDA emulator)\n"
-            "  --peak-tflops X       the GPU's fp32 peak for MFU (default: H100/H200 66.9, A100 19.5, else none)\n",
+            "                        of 64, context 1024, batch 8), in fp32 with naive and flash attention and with\n"
+            "                        flash in tf32 and bf16: tokens/s, TFLOP/s (PaLM's 6N + 12LCT per token) and MFU\n"
+            "                        against the dense peak of the row's precision; then attention forward and\n"
+            "                        backward alone, naive vs flash, B=4 NH=12 HD=64, T 1k-8k; then decode through the\n"
+            "                        device KV cache at GPT-2 small's shape, MHA and GQA, fp32/int8/int4 rows,\n"
+            "                        contexts 1k-32k: ms per token, tokens/s and the bandwidth achieved.\n"
+            "                        With --quick: the tiny preset, T=64, decode at contexts 64 and 130 (checks the\n"
+            "                        plumbing, e.g. under the CUDA emulator)\n"
+            "  --peak-tflops X       the GPU's fp32 peak for MFU (default from the device's name: H100/H200 SXM fp32\n"
+            "                        66.9, tf32 494.7, bf16 989.4; A100 19.5, 156, 312; else none)\n",
             BATCH_MAX_CAP, BATCH_DECODE_STEPS + 1, FLASH_DEFAULT_M);
 }
 
@@ -478,9 +482,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench: %s\n", err);
         return 1;
     }
+    if (o.device) { // a device that cannot run is one line, before any header
+        if (!ops_for_device(o.device, err)) {
+            fprintf(stderr, "bench: %s\n", err);
+            return 1;
+        }
+        describe_machine(o.json);
+        return bench_cuda(&o);
+    }
     describe_machine(o.json);
     if (o.large) return bench_large(&o);
     if (o.decode_batch) return bench_decode_batch(&o);
-    if (o.device) return bench_cuda(&o);
     return o.attention ? bench_attention(&o) : bench_train_decode(&o);
 }

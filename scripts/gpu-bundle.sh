@@ -8,7 +8,7 @@
 #   bash BUNDLE/gpu-check.sh RESULTS_DIR
 #
 # usage: scripts/gpu-bundle.sh OUT_DIR [--builddir DIR]   (DIR: an existing build with CUDA; default: configures
-#        and builds build-gpu/ here, which needs nvcc)
+#        and builds build-gpu/ here without MPI, a whole second build of a few minutes, which needs nvcc)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,7 +29,7 @@ fi
 
 if [ -z "$builddir" ]; then
     builddir=build-gpu
-    ./configure.py --builddir "$builddir" > /dev/null
+    ./configure.py --builddir "$builddir" --no-mpi > /dev/null # the GPU checks run one process; MPI's libraries cost MBs
     ninja -f "$builddir/build.ninja"
 fi
 for f in train infer bench serve tests libkvlab_cuda.so; do

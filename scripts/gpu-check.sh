@@ -73,6 +73,9 @@ record() {
     [ "$status" != fail ] || failed=1
 }
 
+# why STEP: the last line of STEP.log that names a program's error ("train: ...", "bench: ..."), else its last line
+why() { { grep -E '^(train|bench|infer|tests): ' "$out/$1.log" || tail -1 "$out/$1.log"; } 2>/dev/null | tail -1 | cut -c1-300; }
+
 # run STEP LIMIT CMD...: CMD with our libraries, its output to STEP.log, within LIMIT seconds and what is left of
 # the deadline; returns CMD's status, 124 when it ran out of time, OUT_OF_TIME when it could not start
 run() {
@@ -126,7 +129,9 @@ record cuda-tests $status $((SECONDS - t0)) "$note"
 
 # ---- training at the shakespeare preset -------------------------------------------------------------------
 precisions=fp32 has_precision=0
-if env LD_LIBRARY_PATH="$libs" "$bin/train" --help 2>&1 | grep -q -- "--precision"; then precisions="fp32 tf32 bf16" has_precision=1; fi
+train_help=$(env LD_LIBRARY_PATH="$libs" "$bin/train" --help 2>&1) # whole, then matched: no SIGPIPE under pipefail
+if [[ "$train_help" == *--precision* ]]; then precisions="fp32 tf32 bf16" has_precision=1
+else record precision "not run" 0 "this build/train has no --precision: tf32 and bf16 are not checked"; fi
 for p in $precisions; do
     t0=$SECONDS
     extra=()
@@ -145,7 +150,7 @@ for p in $precisions; do
     elif [ $rc -eq 0 ]; then
         record "train-$p" pass $((SECONDS - t0)) "finished: val loss $val, $tps tokens/s"
     else
-        record "train-$p" fail $((SECONDS - t0)) "exit $rc, last val loss ${val:-none} (train-$p.log)"
+        record "train-$p" fail $((SECONDS - t0)) "exit $rc, last val loss ${val:-none}: $(why "train-$p") (train-$p.log)"
     fi
 done
 
@@ -163,7 +168,7 @@ for p in naive-fp32 $precisions; do
     over=$(grep -c "  FAIL$" "$out/grads-$p.log")
     if [ $rc -eq $OUT_OF_TIME ]; then record "grads-$p" "not run" 0 "out of time"
     elif [ $rc -eq 0 ] && [ -n "$line" ]; then record "grads-$p" pass $((SECONDS - t0)) "${line#check-grads: } (grads-$p.log)"
-    else record "grads-$p" fail $((SECONDS - t0)) "exit $rc, ${line:-no verdict}, $over tensors over the tolerance (grads-$p.log)"; fi
+    else record "grads-$p" fail $((SECONDS - t0)) "exit $rc, ${line:-no verdict: $(why "grads-$p")}, $over tensors over the tolerance (grads-$p.log)"; fi
 done
 
 # ---- benchmarks --------------------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ run bench 150 "$bin/bench" --device cuda --json
 rc=$?
 if [ $rc -eq 0 ]; then record bench pass $((SECONDS - t0)) "bench.log"
 elif [ $rc -eq $OUT_OF_TIME ]; then record bench "not run" 0 "out of time"
-else record bench fail $((SECONDS - t0)) "exit $rc (bench.log)"; fi
+else record bench fail $((SECONDS - t0)) "exit $rc: $(why bench) (bench.log)"; fi
 
 # ---- compute-sanitizer, on the kernels with shared memory and barriers, last --------------------------------
 if command -v compute-sanitizer > /dev/null; then
