@@ -291,6 +291,12 @@ int main(int argc, char **argv) {
     if (f.attn && attn_parse(f.attn, &kv_spec, err) != 0) goto fail;
     tc = preset->train;
     mc = preset->model;
+    // each CUDA rank on its own GPU: its index among the ranks of its machine (mod the GPUs; common/device.cu)
+    if (ranks > 1 && strcmp(f.device, "cuda") == 0 && !getenv("KVLAB_CUDA_DEVICE")) {
+        char local[16];
+        snprintf(local, sizeof local, "%d", dist_local_rank());
+        setenv("KVLAB_CUDA_DEVICE", local, 1);
+    }
     const Ops *backend = ops_for_device(f.device, err); // before any file is read or written
     if (!backend) goto fail;
     if (f.resume) {
