@@ -249,6 +249,17 @@ Test(mpi, resuming_on_a_rank_count_that_cannot_split_the_step_is_one_line) {
     cliutil_run_free(&r);
 }
 
+// One process has no ranks to shard over: --zero 1 says in one note line that it changes nothing, and trains.
+Test(mpi, zero1_in_one_process_is_one_note_line) {
+    const char *corpus = cliutil_write_corpus();
+    Run r = RUN("train", "--preset", "tiny", "--steps", "2", "--zero", "1", "--data", corpus, "--out",
+                cliutil_tmp("z.ckpt"), "--quiet");
+    cliutil_expect_ok(&r, "--zero 1, one process");
+    cr_expect(strstr(r.err, "train: note: --zero 1 shards the optimizer state over the ranks of mpirun; one process "
+                     "keeps all of it"), "stderr:\n%s", r.err);
+    cliutil_run_free(&r);
+}
+
 // --- failures -------------------------------------------------------------------------------------------
 
 // The lines of text that start with "train: ".
