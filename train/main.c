@@ -78,7 +78,9 @@ static const char *usage =
     "  validates, logs and saves. The same training as one process with --grad-accum N G, up to the order of the\n"
     "  gradient sums. --resume takes any rank count that divides the checkpoint's micro-batches per step\n"
     "  --zero 0|1           1: ZeRO-1, each rank keeps the AdamW moments of its 1/N of the weights (the same\n"
-    "                       bits as 0; checkpoints hold all of them)   [0]\n";
+    "                       bits as 0; checkpoints hold all of them; one process: a note, nothing changes)   [0]\n"
+    "  every rank must be given the same run flags: a rank whose --zero, --steps, --stop-after, --eval-interval,\n"
+    "  --device, --precision, --attention, --batch, --grad-accum or --context differ stops the job in one line\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention, *precision;
