@@ -73,12 +73,18 @@ extern "C" int device_cuda_available(char *why) {
             snprintf(g_why, sizeof(g_why), "no CUDA device found");
             g_available = 0;
         } else {
+            // KVLAB_CUDA_DEVICE=K: GPU K mod the count (build/train sets it per rank to the rank's index on its
+            // machine); GPU 0 otherwise
+            const char *want = getenv("KVLAB_CUDA_DEVICE");
+            int dev = want && *want ? atoi(want) : 0;
+            dev = dev < 0 ? 0 : dev % n;
+            CUDA_CHECK(cudaSetDevice(dev));
             cudaDeviceProp p;
-            CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+            CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
             snprintf(g_name, sizeof(g_name), "%s", p.name);
             // ops allocate workspaces per call with cudaMallocAsync: keep freed memory in the pool
             cudaMemPool_t pool;
-            CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+            CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
             uint64_t keep = UINT64_MAX;
             CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
             g_available = 1;

@@ -5,8 +5,8 @@
 // The promises: N ranks of G micro-batches train what one process of N G micro-batches does (the same data, the
 // same dropout masks; the losses agree within TOL, from the order of the gradient sums alone); ZeRO-1 is the
 // unsharded optimizer bit for bit (logs and checkpoint bytes); a checkpoint resumes on another rank count; a rank
-// with a bad corpus stops every rank with one line naming it; a killed rank stops the job, and the last
-// checkpoint stays loadable. Every mpirun runs under `timeout`, so a hang fails the test instead of stalling it.
+// with a bad corpus, a bad flag or other run flags stops every rank with one line naming it; a killed rank stops
+// the job, and the last checkpoint stays loadable. Every mpirun runs under `timeout`, so a hang fails the test instead of stalling it.
 #include <criterion/criterion.h>
 
 #include <dirent.h>
@@ -249,6 +249,17 @@ Test(mpi, resuming_on_a_rank_count_that_cannot_split_the_step_is_one_line) {
     cliutil_run_free(&r);
 }
 
+// One process has no ranks to shard over: --zero 1 says in one note line that it changes nothing, and trains.
+Test(mpi, zero1_in_one_process_is_one_note_line) {
+    const char *corpus = cliutil_write_corpus();
+    Run r = RUN("train", "--preset", "tiny", "--steps", "2", "--zero", "1", "--data", corpus, "--out",
+                cliutil_tmp("z.ckpt"), "--quiet");
+    cliutil_expect_ok(&r, "--zero 1, one process");
+    cr_expect(strstr(r.err, "train: note: --zero 1 shards the optimizer state over the ranks of mpirun; one process "
+                     "keeps all of it"), "stderr:\n%s", r.err);
+    cliutil_run_free(&r);
+}
+
 // --- failures -------------------------------------------------------------------------------------------
 
 // The lines of text that start with "train: ".
@@ -289,6 +300,72 @@ Test(mpi, a_bad_corpus_on_one_rank_stops_every_rank_with_one_line) {
             cr_expect(strstr(r.err, "train: rank 1: its corpus"), "stderr:\n%s", r.err);
             cr_expect(strstr(r.err, "differs from rank 0's"), "stderr:\n%s", r.err);
         }
+        cr_expect_neq(access(ckpt, F_OK), 0, "nothing is trained or saved");
+        cliutil_run_free(&r);
+    }
+}
+
+// Two app contexts (mpirun's per-rank argument lists): rank 0 runs the tiny preset for 4 steps, rank 1 the
+// same plus extra (NULL-terminated).
+static Run mpirun_rank1_differs(const char *corpus, const char *ckpt, const char *const *extra) {
+    const char *exe = cliutil_exe("train");
+    const char *argv[80] = {"timeout", "-k", "10", MPI_LIMIT_S, "mpirun", MPIRUN_FLAGS, NULL};
+    int argc = 0;
+    while (argv[argc]) argc++;
+    for (int rank = 0; rank < 2; rank++) {
+        const char *const common[] = {"-np", "1", exe, "--preset", "tiny", "--steps", "4", "--data", corpus, "--out",
+                                      ckpt, "--quiet", NULL};
+        if (rank == 1) argv[argc++] = ":";
+        for (int i = 0; common[i]; i++) argv[argc++] = common[i];
+        for (int i = 0; rank == 1 && extra[i]; i++) {
+            cr_assert_lt(argc, 79);
+            argv[argc++] = extra[i];
+        }
+    }
+    argv[argc] = NULL;
+    return cliutil_run_cmd(argv);
+}
+
+// A failure on rank 1 alone, before the ranks compare their set-up (a bad flag, a bad value, --help): every
+// rank reaches the set-up check, so the job ends (no hang) with one line naming rank 1.
+Test(mpi, a_bad_flag_on_one_rank_stops_every_rank_with_one_line) {
+    require_mpi();
+    const char *corpus = cliutil_write_corpus(), *ckpt = cliutil_tmp("x.ckpt");
+    const char *const cases[][3] = {
+        {"--bogus", NULL, "train: rank 1: unknown flag '--bogus'"},
+        {"--device", "bogus", "train: rank 1: bad --device 'bogus'"},
+        {"--help", NULL, "train: rank 1: --help was given to some ranks only"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *extra[] = {cases[i][0], cases[i][1], NULL};
+        Run r = mpirun_rank1_differs(corpus, ckpt, extra);
+        cr_assert_neq(r.status, 124, "%s: a hang:\n%s", cases[i][0], r.err);
+        cr_expect_neq(r.status, 0, "%s: stderr:\n%s", cases[i][0], r.err);
+        cr_expect_eq(train_lines(r.err), 1, "%s: exactly one line from the program; stderr:\n%s", cases[i][0], r.err);
+        cr_expect(strstr(r.err, cases[i][2]), "expected '%s' in:\n%s", cases[i][2], r.err);
+        cr_expect_neq(access(ckpt, F_OK), 0, "nothing is trained or saved");
+        cliutil_run_free(&r);
+    }
+}
+
+// Run flags that change which collectives run (ZeRO-1's gathers, the number of steps and saves), given to
+// rank 1 alone: the set-up check names the flag in one line instead of a hang or an MPI error.
+Test(mpi, a_run_flag_on_one_rank_only_is_named_in_one_line) {
+    require_mpi();
+    const char *corpus = cliutil_write_corpus(), *ckpt = cliutil_tmp("x.ckpt");
+    const char *const cases[][3] = {
+        {"--zero", "1", "train: rank 1: its --zero is 1, rank 0's is 0"},
+        {"--stop-after", "2", "train: rank 1: its last step (--steps, --stop-after) is 2, rank 0's is 4"},
+        {"--eval-interval", "2", "train: rank 1: its --eval-interval is 2"},
+        {"--batch", "2", "train: rank 1: its --batch is 2, rank 0's is 4"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *extra[] = {cases[i][0], cases[i][1], NULL};
+        Run r = mpirun_rank1_differs(corpus, ckpt, extra);
+        cr_assert_neq(r.status, 124, "%s: a hang:\n%s", cases[i][0], r.err);
+        cr_expect_neq(r.status, 0, "%s: stderr:\n%s", cases[i][0], r.err);
+        cr_expect_eq(train_lines(r.err), 1, "%s: exactly one line from the program; stderr:\n%s", cases[i][0], r.err);
+        cr_expect(strstr(r.err, cases[i][2]), "expected '%s' in:\n%s", cases[i][2], r.err);
         cr_expect_neq(access(ckpt, F_OK), 0, "nothing is trained or saved");
         cliutil_run_free(&r);
     }

@@ -3,6 +3,7 @@
 // moments, with the same bits as the unsharded step (AdamW cut at the shard's edges, inside tensors too).
 #include <criterion/criterion.h>
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -24,6 +25,18 @@ Test(zero, shards_cover_the_block_in_order) {
             }
             cr_assert_eq(next, sizes[i]);
         }
+}
+
+// MPI's gather counts and offsets are ints: a block past INT_MAX elements is refused at set-up, in one line,
+// instead of aborting at the first gather.
+Test(zero, a_block_past_int_max_is_refused_in_one_line) {
+    char err[ERR_LEN] = "";
+    cr_expect_eq(train_zero_check((size_t)INT_MAX, err), 0);
+    cr_expect_eq(train_zero_check(1000, err), 0);
+    cr_assert_eq(train_zero_check((size_t)INT_MAX + 1, err), -1);
+    cr_expect(strstr(err, "--zero 1 takes models of at most 2147483647 parameters"), "%s", err);
+    cr_expect(strstr(err, "2147483648"), "%s", err);
+    cr_expect_null(strchr(err, '\n'), "one line: %s", err);
 }
 
 static float *dup(const float *x, size_t n) {

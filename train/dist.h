@@ -12,11 +12,14 @@
 
 #include <stddef.h>
 
-// Joins the job (MPI_Init when started by a launcher; MPI_Finalize runs at exit). Returns 0, or -1 with one line
-// in err: a launcher started this process as one of several but the build has no MPI, or MPI_Init failed.
+// Joins the job (MPI_Init_thread(MPI_THREAD_FUNNELED) when started by a launcher: OpenMP threads exist, only the
+// main thread calls MPI; MPI_Finalize runs at exit). Returns 0, or -1 with one line in err: a launcher started
+// this process as one of several but the build has no MPI (err is then empty on every launcher rank but 0, so
+// the refusal is printed once), or MPI_Init failed.
 int dist_init(char *err);
-int dist_rank(void); // 0 .. dist_size() - 1
-int dist_size(void); // 1 without a launcher
+int dist_rank(void);       // 0 .. dist_size() - 1
+int dist_size(void);       // 1 without a launcher
+int dist_local_rank(void); // this rank's index among the ranks on its machine (MPI_COMM_TYPE_SHARED); 0 alone
 // What this build offers, for --help: "MPI (Open MPI v4.1.4, ...)" or "no MPI in this build (...)".
 const char *dist_about(void);
 // Whether this build can run several ranks.
@@ -43,7 +46,11 @@ int dist_agree(int failed, char *err);
 // 0 otherwise.
 int dist_env_launched(int *rank, int *size);
 
-// Leaves the job (MPI_Finalize once; also registered to run at exit).
+// Leaves the job (MPI_Finalize once; also registered to run at exit). MPI_Finalize waits for every rank: a rank
+// that fails where the others cannot learn it (they are, or will be, waiting in a collective) calls dist_abort.
 void dist_finalize(void);
+// Ends the whole job now with exit status status (MPI_Abort: mpirun stops every rank); exit(status) with one
+// process. Never returns.
+_Noreturn void dist_abort(int status);
 
 #endif

@@ -13,7 +13,7 @@
 #include "../common/common.h"
 
 static int g_active; // MPI_Init ran and MPI_Finalize has not
-static int g_rank, g_size = 1;
+static int g_rank, g_size = 1, g_local_rank;
 static char g_about[MPI_MAX_LIBRARY_VERSION_STRING + 64];
 
 // Ends the job when an MPI call did not succeed: the call, where, and MPI's words for the error.
@@ -38,12 +38,13 @@ static int mpi_count(size_t n) {
 int dist_init(char *err) {
     int rank = 0, size = 1;
     if (!dist_env_launched(&rank, &size)) return 0;
-    int rc = MPI_Init(NULL, NULL);
+    int provided = 0;
+    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
     if (rc != MPI_SUCCESS) {
         char msg[MPI_MAX_ERROR_STRING] = "";
         int len = 0;
         MPI_Error_string(rc, msg, &len);
-        err_set(err, "MPI_Init failed: %s", msg);
+        err_set(err, "rank %d: MPI_Init_thread failed: %s", rank, msg);
         return -1;
     }
     g_active = 1;
@@ -51,11 +52,21 @@ int dist_init(char *err) {
     MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &g_size));
+    if (provided < MPI_THREAD_FUNNELED) {
+        if (g_rank == 0) // every rank meets it alike: rank 0 says it, and the job ends
+            fprintf(stderr, "train: the MPI library offers no MPI_THREAD_FUNNELED (OpenMP threads beside MPI)\n");
+        dist_abort(1);
+    }
+    MPI_Comm local;
+    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &local));
+    MPI_CHECK(MPI_Comm_rank(local, &g_local_rank));
+    MPI_CHECK(MPI_Comm_free(&local));
     return 0;
 }
 
 int dist_rank(void) { return g_rank; }
 int dist_size(void) { return g_size; }
+int dist_local_rank(void) { return g_local_rank; }
 int dist_has_mpi(void) { return 1; }
 
 const char *dist_about(void) {
@@ -134,4 +145,11 @@ void dist_finalize(void) {
     if (!g_active) return;
     g_active = 0;
     MPI_Finalize();
+}
+
+_Noreturn void dist_abort(int status) {
+    fflush(stdout);
+    fflush(stderr);
+    if (g_active) MPI_Abort(MPI_COMM_WORLD, status);
+    exit(status);
 }

@@ -2,6 +2,8 @@
 // several processes, it refuses to run (each copy would train alone and write the same checkpoint).
 #include "dist.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common/common.h"
@@ -9,8 +11,11 @@
 int dist_init(char *err) {
     int rank = 0, size = 1;
     if (dist_env_launched(&rank, &size) && size != 1) {
-        err_set(err, "started by an MPI launcher as rank %d of %d, but this build/train has no MPI (configure.py "
-                "found no mpicc: install libopenmpi-dev openmpi-bin and re-run ./configure.py)", rank, size);
+        err[0] = 0; // the launcher's rank 0 alone says it
+        if (rank == 0)
+            err_set(err, "started by an MPI launcher as one of several processes, but this build/train was built "
+                    "without MPI (./configure.py found no mpicc, or was given --no-mpi): install libopenmpi-dev "
+                    "openmpi-bin and re-run ./configure.py without --no-mpi");
         return -1;
     }
     return 0;
@@ -18,6 +23,7 @@ int dist_init(char *err) {
 
 int dist_rank(void) { return 0; }
 int dist_size(void) { return 1; }
+int dist_local_rank(void) { return 0; }
 int dist_has_mpi(void) { return 0; }
 const char *dist_about(void) {
     return "no MPI in this build (one process; install libopenmpi-dev openmpi-bin and re-run ./configure.py)";
@@ -36,3 +42,9 @@ void dist_gatherv_f32(float *full, const float *part, const size_t *count, const
 int dist_agree(int failed, char *err) { return failed ? -1 : 0; }
 
 void dist_finalize(void) {}
+
+_Noreturn void dist_abort(int status) {
+    fflush(stdout);
+    fflush(stderr);
+    exit(status);
+}

@@ -78,7 +78,9 @@ static const char *usage =
     "  validates, logs and saves. The same training as one process with --grad-accum N G, up to the order of the\n"
     "  gradient sums. --resume takes any rank count that divides the checkpoint's micro-batches per step\n"
     "  --zero 0|1           1: ZeRO-1, each rank keeps the AdamW moments of its 1/N of the weights (the same\n"
-    "                       bits as 0; checkpoints hold all of them)   [0]\n";
+    "                       bits as 0; checkpoints hold all of them; one process: a note, nothing changes)   [0]\n"
+    "  every rank must be given the same run flags: a rank whose --zero, --steps, --stop-after, --eval-interval,\n"
+    "  --device, --precision, --attention, --batch, --grad-accum or --context differ stops the job in one line\n";
 
 typedef struct {
     const char *preset, *attn, *data, *out, *resume, *init_from, *log, *device, *kv_init, *attention, *precision;
@@ -119,12 +121,7 @@ static int check_grads(const Model *m, const Ops *backend, ModelAttention attn, 
     return bad;
 }
 
-// An error every rank meets alike (a flag): rank 0 says it.
-static int die(const char *msg) {
-    if (dist_rank() == 0) fprintf(stderr, "train: %s\n", msg);
-    return 1;
-}
-
+// 0, 1 at --help (the flags after it are not read), or -1 with one line in err.
 static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     memset(f, 0, sizeof(*f));
     f->preset = preset_default_name;
@@ -140,10 +137,8 @@ static int parse_flags(Flags *f, int argc, char **argv, char *err) {
     int r;
     while ((r = args_next(&a)) > 0) {
         int rc = 0;
-        if (args_is(&a, "--help") || args_is(&a, "-h")) {
-            if (dist_rank() == 0) printf("%sthis build: %s\n", usage, dist_about());
-            exit(0);
-        } else if (args_is(&a, "--preset")) rc = args_string(&a, &f->preset);
+        if (args_is(&a, "--help") || args_is(&a, "-h")) return 1;
+        else if (args_is(&a, "--preset")) rc = args_string(&a, &f->preset);
         else if (args_is(&a, "--attn")) rc = args_string(&a, &f->attn);
         else if (args_is(&a, "--kv-init")) rc = args_string(&a, &f->kv_init);
         else if (args_is(&a, "--data")) rc = args_string(&a, &f->data);
@@ -256,28 +251,54 @@ static void apply_overrides(const Flags *f, ModelConfig *mc, TrainConfig *tc) {
 int main(int argc, char **argv) {
     common_runtime_init(argc, argv);
     char err[ERR_LEN];
-    if (dist_init(err) != 0) return die(err);
-    int root = dist_rank() == 0, ranks = dist_size();
-    Flags f;
-    if (parse_flags(&f, argc, argv, err) != 0) return die(err);
-    const Preset *preset = preset_find(f.preset);
-    if (!preset) {
-        snprintf(err, sizeof(err), "unknown preset '%s': valid presets are %s", f.preset, preset_names());
-        return die(err);
+    if (dist_init(err) != 0) { // before MPI runs: this process says it (empty on all launcher ranks but 0)
+        if (err[0]) fprintf(stderr, "train: %s\n", err);
+        return 1;
     }
-    int kv_spec = 0;
-    if (f.attn && attn_parse(f.attn, &kv_spec, err) != 0) return die(err);
-
+    int root = dist_rank() == 0, ranks = dist_size();
     // zeroed so that the failure path can free whatever was set up
     Model model = {0}, src = {0};
     Tokenizer tok;
-    TrainConfig tc = preset->train;
+    Flags f;
+    TrainConfig tc;
     TrainState st = {0};
-    ModelConfig mc = preset->model;
+    ModelConfig mc;
     int have_state = 0, agreed = 0; // agreed: every rank has passed the setup check (dist_agree)
+    int told = 0;                   // err came through dist_agree: every rank holds it and stops alike
     Corpus corpus = {0};
     TrainLog log = {0};
     int rc = 0;
+    // From here every failure reaches the setup check on every rank (the fail label): a rank that stopped alone
+    // would leave the others waiting in their next collective.
+    int parsed = parse_flags(&f, argc, argv, err);
+    char scratch[ERR_LEN] = "";
+    if (dist_agree(parsed == 1, scratch) != 0) { // some rank asked for --help: usage when every rank did
+        int everyone = dist_agree(parsed != 1, scratch) == 0;
+        if (everyone) {
+            if (root) printf("%sthis build: %s\n", usage, dist_about());
+            return 0;
+        }
+        if (parsed == 1) {
+            err_set(err, "--help was given to some ranks only (mpirun's per-rank argument lists)");
+            goto fail;
+        }
+    }
+    if (parsed != 0) goto fail;
+    const Preset *preset = preset_find(f.preset);
+    if (!preset) {
+        snprintf(err, sizeof(err), "unknown preset '%s': valid presets are %s", f.preset, preset_names());
+        goto fail;
+    }
+    int kv_spec = 0;
+    if (f.attn && attn_parse(f.attn, &kv_spec, err) != 0) goto fail;
+    tc = preset->train;
+    mc = preset->model;
+    // each CUDA rank on its own GPU: its index among the ranks of its machine (mod the GPUs; common/device.cu)
+    if (ranks > 1 && strcmp(f.device, "cuda") == 0 && !getenv("KVLAB_CUDA_DEVICE")) {
+        char local[16];
+        snprintf(local, sizeof local, "%d", dist_local_rank());
+        setenv("KVLAB_CUDA_DEVICE", local, 1);
+    }
     const Ops *backend = ops_for_device(f.device, err); // before any file is read or written
     if (!backend) goto fail;
     if (f.resume) {
@@ -418,11 +439,22 @@ int main(int argc, char **argv) {
         snprintf(err + n, sizeof(err) - n, " (--force replaces it)");
     }
     if (target != 0) goto fail;
+    if (f.zero && train_zero_check(model.n_params, err) != 0) goto fail;
     if (f.log && root && train_log_open(&log, f.log, f.resume != NULL, err) != 0) goto fail;
+    int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
     agreed = 1; // every rank is set up, or learns here which one is not
+    told = 1;   // and the failures up to the loop are every rank's (dist_agree)
     if (dist_agree(0, err) != 0) goto fail;
-    if (train_ranks_check(&corpus, &model, &st, &tc, f.data, err) != 0) goto fail;
+    // the settings that decide which collectives run, and their sizes, must match too
+    RankSettings settings = {.zero = f.zero, .last = last, .max_steps = tc.max_steps,
+                             .eval_interval = tc.eval_interval, .on_device = backend->on_device,
+                             .precision = f.precision_mode, .attention = attention, .batch = tc.batch_size,
+                             .grad_accum = tc.grad_accum, .seq_len = tc.seq_len};
+    if (train_ranks_check(&corpus, &model, &st, &tc, &settings, f.data, err) != 0) goto fail;
     if (f.zero) train_state_shard(&st, model.n_params, dist_rank(), ranks);
+    if (f.zero && ranks == 1)
+        fprintf(stderr, "train: note: --zero 1 shards the optimizer state over the ranks of mpirun; one process "
+                "keeps all of it (the same training)\n");
 
     if (root)
         fprintf(stderr, "train: %s, %d layers, %d heads, %d kv heads (%s), width %d, hidden %d, context %d, %.2fM params, %s, "
@@ -444,14 +476,15 @@ int main(int argc, char **argv) {
     model_to_backend(&model, backend);
     train_state_to_backend(&st, model.n_params, backend);
     // after the weights reached the backend: in bf16 it keeps their bf16 copy from here on
-    if (backend->precision_set(f.precision_mode, model.params_memory, model.n_params, err) != 0) goto fail;
+    if (dist_agree(backend->precision_set(f.precision_mode, model.params_memory, model.n_params, err) != 0, err) != 0)
+        goto fail;
     model.attention = attention;
     model_alloc_acts(&model, tc.batch_size, tc.seq_len);
-    int last = f.stop_after > 0 && f.stop_after < tc.max_steps ? f.stop_after : tc.max_steps;
     TrainRun loop = {.model = &model, .st = &st, .tc = &tc, .corpus = &corpus, .tok = &tok, .out = out,
                     .log = &log, .last = last, .quiet = f.quiet || !root};
-    rc = train_run_loop(&loop, err);
+    rc = train_run_loop(&loop, err); // a failure in it is every rank's (dist_agree)
     if (rc != 0) goto fail;
+    told = 0; // the log is rank 0's alone
     if (train_log_close(&log, err) != 0) goto fail;
     if (root) fprintf(stderr, "train: done: step %d, train loss %.4f, val loss %.4f, %.1f s, %.0f tokens/s, saved %s\n",
             st.step, loop.train_loss, loop.val_loss, loop.elapsed, loop.tokens_per_s, out);
@@ -459,7 +492,12 @@ int main(int argc, char **argv) {
     fail:
         if (!agreed) { // the setup failed here: the other ranks learn it at their setup check (dist_agree)
             agreed = 1;
+            told = 1;
             dist_agree(1, err);
+        }
+        if (!told && ranks > 1) { // this rank alone knows: it says why and ends the job (MPI_Abort)
+            fprintf(stderr, "train: rank %d: %s\n", dist_rank(), err);
+            dist_abort(1);
         }
         if (root) fprintf(stderr, "train: %s\n", err);
         rc = 1;

@@ -2,6 +2,7 @@
 // (the loss of each scaled by 1/grad_accum through the gradient), global-norm clipping, AdamW with the
 // scheduled learning rate. Weight decay is applied per tensor as the model marks it. With several ranks each
 // runs its share of the micro-batches and the gradients are summed across ranks before the scale (trainer.h).
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -87,6 +88,13 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops) {
     }
     common_free(host);
     s->ops = ops;
+}
+
+int train_zero_check(size_t n_params, char *err) {
+    if (n_params <= (size_t)INT_MAX) return 0;
+    err_set(err, "--zero 1 takes models of at most %d parameters (MPI's gather offsets are ints); this one has %zu: "
+            "train it with --zero 0", INT_MAX, n_params);
+    return -1;
 }
 
 void train_shard_range(size_t n_params, int rank, int size, size_t *lo, size_t *n) {

@@ -72,6 +72,9 @@ void train_state_to_backend(TrainState *s, size_t n_params, const Ops *ops);
 // ZeRO-1: each rank keeps the AdamW moments of its shard of the parameter block only (elements
 // [n r / N, n (r + 1) / N)), updates that shard and all-gathers the parameters; the update is element-wise,
 // so the weights are the same bits as without sharding.
+// Whether ZeRO-1 takes a parameter block of n_params elements: 0, or -1 with one line in err (MPI's gather
+// counts and offsets are ints: past INT_MAX elements they cannot say where a shard lies).
+int train_zero_check(size_t n_params, char *err);
 // The shard of rank `rank` of `size` over n_params elements.
 void train_shard_range(size_t n_params, int rank, int size, size_t *lo, size_t *n);
 // Keeps only this rank's shard of full (host) moments (train_state_init's or a checkpoint's).
