@@ -11,13 +11,13 @@ static const ModelConfig CFG = {.n_layer = 1, .n_head = 4, .n_kv_head = 2, .n_em
                                 .block_size = 16, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .dropout = 0.1f};
 static const TrainConfig TC = {.batch_size = 2, .seq_len = 16, .grad_accum = 1, .seed = 5};
 
-// The corpus and a model of CFG on its vocabulary (weights from seed 3).
-static void setup(Corpus *c, Model *m) {
+// The corpus (which keeps a pointer to tok: the caller's, alive while c is) and a model of CFG on its vocabulary
+// (weights from seed 3).
+static void setup(Corpus *c, Tokenizer *tok, Model *m) {
     char err[ERR_LEN];
-    Tokenizer tok;
-    cr_assert_eq(corpus_load(c, &tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
+    cr_assert_eq(corpus_load(c, tok, "data/tinyshakespeare.txt", 1, NULL, err), 0, "%s", err);
     ModelConfig mc = CFG;
-    mc.vocab_size = tok.vocab_size;
+    mc.vocab_size = tok->vocab_size;
     model_init(m, &mc, &ops_cpu);
     model_init_weights(m, 3);
 }
@@ -25,8 +25,9 @@ static void setup(Corpus *c, Model *m) {
 static GradCheck check_with(const Ops *dev) {
     char err[ERR_LEN];
     Corpus c;
+    Tokenizer tok;
     Model m;
-    setup(&c, &m);
+    setup(&c, &tok, &m);
     GradCheck g;
     cr_assert_eq(train_grad_check(&m, dev, MODEL_ATTENTION_NAIVE, OPS_PRECISION_FP32, &TC, &c, TC.seed, &g, err), 0,
                  "%s", err);
@@ -78,8 +79,9 @@ Test(gradcheck, a_wrong_op_fails_the_tensors_it_feeds) {
 Test(gradcheck, a_refused_precision_is_an_error) {
     char err[ERR_LEN] = "";
     Corpus c;
+    Tokenizer tok;
     Model m;
-    setup(&c, &m);
+    setup(&c, &tok, &m);
     GradCheck g;
     cr_expect_eq(train_grad_check(&m, &ops_cpu, MODEL_ATTENTION_NAIVE, OPS_PRECISION_BF16, &TC, &c, 1, &g, err), -1);
     cr_expect(strstr(err, "fp32 only"), "%s", err);
