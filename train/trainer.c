@@ -70,6 +70,7 @@ void train_state_free(TrainState *s) {
         common_free(s->m);
         common_free(s->v);
     }
+    common_free(s->stage);
     memset(s, 0, sizeof(*s));
 }
 
@@ -118,18 +119,22 @@ void train_state_shard(TrainState *s, size_t n_params, int rank, int size) {
     s->shard_n = n;
 }
 
-// The shards of every rank: count[r] elements at displ[r] (dist_size() entries each; free them).
-static void shard_table(size_t n_params, size_t **count, size_t **displ) {
+// The shards of every rank: count[r] elements at displ[r] (dist_size() entries each).
+static void shard_table(size_t n_params, size_t *count, size_t *displ) {
     int size = dist_size();
-    *count = common_calloc((size_t)size, sizeof(size_t));
-    *displ = common_calloc((size_t)size, sizeof(size_t));
-    for (int r = 0; r < size; r++) train_shard_range(n_params, r, size, &(*displ)[r], &(*count)[r]);
+    for (int r = 0; r < size; r++) train_shard_range(n_params, r, size, &displ[r], &count[r]);
+}
+
+// The host copy a device backend's cross-rank sum and gather go through, made once.
+static float *stage(TrainState *s, size_t n_params) {
+    if (!s->stage) s->stage = common_calloc(n_params, sizeof(float));
+    return s->stage;
 }
 
 void train_state_gather(TrainState *full, const TrainState *s, size_t n_params) {
     memset(full, 0, sizeof(*full));
-    size_t *count, *displ;
-    shard_table(n_params, &count, &displ);
+    size_t count[dist_size()], displ[dist_size()];
+    shard_table(n_params, count, displ);
     CHECK(count[dist_rank()] == s->shard_n && displ[dist_rank()] == s->shard_lo);
     int root = dist_rank() == 0, on_device = s->ops && s->ops->on_device;
     if (root) {
@@ -148,38 +153,29 @@ void train_state_gather(TrainState *full, const TrainState *s, size_t n_params) 
         dist_gatherv_f32(wholes[i], on_device ? host : parts[i], count, displ);
     }
     common_free(host);
-    common_free(count);
-    common_free(displ);
 }
 
-// The sum over ranks of x (n floats in the memory of ops), through host memory on a device (NCCL is not used yet).
-static void allreduce_backend(const Ops *ops, float *x, size_t n) {
+// The sum over ranks of the gradients (in the memory of m's ops), through host memory on a device (NCCL is not
+// used yet).
+static void allreduce_grads(Model *m, TrainState *s) {
     if (dist_size() == 1) return;
-    if (!ops->on_device) {
-        dist_allreduce_sum_f32(x, n);
-        return;
-    }
-    float *host = common_calloc(n, sizeof(float));
-    ops->mem_download(host, x, n * sizeof(float));
-    dist_allreduce_sum_f32(host, n);
-    ops->mem_upload(x, host, n * sizeof(float));
-    common_free(host);
+    const Ops *ops = m->ops;
+    size_t n = m->n_params;
+    float *x = ops->on_device ? stage(s, n) : m->grads_memory;
+    if (ops->on_device) ops->mem_download(x, m->grads_memory, n * sizeof(float));
+    dist_allreduce_sum_f32(x, n);
+    if (ops->on_device) ops->mem_upload(m->grads_memory, x, n * sizeof(float));
 }
 
 // Every rank's updated shard of the parameters to every rank (ZeRO-1), through host memory on a device.
-static void allgather_params(Model *m) {
-    size_t *count, *displ;
-    shard_table(m->n_params, &count, &displ);
+static void allgather_params(Model *m, TrainState *s) {
+    size_t count[dist_size()], displ[dist_size()];
+    shard_table(m->n_params, count, displ);
     const Ops *ops = m->ops;
-    float *host = ops->on_device ? common_calloc(m->n_params, sizeof(float)) : m->params_memory;
-    if (ops->on_device) ops->mem_download(host, m->params_memory, m->n_params * sizeof(float));
-    dist_allgatherv_f32(host, count, displ);
-    if (ops->on_device) {
-        ops->mem_upload(m->params_memory, host, m->n_params * sizeof(float));
-        common_free(host);
-    }
-    common_free(count);
-    common_free(displ);
+    float *x = ops->on_device ? stage(s, m->n_params) : m->params_memory;
+    if (ops->on_device) ops->mem_download(x, m->params_memory, m->n_params * sizeof(float));
+    dist_allgatherv_f32(x, count, displ);
+    if (ops->on_device) ops->mem_upload(m->params_memory, x, m->n_params * sizeof(float));
 }
 
 // AdamW over every tensor (weight decay where the model marks it) in one op call (one parallel region on the
@@ -201,7 +197,7 @@ static void adamw_all(Model *m, TrainState *s, const TrainConfig *tc, float lr) 
     CHECK(hi <= start);
     m->ops->adamw_update(m->params_memory + lo, m->grads_memory + lo, s->m, s->v, &seg, lr, tc->beta1, tc->beta2,
                          tc->adam_eps, s->step + 1);
-    if (s->shard_n != m->n_params) allgather_params(m);
+    if (s->shard_n != m->n_params) allgather_params(m, s);
 }
 
 // Micro-batch k's dropout RNG: seeded by the step's dropout state and k alone, so any rank can start it.
@@ -233,7 +229,7 @@ float train_step(Model *m, TrainState *s, const TrainConfig *tc, const Corpus *c
     if (!isfinite(mean)) return mean;
     // the gradients summed over micro-batches and ranks: average them, then the global norm and clipping
     const Ops *op = m->ops;
-    allreduce_backend(op, m->grads_memory, m->n_params);
+    allreduce_grads(m, s);
     if (tc->grad_accum > 1) op->scale(m->grads_memory, m->n_params, 1.0f / tc->grad_accum);
     float norm = op->grad_norm(m->grads_memory, m->n_params);
     if (grad_norm) *grad_norm = norm;

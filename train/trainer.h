@@ -36,6 +36,8 @@ typedef struct {
     const Ops *ops;     // the backend whose memory holds m and v (NULL: host memory)
     Rng data_rng;       // draws the training window offsets (this is the data position)
     Rng dropout_rng;    // copied in and out of Model.dropout_rng around each step
+    float *stage;       // host copy of the gradients or weights for the cross-rank sum and gather on a device
+                        // backend (n_params floats, allocated at the first such step and kept; else NULL)
 } TrainState;
 
 // The ranges of the settings: the command line parses its flags with these same bounds, and
