@@ -175,42 +175,64 @@ __global__ void group_ptrs_kernel(void **dst, GroupPtrs src, int n) {
     if ((int)threadIdx.x < n) dst[threadIdx.x] = (void *)src.p[threadIdx.x];
 }
 
-// cnt products C_j (m_j, n_j) = op(A_j) op(B_j) + beta C_j in one cuBLAS call, every m_j, n_j, k_j > 0.
-static void gemm_grouped(int cnt, cublasOperation_t ta, cublasOperation_t tb, const int *m, const int *n, const int *k,
-                         const float *const *A, const int *lda, const float *const *B, const int *ldb, float beta,
-                         float *const *C, const int *ldc) {
+// The products of one grouped call, column-major: C_j (m_j, n_j) = op(A_j) (m_j, k_j) op(B_j) (k_j, n_j).
+typedef struct {
+    int cnt, m[GROUP_MAX], n[GROUP_MAX], k[GROUP_MAX], lda[GROUP_MAX], ldb[GROUP_MAX], ldc[GROUP_MAX];
+    const float *A[GROUP_MAX], *B[GROUP_MAX];
+    float *C[GROUP_MAX];
+} Group;
+
+static void group_add(Group *g, int m, int n, int k, const float *A, int lda, const float *B, int ldb, float *C,
+                      int ldc) {
+    CHECK(g->cnt < GROUP_MAX);
+    int j = g->cnt++;
+    g->m[j] = m;
+    g->n[j] = n;
+    g->k[j] = k;
+    g->A[j] = A;
+    g->lda[j] = lda;
+    g->B[j] = B;
+    g->ldb[j] = ldb;
+    g->C[j] = C;
+    g->ldc[j] = ldc;
+}
+
+// g's products C_j = op(A_j) op(B_j) + beta C_j in one cuBLAS call, every m_j, n_j, k_j > 0.
+static void gemm_grouped(cublasOperation_t ta, cublasOperation_t tb, const Group *g, float beta) {
+    int cnt = g->cnt;
     CHECK(cnt >= 1 && cnt <= GROUP_MAX);
+    if (g_grouped_unsupported) { // the same products one call each
+        for (int j = 0; j < cnt; j++)
+            gemm(ta, tb, g->m[j], g->n[j], g->k[j], g->A[j], g->lda[j], g->B[j], g->ldb[j], beta, g->C[j], g->ldc[j]);
+        return;
+    }
     if (!g_group_ptrs) CUDA_CHECK(cudaMalloc((void **)&g_group_ptrs, 3 * GROUP_MAX * sizeof(void *)));
     GroupPtrs gp;
     cublasOperation_t tas[GROUP_MAX], tbs[GROUP_MAX];
     float alphas[GROUP_MAX], betas[GROUP_MAX];
     int sizes[GROUP_MAX];
     for (int j = 0; j < cnt; j++) {
-        gp.p[j] = A[j];
-        gp.p[cnt + j] = B[j];
-        gp.p[2 * cnt + j] = C[j];
+        gp.p[j] = g->A[j];
+        gp.p[cnt + j] = g->B[j];
+        gp.p[2 * cnt + j] = g->C[j];
         tas[j] = ta;
         tbs[j] = tb;
         alphas[j] = 1.0f;
         betas[j] = beta;
         sizes[j] = 1;
     }
-    if (g_grouped_unsupported) { // the same products one call each
-        for (int j = 0; j < cnt; j++) gemm(ta, tb, m[j], n[j], k[j], A[j], lda[j], B[j], ldb[j], beta, C[j], ldc[j]);
-        return;
-    }
     group_ptrs_kernel<<<1, 3 * GROUP_MAX, 0, cuda_stream()>>>(g_group_ptrs, gp, 3 * cnt);
     CUDA_OP_DONE("matmul_group_ptrs");
     void **d = g_group_ptrs;
     cublasStatus_t st = cublasGemmGroupedBatchedEx(
-        cuda_cublas(), tas, tbs, m, n, k, alphas, (const void *const *)d, CUDA_R_32F, lda,
-        (const void *const *)(d + cnt), CUDA_R_32F, ldb, betas, d + 2 * cnt, CUDA_R_32F, ldc, cnt, sizes,
+        cuda_cublas(), tas, tbs, g->m, g->n, g->k, alphas, (const void *const *)d, CUDA_R_32F, g->lda,
+        (const void *const *)(d + cnt), CUDA_R_32F, g->ldb, betas, d + 2 * cnt, CUDA_R_32F, g->ldc, cnt, sizes,
         g_mode == OPS_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED) { // this cuBLAS or GPU lacks it: say so once, then one call each
         fprintf(stderr, "kvlab: cublasGemmGroupedBatchedEx is not supported here (%s); grouped products run one "
                         "cuBLAS call each\n", cublasGetStatusString(st));
         g_grouped_unsupported = 1;
-        gemm_grouped(cnt, ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+        gemm_grouped(ta, tb, g, beta);
         return;
     }
     CUBLAS_CHECK(st);
@@ -256,33 +278,22 @@ extern "C" void matmul_many_forward_cuda(float *const *outs, const float *inp, c
         return;
     }
     // the non-empty products: out_j^T (OUT_j,N) = weight_j (OUT_j,IN) @ inp^T (IN,N), as matmul_forward_cuda
-    int cnt = 0, m[GROUP_MAX], n[GROUP_MAX], kk[GROUP_MAX], lda[GROUP_MAX], ldb[GROUP_MAX], ldc[GROUP_MAX];
-    const float *A[GROUP_MAX], *B[GROUP_MAX];
-    float *C[GROUP_MAX];
+    Group g;
+    g.cnt = 0; // group_add fills the rest
     for (int j = 0; j < k; j++) {
         CHECK(outs_dim[j] >= 0);
-        if (outs_dim[j] == 0) continue;
-        m[cnt] = outs_dim[j];
-        n[cnt] = N;
-        kk[cnt] = IN;
-        lda[cnt] = IN;
-        ldb[cnt] = IN;
-        ldc[cnt] = outs_dim[j];
-        A[cnt] = weights[j];
-        B[cnt] = inp;
-        C[cnt] = outs[j];
-        cnt++;
+        if (outs_dim[j] > 0) group_add(&g, outs_dim[j], N, IN, weights[j], IN, inp, IN, outs[j], outs_dim[j]);
     }
-    if (cnt == 0) return;
+    if (g.cnt == 0) return;
     if (g_mode != OPS_PRECISION_BF16) {
-        gemm_grouped(cnt, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, A, lda, B, ldb, 0.0f, C, ldc);
+        gemm_grouped(CUBLAS_OP_T, CUBLAS_OP_N, &g, 0.0f);
     } else { // the shared input rounded once
         Scratch s = {{0}, 0};
         const __nv_bfloat16 *x = bf16_operand(inp, (size_t)N * IN, &s);
         int mark = s.n;
-        for (int j = 0; j < cnt; j++) {
-            const __nv_bfloat16 *w = bf16_operand(A[j], (size_t)m[j] * IN, &s); // the shadow, or a rounded copy
-            lt_gemm(CUBLAS_OP_T, CUBLAS_OP_N, m[j], N, IN, w, IN, x, IN, 0.0f, C[j], ldc[j]);
+        for (int j = 0; j < g.cnt; j++) {
+            const __nv_bfloat16 *w = bf16_operand(g.A[j], (size_t)g.m[j] * IN, &s); // the shadow, or a rounded copy
+            lt_gemm(CUBLAS_OP_T, CUBLAS_OP_N, g.m[j], N, IN, w, IN, x, IN, 0.0f, g.C[j], g.ldc[j]);
             scratch_free_to(&s, mark);
         }
         scratch_free(&s);
@@ -299,33 +310,22 @@ extern "C" void matmul_many_backward_cuda(float *dinp, float *const *dweights, c
         for (int j = 0; j < k; j++) matmul_backward_cuda(dinp, NULL, douts[j], inp, weights[j], N, IN, outs_dim[j]);
     if (!dweights || N == 0 || IN == 0) return;
     // dweight_j^T (IN,OUT_j) += inp^T (IN,N) @ dout_j (N,OUT_j), as matmul_backward_cuda, in one call
-    int cnt = 0, m[GROUP_MAX], n[GROUP_MAX], kk[GROUP_MAX], lda[GROUP_MAX], ldb[GROUP_MAX], ldc[GROUP_MAX];
-    const float *A[GROUP_MAX], *B[GROUP_MAX];
-    float *C[GROUP_MAX];
+    Group g;
+    g.cnt = 0; // group_add fills the rest
     for (int j = 0; j < k; j++) {
         CHECK(outs_dim[j] >= 0);
-        if (outs_dim[j] == 0) continue;
-        m[cnt] = IN;
-        n[cnt] = outs_dim[j];
-        kk[cnt] = N;
-        lda[cnt] = IN;
-        ldb[cnt] = outs_dim[j];
-        ldc[cnt] = IN;
-        A[cnt] = inp;
-        B[cnt] = douts[j];
-        C[cnt] = dweights[j];
-        cnt++;
+        if (outs_dim[j] > 0) group_add(&g, IN, outs_dim[j], N, inp, IN, douts[j], outs_dim[j], dweights[j], IN);
     }
-    if (cnt == 0) return;
+    if (g.cnt == 0) return;
     if (g_mode != OPS_PRECISION_BF16) {
-        gemm_grouped(cnt, CUBLAS_OP_N, CUBLAS_OP_T, m, n, kk, A, lda, B, ldb, 1.0f, C, ldc);
+        gemm_grouped(CUBLAS_OP_N, CUBLAS_OP_T, &g, 1.0f);
     } else {
         Scratch s = {{0}, 0};
         const __nv_bfloat16 *x = bf16_operand(inp, (size_t)N * IN, &s);
         int mark = s.n;
-        for (int j = 0; j < cnt; j++) {
-            const __nv_bfloat16 *d = bf16_operand(B[j], (size_t)N * n[j], &s);
-            lt_gemm(CUBLAS_OP_N, CUBLAS_OP_T, IN, n[j], N, x, IN, d, n[j], 1.0f, C[j], IN);
+        for (int j = 0; j < g.cnt; j++) {
+            const __nv_bfloat16 *d = bf16_operand(g.B[j], (size_t)N * g.n[j], &s);
+            lt_gemm(CUBLAS_OP_N, CUBLAS_OP_T, IN, g.n[j], N, x, IN, d, g.n[j], 1.0f, g.C[j], IN);
             scratch_free_to(&s, mark);
         }
         scratch_free(&s);
